@@ -1,0 +1,1 @@
+//! Reading the first CONNECT packet (filled in by the LB work).

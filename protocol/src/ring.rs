@@ -1,0 +1,1 @@
+//! Rendezvous hashing (filled in by the ring work).

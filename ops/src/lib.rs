@@ -1,1 +1,11 @@
-//! placeholder
+//! What every Fleetgate binary runs for its operators.
+//!
+//! - [`logging`]: structured JSON (or text) logs through `tracing`.
+//! - [`telemetry`]: the process-wide Prometheus recorder and its upkeep.
+//! - [`admin`]: the admin HTTP server (`/healthz`, `/readyz`, `/metrics`, plus routes a binary adds).
+//! - [`signals`]: SIGTERM/SIGINT → shutdown, SIGHUP → reload.
+
+pub mod admin;
+pub mod logging;
+pub mod signals;
+pub mod telemetry;

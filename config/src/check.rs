@@ -1,0 +1,1 @@
+//! `fleetgate check` (filled in by the ops work).

@@ -1,0 +1,1 @@
+//! The load balancer config (filled in by the LB work).

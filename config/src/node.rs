@@ -1,0 +1,1 @@
+//! The broker node config (filled in by the broker work).

@@ -1,0 +1,1 @@
+//! logging (filled in by the ops work).

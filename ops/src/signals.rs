@@ -1,0 +1,1 @@
+//! signals (filled in by the ops work).

@@ -1,0 +1,1 @@
+//! telemetry (filled in by the ops work).

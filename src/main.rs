@@ -1,2 +1,134 @@
-//! The `fleetgate` binary: parses the command line and hands off to the libraries.
-fn main() {}
+//! The `fleetgate` binary: parses the command line, sets up what every process needs (TLS provider, logging,
+//! metrics, signals) and hands off to the libraries.
+//!
+//! - `node --config FILE`: a broker node ([`fleetgate_broker::run`]).
+//! - `lb --config FILE`: the load balancer ([`fleetgate_lb::run`]).
+//! - `check FILE`: validate a config file, `nginx -t` style.
+//! - `up`: a complete local system for development ([`up`]).
+
+mod children;
+mod pki;
+mod up;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use fleetgate_ops::logging::{self, LogFormat};
+use tokio_util::sync::CancellationToken;
+
+/// Exit code of `fleetgate check` when the file has problems (`EX_DATAERR` would be 65; 64, `EX_USAGE`, is what
+/// the operator-facing contract says).
+const EXIT_CONFIG_INVALID: u8 = 64;
+
+/// MQTT edge ingress: an MQTT-aware L4 load balancer and a clustered MQTT broker node.
+#[derive(Debug, Parser)]
+#[command(name = "fleetgate", version, about)]
+struct Cli {
+    /// Log format on stderr: `json` (one object per line) or `text`.
+    #[arg(long, global = true, default_value = "json", value_parser = parse_log_format)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a broker node.
+    Node {
+        /// Node config file (TOML with a `[node]` table).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run the load balancer.
+    Lb {
+        /// LB config file (TOML with an `[lb]` table).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config file (node or lb) and print every problem as `file:line:column: message`.
+    Check {
+        /// The config file.
+        file: PathBuf,
+    },
+    /// Run a complete local system: dev PKI, broker nodes and the load balancer.
+    Up(up::UpArgs),
+}
+
+fn parse_log_format(s: &str) -> Result<LogFormat, String> {
+    s.parse()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Err means a provider is already installed, which is what we want anyway.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    logging::init(cli.log_format);
+
+    if let Command::Check { file } = &cli.command {
+        return check(file);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("fleetgate: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(event = "exit", error = format!("{e:#}"), "fatal error");
+            eprintln!("fleetgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs a long-lived subcommand with metrics and signal handling installed.
+async fn serve(command: Command) -> Result<()> {
+    let _metrics = fleetgate_ops::telemetry::install();
+    let shutdown = CancellationToken::new();
+    // The reload channel: the servers watch their config files themselves; SIGHUP is logged by `signals`.
+    let _reload = fleetgate_ops::signals::spawn(shutdown.clone());
+    match command {
+        Command::Node { config } => run_node(&config, shutdown).await,
+        Command::Lb { config } => run_lb(&config, shutdown).await,
+        Command::Up(args) => up::run(args, shutdown).await,
+        Command::Check { file } => {
+            anyhow::bail!("internal: check {} reached the runtime", file.display())
+        }
+    }
+}
+
+async fn run_node(config: &Path, shutdown: CancellationToken) -> Result<()> {
+    fleetgate_broker::run(config, shutdown)
+        .await
+        .with_context(|| format!("fleetgate node --config {}", config.display()))
+}
+
+async fn run_lb(config: &Path, shutdown: CancellationToken) -> Result<()> {
+    fleetgate_lb::run(config, shutdown)
+        .await
+        .with_context(|| format!("fleetgate lb --config {}", config.display()))
+}
+
+/// `fleetgate check FILE`: `FILE: ok (node config)` on stdout, or every problem on stderr and exit code 64.
+fn check(file: &Path) -> ExitCode {
+    match fleetgate_config::check::check(file) {
+        Ok(config) => {
+            println!("{}: ok ({})", file.display(), config.kind().describe());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            for problem in &e.problems {
+                eprintln!("{problem}");
+            }
+            ExitCode::from(EXIT_CONFIG_INVALID)
+        }
+    }
+}

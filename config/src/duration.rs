@@ -39,7 +39,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "" => return Err(format!("invalid duration {text:?}: missing unit (ms, s, m or h)")),
         other => return Err(format!("invalid duration {text:?}: unknown unit {other:?} (use ms, s, m or h)")),
     };
-    if !seconds.is_finite() || seconds < 0.0 || seconds > 1.0e9 {
+    if !seconds.is_finite() || !(0.0..=1.0e9).contains(&seconds) {
         return Err(format!("invalid duration {text:?}: out of range"));
     }
     Ok(Duration::from_secs_f64(seconds))

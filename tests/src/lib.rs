@@ -1,1 +1,32 @@
-//! placeholder
+//! Fleetgate's test harness, shared by the end-to-end tests in `tests/tests/*.rs` (declared as `[[test]]` targets of
+//! the root package so that `env!("CARGO_BIN_EXE_fleetgate")` exists there) and by anyone else's process tests.
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`wait`] | [`eventually`]: poll a condition under a deadline instead of sleeping |
+//! | [`process`] | [`ServerProcess`]: a running `fleetgate` child, its captured log lines, port discovery from the `listening` events, SIGTERM/SIGKILL on drop |
+//! | [`node`] | [`NodeSpec`] (a node config written into a tempdir) and [`Node`] (a started `fleetgate node` with its MQTT and admin addresses) |
+//! | [`http`] | a tiny HTTP/1.1 GET for the admin port (`/metrics`, `/clients/{id}`, `/healthz`) and Prometheus text parsing |
+//! | [`pki`] | a throwaway PKI made with rcgen: CA, server cert, client certs, an expired one, one from another CA |
+//! | [`proxy_sender`] | [`ProxySender`]: a TCP forwarder that prefixes every connection with a PROXY v2 header |
+//! | [`clients`] | third-party MQTT clients we did not write: `mosquitto_pub`/`mosquitto_sub`, python3 paho (`tests/py/`), all under timeouts |
+//! | [`raw`] | hand-made MQTT bytes for the paths a well-behaved client never takes (garbage, oversized, silence) |
+//!
+//! This is test code: helpers panic with a message saying what failed (`expect`) instead of returning errors, so a
+//! failing test points at the step that broke; nothing here runs in production.
+
+pub mod clients;
+pub mod http;
+pub mod node;
+pub mod pki;
+pub mod process;
+pub mod proxy_sender;
+pub mod raw;
+pub mod wait;
+
+pub use clients::{CmdOutput, MqttVersion};
+pub use node::{Node, NodeSpec};
+pub use pki::{CertFiles, Pki};
+pub use process::ServerProcess;
+pub use proxy_sender::ProxySender;
+pub use wait::{TimedOut, eventually};

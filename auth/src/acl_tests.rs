@@ -1,0 +1,311 @@
+//! Unit tests of the ACL: parsing, first-match order, substitution safety, and subscription widening.
+
+use std::path::Path;
+
+use super::*;
+use crate::decision::AuthMethod;
+
+fn acl(text: &str) -> Acl {
+    Acl::parse(Path::new("acl.toml"), text).unwrap()
+}
+
+fn principal(client_id: &str, username: Option<&str>, cn: Option<&str>) -> Principal {
+    Principal {
+        username: username.map(str::to_string),
+        cn: cn.map(str::to_string),
+        client_id: client_id.to_string(),
+        method: AuthMethod::Certificate,
+    }
+}
+
+fn anon(client_id: &str) -> Principal {
+    Principal { method: AuthMethod::Anonymous, ..principal(client_id, None, None) }
+}
+
+const ALLOW: AclDecision = AclDecision::Allow;
+const DEFAULT_DENY: AclDecision = AclDecision::Deny { rule_index: None };
+fn denied_by(i: usize) -> AclDecision {
+    AclDecision::Deny { rule_index: Some(i) }
+}
+
+const FLEET: &str = r#"
+[[rules]]
+action = "allow"
+access = "both"
+match = { any_authenticated = true }
+topics = ["fleet/%c/#"]
+"#;
+
+#[test]
+fn default_deny_without_rules() {
+    let a = acl("").bind(&principal("dev-1", None, None));
+    assert_eq!(a.check_publish("x"), DEFAULT_DENY);
+    assert_eq!(a.check_subscribe("#"), DEFAULT_DENY);
+}
+
+#[test]
+fn publish_and_subscribe_with_client_id_substitution() {
+    let a = acl(FLEET).bind(&principal("dev-1", None, None));
+    assert_eq!(a.check_publish("fleet/dev-1/telemetry"), ALLOW);
+    assert_eq!(a.check_publish("fleet/dev-1"), ALLOW);
+    assert_eq!(a.check_publish("fleet/dev-2/telemetry"), DEFAULT_DENY);
+    assert_eq!(a.check_subscribe("fleet/dev-1/#"), ALLOW);
+    assert_eq!(a.check_subscribe("fleet/dev-1/+/x"), ALLOW);
+    assert_eq!(a.check_subscribe("fleet/dev-2/#"), DEFAULT_DENY);
+    // Anonymous clients are not selected by any_authenticated.
+    assert_eq!(acl(FLEET).bind(&anon("dev-1")).check_publish("fleet/dev-1/t"), DEFAULT_DENY);
+}
+
+#[test]
+fn wildcard_widening_attempts_are_denied() {
+    let a = acl(FLEET).bind(&principal("dev-1", None, None));
+    for wide in ["fleet/#", "+/+/#", "#", "fleet/+/#", "fleet/+", "+/dev-1/#", "fleet/+/telemetry"] {
+        assert_eq!(a.check_subscribe(wide), DEFAULT_DENY, "{wide}");
+    }
+    assert_eq!(a.check_subscribe("fleet/dev-1/#/x"), DEFAULT_DENY, "invalid filter");
+}
+
+#[test]
+fn username_and_cn_substitution() {
+    let text = r#"
+[[rules]]
+action = "allow"
+access = "publish"
+match = { anyone = true }
+topics = ["users/%u/out", "certs/%cn/out"]
+"#;
+    let a = acl(text).bind(&principal("c", Some("alice"), Some("veh-1")));
+    assert_eq!(a.check_publish("users/alice/out"), ALLOW);
+    assert_eq!(a.check_publish("certs/veh-1/out"), ALLOW);
+    assert_eq!(a.check_publish("users/bob/out"), DEFAULT_DENY);
+    assert_eq!(a.check_subscribe("users/alice/out"), DEFAULT_DENY, "publish-only rule");
+    // Without a CN the whole allow rule is skipped, including its `%u` topic.
+    let b = acl(text).bind(&principal("c", Some("alice"), None));
+    assert_eq!(b.check_publish("users/alice/out"), DEFAULT_DENY);
+}
+
+#[test]
+fn unsafe_identities_never_match_a_substituted_allow() {
+    for evil in ["+", "#", "a/b", "x\0y", "", "dev+1", "$SYS"] {
+        let a = acl(FLEET).bind(&principal(evil, None, None));
+        for topic in ["fleet/x/y", "fleet/+/y", "fleet/#"] {
+            assert_eq!(a.check_publish(topic), DEFAULT_DENY, "{evil:?} {topic}");
+            assert_eq!(a.check_subscribe(topic), DEFAULT_DENY, "{evil:?} {topic}");
+        }
+        assert_eq!(a.check_subscribe("fleet/a/b/#"), DEFAULT_DENY, "{evil:?}");
+    }
+    // `%c/#` with client ID `$SYS` must not grant `$SYS/#`.
+    let dollar = acl(
+        r#"
+[[rules]]
+action = "allow"
+access = "both"
+match = { anyone = true }
+topics = ["%c/#"]
+"#,
+    );
+    let a = dollar.bind(&anon("$SYS"));
+    assert_eq!(a.check_subscribe("$SYS/#"), DEFAULT_DENY);
+    assert_eq!(a.check_publish("$SYS/broker/x"), DEFAULT_DENY);
+    assert_eq!(dollar.bind(&anon("ok")).check_publish("ok/x"), ALLOW);
+}
+
+#[test]
+fn unsafe_identity_widens_a_substituted_deny_instead_of_skipping_it() {
+    let text = r#"
+[[rules]]
+action = "deny"
+access = "both"
+match = { anyone = true }
+topics = ["fleet/%c/secret"]
+
+[[rules]]
+action = "allow"
+access = "both"
+match = { anyone = true }
+topics = ["fleet/#"]
+"#;
+    let normal = acl(text).bind(&anon("dev-1"));
+    assert_eq!(normal.check_publish("fleet/dev-1/secret"), denied_by(0));
+    assert_eq!(normal.check_publish("fleet/dev-2/secret"), ALLOW);
+    let evil = acl(text).bind(&anon("a/b"));
+    assert_eq!(evil.check_publish("fleet/dev-2/secret"), denied_by(0));
+    assert_eq!(evil.check_publish("fleet/dev-2/other"), ALLOW);
+}
+
+#[test]
+fn first_match_wins_in_file_order() {
+    let text = r#"
+[[rules]]
+action = "deny"
+access = "publish"
+match = { client_id = "dev-1" }
+topics = ["fleet/dev-1/cmd/#"]
+
+[[rules]]
+action = "allow"
+access = "both"
+match = { anyone = true }
+topics = ["fleet/%c/#"]
+
+[[rules]]
+action = "deny"
+access = "both"
+match = { anyone = true }
+topics = ["fleet/dev-1/telemetry"]
+"#;
+    let a = acl(text).bind(&anon("dev-1"));
+    assert_eq!(a.check_publish("fleet/dev-1/cmd/reboot"), denied_by(0));
+    assert_eq!(a.check_publish("fleet/dev-1/telemetry"), ALLOW, "the later deny never decides");
+    // Subscribing is not covered by the publish-only deny.
+    assert_eq!(a.check_subscribe("fleet/dev-1/cmd/#"), ALLOW);
+    // Another client is not selected by rule 0.
+    let b = acl(text).bind(&anon("dev-2"));
+    assert_eq!(b.check_publish("fleet/dev-2/cmd/x"), ALLOW);
+}
+
+#[test]
+fn deny_that_overlaps_a_subscription_decides_before_a_covering_allow() {
+    let text = r#"
+[[rules]]
+action = "deny"
+access = "subscribe"
+match = { anyone = true }
+topics = ["fleet/+/secret"]
+
+[[rules]]
+action = "allow"
+access = "subscribe"
+match = { anyone = true }
+topics = ["fleet/#"]
+"#;
+    let a = acl(text).bind(&anon("x"));
+    assert_eq!(a.check_subscribe("fleet/#"), denied_by(0), "would deliver fleet/a/secret");
+    assert_eq!(a.check_subscribe("fleet/a/+"), denied_by(0));
+    assert_eq!(a.check_subscribe("fleet/a/public"), ALLOW);
+    assert_eq!(a.check_subscribe("fleet/a/public/#"), ALLOW, "no topic of it is x/secret");
+}
+
+#[test]
+fn an_allow_that_only_overlaps_does_not_decide() {
+    let text = r#"
+[[rules]]
+action = "allow"
+access = "subscribe"
+match = { anyone = true }
+topics = ["a/b"]
+
+[[rules]]
+action = "deny"
+access = "subscribe"
+match = { anyone = true }
+topics = ["a/c"]
+"#;
+    let a = acl(text).bind(&anon("x"));
+    assert_eq!(a.check_subscribe("a/b"), ALLOW);
+    assert_eq!(a.check_subscribe("a/+"), denied_by(1));
+    assert_eq!(a.check_subscribe("a/d"), DEFAULT_DENY);
+}
+
+#[test]
+fn dollar_topics_need_a_literal_dollar_rule() {
+    let text = r##"
+[[rules]]
+action = "allow"
+access = "both"
+match = { anyone = true }
+topics = ["#", "+/#"]
+"##;
+    let a = acl(text).bind(&anon("x"));
+    assert_eq!(a.check_subscribe("$SYS/#"), DEFAULT_DENY);
+    assert_eq!(a.check_subscribe("$SYS/broker/load"), DEFAULT_DENY);
+    assert_eq!(a.check_publish("$SYS/broker/load"), DEFAULT_DENY);
+    assert_eq!(a.check_subscribe("#"), ALLOW, "`#` itself never delivers `$` topics");
+
+    let sys = r#"
+[[rules]]
+action = "allow"
+access = "subscribe"
+match = { username = "ops" }
+topics = ["$SYS/broker/#"]
+"#;
+    let ops = acl(sys).bind(&principal("c", Some("ops"), None));
+    assert_eq!(ops.check_subscribe("$SYS/broker/#"), ALLOW);
+    assert_eq!(ops.check_subscribe("$SYS/broker/clients/+"), ALLOW);
+    assert_eq!(ops.check_subscribe("$SYS/#"), DEFAULT_DENY);
+    let other = acl(sys).bind(&principal("c", Some("dev"), None));
+    assert_eq!(other.check_subscribe("$SYS/broker/#"), DEFAULT_DENY);
+}
+
+#[test]
+fn identity_matchers_select_the_right_clients() {
+    let text = r#"
+[[rules]]
+action = "allow"
+access = "publish"
+match = { cn = "veh-1" }
+topics = ["by-cn"]
+
+[[rules]]
+action = "allow"
+access = "publish"
+match = { username = "alice" }
+topics = ["by-user"]
+
+[[rules]]
+action = "allow"
+access = "publish"
+match = { client_id = "dev-9" }
+topics = ["by-id"]
+"#;
+    let acl = acl(text);
+    assert_eq!(acl.bind(&principal("x", None, Some("veh-1"))).check_publish("by-cn"), ALLOW);
+    assert_eq!(acl.bind(&principal("x", None, Some("veh-2"))).check_publish("by-cn"), DEFAULT_DENY);
+    assert_eq!(acl.bind(&principal("x", Some("alice"), None)).check_publish("by-user"), ALLOW);
+    assert_eq!(acl.bind(&principal("x", None, None)).check_publish("by-user"), DEFAULT_DENY);
+    assert_eq!(acl.bind(&principal("dev-9", None, None)).check_publish("by-id"), ALLOW);
+}
+
+#[test]
+fn allow_all_excludes_dollar_topics() {
+    let a = Acl::allow_all().bind(&anon("x"));
+    assert_eq!(a.check_publish("any/thing"), ALLOW);
+    assert_eq!(a.check_subscribe("#"), ALLOW);
+    assert_eq!(a.check_subscribe("$SYS/#"), DEFAULT_DENY);
+}
+
+#[test]
+fn parse_errors_are_located() {
+    let text = "[[rules]]\naction = \"allow\"\naccess = \"both\"\nmatch = { anyone = true }\ntopics = [\"ok\", \"a/#/b\", \"%q\"]\n";
+    let err = Acl::parse(Path::new("acl.toml"), text).unwrap_err();
+    assert_eq!(err.problems.len(), 2, "{err}");
+    assert!(err.problems.iter().all(|p| p.line == 5), "{err}");
+    assert!(err.to_string().contains("acl.toml:5:"), "{err}");
+
+    let bad_action = "[[rules]]\naction = \"permit\"\naccess = \"both\"\nmatch = { anyone = true }\ntopics = [\"x\"]\n";
+    let err = Acl::parse(Path::new("acl.toml"), bad_action).unwrap_err();
+    assert_eq!(err.problems[0].line, 2, "{err}");
+
+    let false_match = "[[rules]]\naction = \"allow\"\naccess = \"both\"\nmatch = { anyone = false }\ntopics = []\n";
+    let err = Acl::parse(Path::new("acl.toml"), false_match).unwrap_err();
+    assert_eq!(err.problems.len(), 2, "{err}");
+
+    let two_keys = "[[rules]]\naction = \"allow\"\naccess = \"both\"\nmatch = { anyone = true, cn = \"x\" }\ntopics = [\"x\"]\n";
+    assert!(Acl::parse(Path::new("acl.toml"), two_keys).is_err());
+
+    let unknown = "[[rules]]\naction = \"allow\"\naccess = \"both\"\nmatch = { anyone = true }\ntopics = [\"x\"]\nqos = 1\n";
+    assert_eq!(Acl::parse(Path::new("acl.toml"), unknown).unwrap_err().problems[0].line, 1);
+}
+
+#[test]
+fn example_acl_parses_and_behaves() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/acl.toml");
+    let acl = Acl::load(&path).unwrap();
+    assert!(!acl.rules().is_empty());
+    let dev = acl.bind(&principal("vehicle-42", None, Some("vehicle-42")));
+    assert_eq!(dev.check_publish("fleet/vehicle-42/telemetry"), ALLOW);
+    assert_eq!(dev.check_subscribe("fleet/vehicle-42/cmd/#"), ALLOW);
+    assert_eq!(dev.check_subscribe("fleet/#"), DEFAULT_DENY);
+    assert_eq!(dev.check_publish("fleet/vehicle-43/telemetry"), DEFAULT_DENY);
+    assert_eq!(dev.check_subscribe("$SYS/#"), DEFAULT_DENY);
+}

@@ -1,0 +1,602 @@
+//! `throughput`: publishers → broker → subscribers with end-to-end latency. Subscribers connect and subscribe first;
+//! publishers then send for `--duration` at a paced total rate (open loop: a publisher that falls behind catches up)
+//! or as fast as the connection takes (QoS 1: at most `--inflight` unacknowledged PUBLISH per connection). Each
+//! payload starts with the send time (ns on the shared clock) and a sequence number; subscribers record the latency.
+//! After publishing stops, the run waits until every expected message arrived or `--drain` ran out, then prints one
+//! JSON line.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use bytes::{Buf, BufMut, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::{Semaphore, watch};
+
+use crate::mqtt::{self, Packet, Version};
+use crate::net::{self, Session, Stream, Target, TlsArgs};
+use crate::stats::{self, Latency};
+
+/// Messages a publisher encodes into one write: large enough to amortise syscalls when unbounded, small enough that
+/// a paced publisher's burst stays well under a millisecond of traffic.
+const MAX_BATCH: u64 = 64;
+/// Payload bytes the generator needs: 8 of send timestamp + 8 of sequence number.
+const STAMP_LEN: usize = 16;
+/// Keep-alive announced by load clients: longer than any run, so no PINGREQ traffic is needed.
+const KEEP_ALIVE_S: u16 = 300;
+/// Handshakes in flight while the run's connections are opened.
+const CONNECT_CONCURRENCY: usize = 64;
+/// How often the drain wait checks the received count.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
+/// Read buffer refill threshold and growth step of a subscriber.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Who publishes to whom.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Pattern {
+    /// Publisher i → topic `in/i`; every subscriber subscribes `in/+` and gets everything.
+    FanIn,
+    /// Every publisher → one topic; every subscriber gets everything.
+    FanOut,
+    /// Publisher i → topic `pair/i` ← subscriber i (needs as many subscribers as publishers).
+    Pairs,
+}
+
+/// Offered total publish rate.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Rate {
+    /// Messages per second across all publishers.
+    PerSecond(f64),
+    /// As fast as the server takes them.
+    Unbounded,
+}
+
+/// Parses `unbounded` or a positive number of messages per second (`20000`, `20k`).
+pub fn parse_rate(s: &str) -> Result<Rate, String> {
+    if s == "unbounded" || s == "max" {
+        return Ok(Rate::Unbounded);
+    }
+    let (digits, scale) = match s.strip_suffix('k') {
+        Some(d) => (d, 1000.0),
+        None => (s, 1.0),
+    };
+    match digits.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(Rate::PerSecond(v * scale)),
+        _ => Err(format!(
+            "rate must be a positive number or 'unbounded', got {s:?}"
+        )),
+    }
+}
+
+/// Options of `throughput`.
+#[derive(Debug, clap::Args)]
+pub struct ThroughputArgs {
+    /// Broker or balancer address.
+    #[arg(long)]
+    pub target: SocketAddr,
+    /// Send a PROXY v2 header first.
+    #[arg(long)]
+    pub proxy_v2: bool,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    /// MQTT version.
+    #[arg(long, value_enum, default_value = "5")]
+    pub mqtt: Version,
+    /// Topic pattern.
+    #[arg(long, value_enum)]
+    pub pattern: Pattern,
+    /// Publisher connections.
+    #[arg(long, default_value_t = 1)]
+    pub publishers: usize,
+    /// Subscriber connections.
+    #[arg(long, default_value_t = 1)]
+    pub subscribers: usize,
+    /// QoS of PUBLISH and SUBSCRIBE.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
+    pub qos: u8,
+    /// Payload size in bytes (at least 16).
+    #[arg(long, default_value_t = 64)]
+    pub payload: usize,
+    /// Offered total publish rate (msgs/s, `20k` works) or `unbounded`.
+    #[arg(long, default_value = "unbounded", value_parser = parse_rate)]
+    pub rate: Rate,
+    /// How long publishers send.
+    #[arg(long, default_value = "10s", value_parser = crate::parse_duration)]
+    pub duration: Duration,
+    /// QoS 1: unacknowledged PUBLISH per publisher connection.
+    #[arg(long, default_value_t = 32)]
+    pub inflight: usize,
+    /// Longest wait for outstanding deliveries after publishing stops.
+    #[arg(long, default_value = "5s", value_parser = crate::parse_duration)]
+    pub drain: Duration,
+    /// Free-form label copied into the JSON line.
+    #[arg(long)]
+    pub label: Option<String>,
+}
+
+struct Plan {
+    topics: Vec<String>,
+    filters: Vec<String>,
+    /// Subscribers that receive each publisher's messages.
+    fanout: Vec<u64>,
+}
+
+fn plan(args: &ThroughputArgs, run: &str) -> anyhow::Result<Plan> {
+    let (n, m) = (args.publishers, args.subscribers);
+    let m64 = m as u64;
+    Ok(match args.pattern {
+        Pattern::FanIn => Plan {
+            topics: (0..n).map(|i| format!("fgb/{run}/in/{i}")).collect(),
+            filters: vec![format!("fgb/{run}/in/+"); m],
+            fanout: vec![m64; n],
+        },
+        Pattern::FanOut => Plan {
+            topics: vec![format!("fgb/{run}/out"); n],
+            filters: vec![format!("fgb/{run}/out"); m],
+            fanout: vec![m64; n],
+        },
+        Pattern::Pairs => {
+            if n != m {
+                bail!("--pattern pairs needs as many subscribers as publishers ({n} != {m})");
+            }
+            let topics: Vec<String> = (0..n).map(|i| format!("fgb/{run}/pair/{i}")).collect();
+            Plan {
+                filters: topics.clone(),
+                topics,
+                fanout: vec![1; n],
+            }
+        }
+    })
+}
+
+struct SubResult {
+    received: u64,
+    foreign: u64,
+    last_rx_ns: u64,
+    latency: Latency,
+    error: Option<String>,
+}
+
+struct PubResult {
+    sent: u64,
+    error: Option<String>,
+    writer: WriteHalf<Stream>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+/// Runs `throughput` and returns its JSON line.
+pub async fn run(args: ThroughputArgs) -> anyhow::Result<serde_json::Value> {
+    if args.payload < STAMP_LEN {
+        bail!("--payload must be at least {STAMP_LEN} bytes");
+    }
+    if args.publishers == 0 || args.subscribers == 0 {
+        bail!("need at least one publisher and one subscriber");
+    }
+    let cpu_before = stats::own_cpu_seconds();
+    let _ = stats::now_ns();
+    let run_id = format!(
+        "{:x}{:x}",
+        std::process::id(),
+        stats::now_ns() ^ wall_nanos()
+    );
+    let plan = plan(&args, &run_id)?;
+    let target = Arc::new(Target::new(
+        args.target,
+        args.proxy_v2,
+        &args.tls,
+        args.mqtt,
+    )?);
+
+    // Subscribers first, so nothing published is missed.
+    let sub_ids = (0..args.subscribers)
+        .map(|i| format!("fgb-{run_id}-s{i}"))
+        .collect();
+    let mut subs = Vec::new();
+    for (i, session) in net::connect_all(&target, sub_ids, KEEP_ALIVE_S, CONNECT_CONCURRENCY)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        let mut session = session.with_context(|| format!("subscriber {i}"))?;
+        net::subscribe(&mut session, args.mqtt, &plan.filters[i], args.qos)
+            .await
+            .with_context(|| format!("subscriber {i}"))?;
+        subs.push(session);
+    }
+    let pub_ids = (0..args.publishers)
+        .map(|i| format!("fgb-{run_id}-p{i}"))
+        .collect();
+    let mut pubs = Vec::new();
+    for (i, session) in net::connect_all(&target, pub_ids, KEEP_ALIVE_S, CONNECT_CONCURRENCY)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        pubs.push(session.with_context(|| format!("publisher {i}"))?);
+    }
+
+    let received = Arc::new(AtomicU64::new(0));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let sub_tasks: Vec<_> = subs
+        .into_iter()
+        .map(|s| {
+            tokio::spawn(subscriber(
+                s,
+                args.mqtt,
+                Arc::clone(&received),
+                stop_rx.clone(),
+            ))
+        })
+        .collect();
+
+    let start = Instant::now();
+    let per_pub_rate = match args.rate {
+        Rate::PerSecond(r) => Some(r / args.publishers as f64),
+        Rate::Unbounded => None,
+    };
+    let pub_tasks: Vec<_> = pubs
+        .into_iter()
+        .enumerate()
+        .map(|(i, session)| {
+            let cfg = PubConfig {
+                index: i as u64,
+                topic: plan.topics[i].clone(),
+                version: args.mqtt,
+                qos: args.qos,
+                payload: args.payload,
+                inflight: args.inflight.max(1),
+                rate: per_pub_rate,
+                // Spread paced publishers' send instants evenly over one interval.
+                phase: per_pub_rate.map_or(Duration::ZERO, |r| {
+                    Duration::from_secs_f64(i as f64 / args.publishers as f64 / r)
+                }),
+                start,
+                end: start + args.duration,
+                drain_deadline: start + args.duration + args.drain,
+            };
+            tokio::spawn(publisher(session, cfg))
+        })
+        .collect();
+
+    let mut sent_total = 0u64;
+    let mut expected = 0u64;
+    let mut errors = Vec::new();
+    let mut writers = Vec::new();
+    for (i, task) in pub_tasks.into_iter().enumerate() {
+        let result = task.await.context("publisher task panicked")?;
+        sent_total += result.sent;
+        expected += result.sent * plan.fanout[i];
+        errors.extend(result.error.map(|e| format!("publisher {i}: {e}")));
+        writers.push((result.writer, result.reader));
+    }
+    let publish_elapsed = start.elapsed();
+
+    let drain_deadline = Instant::now() + args.drain;
+    while received.load(Ordering::Relaxed) < expected && Instant::now() < drain_deadline {
+        tokio::time::sleep(DRAIN_POLL).await;
+    }
+    let _ = stop_tx.send(true);
+
+    let mut latency = Latency::new();
+    let (mut received_total, mut foreign, mut last_rx_ns) = (0u64, 0u64, 0u64);
+    for (i, task) in sub_tasks.into_iter().enumerate() {
+        let r = task.await.context("subscriber task panicked")?;
+        received_total += r.received;
+        foreign += r.foreign;
+        last_rx_ns = last_rx_ns.max(r.last_rx_ns);
+        latency.merge(&r.latency);
+        errors.extend(r.error.map(|e| format!("subscriber {i}: {e}")));
+    }
+    for (mut writer, reader) in writers {
+        net::disconnect(&mut writer).await;
+        reader.abort();
+    }
+
+    let start_ns = u64::try_from(start.duration_since(stats::epoch()).as_nanos()).unwrap_or(0);
+    // Delivered rate over the window from the first publish to the last delivery.
+    let delivery_window =
+        Duration::from_nanos(last_rx_ns.saturating_sub(start_ns)).max(publish_elapsed);
+    let secs = delivery_window.as_secs_f64().max(1e-9);
+    let loss = expected as i64 - received_total as i64;
+    let mut out = serde_json::json!({
+        "cmd": "throughput",
+        "label": args.label,
+        "target": args.target.to_string(),
+        "mqtt": args.mqtt,
+        "tls": args.tls.tls,
+        "pattern": args.pattern,
+        "publishers": args.publishers,
+        "subscribers": args.subscribers,
+        "qos": args.qos,
+        "payload": args.payload,
+        "offered_rate": match args.rate { Rate::PerSecond(r) => Some(r), Rate::Unbounded => None },
+        "duration_s": args.duration.as_secs_f64(),
+        "publish_s": publish_elapsed.as_secs_f64(),
+        "sent": sent_total,
+        "sent_per_s": sent_total as f64 / publish_elapsed.as_secs_f64().max(1e-9),
+        "expected": expected,
+        "received": received_total,
+        "loss": loss,
+        "loss_pct": if expected > 0 { 100.0 * loss as f64 / expected as f64 } else { 0.0 },
+        "delivered_per_s": received_total as f64 / secs,
+        "foreign": foreign,
+        "latency_samples": latency.count(),
+        "errors": errors.iter().take(5).collect::<Vec<_>>(),
+        "error_count": errors.len(),
+    });
+    stats::extend(&mut out, latency.summary());
+    if let (Some(before), Some(after)) = (cpu_before, stats::own_cpu_seconds()) {
+        stats::extend(
+            &mut out,
+            serde_json::json!({ "generator_cpu_s": after - before }),
+        );
+    }
+    Ok(out)
+}
+
+fn wall_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(0))
+}
+
+async fn subscriber(
+    session: Session,
+    version: Version,
+    total: Arc<AtomicU64>,
+    mut stop: watch::Receiver<bool>,
+) -> SubResult {
+    let Session {
+        mut stream,
+        mut read_buf,
+    } = session;
+    let mut result = SubResult {
+        received: 0,
+        foreign: 0,
+        last_rx_ns: 0,
+        latency: Latency::new(),
+        error: None,
+    };
+    let mut acks = BytesMut::with_capacity(4096);
+    loop {
+        // Decode everything buffered (including bytes read with the SUBACK) before reading more.
+        let mut used = 0;
+        let mut batch = 0u64;
+        loop {
+            match mqtt::decode(&read_buf[used..], version) {
+                Ok(Some((packet, len))) => {
+                    used += len;
+                    if let Packet::Publish {
+                        qos,
+                        packet_id,
+                        payload,
+                    } = packet
+                    {
+                        batch += 1;
+                        if payload.len() >= STAMP_LEN {
+                            let mut stamp = [0u8; 8];
+                            stamp.copy_from_slice(&payload[..8]);
+                            let sent_ns = u64::from_be_bytes(stamp);
+                            let now = stats::now_ns();
+                            result.latency.record_ns(now.saturating_sub(sent_ns));
+                            result.last_rx_ns = now;
+                        } else {
+                            result.foreign += 1;
+                        }
+                        if let (1, Some(id)) = (qos, packet_id) {
+                            mqtt::encode_puback(&mut acks, id);
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    result.error = Some(e.to_string());
+                    return result;
+                }
+            }
+        }
+        read_buf.advance(used);
+        result.received += batch;
+        total.fetch_add(batch, Ordering::Relaxed);
+        if !acks.is_empty() {
+            if let Err(e) = stream.write_all(&acks).await {
+                result.error = Some(format!("writing PUBACK: {e}"));
+                return result;
+            }
+            acks.clear();
+        }
+        if read_buf.capacity() - read_buf.len() < READ_CHUNK / 4 {
+            read_buf.reserve(READ_CHUNK);
+        }
+        tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            read = stream.read_buf(&mut read_buf) => match read {
+                Ok(0) => {
+                    result.error = Some("server closed the connection".into());
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    result.error = Some(format!("read: {e}"));
+                    break;
+                }
+            },
+        }
+    }
+    net::disconnect(&mut stream).await;
+    result
+}
+
+struct PubConfig {
+    index: u64,
+    topic: String,
+    version: Version,
+    qos: u8,
+    payload: usize,
+    inflight: usize,
+    rate: Option<f64>,
+    phase: Duration,
+    start: Instant,
+    end: Instant,
+    drain_deadline: Instant,
+}
+
+async fn publisher(session: Session, cfg: PubConfig) -> PubResult {
+    let (reader_half, mut writer) = tokio::io::split(session.stream);
+    let window = Arc::new(Semaphore::new(cfg.inflight));
+    let acked = Arc::new(AtomicU64::new(0));
+    let reader = tokio::spawn(ack_reader(
+        reader_half,
+        session.read_buf,
+        cfg.version,
+        Arc::clone(&window),
+        Arc::clone(&acked),
+    ));
+    let mut sent = 0u64;
+    let mut packet_id: u16 = 0;
+    let mut buf =
+        BytesMut::with_capacity(MAX_BATCH as usize * (cfg.payload + cfg.topic.len() + 16));
+    let error = loop {
+        let now = Instant::now();
+        if now >= cfg.end {
+            break None;
+        }
+        let mut n = match cfg.rate {
+            None => MAX_BATCH,
+            Some(rate) => {
+                let from = cfg.start + cfg.phase;
+                let due = if now < from {
+                    0
+                } else {
+                    ((now - from).as_secs_f64() * rate) as u64 + 1
+                };
+                let n = due.saturating_sub(sent).min(MAX_BATCH);
+                if n == 0 {
+                    let next = from + Duration::from_secs_f64(sent as f64 / rate);
+                    tokio::time::sleep_until(next.min(cfg.end).into()).await;
+                    continue;
+                }
+                n
+            }
+        };
+        let mut failed = None;
+        while n > 0 {
+            if cfg.qos > 0 {
+                match window.try_acquire() {
+                    Ok(permit) => permit.forget(),
+                    Err(_) => {
+                        // Window full: send what is encoded, then wait for a PUBACK.
+                        if let Err(e) = writer.write_all(&buf).await {
+                            failed = Some(format!("write: {e}"));
+                            break;
+                        }
+                        buf.clear();
+                        match tokio::time::timeout_at(cfg.drain_deadline.into(), window.acquire())
+                            .await
+                        {
+                            Ok(Ok(permit)) => permit.forget(),
+                            _ => {
+                                failed = Some("no PUBACK before the drain deadline".into());
+                                break;
+                            }
+                        }
+                    }
+                }
+                packet_id = packet_id.wrapping_add(1).max(1);
+            }
+            let seq = (cfg.index << 40) | sent;
+            mqtt::encode_publish(
+                &mut buf,
+                cfg.version,
+                &cfg.topic,
+                cfg.qos,
+                packet_id,
+                cfg.payload,
+                |b| {
+                    b.put_u64(stats::now_ns());
+                    b.put_u64(seq);
+                    b.put_bytes(0x5A, cfg.payload - STAMP_LEN);
+                },
+            );
+            sent += 1;
+            n -= 1;
+        }
+        if failed.is_some() {
+            break failed;
+        }
+        if let Err(e) = writer.write_all(&buf).await {
+            break Some(format!("write: {e}"));
+        }
+        buf.clear();
+    };
+    if cfg.qos > 0 && error.is_none() {
+        while acked.load(Ordering::Relaxed) < sent && Instant::now() < cfg.drain_deadline {
+            tokio::time::sleep(DRAIN_POLL).await;
+        }
+    }
+    let _ = writer.flush().await;
+    PubResult {
+        sent,
+        error,
+        writer,
+        reader,
+    }
+}
+
+async fn ack_reader(
+    mut reader: ReadHalf<Stream>,
+    mut buf: BytesMut,
+    version: Version,
+    window: Arc<Semaphore>,
+    acked: Arc<AtomicU64>,
+) {
+    loop {
+        let mut used = 0;
+        let mut acks = 0usize;
+        loop {
+            match mqtt::decode(&buf[used..], version) {
+                Ok(Some((Packet::PubAck { .. }, len))) => {
+                    used += len;
+                    acks += 1;
+                }
+                Ok(Some((_, len))) => used += len,
+                Ok(None) => break,
+                Err(e) => {
+                    net::warn(&format!("publisher connection: {e}"));
+                    return;
+                }
+            }
+        }
+        buf.advance(used);
+        if acks > 0 {
+            acked.fetch_add(acks as u64, Ordering::Relaxed);
+            window.add_permits(acks);
+        }
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(8192);
+        }
+        match reader.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap (CONTRIBUTING)
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_parse() {
+        assert_eq!(parse_rate("unbounded"), Ok(Rate::Unbounded));
+        assert_eq!(parse_rate("20k"), Ok(Rate::PerSecond(20_000.0)));
+        assert_eq!(parse_rate("1500"), Ok(Rate::PerSecond(1500.0)));
+        assert!(parse_rate("0").is_err());
+        assert!(parse_rate("fast").is_err());
+    }
+}

@@ -1,0 +1,97 @@
+//! The node's admin routes beside `/healthz`, `/readyz`, `/metrics`: `GET /clients/{client_id}` (which node a
+//! client is on, for operators and the end-to-end tests).
+
+use std::sync::Arc;
+
+use fleetgate_ops::admin::{AdminRequest, AdminResponse, AdminRoutes, RouteFuture};
+use serde_json::json;
+
+use crate::broker::{Broker, ClientInfo};
+
+/// Path prefix of the client lookup.
+const CLIENTS_PREFIX: &str = "/clients/";
+
+/// Routes served from the broker state.
+#[derive(Debug)]
+pub struct NodeRoutes {
+    broker: Arc<Broker>,
+}
+
+impl NodeRoutes {
+    /// Routes answering from `broker`.
+    pub fn new(broker: Arc<Broker>) -> NodeRoutes {
+        NodeRoutes { broker }
+    }
+
+    /// Answers a request synchronously (the broker state is in memory).
+    pub fn respond(&self, method: &str, path: &str) -> Option<AdminResponse> {
+        let id = path.strip_prefix(CLIENTS_PREFIX)?;
+        if method != "GET" {
+            return Some(AdminResponse::json(
+                405,
+                json!({"error": "method not allowed"}),
+            ));
+        }
+        let id = percent_decode(id);
+        Some(match self.broker.client_info(&id) {
+            Some(info) => AdminResponse::json(200, client_json(&self.broker.node_name, &id, &info)),
+            None => AdminResponse::json(
+                404,
+                json!({"client_id": id, "node": self.broker.node_name, "error": "no such session"}),
+            ),
+        })
+    }
+}
+
+impl AdminRoutes for NodeRoutes {
+    fn handle(&self, req: AdminRequest) -> RouteFuture<'_> {
+        let response = self.respond(&req.method, &req.path);
+        Box::pin(async move { response })
+    }
+}
+
+fn client_json(node: &str, id: &str, info: &ClientInfo) -> serde_json::Value {
+    json!({
+        "client_id": id,
+        "node": node,
+        "connected": info.connected,
+        "protocol": info.protocol.to_string(),
+        "source": info.source.map(|s| s.to_string()),
+        "subscriptions": info.subscriptions,
+        "queued": info.queued,
+        "inflight": info.inflight,
+    })
+}
+
+/// Decodes `%XX` escapes (client IDs may contain `/`, spaces, ...); invalid escapes are kept as written.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(v) = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_escapes() {
+        assert_eq!(percent_decode("a%2Fb%20c"), "a/b c");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz"), "%zz");
+    }
+}

@@ -1,0 +1,391 @@
+//! One client connection, end to end — the file to read first:
+//!
+//! 1. accept (in [`listener`]) and `TCP_NODELAY`;
+//! 2. the PROXY header, when the listener requires one ([`listener::read_proxy`], under its own timeout);
+//! 3. CONNECT under `connect_timeout` (nothing else is read before it);
+//! 4. client ID (assigned when empty), authentication ([`auth`]), limits ([`ConnLimits`]);
+//! 5. attach to the session — new, resumed, or taken over from another connection ([`Broker::attach`]);
+//! 6. CONNACK, then the unacknowledged messages of a resumed session again (DUP, PUBREL);
+//! 7. the packet loop: read and handle packets ([`inbound`]), drain the session queue into the socket
+//!    ([`outbound`]), keep alive, takeover and shutdown;
+//! 8. the end: a v5 DISCONNECT with the reason when we close, then detach (will, session expiry).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use fleetgate_protocol::mqtt::{
+    ByteString, Codec, CodecError, ConnectAck, ConnectAckReason, Disconnect, DisconnectReasonCode,
+    Packet, ProtocolLevel,
+};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::{AttachRequest, Broker};
+use crate::inbound::InboundAliases;
+use crate::limits::{self, CLOSE_FLUSH_TIMEOUT, ConnLimits};
+use crate::listener::{self, ClientOrigin, ListenerCtx};
+use crate::outbound::OutboundAliases;
+use crate::session::{ConnSignal, Session};
+use crate::wire::{ReadError, Wire};
+use crate::{auth, events, inbound, metrics, outbound, will};
+
+/// How a connection ended; decides the log/metric reason, the v5 DISCONNECT we send and the will.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The client sent DISCONNECT; `with_will` for reason 0x04; `expiry` from its properties.
+    Graceful {
+        /// DISCONNECT with Will Message (0x04).
+        with_will: bool,
+        /// Session expiry update.
+        expiry: Option<u32>,
+    },
+    /// The socket closed or failed without DISCONNECT.
+    Ungraceful,
+    /// Nothing received for 1.5 × keep alive.
+    KeepAliveTimeout,
+    /// Another connection with the same client ID took the session.
+    Takeover,
+    /// The node is shutting down.
+    ServerShutdown,
+    /// A packet above our maximum packet size.
+    TooLarge,
+    /// A protocol violation: `detail` is the codec reason, `code` the v5 reason code to send.
+    Protocol {
+        /// Label for the log.
+        detail: &'static str,
+        /// v5 DISCONNECT reason code.
+        code: u8,
+    },
+}
+
+impl End {
+    /// A protocol error from the codec.
+    pub fn codec(e: CodecError) -> End {
+        match e {
+            CodecError::PacketTooLarge => End::TooLarge,
+            CodecError::Io(_) => End::Ungraceful,
+            e => End::Protocol {
+                detail: e.reason(),
+                code: e.v5_disconnect_reason(),
+            },
+        }
+    }
+
+    /// The `reason` of the disconnect log event and metric.
+    pub fn reason(self) -> &'static str {
+        match self {
+            End::Graceful { .. } => "graceful",
+            End::Ungraceful => "ungraceful",
+            End::KeepAliveTimeout => "keepalive_timeout",
+            End::Takeover => "takeover",
+            End::ServerShutdown => "server_shutdown",
+            End::TooLarge => "too_large",
+            End::Protocol { .. } => "protocol_error",
+        }
+    }
+
+    /// The v5 DISCONNECT reason code we send, when we are the side closing.
+    fn disconnect_code(self) -> Option<DisconnectReasonCode> {
+        match self {
+            End::Graceful { .. } | End::Ungraceful => None,
+            End::KeepAliveTimeout => Some(DisconnectReasonCode::KeepAliveTimeout),
+            End::Takeover => Some(DisconnectReasonCode::SessionTakenOver),
+            End::ServerShutdown => Some(DisconnectReasonCode::ServerShuttingDown),
+            End::TooLarge => Some(DisconnectReasonCode::PacketTooLarge),
+            End::Protocol { code, .. } => Some(
+                DisconnectReasonCode::try_from(code).unwrap_or(DisconnectReasonCode::ProtocolError),
+            ),
+        }
+    }
+
+    /// Whether the will is published: not after DISCONNECT 0x00, not at shutdown (the node is going away, and
+    /// takeover handles the will itself).
+    fn publishes_will(self) -> bool {
+        match self {
+            End::Graceful { with_will, .. } => with_will,
+            End::ServerShutdown | End::Takeover => false,
+            _ => true,
+        }
+    }
+}
+
+/// A connection past CONNECT: everything the packet loop and its handlers use.
+pub struct Conn {
+    /// Socket, codec and buffers.
+    pub wire: Wire,
+    /// Shared broker state.
+    pub broker: Arc<Broker>,
+    /// This client's session.
+    pub session: Arc<Session>,
+    /// Wake-ups and takeover.
+    pub signal: Arc<ConnSignal>,
+    /// Negotiated limits.
+    pub limits: ConnLimits,
+    /// Protocol level.
+    pub level: ProtocolLevel,
+    /// Session expiry from CONNECT (v5: a DISCONNECT may not raise 0 to non-zero).
+    pub connect_expiry: u32,
+    /// Topic aliases the client set.
+    pub inbound_aliases: InboundAliases,
+    /// Topic aliases we set.
+    pub outbound_aliases: OutboundAliases,
+    /// When the client last sent anything (keep alive).
+    pub last_activity: Instant,
+}
+
+/// Serves one accepted TCP connection to its end.
+pub async fn serve(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<ListenerCtx>,
+    broker: Arc<Broker>,
+    shutdown: CancellationToken,
+) {
+    // Latency over throughput for small MQTT packets; batching is done by our own write buffer.
+    let _ = stream.set_nodelay(true);
+
+    // Stage 2: PROXY header (listener's timeout and size cap).
+    let origin = match listener::read_proxy(&mut stream, peer, &ctx).await {
+        Ok(origin) => origin,
+        Err(e) => {
+            events::proxy_rejected(peer, e.reason(), &e);
+            metrics::proxy_rejected(e.reason());
+            metrics::connection_result("proxy_rejected");
+            return;
+        }
+    };
+
+    // Stage 3: CONNECT, under connect_timeout.
+    let mut wire = Wire::new(stream, Codec::new(broker.limits.max_packet_size));
+    let read = tokio::select! {
+        _ = shutdown.cancelled() => return,
+        read = tokio::time::timeout(broker.limits.connect_timeout, wire.read_packet()) => read,
+    };
+    let mut connect = match read {
+        Ok(Ok(Packet::Connect(connect))) => connect,
+        Ok(Ok(_)) => return refuse_early(wire, &origin, CodecError::ExpectedConnect).await,
+        Ok(Err(ReadError::Codec(e))) => return refuse_early(wire, &origin, e).await,
+        Ok(Err(ReadError::Closed | ReadError::Io(_))) => {
+            end_early(&origin, "ungraceful", None);
+            return;
+        }
+        Err(_elapsed) => {
+            end_early(&origin, "connect_timeout", None);
+            return;
+        }
+    };
+    let level = wire.codec.protocol_level().unwrap_or(ProtocolLevel::V311);
+
+    // Stage 4: client ID, authentication, limits.
+    let mut assigned = None;
+    if connect.client_id.is_empty() {
+        // v5 always gets one assigned; v3.1.1 only with clean session [MQTT-3.1.3-8].
+        if !level.is_v5() && !connect.clean_start {
+            return refuse(
+                wire,
+                &origin,
+                "",
+                ConnectAckReason::ClientIdentifierNotValid,
+            )
+            .await;
+        }
+        let id = broker.assign_client_id();
+        connect.client_id = id.clone();
+        assigned = Some(id);
+    }
+    if let Err(reason) = auth::authenticate(&connect, &origin) {
+        return refuse(wire, &origin, &connect.client_id, reason).await;
+    }
+    let limits = ConnLimits::negotiate(&broker.limits, &connect, level);
+    wire.codec.set_outbound_max(limits.outbound_max_packet);
+
+    // Stage 5: attach to the session.
+    let client_id: ByteString = connect.client_id.clone();
+    let attached = broker.attach(AttachRequest {
+        client_id: client_id.clone(),
+        clean_start: connect.clean_start,
+        expiry_secs: limits.session_expiry,
+        will: will::from_connect(&mut connect),
+        protocol: level,
+        source: origin.source,
+        window: limits.outbound_window,
+    });
+    events::connect(
+        &client_id,
+        &level.to_string(),
+        origin.source,
+        connect.clean_start,
+        limits.keep_alive,
+        attached.present,
+    );
+    metrics::connection_result("accepted");
+    broker.metrics.connections_current.increment(1.0);
+
+    // Stage 6: CONNACK, then what a resumed session still owes the client.
+    let connack = ConnectAck {
+        session_present: attached.present,
+        session_expiry_interval_secs: (limits.session_expiry
+            != connect.session_expiry_interval_secs)
+            .then_some(limits.session_expiry),
+        receive_max: std::num::NonZeroU16::new(broker.limits.receive_maximum)
+            .unwrap_or(std::num::NonZeroU16::MIN),
+        max_packet_size: Some(broker.limits.max_packet_size),
+        assigned_client_id: assigned,
+        topic_alias_max: broker.limits.topic_alias_maximum,
+        server_keepalive_sec: limits.server_keep_alive,
+        ..ConnectAck::default()
+    };
+    let mut conn = Conn {
+        wire,
+        broker: broker.clone(),
+        session: attached.session,
+        signal: attached.signal,
+        limits,
+        level,
+        connect_expiry: connect.session_expiry_interval_secs,
+        inbound_aliases: InboundAliases::new(broker.limits.topic_alias_maximum),
+        outbound_aliases: OutboundAliases::new(limits.outbound_alias_max),
+        last_activity: Instant::now(),
+    };
+    drop(connect);
+    let end = match conn.wire.encode(Packet::ConnectAck(Box::new(connack))) {
+        Ok(()) => {
+            outbound::resend_inflight(&mut conn);
+            // Stage 7: the packet loop.
+            conn.run(&shutdown).await
+        }
+        Err(e) => End::codec(e),
+    };
+
+    // Stage 8: the end.
+    if let (true, Some(code)) = (level.is_v5(), end.disconnect_code()) {
+        let _ = conn.wire.encode(Packet::Disconnect(Disconnect::new(code)));
+    }
+    if end != End::Ungraceful {
+        let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, conn.wire.flush()).await;
+    }
+    let expiry = match end {
+        End::Graceful { expiry, .. } => expiry,
+        _ => None,
+    };
+    broker.detach(
+        &conn.session,
+        attached.generation,
+        end.publishes_will(),
+        expiry,
+    );
+    broker.metrics.connections_current.decrement(1.0);
+    metrics::disconnect(end.reason());
+    let detail = match end {
+        End::Protocol { detail, .. } => Some(detail),
+        _ => None,
+    };
+    events::disconnect(&client_id, origin.source, end.reason(), detail);
+}
+
+impl Conn {
+    /// The packet loop: returns how the connection ended.
+    async fn run(&mut self, shutdown: &CancellationToken) -> End {
+        let keep_alive = limits::keep_alive_deadline(self.limits.keep_alive);
+        // One timer for the whole connection, re-armed from `last_activity` only when it fires, so receiving a
+        // packet costs no timer update.
+        let timer = tokio::time::sleep_until(self.last_activity + keep_alive.unwrap_or_default());
+        tokio::pin!(timer);
+        loop {
+            if let Err(end) = outbound::drain(self) {
+                return end;
+            }
+            if self.wire.try_flush().is_err() {
+                return End::Ungraceful;
+            }
+            let want_write = self.wire.pending() > 0;
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return End::ServerShutdown,
+                _ = self.signal.notify.notified() => {
+                    if self.signal.is_kicked() {
+                        return End::Takeover;
+                    }
+                }
+                ready = self.wire.stream.readable() => {
+                    if ready.is_err() {
+                        return End::Ungraceful;
+                    }
+                    if let Err(end) = inbound::read_and_handle(self) {
+                        return end;
+                    }
+                }
+                ready = self.wire.stream.writable(), if want_write => {
+                    if ready.is_err() {
+                        return End::Ungraceful;
+                    }
+                }
+                _ = &mut timer, if keep_alive.is_some() => {
+                    let limit = keep_alive.unwrap_or_default();
+                    if self.last_activity.elapsed() >= limit {
+                        return End::KeepAliveTimeout;
+                    }
+                    timer.as_mut().reset(self.last_activity + limit);
+                }
+            }
+        }
+    }
+}
+
+/// Refuses a connection whose first packet the codec rejected: a CONNACK with the reason when the protocol
+/// level is known (e.g. 0x84 / v3 0x01 for an unsupported level), then close.
+async fn refuse_early(wire: Wire, origin: &ClientOrigin, e: CodecError) {
+    let reason = match e {
+        CodecError::UnsupportedProtocolLevel => Some(ConnectAckReason::UnsupportedProtocolVersion),
+        CodecError::InvalidClientId => Some(ConnectAckReason::ClientIdentifierNotValid),
+        CodecError::PacketTooLarge => Some(ConnectAckReason::PacketTooLarge),
+        _ if wire.codec.protocol_level().is_some() => {
+            ConnectAckReason::try_from(e.v5_disconnect_reason()).ok()
+        }
+        _ => None,
+    };
+    let mut wire = wire;
+    if let (Some(reason), Some(_)) = (reason, wire.codec.protocol_level()) {
+        let ack = ConnectAck {
+            reason_code: reason,
+            ..ConnectAck::default()
+        };
+        if wire.encode(Packet::ConnectAck(Box::new(ack))).is_ok() {
+            let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, wire.flush()).await;
+        }
+    }
+    let reason = if e == CodecError::PacketTooLarge {
+        "too_large"
+    } else {
+        "protocol_error"
+    };
+    end_early(origin, reason, Some(e.reason()));
+}
+
+/// Refuses a decoded CONNECT with a CONNACK reason.
+async fn refuse(mut wire: Wire, origin: &ClientOrigin, client_id: &str, reason: ConnectAckReason) {
+    let ack = ConnectAck {
+        reason_code: reason,
+        ..ConnectAck::default()
+    };
+    if wire.encode(Packet::ConnectAck(Box::new(ack))).is_ok() {
+        let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, wire.flush()).await;
+    }
+    let label = match reason {
+        ConnectAckReason::BadUserNameOrPassword | ConnectAckReason::NotAuthorized => "auth",
+        _ => "refused",
+    };
+    events::connect_refused(client_id, origin.source, label);
+    metrics::connection_result("refused");
+    if label == "auth" {
+        metrics::disconnect("auth");
+    }
+}
+
+/// A connection that ended before CONNECT completed.
+fn end_early(origin: &ClientOrigin, reason: &'static str, detail: Option<&'static str>) {
+    metrics::connection_result(reason);
+    metrics::disconnect(reason);
+    events::disconnect("", origin.source, reason, detail);
+}

@@ -1,0 +1,72 @@
+//! Structured log events (the `event` field is the contract with operators and the process tests). Passwords and
+//! certificates never appear here.
+
+use std::net::SocketAddr;
+
+/// A socket was bound: tests started with port 0 read the address from this line.
+pub fn listening(role: &'static str, addr: SocketAddr) {
+    tracing::info!(event = "listening", role, addr = %addr, "listening on {role} {addr}");
+}
+
+/// A PROXY header was refused before any MQTT byte was read.
+pub fn proxy_rejected(peer: SocketAddr, reason: &'static str, detail: &dyn std::fmt::Display) {
+    tracing::warn!(event = "proxy_rejected", reason, peer = %peer, detail = %detail, "PROXY header rejected");
+}
+
+/// A client completed CONNECT.
+pub fn connect(
+    client_id: &str,
+    protocol: &str,
+    source: SocketAddr,
+    clean_start: bool,
+    keep_alive: u16,
+    present: bool,
+) {
+    tracing::info!(
+        event = "connect",
+        client_id,
+        protocol,
+        source = %source,
+        clean_start,
+        keep_alive,
+        session_present = present,
+        "client connected"
+    );
+}
+
+/// A CONNECT was refused with a CONNACK reason.
+pub fn connect_refused(client_id: &str, source: SocketAddr, reason: &'static str) {
+    tracing::info!(event = "connect_refused", client_id, source = %source, reason, "client refused");
+}
+
+/// A connection ended before or after CONNECT. `detail` is the codec reason for protocol errors.
+pub fn disconnect(
+    client_id: &str,
+    source: SocketAddr,
+    reason: &'static str,
+    detail: Option<&'static str>,
+) {
+    match detail {
+        Some(detail) => {
+            tracing::info!(event = "disconnect", client_id, source = %source, reason, detail, "client disconnected")
+        }
+        None => {
+            tracing::info!(event = "disconnect", client_id, source = %source, reason, "client disconnected")
+        }
+    }
+}
+
+/// A will message was published.
+pub fn will_published(client_id: &str, topic: &str) {
+    tracing::debug!(event = "will", client_id, topic, "will published");
+}
+
+/// Shutdown started / finished.
+pub fn shutdown(phase: &'static str, open_connections: usize) {
+    tracing::info!(
+        event = "shutdown",
+        phase,
+        open_connections,
+        "broker shutdown {phase}"
+    );
+}

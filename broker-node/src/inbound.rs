@@ -1,0 +1,295 @@
+//! Packet loop, read side: bytes from the socket → packets → what each one does (route a PUBLISH, ack,
+//! subscribe, ping, DISCONNECT). Replies are encoded into the write buffer; the loop flushes them.
+
+use std::io::ErrorKind;
+use std::num::NonZeroU16;
+use std::sync::Arc;
+use std::time::Instant as StdInstant;
+
+use fleetgate_protocol::mqtt::{
+    ByteString, DisconnectReasonCode, Packet, Publish, PublishAck, PublishAck2, PublishAck2Reason,
+    PublishAckReason, QoS, Subscribe, SubscribeAck, Unsubscribe, UnsubscribeAck,
+    UnsubscribeAckReason,
+};
+use tokio::time::Instant;
+
+use crate::conn::{Conn, End};
+use crate::message::Message;
+
+/// Topic aliases a v5 client set on its PUBLISHes (alias → topic), up to our Topic Alias Maximum.
+#[derive(Debug, Default)]
+pub struct InboundAliases {
+    max: u16,
+    topics: Vec<Option<ByteString>>,
+}
+
+impl InboundAliases {
+    /// Accepts aliases 1..=max.
+    pub fn new(max: u16) -> InboundAliases {
+        InboundAliases {
+            max,
+            topics: Vec::new(),
+        }
+    }
+
+    /// The topic a PUBLISH is for: sets the alias when it carries a topic, looks it up when it does not.
+    pub fn resolve(
+        &mut self,
+        topic: &ByteString,
+        alias: Option<NonZeroU16>,
+    ) -> Result<ByteString, End> {
+        let Some(alias) = alias else {
+            return if topic.is_empty() {
+                Err(protocol("empty_topic"))
+            } else {
+                Ok(topic.clone())
+            };
+        };
+        if alias.get() > self.max {
+            return Err(End::Protocol {
+                detail: "topic_alias_invalid",
+                code: 0x94,
+            });
+        }
+        let idx = usize::from(alias.get() - 1);
+        if topic.is_empty() {
+            return self
+                .topics
+                .get(idx)
+                .cloned()
+                .flatten()
+                .ok_or(protocol("unknown_topic_alias"));
+        }
+        if self.topics.len() <= idx {
+            self.topics.resize(idx + 1, None);
+        }
+        self.topics[idx] = Some(topic.clone());
+        Ok(topic.clone())
+    }
+}
+
+fn protocol(detail: &'static str) -> End {
+    End::Protocol { detail, code: 0x82 }
+}
+
+/// Reads what the socket has and handles every complete packet in it.
+pub fn read_and_handle(conn: &mut Conn) -> Result<(), End> {
+    match conn.wire.try_fill() {
+        Ok(0) => return Err(End::Ungraceful),
+        Ok(_) => {}
+        Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+        Err(_) => return Err(End::Ungraceful),
+    }
+    conn.last_activity = Instant::now();
+    loop {
+        match conn.wire.decode() {
+            Ok(Some(packet)) => handle(conn, packet)?,
+            Ok(None) => break,
+            Err(e) => return Err(End::codec(e)),
+        }
+    }
+    conn.wire.release_read_buffer();
+    Ok(())
+}
+
+fn encode(conn: &mut Conn, packet: Packet) -> Result<(), End> {
+    conn.wire.encode(packet).map_err(End::codec)
+}
+
+fn handle(conn: &mut Conn, packet: Packet) -> Result<(), End> {
+    match packet {
+        Packet::Publish(publish) => on_publish(conn, *publish),
+        Packet::PublishAck(ack) => {
+            conn.session.state.lock().acknowledge(ack.packet_id);
+            Ok(())
+        }
+        Packet::PublishReceived(rec) => {
+            let failed = u8::from(rec.reason_code) >= 0x80;
+            let known = {
+                let mut st = conn.session.state.lock();
+                if failed {
+                    st.complete(rec.packet_id)
+                } else {
+                    st.release(rec.packet_id)
+                }
+            };
+            if failed {
+                return Ok(());
+            }
+            let reason = if known {
+                PublishAck2Reason::Success
+            } else {
+                PublishAck2Reason::PacketIdNotFound
+            };
+            encode(conn, Packet::PublishRelease(ack2(rec.packet_id, reason)))
+        }
+        Packet::PublishRelease(rel) => {
+            let known = conn
+                .session
+                .state
+                .lock()
+                .inbound_qos2
+                .remove(&rel.packet_id.get());
+            let reason = if known {
+                PublishAck2Reason::Success
+            } else {
+                PublishAck2Reason::PacketIdNotFound
+            };
+            encode(conn, Packet::PublishComplete(ack2(rel.packet_id, reason)))
+        }
+        Packet::PublishComplete(comp) => {
+            conn.session.state.lock().complete(comp.packet_id);
+            Ok(())
+        }
+        Packet::Subscribe(sub) => on_subscribe(conn, sub),
+        Packet::Unsubscribe(unsub) => on_unsubscribe(conn, unsub),
+        Packet::PingRequest => encode(conn, Packet::PingResponse),
+        Packet::Disconnect(d) => {
+            if let Some(expiry) = d.session_expiry_interval_secs {
+                // [MQTT-3.14.2-2]: a session that was to end with the connection cannot be extended now.
+                if conn.connect_expiry == 0 && expiry != 0 {
+                    return Err(protocol("session_expiry_after_zero"));
+                }
+            }
+            let cap = u32::try_from(conn.broker.limits.session_expiry_maximum.as_secs())
+                .unwrap_or(u32::MAX);
+            let expiry = d.session_expiry_interval_secs.map(|e| e.min(cap));
+            Err(End::Graceful {
+                with_will: d.reason_code == DisconnectReasonCode::DisconnectWithWillMessage,
+                expiry,
+            })
+        }
+        Packet::Connect(_) => Err(protocol("second_connect")),
+        Packet::Auth(_) => Err(protocol("auth_not_negotiated")),
+        _ => Err(protocol("unexpected_packet")),
+    }
+}
+
+fn ack2(packet_id: NonZeroU16, reason_code: PublishAck2Reason) -> PublishAck2 {
+    PublishAck2 {
+        packet_id,
+        reason_code,
+        properties: Vec::new(),
+        reason_string: None,
+    }
+}
+
+fn on_publish(conn: &mut Conn, publish: Publish) -> Result<(), End> {
+    let qos = publish.qos;
+    conn.broker.metrics.received(qos.value());
+    let alias = publish.properties.as_ref().and_then(|p| p.topic_alias);
+    let topic = conn.inbound_aliases.resolve(&publish.topic, alias)?;
+    let packet_id = publish.packet_id;
+    match qos {
+        QoS::AtMostOnce => {
+            route(conn, publish, topic);
+            Ok(())
+        }
+        QoS::AtLeastOnce => {
+            let packet_id = packet_id.ok_or(protocol("missing_packet_id"))?;
+            route(conn, publish, topic);
+            let ack = PublishAck {
+                packet_id,
+                reason_code: PublishAckReason::Success,
+                properties: Vec::new(),
+                reason_string: None,
+            };
+            encode(conn, Packet::PublishAck(ack))
+        }
+        QoS::ExactlyOnce => {
+            let packet_id = packet_id.ok_or(protocol("missing_packet_id"))?;
+            // Delivered on PUBLISH, remembered until PUBREL so a DUP resend is not delivered twice.
+            let (new, waiting) = {
+                let mut st = conn.session.state.lock();
+                let new = st.inbound_qos2.insert(packet_id.get());
+                (new, st.inbound_qos2.len())
+            };
+            if new && waiting > usize::from(conn.broker.limits.receive_maximum) {
+                return Err(End::Protocol {
+                    detail: "receive_maximum_exceeded",
+                    code: 0x93,
+                });
+            }
+            if new {
+                route(conn, publish, topic);
+            }
+            let ack = PublishAck {
+                packet_id,
+                reason_code: PublishAckReason::Success,
+                properties: Vec::new(),
+                reason_string: None,
+            };
+            encode(conn, Packet::PublishReceived(ack))
+        }
+    }
+}
+
+fn route(conn: &Conn, publish: Publish, topic: ByteString) {
+    let msg = Message::from_publish(publish, topic, conn.session.id, StdInstant::now());
+    conn.broker.publish(Arc::new(msg));
+}
+
+fn on_subscribe(conn: &mut Conn, sub: Subscribe) -> Result<(), End> {
+    let status = sub
+        .topic_filters
+        .iter()
+        .map(|(filter, options)| {
+            conn.broker
+                .subscribe(&conn.session, filter, *options, sub.id)
+        })
+        .collect();
+    encode(
+        conn,
+        Packet::SubscribeAck(SubscribeAck {
+            packet_id: sub.packet_id,
+            properties: Vec::new(),
+            reason_string: None,
+            status,
+        }),
+    )
+}
+
+fn on_unsubscribe(conn: &mut Conn, unsub: Unsubscribe) -> Result<(), End> {
+    let status = unsub
+        .topic_filters
+        .iter()
+        .map(|filter| {
+            if conn.broker.unsubscribe(&conn.session, filter) {
+                UnsubscribeAckReason::Success
+            } else {
+                UnsubscribeAckReason::NoSubscriptionExisted
+            }
+        })
+        .collect();
+    encode(
+        conn,
+        Packet::UnsubscribeAck(UnsubscribeAck {
+            packet_id: unsub.packet_id,
+            properties: Vec::new(),
+            reason_string: None,
+            status,
+        }),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aliases_set_resolve_and_reject() {
+        let mut a = InboundAliases::new(2);
+        let one = NonZeroU16::new(1);
+        assert_eq!(a.resolve(&"t/1".into(), one).unwrap(), "t/1");
+        assert_eq!(a.resolve(&"".into(), one).unwrap(), "t/1");
+        assert_eq!(
+            a.resolve(&"".into(), NonZeroU16::new(2)),
+            Err(protocol("unknown_topic_alias"))
+        );
+        assert!(matches!(
+            a.resolve(&"x".into(), NonZeroU16::new(3)),
+            Err(End::Protocol { code: 0x94, .. })
+        ));
+        assert_eq!(a.resolve(&"".into(), None), Err(protocol("empty_topic")));
+    }
+}

@@ -1,0 +1,166 @@
+//! What flows between sessions: an application [`Message`] (shared by every subscriber through an `Arc`, payload
+//! never copied) and a [`Delivery`] (one message bound for one session, with that subscription's QoS and IDs).
+
+use std::num::{NonZeroU16, NonZeroU32};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fleetgate_protocol::mqtt::{ByteString, Bytes, LastWill, Publish, PublishProperties, QoS};
+
+/// Identifies the session a message came from, for No Local; 0 means "not from a client" (will, retained).
+pub type SessionId = u64;
+
+/// One published application message as the broker keeps it.
+#[derive(Debug)]
+pub struct Message {
+    /// Topic name (never empty; aliases are resolved on the way in).
+    pub topic: ByteString,
+    /// Payload, shared with the inbound read buffer it was sliced from.
+    pub payload: Bytes,
+    /// QoS it was published with.
+    pub qos: QoS,
+    /// RETAIN flag as published.
+    pub retain: bool,
+    /// v5 properties passed through unchanged (topic alias and subscription IDs removed; expiry recomputed).
+    pub properties: Option<PublishProperties>,
+    /// When the Message Expiry Interval runs out, if one was set.
+    pub expires_at: Option<Instant>,
+    /// The publishing session (for No Local).
+    pub origin: SessionId,
+}
+
+impl Message {
+    /// Builds a message from an inbound PUBLISH whose topic alias has been resolved to `topic`.
+    pub fn from_publish(
+        publish: Publish,
+        topic: ByteString,
+        origin: SessionId,
+        now: Instant,
+    ) -> Message {
+        let mut properties = publish.properties;
+        let mut expires_at = None;
+        if let Some(p) = properties.as_mut() {
+            p.topic_alias = None;
+            p.subscription_ids.clear();
+            expires_at = p
+                .message_expiry_interval
+                .map(|s| now + Duration::from_secs(u64::from(s.get())));
+        }
+        Message {
+            topic,
+            payload: publish.payload,
+            qos: publish.qos,
+            retain: publish.retain,
+            properties,
+            expires_at,
+            origin,
+        }
+    }
+
+    /// Builds the message a will turns into.
+    pub fn from_will(will: LastWill, now: Instant) -> Message {
+        let expires_at = will
+            .message_expiry_interval
+            .map(|s| now + Duration::from_secs(u64::from(s.get())));
+        let properties = PublishProperties {
+            topic_alias: None,
+            correlation_data: will.correlation_data,
+            message_expiry_interval: will.message_expiry_interval,
+            content_type: will.content_type,
+            user_properties: will.user_properties,
+            is_utf8_payload: will.is_utf8_payload.unwrap_or(false),
+            response_topic: will.response_topic,
+            subscription_ids: Vec::new(),
+        };
+        Message {
+            topic: will.topic,
+            payload: will.message,
+            qos: will.qos,
+            retain: will.retain,
+            properties: Some(properties),
+            expires_at,
+            origin: 0,
+        }
+    }
+
+    /// True once the message expiry interval has run out.
+    pub fn is_expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
+
+    /// Seconds of expiry left, rounded up, for the forwarded Message Expiry Interval; `None` without expiry.
+    pub fn remaining_expiry(&self, now: Instant) -> Option<NonZeroU32> {
+        let left = self.expires_at?.saturating_duration_since(now);
+        let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+        NonZeroU32::new(u32::try_from(secs).unwrap_or(u32::MAX)).or(NonZeroU32::new(1))
+    }
+}
+
+/// One message bound for one session.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The shared message.
+    pub msg: Arc<Message>,
+    /// min(published QoS, granted QoS).
+    pub qos: QoS,
+    /// RETAIN flag to send (retain-as-published, or 1 for a retained message sent on subscribe).
+    pub retain: bool,
+    /// Subscription identifiers of the matching subscriptions (v5).
+    pub sub_ids: Vec<NonZeroU32>,
+}
+
+impl Delivery {
+    /// The PUBLISH to send for this delivery. `topic` is what goes on the wire (empty when a known alias is used).
+    pub fn to_publish(
+        &self,
+        packet_id: Option<NonZeroU16>,
+        dup: bool,
+        topic: ByteString,
+        alias: Option<NonZeroU16>,
+        v5: bool,
+        now: Instant,
+    ) -> Publish {
+        let properties = if v5 {
+            let mut p = self.msg.properties.clone().unwrap_or_default();
+            p.topic_alias = alias;
+            if self.msg.expires_at.is_some() {
+                p.message_expiry_interval = self.msg.remaining_expiry(now);
+            }
+            p.subscription_ids.clone_from(&self.sub_ids);
+            Some(p)
+        } else {
+            None
+        };
+        Publish {
+            dup,
+            retain: self.retain,
+            qos: self.qos,
+            topic,
+            packet_id,
+            payload: self.msg.payload.clone(),
+            properties,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remaining_expiry_rounds_up() {
+        let now = Instant::now();
+        let msg = Message {
+            topic: "a".into(),
+            payload: Bytes::new(),
+            qos: QoS::AtMostOnce,
+            retain: false,
+            properties: None,
+            expires_at: Some(now + Duration::from_millis(1500)),
+            origin: 0,
+        };
+        assert_eq!(msg.remaining_expiry(now).map(NonZeroU32::get), Some(2));
+        assert!(!msg.is_expired(now));
+        assert!(msg.is_expired(now + Duration::from_secs(2)));
+    }
+}

@@ -1,0 +1,145 @@
+//! Metric names (the contract with dashboards and tests), their descriptions, and the handles the hot path uses
+//! so that a publish does not hash metric names per message.
+
+use metrics::{Counter, Gauge, counter, describe_counter, describe_gauge, gauge};
+
+/// Open MQTT connections (past CONNECT).
+pub const CONNECTIONS_CURRENT: &str = "fleetgate_connections_current";
+/// Connection attempts by `result` (accepted, refused, proxy_rejected, connect_timeout, protocol_error).
+pub const CONNECTIONS_TOTAL: &str = "fleetgate_connections_total";
+/// PUBLISH packets received from clients, by `qos`.
+pub const MESSAGES_RECEIVED: &str = "fleetgate_messages_received_total";
+/// PUBLISH packets written to clients, by `qos`.
+pub const MESSAGES_DELIVERED: &str = "fleetgate_messages_delivered_total";
+/// Sessions held (connected or not).
+pub const SESSIONS_CURRENT: &str = "fleetgate_sessions_current";
+/// Retained messages held.
+pub const RETAINED_MESSAGES: &str = "fleetgate_retained_messages";
+/// Messages dropped, by `reason` ([`DropReason`]).
+pub const DROPPED_MESSAGES: &str = "fleetgate_dropped_messages_total";
+/// Disconnects by `reason` (graceful, ungraceful, keepalive_timeout, takeover, ...).
+pub const DISCONNECTS: &str = "fleetgate_disconnects_total";
+/// PROXY headers refused, by `reason`.
+pub const PROXY_REJECTED: &str = "fleetgate_proxy_rejected_total";
+
+/// Why a message was not delivered; the `reason` label of [`DROPPED_MESSAGES`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// QoS 1/2 to a session whose queue is full (offline session, or online with room in the inflight window).
+    QueueFull,
+    /// QoS 1/2 to an online session whose queue is full because the client does not acknowledge (window full).
+    InflightWindow,
+    /// QoS 0 to a session with no connection.
+    NotConnected,
+    /// Bigger than the client's Maximum Packet Size.
+    TooLarge,
+    /// Message expiry interval ran out while queued.
+    Expired,
+    /// QoS 0 to an online session whose queue is full.
+    Qos0QueueFull,
+    /// Refused by an ACL (later issue).
+    Acl,
+}
+
+impl DropReason {
+    /// Every reason, for registration.
+    pub const ALL: [DropReason; 7] = [
+        DropReason::QueueFull,
+        DropReason::InflightWindow,
+        DropReason::NotConnected,
+        DropReason::TooLarge,
+        DropReason::Expired,
+        DropReason::Qos0QueueFull,
+        DropReason::Acl,
+    ];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            DropReason::QueueFull => "queue_full",
+            DropReason::InflightWindow => "inflight_window",
+            DropReason::NotConnected => "not_connected",
+            DropReason::TooLarge => "too_large",
+            DropReason::Expired => "expired",
+            DropReason::Qos0QueueFull => "qos0_queue_full",
+            DropReason::Acl => "acl",
+        }
+    }
+}
+
+/// Pre-registered metric handles (built after the recorder is installed; no-ops without one).
+#[derive(Debug)]
+pub struct Metrics {
+    /// [`CONNECTIONS_CURRENT`].
+    pub connections_current: Gauge,
+    /// [`SESSIONS_CURRENT`].
+    pub sessions_current: Gauge,
+    /// [`RETAINED_MESSAGES`].
+    pub retained: Gauge,
+    received: [Counter; 3],
+    delivered: [Counter; 3],
+    dropped: [Counter; 7],
+}
+
+impl Metrics {
+    /// Describes every metric and registers the labelled series so they show up at 0.
+    pub fn register() -> Metrics {
+        describe_gauge!(CONNECTIONS_CURRENT, "Open MQTT connections");
+        describe_counter!(CONNECTIONS_TOTAL, "MQTT connection attempts by result");
+        describe_counter!(
+            MESSAGES_RECEIVED,
+            "PUBLISH packets received from clients by QoS"
+        );
+        describe_counter!(MESSAGES_DELIVERED, "PUBLISH packets sent to clients by QoS");
+        describe_gauge!(SESSIONS_CURRENT, "MQTT sessions held, connected or not");
+        describe_gauge!(RETAINED_MESSAGES, "Retained messages held");
+        describe_counter!(DROPPED_MESSAGES, "Messages not delivered, by reason");
+        describe_counter!(DISCONNECTS, "Client disconnects by reason");
+        describe_counter!(PROXY_REJECTED, "PROXY protocol headers refused, by reason");
+        let qos = |name: &'static str| {
+            [
+                counter!(name, "qos" => "0"),
+                counter!(name, "qos" => "1"),
+                counter!(name, "qos" => "2"),
+            ]
+        };
+        Metrics {
+            connections_current: gauge!(CONNECTIONS_CURRENT),
+            sessions_current: gauge!(SESSIONS_CURRENT),
+            retained: gauge!(RETAINED_MESSAGES),
+            received: qos(MESSAGES_RECEIVED),
+            delivered: qos(MESSAGES_DELIVERED),
+            dropped: DropReason::ALL.map(|r| counter!(DROPPED_MESSAGES, "reason" => r.label())),
+        }
+    }
+
+    /// Counts a received PUBLISH.
+    pub fn received(&self, qos: u8) {
+        self.received[usize::from(qos.min(2))].increment(1);
+    }
+
+    /// Counts a delivered PUBLISH.
+    pub fn delivered(&self, qos: u8) {
+        self.delivered[usize::from(qos.min(2))].increment(1);
+    }
+
+    /// Counts a dropped message.
+    pub fn dropped(&self, reason: DropReason) {
+        self.dropped[reason as usize].increment(1);
+    }
+}
+
+/// Counts a connection attempt's outcome.
+pub fn connection_result(result: &'static str) {
+    counter!(CONNECTIONS_TOTAL, "result" => result).increment(1);
+}
+
+/// Counts a disconnect.
+pub fn disconnect(reason: &'static str) {
+    counter!(DISCONNECTS, "reason" => reason).increment(1);
+}
+
+/// Counts a refused PROXY header.
+pub fn proxy_rejected(reason: &'static str) {
+    counter!(PROXY_REJECTED, "reason" => reason).increment(1);
+}

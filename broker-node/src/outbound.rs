@@ -1,0 +1,220 @@
+//! Packet loop, write side: the session queue → PUBLISH packets in the write buffer, within the client's
+//! receive maximum (inflight window), Maximum Packet Size and topic aliases; expired messages are dropped here.
+//! On reconnect, what was in flight goes out again first (PUBLISH with DUP, or PUBREL).
+
+use std::collections::HashMap;
+use std::num::NonZeroU16;
+use std::time::Instant;
+
+use fleetgate_protocol::mqtt::{
+    ByteString, CodecError, Packet, PublishAck2, PublishAck2Reason, QoS,
+};
+
+use crate::conn::{Conn, End};
+use crate::limits::{DRAIN_BATCH, WRITE_HIGH_WATER};
+use crate::metrics::DropReason;
+use crate::session::Inflight;
+
+/// Topic aliases we assign on PUBLISHes to a v5 client, up to its Topic Alias Maximum. Assigned first come,
+/// first served and kept for the connection (no eviction).
+#[derive(Debug, Default)]
+pub struct OutboundAliases {
+    max: u16,
+    aliases: HashMap<ByteString, NonZeroU16>,
+}
+
+/// How one PUBLISH names its topic.
+#[derive(Debug, PartialEq, Eq)]
+pub struct AliasChoice {
+    /// Topic on the wire (empty when the alias is already known to the client).
+    pub topic: ByteString,
+    /// Alias property.
+    pub alias: Option<NonZeroU16>,
+    /// True when this PUBLISH establishes the alias (commit it once the packet is encoded).
+    pub new: bool,
+}
+
+impl OutboundAliases {
+    /// No aliases when `max` is 0.
+    pub fn new(max: u16) -> OutboundAliases {
+        OutboundAliases {
+            max,
+            aliases: HashMap::new(),
+        }
+    }
+
+    /// How to name `topic` in the next PUBLISH.
+    pub fn choose(&self, topic: &ByteString) -> AliasChoice {
+        if self.max == 0 {
+            return AliasChoice {
+                topic: topic.clone(),
+                alias: None,
+                new: false,
+            };
+        }
+        if let Some(alias) = self.aliases.get(topic) {
+            return AliasChoice {
+                topic: ByteString::new(),
+                alias: Some(*alias),
+                new: false,
+            };
+        }
+        let next = u16::try_from(self.aliases.len()).unwrap_or(u16::MAX);
+        match NonZeroU16::new(next.saturating_add(1)).filter(|a| a.get() <= self.max) {
+            Some(alias) => AliasChoice {
+                topic: topic.clone(),
+                alias: Some(alias),
+                new: true,
+            },
+            None => AliasChoice {
+                topic: topic.clone(),
+                alias: None,
+                new: false,
+            },
+        }
+    }
+
+    /// Records an alias the client now knows.
+    pub fn commit(&mut self, choice: &AliasChoice) {
+        if let (true, Some(alias)) = (choice.new, choice.alias) {
+            self.aliases.insert(choice.topic.clone(), alias);
+        }
+    }
+}
+
+/// Moves queued messages into the write buffer while the inflight window and the buffer allow.
+pub fn drain(conn: &mut Conn) -> Result<(), End> {
+    let now = Instant::now();
+    let v5 = conn.level.is_v5();
+    loop {
+        let mut st = conn.session.state.lock();
+        for _ in 0..DRAIN_BATCH {
+            if conn.wire.pending() >= WRITE_HIGH_WATER {
+                return Ok(());
+            }
+            let Some(front) = st.queue.front() else {
+                return Ok(());
+            };
+            if front.msg.is_expired(now) {
+                st.queue.pop_front();
+                conn.broker.metrics.dropped(DropReason::Expired);
+                continue;
+            }
+            if front.qos != QoS::AtMostOnce && st.inflight.len() >= conn.limits.outbound_window {
+                return Ok(());
+            }
+            let Some(delivery) = st.queue.pop_front() else {
+                return Ok(());
+            };
+            let packet_id = (delivery.qos != QoS::AtMostOnce).then(|| st.alloc_packet_id());
+            let choice = conn.outbound_aliases.choose(&delivery.msg.topic);
+            let publish = delivery.to_publish(
+                packet_id,
+                false,
+                choice.topic.clone(),
+                choice.alias,
+                v5,
+                now,
+            );
+            match conn.wire.encode(Packet::Publish(Box::new(publish))) {
+                Ok(()) => {
+                    let choice = AliasChoice {
+                        topic: delivery.msg.topic.clone(),
+                        ..choice
+                    };
+                    conn.outbound_aliases.commit(&choice);
+                    conn.broker.metrics.delivered(delivery.qos.value());
+                    if let Some(packet_id) = packet_id {
+                        st.inflight.push_back(Inflight {
+                            packet_id,
+                            delivery,
+                            released: false,
+                        });
+                    }
+                }
+                Err(CodecError::OutboundTooLarge) => {
+                    conn.broker.metrics.dropped(DropReason::TooLarge)
+                }
+                Err(e) => return Err(End::codec(e)),
+            }
+        }
+        // Let publishers at the session between batches.
+        drop(st);
+    }
+}
+
+/// After CONNACK on a resumed session: everything unacknowledged again, in order — PUBLISH with DUP=1, or
+/// PUBREL for QoS 2 messages the client already PUBREC'd.
+pub fn resend_inflight(conn: &mut Conn) {
+    let now = Instant::now();
+    let v5 = conn.level.is_v5();
+    let mut st = conn.session.state.lock();
+    let mut too_large = Vec::new();
+    for entry in &st.inflight {
+        let packet = if entry.released {
+            Packet::PublishRelease(PublishAck2 {
+                packet_id: entry.packet_id,
+                reason_code: PublishAck2Reason::Success,
+                properties: Vec::new(),
+                reason_string: None,
+            })
+        } else {
+            let topic = entry.delivery.msg.topic.clone();
+            Packet::Publish(Box::new(entry.delivery.to_publish(
+                Some(entry.packet_id),
+                true,
+                topic,
+                None,
+                v5,
+                now,
+            )))
+        };
+        if conn.wire.encode(packet).is_err() {
+            // The new connection announced a smaller Maximum Packet Size than the old one: it can never get it.
+            too_large.push(entry.packet_id);
+        }
+    }
+    for id in too_large {
+        st.inflight.retain(|e| e.packet_id != id);
+        conn.broker.metrics.dropped(DropReason::TooLarge);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aliases_are_assigned_up_to_the_maximum() {
+        let mut a = OutboundAliases::new(1);
+        let t1: ByteString = "t/1".into();
+        let t2: ByteString = "t/2".into();
+        let first = a.choose(&t1);
+        assert_eq!(
+            first,
+            AliasChoice {
+                topic: t1.clone(),
+                alias: NonZeroU16::new(1),
+                new: true
+            }
+        );
+        a.commit(&first);
+        assert_eq!(
+            a.choose(&t1),
+            AliasChoice {
+                topic: ByteString::new(),
+                alias: NonZeroU16::new(1),
+                new: false
+            }
+        );
+        assert_eq!(
+            a.choose(&t2),
+            AliasChoice {
+                topic: t2.clone(),
+                alias: None,
+                new: false
+            }
+        );
+        assert_eq!(OutboundAliases::new(0).choose(&t1).alias, None);
+    }
+}

@@ -1,0 +1,340 @@
+//! The subscription index: a trie keyed by topic level, so a PUBLISH walks only the branches its own levels (and
+//! `+`/`#`) lead to, instead of testing every filter. Shared subscriptions (`$share/{group}/{filter}`) sit in
+//! the same trie as groups whose members take turns (round robin, preferring connected members).
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use fleetgate_protocol::mqtt::SubscriptionOptions;
+
+use crate::message::SessionId;
+use crate::session::Session;
+
+/// One subscription of one session.
+#[derive(Debug, Clone)]
+pub struct Subscriber {
+    /// The subscribing session.
+    pub session: Arc<Session>,
+    /// Options from SUBSCRIBE.
+    pub options: SubscriptionOptions,
+    /// Subscription identifier (v5).
+    pub id: Option<NonZeroU32>,
+}
+
+#[derive(Debug)]
+struct SharedGroup {
+    name: Box<str>,
+    members: Vec<Subscriber>,
+    next: AtomicUsize,
+}
+
+impl SharedGroup {
+    /// Next member in turn; a connected one when there is any.
+    fn pick(&self) -> Option<&Subscriber> {
+        let n = self.members.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|i| &self.members[(start + i) % n])
+            .find(|m| m.session.is_connected())
+            .or_else(|| self.members.get(start % n))
+    }
+}
+
+#[derive(Debug, Default)]
+struct Entries {
+    direct: Vec<Subscriber>,
+    groups: Vec<SharedGroup>,
+}
+
+impl Entries {
+    fn is_empty(&self) -> bool {
+        self.direct.is_empty() && self.groups.is_empty()
+    }
+
+    /// Adds or replaces `session`'s subscription; true when it replaced one.
+    fn insert(&mut self, group: Option<&str>, sub: Subscriber) -> bool {
+        let list = match group {
+            None => &mut self.direct,
+            Some(name) => {
+                let idx = match self.groups.iter().position(|g| &*g.name == name) {
+                    Some(i) => i,
+                    None => {
+                        self.groups.push(SharedGroup {
+                            name: name.into(),
+                            members: Vec::new(),
+                            next: AtomicUsize::new(0),
+                        });
+                        self.groups.len() - 1
+                    }
+                };
+                &mut self.groups[idx].members
+            }
+        };
+        match list.iter_mut().find(|s| s.session.id == sub.session.id) {
+            Some(existing) => {
+                *existing = sub;
+                true
+            }
+            None => {
+                list.push(sub);
+                false
+            }
+        }
+    }
+
+    fn remove(&mut self, group: Option<&str>, session: SessionId) -> bool {
+        match group {
+            None => remove_session(&mut self.direct, session),
+            Some(name) => {
+                let Some(idx) = self.groups.iter().position(|g| &*g.name == name) else {
+                    return false;
+                };
+                let removed = remove_session(&mut self.groups[idx].members, session);
+                if self.groups[idx].members.is_empty() {
+                    self.groups.swap_remove(idx);
+                }
+                removed
+            }
+        }
+    }
+
+    fn collect<'a>(&'a self, out: &mut Vec<&'a Subscriber>) {
+        out.extend(self.direct.iter());
+        out.extend(self.groups.iter().filter_map(SharedGroup::pick));
+    }
+}
+
+fn remove_session(list: &mut Vec<Subscriber>, session: SessionId) -> bool {
+    let before = list.len();
+    list.retain(|s| s.session.id != session);
+    list.len() != before
+}
+
+#[derive(Debug, Default)]
+struct Node {
+    children: HashMap<Box<str>, Node>,
+    /// Filters ending at this level.
+    here: Entries,
+    /// Filters ending with `/#` after this level (or `#` at the root): match this level and everything below.
+    hash: Entries,
+}
+
+impl Node {
+    fn is_empty(&self) -> bool {
+        self.children.is_empty() && self.here.is_empty() && self.hash.is_empty()
+    }
+}
+
+/// The subscription trie.
+#[derive(Debug, Default)]
+pub struct Router {
+    root: Node,
+    subscriptions: usize,
+}
+
+impl Router {
+    /// An empty index.
+    pub fn new() -> Router {
+        Router::default()
+    }
+
+    /// Number of subscriptions held.
+    pub fn len(&self) -> usize {
+        self.subscriptions
+    }
+
+    /// True when nothing is subscribed.
+    pub fn is_empty(&self) -> bool {
+        self.subscriptions == 0
+    }
+
+    /// Adds (or replaces) the subscription of `sub.session` to `filter` (a plain filter; `group` for
+    /// `$share/{group}/{filter}`). Returns true when it replaced an existing one.
+    pub fn subscribe(&mut self, filter: &str, group: Option<&str>, sub: Subscriber) -> bool {
+        let (path, hash) = split_hash(filter);
+        let mut node = &mut self.root;
+        for level in path {
+            node = node.children.entry(level.into()).or_default();
+        }
+        let entries = if hash { &mut node.hash } else { &mut node.here };
+        let replaced = entries.insert(group, sub);
+        if !replaced {
+            self.subscriptions += 1;
+        }
+        replaced
+    }
+
+    /// Removes `session`'s subscription to `filter`; true when there was one.
+    pub fn unsubscribe(&mut self, filter: &str, group: Option<&str>, session: SessionId) -> bool {
+        let (path, hash) = split_hash(filter);
+        let levels: Vec<&str> = path.collect();
+        let removed = remove_at(&mut self.root, &levels, hash, group, session);
+        if removed {
+            self.subscriptions -= 1;
+        }
+        removed
+    }
+
+    /// Every subscription matching `topic` (several per session when filters overlap; the caller merges).
+    pub fn collect<'a>(&'a self, topic: &str, out: &mut Vec<&'a Subscriber>) {
+        let dollar = topic.starts_with('$');
+        let levels: Vec<&str> = topic.split('/').collect();
+        walk(&self.root, &levels, 0, dollar, out);
+    }
+}
+
+/// Splits a filter into its levels without a trailing `#`, and whether it ended in `#`.
+fn split_hash(filter: &str) -> (std::str::Split<'_, char>, bool) {
+    if filter == "#" {
+        // An empty iterator: `"".split('/')` would yield one empty level.
+        let mut it = "".split('/');
+        it.next();
+        return (it, true);
+    }
+    match filter.strip_suffix("/#") {
+        Some(prefix) => (prefix.split('/'), true),
+        None => (filter.split('/'), false),
+    }
+}
+
+fn remove_at(
+    node: &mut Node,
+    levels: &[&str],
+    hash: bool,
+    group: Option<&str>,
+    session: SessionId,
+) -> bool {
+    match levels.split_first() {
+        None => {
+            let entries = if hash { &mut node.hash } else { &mut node.here };
+            entries.remove(group, session)
+        }
+        Some((first, rest)) => {
+            let Some(child) = node.children.get_mut(*first) else {
+                return false;
+            };
+            let removed = remove_at(child, rest, hash, group, session);
+            if child.is_empty() {
+                node.children.remove(*first);
+            }
+            removed
+        }
+    }
+}
+
+fn walk<'a>(
+    node: &'a Node,
+    levels: &[&str],
+    idx: usize,
+    dollar: bool,
+    out: &mut Vec<&'a Subscriber>,
+) {
+    // A leading wildcard never matches a `$` topic [MQTT-4.7.2-1].
+    let wildcard_ok = !(idx == 0 && dollar);
+    if wildcard_ok {
+        node.hash.collect(out);
+    }
+    let Some(level) = levels.get(idx) else {
+        node.here.collect(out);
+        return;
+    };
+    if let Some(child) = node.children.get(*level) {
+        walk(child, levels, idx + 1, dollar, out);
+    }
+    if wildcard_ok
+        && *level != "+"
+        && let Some(child) = node.children.get("+")
+    {
+        walk(child, levels, idx + 1, dollar, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fleetgate_protocol::mqtt::topic;
+
+    fn sub(id: SessionId) -> Subscriber {
+        Subscriber {
+            session: Session::new_for_test(id),
+            options: SubscriptionOptions::default(),
+            id: None,
+        }
+    }
+
+    fn hits(router: &Router, topic: &str) -> Vec<SessionId> {
+        let mut out = Vec::new();
+        router.collect(topic, &mut out);
+        let mut ids: Vec<SessionId> = out.iter().map(|s| s.session.id).collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    #[test]
+    fn agrees_with_the_reference_matcher() {
+        let filters = [
+            "#", "+", "a", "a/b", "a/+", "a/#", "+/b", "+/+", "a/b/c", "a/+/c", "$SYS/#", "$SYS/+",
+            "+/#", "a//b", "/a", "/+",
+        ];
+        let topics = [
+            "a", "a/b", "a/c", "b/b", "a/b/c", "a/x/c", "$SYS/x", "$SYS", "a//b", "/a", "/", "b",
+        ];
+        let mut router = Router::new();
+        for (i, f) in filters.iter().enumerate() {
+            router.subscribe(f, None, sub(i as SessionId + 1));
+        }
+        assert_eq!(router.len(), filters.len());
+        for t in topics {
+            let expected: Vec<SessionId> = filters
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| topic::matches(f, t))
+                .map(|(i, _)| i as SessionId + 1)
+                .collect();
+            assert_eq!(hits(&router, t), expected, "topic {t}");
+        }
+    }
+
+    #[test]
+    fn unsubscribe_prunes() {
+        let mut router = Router::new();
+        router.subscribe("a/b/c", None, sub(1));
+        router.subscribe("a/#", None, sub(1));
+        assert!(router.unsubscribe("a/b/c", None, 1));
+        assert!(!router.unsubscribe("a/b/c", None, 1));
+        assert_eq!(hits(&router, "a/b/c"), vec![1]);
+        assert!(router.unsubscribe("a/#", None, 1));
+        assert!(router.root.is_empty());
+        assert!(router.is_empty());
+    }
+
+    #[test]
+    fn resubscribe_replaces() {
+        let mut router = Router::new();
+        assert!(!router.subscribe("a", None, sub(1)));
+        assert!(router.subscribe("a", None, sub(1)));
+        assert_eq!(router.len(), 1);
+    }
+
+    #[test]
+    fn shared_groups_take_turns() {
+        let mut router = Router::new();
+        router.subscribe("job/#", Some("g"), sub(1));
+        router.subscribe("job/#", Some("g"), sub(2));
+        router.subscribe("job/#", Some("h"), sub(3));
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            seen.push(hits(&router, "job/1"));
+        }
+        // Group h's only member gets every message; g alternates.
+        let ones = seen.iter().filter(|h| h.contains(&1)).count();
+        let twos = seen.iter().filter(|h| h.contains(&2)).count();
+        assert_eq!((ones, twos), (2, 2), "{seen:?}");
+        assert!(seen.iter().all(|h| h.contains(&3) && h.len() == 2));
+    }
+}

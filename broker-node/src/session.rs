@@ -1,0 +1,347 @@
+//! Session state: what outlives a connection when the client asks for it — subscriptions, the outbound queue,
+//! QoS 1/2 messages in flight both ways, packet-ID allocation — plus the slot of the connection currently
+//! attached. Locked briefly (never across an `.await`); publishers push into the queue and wake the connection.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::num::{NonZeroU16, NonZeroU32};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use fleetgate_protocol::mqtt::{ByteString, LastWill, ProtocolLevel, QoS, SubscriptionOptions};
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use crate::message::{Delivery, SessionId};
+use crate::metrics::DropReason;
+
+/// How a connection is told something happened to its session: new messages, or that it was taken over.
+#[derive(Debug, Default)]
+pub struct ConnSignal {
+    /// Woken when the queue goes from empty to non-empty, and on takeover.
+    pub notify: Notify,
+    kicked: AtomicBool,
+}
+
+impl ConnSignal {
+    /// Tells the connection another one took its session over.
+    pub fn kick(&self) {
+        self.kicked.store(true, Ordering::Release);
+        self.notify.notify_one();
+    }
+
+    /// True once [`kick`](Self::kick) was called.
+    pub fn is_kicked(&self) -> bool {
+        self.kicked.load(Ordering::Acquire)
+    }
+}
+
+/// The connection currently attached to a session.
+#[derive(Debug)]
+pub struct ConnSlot {
+    /// Its wake-up/takeover signal.
+    pub signal: Arc<ConnSignal>,
+    /// Its inflight window (for the `inflight_window` drop reason).
+    pub window: usize,
+}
+
+/// One stored subscription (the key in [`SessionState::subscriptions`] is the full filter, `$share/..` included).
+#[derive(Debug, Clone, Copy)]
+pub struct SubscriptionEntry {
+    /// Options from SUBSCRIBE.
+    pub options: SubscriptionOptions,
+    /// Subscription identifier.
+    pub id: Option<NonZeroU32>,
+}
+
+/// A QoS 1/2 message sent to the client and not yet fully acknowledged.
+#[derive(Debug)]
+pub struct Inflight {
+    /// The packet identifier it was sent with.
+    pub packet_id: NonZeroU16,
+    /// What was sent (resent with DUP on reconnect).
+    pub delivery: Delivery,
+    /// QoS 2 only: PUBREC received and PUBREL sent; waiting for PUBCOMP.
+    pub released: bool,
+}
+
+/// A will message held for the connection (or, after it ended, for its delay).
+#[derive(Debug)]
+pub struct Will {
+    /// The will as sent in CONNECT.
+    pub will: Box<LastWill>,
+    /// Will Delay Interval in seconds (0 for MQTT 3).
+    pub delay: u32,
+}
+
+/// The mutable part of a session.
+#[derive(Debug)]
+pub struct SessionState {
+    /// Subscriptions by full filter.
+    pub subscriptions: HashMap<ByteString, SubscriptionEntry>,
+    /// Messages waiting to be sent (bounded by `max_queued_messages`).
+    pub queue: VecDeque<Delivery>,
+    /// QoS 1/2 messages sent, oldest first.
+    pub inflight: VecDeque<Inflight>,
+    /// QoS 2 packet IDs received from the client, PUBREC sent, waiting for PUBREL.
+    pub inbound_qos2: HashSet<u16>,
+    /// The attached connection, if any.
+    pub conn: Option<ConnSlot>,
+    /// Increases on every attach; timers and detaches from older connections compare it and do nothing.
+    pub generation: u64,
+    /// Session expiry interval in seconds (0 = ends with the connection).
+    pub expiry_secs: u32,
+    /// The connected client's will.
+    pub will: Option<Will>,
+    /// A will waiting out its delay after the connection ended.
+    pub pending_will: Option<Will>,
+    /// The session was removed from the broker; late pushes are ignored.
+    pub ended: bool,
+    /// Protocol of the last connection (admin).
+    pub protocol: ProtocolLevel,
+    /// Client address of the last connection (admin).
+    pub source: Option<SocketAddr>,
+    next_packet_id: u16,
+}
+
+impl SessionState {
+    /// Next free packet identifier (skipping those in flight).
+    pub fn alloc_packet_id(&mut self) -> NonZeroU16 {
+        loop {
+            self.next_packet_id = self.next_packet_id.wrapping_add(1);
+            if let Some(id) = NonZeroU16::new(self.next_packet_id)
+                && !self.inflight.iter().any(|e| e.packet_id == id)
+            {
+                return id;
+            }
+        }
+    }
+
+    /// PUBACK: forgets a QoS 1 message. False when unknown.
+    pub fn acknowledge(&mut self, id: NonZeroU16) -> bool {
+        self.remove_inflight(id, |e| e.delivery.qos == QoS::AtLeastOnce)
+    }
+
+    /// PUBREC: marks a QoS 2 message released. False when unknown.
+    pub fn release(&mut self, id: NonZeroU16) -> bool {
+        match self
+            .inflight
+            .iter_mut()
+            .find(|e| e.packet_id == id && e.delivery.qos == QoS::ExactlyOnce)
+        {
+            Some(e) => {
+                e.released = true;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// PUBCOMP (or a failed PUBREC): forgets a QoS 2 message.
+    pub fn complete(&mut self, id: NonZeroU16) -> bool {
+        self.remove_inflight(id, |e| e.delivery.qos == QoS::ExactlyOnce)
+    }
+
+    fn remove_inflight(&mut self, id: NonZeroU16, ok: impl Fn(&Inflight) -> bool) -> bool {
+        // Acks mostly arrive in order: the front is the usual hit.
+        match self
+            .inflight
+            .iter()
+            .position(|e| e.packet_id == id && ok(e))
+        {
+            Some(pos) => {
+                self.inflight.remove(pos);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// A session: identity plus locked state.
+#[derive(Debug)]
+pub struct Session {
+    /// Unique per session object (a clean-start reconnect gets a new one).
+    pub id: SessionId,
+    /// The client identifier.
+    pub client_id: ByteString,
+    connected: AtomicBool,
+    /// The state; lock briefly, never across `.await`.
+    pub state: Mutex<SessionState>,
+}
+
+impl Session {
+    /// A new session attached to a connection.
+    pub fn new(
+        id: SessionId,
+        client_id: ByteString,
+        protocol: ProtocolLevel,
+        expiry_secs: u32,
+    ) -> Session {
+        Session {
+            id,
+            client_id,
+            connected: AtomicBool::new(false),
+            state: Mutex::new(SessionState {
+                subscriptions: HashMap::new(),
+                queue: VecDeque::new(),
+                inflight: VecDeque::new(),
+                inbound_qos2: HashSet::new(),
+                conn: None,
+                generation: 0,
+                expiry_secs,
+                will: None,
+                pending_will: None,
+                ended: false,
+                protocol,
+                source: None,
+                next_packet_id: 0,
+            }),
+        }
+    }
+
+    /// A detached session, for unit tests of other modules.
+    #[cfg(test)]
+    pub fn new_for_test(id: SessionId) -> Arc<Session> {
+        Arc::new(Session::new(
+            id,
+            format!("c{id}").into(),
+            ProtocolLevel::V5,
+            0,
+        ))
+    }
+
+    /// True while a connection is attached (lock-free; used to prefer connected shared-group members).
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// Records whether a connection is attached (called with the state lock held).
+    pub fn set_connected(&self, connected: bool) {
+        self.connected.store(connected, Ordering::Relaxed);
+    }
+
+    /// Queues a delivery and wakes the connection; the error says why it was dropped instead.
+    pub fn enqueue(&self, delivery: Delivery, max_queued: usize) -> Result<(), DropReason> {
+        let mut st = self.state.lock();
+        if st.ended {
+            return Ok(());
+        }
+        let qos0 = delivery.qos == QoS::AtMostOnce;
+        let Some(conn) = st.conn.as_ref() else {
+            if qos0 {
+                return Err(DropReason::NotConnected);
+            }
+            if st.queue.len() >= max_queued {
+                return Err(DropReason::QueueFull);
+            }
+            st.queue.push_back(delivery);
+            return Ok(());
+        };
+        if st.queue.len() >= max_queued {
+            return Err(if qos0 {
+                DropReason::Qos0QueueFull
+            } else if st.inflight.len() >= conn.window {
+                DropReason::InflightWindow
+            } else {
+                DropReason::QueueFull
+            });
+        }
+        let was_empty = st.queue.is_empty();
+        let signal = was_empty.then(|| conn.signal.clone());
+        st.queue.push_back(delivery);
+        drop(st);
+        // Only the empty → non-empty edge wakes: a connection with a backlog drains it on its next turn anyway.
+        if let Some(signal) = signal {
+            signal.notify.notify_one();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Message;
+    use fleetgate_protocol::mqtt::Bytes;
+
+    fn delivery(qos: QoS) -> Delivery {
+        let msg = Message {
+            topic: "t".into(),
+            payload: Bytes::from_static(b"x"),
+            qos,
+            retain: false,
+            properties: None,
+            expires_at: None,
+            origin: 0,
+        };
+        Delivery {
+            msg: Arc::new(msg),
+            qos,
+            retain: false,
+            sub_ids: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn offline_queueing_rules() {
+        let s = Session::new_for_test(1);
+        assert_eq!(
+            s.enqueue(delivery(QoS::AtMostOnce), 2),
+            Err(DropReason::NotConnected)
+        );
+        assert_eq!(s.enqueue(delivery(QoS::AtLeastOnce), 2), Ok(()));
+        assert_eq!(s.enqueue(delivery(QoS::ExactlyOnce), 2), Ok(()));
+        assert_eq!(
+            s.enqueue(delivery(QoS::AtLeastOnce), 2),
+            Err(DropReason::QueueFull)
+        );
+    }
+
+    #[test]
+    fn online_queue_full_reasons() {
+        let s = Session::new_for_test(1);
+        let signal = Arc::new(ConnSignal::default());
+        s.state.lock().conn = Some(ConnSlot { signal, window: 1 });
+        assert_eq!(s.enqueue(delivery(QoS::AtLeastOnce), 1), Ok(()));
+        assert_eq!(
+            s.enqueue(delivery(QoS::AtMostOnce), 1),
+            Err(DropReason::Qos0QueueFull)
+        );
+        assert_eq!(
+            s.enqueue(delivery(QoS::AtLeastOnce), 1),
+            Err(DropReason::QueueFull)
+        );
+        let mut st = s.state.lock();
+        let id = st.alloc_packet_id();
+        let d = st.queue.pop_front().unwrap();
+        st.inflight.push_back(Inflight {
+            packet_id: id,
+            delivery: d,
+            released: false,
+        });
+        st.queue.push_back(delivery(QoS::AtLeastOnce));
+        drop(st);
+        assert_eq!(
+            s.enqueue(delivery(QoS::AtLeastOnce), 1),
+            Err(DropReason::InflightWindow)
+        );
+    }
+
+    #[test]
+    fn packet_ids_skip_inflight_and_zero() {
+        let s = Session::new_for_test(1);
+        let mut st = s.state.lock();
+        st.next_packet_id = u16::MAX - 1;
+        let a = st.alloc_packet_id();
+        assert_eq!(a.get(), u16::MAX);
+        st.inflight.push_back(Inflight {
+            packet_id: NonZeroU16::MIN,
+            delivery: delivery(QoS::AtLeastOnce),
+            released: false,
+        });
+        assert_eq!(st.alloc_packet_id().get(), 2);
+        assert!(st.acknowledge(NonZeroU16::MIN));
+        assert!(!st.acknowledge(NonZeroU16::MIN));
+    }
+}

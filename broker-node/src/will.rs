@@ -1,0 +1,87 @@
+//! Will messages: taken from CONNECT, dropped on a normal DISCONNECT (0x00), published when the connection
+//! ends otherwise (or on DISCONNECT 0x04) — at once, or after the v5 Will Delay Interval unless the session is
+//! resumed first; never later than the session's own end.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleetgate_protocol::mqtt::Connect;
+
+use crate::broker::Broker;
+use crate::session::{Session, Will};
+
+/// The will of a CONNECT, if it has one.
+pub fn from_connect(connect: &mut Connect) -> Option<Will> {
+    let will = connect.last_will.take()?;
+    let delay = will.will_delay_interval_sec.unwrap_or(0);
+    Some(Will {
+        will: Box::new(will),
+        delay,
+    })
+}
+
+/// Seconds to wait before publishing: the will delay, but no longer than the session lives.
+pub fn delay(will: &Will, session_expiry_secs: u32) -> u32 {
+    will.delay.min(session_expiry_secs)
+}
+
+/// Publishes `will` now, or parks it in the session and publishes it after its delay unless connection
+/// `generation` was succeeded by a new one (the session was resumed) in the meantime.
+pub fn schedule(
+    broker: &Arc<Broker>,
+    session: &Arc<Session>,
+    generation: u64,
+    will: Will,
+    session_expiry_secs: u32,
+) {
+    let secs = delay(&will, session_expiry_secs);
+    if secs == 0 {
+        broker.publish_will(&session.client_id, will);
+        return;
+    }
+    session.state.lock().pending_will = Some(will);
+    let (broker2, session) = (broker.clone(), session.clone());
+    broker.spawn_timer(Duration::from_secs(u64::from(secs)), move || {
+        let will = {
+            let mut st = session.state.lock();
+            if st.generation != generation || st.conn.is_some() {
+                return;
+            }
+            st.pending_will.take()
+        };
+        if let Some(will) = will {
+            broker2.publish_will(&session.client_id, will);
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fleetgate_protocol::mqtt::{LastWill, QoS};
+
+    #[test]
+    fn delay_is_capped_by_session_expiry() {
+        let mut connect = Connect {
+            last_will: Some(LastWill {
+                qos: QoS::AtMostOnce,
+                retain: false,
+                topic: "w".into(),
+                message: Default::default(),
+                will_delay_interval_sec: Some(30),
+                correlation_data: None,
+                message_expiry_interval: None,
+                content_type: None,
+                user_properties: Vec::new(),
+                is_utf8_payload: None,
+                response_topic: None,
+            }),
+            ..Connect::default()
+        };
+        let will = from_connect(&mut connect).unwrap();
+        assert!(connect.last_will.is_none());
+        assert_eq!(delay(&will, 10), 10);
+        assert_eq!(delay(&will, 100), 30);
+        assert_eq!(delay(&will, 0), 0);
+    }
+}

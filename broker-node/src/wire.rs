@@ -1,0 +1,124 @@
+//! The socket as the connection loop sees it: non-blocking reads into a buffer that exists only while bytes are
+//! pending, packets decoded from it, replies encoded into one write buffer flushed with as few writes as
+//! possible. An idle connection holds no buffer at all (memory per idle connection is a product goal).
+
+use std::io::{self, ErrorKind};
+
+use bytes::{Buf, BytesMut};
+use fleetgate_protocol::mqtt::{Codec, CodecError, Packet};
+use tokio::net::TcpStream;
+use tokio_util::codec::{Decoder, Encoder};
+
+use crate::limits::READ_CHUNK;
+
+/// Why reading a packet failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The codec refused the bytes.
+    #[error("protocol error: {0}")]
+    Codec(CodecError),
+    /// The peer closed the connection.
+    #[error("connection closed")]
+    Closed,
+    /// The socket failed.
+    #[error("i/o error: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// A client socket with its codec and (transient) buffers.
+#[derive(Debug)]
+pub struct Wire {
+    /// The socket.
+    pub stream: TcpStream,
+    /// The MQTT codec.
+    pub codec: Codec,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+}
+
+impl Wire {
+    /// Wraps a socket; no buffer is allocated yet.
+    pub fn new(stream: TcpStream, codec: Codec) -> Wire {
+        Wire {
+            stream,
+            codec,
+            rbuf: BytesMut::new(),
+            wbuf: BytesMut::new(),
+        }
+    }
+
+    /// Reads what the socket has now. `Ok(0)` is end of stream; `WouldBlock` means a spurious wake-up.
+    pub fn try_fill(&mut self) -> io::Result<usize> {
+        if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
+            self.rbuf.reserve(READ_CHUNK);
+        }
+        self.stream.try_read_buf(&mut self.rbuf)
+    }
+
+    /// The next complete packet in the read buffer, if any.
+    pub fn decode(&mut self) -> Result<Option<Packet>, CodecError> {
+        self.codec.decode(&mut self.rbuf)
+    }
+
+    /// Frees the read buffer once everything in it was decoded (packets keep their own slices alive).
+    pub fn release_read_buffer(&mut self) {
+        if self.rbuf.is_empty() {
+            self.rbuf = BytesMut::new();
+        }
+    }
+
+    /// Encodes `packet` after what is pending; on error nothing was added.
+    pub fn encode(&mut self, packet: Packet) -> Result<(), CodecError> {
+        let before = self.wbuf.len();
+        self.codec
+            .encode(packet, &mut self.wbuf)
+            .inspect_err(|_| self.wbuf.truncate(before))
+    }
+
+    /// Bytes encoded and not yet written.
+    pub fn pending(&self) -> usize {
+        self.wbuf.len()
+    }
+
+    /// Writes as much as the socket takes without waiting; `Ok(true)` once everything is out (the buffer is
+    /// then freed).
+    pub fn try_flush(&mut self) -> io::Result<bool> {
+        while !self.wbuf.is_empty() {
+            match self.stream.try_write(&self.wbuf) {
+                Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                Ok(n) => self.wbuf.advance(n),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+        if self.wbuf.capacity() > 0 {
+            self.wbuf = BytesMut::new();
+        }
+        Ok(true)
+    }
+
+    /// Writes everything pending, waiting for the socket as needed.
+    pub async fn flush(&mut self) -> io::Result<()> {
+        while !self.try_flush()? {
+            self.stream.writable().await?;
+        }
+        Ok(())
+    }
+
+    /// Waits for one complete packet (used before the packet loop, for CONNECT).
+    pub async fn read_packet(&mut self) -> Result<Packet, ReadError> {
+        loop {
+            if let Some(packet) = self.decode().map_err(ReadError::Codec)? {
+                self.release_read_buffer();
+                return Ok(packet);
+            }
+            self.stream.readable().await?;
+            match self.try_fill() {
+                Ok(0) => return Err(ReadError::Closed),
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(e) => return Err(ReadError::Io(e)),
+            }
+        }
+    }
+}

@@ -1,0 +1,402 @@
+//! The byte relay, the last stage of a connection: copies both ways until both sides are done, handles
+//! half-close (a side's EOF shuts down the other side's write half), and enforces the idle timeout.
+//!
+//! Memory is the point: most connections are idle MQTT sessions that exchange a PINGREQ a minute, so a relay
+//! must not pin buffers while waiting. `tokio::io::copy_bidirectional` keeps two 8 KiB buffers per connection
+//! forever; here each direction waits for *readiness* with no buffer, allocates a [`RELAY_BUFFER`] only once
+//! the socket is readable, and frees it as soon as a read would block again.
+//!
+//! TLS: rustls may hold decrypted bytes the socket no longer signals. The invariant that makes waiting on the
+//! TCP socket's readiness correct is: the buffer is only dropped after a read returned `Pending`, at which point
+//! tokio-rustls has drained every complete record into our buffer. The first poll of each direction therefore
+//! *reads* (with a buffer) instead of waiting, because the handshake and the CONNECT peek may have left
+//! plaintext inside rustls. rustls' own buffers (record deframer, pending ciphertext) are its business: they
+//! shrink when empty in rustls 0.23, and the per-connection `ServerConnection` remains the bulk of an idle TLS
+//! connection's footprint.
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+use tokio_util::sync::CancellationToken;
+
+/// Size of the buffer a direction allocates while its source is readable: large enough to move a burst of
+/// publishes in a few syscalls, and only held while bytes are flowing.
+pub const RELAY_BUFFER: usize = 16 * 1024;
+
+/// A stream that can say it is readable without being handed a buffer.
+pub trait ReadReady {
+    /// Ready when a read may make progress (it can still return `Pending` after a spurious wake-up).
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
+
+impl ReadReady for TcpStream {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        TcpStream::poll_read_ready(self, cx)
+    }
+}
+
+/// The client side of a connection: plain TCP or TLS over TCP.
+#[derive(Debug)]
+pub enum ClientStream {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// TLS terminated here (boxed: the rustls connection is large and this keeps the plain variant small).
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl ClientStream {
+    /// The TCP socket underneath.
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            ClientStream::Plain(s) => s,
+            ClientStream::Tls(s) => s.get_ref().0,
+        }
+    }
+}
+
+impl ReadReady for ClientStream {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.tcp().poll_read_ready(cx)
+    }
+}
+
+impl AsyncRead for ClientStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ClientStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Which side of the relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The MQTT client.
+    Client,
+    /// The broker node.
+    Backend,
+    /// Neither: the LB ended it (idle timeout, shutdown).
+    Lb,
+}
+
+impl Side {
+    /// Label for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Client => "client",
+            Side::Backend => "backend",
+            Side::Lb => "lb",
+        }
+    }
+}
+
+/// How a relay ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayOutcome {
+    /// Bytes copied client → backend.
+    pub to_backend: u64,
+    /// Bytes copied backend → client.
+    pub to_client: u64,
+    /// Who closed (or failed) first.
+    pub closed_by: Side,
+    /// `eof`, `error`, `idle_timeout` or `shutdown`.
+    pub reason: &'static str,
+}
+
+/// A failure in one direction, attributed to the side whose socket failed.
+struct Fault {
+    side: Side,
+}
+
+/// One direction's state: a buffer only while bytes are in flight.
+struct Direction {
+    buf: Option<Box<[u8]>>,
+    pos: usize,
+    cap: usize,
+    needs_flush: bool,
+    eof: bool,
+    done: bool,
+    bytes: u64,
+    /// Read before waiting for readiness (see the module docs on TLS).
+    read_first: bool,
+}
+
+impl Direction {
+    fn new() -> Self {
+        Self {
+            buf: None,
+            pos: 0,
+            cap: 0,
+            needs_flush: false,
+            eof: false,
+            done: false,
+            bytes: 0,
+            read_first: true,
+        }
+    }
+
+    fn poll_copy<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        (reader, reader_side): (&mut R, Side),
+        (writer, writer_side): (&mut W, Side),
+        last_activity: &mut Instant,
+    ) -> Poll<Result<(), Fault>>
+    where
+        R: AsyncRead + ReadReady + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let read_fault = Fault { side: reader_side };
+        let write_fault = || Fault { side: writer_side };
+        loop {
+            if self.done {
+                return Poll::Ready(Ok(()));
+            }
+            if let Some(buf) = self.buf.as_deref() {
+                while self.pos < self.cap {
+                    let n = ready!(Pin::new(&mut *writer).poll_write(cx, &buf[self.pos..self.cap]))
+                        .map_err(|_| write_fault())?;
+                    if n == 0 {
+                        return Poll::Ready(Err(write_fault()));
+                    }
+                    self.pos += n;
+                    self.bytes += n as u64;
+                }
+            }
+            if self.needs_flush {
+                ready!(Pin::new(&mut *writer).poll_flush(cx)).map_err(|_| write_fault())?;
+                self.needs_flush = false;
+            }
+            if self.eof {
+                // Half-close: the reader is done sending; pass that on. A peer that already left is not an error.
+                let _ = ready!(Pin::new(&mut *writer).poll_shutdown(cx));
+                self.done = true;
+                return Poll::Ready(Ok(()));
+            }
+            if self.buf.is_none() {
+                if !self.read_first {
+                    ready!(reader.poll_read_ready(cx)).map_err(|_| Fault { side: reader_side })?;
+                }
+                self.buf = Some(vec![0u8; RELAY_BUFFER].into_boxed_slice());
+            }
+            self.read_first = false;
+            let Some(buf) = self.buf.as_deref_mut() else {
+                continue;
+            };
+            let mut read_buf = ReadBuf::new(buf);
+            match Pin::new(&mut *reader).poll_read(cx, &mut read_buf) {
+                Poll::Pending => {
+                    // Nothing buffered anywhere: idle without memory until the socket is readable again.
+                    self.buf = None;
+                    return Poll::Pending;
+                }
+                Poll::Ready(Err(_)) => return Poll::Ready(Err(read_fault)),
+                Poll::Ready(Ok(())) => {
+                    let n = read_buf.filled().len();
+                    self.pos = 0;
+                    self.cap = n;
+                    if n == 0 {
+                        self.eof = true;
+                        self.buf = None;
+                    } else {
+                        self.needs_flush = true;
+                        *last_activity = Instant::now();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Relays between `client` and `backend` until both directions reach EOF, one fails, the connection is idle
+/// for `idle` (`None` = never), or `shutdown` is cancelled. Any bytes already forwarded (the CONNECT) are not
+/// counted here.
+pub async fn relay<B>(
+    client: &mut ClientStream,
+    backend: &mut B,
+    idle: Option<Duration>,
+    shutdown: &CancellationToken,
+) -> RelayOutcome
+where
+    B: AsyncRead + AsyncWrite + ReadReady + Unpin,
+{
+    let mut up = Direction::new();
+    let mut down = Direction::new();
+    let mut first_eof: Option<Side> = None;
+    let mut last_activity = Instant::now();
+    let sleep = tokio::time::sleep(idle.unwrap_or(Duration::MAX / 4));
+    tokio::pin!(sleep);
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(cancelled);
+
+    let ended: Result<(Side, &'static str), Fault> = poll_fn(|cx| {
+        if cancelled.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Ok((Side::Lb, "shutdown")));
+        }
+        let up_done = up.poll_copy(
+            cx,
+            (&mut *client, Side::Client),
+            (&mut *backend, Side::Backend),
+            &mut last_activity,
+        )?;
+        if up_done.is_ready() && first_eof.is_none() {
+            first_eof = Some(Side::Client);
+        }
+        let down_done = down.poll_copy(
+            cx,
+            (&mut *backend, Side::Backend),
+            (&mut *client, Side::Client),
+            &mut last_activity,
+        )?;
+        if down_done.is_ready() && first_eof.is_none() {
+            first_eof = Some(Side::Backend);
+        }
+        if up_done.is_ready() && down_done.is_ready() {
+            return Poll::Ready(Ok((first_eof.unwrap_or(Side::Client), "eof")));
+        }
+        if let Some(idle) = idle {
+            // The timer is only re-armed when it fires, not on every packet: cheap for chatty connections.
+            while sleep.as_mut().poll(cx).is_ready() {
+                let deadline = last_activity + idle;
+                if Instant::now() >= deadline {
+                    return Poll::Ready(Ok((Side::Lb, "idle_timeout")));
+                }
+                sleep.as_mut().reset(deadline.into());
+            }
+        }
+        Poll::Pending
+    })
+    .await;
+
+    let (closed_by, reason) = match ended {
+        Ok(end) => end,
+        Err(fault) => (fault.side, "error"),
+    };
+    RelayOutcome {
+        to_backend: up.bytes,
+        to_client: down.bytes,
+        closed_by,
+        reason,
+    }
+}
+
+/// The idle timeout for a client keep-alive: 1.5 × keep-alive (what MQTT allows a server) plus `grace`;
+/// keep-alive 0 means the client asked for none, so neither does the LB.
+pub fn idle_timeout(keep_alive: u16, grace: Duration) -> Option<Duration> {
+    (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500) + grace)
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (b, _) = l.accept().await.unwrap();
+        (a, b)
+    }
+
+    #[test]
+    fn idle_timeout_rule() {
+        assert_eq!(idle_timeout(0, Duration::from_secs(30)), None);
+        assert_eq!(
+            idle_timeout(60, Duration::from_secs(30)),
+            Some(Duration::from_secs(120))
+        );
+    }
+
+    #[tokio::test]
+    async fn relays_both_ways_with_half_close() {
+        let (mut client_end, lb_client) = pair().await;
+        let (lb_backend, mut backend_end) = pair().await;
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(async move {
+            let mut client = ClientStream::Plain(lb_client);
+            let mut backend = lb_backend;
+            relay(&mut client, &mut backend, None, &shutdown).await
+        });
+        let big = vec![7u8; 100_000];
+        client_end.write_all(&big).await.unwrap();
+        client_end.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        backend_end.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got.len(), big.len());
+        backend_end
+            .write_all(b"reply after the client's half-close")
+            .await
+            .unwrap();
+        backend_end.shutdown().await.unwrap();
+        let mut reply = Vec::new();
+        client_end.read_to_end(&mut reply).await.unwrap();
+        assert_eq!(reply, b"reply after the client's half-close");
+        let out = tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((out.to_backend, out.to_client), (100_000, 35));
+        assert_eq!((out.closed_by, out.reason), (Side::Client, "eof"));
+    }
+
+    #[tokio::test]
+    async fn idle_connection_times_out() {
+        let (_client_end, lb_client) = pair().await;
+        let (lb_backend, _backend_end) = pair().await;
+        let shutdown = CancellationToken::new();
+        let mut client = ClientStream::Plain(lb_client);
+        let mut backend = lb_backend;
+        let out = tokio::time::timeout(
+            Duration::from_secs(5),
+            relay(
+                &mut client,
+                &mut backend,
+                Some(Duration::from_millis(100)),
+                &shutdown,
+            ),
+        )
+        .await
+        .unwrap();
+        assert_eq!((out.closed_by, out.reason), (Side::Lb, "idle_timeout"));
+    }
+}

@@ -1,0 +1,54 @@
+//! Metric names of the LB (all prefixed `fleetgate_lb_`) and the helpers the pipeline calls to record them.
+
+use std::time::Duration;
+
+/// Connections finished, by `listener` and `outcome` (`routed`, `refused`, `tls_failed`, `proxy_failed`,
+/// `peek_failed`, `backend_unavailable`).
+pub const CONNECTIONS_TOTAL: &str = "fleetgate_lb_connections_total";
+/// Connections open now, by `listener`.
+pub const CONNECTIONS_OPEN: &str = "fleetgate_lb_connections_open";
+/// TLS handshake duration in seconds, by `listener` (successful handshakes).
+pub const TLS_HANDSHAKE_SECONDS: &str = "fleetgate_lb_tls_handshake_duration_seconds";
+/// TLS handshakes that failed, by `listener` and `reason` (`timeout`, `error`).
+pub const TLS_HANDSHAKE_FAILURES: &str = "fleetgate_lb_tls_handshake_failures_total";
+/// First-packet outcomes, by `outcome` (`valid`, `not_mqtt`, `malformed`, `too_large`, `timeout`, `empty_id`,
+/// `closed`).
+pub const CONNECT_PEEK_TOTAL: &str = "fleetgate_lb_connect_peek_total";
+/// Connections refused by admission control, by `reason` (`listener_full`, `total_full`, `per_ip_rate`,
+/// `tls_budget`, `untrusted_proxy`, `proxy_header`).
+pub const ADMISSION_REFUSED: &str = "fleetgate_lb_admission_refused_total";
+/// Connections relayed to a backend now, by `backend`.
+pub const BACKEND_CONNECTIONS: &str = "fleetgate_lb_backend_connections";
+/// Connections relayed to a backend, ever, by `backend`.
+pub const BACKEND_CONNECTIONS_TOTAL: &str = "fleetgate_lb_backend_connections_total";
+/// Bytes relayed, by `backend` and `direction` (`to_backend`, `to_client`).
+pub const BACKEND_BYTES: &str = "fleetgate_lb_backend_bytes_total";
+/// Failed TCP connects to a backend, by `backend`.
+pub const BACKEND_CONNECT_FAILURES: &str = "fleetgate_lb_backend_connect_failures_total";
+
+/// Counts one first-packet outcome.
+pub fn peek_outcome(outcome: &'static str) {
+    metrics::counter!(CONNECT_PEEK_TOTAL, "outcome" => outcome).increment(1);
+}
+
+/// Counts one admission refusal.
+pub fn admission_refused(reason: &'static str) {
+    metrics::counter!(ADMISSION_REFUSED, "reason" => reason).increment(1);
+}
+
+/// Counts one finished connection.
+pub fn connection_outcome(listener: &str, outcome: &'static str) {
+    metrics::counter!(CONNECTIONS_TOTAL, "listener" => listener.to_owned(), "outcome" => outcome)
+        .increment(1);
+}
+
+/// Records a successful TLS handshake's duration.
+pub fn tls_handshake(listener: &str, took: Duration) {
+    metrics::histogram!(TLS_HANDSHAKE_SECONDS, "listener" => listener.to_owned())
+        .record(took.as_secs_f64());
+}
+
+/// Counts a failed TLS handshake.
+pub fn tls_failure(listener: &str, reason: &'static str) {
+    metrics::counter!(TLS_HANDSHAKE_FAILURES, "listener" => listener.to_owned(), "reason" => reason).increment(1);
+}

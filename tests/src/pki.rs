@@ -1,0 +1,202 @@
+//! A throwaway PKI made with rcgen and written as PEM files into a tempdir: a CA, a server certificate for
+//! `localhost`/`127.0.0.1`, client certificates with a chosen CN, an expired client certificate and a client
+//! certificate from another CA (the ones a TLS listener must refuse).
+
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, date_time_ymd,
+};
+use tempfile::TempDir;
+
+/// A certificate and its private key, as PEM text and as files.
+#[derive(Debug, Clone)]
+pub struct CertFiles {
+    /// Certificate PEM.
+    pub cert_pem: String,
+    /// Private key PEM (PKCS#8).
+    pub key_pem: String,
+    /// Certificate DER.
+    pub cert_der: Vec<u8>,
+    /// Path of the certificate PEM file.
+    pub cert: PathBuf,
+    /// Path of the key PEM file.
+    pub key: PathBuf,
+}
+
+/// A CA with a server certificate, able to issue client certificates; files live until the value is dropped.
+pub struct Pki {
+    dir: TempDir,
+    ca: CertifiedIssuer<'static, KeyPair>,
+    ca_cert: PathBuf,
+    server: CertFiles,
+}
+
+impl Pki {
+    /// Makes a CA named "Fleetgate Test CA" and a server certificate for `localhost` and `127.0.0.1`.
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir for the test PKI");
+        let ca = new_ca("Fleetgate Test CA");
+        let ca_cert = dir.path().join("ca.pem");
+        std::fs::write(&ca_cert, ca.pem()).expect("write ca.pem");
+        let mut params = leaf_params("localhost", &["localhost", "127.0.0.1"]);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let server = issue(dir.path(), "server", params, &ca);
+        Self {
+            dir,
+            ca,
+            ca_cert,
+            server,
+        }
+    }
+
+    /// The directory holding every file of this PKI.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Path of the CA certificate PEM (the trust anchor for servers and clients).
+    pub fn ca_cert(&self) -> &Path {
+        &self.ca_cert
+    }
+
+    /// CA certificate PEM text.
+    pub fn ca_pem(&self) -> String {
+        self.ca.pem()
+    }
+
+    /// CA certificate DER.
+    pub fn ca_der(&self) -> Vec<u8> {
+        self.ca.der().to_vec()
+    }
+
+    /// The server certificate (`localhost`, `127.0.0.1`).
+    pub fn server(&self) -> &CertFiles {
+        &self.server
+    }
+
+    /// A valid client certificate with common name `cn` (also a DNS SAN when `cn` is a valid DNS name).
+    pub fn client(&self, cn: &str) -> CertFiles {
+        issue(
+            self.dir.path(),
+            &file_stem(cn, "client"),
+            client_params(cn),
+            &self.ca,
+        )
+    }
+
+    /// A client certificate with common name `cn` whose validity ended in 2001.
+    pub fn expired_client(&self, cn: &str) -> CertFiles {
+        let mut params = client_params(cn);
+        params.not_before = date_time_ymd(2000, 1, 1);
+        params.not_after = date_time_ymd(2001, 1, 1);
+        issue(self.dir.path(), &file_stem(cn, "expired"), params, &self.ca)
+    }
+
+    /// A client certificate with common name `cn` issued by another CA, which nobody trusts.
+    pub fn foreign_client(&self, cn: &str) -> CertFiles {
+        let other = new_ca("Some Other CA");
+        issue(
+            self.dir.path(),
+            &file_stem(cn, "foreign"),
+            client_params(cn),
+            &other,
+        )
+    }
+}
+
+impl Default for Pki {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn new_ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let key = KeyPair::generate().expect("generate CA key");
+    CertifiedIssuer::self_signed(params, key).expect("self-sign CA")
+}
+
+fn leaf_params(cn: &str, sans: &[&str]) -> CertificateParams {
+    let sans: Vec<String> = sans.iter().map(|s| s.to_string()).collect();
+    let mut params = CertificateParams::new(sans).expect("certificate SANs");
+    params.distinguished_name = DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, cn);
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params
+}
+
+fn client_params(cn: &str) -> CertificateParams {
+    let is_dns = !cn.is_empty()
+        && cn
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    let sans: &[&str] = if is_dns { &[cn] } else { &[] };
+    let mut params = leaf_params(cn, sans);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params
+}
+
+fn issue(
+    dir: &Path,
+    stem: &str,
+    params: CertificateParams,
+    ca: &CertifiedIssuer<'static, KeyPair>,
+) -> CertFiles {
+    let key = KeyPair::generate().expect("generate key");
+    let cert = params.signed_by(&key, ca).expect("sign certificate");
+    let files = CertFiles {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+        cert_der: cert.der().to_vec(),
+        cert: dir.join(format!("{stem}.pem")),
+        key: dir.join(format!("{stem}-key.pem")),
+    };
+    std::fs::write(&files.cert, &files.cert_pem).expect("write certificate PEM");
+    std::fs::write(&files.key, &files.key_pem).expect("write key PEM");
+    files
+}
+
+/// A file name for `cn` that cannot escape the directory, unique per kind.
+fn file_stem(cn: &str, kind: &str) -> String {
+    let safe: String = cn
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    format!("{kind}-{safe}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_pem_files() {
+        let pki = Pki::new();
+        assert!(
+            std::fs::read_to_string(pki.ca_cert())
+                .unwrap()
+                .starts_with("-----BEGIN CERTIFICATE-----")
+        );
+        let client = pki.client("device-1");
+        assert!(client.cert.exists() && client.key.exists());
+        assert!(client.key_pem.contains("PRIVATE KEY"));
+        let expired = pki.expired_client("device-1");
+        assert_ne!(expired.cert_der, client.cert_der);
+        let foreign = pki.foreign_client("device-1");
+        assert!(foreign.cert.exists());
+        assert!(pki.server().cert.exists());
+    }
+}

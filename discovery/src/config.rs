@@ -354,8 +354,11 @@ mod tests {
             Nameserver::At("127.0.0.1:5353".parse().unwrap())
         );
 
-        let c = parse("dns = { name = \"_mqtt._tcp.b.test.\", type = \"srv\", name_from = \"target\", nameserver = \"10.96.0.10\" }\n")
-            .unwrap();
+        let c = parse(concat!(
+            r#"dns = { name = "_mqtt._tcp.b.test.", type = "srv", name_from = "target","#,
+            r#" nameserver = "10.96.0.10" }"#,
+        ))
+        .unwrap();
         assert_eq!(
             c.source,
             Source::DnsSrv {
@@ -372,7 +375,11 @@ mod tests {
 
     #[test]
     fn every_problem_is_located() {
-        let src = "dns = { name = \"b.test.\", type = \"srv\", port = 1883,\n  name_from = \"pod\", interval = \"100ms\", nameserver = \"dns.local\" }\n";
+        let src = concat!(
+            r#"dns = { name = "b.test.", type = "srv", port = 1883,"#,
+            "\n",
+            r#"  name_from = "pod", interval = "100ms", nameserver = "dns.local" }"#,
+        );
         let err = parse(src).unwrap_err();
         let text = err.to_string();
         assert_eq!(err.problems.len(), 4, "{text}");
@@ -382,6 +389,29 @@ mod tests {
         assert!(
             text.contains("name_from") && text.contains("interval") && text.contains("nameserver"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn embedded_table_problems_point_into_the_outer_file() {
+        #[derive(Debug, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Outer {
+            #[allow(dead_code)]
+            name: String,
+            backends: Spanned<DiscoveryFile>,
+        }
+        let src = "name = \"lb-0\"\n[backends]\n";
+        let outer: Outer = parse_toml(Path::new("lb.toml"), src).unwrap();
+        let problems = outer
+            .backends
+            .get_ref()
+            .validate(Path::new("lb.toml"), src, Some(outer.backends.span()))
+            .unwrap_err();
+        assert_eq!(
+            (problems[0].line, problems[0].column),
+            (2, 1),
+            "{problems:?}"
         );
     }
 

@@ -76,7 +76,10 @@ pub enum Access {
 
 impl Access {
     fn includes(self, op: Op) -> bool {
-        matches!((self, op), (Access::Both, _) | (Access::Publish, Op::Publish) | (Access::Subscribe, Op::Subscribe))
+        matches!(
+            (self, op),
+            (Access::Both, _) | (Access::Publish, Op::Publish) | (Access::Subscribe, Op::Subscribe)
+        )
     }
 }
 
@@ -149,9 +152,16 @@ impl Acl {
     /// The ACL used when no `acl_file` is configured: every client may publish and subscribe to every topic
     /// except `$` topics (`#` never matches those).
     pub fn allow_all() -> Self {
-        let all = TopicTemplate::parse("#").map(|t| vec![t]).unwrap_or_default();
+        let all = TopicTemplate::parse("#")
+            .map(|t| vec![t])
+            .unwrap_or_default();
         Self {
-            rules: vec![Rule { action: Action::Allow, access: Access::Both, matcher: Match::Anyone(true), topics: all }],
+            rules: vec![Rule {
+                action: Action::Allow,
+                access: Access::Both,
+                matcher: Match::Anyone(true),
+                topics: all,
+            }],
         }
     }
 
@@ -171,27 +181,57 @@ impl Acl {
         let raw: AclFile = parse_toml(file, text)?;
         let mut problems = Vec::new();
         if raw.rules.len() > MAX_RULES {
-            problems.push(Problem::whole_file(file, format!("more than {MAX_RULES} rules")));
+            problems.push(Problem::whole_file(
+                file,
+                format!("more than {MAX_RULES} rules"),
+            ));
         }
         let mut rules = Vec::with_capacity(raw.rules.len());
         for r in raw.rules {
             let matcher = r.matcher.get_ref().clone();
-            if matches!(matcher, Match::AnyAuthenticated(false) | Match::Anyone(false)) {
-                problems.push(Problem::at(file, text, Some(r.matcher.span()), "only `true` is meaningful here"));
+            if matches!(
+                matcher,
+                Match::AnyAuthenticated(false) | Match::Anyone(false)
+            ) {
+                problems.push(Problem::at(
+                    file,
+                    text,
+                    Some(r.matcher.span()),
+                    "only `true` is meaningful here",
+                ));
             }
             if r.topics.get_ref().is_empty() {
-                problems.push(Problem::at(file, text, Some(r.topics.span()), "a rule needs at least one topic"));
+                problems.push(Problem::at(
+                    file,
+                    text,
+                    Some(r.topics.span()),
+                    "a rule needs at least one topic",
+                ));
             }
             let mut topics = Vec::new();
             for t in r.topics.into_inner() {
                 match TopicTemplate::parse(t.get_ref()) {
                     Ok(tt) => topics.push(tt),
-                    Err(e) => problems.push(Problem::at(file, text, Some(t.span()), format!("invalid topic: {e}"))),
+                    Err(e) => problems.push(Problem::at(
+                        file,
+                        text,
+                        Some(t.span()),
+                        format!("invalid topic: {e}"),
+                    )),
                 }
             }
-            rules.push(Rule { action: r.action, access: r.access, matcher, topics });
+            rules.push(Rule {
+                action: r.action,
+                access: r.access,
+                matcher,
+                topics,
+            });
         }
-        if problems.is_empty() { Ok(Self { rules }) } else { Err(ConfigError::from(problems)) }
+        if problems.is_empty() {
+            Ok(Self { rules })
+        } else {
+            Err(ConfigError::from(problems))
+        }
     }
 
     /// Prepares the ACL for one client: keeps the rules that select `principal`, with placeholders rendered.
@@ -211,13 +251,20 @@ impl Acl {
             let mut skip = false;
             for t in &rule.topics {
                 match (t.render(&values), rule.action) {
-                    (Rendered::Exact(f), _) | (Rendered::Unsafe(f), Action::Deny) => filters.push(f),
+                    (Rendered::Exact(f), _) | (Rendered::Unsafe(f), Action::Deny) => {
+                        filters.push(f)
+                    }
                     // An unsafe value must not widen a grant: the whole allow rule is skipped for this client.
                     (Rendered::Unsafe(_), Action::Allow) => skip = true,
                 }
             }
             if !skip {
-                rules.push(BoundRule { index, action: rule.action, access: rule.access, filters });
+                rules.push(BoundRule {
+                    index,
+                    action: rule.action,
+                    access: rule.access,
+                    filters,
+                });
             }
         }
         ClientAcl { rules }
@@ -266,7 +313,9 @@ impl ClientAcl {
             if rule.filters.iter().any(|f| decides(rule.action, f)) {
                 return match rule.action {
                     Action::Allow => AclDecision::Allow,
-                    Action::Deny => AclDecision::Deny { rule_index: Some(rule.index) },
+                    Action::Deny => AclDecision::Deny {
+                        rule_index: Some(rule.index),
+                    },
                 };
             }
         }

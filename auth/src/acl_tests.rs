@@ -19,13 +19,18 @@ fn principal(client_id: &str, username: Option<&str>, cn: Option<&str>) -> Princ
 }
 
 fn anon(client_id: &str) -> Principal {
-    Principal { method: AuthMethod::Anonymous, ..principal(client_id, None, None) }
+    Principal {
+        method: AuthMethod::Anonymous,
+        ..principal(client_id, None, None)
+    }
 }
 
 const ALLOW: AclDecision = AclDecision::Allow;
 const DEFAULT_DENY: AclDecision = AclDecision::Deny { rule_index: None };
 fn denied_by(i: usize) -> AclDecision {
-    AclDecision::Deny { rule_index: Some(i) }
+    AclDecision::Deny {
+        rule_index: Some(i),
+    }
 }
 
 const FLEET: &str = r#"
@@ -53,16 +58,33 @@ fn publish_and_subscribe_with_client_id_substitution() {
     assert_eq!(a.check_subscribe("fleet/dev-1/+/x"), ALLOW);
     assert_eq!(a.check_subscribe("fleet/dev-2/#"), DEFAULT_DENY);
     // Anonymous clients are not selected by any_authenticated.
-    assert_eq!(acl(FLEET).bind(&anon("dev-1")).check_publish("fleet/dev-1/t"), DEFAULT_DENY);
+    assert_eq!(
+        acl(FLEET)
+            .bind(&anon("dev-1"))
+            .check_publish("fleet/dev-1/t"),
+        DEFAULT_DENY
+    );
 }
 
 #[test]
 fn wildcard_widening_attempts_are_denied() {
     let a = acl(FLEET).bind(&principal("dev-1", None, None));
-    for wide in ["fleet/#", "+/+/#", "#", "fleet/+/#", "fleet/+", "+/dev-1/#", "fleet/+/telemetry"] {
+    for wide in [
+        "fleet/#",
+        "+/+/#",
+        "#",
+        "fleet/+/#",
+        "fleet/+",
+        "+/dev-1/#",
+        "fleet/+/telemetry",
+    ] {
         assert_eq!(a.check_subscribe(wide), DEFAULT_DENY, "{wide}");
     }
-    assert_eq!(a.check_subscribe("fleet/dev-1/#/x"), DEFAULT_DENY, "invalid filter");
+    assert_eq!(
+        a.check_subscribe("fleet/dev-1/#/x"),
+        DEFAULT_DENY,
+        "invalid filter"
+    );
 }
 
 #[test]
@@ -78,7 +100,11 @@ topics = ["users/%u/out", "certs/%cn/out"]
     assert_eq!(a.check_publish("users/alice/out"), ALLOW);
     assert_eq!(a.check_publish("certs/veh-1/out"), ALLOW);
     assert_eq!(a.check_publish("users/bob/out"), DEFAULT_DENY);
-    assert_eq!(a.check_subscribe("users/alice/out"), DEFAULT_DENY, "publish-only rule");
+    assert_eq!(
+        a.check_subscribe("users/alice/out"),
+        DEFAULT_DENY,
+        "publish-only rule"
+    );
     // Without a CN the whole allow rule is skipped, including its `%u` topic.
     let b = acl(text).bind(&principal("c", Some("alice"), None));
     assert_eq!(b.check_publish("users/alice/out"), DEFAULT_DENY);
@@ -95,15 +121,13 @@ fn unsafe_identities_never_match_a_substituted_allow() {
         assert_eq!(a.check_subscribe("fleet/a/b/#"), DEFAULT_DENY, "{evil:?}");
     }
     // `%c/#` with client ID `$SYS` must not grant `$SYS/#`.
-    let dollar = acl(
-        r#"
+    let dollar = acl(r#"
 [[rules]]
 action = "allow"
 access = "both"
 match = { anyone = true }
 topics = ["%c/#"]
-"#,
-    );
+"#);
     let a = dollar.bind(&anon("$SYS"));
     assert_eq!(a.check_subscribe("$SYS/#"), DEFAULT_DENY);
     assert_eq!(a.check_publish("$SYS/broker/x"), DEFAULT_DENY);
@@ -156,7 +180,11 @@ topics = ["fleet/dev-1/telemetry"]
 "#;
     let a = acl(text).bind(&anon("dev-1"));
     assert_eq!(a.check_publish("fleet/dev-1/cmd/reboot"), denied_by(0));
-    assert_eq!(a.check_publish("fleet/dev-1/telemetry"), ALLOW, "the later deny never decides");
+    assert_eq!(
+        a.check_publish("fleet/dev-1/telemetry"),
+        ALLOW,
+        "the later deny never decides"
+    );
     // Subscribing is not covered by the publish-only deny.
     assert_eq!(a.check_subscribe("fleet/dev-1/cmd/#"), ALLOW);
     // Another client is not selected by rule 0.
@@ -180,10 +208,18 @@ match = { anyone = true }
 topics = ["fleet/#"]
 "#;
     let a = acl(text).bind(&anon("x"));
-    assert_eq!(a.check_subscribe("fleet/#"), denied_by(0), "would deliver fleet/a/secret");
+    assert_eq!(
+        a.check_subscribe("fleet/#"),
+        denied_by(0),
+        "would deliver fleet/a/secret"
+    );
     assert_eq!(a.check_subscribe("fleet/a/+"), denied_by(0));
     assert_eq!(a.check_subscribe("fleet/a/public"), ALLOW);
-    assert_eq!(a.check_subscribe("fleet/a/public/#"), ALLOW, "no topic of it is x/secret");
+    assert_eq!(
+        a.check_subscribe("fleet/a/public/#"),
+        ALLOW,
+        "no topic of it is x/secret"
+    );
 }
 
 #[test]
@@ -220,7 +256,11 @@ topics = ["#", "+/#"]
     assert_eq!(a.check_subscribe("$SYS/#"), DEFAULT_DENY);
     assert_eq!(a.check_subscribe("$SYS/broker/load"), DEFAULT_DENY);
     assert_eq!(a.check_publish("$SYS/broker/load"), DEFAULT_DENY);
-    assert_eq!(a.check_subscribe("#"), ALLOW, "`#` itself never delivers `$` topics");
+    assert_eq!(
+        a.check_subscribe("#"),
+        ALLOW,
+        "`#` itself never delivers `$` topics"
+    );
 
     let sys = r#"
 [[rules]]
@@ -259,11 +299,31 @@ match = { client_id = "dev-9" }
 topics = ["by-id"]
 "#;
     let acl = acl(text);
-    assert_eq!(acl.bind(&principal("x", None, Some("veh-1"))).check_publish("by-cn"), ALLOW);
-    assert_eq!(acl.bind(&principal("x", None, Some("veh-2"))).check_publish("by-cn"), DEFAULT_DENY);
-    assert_eq!(acl.bind(&principal("x", Some("alice"), None)).check_publish("by-user"), ALLOW);
-    assert_eq!(acl.bind(&principal("x", None, None)).check_publish("by-user"), DEFAULT_DENY);
-    assert_eq!(acl.bind(&principal("dev-9", None, None)).check_publish("by-id"), ALLOW);
+    assert_eq!(
+        acl.bind(&principal("x", None, Some("veh-1")))
+            .check_publish("by-cn"),
+        ALLOW
+    );
+    assert_eq!(
+        acl.bind(&principal("x", None, Some("veh-2")))
+            .check_publish("by-cn"),
+        DEFAULT_DENY
+    );
+    assert_eq!(
+        acl.bind(&principal("x", Some("alice"), None))
+            .check_publish("by-user"),
+        ALLOW
+    );
+    assert_eq!(
+        acl.bind(&principal("x", None, None))
+            .check_publish("by-user"),
+        DEFAULT_DENY
+    );
+    assert_eq!(
+        acl.bind(&principal("dev-9", None, None))
+            .check_publish("by-id"),
+        ALLOW
+    );
 }
 
 #[test]
@@ -294,7 +354,13 @@ fn parse_errors_are_located() {
     assert!(Acl::parse(Path::new("acl.toml"), two_keys).is_err());
 
     let unknown = "[[rules]]\naction = \"allow\"\naccess = \"both\"\nmatch = { anyone = true }\ntopics = [\"x\"]\nqos = 1\n";
-    assert_eq!(Acl::parse(Path::new("acl.toml"), unknown).unwrap_err().problems[0].line, 1);
+    assert_eq!(
+        Acl::parse(Path::new("acl.toml"), unknown)
+            .unwrap_err()
+            .problems[0]
+            .line,
+        6
+    );
 }
 
 #[test]
@@ -306,6 +372,101 @@ fn example_acl_parses_and_behaves() {
     assert_eq!(dev.check_publish("fleet/vehicle-42/telemetry"), ALLOW);
     assert_eq!(dev.check_subscribe("fleet/vehicle-42/cmd/#"), ALLOW);
     assert_eq!(dev.check_subscribe("fleet/#"), DEFAULT_DENY);
-    assert_eq!(dev.check_publish("fleet/vehicle-43/telemetry"), DEFAULT_DENY);
+    assert_eq!(
+        dev.check_publish("fleet/vehicle-43/telemetry"),
+        DEFAULT_DENY
+    );
     assert_eq!(dev.check_subscribe("$SYS/#"), DEFAULT_DENY);
+    assert_eq!(
+        dev.check_publish("fleet/vehicle-42/cmd/reboot"),
+        denied_by(1)
+    );
+    let backend = acl.bind(&principal("backend-1", Some("backend"), None));
+    assert_eq!(backend.check_publish("fleet/vehicle-42/cmd/reboot"), ALLOW);
+    assert_eq!(backend.check_subscribe("fleet/+/telemetry"), ALLOW);
+    assert_eq!(backend.check_subscribe("fleet/#"), DEFAULT_DENY);
+    let ops = acl.bind(&Principal {
+        method: AuthMethod::Password,
+        ..principal("ops-1", Some("ops"), None)
+    });
+    assert_eq!(ops.check_subscribe("$SYS/broker/#"), ALLOW);
+    let visitor = acl.bind(&anon("visitor"));
+    assert_eq!(visitor.check_subscribe("public/#"), ALLOW);
+    assert_eq!(visitor.check_publish("fleet/visitor/x"), DEFAULT_DENY);
+}
+
+/// Soundness of the subscription rule against per-topic first-match, over random small rule lists: whenever a
+/// subscription is allowed, every topic it can match (up to depth 4 over the alphabet) is allowed for PUBLISH by
+/// the same rules with `access = "both"`; and a subscription to a concrete topic agrees exactly with PUBLISH.
+#[test]
+fn subscribe_allow_implies_every_matched_topic_is_allowed() {
+    let levels = ["a", "b", "$x", "+"];
+    let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move |n: usize| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % n as u64) as usize
+    };
+    let random_filter = |next: &mut dyn FnMut(usize) -> usize| {
+        let depth = 1 + next(3);
+        let mut parts: Vec<&str> = (0..depth).map(|_| levels[next(levels.len())]).collect();
+        if next(2) == 0 {
+            parts.push("#");
+        }
+        parts.join("/")
+    };
+    let alphabet = ["a", "b", "c", "$x"];
+    let mut topics = vec![String::new()];
+    let mut all_topics = Vec::new();
+    for depth in 1..=4 {
+        topics = topics
+            .iter()
+            .flat_map(|p| {
+                alphabet.iter().map(move |l| {
+                    if depth == 1 {
+                        (*l).to_string()
+                    } else {
+                        format!("{p}/{l}")
+                    }
+                })
+            })
+            .collect();
+        all_topics.extend(topics.iter().cloned());
+    }
+    let mut allowed_subs = 0;
+    for _ in 0..1500 {
+        let mut text = String::new();
+        for _ in 0..1 + next(3) {
+            let action = if next(2) == 0 { "allow" } else { "deny" };
+            let topic = random_filter(&mut next);
+            text.push_str(&format!(
+                "[[rules]]\naction = \"{action}\"\naccess = \"both\"\nmatch = {{ anyone = true }}\ntopics = [\"{topic}\"]\n"
+            ));
+        }
+        let bound = acl(&text).bind(&anon("x"));
+        let sub = random_filter(&mut next);
+        let s = Filter::parse(&sub).unwrap();
+        if bound.check_subscribe(&sub) == AclDecision::Allow {
+            allowed_subs += 1;
+            for t in all_topics.iter().filter(|t| s.matches(t)) {
+                assert_eq!(
+                    bound.check_publish(t),
+                    AclDecision::Allow,
+                    "{text}\nsubscribe {sub} allowed, topic {t} is not"
+                );
+            }
+        }
+        for t in all_topics.iter().take(40) {
+            assert_eq!(
+                bound.check_subscribe(t),
+                bound.check_publish(t),
+                "{text}\ntopic {t}"
+            );
+        }
+    }
+    assert!(
+        allowed_subs > 50,
+        "the generator must exercise allowed subscriptions ({allowed_subs})"
+    );
 }

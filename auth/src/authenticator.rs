@@ -24,7 +24,11 @@ pub struct Authenticator {
 
 impl Default for Authenticator {
     fn default() -> Self {
-        Self::new(FailureLimits::default(), DEFAULT_MAX_CONCURRENT, DEFAULT_MAX_WAITING)
+        Self::new(
+            FailureLimits::default(),
+            DEFAULT_MAX_CONCURRENT,
+            DEFAULT_MAX_WAITING,
+        )
     }
 }
 
@@ -39,7 +43,11 @@ impl Authenticator {
 
     /// An authenticator with the limits of `config`.
     pub fn from_config(config: &AuthConfig) -> Self {
-        Self::new(config.failure_limits, config.max_concurrent_verifications, config.max_waiting_verifications)
+        Self::new(
+            config.failure_limits,
+            config.max_concurrent_verifications,
+            config.max_waiting_verifications,
+        )
     }
 
     /// Applies reloaded brute-force limits (the verifier's concurrency needs a restart).
@@ -69,7 +77,10 @@ impl Authenticator {
                     AuthDecision::refuse(AuthFailure::Banned)
                 } else {
                     let password = creds.password.unwrap_or_default();
-                    let verified = self.verifier.verify(snapshot.passwords(), check.username(), password).await;
+                    let verified = self
+                        .verifier
+                        .verify(snapshot.passwords(), check.username(), password)
+                        .await;
                     match verified {
                         Verified::Match => {
                             if let Some(ip) = source {
@@ -92,15 +103,17 @@ impl Authenticator {
     fn account(&self, decision: &AuthDecision, source: Option<IpAddr>) {
         match decision {
             AuthDecision::Allow(p) => {
-                metrics::counter!("fleetgate_auth_allowed_total", "method" => p.method.as_str()).increment(1);
+                metrics::counter!("fleetgate_auth_allowed_total", "method" => p.method.as_str())
+                    .increment(1);
             }
             AuthDecision::Refuse { reason } => {
-                metrics::counter!("fleetgate_auth_refusals_total", "reason" => reason.reason()).increment(1);
-                if let (true, Some(ip)) = (reason.counts_towards_ban(), source) {
-                    if self.tracker().record_failure(ip, Instant::now()) {
-                        metrics::counter!("fleetgate_auth_bans_total").increment(1);
-                        tracing::warn!(event = "auth_ban", client.addr = %ip, "too many password failures; banned");
-                    }
+                metrics::counter!("fleetgate_auth_refusals_total", "reason" => reason.reason())
+                    .increment(1);
+                if let (true, Some(ip)) = (reason.counts_towards_ban(), source)
+                    && self.tracker().record_failure(ip, Instant::now())
+                {
+                    metrics::counter!("fleetgate_auth_bans_total").increment(1);
+                    tracing::warn!(event = "auth_ban", client.addr = %ip, "too many password failures; banned");
                 }
             }
         }

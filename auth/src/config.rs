@@ -12,6 +12,7 @@
 //! acl_file = "acl.toml"                               # absent: every non-`$` topic allowed
 //! max_concurrent_verifications = 2
 //! max_waiting_verifications = 64
+//! v3_disconnect_on_denied_publish = false            # MQTT 3.1.1 cannot refuse a PUBLISH; close instead of drop
 //!
 //! [auth.brute_force]
 //! max_failures = 5
@@ -67,6 +68,8 @@ pub struct AuthSectionFile {
     pub max_concurrent_verifications: Option<Spanned<usize>>,
     /// CONNECTs queued for a password check.
     pub max_waiting_verifications: Option<usize>,
+    /// Close a 3.1.1 connection whose PUBLISH the ACL denies (instead of dropping the message).
+    pub v3_disconnect_on_denied_publish: Option<bool>,
     /// `[auth.brute_force]`.
     pub brute_force: Option<BruteForceFile>,
     /// `[auth.listeners.<name>]` overrides.
@@ -121,6 +124,9 @@ pub struct AuthConfig {
     pub max_concurrent_verifications: usize,
     /// CONNECTs queued for a password check.
     pub max_waiting_verifications: usize,
+    /// Close a 3.1.1 connection whose PUBLISH the ACL denies; by default the message is dropped (3.1.1 has no
+    /// negative PUBACK).
+    pub v3_disconnect_on_denied_publish: bool,
 }
 
 /// Fields of one policy, after inheritance.
@@ -163,7 +169,10 @@ fn validate(file: &Path, text: &str, raw: &AuthSectionFile) -> Result<AuthConfig
             username_from: l.username_from.as_ref().or(top.username_from),
             anonymous: l.anonymous.as_ref().or(top.anonymous),
         };
-        listeners.insert(name.clone(), policy(file, text, &fields, has_password_file, &mut problems));
+        listeners.insert(
+            name.clone(),
+            policy(file, text, &fields, has_password_file, &mut problems),
+        );
     }
     let base = file.parent().unwrap_or(Path::new(""));
     let resolve = |p: &Spanned<String>| base.join(p.get_ref());
@@ -172,7 +181,12 @@ fn validate(file: &Path, text: &str, raw: &AuthSectionFile) -> Result<AuthConfig
     if let Some(bf) = &raw.brute_force {
         if let Some(n) = &bf.max_failures {
             if *n.get_ref() == 0 {
-                problems.push(Problem::at(file, text, Some(n.span()), "max_failures must be at least 1"));
+                problems.push(Problem::at(
+                    file,
+                    text,
+                    Some(n.span()),
+                    "max_failures must be at least 1",
+                ));
             }
             limits.max_failures = *n.get_ref();
         }
@@ -184,7 +198,12 @@ fn validate(file: &Path, text: &str, raw: &AuthSectionFile) -> Result<AuthConfig
         }
         if let Some(m) = &bf.max_tracked {
             if *m.get_ref() == 0 {
-                problems.push(Problem::at(file, text, Some(m.span()), "max_tracked must be at least 1"));
+                problems.push(Problem::at(
+                    file,
+                    text,
+                    Some(m.span()),
+                    "max_tracked must be at least 1",
+                ));
             }
             limits.max_entries = *m.get_ref();
         }
@@ -214,6 +233,7 @@ fn validate(file: &Path, text: &str, raw: &AuthSectionFile) -> Result<AuthConfig
         failure_limits: limits,
         max_concurrent_verifications: max_concurrent,
         max_waiting_verifications: raw.max_waiting_verifications.unwrap_or(DEFAULT_MAX_WAITING),
+        v3_disconnect_on_denied_publish: raw.v3_disconnect_on_denied_publish.unwrap_or(false),
     })
 }
 
@@ -233,11 +253,17 @@ fn policy(
         anonymous: f.anonymous.is_some_and(|a| *a.get_ref()),
     };
     let at = |span, msg: String| Problem::at(file, text, Some(span), msg);
-    let names = f.policies.map(|p| p.get_ref().as_slice()).unwrap_or_default();
+    let names = f
+        .policies
+        .map(|p| p.get_ref().as_slice())
+        .unwrap_or_default();
     let mut seen = Vec::new();
     for name in names {
         if seen.contains(&name.get_ref()) {
-            problems.push(at(name.span(), format!("policy {:?} listed twice", name.get_ref())));
+            problems.push(at(
+                name.span(),
+                format!("policy {:?} listed twice", name.get_ref()),
+            ));
             continue;
         }
         seen.push(name.get_ref());
@@ -275,16 +301,23 @@ fn policy(
             )),
         }
     }
-    let whole = f.policies.map(Spanned::span).or(f.anonymous.map(Spanned::span));
+    let whole = f
+        .policies
+        .map(Spanned::span)
+        .or(f.anonymous.map(Spanned::span));
     let locate = |msg: &str| match whole.clone() {
         Some(span) => Problem::at(file, text, Some(span), msg),
         None => Problem::whole_file(file, format!("[auth]: {msg}")),
     };
     if p.anonymous && p.needs_certificate() {
-        problems.push(locate("`anonymous = true` with a certificate policy would let clients skip the certificate"));
+        problems.push(locate(
+            "`anonymous = true` with a certificate policy would let clients skip the certificate",
+        ));
     }
     if !p.anonymous && !p.needs_certificate() && !p.password {
-        problems.push(locate("no policy and `anonymous = false` refuse every client; list policies"));
+        problems.push(locate(
+            "no policy and `anonymous = false` refuse every client; list policies",
+        ));
     }
     p
 }

@@ -84,8 +84,17 @@ fn key(ip: IpAddr) -> IpAddr {
 impl FailureTracker {
     /// An empty tracker.
     pub fn new(limits: FailureLimits) -> Self {
-        let limits = FailureLimits { max_failures: limits.max_failures.max(1), max_entries: limits.max_entries.max(1), ..limits };
-        Self { limits, entries: HashMap::new(), order: VecDeque::new(), next_generation: 0 }
+        let limits = FailureLimits {
+            max_failures: limits.max_failures.max(1),
+            max_entries: limits.max_entries.max(1),
+            ..limits
+        };
+        Self {
+            limits,
+            entries: HashMap::new(),
+            order: VecDeque::new(),
+            next_generation: 0,
+        }
     }
 
     /// The limits in force.
@@ -113,7 +122,10 @@ impl FailureTracker {
 
     /// Is `ip` banned at `now`?
     pub fn is_banned(&self, ip: IpAddr, now: Instant) -> bool {
-        self.entries.get(&key(ip)).and_then(|e| e.banned_until).is_some_and(|until| until > now)
+        self.entries
+            .get(&key(ip))
+            .and_then(|e| e.banned_until)
+            .is_some_and(|until| until > now)
     }
 
     /// Counts a failed password check from `ip` at `now`; returns true when this failure started a ban.
@@ -124,9 +136,16 @@ impl FailureTracker {
             if e.banned_until.is_some_and(|t| t > now) {
                 return false;
             }
-            if now.saturating_duration_since(e.window_start) >= limits.window || e.banned_until.is_some() {
+            if now.saturating_duration_since(e.window_start) >= limits.window
+                || e.banned_until.is_some()
+            {
                 // A new window (after the old one ran out, or after a ban ended).
-                *e = Entry { window_start: now, failures: 0, banned_until: None, generation: e.generation };
+                *e = Entry {
+                    window_start: now,
+                    failures: 0,
+                    banned_until: None,
+                    generation: e.generation,
+                };
             }
             e.failures += 1;
             if e.failures >= limits.max_failures {
@@ -138,7 +157,12 @@ impl FailureTracker {
         self.make_room(now);
         let generation = self.next_generation;
         self.next_generation += 1;
-        let mut entry = Entry { window_start: now, failures: 1, banned_until: None, generation };
+        let mut entry = Entry {
+            window_start: now,
+            failures: 1,
+            banned_until: None,
+            generation,
+        };
         let banned = entry.failures >= limits.max_failures;
         if banned {
             entry.banned_until = Some(now + limits.ban);
@@ -175,7 +199,11 @@ impl FailureTracker {
 
     fn evict_oldest(&mut self) {
         while let Some((k, generation)) = self.order.pop_front() {
-            if self.entries.get(&k).is_some_and(|e| e.generation == generation) {
+            if self
+                .entries
+                .get(&k)
+                .is_some_and(|e| e.generation == generation)
+            {
                 self.entries.remove(&k);
                 return;
             }
@@ -186,7 +214,8 @@ impl FailureTracker {
     fn compact_if_needed(&mut self) {
         if self.order.len() > 2 * self.entries.len() + 16 {
             let entries = &self.entries;
-            self.order.retain(|(k, g)| entries.get(k).is_some_and(|e| e.generation == *g));
+            self.order
+                .retain(|(k, g)| entries.get(k).is_some_and(|e| e.generation == *g));
         }
     }
 }
@@ -196,7 +225,12 @@ mod tests {
     use super::*;
 
     fn limits(max_failures: u32, max_entries: usize) -> FailureLimits {
-        FailureLimits { max_failures, window: Duration::from_secs(60), ban: Duration::from_secs(300), max_entries }
+        FailureLimits {
+            max_failures,
+            window: Duration::from_secs(60),
+            ban: Duration::from_secs(300),
+            max_entries,
+        }
     }
 
     fn ip(s: &str) -> IpAddr {
@@ -213,9 +247,15 @@ mod tests {
         assert!(!t.is_banned(a, now + Duration::from_secs(2)));
         assert!(t.record_failure(a, now + Duration::from_secs(2)));
         assert!(t.is_banned(a, now + Duration::from_secs(3)));
-        assert!(!t.is_banned(ip("192.0.2.2"), now + Duration::from_secs(3)), "other addresses unaffected");
+        assert!(
+            !t.is_banned(ip("192.0.2.2"), now + Duration::from_secs(3)),
+            "other addresses unaffected"
+        );
         assert!(t.is_banned(a, now + Duration::from_secs(301)));
-        assert!(!t.is_banned(a, now + Duration::from_secs(302)), "ban is over");
+        assert!(
+            !t.is_banned(a, now + Duration::from_secs(302)),
+            "ban is over"
+        );
         // After the ban the count starts again.
         assert!(!t.record_failure(a, now + Duration::from_secs(303)));
         assert!(!t.is_banned(a, now + Duration::from_secs(303)));
@@ -228,7 +268,10 @@ mod tests {
         let a = ip("192.0.2.1");
         t.record_failure(a, now);
         t.record_failure(a, now + Duration::from_secs(30));
-        assert!(!t.record_failure(a, now + Duration::from_secs(61)), "window restarted");
+        assert!(
+            !t.record_failure(a, now + Duration::from_secs(61)),
+            "window restarted"
+        );
         assert!(!t.is_banned(a, now + Duration::from_secs(62)));
     }
 
@@ -269,7 +312,10 @@ mod tests {
         t.record_failure(ip("192.0.2.2"), now + Duration::from_secs(100));
         t.record_failure(ip("192.0.2.2"), now + Duration::from_secs(100)); // banned
         t.record_failure(ip("192.0.2.3"), now + Duration::from_secs(101));
-        assert!(t.is_banned(ip("192.0.2.2"), now + Duration::from_secs(102)), "live ban kept, expired .1 dropped");
+        assert!(
+            t.is_banned(ip("192.0.2.2"), now + Duration::from_secs(102)),
+            "live ban kept, expired .1 dropped"
+        );
     }
 
     #[test]

@@ -14,8 +14,10 @@ use fleetgate_config::load::{ConfigError, Problem, read_file};
 use crate::error::AuthError;
 
 /// Memory cost of new hashes, in KiB (19 MiB), with [`HASH_T_COST`] passes and [`HASH_P_COST`] lane: the OWASP
-/// minimum for argon2id. Measured ~25 ms per hash/verify on one core of the 2-core build machine (optimized
-/// argon2), so a CONNECT storm is bounded by the verifier's concurrency limit, not by memory.
+/// minimum for argon2id. Measured on the 2-core build machine with argon2 optimized (opt-level 3) while other builds
+/// ran: 21 ms minimum, 33 ms median per verify (46 MiB/t=1 was ~60 ms, too slow for a reconnect storm). An
+/// unoptimized (debug) build takes ~1.2 s per hash. The CONNECT-storm cost is bounded by the verifier's
+/// concurrency limit, not by this constant.
 pub const HASH_M_COST_KIB: u32 = 19 * 1024;
 /// Passes over memory for new hashes; see [`HASH_M_COST_KIB`].
 pub const HASH_T_COST: u32 = 2;
@@ -54,13 +56,16 @@ pub struct PasswordFile {
 impl fmt::Debug for PasswordFile {
     // By hand: hashes are offline-crackable and must not reach logs.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PasswordFile").field("users", &self.hashes.len()).finish()
+        f.debug_struct("PasswordFile")
+            .field("users", &self.hashes.len())
+            .finish()
     }
 }
 
 /// The argon2id hasher with the bounded default cost.
 fn hasher() -> Result<Argon2<'static>, AuthError> {
-    let params = Params::new(HASH_M_COST_KIB, HASH_T_COST, HASH_P_COST, None).map_err(|e| AuthError::Hash(e.to_string()))?;
+    let params = Params::new(HASH_M_COST_KIB, HASH_T_COST, HASH_P_COST, None)
+        .map_err(|e| AuthError::Hash(e.to_string()))?;
     Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
 }
 
@@ -68,10 +73,16 @@ fn hasher() -> Result<Argon2<'static>, AuthError> {
 fn check_hash(phc: &str) -> Result<(), String> {
     let hash = PasswordHash::new(phc).map_err(|e| format!("not a PHC hash string: {e}"))?;
     if hash.algorithm.as_str() != "argon2id" {
-        return Err(format!("algorithm {:?} is not supported (use argon2id)", hash.algorithm.as_str()));
+        return Err(format!(
+            "algorithm {:?} is not supported (use argon2id)",
+            hash.algorithm.as_str()
+        ));
     }
     let params = Params::try_from(&hash).map_err(|e| format!("invalid argon2 parameters: {e}"))?;
-    if params.m_cost() > MAX_M_COST_KIB || params.t_cost() > MAX_T_COST || params.p_cost() > MAX_P_COST {
+    if params.m_cost() > MAX_M_COST_KIB
+        || params.t_cost() > MAX_T_COST
+        || params.p_cost() > MAX_P_COST
+    {
         return Err(format!(
             "cost m={},t={},p={} is above the limit m={MAX_M_COST_KIB},t={MAX_T_COST},p={MAX_P_COST}",
             params.m_cost(),
@@ -159,13 +170,21 @@ impl PasswordFile {
                 problems.push(at(user.chars().count() + 2, why));
                 continue;
             }
-            if out.hashes.insert(user.to_string(), phc.to_string()).is_some() {
+            if out
+                .hashes
+                .insert(user.to_string(), phc.to_string())
+                .is_some()
+            {
                 problems.push(at(1, format!("duplicate user {user:?}")));
                 continue;
             }
             out.lines.push(Line::Entry(user.to_string()));
         }
-        if problems.is_empty() { Ok(out) } else { Err(ConfigError::from(problems)) }
+        if problems.is_empty() {
+            Ok(out)
+        } else {
+            Err(ConfigError::from(problems))
+        }
     }
 
     /// Number of users.
@@ -192,15 +211,28 @@ impl PasswordFile {
     #[cfg(test)]
     pub(crate) fn set_with_cost_for_tests(&mut self, user: &str, password: &str) {
         let params = Params::new(64, 1, 1, None).unwrap();
-        self.set_with(&Argon2::new(Algorithm::Argon2id, Version::V0x13, params), user, password).unwrap();
+        self.set_with(
+            &Argon2::new(Algorithm::Argon2id, Version::V0x13, params),
+            user,
+            password,
+        )
+        .unwrap();
     }
 
-    fn set_with(&mut self, hasher: &Argon2<'_>, user: &str, password: &str) -> Result<(), AuthError> {
+    fn set_with(
+        &mut self,
+        hasher: &Argon2<'_>,
+        user: &str,
+        password: &str,
+    ) -> Result<(), AuthError> {
         check_username(user).map_err(AuthError::InvalidUsername)?;
         if password.is_empty() {
             return Err(AuthError::EmptyPassword);
         }
-        let phc = hasher.hash_password(password.as_bytes()).map_err(|e| AuthError::Hash(e.to_string()))?.to_string();
+        let phc = hasher
+            .hash_password(password.as_bytes())
+            .map_err(|e| AuthError::Hash(e.to_string()))?
+            .to_string();
         if self.hashes.insert(user.to_string(), phc).is_none() {
             self.lines.push(Line::Entry(user.to_string()));
         }
@@ -210,7 +242,8 @@ impl PasswordFile {
     /// Removes `user`; true if it existed.
     pub fn remove(&mut self, user: &str) -> bool {
         let existed = self.hashes.remove(user).is_some();
-        self.lines.retain(|l| !matches!(l, Line::Entry(u) if u == user));
+        self.lines
+            .retain(|l| !matches!(l, Line::Entry(u) if u == user));
         existed
     }
 
@@ -225,9 +258,16 @@ impl PasswordFile {
     /// the built-in dummy.
     pub(crate) fn material(&self, user: &str) -> HashMaterial {
         match self.hashes.get(user) {
-            Some(phc) => HashMaterial { phc: phc.clone(), known: true },
+            Some(phc) => HashMaterial {
+                phc: phc.clone(),
+                known: true,
+            },
             None => HashMaterial {
-                phc: self.hashes.values().next().map_or_else(|| DUMMY_HASH.to_string(), Clone::clone),
+                phc: self
+                    .hashes
+                    .values()
+                    .next()
+                    .map_or_else(|| DUMMY_HASH.to_string(), Clone::clone),
                 known: false,
             },
         }
@@ -240,7 +280,9 @@ impl PasswordFile {
             match line {
                 Line::Other(text) => out.push_str(text),
                 Line::Entry(user) => {
-                    let Some(phc) = self.hashes.get(user) else { continue };
+                    let Some(phc) = self.hashes.get(user) else {
+                        continue;
+                    };
                     out.push_str(user);
                     out.push(':');
                     out.push_str(phc);
@@ -254,7 +296,10 @@ impl PasswordFile {
     /// Writes the file atomically: a temporary file (mode 0600) in the same directory, synced, then renamed over
     /// `path`, so a reader (the broker's reload) never sees half a file.
     pub fn save(&self, path: &Path) -> Result<(), AuthError> {
-        let io = |source| AuthError::Io { path: path.to_path_buf(), source };
+        let io = |source| AuthError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d,
             _ => Path::new("."),
@@ -274,7 +319,12 @@ pub fn set_password(path: &Path, user: &str, password: &str) -> Result<(), AuthE
     let mut file = match std::fs::metadata(path) {
         Ok(_) => PasswordFile::load(path)?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => PasswordFile::empty(),
-        Err(source) => return Err(AuthError::Io { path: path.to_path_buf(), source }),
+        Err(source) => {
+            return Err(AuthError::Io {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
     };
     file.set(user, password)?;
     file.save(path)

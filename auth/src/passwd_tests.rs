@@ -18,7 +18,10 @@ fn dummy_hash_has_default_cost() {
     check_hash(DUMMY_HASH).unwrap();
     let hash = PasswordHash::new(DUMMY_HASH).unwrap();
     let params = Params::try_from(&hash).unwrap();
-    assert_eq!((params.m_cost(), params.t_cost(), params.p_cost()), (HASH_M_COST_KIB, HASH_T_COST, HASH_P_COST));
+    assert_eq!(
+        (params.m_cost(), params.t_cost(), params.p_cost()),
+        (HASH_M_COST_KIB, HASH_T_COST, HASH_P_COST)
+    );
 }
 
 #[test]
@@ -27,7 +30,10 @@ fn verify_accepts_right_and_refuses_wrong_or_unknown() {
     assert!(f.verify_blocking("alice", b"s3cret"));
     assert!(!f.verify_blocking("alice", b"s3cret "));
     assert!(!f.verify_blocking("alice", b""));
-    assert!(!f.verify_blocking("carol", b"s3cret"), "unknown user, someone else's password");
+    assert!(
+        !f.verify_blocking("carol", b"s3cret"),
+        "unknown user, someone else's password"
+    );
     assert!(!PasswordFile::empty().verify_blocking("alice", b"x"));
 }
 
@@ -38,13 +44,25 @@ fn unknown_users_cost_the_same_argon2_work() {
     let unknown = f.material("mallory");
     assert!(known.known && !unknown.known);
     let params = |phc: &str| Params::try_from(&PasswordHash::new(phc).unwrap()).unwrap();
-    assert_eq!(params(&known.phc), params(&unknown.phc), "same cost parameters");
-    assert_eq!(params(&PasswordFile::empty().material("x").phc).m_cost(), HASH_M_COST_KIB);
+    assert_eq!(
+        params(&known.phc),
+        params(&unknown.phc),
+        "same cost parameters"
+    );
+    assert_eq!(
+        params(&PasswordFile::empty().material("x").phc).m_cost(),
+        HASH_M_COST_KIB
+    );
 
     // And in time, loosely (medians of several runs; a generous bound keeps a loaded CI box from flaking).
     let mut file = PasswordFile::empty();
     let moderate = Params::new(4 * 1024, 1, 1, None).unwrap();
-    file.set_with(&Argon2::new(Algorithm::Argon2id, Version::V0x13, moderate), "alice", "s3cret").unwrap();
+    file.set_with(
+        &Argon2::new(Algorithm::Argon2id, Version::V0x13, moderate),
+        "alice",
+        "s3cret",
+    )
+    .unwrap();
     let median = |user: &str| {
         let mut times: Vec<Duration> = (0..5)
             .map(|_| {
@@ -68,7 +86,10 @@ fn set_replaces_and_rejects_bad_input() {
     assert!(f.verify_blocking("alice", b"two"));
     assert!(!f.verify_blocking("alice", b"one"));
     for bad in ["", "a:b", "#x", "a b", "a\nb", "a\0b"] {
-        assert!(matches!(f.set(bad, "pw"), Err(AuthError::InvalidUsername(_))), "{bad:?}");
+        assert!(
+            matches!(f.set(bad, "pw"), Err(AuthError::InvalidUsername(_))),
+            "{bad:?}"
+        );
     }
     assert!(matches!(f.set("bob", ""), Err(AuthError::EmptyPassword)));
     assert!(f.remove("alice"));
@@ -87,7 +108,10 @@ fn parse_reports_each_bad_line() {
     assert_eq!(lines, vec![4, 5, 6, 7, 8, 9], "{err}");
     assert!(err.to_string().contains("passwd:5:5:"), "{err}");
     assert!(err.to_string().contains("duplicate"), "{err}");
-    assert!(!err.to_string().contains("aGFzaGhh"), "no hash in messages: {err}");
+    assert!(
+        !err.to_string().contains("aGFzaGhh"),
+        "no hash in messages: {err}"
+    );
 }
 
 #[test]
@@ -108,10 +132,17 @@ fn save_is_atomic_private_and_keeps_comments() {
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
     let text = std::fs::read_to_string(&path).unwrap();
-    assert!(text.starts_with("# fleet users\n\nalice:$argon2id$"), "{text}");
+    assert!(
+        text.starts_with("# fleet users\n\nalice:$argon2id$"),
+        "{text}"
+    );
     let back = PasswordFile::load(&path).unwrap();
     assert!(back.verify_blocking("alice", b"pw"));
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary file left behind");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        1,
+        "no temporary file left behind"
+    );
 }
 
 #[test]
@@ -121,14 +152,26 @@ fn set_password_creates_then_updates_with_the_default_cost() {
     set_password(&path, "alice", "first").unwrap();
     let started = Instant::now();
     set_password(&path, "bob", "second").unwrap();
-    eprintln!("one default-cost hash (debug build): {:?}", started.elapsed());
+    eprintln!(
+        "one default-cost hash (debug build): {:?}",
+        started.elapsed()
+    );
     let f = PasswordFile::load(&path).unwrap();
     assert_eq!(f.len(), 2);
     let hash = PasswordHash::new(&f.material("bob").phc).unwrap();
     let params = Params::try_from(&hash).unwrap();
-    assert_eq!((params.m_cost(), params.t_cost(), params.p_cost()), (HASH_M_COST_KIB, HASH_T_COST, HASH_P_COST));
+    assert_eq!(
+        (params.m_cost(), params.t_cost(), params.p_cost()),
+        (HASH_M_COST_KIB, HASH_T_COST, HASH_P_COST)
+    );
     assert!(f.verify_blocking("bob", b"second"));
-    assert!(matches!(set_password(&path, "a:b", "x"), Err(AuthError::InvalidUsername(_))));
+    assert!(matches!(
+        set_password(&path, "a:b", "x"),
+        Err(AuthError::InvalidUsername(_))
+    ));
     std::fs::write(&path, "broken line\n").unwrap();
-    assert!(matches!(set_password(&path, "alice", "x"), Err(AuthError::Config(_))));
+    assert!(matches!(
+        set_password(&path, "alice", "x"),
+        Err(AuthError::Config(_))
+    ));
 }

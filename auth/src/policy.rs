@@ -68,7 +68,10 @@ impl CertField {
     pub fn extract<'a>(self, cert: &VerifiedCert<'a>) -> Option<&'a str> {
         let value = match self {
             CertField::Cn => cert.cn?,
-            CertField::San(kind) => cert.sans.iter().find_map(|s| s.strip_prefix(kind.prefix()))?,
+            CertField::San(kind) => cert
+                .sans
+                .iter()
+                .find_map(|s| s.strip_prefix(kind.prefix()))?,
         };
         (!value.is_empty()).then_some(value)
     }
@@ -86,7 +89,10 @@ pub struct VerifiedCert<'a> {
 impl<'a> VerifiedCert<'a> {
     /// The verified certificate of `identity`, or `None` when it was not verified (whatever else it claims).
     pub fn from_identity(identity: &'a PeerIdentity) -> Option<Self> {
-        identity.cert_verified.then(|| VerifiedCert { cn: identity.cn.as_deref(), sans: &identity.sans })
+        identity.cert_verified.then(|| VerifiedCert {
+            cn: identity.cn.as_deref(),
+            sans: &identity.sans,
+        })
     }
 }
 
@@ -114,10 +120,13 @@ impl ClientIdTemplate {
                 pieces.push(TemplatePiece::Text(rest[..open].to_string()));
             }
             let after = &rest[open + 1..];
-            let close = after.find('}').ok_or_else(|| format!("unclosed `{{` in client ID template {text:?}"))?;
+            let close = after
+                .find('}')
+                .ok_or_else(|| format!("unclosed `{{` in client ID template {text:?}"))?;
             let name = &after[..close];
-            let field = CertField::parse(name)
-                .ok_or_else(|| format!("unknown placeholder {{{name}}} (use {{cn}} or {{san:DNS|URI|EMAIL|IP}})"))?;
+            let field = CertField::parse(name).ok_or_else(|| {
+                format!("unknown placeholder {{{name}}} (use {{cn}} or {{san:DNS|URI|EMAIL|IP}})")
+            })?;
             pieces.push(TemplatePiece::Field(field));
             rest = &after[close + 1..];
         }
@@ -130,7 +139,10 @@ impl ClientIdTemplate {
         if !pieces.iter().any(|p| matches!(p, TemplatePiece::Field(_))) {
             return Err("client ID template needs a placeholder such as {cn}".to_string());
         }
-        Ok(Self { text: text.to_string(), pieces })
+        Ok(Self {
+            text: text.to_string(),
+            pieces,
+        })
     }
 
     /// The template as written.
@@ -180,7 +192,9 @@ impl ListenerPolicy {
 
     /// True when some policy needs a verified certificate.
     pub fn needs_certificate(&self) -> bool {
-        self.require_certificate || self.client_id_from_cert.is_some() || self.username_from_cert.is_some()
+        self.require_certificate
+            || self.client_id_from_cert.is_some()
+            || self.username_from_cert.is_some()
     }
 
     /// Evaluates a CONNECT against this policy without checking a password.
@@ -190,10 +204,10 @@ impl ListenerPolicy {
         if self.needs_certificate() && cert.is_none() {
             return refuse(AuthFailure::CertificateRequired);
         }
-        if let (Some(template), Some(cert)) = (&self.client_id_from_cert, &cert) {
-            if template.render(cert).as_deref() != Some(creds.client_id) {
-                return refuse(AuthFailure::ClientIdMismatch);
-            }
+        if let (Some(template), Some(cert)) = (&self.client_id_from_cert, &cert)
+            && template.render(cert).as_deref() != Some(creds.client_id)
+        {
+            return refuse(AuthFailure::ClientIdMismatch);
         }
         let cert_username = match (self.username_from_cert, &cert) {
             (Some(field), Some(cert)) => match field.extract(cert) {
@@ -211,21 +225,36 @@ impl ListenerPolicy {
         if self.password {
             let no_credentials = creds.username.is_none() && creds.password.is_none();
             if self.anonymous && no_credentials && !self.needs_certificate() {
-                return Evaluation::Decided(AuthDecision::Allow(principal(None, AuthMethod::Anonymous)));
+                return Evaluation::Decided(AuthDecision::Allow(principal(
+                    None,
+                    AuthMethod::Anonymous,
+                )));
             }
             let username = cert_username.or(creds.username);
             let (Some(username), Some(_)) = (username, creds.password) else {
                 return refuse(AuthFailure::BadCredentials);
             };
-            let method = if self.needs_certificate() { AuthMethod::CertificateAndPassword } else { AuthMethod::Password };
-            return Evaluation::NeedsPassword(PasswordCheck { principal: principal(Some(username), method) });
+            let method = if self.needs_certificate() {
+                AuthMethod::CertificateAndPassword
+            } else {
+                AuthMethod::Password
+            };
+            return Evaluation::NeedsPassword(PasswordCheck {
+                principal: principal(Some(username), method),
+            });
         }
         if self.needs_certificate() {
-            return Evaluation::Decided(AuthDecision::Allow(principal(cert_username, AuthMethod::Certificate)));
+            return Evaluation::Decided(AuthDecision::Allow(principal(
+                cert_username,
+                AuthMethod::Certificate,
+            )));
         }
         if self.anonymous {
             // Without a password check the CONNECT's username proves nothing, so it is not carried.
-            return Evaluation::Decided(AuthDecision::Allow(principal(None, AuthMethod::Anonymous)));
+            return Evaluation::Decided(AuthDecision::Allow(principal(
+                None,
+                AuthMethod::Anonymous,
+            )));
         }
         refuse(AuthFailure::NotAuthorized)
     }
@@ -265,7 +294,11 @@ impl PasswordCheck {
 
     /// The decision once the password was checked.
     pub fn finish(self, password_ok: bool) -> AuthDecision {
-        if password_ok { AuthDecision::Allow(self.principal) } else { AuthDecision::refuse(AuthFailure::BadCredentials) }
+        if password_ok {
+            AuthDecision::Allow(self.principal)
+        } else {
+            AuthDecision::refuse(AuthFailure::BadCredentials)
+        }
     }
 }
 

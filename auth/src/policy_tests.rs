@@ -15,18 +15,33 @@ fn cert(cn: &str, sans: &[&str]) -> PeerIdentity {
 
 /// An identity that claims a CN but whose certificate was not verified.
 fn unverified(cn: &str) -> PeerIdentity {
-    PeerIdentity { cert_verified: false, ..cert(cn, &["DNS:x.example"]) }
+    PeerIdentity {
+        cert_verified: false,
+        ..cert(cn, &["DNS:x.example"])
+    }
 }
 
-fn creds<'a>(client_id: &'a str, username: Option<&'a str>, password: Option<&'a [u8]>) -> Credentials<'a> {
-    Credentials { client_id, username, password }
+fn creds<'a>(
+    client_id: &'a str,
+    username: Option<&'a str>,
+    password: Option<&'a [u8]>,
+) -> Credentials<'a> {
+    Credentials {
+        client_id,
+        username,
+        password,
+    }
 }
 
 fn policy(names: &[&str]) -> ListenerPolicy {
     ListenerPolicy {
         require_certificate: names.contains(&"certificate"),
-        client_id_from_cert: names.contains(&"client_id_from_cert").then(|| ClientIdTemplate::parse("{cn}").unwrap()),
-        username_from_cert: names.contains(&"username_from_cert").then_some(CertField::Cn),
+        client_id_from_cert: names
+            .contains(&"client_id_from_cert")
+            .then(|| ClientIdTemplate::parse("{cn}").unwrap()),
+        username_from_cert: names
+            .contains(&"username_from_cert")
+            .then_some(CertField::Cn),
         password: names.contains(&"password"),
         anonymous: names.contains(&"anonymous"),
     }
@@ -61,8 +76,14 @@ fn certificate_policy_requires_a_verified_certificate() {
     assert_eq!(ok.cn.as_deref(), Some("dev-1"));
     assert_eq!(ok.username, None, "a typed username is not proven");
     assert_eq!(ok.client_id, "anything");
-    assert_eq!(refused(p.evaluate(&creds("c", None, None), &PeerIdentity::default())), AuthFailure::CertificateRequired);
-    assert_eq!(refused(p.evaluate(&creds("c", None, None), &unverified("dev-1"))), AuthFailure::CertificateRequired);
+    assert_eq!(
+        refused(p.evaluate(&creds("c", None, None), &PeerIdentity::default())),
+        AuthFailure::CertificateRequired
+    );
+    assert_eq!(
+        refused(p.evaluate(&creds("c", None, None), &unverified("dev-1"))),
+        AuthFailure::CertificateRequired
+    );
     assert_eq!(AuthFailure::CertificateRequired.v5_code(), 0x87);
     assert_eq!(AuthFailure::CertificateRequired.v3_code(), 0x05);
 }
@@ -70,13 +91,22 @@ fn certificate_policy_requires_a_verified_certificate() {
 #[test]
 fn client_id_must_match_the_template() {
     let p = policy(&["client_id_from_cert"]);
-    assert_eq!(allowed(p.evaluate(&creds("dev-1", None, None), &cert("dev-1", &[]))).client_id, "dev-1");
+    assert_eq!(
+        allowed(p.evaluate(&creds("dev-1", None, None), &cert("dev-1", &[]))).client_id,
+        "dev-1"
+    );
     let mismatch = refused(p.evaluate(&creds("dev-2", None, None), &cert("dev-1", &[])));
     assert_eq!(mismatch, AuthFailure::ClientIdMismatch);
     assert_eq!((mismatch.v5_code(), mismatch.v3_code()), (0x85, 0x02));
-    assert_eq!(refused(p.evaluate(&creds("", None, None), &cert("dev-1", &[]))), AuthFailure::ClientIdMismatch);
+    assert_eq!(
+        refused(p.evaluate(&creds("", None, None), &cert("dev-1", &[]))),
+        AuthFailure::ClientIdMismatch
+    );
     // Without verification the claimed CN gives nothing.
-    assert_eq!(refused(p.evaluate(&creds("dev-1", None, None), &unverified("dev-1"))), AuthFailure::CertificateRequired);
+    assert_eq!(
+        refused(p.evaluate(&creds("dev-1", None, None), &unverified("dev-1"))),
+        AuthFailure::CertificateRequired
+    );
 
     let vehicle = ListenerPolicy {
         client_id_from_cert: Some(ClientIdTemplate::parse("vehicle-{cn}").unwrap()),
@@ -86,15 +116,24 @@ fn client_id_must_match_the_template() {
         vehicle.evaluate(&creds("vehicle-7", None, None), &cert("7", &[])),
         Evaluation::Decided(AuthDecision::Allow(_))
     ));
-    assert_eq!(refused(vehicle.evaluate(&creds("7", None, None), &cert("7", &[]))), AuthFailure::ClientIdMismatch);
+    assert_eq!(
+        refused(vehicle.evaluate(&creds("7", None, None), &cert("7", &[]))),
+        AuthFailure::ClientIdMismatch
+    );
 
     let by_dns = ListenerPolicy {
         client_id_from_cert: Some(ClientIdTemplate::parse("{san:DNS}").unwrap()),
         ..policy(&[])
     };
     let id = cert("cn", &["URI:spiffe://x", "DNS:car-9.fleet"]);
-    assert!(matches!(by_dns.evaluate(&creds("car-9.fleet", None, None), &id), Evaluation::Decided(AuthDecision::Allow(_))));
-    assert_eq!(refused(by_dns.evaluate(&creds("cn", None, None), &cert("cn", &[]))), AuthFailure::ClientIdMismatch);
+    assert!(matches!(
+        by_dns.evaluate(&creds("car-9.fleet", None, None), &id),
+        Evaluation::Decided(AuthDecision::Allow(_))
+    ));
+    assert_eq!(
+        refused(by_dns.evaluate(&creds("cn", None, None), &cert("cn", &[]))),
+        AuthFailure::ClientIdMismatch
+    );
 }
 
 #[test]
@@ -104,62 +143,115 @@ fn username_from_cert_ignores_the_clients_username() {
     assert_eq!(got.username.as_deref(), Some("dev-1"));
     assert_eq!(got.method, AuthMethod::Certificate);
     // No fallback to the typed username when the certificate lacks the field.
-    let san = ListenerPolicy { username_from_cert: Some(CertField::San(SanKind::Email)), ..policy(&[]) };
+    let san = ListenerPolicy {
+        username_from_cert: Some(CertField::San(SanKind::Email)),
+        ..policy(&[])
+    };
     assert_eq!(
         refused(san.evaluate(&creds("c", Some("admin"), None), &cert("dev-1", &["DNS:a"]))),
         AuthFailure::CertificateIdentityMissing
     );
     let with_email = cert("dev-1", &["DNS:a", "EMAIL:ops@example.com"]);
-    assert_eq!(allowed(san.evaluate(&creds("c", None, None), &with_email)).username.as_deref(), Some("ops@example.com"));
-    assert_eq!(refused(p.evaluate(&creds("c", Some("admin"), None), &unverified("admin"))), AuthFailure::CertificateRequired);
+    assert_eq!(
+        allowed(san.evaluate(&creds("c", None, None), &with_email))
+            .username
+            .as_deref(),
+        Some("ops@example.com")
+    );
+    assert_eq!(
+        refused(p.evaluate(&creds("c", Some("admin"), None), &unverified("admin"))),
+        AuthFailure::CertificateRequired
+    );
     // An empty CN is no username.
-    assert_eq!(refused(p.evaluate(&creds("c", None, None), &cert("", &[]))), AuthFailure::CertificateIdentityMissing);
+    assert_eq!(
+        refused(p.evaluate(&creds("c", None, None), &cert("", &[]))),
+        AuthFailure::CertificateIdentityMissing
+    );
 }
 
 #[test]
 fn password_policy_asks_for_a_check_of_the_right_user() {
     let p = policy(&["password"]);
-    let check = needs_password(p.evaluate(&creds("c", Some("alice"), Some(b"pw")), &PeerIdentity::default()));
+    let check = needs_password(p.evaluate(
+        &creds("c", Some("alice"), Some(b"pw")),
+        &PeerIdentity::default(),
+    ));
     assert_eq!(check.username(), "alice");
     let ok = check.clone().finish(true);
-    let AuthDecision::Allow(principal) = ok else { panic!() };
+    let AuthDecision::Allow(principal) = ok else {
+        panic!()
+    };
     assert_eq!(principal.username.as_deref(), Some("alice"));
     assert_eq!(principal.method, AuthMethod::Password);
-    assert_eq!(check.finish(false), AuthDecision::refuse(AuthFailure::BadCredentials));
-    for (u, pw) in [(None, Some(&b"pw"[..])), (Some("alice"), None), (None, None)] {
-        assert_eq!(refused(p.evaluate(&creds("c", u, pw), &PeerIdentity::default())), AuthFailure::BadCredentials);
+    assert_eq!(
+        check.finish(false),
+        AuthDecision::refuse(AuthFailure::BadCredentials)
+    );
+    for (u, pw) in [
+        (None, Some(&b"pw"[..])),
+        (Some("alice"), None),
+        (None, None),
+    ] {
+        assert_eq!(
+            refused(p.evaluate(&creds("c", u, pw), &PeerIdentity::default())),
+            AuthFailure::BadCredentials
+        );
     }
-    assert_eq!((AuthFailure::BadCredentials.v5_code(), AuthFailure::BadCredentials.v3_code()), (0x86, 0x04));
+    assert_eq!(
+        (
+            AuthFailure::BadCredentials.v5_code(),
+            AuthFailure::BadCredentials.v3_code()
+        ),
+        (0x86, 0x04)
+    );
 }
 
 #[test]
 fn certificate_and_password_combine() {
     let p = policy(&["certificate", "client_id_from_cert", "password"]);
-    let check = needs_password(p.evaluate(&creds("dev-1", Some("alice"), Some(b"pw")), &cert("dev-1", &[])));
-    let AuthDecision::Allow(principal) = check.finish(true) else { panic!() };
+    let check = needs_password(p.evaluate(
+        &creds("dev-1", Some("alice"), Some(b"pw")),
+        &cert("dev-1", &[]),
+    ));
+    let AuthDecision::Allow(principal) = check.finish(true) else {
+        panic!()
+    };
     assert_eq!(principal.method, AuthMethod::CertificateAndPassword);
     assert_eq!(principal.cn.as_deref(), Some("dev-1"));
     // The certificate checks come first: no password is checked for a wrong client ID.
     assert_eq!(
-        refused(p.evaluate(&creds("dev-2", Some("alice"), Some(b"pw")), &cert("dev-1", &[]))),
+        refused(p.evaluate(
+            &creds("dev-2", Some("alice"), Some(b"pw")),
+            &cert("dev-1", &[])
+        )),
         AuthFailure::ClientIdMismatch
     );
     assert_eq!(
-        refused(p.evaluate(&creds("dev-1", Some("alice"), Some(b"pw")), &PeerIdentity::default())),
+        refused(p.evaluate(
+            &creds("dev-1", Some("alice"), Some(b"pw")),
+            &PeerIdentity::default()
+        )),
         AuthFailure::CertificateRequired
     );
     // With username_from_cert the certificate's username is the one whose password is checked.
     let q = policy(&["username_from_cert", "password"]);
-    let check = needs_password(q.evaluate(&creds("c", Some("admin"), Some(b"pw")), &cert("dev-1", &[])));
+    let check =
+        needs_password(q.evaluate(&creds("c", Some("admin"), Some(b"pw")), &cert("dev-1", &[])));
     assert_eq!(check.username(), "dev-1");
 }
 
 #[test]
 fn anonymous_is_off_unless_enabled() {
     let off = policy(&[]);
-    assert_eq!(refused(off.evaluate(&creds("c", None, None), &PeerIdentity::default())), AuthFailure::NotAuthorized);
+    assert_eq!(
+        refused(off.evaluate(&creds("c", None, None), &PeerIdentity::default())),
+        AuthFailure::NotAuthorized
+    );
     let on = policy(&["anonymous"]);
-    let p = allowed(on.evaluate(&creds("c", Some("typed"), Some(b"x")), &PeerIdentity::default()));
+    let p = allowed(on.evaluate(
+        &creds("c", Some("typed"), Some(b"x")),
+        &PeerIdentity::default(),
+    ));
     assert_eq!(p.method, AuthMethod::Anonymous);
     assert_eq!(p.username, None);
     assert!(!p.is_authenticated());
@@ -169,7 +261,10 @@ fn anonymous_is_off_unless_enabled() {
         allowed(both.evaluate(&creds("c", None, None), &PeerIdentity::default())).method,
         AuthMethod::Anonymous
     );
-    needs_password(both.evaluate(&creds("c", Some("alice"), Some(b"pw")), &PeerIdentity::default()));
+    needs_password(both.evaluate(
+        &creds("c", Some("alice"), Some(b"pw")),
+        &PeerIdentity::default(),
+    ));
     assert_eq!(
         refused(both.evaluate(&creds("c", Some("alice"), None), &PeerIdentity::default())),
         AuthFailure::BadCredentials
@@ -179,11 +274,19 @@ fn anonymous_is_off_unless_enabled() {
 #[test]
 fn a_verified_cn_is_carried_even_on_a_password_listener() {
     let p = policy(&["password"]);
-    let check = needs_password(p.evaluate(&creds("c", Some("alice"), Some(b"pw")), &cert("dev-1", &[])));
-    let AuthDecision::Allow(principal) = check.finish(true) else { panic!() };
+    let check =
+        needs_password(p.evaluate(&creds("c", Some("alice"), Some(b"pw")), &cert("dev-1", &[])));
+    let AuthDecision::Allow(principal) = check.finish(true) else {
+        panic!()
+    };
     assert_eq!(principal.cn.as_deref(), Some("dev-1"));
-    let check = needs_password(p.evaluate(&creds("c", Some("alice"), Some(b"pw")), &unverified("dev-1")));
-    let AuthDecision::Allow(principal) = check.finish(true) else { panic!() };
+    let check = needs_password(p.evaluate(
+        &creds("c", Some("alice"), Some(b"pw")),
+        &unverified("dev-1"),
+    ));
+    let AuthDecision::Allow(principal) = check.finish(true) else {
+        panic!()
+    };
     assert_eq!(principal.cn, None, "an unverified CN is never carried");
 }
 

@@ -41,7 +41,12 @@ impl AuthSnapshot {
         if !problems.is_empty() {
             return Err(ConfigError::from(problems));
         }
-        Ok(Self { default_policy: config.default_policy.clone(), listeners: config.listeners.clone(), acl, passwords })
+        Ok(Self {
+            default_policy: config.default_policy.clone(),
+            listeners: config.listeners.clone(),
+            acl,
+            passwords,
+        })
     }
 
     /// Anonymous access on every listener and every non-`$` topic allowed: what a node without `[auth]` runs.
@@ -56,7 +61,12 @@ impl AuthSnapshot {
 
     /// A snapshot from parts already built (tests, embedders).
     pub fn from_parts(policy: ListenerPolicy, acl: Acl, passwords: PasswordFile) -> Self {
-        Self { default_policy: policy, listeners: BTreeMap::new(), acl, passwords }
+        Self {
+            default_policy: policy,
+            listeners: BTreeMap::new(),
+            acl,
+            passwords,
+        }
     }
 
     /// The policy of the listener named `listener` (its `[auth.listeners.<name>]` override, else `[auth]`).

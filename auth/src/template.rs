@@ -108,7 +108,13 @@ impl TopicTemplate {
             let pieces = parse_pieces(part, offset)?;
             offset += part.len();
             if pieces.iter().any(|p| matches!(p, Piece::Var(_))) {
-                plain.push('x');
+                // Keep the level's own text so that `a/%c+` is still caught as a misplaced `+`.
+                for piece in &pieces {
+                    match piece {
+                        Piece::Text(t) => plain.push_str(t),
+                        Piece::Var(_) => plain.push('x'),
+                    }
+                }
                 levels.push(TemplateLevel::Substituted(pieces));
             } else {
                 plain.push_str(part);
@@ -122,7 +128,10 @@ impl TopicTemplate {
                 *fixed = level.clone();
             }
         }
-        Ok(Self { text: text.to_string(), levels })
+        Ok(Self {
+            text: text.to_string(),
+            levels,
+        })
     }
 
     /// The template as written.
@@ -132,7 +141,9 @@ impl TopicTemplate {
 
     /// True when the template has a placeholder.
     pub fn has_placeholders(&self) -> bool {
-        self.levels.iter().any(|l| matches!(l, TemplateLevel::Substituted(_)))
+        self.levels
+            .iter()
+            .any(|l| matches!(l, TemplateLevel::Substituted(_)))
     }
 
     /// Renders the template with `values`.
@@ -152,7 +163,11 @@ impl TopicTemplate {
             }
         }
         let filter = Filter::from_levels(out);
-        if safe { Rendered::Exact(filter) } else { Rendered::Unsafe(filter) }
+        if safe {
+            Rendered::Exact(filter)
+        } else {
+            Rendered::Unsafe(filter)
+        }
     }
 }
 
@@ -171,7 +186,9 @@ fn parse_pieces(part: &str, offset: usize) -> Result<Vec<Piece>, TemplateError> 
         } else if after.starts_with('u') {
             (Var::Username, 1)
         } else {
-            return Err(TemplateError::UnknownPlaceholder(offset + (part.len() - rest.len()) + pos));
+            return Err(TemplateError::UnknownPlaceholder(
+                offset + (part.len() - rest.len()) + pos,
+            ));
         };
         if !text.is_empty() {
             pieces.push(Piece::Text(std::mem::take(&mut text)));
@@ -211,7 +228,11 @@ mod tests {
     use super::*;
 
     fn values<'a>(c: &'a str, u: Option<&'a str>, cn: Option<&'a str>) -> Values<'a> {
-        Values { client_id: Some(c), username: u, cn }
+        Values {
+            client_id: Some(c),
+            username: u,
+            cn,
+        }
     }
 
     fn exact(t: &str, v: &Values<'_>) -> String {
@@ -242,24 +263,48 @@ mod tests {
             );
         }
         let u = TopicTemplate::parse("users/%u").unwrap();
-        assert!(matches!(u.render(&values("c", None, None)), Rendered::Unsafe(_)));
+        assert!(matches!(
+            u.render(&values("c", None, None)),
+            Rendered::Unsafe(_)
+        ));
     }
 
     #[test]
     fn identity_cannot_introduce_a_dollar_first_level() {
         let t = TopicTemplate::parse("%c/#").unwrap();
-        assert!(matches!(t.render(&values("$SYS", None, None)), Rendered::Unsafe(_)));
+        assert!(matches!(
+            t.render(&values("$SYS", None, None)),
+            Rendered::Unsafe(_)
+        ));
         let d = TopicTemplate::parse("$devices/%c").unwrap();
-        assert_eq!(exact("$devices/%c", &values("$a", None, None)), "$devices/$a");
-        assert!(matches!(d.render(&values("ok", None, None)), Rendered::Exact(_)));
+        assert_eq!(
+            exact("$devices/%c", &values("$a", None, None)),
+            "$devices/$a"
+        );
+        assert!(matches!(
+            d.render(&values("ok", None, None)),
+            Rendered::Exact(_)
+        ));
     }
 
     #[test]
     fn rejects_bad_templates() {
-        assert!(matches!(TopicTemplate::parse("a/%x"), Err(TemplateError::UnknownPlaceholder(2))));
-        assert!(matches!(TopicTemplate::parse("a/%"), Err(TemplateError::UnknownPlaceholder(2))));
-        assert!(matches!(TopicTemplate::parse("a/#/%c"), Err(TemplateError::Filter(FilterError::MisplacedHash))));
-        assert!(matches!(TopicTemplate::parse("a/%c+"), Err(TemplateError::Filter(FilterError::MisplacedPlus))));
+        assert!(matches!(
+            TopicTemplate::parse("a/%x"),
+            Err(TemplateError::UnknownPlaceholder(2))
+        ));
+        assert!(matches!(
+            TopicTemplate::parse("a/%"),
+            Err(TemplateError::UnknownPlaceholder(2))
+        ));
+        assert!(matches!(
+            TopicTemplate::parse("a/#/%c"),
+            Err(TemplateError::Filter(FilterError::MisplacedHash))
+        ));
+        assert!(matches!(
+            TopicTemplate::parse("a/%c+"),
+            Err(TemplateError::Filter(FilterError::MisplacedPlus))
+        ));
         assert!(TopicTemplate::parse("a/%c").unwrap().has_placeholders());
         assert!(!TopicTemplate::parse("a/b").unwrap().has_placeholders());
     }

@@ -123,6 +123,17 @@ impl Filter {
         !self.levels.iter().any(Level::is_wildcard)
     }
 
+    /// The levels with a lone `#` written as `+/#`: the same topics (every topic has at least one level), but
+    /// in this form a level-by-level walk never mistakes the lone `#` for a parent-level match of zero levels.
+    fn canonical(&self) -> &[Level] {
+        static ANY: [Level; 2] = [Level::Plus, Level::Hash];
+        if self.levels == [Level::Hash] {
+            &ANY
+        } else {
+            &self.levels
+        }
+    }
+
     /// True when the first level is a literal starting with `$` (the filter only matches `$` topics).
     fn names_dollar(&self) -> bool {
         matches!(self.levels.first(), Some(Level::Literal(s)) if s.starts_with('$'))
@@ -167,8 +178,8 @@ impl Filter {
             return false;
         }
         // Both filters consume one level each until `self` ends or reaches `#`.
-        let mut mine = self.levels.iter();
-        let mut theirs = other.levels.iter();
+        let mut mine = self.canonical().iter();
+        let mut theirs = other.canonical().iter();
         loop {
             match (mine.next(), theirs.next()) {
                 // `#` matches any remainder, including none.
@@ -195,11 +206,13 @@ impl Filter {
     /// True when at least one topic is matched by both filters.
     pub fn intersects(&self, other: &Filter) -> bool {
         // One matches only `$` topics, the other none.
-        if (self.leading_wildcard() && other.names_dollar()) || (other.leading_wildcard() && self.names_dollar()) {
+        if (self.leading_wildcard() && other.names_dollar())
+            || (other.leading_wildcard() && self.names_dollar())
+        {
             return false;
         }
-        let mut mine = self.levels.iter();
-        let mut theirs = other.levels.iter();
+        let mut mine = self.canonical().iter();
+        let mut theirs = other.canonical().iter();
         loop {
             match (mine.next(), theirs.next()) {
                 (Some(Level::Hash), _) | (_, Some(Level::Hash)) => return true,
@@ -232,7 +245,10 @@ mod tests {
         assert_eq!(Filter::parse("a#"), Err(FilterError::MisplacedHash));
         assert_eq!(Filter::parse("a/b+"), Err(FilterError::MisplacedPlus));
         assert_eq!(Filter::parse("a\0b"), Err(FilterError::Nul));
-        assert_eq!(Filter::parse(&"a".repeat(MAX_FILTER_LEN + 1)), Err(FilterError::TooLong));
+        assert_eq!(
+            Filter::parse(&"a".repeat(MAX_FILTER_LEN + 1)),
+            Err(FilterError::TooLong)
+        );
         for ok in ["#", "+", "a//b", "/", "+/+/#", "$SYS/#", "a/+/c"] {
             assert_eq!(f(ok).to_string(), ok);
         }
@@ -252,8 +268,14 @@ mod tests {
         assert!(!f("#").matches("$SYS/broker"));
         assert!(!f("+/broker").matches("$SYS/broker"));
         assert!(f("$SYS/#").matches("$SYS/broker"));
-        assert!(f("a/+").matches("a/$x"), "`$` is only special at the first level");
-        assert!(!f("a/#").matches("a/+"), "a wildcard in a topic name matches nothing");
+        assert!(
+            f("a/+").matches("a/$x"),
+            "`$` is only special at the first level"
+        );
+        assert!(
+            !f("a/#").matches("a/+"),
+            "a wildcard in a topic name matches nothing"
+        );
         assert!(!f("#").matches(""));
     }
 
@@ -316,7 +338,13 @@ mod tests {
             current = current
                 .iter()
                 .flat_map(|p| {
-                    alphabet.iter().map(move |l| if depth == 1 { (*l).to_string() } else { format!("{p}/{l}") })
+                    alphabet.iter().map(move |l| {
+                        if depth == 1 {
+                            (*l).to_string()
+                        } else {
+                            format!("{p}/{l}")
+                        }
+                    })
                 })
                 .collect();
             out.extend(current.iter().filter(|t| !t.is_empty()).cloned());
@@ -330,7 +358,10 @@ mod tests {
     fn covers_and_intersects_agree_with_enumeration() {
         let filters = all_filters();
         let topics = all_topics();
-        let matched: Vec<Vec<bool>> = filters.iter().map(|flt| topics.iter().map(|t| flt.matches(t)).collect()).collect();
+        let matched: Vec<Vec<bool>> = filters
+            .iter()
+            .map(|flt| topics.iter().map(|t| flt.matches(t)).collect())
+            .collect();
         assert_eq!(filters.len(), 105);
         for (i, a) in filters.iter().enumerate() {
             for (j, s) in filters.iter().enumerate() {

@@ -56,7 +56,12 @@ impl PasswordVerifier {
     }
 
     /// Checks `password` for `username` in `passwords`. An unknown user runs the same argon2 work as a known one.
-    pub async fn verify(&self, passwords: &PasswordFile, username: &str, password: &[u8]) -> Verified {
+    pub async fn verify(
+        &self,
+        passwords: &PasswordFile,
+        username: &str,
+        password: &[u8],
+    ) -> Verified {
         let material = passwords.material(username);
         if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_waiting {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
@@ -94,12 +99,24 @@ mod tests {
         file.set_with_cost_for_tests("alice", "s3cret");
         let verifier = PasswordVerifier::new(1, 0);
         // max_waiting = 0: nothing may queue.
-        assert_eq!(verifier.verify(&file, "alice", b"s3cret").await, Verified::Busy);
+        assert_eq!(
+            verifier.verify(&file, "alice", b"s3cret").await,
+            Verified::Busy
+        );
 
         let verifier = PasswordVerifier::new(2, 8);
-        assert_eq!(verifier.verify(&file, "alice", b"s3cret").await, Verified::Match);
-        assert_eq!(verifier.verify(&file, "alice", b"wrong").await, Verified::Mismatch);
-        assert_eq!(verifier.verify(&file, "bob", b"s3cret").await, Verified::Mismatch);
+        assert_eq!(
+            verifier.verify(&file, "alice", b"s3cret").await,
+            Verified::Match
+        );
+        assert_eq!(
+            verifier.verify(&file, "alice", b"wrong").await,
+            Verified::Mismatch
+        );
+        assert_eq!(
+            verifier.verify(&file, "bob", b"s3cret").await,
+            Verified::Mismatch
+        );
 
         // All slots taken: two CONNECTs may queue, the third is refused at once; the queued ones finish once a
         // slot frees, and the waiting count returns to zero.
@@ -109,17 +126,28 @@ mod tests {
         let mut queued = Vec::new();
         for _ in 0..2 {
             let (v, f) = (verifier.clone(), Arc::clone(&file));
-            queued.push(tokio::spawn(async move { v.verify(&f, "alice", b"s3cret").await }));
+            queued.push(tokio::spawn(async move {
+                v.verify(&f, "alice", b"s3cret").await
+            }));
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while verifier.waiting.load(Ordering::Acquire) < 2 {
-            assert!(tokio::time::Instant::now() < deadline, "waiters never queued");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "waiters never queued"
+            );
             tokio::task::yield_now().await;
         }
-        assert_eq!(verifier.verify(&file, "alice", b"s3cret").await, Verified::Busy);
+        assert_eq!(
+            verifier.verify(&file, "alice", b"s3cret").await,
+            Verified::Busy
+        );
         drop(held);
         for t in queued {
-            let got = tokio::time::timeout(Duration::from_secs(30), t).await.unwrap().unwrap();
+            let got = tokio::time::timeout(Duration::from_secs(30), t)
+                .await
+                .unwrap()
+                .unwrap();
             assert_eq!(got, Verified::Match);
         }
         assert_eq!(verifier.waiting.load(Ordering::Acquire), 0);

@@ -358,3 +358,31 @@ pub async fn ping(session: &mut Session, version: Version) -> bool {
         .await
         .unwrap_or(false)
 }
+
+/// Waits up to `wait` for the next PUBLISH on `session` and consumes it; `Ok(false)` when none came in time.
+pub async fn await_publish(
+    session: &mut Session,
+    version: Version,
+    wait: Duration,
+) -> anyhow::Result<bool> {
+    let found = tokio::time::timeout(wait, async {
+        loop {
+            while let Some((packet, used)) = mqtt::decode(&session.read_buf, version)? {
+                let is_publish = matches!(packet, Packet::Publish { .. });
+                let _ = session.read_buf.split_to(used);
+                if is_publish {
+                    return Ok::<_, anyhow::Error>(());
+                }
+            }
+            if session.stream.read_buf(&mut session.read_buf).await? == 0 {
+                bail!("closed while waiting for a PUBLISH");
+            }
+        }
+    })
+    .await;
+    match found {
+        Ok(Ok(())) => Ok(true),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Ok(false),
+    }
+}

@@ -30,6 +30,13 @@ const KEEP_ALIVE_S: u16 = 300;
 const CONNECT_CONCURRENCY: usize = 64;
 /// How often the drain wait checks the received count.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
+/// `--colocate`: publisher client IDs tried per pair before giving up; with k backends one try misses with
+/// probability (k-1)/k, so 24 tries fail with 3 backends about once in 16,000 pairs.
+const COLOCATE_TRIES: u32 = 24;
+/// `--colocate`: how long a probe may take to reach the pair's subscriber when both sit on the same node.
+const COLOCATE_WAIT: Duration = Duration::from_millis(300);
+/// `--colocate` probe payload: shorter than a timestamp, so a late probe is counted as foreign, not as a sample.
+const PROBE: &[u8] = b"fgb-probe";
 /// Read buffer refill threshold and growth step of a subscriber.
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -112,6 +119,10 @@ pub struct ThroughputArgs {
     /// Longest wait for outstanding deliveries after publishing stops.
     #[arg(long, default_value = "5s", value_parser = crate::parse_duration)]
     pub drain: Duration,
+    /// Pairs behind a balancer in front of unclustered nodes: retry each publisher's client ID until a probe it
+    /// publishes reaches its subscriber, i.e. until the balancer put both on the same node.
+    #[arg(long)]
+    pub colocate: bool,
     /// Free-form label copied into the JSON line.
     #[arg(long)]
     pub label: Option<String>,
@@ -206,16 +217,24 @@ pub async fn run(args: ThroughputArgs) -> anyhow::Result<serde_json::Value> {
             .with_context(|| format!("subscriber {i}"))?;
         subs.push(session);
     }
-    let pub_ids = (0..args.publishers)
-        .map(|i| format!("fgb-{run_id}-p{i}"))
-        .collect();
     let mut pubs = Vec::new();
-    for (i, session) in net::connect_all(&target, pub_ids, KEEP_ALIVE_S, CONNECT_CONCURRENCY)
-        .await
-        .into_iter()
-        .enumerate()
-    {
-        pubs.push(session.with_context(|| format!("publisher {i}"))?);
+    let mut colocate_tries = 0;
+    if args.colocate {
+        if args.pattern != Pattern::Pairs {
+            bail!("--colocate works with --pattern pairs only");
+        }
+        (subs, pubs, colocate_tries) = colocate(&target, &run_id, &plan, subs).await?;
+    } else {
+        let pub_ids = (0..args.publishers)
+            .map(|i| format!("fgb-{run_id}-p{i}"))
+            .collect();
+        for (i, session) in net::connect_all(&target, pub_ids, KEEP_ALIVE_S, CONNECT_CONCURRENCY)
+            .await
+            .into_iter()
+            .enumerate()
+        {
+            pubs.push(session.with_context(|| format!("publisher {i}"))?);
+        }
     }
 
     let received = Arc::new(AtomicU64::new(0));
@@ -323,6 +342,7 @@ pub async fn run(args: ThroughputArgs) -> anyhow::Result<serde_json::Value> {
         "loss_pct": if expected > 0 { 100.0 * loss as f64 / expected as f64 } else { 0.0 },
         "delivered_per_s": received_total as f64 / secs,
         "foreign": foreign,
+        "colocate_tries": colocate_tries,
         "latency_samples": latency.count(),
         "errors": errors.iter().take(5).collect::<Vec<_>>(),
         "error_count": errors.len(),
@@ -341,6 +361,67 @@ fn wall_nanos() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(0))
+}
+
+/// Finds, for every pair, a publisher client ID that lands on its subscriber's node (all pairs at once).
+async fn colocate(
+    target: &Arc<Target>,
+    run_id: &str,
+    plan: &Plan,
+    subs: Vec<Session>,
+) -> anyhow::Result<(Vec<Session>, Vec<Session>, u32)> {
+    let mut tasks = tokio::task::JoinSet::new();
+    let count = subs.len();
+    for (i, sub) in subs.into_iter().enumerate() {
+        let (target, topic, run_id) = (
+            Arc::clone(target),
+            plan.topics[i].clone(),
+            run_id.to_string(),
+        );
+        tasks.spawn(async move { (i, colocate_pair(&target, &run_id, i, &topic, sub).await) });
+    }
+    let mut pairs: Vec<Option<(Session, Session)>> = (0..count).map(|_| None).collect();
+    let mut tries = 0;
+    while let Some(joined) = tasks.join_next().await {
+        let (i, result) = joined.context("colocate task panicked")?;
+        let (sub, publisher, n) = result.with_context(|| format!("colocating pair {i}"))?;
+        tries += n;
+        pairs[i] = Some((sub, publisher));
+    }
+    let (subs, pubs) = pairs.into_iter().flatten().unzip();
+    Ok((subs, pubs, tries))
+}
+
+async fn colocate_pair(
+    target: &Target,
+    run_id: &str,
+    i: usize,
+    topic: &str,
+    mut sub: Session,
+) -> anyhow::Result<(Session, Session, u32)> {
+    let version = target.version;
+    for attempt in 0..COLOCATE_TRIES {
+        let mut publisher = net::connect(
+            target,
+            &format!("fgb-{run_id}-p{i}-{attempt}"),
+            KEEP_ALIVE_S,
+        )
+        .await?;
+        let mut probe = BytesMut::with_capacity(64);
+        mqtt::encode_publish(&mut probe, version, topic, 0, 0, PROBE.len(), |b| {
+            b.put_slice(PROBE)
+        });
+        publisher
+            .stream
+            .write_all(&probe)
+            .await
+            .context("writing probe")?;
+        if net::await_publish(&mut sub, version, COLOCATE_WAIT).await? {
+            return Ok((sub, publisher, attempt + 1));
+        }
+        net::close(publisher).await;
+    }
+    bail!("no publisher client ID reached the subscriber's node in {COLOCATE_TRIES} tries")
 }
 
 async fn subscriber(

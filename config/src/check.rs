@@ -30,9 +30,9 @@ impl ConfigKind {
 #[derive(Debug, Clone)]
 pub enum AnyConfig {
     /// A broker node config.
-    Node(NodeConfig),
+    Node(Box<NodeConfig>),
     /// A load balancer config.
-    Lb(LbConfig),
+    Lb(Box<LbConfig>),
 }
 
 impl AnyConfig {
@@ -48,8 +48,8 @@ impl AnyConfig {
 /// Validates the config file at `path`, whatever its kind, reporting every problem found.
 pub fn check(path: &Path) -> Result<AnyConfig, ConfigError> {
     match kind(path)? {
-        ConfigKind::Node => NodeConfig::load(path).map(AnyConfig::Node),
-        ConfigKind::Lb => LbConfig::load(path).map(AnyConfig::Lb),
+        ConfigKind::Node => NodeConfig::load(path).map(|c| AnyConfig::Node(Box::new(c))),
+        ConfigKind::Lb => LbConfig::load(path).map(|c| AnyConfig::Lb(Box::new(c))),
     }
 }
 

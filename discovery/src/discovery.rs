@@ -18,13 +18,13 @@ use crate::endpoint::{Endpoint, Source, diff_names, normalize};
 use crate::resolve::{DnsResolver, FailureReason, Nameserver, ResolveError, Resolved};
 
 /// Default time between refreshes when TTLs are longer: a rescheduled pod is noticed within this.
-pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
+pub const DEFAULT_INTERVAL: Duration = fleetgate_config::discovery::DEFAULT_INTERVAL;
 /// Refresh floor: a TTL of 0 or 1 s (common for headless Services) must not turn discovery into a query storm
 /// against cluster DNS; nor may a failing nameserver be retried in a tight loop.
-pub const MIN_REFRESH: Duration = Duration::from_secs(1);
+pub const MIN_REFRESH: Duration = fleetgate_config::discovery::MIN_INTERVAL;
 /// Default deadline of one DNS query attempt: cluster DNS answers in milliseconds; two seconds covers a loaded
 /// CoreDNS without letting a dead one stall a round for long.
-pub const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+pub const DEFAULT_QUERY_TIMEOUT: Duration = fleetgate_config::discovery::DEFAULT_QUERY_TIMEOUT;
 /// Default deadline of a whole round (the SRV lookup plus its follow-up A/AAAA lookups, with retries).
 pub const DEFAULT_ROUND_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -140,6 +140,9 @@ pub enum ResolveError {
         /// `Empty` or `NxDomain`.
         reason: FailureReason,
     },
+    /// A follow-up lookup task failed (panicked or was cancelled).
+    #[error("internal error in a discovery lookup: {0}")]
+    Internal(String),
     /// The whole round ran past its deadline.
     #[error("discovery round timed out after {0:?}")]
     RoundTimeout(Duration),
@@ -149,7 +152,9 @@ impl ResolveError {
     /// The failure reason for metrics and logs.
     pub fn reason(&self) -> FailureReason {
         match self {
-            Self::SystemConfig(_) | Self::InvalidName { .. } => FailureReason::Other,
+            Self::SystemConfig(_) | Self::InvalidName { .. } | Self::Internal(_) => {
+                FailureReason::Other
+            }
             Self::Lookup { reason, .. } | Self::NoEndpoints { reason, .. } => *reason,
             Self::RoundTimeout(_) => FailureReason::Timeout,
         }
@@ -279,9 +284,8 @@ impl DnsResolver {
             });
         }
         while let Some(joined) = follow_ups.join_next().await {
-            let Ok((target, found)) = joined else {
-                continue;
-            };
+            // A follow-up that panicked must fail the round, not silently drop its target from the set.
+            let (target, found) = joined.map_err(|e| ResolveError::Internal(e.to_string()))?;
             match found {
                 Ok(addresses) => {
                     glue.insert(target, addresses);

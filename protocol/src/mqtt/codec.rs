@@ -11,7 +11,10 @@ use tokio_util::codec::{Decoder, Encoder};
 use super::checks::{self, Role, VarInt, ptype};
 use super::error::{from_decode, from_encode};
 use super::topic::{self, SharedSubscription};
-use super::{ByteString, CodecError, Packet, ProtocolLevel, UserProperties, convert};
+use super::{
+    ByteString, CodecError, Packet, ProtocolLevel, PublishAck2Reason, PublishAckReason,
+    UserProperties, convert,
+};
 
 /// Largest remaining length MQTT can express (4-byte Variable Byte Integer).
 const MAX_REMAINING_LENGTH: usize = 268_435_455;
@@ -236,6 +239,12 @@ impl Codec {
         // rmqtt's own outbound limit stays off: with a small limit its size arithmetic underflows
         // (`limit - 7` in PUBACK, `limit - 2 - len` in SUBACK) and panics in debug builds.
         let result = if level.is_v5() {
+            if let Some(frame) =
+                short_ack(&item).filter(|f| self.outbound_max.is_none_or(|m| m as usize >= f.len()))
+            {
+                dst.extend_from_slice(&frame);
+                return Ok(());
+            }
             self.v5.encode(item, dst).map_err(from_encode)
         } else {
             match convert::v5_to_v3(item, level, self.role == Role::Client)? {
@@ -259,6 +268,37 @@ impl Codec {
         }
         Ok(())
     }
+}
+
+/// The 2-byte short form of an MQTT 5 PUBACK/PUBREC/PUBREL/PUBCOMP whose reason is Success and that has no
+/// properties (MQTT 5 §3.4.2.1): what Mosquitto sends, and the only form some clients parse (paho-mqtt 1.6
+/// crashes on a longer PUBREL).
+fn short_ack(packet: &Packet) -> Option<[u8; 4]> {
+    let (first_byte, packet_id, success, bare) = match packet {
+        Packet::PublishAck(a) | Packet::PublishReceived(a) => (
+            if matches!(packet, Packet::PublishAck(_)) {
+                0x40
+            } else {
+                0x50
+            },
+            a.packet_id,
+            a.reason_code == PublishAckReason::Success,
+            a.properties.is_empty() && a.reason_string.is_none(),
+        ),
+        Packet::PublishRelease(a) | Packet::PublishComplete(a) => (
+            if matches!(packet, Packet::PublishRelease(_)) {
+                0x62
+            } else {
+                0x70
+            },
+            a.packet_id,
+            a.reason_code == PublishAck2Reason::Success,
+            a.properties.is_empty() && a.reason_string.is_none(),
+        ),
+        _ => return None,
+    };
+    let [hi, lo] = packet_id.get().to_be_bytes();
+    (success && bare).then_some([first_byte, 2, hi, lo])
 }
 
 /// The packet without its diagnostic properties (reason string, user properties), if it has any that the

@@ -1,5 +1,7 @@
-//! The discovery config table that the LB (`backends`) and node (`cluster.peers`) configs embed: raw
-//! [`DiscoveryFile`] (serde, `deny_unknown_fields`) → validated [`DiscoveryConfig`], every problem located.
+//! The discovery table that the LB (`[backends]`) and node (`[cluster] peers`) configs embed: raw
+//! [`DiscoveryFile`] (serde, `deny_unknown_fields`) → validated [`DiscoveryConfig`], every problem located. The
+//! `fleetgate-discovery` crate turns a [`DiscoveryConfig`] into a running discovery; this crate does not depend
+//! on it.
 //!
 //! ```toml
 //! # a fixed list (name defaults to the address)
@@ -21,24 +23,32 @@ use std::ops::Range;
 use std::path::Path;
 use std::time::Duration;
 
-use fleetgate_config::ConfigDuration;
-use fleetgate_config::load::{ConfigError, Problem, parse_toml};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::discovery::{
-    DEFAULT_QUERY_TIMEOUT, DEFAULT_ROUND_TIMEOUT, DiscoveryOptions, MIN_REFRESH,
-};
-use crate::endpoint::{Endpoint, NameFrom, Source};
-use crate::resolve::{Nameserver, parse_name};
+use crate::ConfigDuration;
+use crate::load::{ConfigError, Problem, parse_toml};
 
+/// Default time between refreshes when TTLs are longer: a rescheduled pod is noticed within this.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
+/// Shortest accepted `interval`, and discovery's refresh floor: a TTL of 0 or 1 s (common for headless
+/// Services) must not turn discovery into a query storm against cluster DNS.
+pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest accepted `interval`: beyond a day a moved member would stay unreachable for longer than anyone
 /// would wait; it is almost certainly a typo.
 pub const MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+/// Default deadline of one DNS query attempt: cluster DNS answers in milliseconds; two seconds covers a loaded
+/// CoreDNS without letting a dead one stall a round for long.
+pub const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest accepted per-query `timeout`: a round must stay well inside any refresh interval.
 pub const MAX_QUERY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Port of a `nameserver` given without one.
 pub const DNS_PORT: u16 = 53;
+/// Longest DNS label in octets (RFC 1035 §2.3.4).
+const MAX_LABEL_LEN: usize = 63;
+/// Longest absolute name as text, trailing dot included: 255 octets on the wire (RFC 1035 §2.3.4) is the text
+/// plus one length octet for the first label.
+const MAX_NAME_LEN: usize = 254;
 
 /// Raw discovery table as written: exactly one of `static` or `dns`.
 #[derive(Debug, Clone, Deserialize)]
@@ -82,13 +92,57 @@ pub struct DnsFile {
     pub nameserver: Option<Spanned<String>>,
 }
 
-/// A validated discovery config: what to pass to [`crate::Discovery::spawn`].
+/// A validated discovery table; `fleetgate_discovery::from_config` turns it into a running discovery.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiscoveryConfig {
     /// Where the members come from.
-    pub source: Source,
-    /// How often and where to ask.
-    pub options: DiscoveryOptions,
+    pub source: DiscoverySource,
+    /// Longest time between refreshes ([`DEFAULT_INTERVAL`] for a static list or when not set).
+    pub interval: Duration,
+    /// Deadline of one DNS query attempt ([`DEFAULT_QUERY_TIMEOUT`] when not set).
+    pub query_timeout: Duration,
+    /// The nameserver to ask; `None`: the system configuration (`/etc/resolv.conf`).
+    pub nameserver: Option<SocketAddr>,
+}
+
+/// Where the members of a set come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiscoverySource {
+    /// A fixed list, names unique.
+    Static(Vec<StaticEndpoint>),
+    /// Every A and AAAA address of `name`, each on `port`.
+    DnsA {
+        /// The name to resolve: absolute, lowercase (`"broker.ns.svc.cluster.local."`).
+        name: String,
+        /// The port every address listens on (never 0).
+        port: u16,
+    },
+    /// Every target of the SRV records of `name`.
+    DnsSrv {
+        /// The SRV owner name: absolute, lowercase (`"_mqtt._tcp.broker.ns.svc.cluster.local."`).
+        name: String,
+        /// How a target becomes the endpoint name.
+        name_from: SrvNaming,
+    },
+}
+
+/// One entry of a validated static list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticEndpoint {
+    /// Stable name: the configured one, or the address text.
+    pub name: String,
+    /// Where to connect.
+    pub addr: SocketAddr,
+}
+
+/// How an SRV target becomes an endpoint name (`name_from`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SrvNaming {
+    /// `"first_label"`: `broker-0.broker.ns.svc.cluster.local.` → `broker-0` (a StatefulSet pod name).
+    #[default]
+    FirstLabel,
+    /// `"target"`: the whole target without its trailing dot.
+    Target,
 }
 
 impl DiscoveryConfig {
@@ -115,8 +169,10 @@ impl DiscoveryFile {
         };
         let config = match (&self.static_list, &self.dns) {
             (Some(list), None) => Some(DiscoveryConfig {
-                source: Source::Static(c.static_list(list)),
-                options: DiscoveryOptions::default(),
+                source: DiscoverySource::Static(c.static_list(list)),
+                interval: DEFAULT_INTERVAL,
+                query_timeout: DEFAULT_QUERY_TIMEOUT,
+                nameserver: None,
             }),
             (None, Some(dns)) => c.dns(dns.get_ref()),
             (Some(_), Some(dns)) => {
@@ -135,6 +191,47 @@ impl DiscoveryFile {
     }
 }
 
+/// Checks a configured DNS name and makes it absolute and lowercase: a trailing dot is added when missing, so
+/// no search domain applies. Rejects IP addresses, empty labels, labels over 63 octets or starting with `-`,
+/// and characters other than ASCII letters, digits, `-` and `_`.
+pub fn absolute_dns_name(name: &str) -> Result<String, String> {
+    let invalid = |message: &str| format!("invalid DNS name {name:?}: {message}");
+    if name.is_empty() || name == "." {
+        return Err(invalid("empty name"));
+    }
+    if name.parse::<IpAddr>().is_ok() {
+        return Err(invalid("an IP address, not a DNS name"));
+    }
+    let absolute = if name.ends_with('.') {
+        name.to_ascii_lowercase()
+    } else {
+        format!("{}.", name.to_ascii_lowercase())
+    };
+    if absolute.len() > MAX_NAME_LEN {
+        return Err(invalid(&format!("longer than {MAX_NAME_LEN} characters")));
+    }
+    for label in absolute[..absolute.len() - 1].split('.') {
+        if label.is_empty() {
+            return Err(invalid("empty label"));
+        }
+        if label.len() > MAX_LABEL_LEN {
+            return Err(invalid(&format!(
+                "label {label:?} is longer than {MAX_LABEL_LEN} characters"
+            )));
+        }
+        if label.starts_with('-')
+            || !label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(invalid(&format!(
+                "malformed label {label:?} (letters, digits, '-' and '_' only, not starting with '-')"
+            )));
+        }
+    }
+    Ok(absolute)
+}
+
 struct Checker<'a> {
     file: &'a Path,
     source: &'a str,
@@ -147,7 +244,7 @@ impl Checker<'_> {
             .push(Problem::at(self.file, self.source, span, message));
     }
 
-    fn static_list(&mut self, list: &Spanned<Vec<StaticEndpointFile>>) -> Vec<Endpoint> {
+    fn static_list(&mut self, list: &Spanned<Vec<StaticEndpointFile>>) -> Vec<StaticEndpoint> {
         if list.get_ref().is_empty() {
             self.problem(Some(list.span()), "`static` needs at least one endpoint");
         }
@@ -176,26 +273,22 @@ impl Checker<'_> {
             } else if !seen.insert(name.clone()) {
                 self.problem(Some(span), format!("duplicate endpoint name {name:?}"));
             }
-            endpoints.push(Endpoint::new(name, addr));
+            endpoints.push(StaticEndpoint { name, addr });
         }
         endpoints
     }
 
     fn dns(&mut self, dns: &DnsFile) -> Option<DiscoveryConfig> {
-        let name = match parse_name(dns.name.get_ref()) {
-            Ok(name) => Some(name.to_ascii()),
-            Err(e) => {
-                self.problem(Some(dns.name.span()), e.to_string());
+        let name = match absolute_dns_name(dns.name.get_ref()) {
+            Ok(name) => Some(name),
+            Err(message) => {
+                self.problem(Some(dns.name.span()), message);
                 None
             }
         };
-        let options = DiscoveryOptions {
-            interval: self.interval(dns),
-            min_refresh: MIN_REFRESH,
-            nameserver: self.nameserver(dns),
-            query_timeout: self.query_timeout(dns),
-            round_timeout: DEFAULT_ROUND_TIMEOUT,
-        };
+        let interval = self.interval(dns);
+        let nameserver = self.nameserver(dns);
+        let query_timeout = self.query_timeout(dns);
         let kind = dns
             .record_type
             .as_ref()
@@ -217,7 +310,7 @@ impl Checker<'_> {
                         self.problem(Some(port.span()), "port must not be 0");
                         None
                     }
-                    Some(port) => name.map(|name| Source::DnsA {
+                    Some(port) => name.map(|name| DiscoverySource::DnsA {
                         name,
                         port: *port.get_ref(),
                     }),
@@ -231,7 +324,7 @@ impl Checker<'_> {
                     );
                 }
                 let name_from = self.name_from(dns);
-                name.map(|name| Source::DnsSrv { name, name_from })
+                name.map(|name| DiscoverySource::DnsSrv { name, name_from })
             }
             other => {
                 let span = dns.record_type.as_ref().map(Spanned::span);
@@ -242,38 +335,43 @@ impl Checker<'_> {
                 None
             }
         };
-        source.map(|source| DiscoveryConfig { source, options })
+        source.map(|source| DiscoveryConfig {
+            source,
+            interval,
+            query_timeout,
+            nameserver,
+        })
     }
 
-    fn name_from(&mut self, dns: &DnsFile) -> NameFrom {
+    fn name_from(&mut self, dns: &DnsFile) -> SrvNaming {
         let Some(from) = &dns.name_from else {
-            return NameFrom::default();
+            return SrvNaming::default();
         };
         match from.get_ref().as_str() {
-            "first_label" => NameFrom::FirstLabel,
-            "target" => NameFrom::Target,
+            "first_label" => SrvNaming::FirstLabel,
+            "target" => SrvNaming::Target,
             other => {
                 self.problem(
                     Some(from.span()),
                     format!("unknown name_from {other:?} (use \"first_label\" or \"target\")"),
                 );
-                NameFrom::default()
+                SrvNaming::default()
             }
         }
     }
 
     fn interval(&mut self, dns: &DnsFile) -> Duration {
         let Some(interval) = &dns.interval else {
-            return crate::discovery::DEFAULT_INTERVAL;
+            return DEFAULT_INTERVAL;
         };
         let value = interval.get_ref().get();
-        if value < MIN_REFRESH || value > MAX_INTERVAL {
+        if value < MIN_INTERVAL || value > MAX_INTERVAL {
             self.problem(
                 Some(interval.span()),
-                format!("interval must be between {MIN_REFRESH:?} and {MAX_INTERVAL:?}"),
+                format!("interval must be between {MIN_INTERVAL:?} and {MAX_INTERVAL:?}"),
             );
         }
-        value.clamp(MIN_REFRESH, MAX_INTERVAL)
+        value.clamp(MIN_INTERVAL, MAX_INTERVAL)
     }
 
     fn query_timeout(&mut self, dns: &DnsFile) -> Duration {
@@ -291,22 +389,20 @@ impl Checker<'_> {
         value
     }
 
-    fn nameserver(&mut self, dns: &DnsFile) -> Nameserver {
-        let Some(text) = &dns.nameserver else {
-            return Nameserver::System;
-        };
+    fn nameserver(&mut self, dns: &DnsFile) -> Option<SocketAddr> {
+        let text = dns.nameserver.as_ref()?;
         let text_ref = text.get_ref();
         if let Ok(addr) = text_ref.parse::<SocketAddr>() {
-            return Nameserver::At(addr);
+            return Some(addr);
         }
         if let Ok(ip) = text_ref.parse::<IpAddr>() {
-            return Nameserver::At(SocketAddr::new(ip, DNS_PORT));
+            return Some(SocketAddr::new(ip, DNS_PORT));
         }
         self.problem(
             Some(text.span()),
             format!("invalid nameserver {text_ref:?} (expected \"ip\" or \"ip:port\", e.g. \"10.96.0.10:53\")"),
         );
-        Nameserver::System
+        None
     }
 }
 
@@ -324,12 +420,19 @@ mod tests {
             "static = [{ name = \"broker-0\", address = \"10.0.1.10:1883\" }, { address = \"10.0.1.11:1883\" }]\n",
         )
         .unwrap();
-        let Source::Static(list) = c.source else {
+        assert_eq!(
+            (c.interval, c.query_timeout, c.nameserver),
+            (DEFAULT_INTERVAL, DEFAULT_QUERY_TIMEOUT, None)
+        );
+        let DiscoverySource::Static(list) = c.source else {
             panic!("{c:?}")
         };
         assert_eq!(
             list[0],
-            Endpoint::new("broker-0", "10.0.1.10:1883".parse().unwrap())
+            StaticEndpoint {
+                name: "broker-0".into(),
+                addr: "10.0.1.10:1883".parse().unwrap()
+            }
         );
         assert_eq!(list[1].name, "10.0.1.11:1883");
     }
@@ -343,34 +446,54 @@ mod tests {
         .unwrap();
         assert_eq!(
             c.source,
-            Source::DnsA {
+            DiscoverySource::DnsA {
                 name: "broker.ns.svc.cluster.local.".into(),
                 port: 1883
             }
         );
-        assert_eq!(c.options.interval, Duration::from_secs(30));
-        assert_eq!(
-            c.options.nameserver,
-            Nameserver::At("127.0.0.1:5353".parse().unwrap())
-        );
+        assert_eq!(c.interval, Duration::from_secs(30));
+        assert_eq!(c.nameserver, Some("127.0.0.1:5353".parse().unwrap()));
 
         let c = parse(concat!(
             r#"dns = { name = "_mqtt._tcp.b.test.", type = "srv", name_from = "target","#,
-            r#" nameserver = "10.96.0.10" }"#,
+            r#" nameserver = "10.96.0.10", timeout = "500ms" }"#,
         ))
         .unwrap();
         assert_eq!(
             c.source,
-            Source::DnsSrv {
+            DiscoverySource::DnsSrv {
                 name: "_mqtt._tcp.b.test.".into(),
-                name_from: NameFrom::Target
+                name_from: SrvNaming::Target
             }
         );
+        assert_eq!(c.nameserver, Some("10.96.0.10:53".parse().unwrap()));
+        assert_eq!(c.interval, DEFAULT_INTERVAL);
+        assert_eq!(c.query_timeout, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn names_become_absolute_and_bad_ones_are_rejected() {
+        assert_eq!(absolute_dns_name("Broker.Test").unwrap(), "broker.test.");
+        assert_eq!(absolute_dns_name("broker.test.").unwrap(), "broker.test.");
         assert_eq!(
-            c.options.nameserver,
-            Nameserver::At("10.96.0.10:53".parse().unwrap())
+            absolute_dns_name("_mqtt._tcp.b-1.test").unwrap(),
+            "_mqtt._tcp.b-1.test."
         );
-        assert_eq!(c.options.interval, crate::discovery::DEFAULT_INTERVAL);
+        for bad in [
+            "", ".", "10.0.0.1", "fd00::1", "a..b", "-a.test", "a b.test", "é.test",
+        ] {
+            assert!(absolute_dns_name(bad).is_err(), "{bad:?}");
+        }
+        let long_label = "a".repeat(MAX_LABEL_LEN + 1);
+        assert!(absolute_dns_name(&long_label).is_err());
+        let long_name = vec!["a".repeat(MAX_LABEL_LEN); 4].join(".");
+        assert!(absolute_dns_name(&long_name).is_err());
+        let longest = format!(
+            "{}.{}",
+            vec!["a".repeat(MAX_LABEL_LEN); 3].join("."),
+            "a".repeat(61)
+        );
+        assert_eq!(absolute_dns_name(&longest).unwrap().len(), MAX_NAME_LEN);
     }
 
     #[test]
@@ -428,12 +551,26 @@ mod tests {
                 "static = [{ name = \"a\", address = \"10.0.0.1:1\" }, { name = \"a\", address = \"10.0.0.2:1\" }]\n",
                 "duplicate",
             ),
+            (
+                "static = [{ name = \"a b\", address = \"10.0.0.1:1\" }]\n",
+                "without spaces",
+            ),
             ("dns = { name = \"b.test.\" }\n", "needs a `port`"),
+            ("dns = { name = \"b.test.\", port = 0 }\n", "must not be 0"),
             (
                 "dns = { name = \"b.test.\", port = 1, type = \"mx\" }\n",
                 "unknown DNS record type",
             ),
+            (
+                "dns = { name = \"b.test.\", port = 1, name_from = \"target\" }\n",
+                "only applies",
+            ),
+            (
+                "dns = { name = \"b.test.\", port = 1, timeout = \"0s\" }\n",
+                "timeout must be",
+            ),
             ("dns = { name = \"10.0.0.1\", port = 1 }\n", "IP address"),
+            ("dns = { name = \"a..b\", port = 1 }\n", "invalid DNS name"),
             (
                 "dns = { name = \"b.test.\", port = 1, ttl = \"1s\" }\n",
                 "ttl",

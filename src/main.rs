@@ -5,8 +5,10 @@
 //! - `lb --config FILE`: the load balancer ([`fleetgate_lb::run`]).
 //! - `check FILE`: validate a config file, `nginx -t` style.
 //! - `up`: a complete local system for development ([`up`]).
+//! - `passwd FILE USER`: add or change a password in the node's argon2id password file ([`passwd`]).
 
 mod children;
+mod passwd;
 mod pki;
 mod up;
 
@@ -54,6 +56,14 @@ enum Command {
     },
     /// Run a complete local system: dev PKI, broker nodes and the load balancer.
     Up(up::UpArgs),
+    /// Add or change USER's password in the password file FILE (created with mode 0600 if missing). Reads the
+    /// password without echo from the terminal, or one line from stdin when it is not a terminal.
+    Passwd {
+        /// The password file (`[auth] password_file` of the node config).
+        file: PathBuf,
+        /// The username.
+        user: String,
+    },
 }
 
 fn parse_log_format(s: &str) -> Result<LogFormat, String> {
@@ -68,6 +78,15 @@ fn main() -> ExitCode {
 
     if let Command::Check { file } = &cli.command {
         return check(file);
+    }
+    if let Command::Passwd { file, user } = &cli.command {
+        return match passwd::run(file, user) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("fleetgate passwd: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -93,33 +112,51 @@ fn main() -> ExitCode {
 async fn serve(command: Command) -> Result<()> {
     let _metrics = fleetgate_ops::telemetry::install();
     let shutdown = CancellationToken::new();
-    // The reload channel: the servers watch their config files themselves; SIGHUP is logged by `signals`.
-    let _reload = fleetgate_ops::signals::spawn(shutdown.clone());
+    // The reload channel: SIGHUP. The node re-reads its auth files on it (and watches them itself).
+    let reload = fleetgate_ops::signals::spawn(shutdown.clone());
     match command {
-        Command::Node { config } => run_node(&config, shutdown).await,
-        Command::Lb { config } => run_lb(&config, shutdown).await,
+        Command::Node { config } => run_node(&config, shutdown, reload).await,
+        Command::Lb { config } => run_lb(&config, shutdown, reload).await,
         Command::Up(args) => up::run(args, shutdown).await,
         Command::Check { file } => {
             anyhow::bail!("internal: check {} reached the runtime", file.display())
         }
+        Command::Passwd { file, .. } => {
+            anyhow::bail!("internal: passwd {} reached the runtime", file.display())
+        }
     }
 }
 
-async fn run_node(config: &Path, shutdown: CancellationToken) -> Result<()> {
-    fleetgate_broker::run(config, shutdown)
+async fn run_node(
+    config: &Path,
+    shutdown: CancellationToken,
+    reload: tokio::sync::mpsc::Receiver<()>,
+) -> Result<()> {
+    fleetgate_broker::run(config, shutdown, Some(reload))
         .await
         .with_context(|| format!("fleetgate node --config {}", config.display()))
 }
 
-async fn run_lb(config: &Path, shutdown: CancellationToken) -> Result<()> {
-    fleetgate_lb::run(config, shutdown)
+async fn run_lb(
+    config: &Path,
+    shutdown: CancellationToken,
+    reload: tokio::sync::mpsc::Receiver<()>,
+) -> Result<()> {
+    fleetgate_lb::run(config, shutdown, Some(reload))
         .await
         .with_context(|| format!("fleetgate lb --config {}", config.display()))
 }
 
 /// `fleetgate check FILE`: `FILE: ok (node config)` on stdout, or every problem on stderr and exit code 64.
 fn check(file: &Path) -> ExitCode {
-    match fleetgate_config::check::check(file) {
+    let checked = fleetgate_config::check::check(file).and_then(|config| {
+        // A node's `[auth]` section and the password and ACL files it names are validated by the auth crate.
+        if let fleetgate_config::check::AnyConfig::Node(node) = &config {
+            fleetgate_broker::auth::AuthState::load(file, node)?;
+        }
+        Ok(config)
+    });
+    match checked {
         Ok(config) => {
             println!("{}: ok ({})", file.display(), config.kind().describe());
             ExitCode::SUCCESS

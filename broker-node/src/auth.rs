@@ -1,13 +1,357 @@
-//! Authentication of a CONNECT. This issue accepts every client (`anonymous = true`); the `[auth]` section of a
-//! later issue plugs in here, with the PROXY identity (TLS certificate as the LB saw it) at hand.
+//! Authentication and authorization at the node — stage 4 of [`crate::conn`] (CONNECT) and the PUBLISH /
+//! SUBSCRIBE handlers of [`crate::inbound`]. The decisions themselves are `fleetgate_auth`'s; this module holds the
+//! process-wide [`AuthState`] (one `ArcSwap` of an [`AuthGeneration`], swapped whole by [`crate::auth_reload`]),
+//! turns a CONNECT plus its PROXY identity into a [`ConnAuth`], and answers ACL checks for one connection.
+//!
+//! Trust: the only certificate identity is the one in the PROXY v2 TLVs of a listener that requires the header
+//! from trusted CIDRs ([`crate::listener::read_proxy`]); `PeerIdentity::cert_verified` is set by the protocol crate
+//! only when CERT_CONN/CERT_SESS is set and verify == 0. A listener without PROXY has no certificate identity.
 
-use fleetgate_protocol::mqtt::{Connect, ConnectAckReason};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use fleetgate_auth::{
+    AclDecision, AuthConfig, AuthDecision, AuthFailure, AuthMethod, AuthSnapshot, Authenticator,
+    ClientAcl, Credentials, Principal,
+};
+use fleetgate_config::load::{ConfigError, Problem};
+use fleetgate_config::node::NodeConfig;
+use fleetgate_protocol::mqtt::{Connect, ConnectAckReason, ProtocolLevel, topic};
+use fleetgate_protocol::proxy::PeerIdentity;
 
 use crate::listener::ClientOrigin;
+use crate::{events, metrics};
 
-/// Decides whether `connect` from `origin` may proceed; `Err` is the CONNACK reason to refuse with.
-pub fn authenticate(connect: &Connect, origin: &ClientOrigin) -> Result<(), ConnectAckReason> {
-    // Anonymous access: nothing to check yet. Never log `connect.password`.
-    let _ = (connect, origin);
-    Ok(())
+/// Everything authentication and authorization read, of one configuration generation.
+#[derive(Debug)]
+pub struct AuthGeneration {
+    /// Policies, ACL and password file.
+    pub snapshot: AuthSnapshot,
+    /// False when the node config has no `[auth]` section: anonymous access and no ACL checks at all (the
+    /// behaviour of a node before authentication existed).
+    pub enabled: bool,
+    /// `[auth] v3_disconnect_on_denied_publish`.
+    pub v3_disconnect_on_denied_publish: bool,
+    /// The files this generation was read from; the reload task watches them.
+    pub files: Vec<PathBuf>,
 }
+
+impl AuthGeneration {
+    fn disabled(files: Vec<PathBuf>) -> AuthGeneration {
+        AuthGeneration {
+            snapshot: AuthSnapshot::anonymous(),
+            enabled: false,
+            v3_disconnect_on_denied_publish: false,
+            files,
+        }
+    }
+}
+
+/// Process-wide authentication state: the current generation and the authenticator (password verifier and
+/// brute-force bans, which outlive reloads).
+#[derive(Debug)]
+pub struct AuthState {
+    current: ArcSwap<AuthGeneration>,
+    authenticator: Authenticator,
+    config_path: Option<PathBuf>,
+    listener_names: Vec<String>,
+}
+
+impl AuthState {
+    /// No `[auth]` and nothing to reload: every client admitted anonymously (in-process tests, embedders).
+    pub fn disabled() -> Arc<AuthState> {
+        Arc::new(AuthState {
+            current: ArcSwap::from_pointee(AuthGeneration::disabled(Vec::new())),
+            authenticator: Authenticator::default(),
+            config_path: None,
+            listener_names: Vec::new(),
+        })
+    }
+
+    /// Reads the `[auth]` section of the node config at `path` (already validated as `node`) and the files it
+    /// names; reloads re-read the same path.
+    pub fn load(path: &Path, node: &NodeConfig) -> Result<Arc<AuthState>, ConfigError> {
+        let listener_names: Vec<String> = node
+            .listeners
+            .iter()
+            .filter_map(|l| l.name.clone())
+            .collect();
+        let (generation, config) = build(path, &listener_names)?;
+        let authenticator = config
+            .as_ref()
+            .map_or_else(Authenticator::default, Authenticator::from_config);
+        Ok(Arc::new(AuthState {
+            current: ArcSwap::from_pointee(generation),
+            authenticator,
+            config_path: Some(path.to_path_buf()),
+            listener_names,
+        }))
+    }
+
+    /// The current generation.
+    pub fn current(&self) -> Arc<AuthGeneration> {
+        self.current.load_full()
+    }
+
+    /// Builds a new generation from the files and swaps it in with one store; on error the old one stays.
+    pub fn reload(&self) -> Result<Arc<AuthGeneration>, ConfigError> {
+        let Some(path) = &self.config_path else {
+            return Ok(self.current());
+        };
+        let (generation, config) = build(path, &self.listener_names)?;
+        if let Some(c) = &config {
+            self.authenticator.set_failure_limits(c.failure_limits);
+        }
+        let generation = Arc::new(generation);
+        self.current.store(generation.clone());
+        Ok(generation)
+    }
+
+    /// Decides a CONNECT that arrived on listener `listener` (its configured name, `""` when unnamed).
+    pub async fn authenticate(
+        self: &Arc<Self>,
+        listener: &str,
+        connect: &Connect,
+        origin: &ClientOrigin,
+    ) -> Result<ConnAuth, AuthFailure> {
+        let generation = self.current();
+        if !generation.enabled {
+            let principal = Principal {
+                username: None,
+                cn: None,
+                client_id: connect.client_id.to_string(),
+                method: AuthMethod::Anonymous,
+            };
+            return Ok(self.conn_auth(principal, generation));
+        }
+        let no_identity = PeerIdentity::default();
+        let identity = origin.identity.as_deref().unwrap_or(&no_identity);
+        let creds = Credentials {
+            client_id: &connect.client_id,
+            username: connect.username.as_deref(),
+            password: connect.password.as_deref(),
+        };
+        let decision = self
+            .authenticator
+            .authenticate(
+                &generation.snapshot,
+                listener,
+                &creds,
+                identity,
+                Some(origin.source.ip()),
+            )
+            .await;
+        match decision {
+            AuthDecision::Allow(principal) => Ok(self.conn_auth(principal, generation)),
+            AuthDecision::Refuse { reason } => Err(reason),
+        }
+    }
+
+    fn conn_auth(
+        self: &Arc<Self>,
+        principal: Principal,
+        generation: Arc<AuthGeneration>,
+    ) -> ConnAuth {
+        let acl = generation
+            .enabled
+            .then(|| generation.snapshot.acl().bind(&principal));
+        ConnAuth {
+            state: self.clone(),
+            principal: Arc::new(principal),
+            generation,
+            acl,
+        }
+    }
+}
+
+/// Reads the `[auth]` section at `path` and the files it names, reporting every problem at once.
+fn build(
+    path: &Path,
+    listener_names: &[String],
+) -> Result<(AuthGeneration, Option<AuthConfig>), ConfigError> {
+    let Some(config) = AuthConfig::load(path)? else {
+        return Ok((AuthGeneration::disabled(vec![path.to_path_buf()]), None));
+    };
+    let mut problems: Vec<Problem> = config
+        .listeners
+        .keys()
+        .filter(|name| !listener_names.contains(name))
+        .map(|name| {
+            Problem::whole_file(
+                path,
+                format!("[auth.listeners.{name}]: no [[listeners]] entry has name = {name:?}"),
+            )
+        })
+        .collect();
+    let snapshot = AuthSnapshot::load(&config).map_err(|e| problems.extend(e.problems));
+    let snapshot = match snapshot {
+        Ok(s) if problems.is_empty() => s,
+        _ => return Err(ConfigError::from(problems)),
+    };
+    let mut files = vec![path.to_path_buf()];
+    files.extend(config.password_file.iter().cloned());
+    files.extend(config.acl_file.iter().cloned());
+    let generation = AuthGeneration {
+        snapshot,
+        enabled: true,
+        v3_disconnect_on_denied_publish: config.v3_disconnect_on_denied_publish,
+        files,
+    };
+    Ok((generation, Some(config)))
+}
+
+/// The CONNACK reason for a refused CONNECT. MQTT 3.1.1 codes come from [`AuthFailure::v3_code`]: the v5 reason
+/// is chosen so that the codec's v5 → v3 conversion yields exactly that code.
+pub fn connack_reason(failure: AuthFailure, level: ProtocolLevel) -> ConnectAckReason {
+    let code = if level.is_v5() {
+        failure.v5_code()
+    } else {
+        match failure.v3_code() {
+            0x02 => 0x85, // Identifier rejected ← Client Identifier not valid
+            0x04 => 0x86, // Bad user name or password ← Bad User Name or Password
+            0x05 => 0x87, // Not authorized ← Not authorized
+            _ => 0x88,    // Server unavailable ← Server unavailable
+        }
+    };
+    ConnectAckReason::try_from(code).unwrap_or(ConnectAckReason::NotAuthorized)
+}
+
+/// What an ACL check is about (log field and metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// A PUBLISH from the client.
+    Publish,
+    /// A SUBSCRIBE filter.
+    Subscribe,
+    /// The client's will, at the moment it would be published.
+    Will,
+}
+
+impl Access {
+    /// Label for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Access::Publish => "publish",
+            Access::Subscribe => "subscribe",
+            Access::Will => "will",
+        }
+    }
+}
+
+/// One connection's authenticated identity and its ACL, re-bound when a reload swapped the generation.
+#[derive(Debug)]
+pub struct ConnAuth {
+    state: Arc<AuthState>,
+    principal: Arc<Principal>,
+    generation: Arc<AuthGeneration>,
+    /// `None` when auth is disabled: everything allowed.
+    acl: Option<ClientAcl>,
+}
+
+impl ConnAuth {
+    /// How the client authenticated.
+    pub fn method(&self) -> AuthMethod {
+        self.principal.method
+    }
+
+    /// Close a 3.1.1 client whose PUBLISH was denied, per the current generation.
+    pub fn v3_disconnect_on_denied_publish(&self) -> bool {
+        self.generation.v3_disconnect_on_denied_publish
+    }
+
+    /// Re-binds the ACL when a reload swapped the generation (one pointer compare per check otherwise).
+    fn refresh(&mut self) {
+        let current = self.state.current.load();
+        if !Arc::ptr_eq(&current, &self.generation) {
+            self.generation = Arc::clone(&current);
+            self.acl = self
+                .generation
+                .enabled
+                .then(|| self.generation.snapshot.acl().bind(&self.principal));
+        }
+    }
+
+    /// May the client publish to `topic`? A denial is logged and counted.
+    pub fn may_publish(&mut self, topic: &str) -> bool {
+        self.refresh();
+        let decision = self
+            .acl
+            .as_ref()
+            .map_or(AclDecision::Allow, |acl| acl.check_publish(topic));
+        allowed(decision, &self.principal.client_id, topic, Access::Publish)
+    }
+
+    /// May the client subscribe to `filter` (a `$share/<group>/` prefix is checked as the plain filter)?
+    pub fn may_subscribe(&mut self, filter: &str) -> bool {
+        self.refresh();
+        let plain = match topic::SharedSubscription::parse(filter) {
+            Ok(Some(s)) => s.filter,
+            _ => filter,
+        };
+        let decision = self
+            .acl
+            .as_ref()
+            .map_or(AclDecision::Allow, |acl| acl.check_subscribe(plain));
+        allowed(
+            decision,
+            &self.principal.client_id,
+            filter,
+            Access::Subscribe,
+        )
+    }
+
+    /// What the will of this connection needs to be checked when it is published.
+    pub fn will_permit(&self) -> WillPermit {
+        WillPermit {
+            state: self.state.clone(),
+            principal: self.principal.clone(),
+        }
+    }
+}
+
+/// The right to publish a will, checked against the ACL current when the will is due (not at CONNECT: the ACL
+/// may have been reloaded in between, and a delayed will may be published long after).
+#[derive(Debug, Clone)]
+pub struct WillPermit {
+    state: Arc<AuthState>,
+    principal: Arc<Principal>,
+}
+
+impl WillPermit {
+    /// May the will go to `topic`? A denial is logged and counted.
+    pub fn allows(&self, topic: &str) -> bool {
+        let generation = self.state.current();
+        if !generation.enabled {
+            return true;
+        }
+        let decision = generation
+            .snapshot
+            .acl()
+            .bind(&self.principal)
+            .check_publish(topic);
+        allowed(decision, &self.principal.client_id, topic, Access::Will)
+    }
+}
+
+fn allowed(decision: AclDecision, client_id: &str, topic: &str, access: Access) -> bool {
+    match decision {
+        AclDecision::Allow => true,
+        AclDecision::Deny { rule_index } => {
+            events::acl_denied(client_id, topic, access.as_str(), rule_index);
+            metrics::acl_denied(access.as_str());
+            false
+        }
+    }
+}
+
+/// Logs a refused CONNECT: reason and source address only — never the password, and never the username (a
+/// client may have typed its password there).
+pub fn refused(client_id: &str, source: SocketAddr, failure: AuthFailure) {
+    events::auth_failed(client_id, source, failure.reason());
+}
+
+#[cfg(test)]
+#[path = "auth_tests.rs"]
+mod tests;

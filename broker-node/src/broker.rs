@@ -7,8 +7,8 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fleetgate_config::node::LimitsConfig;
@@ -19,11 +19,12 @@ use fleetgate_protocol::mqtt::{
 use parking_lot::{Mutex, RwLock};
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::Cluster;
 use crate::events;
 use crate::message::{Delivery, Message};
 use crate::metrics::Metrics;
 use crate::retained::RetainedStore;
-use crate::router::{Router, Subscriber};
+use crate::router::{Router, Scope, Subscriber};
 use crate::session::{ConnSignal, ConnSlot, Session, SubscriptionEntry, Will};
 use crate::will;
 
@@ -89,11 +90,15 @@ pub struct Broker {
     pub metrics: Metrics,
     /// Retained messages.
     pub retained: RetainedStore,
-    sessions: Mutex<HashMap<ByteString, Arc<Session>>>,
-    router: RwLock<Router>,
+    /// Sessions by client ID (the cluster's session handover works on it directly).
+    pub(crate) sessions: Mutex<HashMap<ByteString, Arc<Session>>>,
+    /// Local subscriptions. Lock order when both are needed: `router` (write) → `sessions`.
+    pub(crate) router: RwLock<Router>,
     next_session_id: AtomicU64,
     /// Cancelled at shutdown: stops will-delay and session-expiry timers.
     timers: CancellationToken,
+    /// The cluster this node is part of, set once at start.
+    cluster: OnceLock<Arc<Cluster>>,
 }
 
 impl Broker {
@@ -104,7 +109,7 @@ impl Broker {
         metrics: Metrics,
         timers: CancellationToken,
     ) -> Broker {
-        let retained = RetainedStore::new(metrics.retained.clone());
+        let retained = RetainedStore::for_node(metrics.retained.clone(), node_name.clone());
         // Assigned client IDs embed this counter; seeding it from the clock keeps them unique across restarts.
         let seed = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -118,7 +123,23 @@ impl Broker {
             router: RwLock::new(Router::new()),
             next_session_id: AtomicU64::new(seed),
             timers,
+            cluster: OnceLock::new(),
         }
+    }
+
+    /// Joins this broker to `cluster` (once, at start).
+    pub fn set_cluster(&self, cluster: Arc<Cluster>) {
+        let _ = self.cluster.set(cluster);
+    }
+
+    /// The cluster, when this node is part of one.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.get()
+    }
+
+    /// A fresh session identifier.
+    pub(crate) fn new_session_id(&self) -> u64 {
+        self.next_session_id.fetch_add(1, Ordering::Relaxed)
     }
 
     /// A client identifier for a client that sent an empty one.
@@ -134,6 +155,7 @@ impl Broker {
         let mut wills: Vec<Will> = Vec::new();
         let mut ended: Option<Arc<Session>> = None;
         let mut took_over = false;
+        let mut new_session = false;
         let mut sessions = self.sessions.lock();
         let resumed = match sessions.get(&req.client_id).cloned() {
             Some(old) => {
@@ -176,6 +198,7 @@ impl Broker {
                 sessions.insert(req.client_id.clone(), s.clone());
                 if ended.is_none() {
                     self.metrics.sessions_current.increment(1.0);
+                    new_session = true;
                 }
                 s
             }
@@ -197,6 +220,9 @@ impl Broker {
         drop(sessions);
         if let Some(old) = ended {
             self.remove_routes(&old);
+        }
+        if let (true, Some(c)) = (new_session, self.cluster()) {
+            c.session_added(&req.client_id);
         }
         for w in wills {
             self.publish_will(&req.client_id, w);
@@ -247,7 +273,7 @@ impl Broker {
     }
 
     /// Ends `session` if it is still detached since connection `generation`.
-    fn expire(&self, session: &Arc<Session>, generation: u64) {
+    pub(crate) fn expire(&self, session: &Arc<Session>, generation: u64) {
         let pending_will = {
             let mut sessions = self.sessions.lock();
             let mut st = session.state.lock();
@@ -267,6 +293,9 @@ impl Broker {
         };
         self.metrics.sessions_current.decrement(1.0);
         self.remove_routes(session);
+        if let Some(c) = self.cluster() {
+            c.session_removed(&session.client_id);
+        }
         if let Some(w) = pending_will {
             self.publish_will(&session.client_id, w);
         }
@@ -278,9 +307,18 @@ impl Broker {
             return;
         }
         let mut router = self.router.write();
-        for f in &filters {
+        self.unroute(&mut router, session, &filters);
+    }
+
+    /// Removes `session`'s subscriptions on `filters` from the router (and from what the cluster advertises).
+    pub(crate) fn unroute(&self, router: &mut Router, session: &Session, filters: &[ByteString]) {
+        for f in filters {
             let (group, plain) = split_share(f);
-            router.unsubscribe(plain, group, session.id);
+            if router.unsubscribe(plain, group, session.id)
+                && let Some(c) = self.cluster()
+            {
+                c.filter_removed(f);
+            }
         }
     }
 
@@ -297,20 +335,42 @@ impl Broker {
 
     /// Publishes a will message.
     pub fn publish_will(&self, client_id: &str, will: Will) {
+        // The ACL current now decides, not the one of the CONNECT (see `will::permitted`).
+        if !will::permitted(&will) {
+            return;
+        }
         events::will_published(client_id, &will.will.topic);
         let msg = Message::from_will(*will.will, Instant::now());
         self.publish(Arc::new(msg));
     }
 
-    /// Routes `msg` to every matching session (stores it first when retained); returns how many sessions
-    /// it was queued for.
+    /// Routes `msg` to every matching session (stores it first when retained) and to the cluster peers with
+    /// matching subscriptions; returns how many local sessions it was queued for.
     pub fn publish(&self, msg: Arc<Message>) -> usize {
         if msg.retain {
-            self.retained.store(&msg);
+            let stamp = self.retained.store(&msg);
+            if let Some(c) = self.cluster() {
+                c.replicate_retained(&msg, stamp);
+            }
         }
+        let mut served = Vec::new();
+        let queued = self.deliver(
+            &msg,
+            &mut Scope::All {
+                served: &mut served,
+            },
+        );
+        if let Some(c) = self.cluster() {
+            c.forward(&msg, &served);
+        }
+        queued
+    }
+
+    /// Queues `msg` for the local sessions `scope` selects; returns how many it was queued for.
+    pub fn deliver(&self, msg: &Arc<Message>, scope: &mut Scope<'_>) -> usize {
         let router = self.router.read();
         let mut hits: Vec<&Subscriber> = Vec::new();
-        router.collect(&msg.topic, &mut hits);
+        router.collect_scoped(&msg.topic, scope, &mut hits);
         if hits.is_empty() {
             return 0;
         }
@@ -352,6 +412,46 @@ impl Broker {
         queued
     }
 
+    /// Queues `msg` for the session of `client_id` alone, as its matching subscriptions ask (a message relayed
+    /// by the node the session just moved from); false when no session here matches.
+    pub fn deliver_to(&self, client_id: &str, msg: &Arc<Message>) -> bool {
+        let Some(session) = self.sessions.lock().get(client_id).cloned() else {
+            return false;
+        };
+        let mut qos: Option<QoS> = None;
+        let mut retain = false;
+        let mut sub_ids: Vec<NonZeroU32> = Vec::new();
+        for (filter, e) in session.state.lock().subscriptions.iter() {
+            if !fleetgate_protocol::mqtt::topic::matches(split_share(filter).1, &msg.topic) {
+                continue;
+            }
+            let granted = msg.qos.less_value(e.options.qos);
+            qos = Some(qos.map_or(granted, |q| {
+                if granted.value() > q.value() {
+                    granted
+                } else {
+                    q
+                }
+            }));
+            retain |= e.options.retain_as_published && msg.retain;
+            sub_ids.extend(e.id);
+        }
+        let Some(qos) = qos else { return false };
+        let delivery = Delivery {
+            msg: msg.clone(),
+            qos,
+            retain,
+            sub_ids,
+        };
+        match session.enqueue(delivery, self.limits.max_queued_messages) {
+            Ok(()) => true,
+            Err(reason) => {
+                self.metrics.dropped(reason);
+                false
+            }
+        }
+    }
+
     /// Adds or replaces a subscription of `session` and queues the retained messages its retain handling asks
     /// for. Returns the SUBACK reason.
     pub fn subscribe(
@@ -368,7 +468,7 @@ impl Broker {
             .subscriptions
             .insert(filter.clone(), SubscriptionEntry { options, id })
             .is_some();
-        self.router.write().subscribe(
+        let replaced = self.router.write().subscribe(
             plain,
             group,
             Subscriber {
@@ -377,6 +477,9 @@ impl Broker {
                 id,
             },
         );
+        if let (false, Some(c)) = (replaced, self.cluster()) {
+            c.filter_added(filter);
+        }
         let send_retained = group.is_none()
             && match options.retain_handling {
                 RetainHandling::AtSubscribe => true,
@@ -408,8 +511,8 @@ impl Broker {
     pub fn unsubscribe(&self, session: &Arc<Session>, filter: &ByteString) -> bool {
         let existed = session.state.lock().subscriptions.remove(filter).is_some();
         if existed {
-            let (group, plain) = split_share(filter);
-            self.router.write().unsubscribe(plain, group, session.id);
+            let mut router = self.router.write();
+            self.unroute(&mut router, session, std::slice::from_ref(filter));
         }
         existed
     }
@@ -436,7 +539,7 @@ impl Broker {
 
 /// `$share/{group}/{filter}` → (Some(group), filter); anything else → (None, filter). Filters were validated by
 /// the codec, so a malformed share is treated as a plain filter.
-fn split_share(filter: &str) -> (Option<&str>, &str) {
+pub(crate) fn split_share(filter: &str) -> (Option<&str>, &str) {
     match SharedSubscription::parse(filter) {
         Ok(Some(s)) => (Some(s.group), s.filter),
         _ => (None, filter),

@@ -3,7 +3,8 @@
 //! 1. accept (in [`listener`]) and `TCP_NODELAY`;
 //! 2. the PROXY header, when the listener requires one ([`listener::read_proxy`], under its own timeout);
 //! 3. CONNECT under `connect_timeout` (nothing else is read before it);
-//! 4. client ID (assigned when empty), authentication ([`auth`]), limits ([`ConnLimits`]);
+//! 4. client ID (assigned when empty), authentication from the CONNECT and the PROXY identity ([`auth`]; a
+//!    refusal is a CONNACK with the reason and an `auth_failed` event), limits ([`ConnLimits`]);
 //! 5. attach to the session — new, resumed, or taken over from another connection ([`Broker::attach`]);
 //! 6. CONNACK, then the unacknowledged messages of a resumed session again (DUP, PUBREL);
 //! 7. the packet loop: read and handle packets ([`inbound`]), drain the session queue into the socket
@@ -21,6 +22,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::ConnAuth;
 use crate::broker::{AttachRequest, Broker};
 use crate::inbound::InboundAliases;
 use crate::limits::{self, CLOSE_FLUSH_TIMEOUT, ConnLimits};
@@ -46,10 +48,14 @@ pub enum End {
     KeepAliveTimeout,
     /// Another connection with the same client ID took the session.
     Takeover,
+    /// The session moved to another node (this one is draining): v5 DISCONNECT 0x9C, use another server.
+    Moved,
     /// The node is shutting down.
     ServerShutdown,
     /// A packet above our maximum packet size.
     TooLarge,
+    /// A 3.1.1 PUBLISH the ACL denied, with `[auth] v3_disconnect_on_denied_publish` on.
+    NotAuthorized,
     /// A protocol violation: `detail` is the codec reason, `code` the v5 reason code to send.
     Protocol {
         /// Label for the log.
@@ -79,8 +85,10 @@ impl End {
             End::Ungraceful => "ungraceful",
             End::KeepAliveTimeout => "keepalive_timeout",
             End::Takeover => "takeover",
+            End::Moved => "server_moved",
             End::ServerShutdown => "server_shutdown",
             End::TooLarge => "too_large",
+            End::NotAuthorized => "not_authorized",
             End::Protocol { .. } => "protocol_error",
         }
     }
@@ -91,8 +99,10 @@ impl End {
             End::Graceful { .. } | End::Ungraceful => None,
             End::KeepAliveTimeout => Some(DisconnectReasonCode::KeepAliveTimeout),
             End::Takeover => Some(DisconnectReasonCode::SessionTakenOver),
+            End::Moved => Some(DisconnectReasonCode::UseAnotherServer),
             End::ServerShutdown => Some(DisconnectReasonCode::ServerShuttingDown),
             End::TooLarge => Some(DisconnectReasonCode::PacketTooLarge),
+            End::NotAuthorized => Some(DisconnectReasonCode::NotAuthorized),
             End::Protocol { code, .. } => Some(
                 DisconnectReasonCode::try_from(code).unwrap_or(DisconnectReasonCode::ProtocolError),
             ),
@@ -104,7 +114,7 @@ impl End {
     fn publishes_will(self) -> bool {
         match self {
             End::Graceful { with_will, .. } => with_will,
-            End::ServerShutdown | End::Takeover => false,
+            End::ServerShutdown | End::Takeover | End::Moved => false,
             _ => true,
         }
     }
@@ -132,6 +142,8 @@ pub struct Conn {
     pub outbound_aliases: OutboundAliases,
     /// When the client last sent anything (keep alive).
     pub last_activity: Instant,
+    /// Who the client authenticated as, and its ACL.
+    pub auth: ConnAuth,
 }
 
 /// Serves one accepted TCP connection to its end.
@@ -194,19 +206,30 @@ pub async fn serve(
         connect.client_id = id.clone();
         assigned = Some(id);
     }
-    if let Err(reason) = auth::authenticate(&connect, &origin) {
-        return refuse(wire, &origin, &connect.client_id, reason).await;
-    }
+    let conn_auth = match ctx.auth.authenticate(&ctx.name, &connect, &origin).await {
+        Ok(conn_auth) => conn_auth,
+        Err(failure) => {
+            auth::refused(&connect.client_id, origin.source, failure);
+            let reason = auth::connack_reason(failure, level);
+            return refuse(wire, &origin, &connect.client_id, reason).await;
+        }
+    };
     let limits = ConnLimits::negotiate(&broker.limits, &connect, level);
     wire.codec.set_outbound_max(limits.outbound_max_packet);
 
-    // Stage 5: attach to the session.
+    // Stage 5: attach to the session — first fetched from the node that holds it, when it is elsewhere in
+    // the cluster (bounded by the cluster's takeover timeout; nothing to ask in the common case).
     let client_id: ByteString = connect.client_id.clone();
+    if let Some(cluster) = broker.cluster() {
+        cluster
+            .acquire(&broker, &client_id, connect.clean_start)
+            .await;
+    }
     let attached = broker.attach(AttachRequest {
         client_id: client_id.clone(),
         clean_start: connect.clean_start,
         expiry_secs: limits.session_expiry,
-        will: will::from_connect(&mut connect),
+        will: will::from_connect(&mut connect, Some(conn_auth.will_permit())),
         protocol: level,
         source: origin.source,
         window: limits.outbound_window,
@@ -247,6 +270,7 @@ pub async fn serve(
         inbound_aliases: InboundAliases::new(broker.limits.topic_alias_maximum),
         outbound_aliases: OutboundAliases::new(limits.outbound_alias_max),
         last_activity: Instant::now(),
+        auth: conn_auth,
     };
     drop(connect);
     let end = match conn.wire.encode(Packet::ConnectAck(Box::new(connack))) {
@@ -260,7 +284,11 @@ pub async fn serve(
 
     // Stage 8: the end.
     if let (true, Some(code)) = (level.is_v5(), end.disconnect_code()) {
-        let _ = conn.wire.encode(Packet::Disconnect(Disconnect::new(code)));
+        // A reason string too: paho-mqtt 1.6 reads a DISCONNECT's reason code only when the packet is longer
+        // than two bytes, and an operator reading a client log wants the words anyway.
+        let mut disconnect = Disconnect::new(code);
+        disconnect.reason_string = Some(ByteString::from_static(end.reason()));
+        let _ = conn.wire.encode(Packet::Disconnect(disconnect));
     }
     if end != End::Ungraceful {
         let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, conn.wire.flush()).await;
@@ -305,7 +333,7 @@ impl Conn {
                 _ = shutdown.cancelled() => return End::ServerShutdown,
                 _ = self.signal.notify.notified() => {
                     if self.signal.is_kicked() {
-                        return End::Takeover;
+                        return if self.signal.is_moved() { End::Moved } else { End::Takeover };
                     }
                 }
                 ready = self.wire.stream.readable() => {

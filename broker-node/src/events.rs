@@ -70,3 +70,57 @@ pub fn shutdown(phase: &'static str, open_connections: usize) {
         "broker shutdown {phase}"
     );
 }
+
+/// A CONNECT was refused by authentication: the failure label and the source address, nothing the client sent
+/// as a secret.
+pub fn auth_failed(client_id: &str, source: SocketAddr, reason: &'static str) {
+    tracing::warn!(event = "auth_failed", client_id, source = %source, reason, "authentication failed");
+}
+
+/// The ACL denied a PUBLISH, SUBSCRIBE or will; `rule` is the 0-based index of the deciding deny rule, absent
+/// when nothing allowed it (deny by default).
+pub fn acl_denied(client_id: &str, topic: &str, access: &'static str, rule: Option<usize>) {
+    match rule {
+        Some(rule) => {
+            tracing::info!(
+                event = "acl_denied",
+                client_id,
+                topic,
+                access,
+                rule,
+                "denied by ACL rule"
+            )
+        }
+        None => {
+            tracing::info!(
+                event = "acl_denied",
+                client_id,
+                topic,
+                access,
+                "denied by ACL (no rule allows it)"
+            )
+        }
+    }
+}
+
+/// The auth configuration (`[auth]`, password file, ACL file) was reloaded, or a reload failed and the old one
+/// stays (`error` lists every problem as `file:line:column: message`).
+pub fn auth_reload(trigger: &'static str, error: Option<&dyn std::fmt::Display>) {
+    match error {
+        None => tracing::info!(
+            event = "config_reload",
+            what = "auth",
+            trigger,
+            result = "ok",
+            "auth configuration reloaded"
+        ),
+        Some(e) => tracing::error!(
+            event = "config_reload",
+            what = "auth",
+            trigger,
+            result = "error",
+            error = %e,
+            "auth configuration reload failed; keeping the previous one"
+        ),
+    }
+}

@@ -8,8 +8,8 @@ use std::time::Instant as StdInstant;
 
 use fleetgate_protocol::mqtt::{
     ByteString, DisconnectReasonCode, Packet, Publish, PublishAck, PublishAck2, PublishAck2Reason,
-    PublishAckReason, QoS, Subscribe, SubscribeAck, Unsubscribe, UnsubscribeAck,
-    UnsubscribeAckReason,
+    PublishAckReason, QoS, Subscribe, SubscribeAck, SubscribeAckReason, Unsubscribe,
+    UnsubscribeAck, UnsubscribeAckReason,
 };
 use tokio::time::Instant;
 
@@ -180,6 +180,9 @@ fn on_publish(conn: &mut Conn, publish: Publish) -> Result<(), End> {
     let alias = publish.properties.as_ref().and_then(|p| p.topic_alias);
     let topic = conn.inbound_aliases.resolve(&publish.topic, alias)?;
     let packet_id = publish.packet_id;
+    if !conn.auth.may_publish(&topic) {
+        return on_denied_publish(conn, qos, packet_id);
+    }
     match qos {
         QoS::AtMostOnce => {
             route(conn, publish, topic);
@@ -224,6 +227,46 @@ fn on_publish(conn: &mut Conn, publish: Publish) -> Result<(), End> {
     }
 }
 
+/// A PUBLISH the ACL denied (already logged and counted as dropped): v5 gets PUBACK/PUBREC 0x87; 3.1.1 has no
+/// negative acknowledgement, so the message is dropped with a normal one (or the connection closed, per
+/// `[auth] v3_disconnect_on_denied_publish`) — without an ack a 3.1.1 client would resend it forever.
+fn on_denied_publish(conn: &mut Conn, qos: QoS, packet_id: Option<NonZeroU16>) -> Result<(), End> {
+    let v5 = conn.level.is_v5();
+    if !v5 && conn.auth.v3_disconnect_on_denied_publish() {
+        return Err(End::NotAuthorized);
+    }
+    let reason_code = if v5 {
+        PublishAckReason::NotAuthorized
+    } else {
+        PublishAckReason::Success
+    };
+    let ack = |packet_id| PublishAck {
+        packet_id,
+        reason_code,
+        properties: Vec::new(),
+        reason_string: None,
+    };
+    match qos {
+        QoS::AtMostOnce => Ok(()),
+        QoS::AtLeastOnce => {
+            let packet_id = packet_id.ok_or(protocol("missing_packet_id"))?;
+            encode(conn, Packet::PublishAck(ack(packet_id)))
+        }
+        QoS::ExactlyOnce => {
+            let packet_id = packet_id.ok_or(protocol("missing_packet_id"))?;
+            if !v5 {
+                // The 3.1.1 flow continues with PUBREL, which must find the packet ID to be completed.
+                conn.session
+                    .state
+                    .lock()
+                    .inbound_qos2
+                    .insert(packet_id.get());
+            }
+            encode(conn, Packet::PublishReceived(ack(packet_id)))
+        }
+    }
+}
+
 fn route(conn: &Conn, publish: Publish, topic: ByteString) {
     let msg = Message::from_publish(publish, topic, conn.session.id, StdInstant::now());
     conn.broker.publish(Arc::new(msg));
@@ -234,6 +277,10 @@ fn on_subscribe(conn: &mut Conn, sub: Subscribe) -> Result<(), End> {
         .topic_filters
         .iter()
         .map(|(filter, options)| {
+            if !conn.auth.may_subscribe(filter) {
+                // 0x87; the codec turns it into the 3.1.1 failure code 0x80.
+                return SubscribeAckReason::NotAuthorized;
+            }
             conn.broker
                 .subscribe(&conn.session, filter, *options, sub.id)
         })

@@ -8,10 +8,13 @@
 //! - [`inbound`]: packets from the client (publish routing, acks, subscribe, ping, disconnect, inbound aliases).
 //! - [`outbound`]: session queue → PUBLISHes (inflight window, max packet size, outbound aliases, DUP resend).
 //! - [`wire`]: socket + codec with buffers held only while bytes are pending.
-//! - [`auth`]: authentication hook (anonymous in this version).
+//! - [`auth`]: authentication at CONNECT from the PROXY v2 identity and ACL checks (`fleetgate_auth` decides).
+//! - [`auth_reload`]: hot reload of `[auth]`, password and ACL files (SIGHUP or file change).
 //! - [`broker`]: shared state: sessions by client ID, takeover, expiry, publish fan-out.
 //! - [`session`]: per-session state: subscriptions, queue, inflight, packet IDs, will.
 //! - [`router`]: subscription trie with shared-subscription groups.
+//! - [`cluster`]: N nodes as one broker: peer links, remote routes, retained replication, session takeover and
+//!   drain handoff (wire protocol documented there).
 //! - [`retained`]: retained messages.
 //! - [`will`]: will publication and delay.
 //! - [`message`]: the shared message and per-session delivery.
@@ -21,7 +24,9 @@
 
 pub mod admin_routes;
 pub mod auth;
+pub mod auth_reload;
 pub mod broker;
+pub mod cluster;
 pub mod conn;
 pub mod events;
 pub mod inbound;

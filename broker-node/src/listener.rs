@@ -14,6 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::AuthState;
 use crate::broker::Broker;
 use crate::{conn, events};
 
@@ -27,10 +28,17 @@ pub struct ListenerCtx {
     pub local_addr: SocketAddr,
     /// The PROXY policy when the listener requires a header.
     pub proxy: Option<ProxyPolicy>,
+    /// The listener's configured name (`""` when unnamed): selects its `[auth.listeners.<name>]` policy.
+    pub name: String,
+    /// Authentication and ACL state shared by every listener.
+    pub auth: Arc<AuthState>,
 }
 
 /// Binds `config.bind` and logs the bound address.
-pub async fn bind(config: &ListenerConfig) -> io::Result<(TcpListener, Arc<ListenerCtx>)> {
+pub async fn bind(
+    config: &ListenerConfig,
+    auth: Arc<AuthState>,
+) -> io::Result<(TcpListener, Arc<ListenerCtx>)> {
     let listener = TcpListener::bind(config.bind).await?;
     let local_addr = listener.local_addr()?;
     let proxy = match config.proxy_protocol {
@@ -41,16 +49,24 @@ pub async fn bind(config: &ListenerConfig) -> io::Result<(TcpListener, Arc<Liste
         }),
     };
     events::listening("mqtt", local_addr);
-    Ok((listener, Arc::new(ListenerCtx { local_addr, proxy })))
+    let ctx = ListenerCtx {
+        local_addr,
+        proxy,
+        name: config.name.clone().unwrap_or_default(),
+        auth,
+    };
+    Ok((listener, Arc::new(ctx)))
 }
 
-/// Accepts until `shutdown`; each connection runs in its own task on `tracker`.
+/// Accepts until `shutdown`; each connection runs in its own task on `tracker` and ends at `conns` (later than
+/// `shutdown` in a cluster, which first hands the sessions to other nodes).
 pub async fn accept_loop(
     listener: TcpListener,
     ctx: Arc<ListenerCtx>,
     broker: Arc<Broker>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
+    conns: CancellationToken,
 ) {
     loop {
         let accepted = tokio::select! {
@@ -64,7 +80,7 @@ pub async fn accept_loop(
                     peer,
                     ctx.clone(),
                     broker.clone(),
-                    shutdown.clone(),
+                    conns.clone(),
                 ));
             }
             Err(e) => {

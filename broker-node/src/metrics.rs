@@ -21,6 +21,12 @@ pub const DROPPED_MESSAGES: &str = "fleetgate_dropped_messages_total";
 pub const DISCONNECTS: &str = "fleetgate_disconnects_total";
 /// PROXY headers refused, by `reason`.
 pub const PROXY_REJECTED: &str = "fleetgate_proxy_rejected_total";
+/// ACL denials, by `access` (publish, subscribe, will).
+pub const ACL_DENIED: &str = "fleetgate_acl_denied_total";
+/// Reloads of a configuration, by `result` (ok, error).
+pub const CONFIG_RELOADS: &str = "fleetgate_config_reloads_total";
+/// The `reason` of [`DROPPED_MESSAGES`] for a PUBLISH or will the ACL denied.
+pub const DROP_REASON_ACL: &str = "acl";
 
 /// Why a message was not delivered; the `reason` label of [`DROPPED_MESSAGES`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,11 +45,13 @@ pub enum DropReason {
     Qos0QueueFull,
     /// Refused by an ACL (later issue).
     Acl,
+    /// A cluster peer's link queue was full (slow or stuck peer).
+    ClusterQueueFull,
 }
 
 impl DropReason {
     /// Every reason, for registration.
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 8] = [
         DropReason::QueueFull,
         DropReason::InflightWindow,
         DropReason::NotConnected,
@@ -51,6 +59,7 @@ impl DropReason {
         DropReason::Expired,
         DropReason::Qos0QueueFull,
         DropReason::Acl,
+        DropReason::ClusterQueueFull,
     ];
 
     /// The metric label.
@@ -63,6 +72,7 @@ impl DropReason {
             DropReason::Expired => "expired",
             DropReason::Qos0QueueFull => "qos0_queue_full",
             DropReason::Acl => "acl",
+            DropReason::ClusterQueueFull => "cluster_queue_full",
         }
     }
 }
@@ -78,7 +88,7 @@ pub struct Metrics {
     pub retained: Gauge,
     received: [Counter; 3],
     delivered: [Counter; 3],
-    dropped: [Counter; 7],
+    dropped: [Counter; DropReason::ALL.len()],
 }
 
 impl Metrics {
@@ -96,6 +106,11 @@ impl Metrics {
         describe_counter!(DROPPED_MESSAGES, "Messages not delivered, by reason");
         describe_counter!(DISCONNECTS, "Client disconnects by reason");
         describe_counter!(PROXY_REJECTED, "PROXY protocol headers refused, by reason");
+        describe_counter!(
+            ACL_DENIED,
+            "ACL denials by access (publish, subscribe, will)"
+        );
+        describe_counter!(CONFIG_RELOADS, "Configuration reloads by result");
         let qos = |name: &'static str| {
             [
                 counter!(name, "qos" => "0"),
@@ -142,4 +157,17 @@ pub fn disconnect(reason: &'static str) {
 /// Counts a refused PROXY header.
 pub fn proxy_rejected(reason: &'static str) {
     counter!(PROXY_REJECTED, "reason" => reason).increment(1);
+}
+
+/// Counts an ACL denial; a denied PUBLISH or will is also a dropped message (`reason="acl"`).
+pub fn acl_denied(access: &'static str) {
+    counter!(ACL_DENIED, "access" => access).increment(1);
+    if access != "subscribe" {
+        counter!(DROPPED_MESSAGES, "reason" => DROP_REASON_ACL).increment(1);
+    }
+}
+
+/// Counts a configuration reload by `result`.
+pub fn config_reload(result: &'static str) {
+    counter!(CONFIG_RELOADS, "result" => result).increment(1);
 }

@@ -1,6 +1,7 @@
-//! Starting and stopping a node: bind every listener (MQTT and admin) up front so errors surface at start,
-//! spawn the accept loops, then on shutdown — not ready and stop accepting; let connections close (each sends
-//! its v5 DISCONNECT 0x8B) within `shutdown_grace`; return as soon as they are all gone.
+//! Starting and stopping a node: bind every listener (MQTT, admin, cluster) up front so errors surface at start,
+//! spawn the accept loops, then on shutdown — not ready and stop accepting; in a cluster, hand every session to
+//! the node the ring without us assigns (clients get v5 DISCONNECT 0x9C); let the remaining connections close
+//! (each sends its v5 DISCONNECT 0x8B) within `shutdown_grace`; return as soon as they are all gone.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -16,7 +17,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin_routes::NodeRoutes;
+use crate::auth::AuthState;
 use crate::broker::Broker;
+use crate::cluster::{self, Cluster};
 use crate::metrics::Metrics;
 use crate::{BrokerError, events, listener};
 
@@ -40,6 +43,15 @@ impl Node {
         config: NodeConfig,
         shutdown: CancellationToken,
     ) -> Result<NodeHandle, BrokerError> {
+        Self::start_with_auth(config, AuthState::disabled(), shutdown).await
+    }
+
+    /// Like [`Node::start`], authenticating and authorizing clients with `auth`.
+    pub async fn start_with_auth(
+        config: NodeConfig,
+        auth: Arc<AuthState>,
+        shutdown: CancellationToken,
+    ) -> Result<NodeHandle, BrokerError> {
         let prometheus = telemetry::install();
         let timers = CancellationToken::new();
         let broker = Arc::new(Broker::new(
@@ -51,12 +63,13 @@ impl Node {
 
         let mut bound = Vec::new();
         for l in &config.listeners {
-            let pair = listener::bind(l)
-                .await
-                .map_err(|source| BrokerError::Bind {
-                    addr: l.bind,
-                    source,
-                })?;
+            let pair =
+                listener::bind(l, auth.clone())
+                    .await
+                    .map_err(|source| BrokerError::Bind {
+                        addr: l.bind,
+                        source,
+                    })?;
             bound.push(pair);
         }
         let admin_listener = match config.admin_bind {
@@ -74,7 +87,34 @@ impl Node {
         };
 
         let readiness = Readiness::new();
+        let cluster = match &config.cluster {
+            Some(c) => {
+                let l = TcpListener::bind(c.bind)
+                    .await
+                    .map_err(|source| BrokerError::Bind {
+                        addr: c.bind,
+                        source,
+                    })?;
+                let local = l.local_addr().map_err(|source| BrokerError::Bind {
+                    addr: c.bind,
+                    source,
+                })?;
+                events::listening("cluster", local);
+                let cluster = Arc::new(Cluster::new(
+                    &config.name,
+                    c.clone(),
+                    local,
+                    config.limits.max_packet_size,
+                    readiness.clone(),
+                ));
+                broker.set_cluster(cluster.clone());
+                Some((cluster, l))
+            }
+            None => None,
+        };
         let tracker = TaskTracker::new();
+        // Connections end at `conns`: at once without a cluster, after the drain handoff with one.
+        let conns = CancellationToken::new();
         let mqtt_addrs = bound.iter().map(|(_, ctx)| ctx.local_addr).collect();
         let mut accept_loops = Vec::new();
         for (l, ctx) in bound {
@@ -84,6 +124,7 @@ impl Node {
                 broker.clone(),
                 tracker.clone(),
                 shutdown.clone(),
+                conns.clone(),
             )));
         }
         // The admin server outlives the drain so `/readyz` answers "not ready" while connections close.
@@ -97,17 +138,31 @@ impl Node {
             };
             tokio::spawn(admin::serve(l, state, admin_shutdown.clone()))
         });
-        readiness.set(true);
+        // In a cluster, ready once synced with every reachable peer (the cluster sets it).
+        let cluster = match cluster {
+            Some((c, l)) => {
+                cluster::link::start(c.clone(), broker.clone(), l);
+                Some(c)
+            }
+            None => {
+                readiness.set(true);
+                None
+            }
+        };
 
         let grace = config.shutdown_grace;
         let supervisor = tokio::spawn(supervise(
-            shutdown,
-            readiness.clone(),
+            Stop {
+                shutdown,
+                conns,
+                readiness: readiness.clone(),
+                timers,
+                admin_shutdown,
+            },
             accept_loops,
             tracker,
             grace,
-            timers,
-            admin_shutdown,
+            cluster.map(|c| (c, broker.clone())),
             admin_task,
         ));
         Ok(NodeHandle {
@@ -120,25 +175,51 @@ impl Node {
     }
 }
 
-#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename these
-async fn supervise(
+/// The tokens and flags shutdown flips, in order.
+struct Stop {
     shutdown: CancellationToken,
+    conns: CancellationToken,
     readiness: Readiness,
+    timers: CancellationToken,
+    admin_shutdown: CancellationToken,
+}
+
+async fn supervise(
+    stop: Stop,
     accept_loops: Vec<JoinHandle<()>>,
     tracker: TaskTracker,
     grace: Duration,
-    timers: CancellationToken,
-    admin_shutdown: CancellationToken,
+    cluster: Option<(Arc<Cluster>, Arc<Broker>)>,
     admin_task: Option<JoinHandle<()>>,
 ) {
+    let Stop {
+        shutdown,
+        conns,
+        readiness,
+        timers,
+        admin_shutdown,
+    } = stop;
     shutdown.cancelled().await;
     readiness.set(false);
     for a in accept_loops {
         let _ = a.await;
     }
+    let deadline = tokio::time::Instant::now() + grace;
+    if let Some((c, broker)) = &cluster {
+        events::shutdown("handoff", tracker.len());
+        let _ = tokio::time::timeout_at(deadline, c.drain(broker)).await;
+    }
+    conns.cancel();
     tracker.close();
     events::shutdown("draining", tracker.len());
-    let drained = tokio::time::timeout(grace, tracker.wait()).await.is_ok();
+    let drained = tokio::time::timeout_at(deadline, tracker.wait())
+        .await
+        .is_ok();
+    if let Some((c, _)) = &cluster {
+        // What the last connections published is written and applied by the peers before the links close.
+        let _ = tokio::time::timeout_at(deadline, c.settle()).await;
+        c.shutdown.cancel();
+    }
     timers.cancel();
     events::shutdown(
         if drained { "drained" } else { "grace_expired" },
@@ -178,9 +259,25 @@ impl NodeHandle {
 }
 
 /// What `fleetgate node --config FILE` runs: load the config, start, serve until `shutdown`, drain.
-pub async fn run(config_path: &Path, shutdown: CancellationToken) -> Result<(), BrokerError> {
+/// `reload` delivers SIGHUP (`fleetgate_ops::signals::spawn`): the `[auth]` section, password and ACL files are
+/// re-read then, and whenever one of them changes on disk.
+pub async fn run(
+    config_path: &Path,
+    shutdown: CancellationToken,
+    reload: Option<tokio::sync::mpsc::Receiver<()>>,
+) -> Result<(), BrokerError> {
     let config = NodeConfig::load(config_path)?;
-    let handle = Node::start(config, shutdown).await?;
+    let auth = AuthState::load(config_path, &config)?;
+    let reloader = crate::auth_reload::spawn(auth.clone(), reload, shutdown.clone());
+    let handle = match Node::start_with_auth(config, auth, shutdown).await {
+        Ok(handle) => handle,
+        Err(e) => {
+            reloader.abort();
+            return Err(e);
+        }
+    };
     handle.wait().await;
+    // The reload task ends with the shutdown token.
+    let _ = reloader.await;
     Ok(())
 }

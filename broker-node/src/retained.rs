@@ -1,5 +1,7 @@
 //! Retained messages: the last RETAIN=1 message per topic (an empty payload deletes it), handed to new
-//! subscribers whose filter matches.
+//! subscribers whose filter matches. Every write carries a hybrid logical [`Stamp`] so that the copies on the
+//! nodes of a cluster converge (last writer wins); a delete is kept as a tombstone so a late older write cannot
+//! bring the message back.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -7,35 +9,97 @@ use std::time::Instant;
 
 use fleetgate_protocol::mqtt::{ByteString, topic};
 use metrics::Gauge;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use crate::message::Message;
+
+pub use crate::cluster::frame::Stamp;
+
+/// Bits of a stamp's `time` holding the logical counter (below the milliseconds).
+const COUNTER_BITS: u32 = 16;
+
+#[derive(Debug)]
+struct Entry {
+    /// `None`: a tombstone.
+    msg: Option<Arc<Message>>,
+    stamp: Stamp,
+}
 
 /// The retained-message store.
 #[derive(Debug)]
 pub struct RetainedStore {
-    messages: RwLock<HashMap<ByteString, Arc<Message>>>,
+    messages: RwLock<HashMap<ByteString, Entry>>,
     gauge: Gauge,
+    node: String,
+    /// Hybrid logical clock: the last `time` issued or seen.
+    clock: Mutex<u64>,
 }
+
+/// One retained entry as replicated: topic, message (`None` = deleted) and stamp.
+pub type RetainedEntry = (ByteString, Option<Arc<Message>>, Stamp);
 
 impl RetainedStore {
     /// An empty store reporting its size on `gauge`.
     pub fn new(gauge: Gauge) -> RetainedStore {
+        RetainedStore::for_node(gauge, String::new())
+    }
+
+    /// An empty store whose writes are stamped with `node` (the tie-break between equal clocks).
+    pub fn for_node(gauge: Gauge, node: String) -> RetainedStore {
         RetainedStore {
             messages: RwLock::new(HashMap::new()),
             gauge,
+            node,
+            clock: Mutex::new(0),
         }
     }
 
-    /// Stores `msg` as the topic's retained message, or deletes it when the payload is empty.
-    pub fn store(&self, msg: &Arc<Message>) {
-        let mut map = self.messages.write();
-        if msg.payload.is_empty() {
-            map.remove(&msg.topic);
-        } else {
-            map.insert(msg.topic.clone(), msg.clone());
+    /// The next stamp of a local write: wall-clock milliseconds, or one more than anything seen.
+    fn tick(&self) -> Stamp {
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            << COUNTER_BITS;
+        let mut clock = self.clock.lock();
+        *clock = wall.max(*clock + 1);
+        Stamp {
+            time: *clock,
+            node: self.node.clone(),
         }
-        self.gauge.set(map.len() as f64);
+    }
+
+    /// Stores `msg` as the topic's retained message, or deletes it when the payload is empty (a local write);
+    /// returns the write's stamp.
+    pub fn store(&self, msg: &Arc<Message>) -> Stamp {
+        let stamp = self.tick();
+        let value = (!msg.payload.is_empty()).then(|| msg.clone());
+        self.apply(msg.topic.clone(), value, stamp.clone());
+        stamp
+    }
+
+    /// Applies a write (local or from a peer) unless a later one is already held; true when applied.
+    pub fn apply(&self, topic: ByteString, msg: Option<Arc<Message>>, stamp: Stamp) -> bool {
+        {
+            let mut clock = self.clock.lock();
+            *clock = (*clock).max(stamp.time);
+        }
+        let mut map = self.messages.write();
+        if map.get(&topic).is_some_and(|e| e.stamp >= stamp) {
+            return false;
+        }
+        map.insert(topic, Entry { msg, stamp });
+        self.gauge
+            .set(map.values().filter(|e| e.msg.is_some()).count() as f64);
+        true
+    }
+
+    /// Every entry, tombstones included (the full sync to a new peer).
+    pub fn snapshot(&self) -> Vec<RetainedEntry> {
+        self.messages
+            .read()
+            .iter()
+            .map(|(t, e)| (t.clone(), e.msg.clone(), e.stamp.clone()))
+            .collect()
     }
 
     /// Retained messages matching `filter` (a plain filter, `$share` prefix stripped), expired ones left out.
@@ -43,11 +107,17 @@ impl RetainedStore {
         let map = self.messages.read();
         let live = |m: &&Arc<Message>| !m.is_expired(now);
         if !filter.contains(['+', '#']) {
-            return map.get(filter).filter(live).cloned().into_iter().collect();
+            return map
+                .get(filter)
+                .and_then(|e| e.msg.as_ref())
+                .filter(live)
+                .cloned()
+                .into_iter()
+                .collect();
         }
         map.iter()
             .filter(|(t, _)| topic::matches(filter, t))
-            .map(|(_, m)| m)
+            .filter_map(|(_, e)| e.msg.as_ref())
             .filter(live)
             .cloned()
             .collect()
@@ -55,7 +125,11 @@ impl RetainedStore {
 
     /// Number of retained messages.
     pub fn len(&self) -> usize {
-        self.messages.read().len()
+        self.messages
+            .read()
+            .values()
+            .filter(|e| e.msg.is_some())
+            .count()
     }
 
     /// True when none are held.
@@ -98,5 +172,25 @@ mod tests {
         store.store(&msg("a/b", b""));
         assert_eq!(store.matching("a/#", now).len(), 1);
         assert_eq!(store.len(), 2);
+    }
+
+    #[test]
+    fn last_writer_wins_and_tombstones_hold() {
+        let store = RetainedStore::for_node(Gauge::noop(), "n1".into());
+        let at = |time: u64, node: &str| Stamp {
+            time,
+            node: node.into(),
+        };
+        assert!(store.apply("t".into(), Some(msg("t", b"1")), at(10, "a")));
+        assert!(!store.apply("t".into(), Some(msg("t", b"0")), at(9, "z")));
+        assert!(store.apply("t".into(), Some(msg("t", b"2")), at(10, "b")));
+        assert!(store.apply("t".into(), None, at(11, "a")));
+        assert!(!store.apply("t".into(), Some(msg("t", b"3")), at(10, "c")));
+        assert!(store.is_empty());
+        assert_eq!(store.snapshot().len(), 1, "the tombstone is kept");
+        // A local write is stamped after everything seen.
+        let s = store.store(&msg("t", b"4"));
+        assert!(s > at(11, "a") && s.node == "n1");
+        assert_eq!(store.len(), 1);
     }
 }

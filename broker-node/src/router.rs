@@ -7,7 +7,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use fleetgate_protocol::mqtt::SubscriptionOptions;
+use fleetgate_protocol::mqtt::{ByteString, SubscriptionOptions};
 
 use crate::message::SessionId;
 use crate::session::Session;
@@ -26,6 +26,8 @@ pub struct Subscriber {
 #[derive(Debug)]
 struct SharedGroup {
     name: Box<str>,
+    /// `$share/{name}/{filter}`: the group's identity across a cluster.
+    full: ByteString,
     members: Vec<Subscriber>,
     next: AtomicUsize,
 }
@@ -56,8 +58,8 @@ impl Entries {
         self.direct.is_empty() && self.groups.is_empty()
     }
 
-    /// Adds or replaces `session`'s subscription; true when it replaced one.
-    fn insert(&mut self, group: Option<&str>, sub: Subscriber) -> bool {
+    /// Adds or replaces `session`'s subscription; true when it replaced one. `filter` is the plain filter.
+    fn insert(&mut self, filter: &str, group: Option<&str>, sub: Subscriber) -> bool {
         let list = match group {
             None => &mut self.direct,
             Some(name) => {
@@ -66,6 +68,7 @@ impl Entries {
                     None => {
                         self.groups.push(SharedGroup {
                             name: name.into(),
+                            full: format!("$share/{name}/{filter}").into(),
                             members: Vec::new(),
                             next: AtomicUsize::new(0),
                         });
@@ -103,9 +106,29 @@ impl Entries {
         }
     }
 
-    fn collect<'a>(&'a self, out: &mut Vec<&'a Subscriber>) {
-        out.extend(self.direct.iter());
-        out.extend(self.groups.iter().filter_map(SharedGroup::pick));
+    fn collect<'a>(&'a self, scope: &mut Scope<'_>, out: &mut Vec<&'a Subscriber>) {
+        match scope {
+            Scope::All { served } => {
+                out.extend(self.direct.iter());
+                for g in &self.groups {
+                    if let Some(m) = g.pick() {
+                        out.push(m);
+                        served.push(g.full.clone());
+                    }
+                }
+            }
+            Scope::Chosen { direct, groups } => {
+                if *direct {
+                    out.extend(self.direct.iter());
+                }
+                out.extend(
+                    self.groups
+                        .iter()
+                        .filter(|g| groups.contains(&g.full))
+                        .filter_map(SharedGroup::pick),
+                );
+            }
+        }
     }
 }
 
@@ -113,6 +136,24 @@ fn remove_session(list: &mut Vec<Subscriber>, session: SessionId) -> bool {
     let before = list.len();
     list.retain(|s| s.session.id != session);
     list.len() != before
+}
+
+/// Which subscriptions a [`Router::collect_scoped`] walk takes.
+#[derive(Debug)]
+pub enum Scope<'s> {
+    /// Everything (a message published on this node); the shared groups that got a member are appended to
+    /// `served` (so the cluster does not give them the message again on another node).
+    All {
+        /// Full `$share/..` filters served here.
+        served: &'s mut Vec<ByteString>,
+    },
+    /// What a peer forwarded the message for: plain subscriptions when `direct`, and the listed shared groups.
+    Chosen {
+        /// Plain subscriptions too.
+        direct: bool,
+        /// Full `$share/..` filters to serve.
+        groups: &'s [ByteString],
+    },
 }
 
 #[derive(Debug, Default)]
@@ -162,7 +203,7 @@ impl Router {
             node = node.children.entry(level.into()).or_default();
         }
         let entries = if hash { &mut node.hash } else { &mut node.here };
-        let replaced = entries.insert(group, sub);
+        let replaced = entries.insert(filter, group, sub);
         if !replaced {
             self.subscriptions += 1;
         }
@@ -182,9 +223,26 @@ impl Router {
 
     /// Every subscription matching `topic` (several per session when filters overlap; the caller merges).
     pub fn collect<'a>(&'a self, topic: &str, out: &mut Vec<&'a Subscriber>) {
+        let mut served = Vec::new();
+        self.collect_scoped(
+            topic,
+            &mut Scope::All {
+                served: &mut served,
+            },
+            out,
+        );
+    }
+
+    /// Like [`Router::collect`], limited to `scope`.
+    pub fn collect_scoped<'a>(
+        &'a self,
+        topic: &str,
+        scope: &mut Scope<'_>,
+        out: &mut Vec<&'a Subscriber>,
+    ) {
         let dollar = topic.starts_with('$');
         let levels: Vec<&str> = topic.split('/').collect();
-        walk(&self.root, &levels, 0, dollar, out);
+        walk(&self.root, &levels, 0, dollar, scope, out);
     }
 }
 
@@ -232,25 +290,26 @@ fn walk<'a>(
     levels: &[&str],
     idx: usize,
     dollar: bool,
+    scope: &mut Scope<'_>,
     out: &mut Vec<&'a Subscriber>,
 ) {
     // A leading wildcard never matches a `$` topic [MQTT-4.7.2-1].
     let wildcard_ok = !(idx == 0 && dollar);
     if wildcard_ok {
-        node.hash.collect(out);
+        node.hash.collect(scope, out);
     }
     let Some(level) = levels.get(idx) else {
-        node.here.collect(out);
+        node.here.collect(scope, out);
         return;
     };
     if let Some(child) = node.children.get(*level) {
-        walk(child, levels, idx + 1, dollar, out);
+        walk(child, levels, idx + 1, dollar, scope, out);
     }
     if wildcard_ok
         && *level != "+"
         && let Some(child) = node.children.get("+")
     {
-        walk(child, levels, idx + 1, dollar, out);
+        walk(child, levels, idx + 1, dollar, scope, out);
     }
 }
 
@@ -331,6 +390,26 @@ mod tests {
         for _ in 0..4 {
             seen.push(hits(&router, "job/1"));
         }
+        let mut served = Vec::new();
+        let mut out = Vec::new();
+        router.collect_scoped(
+            "job/1",
+            &mut Scope::All {
+                served: &mut served,
+            },
+            &mut out,
+        );
+        served.sort();
+        assert_eq!(served, vec!["$share/g/job/#", "$share/h/job/#"]);
+        let chosen = [ByteString::from("$share/h/job/#")];
+        let mut out = Vec::new();
+        let mut scope = Scope::Chosen {
+            direct: false,
+            groups: &chosen,
+        };
+        router.collect_scoped("job/1", &mut scope, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].session.id, 3);
         // Group h's only member gets every message; g alternates.
         let ones = seen.iter().filter(|h| h.contains(&1)).count();
         let twos = seen.iter().filter(|h| h.contains(&2)).count();

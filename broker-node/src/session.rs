@@ -12,6 +12,7 @@ use fleetgate_protocol::mqtt::{ByteString, LastWill, ProtocolLevel, QoS, Subscri
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
+use crate::auth::WillPermit;
 use crate::message::{Delivery, SessionId};
 use crate::metrics::DropReason;
 
@@ -21,6 +22,7 @@ pub struct ConnSignal {
     /// Woken when the queue goes from empty to non-empty, and on takeover.
     pub notify: Notify,
     kicked: AtomicBool,
+    moved: AtomicBool,
 }
 
 impl ConnSignal {
@@ -33,6 +35,17 @@ impl ConnSignal {
     /// True once [`kick`](Self::kick) was called.
     pub fn is_kicked(&self) -> bool {
         self.kicked.load(Ordering::Acquire)
+    }
+
+    /// Tells the connection its session moved to another node (drain): the client should use another server.
+    pub fn kick_moved(&self) {
+        self.moved.store(true, Ordering::Release);
+        self.kick();
+    }
+
+    /// True when the kick was [`kick_moved`](Self::kick_moved).
+    pub fn is_moved(&self) -> bool {
+        self.moved.load(Ordering::Acquire)
     }
 }
 
@@ -72,6 +85,9 @@ pub struct Will {
     pub will: Box<LastWill>,
     /// Will Delay Interval in seconds (0 for MQTT 3).
     pub delay: u32,
+    /// The ACL check the will must pass when it is published; `None` publishes unchecked (a will that did not
+    /// come from a local CONNECT, e.g. handed over by a cluster peer that checked it).
+    pub permit: Option<WillPermit>,
 }
 
 /// The mutable part of a session.
@@ -101,7 +117,8 @@ pub struct SessionState {
     pub protocol: ProtocolLevel,
     /// Client address of the last connection (admin).
     pub source: Option<SocketAddr>,
-    next_packet_id: u16,
+    /// Last packet identifier handed out (moves with the session between nodes).
+    pub(crate) next_packet_id: u16,
 }
 
 impl SessionState {

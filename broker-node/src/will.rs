@@ -7,17 +7,27 @@ use std::time::Duration;
 
 use fleetgate_protocol::mqtt::Connect;
 
+use crate::auth::WillPermit;
 use crate::broker::Broker;
 use crate::session::{Session, Will};
 
-/// The will of a CONNECT, if it has one.
-pub fn from_connect(connect: &mut Connect) -> Option<Will> {
+/// The will of a CONNECT, if it has one, with the ACL check it must pass when it is published.
+pub fn from_connect(connect: &mut Connect, permit: Option<WillPermit>) -> Option<Will> {
     let will = connect.last_will.take()?;
     let delay = will.will_delay_interval_sec.unwrap_or(0);
     Some(Will {
         will: Box::new(will),
         delay,
+        permit,
     })
+}
+
+/// Whether `will` may be published now: the ACL current at this moment decides (a denial is logged as
+/// `acl_denied` with `access="will"` and counted as a dropped message).
+pub fn permitted(will: &Will) -> bool {
+    will.permit
+        .as_ref()
+        .is_none_or(|p| p.allows(&will.will.topic))
 }
 
 /// Seconds to wait before publishing: the will delay, but no longer than the session lives.
@@ -78,7 +88,7 @@ mod tests {
             }),
             ..Connect::default()
         };
-        let will = from_connect(&mut connect).unwrap();
+        let will = from_connect(&mut connect, None).unwrap();
         assert!(connect.last_will.is_none());
         assert_eq!(delay(&will, 10), 10);
         assert_eq!(delay(&will, 100), 30);

@@ -40,6 +40,9 @@
 //! bounded_load_factor = 1.25
 //! backend_connect_timeout = "3s"
 //! ```
+//!
+//! The control-plane tables — `[health]` (and a backend's `health = {...}`, `drain = true`), `[drain]` and
+//! `[discovery]` — are in [`control`]'s docs.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -53,6 +56,15 @@ use toml::Spanned;
 
 use crate::duration::ConfigDuration;
 use crate::load::{ConfigError, Problem, parse_toml, read_file};
+
+mod control;
+
+pub use control::{
+    DEFAULT_DRAIN_JITTER, DEFAULT_DRAIN_RATE, DEFAULT_FALL, DEFAULT_HEALTH_INTERVAL,
+    DEFAULT_HEALTH_TIMEOUT, DEFAULT_HTTP_PATH, DEFAULT_RISE, DiscoverySectionFile,
+    DiscoverySettings, DrainConfig, DrainFile, HealthConfig, HealthFile, HealthKind, Secret,
+    default_probe_client_id,
+};
 
 /// Default time a client gets from accept (or TLS handshake end) to a complete CONNECT: a slow-loris guard that
 /// still lets a GSM modem on a bad link finish a few hundred bytes.
@@ -92,6 +104,12 @@ pub struct LbFile {
     /// `[limits]`: time, size and admission limits.
     #[serde(default)]
     pub limits: LimitsFile,
+    /// `[health]`: the default health check of every backend.
+    pub health: Option<HealthFile>,
+    /// `[drain]`: how connections are moved off at shutdown or when a draining backend leaves.
+    pub drain: Option<DrainFile>,
+    /// `[discovery]`: backends found by fleetgate-discovery.
+    pub discovery: Option<DiscoverySectionFile>,
 }
 
 /// Raw `[lb]` table.
@@ -177,6 +195,11 @@ pub struct BackendFile {
     /// Add a CRC32C TLV to PROXY v2 headers.
     #[serde(default)]
     pub crc32c: Option<Spanned<bool>>,
+    /// When this backend leaves the config, move its clients off at the drain pace (default: they stay until
+    /// they close).
+    pub drain: Option<bool>,
+    /// Overrides of the `[health]` fields for this backend.
+    pub health: Option<HealthFile>,
 }
 
 /// Raw `[limits]` table; every field optional.
@@ -283,6 +306,10 @@ pub struct BackendConfig {
     pub send_client_cert: bool,
     /// Include a CRC32C TLV (v2 only).
     pub crc32c: bool,
+    /// Move its clients off at the drain pace when it leaves the config.
+    pub drain: bool,
+    /// How its health is checked.
+    pub health: HealthConfig,
 }
 
 /// Validated limits, defaults filled in.
@@ -334,8 +361,13 @@ pub struct LbConfig {
     pub backends: Vec<BackendConfig>,
     /// Limits.
     pub limits: LimitsConfig,
-    /// Shutdown grace period.
+    /// Shutdown grace period: after accepting stops, how long connections get to drain before the rest are
+    /// cut.
     pub shutdown_grace: Duration,
+    /// Drain pacing.
+    pub drain: DrainConfig,
+    /// Backends found by discovery, if configured.
+    pub discovery: Option<DiscoverySettings>,
 }
 
 impl LbConfig {
@@ -420,14 +452,20 @@ fn validate(file: &Path, source: &str, raw: LbFile) -> Result<LbConfig, ConfigEr
         .filter_map(|l| validate_listener(&mut c, l, &mut seen))
         .collect();
 
+    let default_health = raw.health.clone().unwrap_or_default();
     let mut seen = HashSet::new();
     let backends: Vec<BackendConfig> = raw
         .backends
         .iter()
-        .map(|b| validate_backend(&mut c, b, &mut seen))
+        .map(|b| validate_backend(&mut c, b, &mut seen, &default_health, &name))
         .collect();
+    let discovery = raw
+        .discovery
+        .as_ref()
+        .and_then(|d| validate_discovery(&mut c, d, &default_health, &name));
 
     let limits = validate_limits(&mut c, &raw.limits);
+    let drain = control::drain(&mut c, raw.drain.as_ref().unwrap_or(&DrainFile::default()));
 
     if raw.listeners.is_empty() {
         c.problems.push(Problem::whole_file(
@@ -435,13 +473,17 @@ fn validate(file: &Path, source: &str, raw: LbFile) -> Result<LbConfig, ConfigEr
             "at least one [[listeners]] entry is required",
         ));
     }
-    if raw.backends.is_empty() {
+    if raw.backends.is_empty() && raw.discovery.is_none() {
         c.problems.push(Problem::whole_file(
             file,
-            "at least one [[backends]] entry is required",
+            "at least one [[backends]] entry or a [discovery] table is required",
         ));
     }
     if !c.problems.is_empty() {
+        // A bad `[health]` field is checked once per backend that inherits it: report it once.
+        let mut seen = HashSet::new();
+        c.problems
+            .retain(|p| seen.insert((p.line, p.column, p.message.clone())));
         return Err(ConfigError::from(c.problems));
     }
     Ok(LbConfig {
@@ -454,6 +496,8 @@ fn validate(file: &Path, source: &str, raw: LbFile) -> Result<LbConfig, ConfigEr
             .lb
             .shutdown_grace
             .map_or(DEFAULT_SHUTDOWN_GRACE, ConfigDuration::get),
+        drain,
+        discovery,
     })
 }
 
@@ -562,6 +606,8 @@ fn validate_backend(
     c: &mut Checker<'_>,
     b: &BackendFile,
     seen: &mut HashSet<String>,
+    default_health: &HealthFile,
+    lb_name: &str,
 ) -> BackendConfig {
     let name = c.name(&b.name, "backend", seen);
     let address = b.address.get_ref().clone();
@@ -574,7 +620,71 @@ fn validate_backend(
             format!("invalid backend address {address:?} (expected \"host:port\")"),
         );
     }
-    let proxy_protocol = match b.proxy_protocol.as_ref() {
+    let health = match &b.health {
+        Some(own) => own.over(default_health),
+        None => default_health.clone(),
+    };
+    let (proxy_protocol, send_client_cert, crc32c) =
+        proxy_settings(c, b.proxy_protocol.as_ref(), &b.send_client_cert, &b.crc32c);
+    BackendConfig {
+        name,
+        address,
+        weight: b.weight.unwrap_or(1),
+        proxy_protocol,
+        send_client_cert,
+        crc32c,
+        drain: b.drain.unwrap_or(false),
+        health: control::health(c, &health, lb_name),
+    }
+}
+
+fn validate_discovery(
+    c: &mut Checker<'_>,
+    d: &DiscoverySectionFile,
+    default_health: &HealthFile,
+    lb_name: &str,
+) -> Option<DiscoverySettings> {
+    let endpoints = match d
+        .endpoints
+        .get_ref()
+        .validate(c.file, c.source, Some(d.endpoints.span()))
+    {
+        Ok(e) => Some(e),
+        Err(problems) => {
+            c.problems.extend(problems);
+            None
+        }
+    };
+    let health = match &d.health {
+        Some(own) => own.over(default_health),
+        None => default_health.clone(),
+    };
+    let (proxy_protocol, send_client_cert, crc32c) =
+        proxy_settings(c, d.proxy_protocol.as_ref(), &d.send_client_cert, &d.crc32c);
+    let template = BackendConfig {
+        name: String::new(),
+        address: String::new(),
+        weight: d.weight.unwrap_or(1),
+        proxy_protocol,
+        send_client_cert,
+        crc32c,
+        drain: d.drain.unwrap_or(false),
+        health: control::health(c, &health, lb_name),
+    };
+    Some(DiscoverySettings {
+        endpoints: endpoints?,
+        template,
+    })
+}
+
+/// `proxy_protocol`, and the v2-only flags checked against it.
+fn proxy_settings(
+    c: &mut Checker<'_>,
+    proxy_protocol: Option<&Spanned<String>>,
+    send_client_cert: &Option<Spanned<bool>>,
+    crc32c: &Option<Spanned<bool>>,
+) -> (ProxyVersion, bool, bool) {
+    let proxy_protocol = match proxy_protocol {
         None => ProxyVersion::V2,
         Some(v) => match v.get_ref().as_str() {
             "off" => ProxyVersion::Off,
@@ -599,16 +709,9 @@ fn validate_backend(
         }
         on
     };
-    let send_client_cert = v2_only(&b.send_client_cert, "send_client_cert");
-    let crc32c = v2_only(&b.crc32c, "crc32c");
-    BackendConfig {
-        name,
-        address,
-        weight: b.weight.unwrap_or(1),
-        proxy_protocol,
-        send_client_cert,
-        crc32c,
-    }
+    let send_client_cert = v2_only(send_client_cert, "send_client_cert");
+    let crc32c = v2_only(crc32c, "crc32c");
+    (proxy_protocol, send_client_cert, crc32c)
 }
 
 fn validate_limits(c: &mut Checker<'_>, l: &LimitsFile) -> LimitsConfig {
@@ -815,6 +918,68 @@ bounded_load_factor = 0.5
     fn listeners_and_backends_are_required() {
         let err = LbConfig::parse(Path::new("lb.toml"), "[lb]\nname = \"a\"\n").unwrap_err();
         assert_eq!(err.problems.len(), 2, "{err}");
+    }
+
+    #[test]
+    fn control_tables() {
+        let src = r#"[lb]
+name = "lb-7"
+[[listeners]]
+name = "l"
+bind = "127.0.0.1:0"
+[health]
+kind = "mqtt"
+interval = "500ms"
+fall = 4
+username = "probe"
+password = "s3cret"
+[[backends]]
+name = "b0"
+address = "127.0.0.1:1883"
+drain = true
+health = { kind = "http", http_port = 9100 }
+[[backends]]
+name = "b1"
+address = "127.0.0.1:1884"
+[drain]
+delay = "2s"
+rate = 50.0
+jitter = 0.1
+[discovery]
+endpoints = { static = [{ name = "b9", address = "127.0.0.1:1885" }] }
+proxy_protocol = "v1"
+"#;
+        let cfg = LbConfig::parse(Path::new("lb.toml"), src).unwrap();
+        let (b0, b1) = (&cfg.backends[0], &cfg.backends[1]);
+        assert!(b0.drain && !b1.drain);
+        assert_eq!(b0.health.kind, HealthKind::Http);
+        assert_eq!(b0.health.http_port, Some(9100));
+        assert_eq!(b0.health.fall, 4, "unset fields come from [health]");
+        assert_eq!(b1.health.kind, HealthKind::Mqtt);
+        assert_eq!(b1.health.interval, Duration::from_millis(500));
+        assert_eq!(b1.health.client_id, "fleetgate-probe-lb-7");
+        assert!(
+            !format!("{cfg:?}").contains("s3cret"),
+            "the password is never printed"
+        );
+        assert_eq!(cfg.drain.delay, Duration::from_secs(2));
+        assert_eq!(cfg.drain.rate, 50.0);
+        let d = cfg.discovery.unwrap();
+        assert_eq!(d.template.proxy_protocol, ProxyVersion::V1);
+        assert_eq!(d.template.health.kind, HealthKind::Mqtt);
+
+        let bad = src
+            .replace("fall = 4", "fall = 0")
+            .replace("rate = 50.0", "rate = -1.0")
+            .replace("kind = \"http\"", "kind = \"icmp\"");
+        let err = LbConfig::parse(Path::new("lb.toml"), &bad).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("lb.toml:9:8: fall must be between 1 and 100"),
+            "{text}"
+        );
+        assert!(text.contains("health kind must be"), "{text}");
+        assert!(text.contains("drain rate must be"), "{text}");
     }
 
     #[test]

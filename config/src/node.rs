@@ -7,6 +7,7 @@
 //! shutdown_grace = "10s"
 //!
 //! [[listeners]]
+//! name = "lb"                          # optional; selects `[auth.listeners.lb]`
 //! bind = "0.0.0.0:1883"
 //! proxy_protocol = "required"          # "off" | "required"
 //! trusted_proxies = ["10.0.0.0/8"]
@@ -16,6 +17,14 @@
 //!
 //! [limits]
 //! max_packet_size = 1048576
+//!
+//! [auth]                               # optional (absent: anonymous access); schema in `fleetgate_auth::config`
+//! policies = ["certificate", "client_id_from_cert"]
+//! acl_file = "acl.toml"
+//!
+//! [cluster]                            # optional: join other nodes into one broker
+//! bind = "0.0.0.0:7001"
+//! peers = [{ name = "broker-1", addr = "10.0.0.11:7001" }]
 //! ```
 
 use std::net::SocketAddr;
@@ -48,6 +57,15 @@ pub const DEFAULT_SESSION_EXPIRY_MAXIMUM: Duration = Duration::from_secs(24 * 36
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Default time a trusted proxy gets to deliver its PROXY header.
 pub const DEFAULT_PROXY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default frames queued per cluster peer link: about a second of a busy node's cross-node traffic; beyond it a
+/// slow or stuck peer costs dropped QoS 0/1 forwards (counted) instead of unbounded memory.
+pub const DEFAULT_CLUSTER_QUEUE_CAPACITY: usize = 10_000;
+/// Default heartbeat period on cluster links.
+pub const DEFAULT_CLUSTER_HEARTBEAT: Duration = Duration::from_millis(500);
+/// Default silence after which a peer is declared dead: five missed heartbeats, inside the 3 s the issue allows.
+pub const DEFAULT_CLUSTER_DEAD_AFTER: Duration = Duration::from_millis(2500);
+/// Default bound on waiting for a peer to hand a session over on CONNECT.
+pub const DEFAULT_CLUSTER_TAKEOVER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Raw `node.toml` as written.
 #[derive(Debug, Deserialize)]
@@ -63,6 +81,42 @@ pub struct NodeFile {
     /// `[limits]`: protocol and resource limits.
     #[serde(default)]
     pub limits: LimitsFile,
+    /// `[cluster]`: node-to-node links.
+    pub cluster: Option<ClusterFile>,
+    /// `[auth]`: authentication and ACL. Passed through here and validated by `fleetgate_auth::AuthConfig`, which
+    /// depends on this crate (so this crate cannot name its types); `None` keeps anonymous access.
+    pub auth: Option<toml::Table>,
+}
+
+/// Raw `[cluster]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterFile {
+    /// Address of the cluster port (`"0.0.0.0:7001"`; port 0 picks a free port).
+    pub bind: Spanned<String>,
+    /// Address peers dial to reach us; defaults to the bound address.
+    pub advertise: Option<Spanned<String>>,
+    /// Peers to dial (any subset of the cluster is enough: peers that dial us are learned).
+    #[serde(default)]
+    pub peers: Vec<PeerFile>,
+    /// Frames queued per peer link.
+    pub queue_capacity: Option<Spanned<usize>>,
+    /// Heartbeat period.
+    pub heartbeat_interval: Option<ConfigDuration>,
+    /// Silence after which a peer is dead.
+    pub dead_after: Option<ConfigDuration>,
+    /// Bound on a session takeover round trip.
+    pub takeover_timeout: Option<ConfigDuration>,
+}
+
+/// Raw entry of `[cluster] peers`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerFile {
+    /// The peer's node name (its `[node] name`).
+    pub name: Spanned<String>,
+    /// Its cluster address.
+    pub addr: Spanned<String>,
 }
 
 /// Raw `[node]` table.
@@ -79,6 +133,8 @@ pub struct NodeSectionFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerFile {
+    /// Name for per-listener settings (`[auth.listeners.<name>]`); unique within the file.
+    pub name: Option<Spanned<String>>,
     /// Socket address to bind (`"0.0.0.0:1883"`; port 0 picks a free port).
     pub bind: Spanned<String>,
     /// `"off"` (default) or `"required"`.
@@ -139,6 +195,8 @@ pub struct ListenerConfig {
     pub trusted_proxies: Vec<IpNet>,
     /// Deadline for the PROXY header.
     pub proxy_timeout: Duration,
+    /// The listener's name (`[auth.listeners.<name>]` overrides apply to it), when given.
+    pub name: Option<String>,
 }
 
 /// Validated limits, defaults filled in.
@@ -174,6 +232,49 @@ impl Default for LimitsConfig {
     }
 }
 
+/// A configured cluster peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerConfig {
+    /// Node name.
+    pub name: String,
+    /// Cluster address.
+    pub addr: SocketAddr,
+}
+
+/// A validated `[cluster]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// Cluster port.
+    pub bind: SocketAddr,
+    /// Advertised address, when not the bound one.
+    pub advertise: Option<SocketAddr>,
+    /// Peers to dial.
+    pub peers: Vec<PeerConfig>,
+    /// Frames queued per peer link (≥ 1).
+    pub queue_capacity: usize,
+    /// Heartbeat period.
+    pub heartbeat_interval: Duration,
+    /// Silence after which a peer is dead (> heartbeat_interval).
+    pub dead_after: Duration,
+    /// Bound on a session takeover round trip.
+    pub takeover_timeout: Duration,
+}
+
+impl ClusterConfig {
+    /// A cluster section on `bind` with `peers` and defaults elsewhere (tests).
+    pub fn new(bind: SocketAddr, peers: Vec<PeerConfig>) -> ClusterConfig {
+        ClusterConfig {
+            bind,
+            advertise: None,
+            peers,
+            queue_capacity: DEFAULT_CLUSTER_QUEUE_CAPACITY,
+            heartbeat_interval: DEFAULT_CLUSTER_HEARTBEAT,
+            dead_after: DEFAULT_CLUSTER_DEAD_AFTER,
+            takeover_timeout: DEFAULT_CLUSTER_TAKEOVER_TIMEOUT,
+        }
+    }
+}
+
 /// A validated broker node config.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeConfig {
@@ -187,6 +288,8 @@ pub struct NodeConfig {
     pub limits: LimitsConfig,
     /// Shutdown grace period.
     pub shutdown_grace: Duration,
+    /// Cluster links, when the node is part of a cluster.
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl NodeConfig {
@@ -211,10 +314,12 @@ impl NodeConfig {
                 proxy_protocol: ProxyMode::Off,
                 trusted_proxies: Vec::new(),
                 proxy_timeout: DEFAULT_PROXY_TIMEOUT,
+                name: None,
             }],
             admin_bind: None,
             limits: LimitsConfig::default(),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            cluster: None,
         }
     }
 }
@@ -234,7 +339,20 @@ fn validate(file: &Path, source: &str, raw: NodeFile) -> Result<NodeConfig, Conf
     }
 
     let mut listeners = Vec::new();
+    let mut names: Vec<&str> = Vec::new();
     for l in &raw.listeners {
+        if let Some(n) = &l.name {
+            let n_str = n.get_ref().as_str();
+            if n_str.is_empty() || n_str.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                problem(
+                    n.span(),
+                    "listener name must be non-empty without spaces or control characters".into(),
+                );
+            } else if names.contains(&n_str) {
+                problem(n.span(), format!("listener name {n_str:?} used twice"));
+            }
+            names.push(n_str);
+        }
         let bind = parse_addr(&l.bind, &mut problem);
         let mode = match l.proxy_protocol.as_ref() {
             None => ProxyMode::Off,
@@ -275,6 +393,7 @@ fn validate(file: &Path, source: &str, raw: NodeFile) -> Result<NodeConfig, Conf
         }
         if let Some(bind) = bind {
             listeners.push(ListenerConfig {
+                name: l.name.as_ref().map(|n| n.get_ref().clone()),
                 bind,
                 proxy_protocol: mode,
                 trusted_proxies: trusted,
@@ -333,6 +452,11 @@ fn validate(file: &Path, source: &str, raw: NodeFile) -> Result<NodeConfig, Conf
         limits.server_keep_alive = u16::try_from(secs).ok();
     }
 
+    let cluster = raw
+        .cluster
+        .as_ref()
+        .and_then(|c| validate_cluster(c, &name, &mut problem));
+
     if raw.listeners.is_empty() {
         problems.push(Problem::whole_file(
             file,
@@ -351,7 +475,61 @@ fn validate(file: &Path, source: &str, raw: NodeFile) -> Result<NodeConfig, Conf
             .node
             .shutdown_grace
             .map_or(DEFAULT_SHUTDOWN_GRACE, ConfigDuration::get),
+        cluster,
     })
+}
+
+fn validate_cluster(
+    c: &ClusterFile,
+    own_name: &str,
+    problem: &mut impl FnMut(std::ops::Range<usize>, String),
+) -> Option<ClusterConfig> {
+    let bind = parse_addr(&c.bind, problem);
+    let advertise = c.advertise.as_ref().and_then(|a| parse_addr(a, problem));
+    let mut peers = Vec::new();
+    for p in &c.peers {
+        let name = p.name.get_ref().trim();
+        if name.is_empty() || name.chars().any(|ch| ch.is_control() || ch.is_whitespace()) {
+            problem(
+                p.name.span(),
+                "peer name must be non-empty without spaces or control characters".into(),
+            );
+        } else if peers.iter().any(|q: &PeerConfig| q.name == name) {
+            problem(p.name.span(), format!("duplicate peer name {name:?}"));
+        }
+        if let Some(addr) = parse_addr(&p.addr, problem)
+            && name != own_name
+        {
+            peers.push(PeerConfig {
+                name: name.to_string(),
+                addr,
+            });
+        }
+    }
+    let mut config = ClusterConfig::new(bind?, peers);
+    config.advertise = advertise;
+    if let Some(q) = &c.queue_capacity {
+        if *q.get_ref() == 0 {
+            problem(q.span(), "queue_capacity must be at least 1".into());
+        }
+        config.queue_capacity = *q.get_ref();
+    }
+    if let Some(h) = c.heartbeat_interval {
+        config.heartbeat_interval = h.get();
+    }
+    if let Some(d) = c.dead_after {
+        config.dead_after = d.get();
+    }
+    if let Some(t) = c.takeover_timeout {
+        config.takeover_timeout = t.get();
+    }
+    if config.heartbeat_interval.is_zero() || config.dead_after <= config.heartbeat_interval {
+        problem(
+            c.bind.span(),
+            "cluster dead_after must be longer than a non-zero heartbeat_interval".into(),
+        );
+    }
+    Some(config)
 }
 
 fn parse_addr(
@@ -463,9 +641,34 @@ server_keep_alive = "30s"
     }
 
     #[test]
+    fn cluster_section() {
+        let src = "[node]\nname = \"broker-0\"\n[[listeners]]\nbind = \"127.0.0.1:0\"\n[cluster]\nbind = \"127.0.0.1:0\"\npeers = [{ name = \"broker-0\", addr = \"127.0.0.1:7000\" }, { name = \"broker-1\", addr = \"127.0.0.1:7001\" }]\ndead_after = \"2s\"\n";
+        let cfg = NodeConfig::parse(Path::new("n.toml"), src).unwrap();
+        let cluster = cfg.cluster.unwrap();
+        assert_eq!(cluster.peers.len(), 1, "own name is skipped");
+        assert_eq!(cluster.peers[0].name, "broker-1");
+        assert_eq!(cluster.dead_after, Duration::from_secs(2));
+        let bad = "[node]\nname = \"a\"\n[[listeners]]\nbind = \"127.0.0.1:0\"\n[cluster]\nbind = \"x\"\npeers = [{ name = \"b\", addr = \"nowhere\" }]\n";
+        let err = NodeConfig::parse(Path::new("n.toml"), bad).unwrap_err();
+        assert_eq!(err.problems.len(), 2, "{err}");
+    }
+
+    #[test]
     fn example_file_parses() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/node.toml");
         let cfg = NodeConfig::load(&path).unwrap();
         assert!(!cfg.listeners.is_empty());
+    }
+
+    #[test]
+    fn auth_section_passes_through_and_listener_names_are_unique() {
+        let ok = "[node]\nname = \"n\"\n[[listeners]]\nname = \"lb\"\nbind = \"127.0.0.1:0\"\n\
+                  [auth]\npolicies = [\"certificate\"]\n[auth.listeners.lb]\nanonymous = true\n";
+        let cfg = NodeConfig::parse(Path::new("n.toml"), ok).unwrap();
+        assert_eq!(cfg.listeners[0].name.as_deref(), Some("lb"));
+        let dup = "[node]\nname = \"n\"\n[[listeners]]\nname = \"a\"\nbind = \"127.0.0.1:0\"\n\
+                   [[listeners]]\nname = \"a\"\nbind = \"127.0.0.1:0\"\n";
+        let err = NodeConfig::parse(Path::new("n.toml"), dup).unwrap_err();
+        assert!(err.to_string().contains("used twice"), "{err}");
     }
 }

@@ -9,6 +9,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
+use crate::stats;
+
 /// Above this many tracked source IPs, full buckets are swept on insert: a bucket refilled to its burst holds no
 /// information, and an attacker cycling source addresses must not grow the map without bound.
 pub const PER_IP_SWEEP_THRESHOLD: usize = 65_536;
@@ -38,19 +40,21 @@ impl Refused {
     }
 }
 
-/// An open-connection counter with an optional cap.
+/// An open-connection counter. It is live state that outlives reloads (carried by listener name); its cap
+/// comes from the snapshot at each acquire, so a reload that changes `max_connections` applies at once.
 #[derive(Debug)]
 pub struct Gauge {
     open: AtomicUsize,
-    max: Option<usize>,
+    /// `listener` label of `fleetgate_lb_connections_open`; `None` for gauges that are not a listener's.
+    label: Option<String>,
 }
 
 impl Gauge {
-    /// A counter allowing `max` open connections (`None` = unlimited).
-    pub fn new(max: Option<usize>) -> Arc<Self> {
+    /// A counter, recorded as `fleetgate_lb_connections_open{listener}` when `listener` is given.
+    pub fn new(listener: Option<&str>) -> Arc<Self> {
         Arc::new(Self {
             open: AtomicUsize::new(0),
-            max,
+            label: listener.map(str::to_owned),
         })
     }
 
@@ -59,14 +63,20 @@ impl Gauge {
         self.open.load(Ordering::Relaxed)
     }
 
-    fn try_acquire(self: &Arc<Self>) -> Option<Slot> {
-        let max = self.max.unwrap_or(usize::MAX);
+    fn try_acquire(self: &Arc<Self>, max: Option<usize>) -> Option<Slot> {
+        let max = max.unwrap_or(usize::MAX);
         self.open
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < max).then_some(n + 1)
             })
             .ok()
-            .map(|_| Slot(self.clone()))
+            .map(|_| {
+                if let Some(l) = &self.label {
+                    metrics::gauge!(stats::CONNECTIONS_OPEN, "listener" => l.clone())
+                        .increment(1.0);
+                }
+                Slot(self.clone())
+            })
     }
 }
 
@@ -77,6 +87,9 @@ pub struct Slot(Arc<Gauge>);
 impl Drop for Slot {
     fn drop(&mut self) {
         self.0.open.fetch_sub(1, Ordering::AcqRel);
+        if let Some(l) = &self.0.label {
+            metrics::gauge!(stats::CONNECTIONS_OPEN, "listener" => l.clone()).decrement(1.0);
+        }
     }
 }
 
@@ -87,10 +100,15 @@ pub struct Permit {
     _total: Slot,
 }
 
-/// Takes a slot in both the listener's and the total gauge, or says which is full.
-pub fn acquire(listener: &Arc<Gauge>, total: &Arc<Gauge>) -> Result<Permit, Refused> {
-    let listener_slot = listener.try_acquire().ok_or(Refused::ListenerFull)?;
-    let total_slot = total.try_acquire().ok_or(Refused::TotalFull)?;
+/// Takes a slot in both the listener's and the total gauge (each under its cap), or says which is full.
+pub fn acquire(
+    (listener, listener_max): (&Arc<Gauge>, Option<usize>),
+    (total, total_max): (&Arc<Gauge>, Option<usize>),
+) -> Result<Permit, Refused> {
+    let listener_slot = listener
+        .try_acquire(listener_max)
+        .ok_or(Refused::ListenerFull)?;
+    let total_slot = total.try_acquire(total_max).ok_or(Refused::TotalFull)?;
     Ok(Permit {
         _listener: listener_slot,
         _total: total_slot,
@@ -197,18 +215,22 @@ mod tests {
 
     #[test]
     fn gauges_cap_and_release() {
-        let listener = Gauge::new(Some(2));
-        let total = Gauge::new(Some(2));
-        let a = acquire(&listener, &total).unwrap();
-        let _b = acquire(&listener, &total).unwrap();
+        let listener = Gauge::new(Some("l"));
+        let total = Gauge::new(None);
+        let two = Some(2);
+        let a = acquire((&listener, two), (&total, two)).unwrap();
+        let _b = acquire((&listener, two), (&total, two)).unwrap();
         assert_eq!(
-            acquire(&listener, &total).unwrap_err(),
+            acquire((&listener, two), (&total, two)).unwrap_err(),
             Refused::ListenerFull
         );
         drop(a);
         let other = Gauge::new(None);
-        let _c = acquire(&listener, &total).unwrap();
-        assert_eq!(acquire(&other, &total).unwrap_err(), Refused::TotalFull);
+        let _c = acquire((&listener, two), (&total, two)).unwrap();
+        assert_eq!(
+            acquire((&other, None), (&total, two)).unwrap_err(),
+            Refused::TotalFull
+        );
         assert_eq!(
             other.open(),
             0,

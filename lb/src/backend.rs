@@ -1,75 +1,83 @@
-//! Backends and their selection: the rendezvous ring over the backends' stable names, each backend's live state
-//! (open connections for bounded load, a short "recently failed" mark), and the TCP connect with its timeout.
+//! Backends and their selection: the rendezvous ring over the backends' stable names and each backend's live
+//! state — open connections (bounded load), health (flipped by [`crate::health`] after N consecutive results)
+//! and a short passive "suspect" mark (set when a connect fails or the backend resets a relay).
 //!
-//! Health lives beside selection, not inside it: [`BackendState::is_healthy`] is the seam a health checker will
-//! flip (carried across reloads by the backend's name); today every backend is healthy and only the suspect mark
-//! (set when a connect fails, cleared after [`SUSPECT_TTL`]) steers traffic away.
+//! Health lives beside selection, not inside it: the ring only asks [`BackendState::is_usable`]. The live state
+//! ([`Live`]) is carried across reloads and discovery refreshes by the backend's stable name, so a backend whose
+//! address changes (a pod rescheduled with a new IP) keeps its health, its load and its clients' pinning.
 
 use std::collections::HashMap;
 use std::io;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use fleetgate_config::lb::BackendConfig;
 use fleetgate_protocol::ring::{Ring, RingNode};
 use tokio::net::TcpStream;
 
+use crate::health::Health;
 use crate::stats;
 
 /// How long a backend whose connect failed is skipped by new connections: long enough that a reconnect storm
 /// does not pay the connect timeout on every client, short enough that a restarted broker gets its clients back
-/// within seconds (full health checking replaces this later).
+/// within seconds; active health checks decide beyond that.
 pub const SUSPECT_TTL: Duration = Duration::from_secs(5);
 
-/// One backend and its live state.
+/// What outlives a snapshot: carried by backend name.
+#[derive(Debug)]
+pub struct Live {
+    active: AtomicU64,
+    suspect_until: Mutex<Option<Instant>>,
+    /// Active health, flipped by the checker.
+    pub health: Health,
+}
+
+impl Live {
+    fn new(name: &str) -> Arc<Self> {
+        Arc::new(Self {
+            active: AtomicU64::new(0),
+            suspect_until: Mutex::new(None),
+            health: Health::new(name),
+        })
+    }
+}
+
+/// One backend of a snapshot: its configuration and its (shared) live state.
 #[derive(Debug)]
 pub struct BackendState {
     /// Its configuration.
     pub config: BackendConfig,
-    active: AtomicU64,
-    healthy: AtomicBool,
-    suspect_until: Mutex<Option<Instant>>,
+    /// Where it came from: `static` or the discovery source label.
+    pub source: String,
+    /// Live state, shared with earlier and later snapshots.
+    pub live: Arc<Live>,
 }
 
 impl BackendState {
-    /// A healthy backend with no connections.
-    pub fn new(config: BackendConfig) -> Self {
-        Self {
-            config,
-            active: AtomicU64::new(0),
-            healthy: AtomicBool::new(true),
-            suspect_until: Mutex::new(None),
-        }
-    }
-
     /// The stable name (ring key).
     pub fn name(&self) -> &str {
         &self.config.name
     }
 
-    /// What the health checker last decided (always true until one exists).
+    /// What the health checker last decided (up while unchecked or not yet checked).
     pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+        self.live.health.is_up()
     }
 
-    /// Sets the health state (the health checker's seam).
-    pub fn set_healthy(&self, healthy: bool) {
-        self.healthy.store(healthy, Ordering::Relaxed);
-    }
-
-    /// True while a recent connect failure marks the backend.
+    /// True while a recent connect failure or reset marks the backend.
     pub fn is_suspect(&self, now: Instant) -> bool {
-        self.suspect_until
+        self.live
+            .suspect_until
             .lock()
             .map(|s| s.is_some_and(|until| now < until))
             .unwrap_or(false)
     }
 
-    /// Marks a connect failure.
+    /// Marks a connect failure or a reset (passive detection).
     pub fn mark_failed(&self, now: Instant) {
-        if let Ok(mut s) = self.suspect_until.lock() {
+        if let Ok(mut s) = self.live.suspect_until.lock() {
             *s = Some(now + SUSPECT_TTL);
         }
         metrics::counter!(stats::BACKEND_CONNECT_FAILURES, "backend" => self.config.name.clone())
@@ -78,35 +86,34 @@ impl BackendState {
 
     /// Clears the mark after a successful connect.
     pub fn mark_ok(&self) {
-        if let Ok(mut s) = self.suspect_until.lock() {
+        if let Ok(mut s) = self.live.suspect_until.lock() {
             *s = None;
         }
     }
 
     /// Connections relayed to it now.
     pub fn active(&self) -> u64 {
-        self.active.load(Ordering::Relaxed)
+        self.live.active.load(Ordering::Relaxed)
     }
 
     /// Counts a relayed connection until the returned guard drops.
-    pub fn track(self: &Arc<Self>) -> ActiveGuard {
-        self.active.fetch_add(1, Ordering::Relaxed);
+    pub fn track(&self) -> ActiveGuard {
+        self.live.active.fetch_add(1, Ordering::Relaxed);
         let name = self.config.name.clone();
         metrics::gauge!(stats::BACKEND_CONNECTIONS, "backend" => name.clone()).increment(1.0);
-        metrics::counter!(stats::BACKEND_CONNECTIONS_TOTAL, "backend" => name).increment(1);
-        ActiveGuard(self.clone())
+        metrics::counter!(stats::BACKEND_CONNECTIONS_TOTAL, "backend" => name.clone()).increment(1);
+        ActiveGuard(self.live.clone(), name)
     }
 }
 
 /// One relayed connection counted against a backend.
 #[derive(Debug)]
-pub struct ActiveGuard(Arc<BackendState>);
+pub struct ActiveGuard(Arc<Live>, String);
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
         self.0.active.fetch_sub(1, Ordering::Relaxed);
-        metrics::gauge!(stats::BACKEND_CONNECTIONS, "backend" => self.0.config.name.clone())
-            .decrement(1.0);
+        metrics::gauge!(stats::BACKEND_CONNECTIONS, "backend" => self.1.clone()).decrement(1.0);
     }
 }
 
@@ -120,17 +127,27 @@ pub struct Backends {
 }
 
 impl Backends {
-    /// Builds the set; states of backends already known by name (a reload) are kept.
+    /// Builds the set from `(config, source)` pairs; live state of backends already known by name is kept.
     pub fn new(
-        configs: &[BackendConfig],
+        configs: Vec<(BackendConfig, String)>,
         previous: Option<&Backends>,
         bounded_load_factor: Option<f64>,
     ) -> Self {
+        let ring = Ring::new(configs.iter().map(|(c, _)| RingNode {
+            name: c.name.clone(),
+            weight: c.weight,
+        }));
         let states: Vec<Arc<BackendState>> = configs
-            .iter()
-            .map(|cfg| match previous.and_then(|p| p.get(&cfg.name)) {
-                Some(old) if old.config == *cfg => old.clone(),
-                _ => Arc::new(BackendState::new(cfg.clone())),
+            .into_iter()
+            .map(|(config, source)| {
+                let live = previous
+                    .and_then(|p| p.get(&config.name))
+                    .map_or_else(|| Live::new(&config.name), |old| old.live.clone());
+                Arc::new(BackendState {
+                    config,
+                    source,
+                    live,
+                })
             })
             .collect();
         let by_name = states
@@ -138,10 +155,6 @@ impl Backends {
             .enumerate()
             .map(|(i, s)| (s.config.name.clone(), i))
             .collect();
-        let ring = Ring::new(configs.iter().map(|c| RingNode {
-            name: c.name.clone(),
-            weight: c.weight,
-        }));
         Self {
             states,
             by_name,
@@ -155,7 +168,7 @@ impl Backends {
         self.by_name.get(name).and_then(|&i| self.states.get(i))
     }
 
-    /// All backends, in config order.
+    /// All backends, in config order (static ones first, then discovered ones by name).
     pub fn all(&self) -> &[Arc<BackendState>] {
         &self.states
     }
@@ -195,8 +208,13 @@ impl Backends {
 
 /// Connects to `backend` within `timeout` (name resolution included); the first resolved address is used.
 pub async fn connect(backend: &BackendState, timeout: Duration) -> io::Result<TcpStream> {
+    connect_addr(&backend.config.address, timeout).await
+}
+
+/// Connects to `address` (`host:port`) within `timeout`, name resolution included.
+pub async fn connect_addr(address: &str, timeout: Duration) -> io::Result<TcpStream> {
     let attempt = async {
-        let addr = tokio::net::lookup_host(backend.config.address.as_str())
+        let addr = tokio::net::lookup_host(address)
             .await?
             .next()
             .ok_or_else(|| {
@@ -219,25 +237,30 @@ pub async fn connect(backend: &BackendState, timeout: Duration) -> io::Result<Tc
 
 #[cfg(test)]
 mod tests {
-    use fleetgate_config::lb::ProxyVersion;
+    use fleetgate_config::lb::{HealthConfig, ProxyVersion};
 
     use super::*;
 
-    fn cfg(name: &str) -> BackendConfig {
-        BackendConfig {
-            name: name.into(),
-            address: "127.0.0.1:1".into(),
-            weight: 1,
-            proxy_protocol: ProxyVersion::V2,
-            send_client_cert: false,
-            crc32c: false,
-        }
+    fn cfg(name: &str) -> (BackendConfig, String) {
+        (
+            BackendConfig {
+                name: name.into(),
+                address: "127.0.0.1:1".into(),
+                weight: 1,
+                proxy_protocol: ProxyVersion::V2,
+                send_client_cert: false,
+                crc32c: false,
+                drain: false,
+                health: HealthConfig::none("lb"),
+            },
+            "static".into(),
+        )
     }
 
     #[test]
     fn same_key_same_backend_and_failover() {
         let b = Backends::new(
-            &[cfg("broker-0"), cfg("broker-1"), cfg("broker-2")],
+            vec![cfg("broker-0"), cfg("broker-1"), cfg("broker-2")],
             None,
             None,
         );
@@ -258,7 +281,7 @@ mod tests {
 
     #[test]
     fn all_suspect_still_picks_and_all_tried_gives_none() {
-        let b = Backends::new(&[cfg("a"), cfg("b")], None, Some(1.25));
+        let b = Backends::new(vec![cfg("a"), cfg("b")], None, Some(1.25));
         let now = Instant::now();
         for s in b.all() {
             s.mark_failed(now);
@@ -268,11 +291,16 @@ mod tests {
     }
 
     #[test]
-    fn reload_keeps_state_by_name() {
-        let old = Backends::new(&[cfg("a"), cfg("b")], None, None);
+    fn reload_keeps_live_state_by_name_even_when_the_address_changes() {
+        let old = Backends::new(vec![cfg("a"), cfg("b")], None, None);
         let _guard = old.get("a").unwrap().track();
-        let new = Backends::new(&[cfg("a"), cfg("c")], Some(&old), None);
+        old.get("a").unwrap().live.health.force(false);
+        let mut moved = cfg("a");
+        moved.0.address = "127.0.0.2:1".into();
+        let new = Backends::new(vec![moved, cfg("c")], Some(&old), None);
         assert_eq!(new.get("a").unwrap().active(), 1);
+        assert!(!new.get("a").unwrap().is_healthy());
         assert!(new.get("b").is_none());
+        assert_eq!(new.pick(b"k", &[], Instant::now()).unwrap().name(), "c");
     }
 }

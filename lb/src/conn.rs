@@ -1,7 +1,10 @@
 //! One client connection, end to end: accept → admission → [incoming PROXY] → TLS → peek CONNECT → select
 //! backend → PROXY header → relay. Each stage is a call into its own module under its own time and size limit;
 //! this file is the order and the bookkeeping (one span per connection, the `accepted` / `routed` / `closed`
-//! events, the outcome metric).
+//! events, the outcome metric, the registration that `/clients/{id}` and draining use).
+//!
+//! The connection loads the snapshot once, at accept, and keeps that `Arc` to its end: a reload swaps what new
+//! connections see and never touches an established one, even when its backend or listener left the config.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,9 +17,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::{Instrument, field};
 
-use crate::admission::{self, Permit, Refused};
+use crate::admission::{self, Gauge, Permit, Refused};
 use crate::backend::{self, BackendState};
-use crate::relay::{self, ClientStream};
+use crate::relay::{self, ClientStream, RelayControl, Side};
 use crate::server::Shared;
 use crate::snapshot::{ListenerRuntime, Snapshot};
 use crate::{identity, sockopt, stats};
@@ -28,13 +31,15 @@ const PEEK_READ_CHUNK: usize = 1024;
 /// Handles one accepted socket until it closes. Never fails: every outcome is logged and counted.
 pub async fn handle(
     shared: Arc<Shared>,
-    listener_index: usize,
+    listener_name: Arc<str>,
+    gauge: Arc<Gauge>,
     stream: TcpStream,
     peer: SocketAddr,
 ) {
     let conn_id = shared.ids.next();
     let snapshot = shared.snapshot.load_full();
-    let Some(listener) = snapshot.listeners.get(listener_index) else {
+    // A listener removed by a reload between this accept and the load: nothing to serve it with.
+    let Some(listener) = snapshot.listener(&listener_name).cloned() else {
         return;
     };
     let span = tracing::info_span!(
@@ -49,8 +54,8 @@ pub async fn handle(
     let conn = Conn {
         shared: &shared,
         snapshot: &snapshot,
-        listener,
-        listener_index,
+        listener: &listener,
+        gauge: &gauge,
         conn_id,
         peer,
     };
@@ -63,7 +68,7 @@ struct Conn<'a> {
     shared: &'a Shared,
     snapshot: &'a Snapshot,
     listener: &'a ListenerRuntime,
-    listener_index: usize,
+    gauge: &'a Arc<Gauge>,
     conn_id: String,
     peer: SocketAddr,
 }
@@ -112,7 +117,7 @@ impl Conn<'_> {
         let (mut client, identity) = match self.listener.tls.as_ref() {
             None => (ClientStream::Plain(stream), PeerIdentity::default()),
             Some(acceptor) => {
-                if let Some(budget) = &self.shared.handshakes
+                if let Some(budget) = &self.snapshot.handshakes
                     && !budget.allow(Instant::now())
                 {
                     return self.refuse(stream, Refused::TlsBudget).await;
@@ -150,6 +155,12 @@ impl Conn<'_> {
             tracing::warn!(event = "refused", reason = "no_backend", mqtt.client_id = %summary.client_id);
             return "backend_unavailable";
         };
+        // Only what the client pipelined behind its CONNECT is kept (usually nothing: no allocation), to start the
+        // packet tracking of the relay; the peek buffer itself is freed before the long idle life of the relay.
+        let pipelined = first_bytes
+            .get(summary.packet_len..)
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default();
         drop(first_bytes);
         sockopt::tune(&upstream);
         tracing::Span::current().record("backend", backend.name());
@@ -165,8 +176,23 @@ impl Conn<'_> {
         drop(identity);
 
         let _active = backend.track();
-        let idle = relay::idle_timeout(summary.keep_alive, limits.idle_grace);
-        let out = relay::relay(&mut client, &mut upstream, idle, &self.shared.abort).await;
+        let (_registration, drain) = self
+            .shared
+            .registry
+            .register(&summary.client_id, backend.name());
+        let ctl = RelayControl {
+            idle: relay::idle_timeout(summary.keep_alive, limits.idle_grace),
+            abort: &self.shared.abort,
+            drain: &drain,
+            protocol_level: summary.protocol_level,
+            sent_after_connect: &pipelined,
+        };
+        let out = relay::relay(&mut client, &mut upstream, ctl).await;
+        if (out.closed_by, out.reason) == (Side::Backend, "error") {
+            // Passive detection: a backend that resets relays is skipped by new connections for a while.
+            backend.mark_failed(Instant::now());
+        }
+        metrics::counter!(stats::RELAYS_ENDED, "reason" => out.reason).increment(1);
         let name = backend.name().to_owned();
         let connect_len = summary.packet_len as u64;
         metrics::counter!(stats::BACKEND_BYTES, "backend" => name.clone(), "direction" => "to_backend")
@@ -187,12 +213,13 @@ impl Conn<'_> {
 
     /// Connection caps, then the per-IP bucket for `direct` (a client not behind a trusted proxy).
     fn admit(&self, direct: Option<SocketAddr>) -> Result<Permit, Refused> {
-        let gauge = self
-            .shared
-            .listener_gauges
-            .get(self.listener_index)
-            .unwrap_or(&self.shared.total);
-        let permit = admission::acquire(gauge, &self.shared.total)?;
+        let permit = admission::acquire(
+            (self.gauge, self.listener.max_connections),
+            (
+                &self.shared.total,
+                self.snapshot.config.limits.max_connections,
+            ),
+        )?;
         if let Some(addr) = direct {
             self.admit_ip(addr)?;
         }
@@ -200,7 +227,7 @@ impl Conn<'_> {
     }
 
     fn admit_ip(&self, addr: SocketAddr) -> Result<(), Refused> {
-        match &self.shared.per_ip {
+        match &self.snapshot.per_ip {
             Some(limiter) if !limiter.allow(addr.ip(), Instant::now()) => Err(Refused::PerIpRate),
             _ => Ok(()),
         }
@@ -215,7 +242,10 @@ impl Conn<'_> {
         if self.listener.tls.is_some() {
             return "refused";
         }
-        let Ok(_slot) = admission::acquire(&self.shared.refusing, &self.shared.refusing) else {
+        let cap = Some(crate::server::MAX_CONCURRENT_REFUSALS);
+        let Ok(_slot) =
+            admission::acquire((&self.shared.refusing, cap), (&self.shared.refusing, cap))
+        else {
             return "refused";
         };
         let mut client = ClientStream::Plain(stream);
@@ -238,15 +268,7 @@ impl Conn<'_> {
         stream: TcpStream,
     ) -> Option<(ClientStream, PeerIdentity)> {
         let name = &self.listener.name;
-        let timeout = self
-            .snapshot
-            .config
-            .listeners
-            .get(self.listener_index)
-            .and_then(|l| l.tls.as_ref())
-            .map_or(fleetgate_config::lb::DEFAULT_HANDSHAKE_TIMEOUT, |t| {
-                t.handshake_timeout
-            });
+        let timeout = self.listener.handshake_timeout;
         let started = Instant::now();
         match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
             Ok(Ok(tls)) => {

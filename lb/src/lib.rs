@@ -4,26 +4,42 @@
 //!
 //! Read [`conn`] first: it is the whole per-connection pipeline, each stage a call into its own module.
 //!
-//! - [`server`]: [`Lb::start`] / [`run`]: binds the sockets, runs accept loops and the admin server, shutdown.
+//! - [`server`]: [`Lb::start`] / [`run`]: first snapshot, sockets, admin server, and the paced drain at shutdown
+//!   (with what the broker sees when a relay is drained).
+//! - [`control`]: the control plane task: reloads (file watcher, SIGHUP, `POST /reload`), listener rebinding,
+//!   discovery updates, health task reconciliation, paced moves off removed backends.
+//! - [`reload`]: reading and validating a config file (with its `[discovery]` table) for a (re)load.
 //! - [`listener`]: the accept loop of one listener (spawns [`conn`] at once per socket).
 //! - [`conn`]: accept → admission → [incoming PROXY] → TLS → peek CONNECT → select backend → PROXY header → relay.
 //! - [`admission`]: connection caps, per-source-IP token buckets, the TLS handshake budget.
 //! - [`tls`]: rustls server configs from the listener config (SNI certificates, client-cert verification, CRLs).
 //! - [`identity`]: the client's TLS identity (version, cipher, CN, SANs) for the PROXY v2 TLVs.
-//! - [`backend`]: backend state (load, suspect marks, the health seam) and ring selection with fail-over.
-//! - [`relay`]: the byte relay that holds no buffer while a connection is idle.
-//! - [`snapshot`]: the immutable runtime view built from an [`LbConfig`] (certificates loaded, ring built).
+//! - [`backend`]: backend state (load, health, suspect marks; carried by stable name) and ring selection.
+//! - [`health`]: active health checks (`tcp`, `mqtt`, `http`) with rise/fall thresholds, beside selection.
+//! - [`relay`]: the byte relay that holds no buffer while a connection is idle, and drains at packet boundaries.
+//! - [`frames`]: MQTT packet boundary tracking over the relayed bytes; the DISCONNECTs a drain injects.
+//! - [`registry`]: the relays open now (client ID → backend, drain switches).
+//! - [`drain`]: closing relays at a paced rate with jitter.
+//! - [`snapshot`]: the immutable runtime view built from an [`LbConfig`] and the discovered endpoints
+//!   (certificates loaded, ring built), swapped with one `ArcSwap::store`.
 //! - [`sockopt`]: TCP options for long-lived mobile connections.
 //! - [`stats`]: metric names and the few helpers that record them.
-//! - [`admin`]: the LB's admin routes (`GET /clients/{client_id}`).
+//! - [`admin`]: the LB's admin routes (`GET /clients/{client_id}`, `GET /backends`, `POST /reload`,
+//!   `POST /drain`).
 
 pub mod admin;
 pub mod admission;
 pub mod backend;
 pub mod conn;
+pub mod control;
+pub mod drain;
+pub mod frames;
+pub mod health;
 pub mod identity;
 pub mod listener;
+pub mod registry;
 pub mod relay;
+pub mod reload;
 pub mod server;
 pub mod snapshot;
 pub mod sockopt;
@@ -31,4 +47,4 @@ pub mod stats;
 pub mod tls;
 
 pub use fleetgate_config::lb::LbConfig;
-pub use server::{Lb, LbError, LbHandle, run};
+pub use server::{Lb, LbError, LbHandle, LbOptions, run};

@@ -1,6 +1,8 @@
 //! The accept loop of one listener: accepts sockets and spawns [`conn::handle`] for each at once, so a slow
-//! handshake or a slow client never stalls the next accept.
+//! handshake or a slow client never stalls the next accept. Loops are keyed by listener name: a reload keeps a
+//! loop whose name and bind address are unchanged, and starts a new socket's loop before stopping the old one.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,6 +10,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admission::Gauge;
 use crate::conn;
 use crate::server::Shared;
 
@@ -15,10 +18,19 @@ use crate::server::Shared;
 /// connections close and free descriptors.
 pub const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
+/// Binds `bind` for listener `name` and logs the `listening` event with the bound address.
+pub async fn bind(name: &str, bind: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)> {
+    let socket = TcpListener::bind(bind).await?;
+    let addr = socket.local_addr().unwrap_or(bind);
+    tracing::info!(event = "listening", role = %name, addr = %addr, "listening on {name} {addr}");
+    Ok((socket, addr))
+}
+
 /// Accepts on `listener` until `stop` is cancelled; connection tasks are tracked by `tracker`.
 pub async fn accept_loop(
     shared: Arc<Shared>,
-    index: usize,
+    name: Arc<str>,
+    gauge: Arc<Gauge>,
     listener: TcpListener,
     tracker: TaskTracker,
     stop: CancellationToken,
@@ -30,7 +42,13 @@ pub async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
-                tracker.spawn(conn::handle(shared.clone(), index, stream, peer));
+                tracker.spawn(conn::handle(
+                    shared.clone(),
+                    name.clone(),
+                    gauge.clone(),
+                    stream,
+                    peer,
+                ));
             }
             Err(e) => {
                 tracing::warn!(event = "accept_failed", error = %e);

@@ -13,6 +13,12 @@
 //! plaintext inside rustls. rustls' own buffers (record deframer, pending ciphertext) are its business: they
 //! shrink when empty in rustls 0.23, and the per-connection `ServerConnection` remains the bulk of an idle TLS
 //! connection's footprint.
+//!
+//! Draining: both directions feed what they forward through a [`PacketTracker`]. When the connection's drain
+//! switch flips, each direction reads only up to the end of the packet in flight and then parks; once both are
+//! parked the LB sends a v5 client DISCONNECT 0x8B ("server shutting down"), sends the backend a normal
+//! DISCONNECT (see [`crate::frames`] for why) and closes both sides. A direction that cannot reach a boundary
+//! within [`DRAIN_BOUNDARY_TIMEOUT`] (a half-sent packet from a stalled peer) is closed without a DISCONNECT.
 
 use std::future::poll_fn;
 use std::io;
@@ -20,10 +26,19 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
+
+use crate::frames::{DISCONNECT_NORMAL, DISCONNECT_V5_SERVER_SHUTTING_DOWN, PacketTracker};
+
+/// How long a draining relay waits for the packets in flight to complete before it closes anyway: a whole MQTT
+/// packet arrives within a few round trips from any live peer.
+pub const DRAIN_BOUNDARY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Deadline for writing the DISCONNECTs of a drained relay: a peer that does not take four bytes is gone.
+pub const DRAIN_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Size of the buffer a direction allocates while its source is readable: large enough to move a burst of
 /// publishes in a few syscalls, and only held while bytes are flowing.
@@ -137,8 +152,36 @@ pub struct RelayOutcome {
     pub to_client: u64,
     /// Who closed (or failed) first.
     pub closed_by: Side,
-    /// `eof`, `error`, `idle_timeout` or `shutdown`.
+    /// `eof`, `error`, `idle_timeout`, `shutdown`, `drained` or `drain_timeout`.
     pub reason: &'static str,
+}
+
+/// What a relay obeys besides its two streams.
+#[derive(Debug, Clone, Copy)]
+pub struct RelayControl<'a> {
+    /// Idle timeout (`None` = never).
+    pub idle: Option<Duration>,
+    /// Cancelled when the grace period is over: end at once.
+    pub abort: &'a CancellationToken,
+    /// This connection's drain switch: end at packet boundaries with DISCONNECTs.
+    pub drain: &'a CancellationToken,
+    /// The client's MQTT protocol level (5 gets the DISCONNECT 0x8B).
+    pub protocol_level: u8,
+    /// Bytes the client pipelined behind its CONNECT, already sent to the backend (they start the
+    /// client → backend packet tracking).
+    pub sent_after_connect: &'a [u8],
+}
+
+/// Who ended a relay, why, and — for a drain — where both directions stopped (up, down).
+type Ending = (Side, &'static str, Option<(Flow, Flow)>);
+
+/// Where a direction stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    /// EOF passed on; nothing more will flow.
+    Done,
+    /// Draining and stopped exactly at a packet boundary.
+    Parked,
 }
 
 /// A failure in one direction, attributed to the side whose socket failed.
@@ -157,6 +200,8 @@ struct Direction {
     bytes: u64,
     /// Read before waiting for readiness (see the module docs on TLS).
     read_first: bool,
+    /// Packet boundaries of what was read.
+    tracker: PacketTracker,
 }
 
 impl Direction {
@@ -170,6 +215,7 @@ impl Direction {
             done: false,
             bytes: 0,
             read_first: true,
+            tracker: PacketTracker::default(),
         }
     }
 
@@ -179,7 +225,8 @@ impl Direction {
         (reader, reader_side): (&mut R, Side),
         (writer, writer_side): (&mut W, Side),
         last_activity: &mut Instant,
-    ) -> Poll<Result<(), Fault>>
+        draining: bool,
+    ) -> Poll<Result<Flow, Fault>>
     where
         R: AsyncRead + ReadReady + Unpin,
         W: AsyncWrite + Unpin,
@@ -188,7 +235,7 @@ impl Direction {
         let write_fault = || Fault { side: writer_side };
         loop {
             if self.done {
-                return Poll::Ready(Ok(()));
+                return Poll::Ready(Ok(Flow::Done));
             }
             if let Some(buf) = self.buf.as_deref() {
                 while self.pos < self.cap {
@@ -209,8 +256,18 @@ impl Direction {
                 // Half-close: the reader is done sending; pass that on. A peer that already left is not an error.
                 let _ = ready!(Pin::new(&mut *writer).poll_shutdown(cx));
                 self.done = true;
-                return Poll::Ready(Ok(()));
+                return Poll::Ready(Ok(Flow::Done));
             }
+            // Draining: read no further than the end of the packet in flight (a broken framing never parks;
+            // the drain deadline ends it).
+            let limit = match (draining, self.tracker.until_boundary()) {
+                (true, Some(0)) => {
+                    self.buf = None;
+                    return Poll::Ready(Ok(Flow::Parked));
+                }
+                (true, Some(n)) => n.min(RELAY_BUFFER),
+                _ => RELAY_BUFFER,
+            };
             if self.buf.is_none() {
                 if !self.read_first {
                     ready!(reader.poll_read_ready(cx)).map_err(|_| Fault { side: reader_side })?;
@@ -221,7 +278,7 @@ impl Direction {
             let Some(buf) = self.buf.as_deref_mut() else {
                 continue;
             };
-            let mut read_buf = ReadBuf::new(buf);
+            let mut read_buf = ReadBuf::new(&mut buf[..limit]);
             match Pin::new(&mut *reader).poll_read(cx, &mut read_buf) {
                 Poll::Pending => {
                     // Nothing buffered anywhere: idle without memory until the socket is readable again.
@@ -237,6 +294,7 @@ impl Direction {
                         self.eof = true;
                         self.buf = None;
                     } else {
+                        self.tracker.feed(read_buf.filled());
                         self.needs_flush = true;
                         *last_activity = Instant::now();
                     }
@@ -247,57 +305,77 @@ impl Direction {
 }
 
 /// Relays between `client` and `backend` until both directions reach EOF, one fails, the connection is idle
-/// for `idle` (`None` = never), or `shutdown` is cancelled. Any bytes already forwarded (the CONNECT) are not
-/// counted here.
+/// for `ctl.idle`, `ctl.abort` is cancelled, or `ctl.drain` is cancelled (then it ends at packet boundaries with
+/// DISCONNECTs, see the module docs). Any bytes already forwarded (the CONNECT) are not counted here.
 pub async fn relay<B>(
     client: &mut ClientStream,
     backend: &mut B,
-    idle: Option<Duration>,
-    shutdown: &CancellationToken,
+    ctl: RelayControl<'_>,
 ) -> RelayOutcome
 where
     B: AsyncRead + AsyncWrite + ReadReady + Unpin,
 {
     let mut up = Direction::new();
+    up.tracker.feed(ctl.sent_after_connect);
     let mut down = Direction::new();
     let mut first_eof: Option<Side> = None;
     let mut last_activity = Instant::now();
+    let idle = ctl.idle;
     let sleep = tokio::time::sleep(idle.unwrap_or(Duration::MAX / 4));
     tokio::pin!(sleep);
-    let cancelled = shutdown.cancelled();
+    let cancelled = ctl.abort.cancelled();
     tokio::pin!(cancelled);
+    let drain = ctl.drain.cancelled();
+    tokio::pin!(drain);
+    let drain_deadline = tokio::time::sleep(Duration::MAX / 4);
+    tokio::pin!(drain_deadline);
+    let mut draining = false;
 
-    let ended: Result<(Side, &'static str), Fault> = poll_fn(|cx| {
+    let ended: Result<Ending, Fault> = poll_fn(|cx| {
         if cancelled.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Ok((Side::Lb, "shutdown")));
+            return Poll::Ready(Ok((Side::Lb, "shutdown", None)));
         }
-        let up_done = up.poll_copy(
+        if !draining && drain.as_mut().poll(cx).is_ready() {
+            draining = true;
+            drain_deadline
+                .as_mut()
+                .reset((Instant::now() + DRAIN_BOUNDARY_TIMEOUT).into());
+        }
+        let up_flow = up.poll_copy(
             cx,
             (&mut *client, Side::Client),
             (&mut *backend, Side::Backend),
             &mut last_activity,
+            draining,
         )?;
-        if up_done.is_ready() && first_eof.is_none() {
+        if up_flow == Poll::Ready(Flow::Done) && first_eof.is_none() {
             first_eof = Some(Side::Client);
         }
-        let down_done = down.poll_copy(
+        let down_flow = down.poll_copy(
             cx,
             (&mut *backend, Side::Backend),
             (&mut *client, Side::Client),
             &mut last_activity,
+            draining,
         )?;
-        if down_done.is_ready() && first_eof.is_none() {
+        if down_flow == Poll::Ready(Flow::Done) && first_eof.is_none() {
             first_eof = Some(Side::Backend);
         }
-        if up_done.is_ready() && down_done.is_ready() {
-            return Poll::Ready(Ok((first_eof.unwrap_or(Side::Client), "eof")));
+        if let (Poll::Ready(u), Poll::Ready(d)) = (up_flow, down_flow) {
+            if u == Flow::Done && d == Flow::Done {
+                return Poll::Ready(Ok((first_eof.unwrap_or(Side::Client), "eof", None)));
+            }
+            return Poll::Ready(Ok((Side::Lb, "drained", Some((u, d)))));
+        }
+        if draining && drain_deadline.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Ok((Side::Lb, "drain_timeout", None)));
         }
         if let Some(idle) = idle {
             // The timer is only re-armed when it fires, not on every packet: cheap for chatty connections.
             while sleep.as_mut().poll(cx).is_ready() {
                 let deadline = last_activity + idle;
                 if Instant::now() >= deadline {
-                    return Poll::Ready(Ok((Side::Lb, "idle_timeout")));
+                    return Poll::Ready(Ok((Side::Lb, "idle_timeout", None)));
                 }
                 sleep.as_mut().reset(deadline.into());
             }
@@ -307,7 +385,12 @@ where
     .await;
 
     let (closed_by, reason) = match ended {
-        Ok(end) => end,
+        Ok((side, reason, parked)) => {
+            if let Some((u, d)) = parked {
+                finish_drain(client, backend, ctl.protocol_level, u, d).await;
+            }
+            (side, reason)
+        }
         Err(fault) => (fault.side, "error"),
     };
     RelayOutcome {
@@ -316,6 +399,37 @@ where
         closed_by,
         reason,
     }
+}
+
+/// Both directions stopped at packet boundaries: a v5 client gets DISCONNECT 0x8B, the backend a normal
+/// DISCONNECT, then both sides are closed. A side whose direction already ended gets nothing more.
+async fn finish_drain<B>(
+    client: &mut ClientStream,
+    backend: &mut B,
+    level: u8,
+    up: Flow,
+    down: Flow,
+) where
+    B: AsyncWrite + Unpin,
+{
+    let to_client = async {
+        if level == 5 && down == Flow::Parked {
+            client
+                .write_all(&DISCONNECT_V5_SERVER_SHUTTING_DOWN)
+                .await?;
+        }
+        client.shutdown().await
+    };
+    let to_backend = async {
+        if up == Flow::Parked {
+            backend.write_all(&DISCONNECT_NORMAL).await?;
+        }
+        backend.shutdown().await
+    };
+    let _ = tokio::time::timeout(DRAIN_WRITE_TIMEOUT, async {
+        let _ = tokio::join!(to_client, to_backend);
+    })
+    .await;
 }
 
 /// The idle timeout for a client keep-alive: 1.5 × keep-alive (what MQTT allows a server) plus `grace`;
@@ -330,6 +444,66 @@ mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
+
+    fn ctl<'a>(
+        idle: Option<Duration>,
+        abort: &'a CancellationToken,
+        drain: &'a CancellationToken,
+        protocol_level: u8,
+    ) -> RelayControl<'a> {
+        RelayControl {
+            idle,
+            abort,
+            drain,
+            protocol_level,
+            sent_after_connect: &[],
+        }
+    }
+
+    #[tokio::test]
+    async fn drain_waits_for_packet_boundaries_then_disconnects_both_sides() {
+        let (mut client_end, lb_client) = pair().await;
+        let (lb_backend, mut backend_end) = pair().await;
+        let abort = CancellationToken::new();
+        let drain = CancellationToken::new();
+        let task = tokio::spawn({
+            let drain = drain.clone();
+            async move {
+                let mut client = ClientStream::Plain(lb_client);
+                let mut backend = lb_backend;
+                relay(&mut client, &mut backend, ctl(None, &abort, &drain, 5)).await
+            }
+        });
+        // Half a PUBLISH each way (the body is 10 bytes; 4 are sent), then the drain.
+        let publish: Vec<u8> = [vec![0x30, 0x0A], vec![0u8; 10]].concat();
+        client_end.write_all(&publish[..6]).await.unwrap();
+        backend_end.write_all(&publish[..6]).await.unwrap();
+        let mut got = [0u8; 6];
+        backend_end.read_exact(&mut got).await.unwrap();
+        client_end.read_exact(&mut got).await.unwrap();
+        drain.cancel();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!task.is_finished(), "must wait for the packets in flight");
+        // The rest of each packet, plus the start of another one that must not be forwarded.
+        let mut rest = publish[6..].to_vec();
+        rest.extend_from_slice(&[0x30, 0x02, 0, 0]);
+        client_end.write_all(&rest).await.unwrap();
+        backend_end.write_all(&rest).await.unwrap();
+        let out = tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((out.closed_by, out.reason), (Side::Lb, "drained"));
+        let mut to_backend = Vec::new();
+        backend_end.read_to_end(&mut to_backend).await.unwrap();
+        assert_eq!(to_backend, [&publish[6..], &DISCONNECT_NORMAL[..]].concat());
+        let mut to_client = Vec::new();
+        client_end.read_to_end(&mut to_client).await.unwrap();
+        assert_eq!(
+            to_client,
+            [&publish[6..], &DISCONNECT_V5_SERVER_SHUTTING_DOWN[..]].concat()
+        );
+    }
 
     async fn pair() -> (TcpStream, TcpStream) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -355,7 +529,12 @@ mod tests {
         let task = tokio::spawn(async move {
             let mut client = ClientStream::Plain(lb_client);
             let mut backend = lb_backend;
-            relay(&mut client, &mut backend, None, &shutdown).await
+            relay(
+                &mut client,
+                &mut backend,
+                ctl(None, &shutdown, &CancellationToken::new(), 4),
+            )
+            .await
         });
         let big = vec![7u8; 100_000];
         client_end.write_all(&big).await.unwrap();
@@ -391,8 +570,12 @@ mod tests {
             relay(
                 &mut client,
                 &mut backend,
-                Some(Duration::from_millis(100)),
-                &shutdown,
+                ctl(
+                    Some(Duration::from_millis(100)),
+                    &shutdown,
+                    &CancellationToken::new(),
+                    4,
+                ),
             ),
         )
         .await

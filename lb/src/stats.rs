@@ -26,6 +26,25 @@ pub const BACKEND_BYTES: &str = "fleetgate_lb_backend_bytes_total";
 /// Failed TCP connects to a backend, by `backend`.
 pub const BACKEND_CONNECT_FAILURES: &str = "fleetgate_lb_backend_connect_failures_total";
 
+/// 1 when a backend is up (or unchecked), 0 when its health check says down, by `backend`.
+pub const BACKEND_UP: &str = "fleetgate_lb_backend_up";
+/// Health transitions, by `backend` and `to` (`up`, `down`).
+pub const BACKEND_TRANSITIONS: &str = "fleetgate_lb_backend_health_transitions_total";
+/// Health checks run, by `backend` and `result` (`ok`, `fail`).
+pub const HEALTH_CHECKS: &str = "fleetgate_lb_health_checks_total";
+/// Backends in the current snapshot.
+pub const BACKENDS: &str = "fleetgate_lb_backends";
+/// Relays whose drain switch was flipped, by `reason` (`shutdown`, `backend_removed`).
+pub const DRAINED_TOTAL: &str = "fleetgate_lb_drained_connections_total";
+/// Relays that ended, by how (`reason`: `eof`, `error`, `idle_timeout`, `shutdown`, `drained`, `drain_timeout`).
+pub const RELAYS_ENDED: &str = "fleetgate_lb_relays_ended_total";
+/// Config reloads, by `result` (`ok`, `error`).
+pub const CONFIG_RELOADS: &str = "fleetgate_config_reloads_total";
+/// Generation of the snapshot in force (1 at start, +1 per swap).
+pub const SNAPSHOT_GENERATION: &str = "fleetgate_lb_snapshot_generation";
+/// 1 while the LB is draining (readiness false).
+pub const DRAINING: &str = "fleetgate_lb_draining";
+
 /// Counts one first-packet outcome.
 pub fn peek_outcome(outcome: &'static str) {
     metrics::counter!(CONNECT_PEEK_TOTAL, "outcome" => outcome).increment(1);

@@ -3,8 +3,11 @@
 
 #![allow(clippy::unwrap_used)] // tests may unwrap (CONTRIBUTING)
 
+mod control;
+mod fleet;
 mod harness;
 mod memory;
 mod refusals;
+mod reloads;
 mod routing;
 mod tls;

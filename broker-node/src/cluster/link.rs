@@ -1,0 +1,398 @@
+//! Node-to-node TCP links: the cluster port's accept loop (one task per inbound connection at once), the
+//! dialers (one per known peer address, reconnecting with backoff), the Hello exchange, the ordered writer of our
+//! outbound queue and the heartbeats; every read is bounded by `dead_after` of silence.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::frame::{Frame, FrameError, PROTOCOL_VERSION};
+use super::handoff::Incoming;
+use super::routes::PeerName;
+use super::{Cluster, LinkTx};
+use crate::broker::Broker;
+
+/// Deadline of a TCP connect to a peer: peers are on the same network; a dead address must not hold the dialer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Deadline of the Hello each way.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(2);
+/// First redial delay after a failure; doubled up to [`MAX_BACKOFF`]. Short, because a restarted peer should be
+/// back in the cluster (and its sessions reachable) quickly.
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest redial delay.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Bytes gathered from the queue into one socket write.
+const WRITE_BATCH: usize = 64 * 1024;
+/// Bytes requested per socket read.
+const READ_CHUNK: usize = 16 * 1024;
+/// After an accept error (e.g. out of file descriptors), pause instead of spinning.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Why a link ended.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// Socket error.
+    #[error("i/o: {0}")]
+    Io(#[from] io::Error),
+    /// Nothing received for `dead_after`.
+    #[error("peer silent")]
+    Silent,
+    /// The peer sent a bad frame.
+    #[error("{0}")]
+    Frame(#[from] FrameError),
+    /// The Hello was missing, late or of another version.
+    #[error("bad hello: {0}")]
+    Hello(&'static str),
+    /// We dialed ourselves.
+    #[error("dialed own address")]
+    SelfDial,
+}
+
+/// Reads frames, each within `dead_after` of the previous bytes.
+struct FrameReader {
+    r: OwnedReadHalf,
+    buf: BytesMut,
+    limit: usize,
+    dead_after: Duration,
+}
+
+impl FrameReader {
+    fn new(r: OwnedReadHalf, limit: usize, dead_after: Duration) -> FrameReader {
+        FrameReader {
+            r,
+            buf: BytesMut::new(),
+            limit,
+            dead_after,
+        }
+    }
+
+    /// The next frame; `Ok(None)` at end of stream.
+    async fn next(&mut self) -> Result<Option<Frame>, LinkError> {
+        loop {
+            if let Some(f) = Frame::decode(&mut self.buf, self.limit)? {
+                return Ok(Some(f));
+            }
+            if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+                self.buf.reserve(READ_CHUNK);
+            }
+            match tokio::time::timeout(self.dead_after, self.r.read_buf(&mut self.buf)).await {
+                Err(_) => return Err(LinkError::Silent),
+                Ok(Ok(0)) => return Ok(None),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+fn encode(frame: &Frame) -> Bytes {
+    let mut b = BytesMut::new();
+    frame.encode(&mut b);
+    b.freeze()
+}
+
+fn hello(cluster: &Cluster) -> Frame {
+    Frame::Hello {
+        version: PROTOCOL_VERSION,
+        name: cluster.name.to_string(),
+        advertise: cluster.advertise,
+        incarnation: cluster.incarnation,
+    }
+}
+
+/// Reads and checks the peer's Hello: its name and the address to dial it at.
+async fn read_hello(
+    cluster: &Cluster,
+    reader: &mut FrameReader,
+) -> Result<(String, SocketAddr), LinkError> {
+    match tokio::time::timeout(HELLO_TIMEOUT, reader.next()).await {
+        Ok(Ok(Some(Frame::Hello {
+            version,
+            name,
+            advertise,
+            ..
+        }))) => {
+            if version != PROTOCOL_VERSION {
+                return Err(LinkError::Hello("unsupported version"));
+            }
+            if name == *cluster.name {
+                return Err(LinkError::SelfDial);
+            }
+            Ok((name, advertise))
+        }
+        Ok(Ok(_)) => Err(LinkError::Hello("first frame is not Hello")),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(LinkError::Hello("timeout")),
+    }
+}
+
+/// Starts the cluster: the accept loop on `listener` and a dialer per configured peer.
+pub fn start(cluster: Arc<Cluster>, broker: Arc<Broker>, listener: TcpListener) {
+    for p in cluster.config.peers.clone() {
+        spawn_dialer(
+            cluster.clone(),
+            broker.clone(),
+            p.addr,
+            Some(p.name.clone()),
+            true,
+        );
+    }
+    cluster.update_readiness();
+    tokio::spawn(accept_loop(cluster, broker, listener));
+}
+
+async fn accept_loop(cluster: Arc<Cluster>, broker: Arc<Broker>, listener: TcpListener) {
+    loop {
+        let accepted = tokio::select! {
+            _ = cluster.shutdown.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                tokio::spawn(inbound(cluster.clone(), broker.clone(), stream));
+            }
+            Err(e) => {
+                tracing::warn!(event = "accept_error", role = "cluster", error = %e, "accept failed");
+                tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+            }
+        }
+    }
+}
+
+/// A connection a peer opened to us: we receive its frames here, and send it only Hello and heartbeats.
+async fn inbound(cluster: Arc<Cluster>, broker: Arc<Broker>, stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let (r, w) = stream.into_split();
+    let mut reader = FrameReader::new(r, cluster.frame_limit, cluster.config.dead_after);
+    let (name, advertise) = match read_hello(&cluster, &mut reader).await {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!(event = "cluster_hello_failed", error = %e, "inbound cluster link refused");
+            return;
+        }
+    };
+    let peer: PeerName = Arc::from(name.as_str());
+    let id = cluster.next_id();
+    let stop = cluster.shutdown.child_token();
+    let beat = tokio::spawn(heartbeats(
+        w,
+        w_hello(&cluster),
+        cluster.config.heartbeat_interval,
+        stop.clone(),
+    ));
+    if cluster.inbound_up(&peer, id, advertise) {
+        spawn_dialer(
+            cluster.clone(),
+            broker.clone(),
+            advertise,
+            Some(name),
+            false,
+        );
+    }
+    let mut incoming = Incoming::default();
+    let end = loop {
+        let next = tokio::select! {
+            _ = stop.cancelled() => break None,
+            n = reader.next() => n,
+        };
+        match next {
+            Ok(Some(frame)) => cluster.on_frame(&broker, &peer, frame, &mut incoming),
+            Ok(None) => break None,
+            Err(e) => break Some(e),
+        }
+    };
+    if let Some(e) = end {
+        tracing::info!(event = "cluster_inbound_closed", peer = %peer, error = %e, "inbound link from {peer} closed");
+    }
+    stop.cancel();
+    beat.abort();
+    cluster.inbound_down(&peer, id);
+}
+
+fn w_hello(cluster: &Cluster) -> Bytes {
+    encode(&hello(cluster))
+}
+
+/// Writes `first`, then a heartbeat every `every` until `stop` or a write error.
+async fn heartbeats(mut w: OwnedWriteHalf, first: Bytes, every: Duration, stop: CancellationToken) {
+    let beat = encode(&Frame::Heartbeat);
+    if w.write_all(&first).await.is_err() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {
+                if w.write_all(&beat).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Keeps dialing `addr` until the node it reaches is known elsewhere or the cluster stops.
+pub(crate) fn spawn_dialer(
+    cluster: Arc<Cluster>,
+    broker: Arc<Broker>,
+    addr: SocketAddr,
+    mut name: Option<String>,
+    initial: bool,
+) {
+    if !cluster.peers.lock().dialing.insert(addr) {
+        if initial {
+            cluster.initial_dials.fetch_sub(1, Ordering::AcqRel);
+        }
+        return;
+    }
+    tokio::spawn(async move {
+        let mut first = initial;
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            if cluster.shutdown.is_cancelled() {
+                break;
+            }
+            // A node that came back at another address is dialed there by a new dialer; this one retires.
+            let moved = name.as_ref().is_some_and(|n| {
+                cluster
+                    .peers
+                    .lock()
+                    .known
+                    .get(n)
+                    .is_some_and(|a| *a != addr)
+            });
+            if moved {
+                break;
+            }
+            let result = dial_once(&cluster, &broker, addr, &mut first).await;
+            if first {
+                first = false;
+                cluster.initial_dials.fetch_sub(1, Ordering::AcqRel);
+                cluster.update_readiness();
+            }
+            match result {
+                Ok(peer) => {
+                    backoff = MIN_BACKOFF;
+                    name = Some(peer);
+                }
+                Err(LinkError::SelfDial) => break,
+                Err(e) => {
+                    tracing::debug!(event = "cluster_dial_failed", addr = %addr, error = %e, "dial failed");
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+            tokio::select! {
+                _ = cluster.shutdown.cancelled() => break,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+        }
+        cluster.peers.lock().dialing.remove(&addr);
+    });
+}
+
+/// One outbound link to `addr`, from connect to close; returns the peer's name once it was established.
+async fn dial_once(
+    cluster: &Arc<Cluster>,
+    broker: &Arc<Broker>,
+    addr: SocketAddr,
+    first: &mut bool,
+) -> Result<String, LinkError> {
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| LinkError::Io(io::ErrorKind::TimedOut.into()))??;
+    let _ = stream.set_nodelay(true);
+    let (r, mut w) = stream.into_split();
+    w.write_all(&w_hello(cluster)).await?;
+    let mut reader = FrameReader::new(r, cluster.frame_limit, cluster.config.dead_after);
+    let (name, _) = read_hello(cluster, &mut reader).await?;
+    let peer: PeerName = Arc::from(name.as_str());
+    cluster
+        .peers
+        .lock()
+        .known
+        .entry(name.clone())
+        .or_insert(addr);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let queued = Arc::new(AtomicUsize::new(0));
+    let cancel = cluster.shutdown.child_token();
+    let id = cluster.next_id();
+    let link = LinkTx {
+        id,
+        tx,
+        queued: queued.clone(),
+        cancel: cancel.clone(),
+    };
+    cluster.outbound_up(broker, &peer, link);
+    if *first {
+        *first = false;
+        cluster.initial_dials.fetch_sub(1, Ordering::AcqRel);
+        cluster.update_readiness();
+    }
+    let heartbeat = cluster.config.heartbeat_interval;
+    let end: Option<LinkError> = tokio::select! {
+        _ = cancel.cancelled() => None,
+        r = write_loop(&mut w, rx, &queued, heartbeat) => r.err().map(LinkError::Io),
+        r = async {
+            loop {
+                match reader.next().await {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => return None,
+                    Err(e) => return Some(e),
+                }
+            }
+        } => r,
+    };
+    if let Some(e) = end {
+        tracing::info!(event = "cluster_outbound_closed", peer = %peer, error = %e, "outbound link to {peer} closed");
+    }
+    cancel.cancel();
+    cluster.outbound_down(broker, &peer, id);
+    Ok(name)
+}
+
+/// Writes the queue in order, batching what is ready into one write; a heartbeat when idle for `heartbeat`.
+async fn write_loop(
+    w: &mut OwnedWriteHalf,
+    mut rx: mpsc::UnboundedReceiver<Bytes>,
+    queued: &AtomicUsize,
+    heartbeat: Duration,
+) -> io::Result<()> {
+    let beat = encode(&Frame::Heartbeat);
+    let mut buf = BytesMut::new();
+    loop {
+        let first = match tokio::time::timeout(heartbeat, rx.recv()).await {
+            Ok(Some(b)) => b,
+            Ok(None) => return Ok(()),
+            Err(_) => {
+                w.write_all(&beat).await?;
+                continue;
+            }
+        };
+        queued.fetch_sub(1, Ordering::Relaxed);
+        if rx.is_empty() {
+            w.write_all(&first).await?;
+            continue;
+        }
+        buf.extend_from_slice(&first);
+        while buf.len() < WRITE_BATCH {
+            match rx.try_recv() {
+                Ok(b) => {
+                    queued.fetch_sub(1, Ordering::Relaxed);
+                    buf.extend_from_slice(&b);
+                }
+                Err(_) => break,
+            }
+        }
+        w.write_all(&buf).await?;
+        buf.clear();
+    }
+}

@@ -1,0 +1,700 @@
+//! The broker cluster: N nodes that behave as one broker. Sits beside the publish path ([`Broker::publish`]
+//! forwards to peers through [`Cluster::forward`]) and the CONNECT path ([`Cluster::acquire`] fetches a session
+//! held elsewhere before [`Broker::attach`]).
+//!
+//! - [`frame`]: the wire format. [`routes`]: which peer subscribes to what. [`link`]: the node-to-node TCP links
+//!   (dial, accept, hello, heartbeats, ordered writer, reader). [`handoff`]: session takeover and drain.
+//!
+//! # Membership
+//! A node dials the peers of its `[cluster] peers` list and every node that dialed it (the Hello frame carries the
+//! address to dial back), so any subset of the cluster is enough to join. A peer is *up* while our outbound
+//! link to it is established; both directions carry heartbeats every `heartbeat_interval` and a link silent for
+//! `dead_after` (default 2.5 s) is closed: the peer's routes and claims are dropped and it leaves the ring. The
+//! ring ([`fleetgate_protocol::ring`], the one the LB uses) is this node plus the up peers, by node name.
+//! `/readyz` is true once every configured peer was tried once and every up peer has sent its full sync.
+//!
+//! # Links and ordering
+//! Each node sends on its own outbound connection and receives on the connections peers opened to it, so each
+//! direction is one ordered TCP stream: messages from one publisher reach a peer in publish order, and frames
+//! sent one after another (a session handover, then the reply to a request for it) are applied in that order.
+//! The per-peer queue is bounded at `queue_capacity` frames for message forwards (overflow:
+//! `fleetgate_dropped_messages_total{reason="cluster_queue_full"}`); control frames are never dropped.
+//!
+//! # Wire protocol (`frame.rs`)
+//! Every frame is `u32` big-endian length, then a type byte and its fields (integers big-endian, strings `u16`
+//! length + UTF-8, byte strings `u32` length); frames above `max_packet_size + 64 KiB` are refused. A message is
+//! topic, QoS, retain, remaining expiry (ms), v5 properties and payload.
+//!
+//! | type | frame | meaning |
+//! |---|---|---|
+//! | 0x01 | Hello {version, name, advertise, incarnation} | first frame each way; version must be 1 |
+//! | 0x02 | Heartbeat | liveness when idle |
+//! | 0x10 / 0x11 | RouteAdd / RouteRemove {filter} | the sender has (no longer) a subscription on a filter, `$share/..` included |
+//! | 0x12 | Claim {client_id, held} | the sender holds a session the ring assigns to another node |
+//! | 0x13 | SyncDone | end of the full sync (routes, claims, retained) after Hello |
+//! | 0x20 | Publish {direct, groups, msg} | deliver to local plain subscribers (direct) and to the listed shared groups |
+//! | 0x21 | Retain {stamp, topic, msg?} | retained set/clear, last writer wins by hybrid logical stamp |
+//! | 0x30 | TakeoverRequest {req, client_id, clean_start} | hand me this client's session |
+//! | 0x31 | TakeoverReply {req, moved_to?} | no session here (it went to `moved_to`) |
+//! | 0x32..0x35 | SessionBegin / SessionSub / SessionMsg / SessionEnd {req, ..} | a session handed over (reply, or pushed at drain with the top bit of `req` set) |
+//! | 0x36 | SessionInstalled {client_id} | the handed-over session is in place at the sender: relays to it end |
+//! | 0x40 | Leaving | the sender drains: forget its routes and claims |
+//! | 0x41 / 0x42 | Barrier / BarrierAck {id} | everything before it was applied |
+//!
+//! # Sessions
+//! A node that holds a session for a client ID the ring assigns elsewhere advertises a *claim*. On CONNECT, a
+//! node asks the claimants and the ring owner (when that is not itself) for the session; the common case — this
+//! node is the owner and nobody claims the ID — costs no round trip. See [`handoff`].
+
+pub mod frame;
+pub mod handoff;
+pub mod link;
+pub mod relay;
+pub mod routes;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use bytes::{Bytes, BytesMut};
+use fleetgate_config::node::ClusterConfig;
+use fleetgate_ops::admin::Readiness;
+use fleetgate_protocol::mqtt::ByteString;
+use fleetgate_protocol::ring::{Ring, RingNode};
+use metrics::{Counter, Gauge, Histogram};
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::Broker;
+use crate::message::Message;
+use crate::retained::Stamp;
+use frame::{FRAME_OVERHEAD, Frame};
+use handoff::Pending;
+use routes::{PeerName, RouteTable};
+
+/// Our outbound queue to one peer.
+#[derive(Debug, Clone)]
+pub(crate) struct LinkTx {
+    id: u64,
+    tx: mpsc::UnboundedSender<Bytes>,
+    queued: Arc<AtomicUsize>,
+    cancel: CancellationToken,
+}
+
+#[derive(Debug, Default)]
+struct Peer {
+    out: Option<LinkTx>,
+    /// Id of the current inbound connection from this peer.
+    inbound: Option<u64>,
+    /// Its full sync arrived on the current inbound connection.
+    synced: bool,
+    /// It said Leaving.
+    leaving: bool,
+    claims: HashSet<ByteString>,
+}
+
+#[derive(Debug, Default)]
+struct Peers {
+    map: HashMap<PeerName, Peer>,
+    /// Where to dial each known node.
+    known: HashMap<String, SocketAddr>,
+    /// Addresses with a dial loop running.
+    dialing: HashSet<SocketAddr>,
+}
+
+/// What this node advertises; locked while a new link's full sync is queued, so the sync and later
+/// incremental frames cannot be reordered.
+#[derive(Debug, Default)]
+struct Local {
+    /// Our subscriptions' filters, counted over sessions (and relays).
+    filters: HashMap<ByteString, usize>,
+    /// Client IDs we hold sessions for while the ring assigns them elsewhere.
+    claims: HashSet<ByteString>,
+}
+
+/// Cluster metric handles.
+#[derive(Debug)]
+struct ClusterMetrics {
+    peers_up: Gauge,
+    remote_routes: Gauge,
+    forwarded: Counter,
+    takeover_sent: Counter,
+    takeover_received: Counter,
+    handoff_seconds: Histogram,
+    sessions_pushed: Counter,
+}
+
+impl ClusterMetrics {
+    fn register() -> ClusterMetrics {
+        metrics::describe_gauge!(
+            "fleetgate_cluster_peers_up",
+            "Cluster peers with a live link"
+        );
+        metrics::describe_gauge!(
+            "fleetgate_cluster_remote_routes",
+            "Subscription filters advertised by peers"
+        );
+        metrics::describe_counter!(
+            "fleetgate_cluster_forwarded_total",
+            "Messages forwarded to peers (one per peer)"
+        );
+        metrics::describe_counter!(
+            "fleetgate_cluster_takeover_requests_total",
+            "Session takeover requests, by direction (sent, received)"
+        );
+        metrics::describe_histogram!(
+            "fleetgate_cluster_handoff_seconds",
+            "Time to fetch a session from another node at CONNECT"
+        );
+        metrics::describe_counter!(
+            "fleetgate_cluster_sessions_pushed_total",
+            "Sessions handed to another node while draining"
+        );
+        ClusterMetrics {
+            peers_up: metrics::gauge!("fleetgate_cluster_peers_up"),
+            remote_routes: metrics::gauge!("fleetgate_cluster_remote_routes"),
+            forwarded: metrics::counter!("fleetgate_cluster_forwarded_total"),
+            takeover_sent: metrics::counter!("fleetgate_cluster_takeover_requests_total", "direction" => "sent"),
+            takeover_received: metrics::counter!("fleetgate_cluster_takeover_requests_total", "direction" => "received"),
+            handoff_seconds: metrics::histogram!("fleetgate_cluster_handoff_seconds"),
+            sessions_pushed: metrics::counter!("fleetgate_cluster_sessions_pushed_total"),
+        }
+    }
+}
+
+/// This node's view of the cluster.
+#[derive(Debug)]
+pub struct Cluster {
+    /// This node's name.
+    pub name: PeerName,
+    config: ClusterConfig,
+    advertise: SocketAddr,
+    incarnation: u64,
+    frame_limit: usize,
+    peers: Mutex<Peers>,
+    routes: RwLock<RouteTable>,
+    local: Mutex<Local>,
+    relays: Mutex<Vec<relay::Relay>>,
+    pub(crate) pending: Mutex<HashMap<u64, Pending>>,
+    barriers: Mutex<HashMap<u64, oneshot::Sender<()>>>,
+    /// Client IDs whose session this node handed away, and to whom (answers later requests).
+    moved: Mutex<HashMap<ByteString, PeerName>>,
+    next_id: AtomicU64,
+    rr: AtomicUsize,
+    leaving: AtomicBool,
+    /// Configured peers not yet tried once (readiness waits for them).
+    initial_dials: AtomicUsize,
+    readiness: Readiness,
+    metrics: ClusterMetrics,
+    /// Stops every link task.
+    pub(crate) shutdown: CancellationToken,
+}
+
+impl Cluster {
+    /// A cluster view for node `name` whose cluster port is bound at `bound`; links start with [`link::start`].
+    pub fn new(
+        name: &str,
+        config: ClusterConfig,
+        bound: SocketAddr,
+        max_packet_size: u32,
+        readiness: Readiness,
+    ) -> Cluster {
+        let incarnation = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
+        let initial = config.peers.len();
+        Cluster {
+            name: Arc::from(name),
+            advertise: config.advertise.unwrap_or(bound),
+            config,
+            incarnation,
+            frame_limit: max_packet_size as usize + FRAME_OVERHEAD,
+            peers: Mutex::new(Peers::default()),
+            routes: RwLock::new(RouteTable::new()),
+            local: Mutex::new(Local::default()),
+            relays: Mutex::new(Vec::new()),
+            pending: Mutex::new(HashMap::new()),
+            barriers: Mutex::new(HashMap::new()),
+            moved: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            rr: AtomicUsize::new(0),
+            leaving: AtomicBool::new(false),
+            initial_dials: AtomicUsize::new(initial),
+            readiness,
+            metrics: ClusterMetrics::register(),
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Names of the peers with a live outbound link that are not leaving.
+    pub fn up_peers(&self) -> Vec<PeerName> {
+        let peers = self.peers.lock();
+        let mut up: Vec<PeerName> = peers
+            .map
+            .iter()
+            .filter(|(_, p)| p.out.is_some() && !p.leaving)
+            .map(|(n, _)| n.clone())
+            .collect();
+        up.sort();
+        up
+    }
+
+    /// The ring of this node and its up peers (`with_self` = false: the ring after this node leaves).
+    pub fn ring(&self, with_self: bool) -> Ring {
+        let mut nodes: Vec<RingNode> = self
+            .up_peers()
+            .iter()
+            .map(|n| RingNode::new(n.to_string()))
+            .collect();
+        if with_self {
+            nodes.push(RingNode::new(self.name.to_string()));
+        }
+        Ring::new(nodes)
+    }
+
+    /// Number of routes advertised by `peer` (admin, tests).
+    pub fn peer_routes(&self, peer: &str) -> usize {
+        self.routes.read().peer_len(peer)
+    }
+
+    /// True once every reachable peer has synced with us.
+    pub fn is_synced(&self) -> bool {
+        if self.initial_dials.load(Ordering::Acquire) > 0 {
+            return false;
+        }
+        let peers = self.peers.lock();
+        peers
+            .map
+            .values()
+            .all(|p| p.out.is_none() || p.leaving || p.synced)
+    }
+
+    /// Recomputes `/readyz`: synced and not leaving.
+    pub(crate) fn update_readiness(&self) {
+        let ready = !self.leaving.load(Ordering::Acquire) && self.is_synced();
+        self.readiness.set(ready);
+    }
+
+    // ---- sending -------------------------------------------------------------------------------------------
+
+    fn encode(frame: &Frame) -> Bytes {
+        let mut buf = BytesMut::new();
+        frame.encode(&mut buf);
+        buf.freeze()
+    }
+
+    /// Queues `bytes` on `link`; a full queue drops a droppable frame (false) and resets the link for any other
+    /// frame (the peer resyncs on the new link).
+    fn push(&self, link: &LinkTx, bytes: Bytes, droppable: bool) -> bool {
+        if link.queued.load(Ordering::Relaxed) >= self.config.queue_capacity {
+            if droppable {
+                return false;
+            }
+            if link.queued.load(Ordering::Relaxed) >= self.config.queue_capacity.saturating_mul(4) {
+                // A control frame that cannot be queued: the peer is stuck; a fresh link resyncs it.
+                link.cancel.cancel();
+                return false;
+            }
+        }
+        link.queued.fetch_add(1, Ordering::Relaxed);
+        if link.tx.send(bytes).is_err() {
+            link.queued.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Sends a control frame to one peer; false when it has no live link.
+    pub(crate) fn send_to(&self, peer: &str, frame: &Frame) -> bool {
+        let link = self.peers.lock().map.get(peer).and_then(|p| p.out.clone());
+        match link {
+            Some(link) => self.push(&link, Self::encode(frame), false),
+            None => false,
+        }
+    }
+
+    /// Sends control frames to one peer, back to back on its ordered link.
+    pub(crate) fn send_all_to(&self, peer: &str, frames: &[Frame]) -> bool {
+        let link = self.peers.lock().map.get(peer).and_then(|p| p.out.clone());
+        let Some(link) = link else { return false };
+        frames
+            .iter()
+            .all(|f| self.push(&link, Self::encode(f), false))
+    }
+
+    /// Sends a control frame to every peer with a live link.
+    fn broadcast(&self, frame: &Frame) {
+        let bytes = Self::encode(frame);
+        let links: Vec<LinkTx> = self
+            .peers
+            .lock()
+            .map
+            .values()
+            .filter_map(|p| p.out.clone())
+            .collect();
+        for l in links {
+            self.push(&l, bytes.clone(), false);
+        }
+    }
+
+    // ---- what we advertise ---------------------------------------------------------------------------------
+
+    /// A local session subscribed to `filter` (full filter) where it had no subscription before.
+    pub fn filter_added(&self, filter: &ByteString) {
+        let mut local = self.local.lock();
+        let n = local.filters.entry(filter.clone()).or_insert(0);
+        *n += 1;
+        if *n == 1 {
+            self.broadcast(&Frame::RouteAdd(filter.clone()));
+        }
+    }
+
+    /// A local session dropped its subscription to `filter`.
+    pub fn filter_removed(&self, filter: &str) {
+        let mut local = self.local.lock();
+        let Some(n) = local.filters.get_mut(filter) else {
+            return;
+        };
+        *n -= 1;
+        if *n == 0 {
+            local.filters.remove(filter);
+            self.broadcast(&Frame::RouteRemove(filter.into()));
+        }
+    }
+
+    /// The ring owner of `client_id` as this node sees it.
+    fn owner(&self, client_id: &str) -> Option<String> {
+        self.ring(true)
+            .select(client_id.as_bytes(), |_| true)
+            .map(str::to_string)
+    }
+
+    /// A session for `client_id` now exists here: claim it when the ring assigns it elsewhere.
+    pub fn session_added(&self, client_id: &ByteString) {
+        if self.owner(client_id).as_deref() == Some(&*self.name) {
+            return;
+        }
+        let mut local = self.local.lock();
+        if local.claims.insert(client_id.clone()) {
+            self.broadcast(&Frame::Claim {
+                client_id: client_id.clone(),
+                held: true,
+            });
+        }
+    }
+
+    /// The session for `client_id` ended or moved away.
+    pub fn session_removed(&self, client_id: &ByteString) {
+        let mut local = self.local.lock();
+        if local.claims.remove(client_id) {
+            self.broadcast(&Frame::Claim {
+                client_id: client_id.clone(),
+                held: false,
+            });
+        }
+    }
+
+    /// Membership changed: claim exactly the sessions the new ring assigns elsewhere.
+    pub(crate) fn recompute_claims(&self, broker: &Broker) {
+        let ids: Vec<ByteString> = broker.sessions.lock().keys().cloned().collect();
+        let ring = self.ring(true);
+        let wanted: HashSet<ByteString> = ids
+            .into_iter()
+            .filter(|id| ring.select(id.as_bytes(), |_| true) != Some(&*self.name))
+            .collect();
+        let mut local = self.local.lock();
+        let gone: Vec<ByteString> = local.claims.difference(&wanted).cloned().collect();
+        let new: Vec<ByteString> = wanted.difference(&local.claims).cloned().collect();
+        for id in gone {
+            local.claims.remove(&id);
+            self.broadcast(&Frame::Claim {
+                client_id: id,
+                held: false,
+            });
+        }
+        for id in new {
+            local.claims.insert(id.clone());
+            self.broadcast(&Frame::Claim {
+                client_id: id,
+                held: true,
+            });
+        }
+    }
+
+    /// Registers our new outbound link to `peer` and queues the full sync on it (routes, claims, retained,
+    /// SyncDone) before any incremental frame can follow.
+    pub(crate) fn outbound_up(&self, broker: &Broker, peer: &PeerName, link: LinkTx) {
+        {
+            let local = self.local.lock();
+            let old = {
+                let mut peers = self.peers.lock();
+                let p = peers.map.entry(peer.clone()).or_default();
+                p.leaving = false;
+                p.out.replace(link.clone())
+            };
+            if let Some(old) = old {
+                old.cancel.cancel();
+            }
+            for f in local.filters.keys() {
+                self.push(&link, Self::encode(&Frame::RouteAdd(f.clone())), false);
+            }
+            for c in &local.claims {
+                let claim = Frame::Claim {
+                    client_id: c.clone(),
+                    held: true,
+                };
+                self.push(&link, Self::encode(&claim), false);
+            }
+        }
+        for (topic, msg, stamp) in broker.retained.snapshot() {
+            self.push(
+                &link,
+                Self::encode(&Frame::Retain { stamp, topic, msg }),
+                false,
+            );
+        }
+        self.push(&link, Self::encode(&Frame::SyncDone), false);
+        self.metrics.peers_up.set(self.up_peers().len() as f64);
+        tracing::info!(event = "cluster_peer_up", peer = %peer, "cluster link to {peer} up");
+        self.recompute_claims(broker);
+        self.update_readiness();
+    }
+
+    /// Our outbound link `id` to `peer` ended.
+    pub(crate) fn outbound_down(&self, broker: &Broker, peer: &str, id: u64) {
+        {
+            let mut peers = self.peers.lock();
+            let Some(p) = peers.map.get_mut(peer) else {
+                return;
+            };
+            if p.out.as_ref().is_none_or(|l| l.id != id) {
+                return;
+            }
+            p.out = None;
+        }
+        self.end_relays_to(peer);
+        self.metrics.peers_up.set(self.up_peers().len() as f64);
+        tracing::warn!(
+            event = "cluster_peer_down",
+            peer,
+            "cluster link to {peer} down"
+        );
+        self.recompute_claims(broker);
+        self.update_readiness();
+    }
+
+    /// A peer opened inbound connection `id`: whatever it advertised before is void until it syncs again.
+    pub(crate) fn inbound_up(&self, peer: &PeerName, id: u64, advertise: SocketAddr) -> bool {
+        let learned = {
+            let mut peers = self.peers.lock();
+            let p = peers.map.entry(peer.clone()).or_default();
+            p.inbound = Some(id);
+            p.synced = false;
+            p.claims.clear();
+            let old = peers.known.insert(peer.to_string(), advertise);
+            old != Some(advertise) && !peers.dialing.contains(&advertise)
+        };
+        self.drop_routes(peer);
+        self.update_readiness();
+        learned
+    }
+
+    /// Inbound connection `id` from `peer` ended: drop what it advertised.
+    pub(crate) fn inbound_down(&self, peer: &str, id: u64) {
+        {
+            let mut peers = self.peers.lock();
+            let Some(p) = peers.map.get_mut(peer) else {
+                return;
+            };
+            if p.inbound != Some(id) {
+                return;
+            }
+            p.inbound = None;
+            p.synced = false;
+            p.claims.clear();
+        }
+        self.drop_routes(peer);
+        self.pending.lock().retain(|_, p| &*p.peer != peer);
+        self.update_readiness();
+    }
+
+    fn drop_routes(&self, peer: &str) {
+        let mut routes = self.routes.write();
+        let n = routes.remove_peer(peer);
+        self.metrics.remote_routes.set(routes.len() as f64);
+        if n > 0 {
+            tracing::info!(
+                event = "cluster_routes_dropped",
+                peer,
+                routes = n,
+                "dropped routes of {peer}"
+            );
+        }
+    }
+
+    /// Replicates a retained write made here to every peer.
+    pub fn replicate_retained(&self, msg: &Arc<Message>, stamp: Stamp) {
+        let value = (!msg.payload.is_empty()).then(|| msg.clone());
+        self.broadcast(&Frame::Retain {
+            stamp,
+            topic: msg.topic.clone(),
+            msg: value,
+        });
+    }
+
+    // ---- frames from peers ---------------------------------------------------------------------------------
+
+    /// Applies a frame received from `peer` (in link order).
+    pub(crate) fn on_frame(
+        self: &Arc<Self>,
+        broker: &Arc<Broker>,
+        peer: &PeerName,
+        frame: Frame,
+        sessions: &mut handoff::Incoming,
+    ) {
+        match frame {
+            Frame::Hello { .. } | Frame::Heartbeat => {}
+            Frame::RouteAdd(f) => {
+                let mut routes = self.routes.write();
+                routes.add(peer, &f);
+                self.metrics.remote_routes.set(routes.len() as f64);
+            }
+            Frame::RouteRemove(f) => {
+                let mut routes = self.routes.write();
+                routes.remove(peer, &f);
+                self.metrics.remote_routes.set(routes.len() as f64);
+            }
+            Frame::Claim { client_id, held } => {
+                let mut peers = self.peers.lock();
+                if let Some(p) = peers.map.get_mut(peer) {
+                    if held {
+                        p.claims.insert(client_id);
+                    } else {
+                        p.claims.remove(&client_id);
+                    }
+                }
+            }
+            Frame::SyncDone => {
+                if let Some(p) = self.peers.lock().map.get_mut(peer) {
+                    p.synced = true;
+                }
+                tracing::info!(event = "cluster_synced", peer = %peer, "routes synced with {peer}");
+                self.update_readiness();
+            }
+            Frame::Publish {
+                direct,
+                groups,
+                sessions,
+                msg,
+            } => {
+                broker.deliver(
+                    &msg,
+                    &mut crate::router::Scope::Chosen {
+                        direct,
+                        groups: &groups,
+                    },
+                );
+                for client_id in &sessions {
+                    broker.deliver_to(client_id, &msg);
+                }
+                self.relay(&msg, peer);
+            }
+            Frame::Retain { stamp, topic, msg } => {
+                broker.retained.apply(topic, msg, stamp);
+            }
+            Frame::Leaving => {
+                {
+                    let mut peers = self.peers.lock();
+                    if let Some(p) = peers.map.get_mut(peer) {
+                        p.leaving = true;
+                        p.claims.clear();
+                    }
+                }
+                self.drop_routes(peer);
+                tracing::info!(event = "cluster_peer_leaving", peer = %peer, "{peer} is draining");
+                self.metrics.peers_up.set(self.up_peers().len() as f64);
+                self.recompute_claims(broker);
+                self.update_readiness();
+            }
+            Frame::Barrier(id) => {
+                self.send_to(peer, &Frame::BarrierAck(id));
+            }
+            Frame::SessionInstalled(client_id) => self.relay_installed(peer, &client_id),
+            Frame::BarrierAck(id) => {
+                if let Some(tx) = self.barriers.lock().remove(&id) {
+                    let _ = tx.send(());
+                }
+            }
+            f @ (Frame::TakeoverRequest { .. }
+            | Frame::TakeoverReply { .. }
+            | Frame::SessionBegin { .. }
+            | Frame::SessionSub { .. }
+            | Frame::SessionMsg { .. }
+            | Frame::SessionEnd { .. }) => handoff::on_frame(self, broker, peer, f, sessions),
+        }
+    }
+
+    /// One barrier round with every linked peer (bounded by `dead_after` each): everything queued to them so far
+    /// was written and applied.
+    pub async fn settle(&self) {
+        let peers: Vec<PeerName> = {
+            let p = self.peers.lock();
+            p.map
+                .iter()
+                .filter(|(_, p)| p.out.is_some())
+                .map(|(n, _)| n.clone())
+                .collect()
+        };
+        let waits: Vec<_> = peers.iter().filter_map(|p| self.barrier(p)).collect();
+        for w in waits {
+            let _ = tokio::time::timeout(self.config.dead_after, w).await;
+        }
+    }
+
+    /// Sends a Barrier to `peer`; resolves once it answered (everything we sent before was applied).
+    pub(crate) fn barrier(&self, peer: &str) -> Option<oneshot::Receiver<()>> {
+        let id = self.next_id();
+        let (tx, rx) = oneshot::channel();
+        self.barriers.lock().insert(id, tx);
+        if self.send_to(peer, &Frame::Barrier(id)) {
+            Some(rx)
+        } else {
+            self.barriers.lock().remove(&id);
+            None
+        }
+    }
+
+    pub(crate) fn remember_moved(&self, client_id: &ByteString, to: &PeerName) {
+        self.moved.lock().insert(client_id.clone(), to.clone());
+    }
+
+    pub(crate) fn moved_to(&self, client_id: &str) -> Option<PeerName> {
+        self.moved.lock().get(client_id).cloned()
+    }
+
+    /// Peers that claim `client_id`, and the ring owner when it is not this node: whom to ask for its session.
+    pub(crate) fn candidates(&self, client_id: &str) -> Vec<PeerName> {
+        let mut out: Vec<PeerName> = {
+            let peers = self.peers.lock();
+            peers
+                .map
+                .iter()
+                .filter(|(_, p)| p.out.is_some() && !p.leaving && p.claims.contains(client_id))
+                .map(|(n, _)| n.clone())
+                .collect()
+        };
+        if let Some(owner) = self.owner(client_id)
+            && owner != *self.name
+            && !out.iter().any(|p| **p == *owner)
+        {
+            out.push(Arc::from(owner.as_str()));
+        }
+        out
+    }
+}

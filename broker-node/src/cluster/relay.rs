@@ -1,0 +1,253 @@
+//! The cluster side of the publish path: [`Cluster::forward`] sends a message published here, once, to every peer
+//! with a matching subscription (one shared-group member cluster-wide, local members first), and relays cover
+//! the moment a session moves between nodes.
+//!
+//! A relay: when this node hands session S to node T, a peer P may still send S's messages here (it did not
+//! know S moved) while T, on another link, is not yet holding S. Until T confirms the install
+//! (SessionInstalled) and for [`RELAY_LINGER`] after that, a message for S that arrives here is passed on to T addressed to S itself (the
+//! `sessions` list of the Publish frame), and our advertisement of S's filters is held so P keeps sending them
+//! here meanwhile. A message published on this node needs no relay when T gets it anyway: the handover frames
+//! went out on the same ordered link before it. Relays favour duplicates over loss: a message can reach S both
+//! directly from P and relayed (QoS 1 is at least once).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use fleetgate_protocol::mqtt::{ByteString, topic};
+
+use super::frame::Frame;
+use super::routes::PeerName;
+use super::{Cluster, LinkTx};
+use crate::broker::split_share;
+use crate::message::Message;
+use crate::metrics::DropReason;
+
+/// How long a relay lasts after the new node advertised every filter of the session: messages already in flight
+/// to us from other peers arrive within a round trip on a LAN.
+const RELAY_LINGER: Duration = Duration::from_secs(1);
+/// How long a relay lasts at most, when the confirmation never comes.
+const RELAY_MAX_AGE: Duration = Duration::from_secs(10);
+
+/// A session just handed to `peer`.
+#[derive(Debug)]
+pub(crate) struct Relay {
+    peer: PeerName,
+    client_id: ByteString,
+    /// The session's full filters.
+    filters: Vec<ByteString>,
+    /// Filters whose advertisement we still hold for it (the new node does not advertise them yet).
+    held: Vec<ByteString>,
+    since: Instant,
+    confirmed: Option<Instant>,
+}
+
+impl Relay {
+    fn expired(&self, now: Instant) -> bool {
+        now.duration_since(self.since) >= RELAY_MAX_AGE
+            || self
+                .confirmed
+                .is_some_and(|at| now.duration_since(at) >= RELAY_LINGER)
+    }
+
+    fn matches(&self, topic_name: &str) -> bool {
+        self.filters
+            .iter()
+            .any(|f| topic::matches(split_share(f).1, topic_name))
+    }
+}
+
+/// Where one message goes on one peer.
+#[derive(Debug)]
+struct Target {
+    peer: PeerName,
+    direct: bool,
+    groups: Vec<ByteString>,
+    sessions: Vec<ByteString>,
+}
+
+fn target<'a>(plan: &'a mut Vec<Target>, peer: &PeerName) -> &'a mut Target {
+    match plan.iter().position(|t| t.peer == *peer) {
+        Some(i) => &mut plan[i],
+        None => {
+            plan.push(Target {
+                peer: peer.clone(),
+                direct: false,
+                groups: Vec::new(),
+                sessions: Vec::new(),
+            });
+            let last = plan.len() - 1;
+            &mut plan[last]
+        }
+    }
+}
+
+impl Cluster {
+    /// Forwards a message published on this node, once, to every peer with a matching subscription; a shared
+    /// group already served here (`served`) is not served again, any other goes to one peer with members.
+    pub fn forward(&self, msg: &Arc<Message>, served: &[ByteString]) {
+        let matches = self.routes.read().matches(&msg.topic);
+        let mut plan: Vec<Target> = matches
+            .direct
+            .into_iter()
+            .map(|peer| Target {
+                peer,
+                direct: true,
+                groups: Vec::new(),
+                sessions: Vec::new(),
+            })
+            .collect();
+        for (group, members) in matches.groups {
+            if served.contains(&group) || members.is_empty() {
+                continue;
+            }
+            let pick = &members[self.rr.fetch_add(1, Ordering::Relaxed) % members.len()];
+            target(&mut plan, pick).groups.push(group);
+        }
+        self.add_relays(&msg.topic, None, &mut plan);
+        if !plan.is_empty() {
+            self.send_publish(msg, plan);
+        }
+    }
+
+    /// A message a peer forwarded to us: pass it on to sessions that just moved away from here.
+    pub(crate) fn relay(&self, msg: &Arc<Message>, from: &str) {
+        let mut plan = Vec::new();
+        self.add_relays(&msg.topic, Some(from), &mut plan);
+        if !plan.is_empty() {
+            self.send_publish(msg, plan);
+        }
+    }
+
+    /// Adds the relayed sessions `topic_name` is for; `from` is the peer it came from (None: published here).
+    fn add_relays(&self, topic_name: &str, from: Option<&str>, plan: &mut Vec<Target>) {
+        let expired: Vec<ByteString> = {
+            let mut relays = self.relays.lock();
+            if relays.is_empty() {
+                return;
+            }
+            let now = Instant::now();
+            let mut released = Vec::new();
+            relays.retain_mut(|r| {
+                if r.expired(now) {
+                    released.append(&mut r.held);
+                    false
+                } else {
+                    true
+                }
+            });
+            for r in relays.iter() {
+                if from == Some(&*r.peer) || !r.matches(topic_name) {
+                    continue;
+                }
+                let t = target(plan, &r.peer);
+                // Published here with a plain copy going to the new node anyway: the handover frames are ahead
+                // of it on the link, so the session gets it there.
+                if from.is_none() && t.direct {
+                    continue;
+                }
+                if !t.sessions.contains(&r.client_id) {
+                    t.sessions.push(r.client_id.clone());
+                }
+            }
+            plan.retain(|t| t.direct || !t.groups.is_empty() || !t.sessions.is_empty());
+            released
+        };
+        for f in expired {
+            self.filter_removed(&f);
+        }
+    }
+
+    fn send_publish(&self, msg: &Arc<Message>, plan: Vec<Target>) {
+        let links: Vec<(LinkTx, Target)> = {
+            let peers = self.peers.lock();
+            plan.into_iter()
+                .filter_map(|t| {
+                    let link = peers.map.get(&t.peer).and_then(|p| p.out.clone())?;
+                    Some((link, t))
+                })
+                .collect()
+        };
+        for (link, t) in links {
+            let frame = Frame::Publish {
+                direct: t.direct,
+                groups: t.groups,
+                sessions: t.sessions,
+                msg: msg.clone(),
+            };
+            if self.push(&link, Self::encode(&frame), true) {
+                self.metrics.forwarded.increment(1);
+            } else {
+                metrics::counter!(crate::metrics::DROPPED_MESSAGES, "reason" => DropReason::ClusterQueueFull.label())
+                    .increment(1);
+            }
+        }
+    }
+
+    /// Session `client_id` subscribed to `filters` was handed to `peer` (its handover frames are queued).
+    pub(crate) fn start_relay(
+        &self,
+        peer: &PeerName,
+        client_id: &ByteString,
+        filters: &[ByteString],
+    ) {
+        if filters.is_empty() {
+            return;
+        }
+        // Until the peer confirms the install, other peers must keep sending the session's messages here, even
+        // when the peer advertises the same filters: it may receive them before the session.
+        let held = filters.to_vec();
+        for f in &held {
+            self.filter_added(f);
+        }
+        self.relays.lock().push(Relay {
+            peer: peer.clone(),
+            client_id: client_id.clone(),
+            filters: filters.to_vec(),
+            held,
+            since: Instant::now(),
+            confirmed: None,
+        });
+    }
+
+    /// `peer` installed the session of `client_id` we handed it: stop holding its filters; the relay lingers
+    /// for what other peers already sent here.
+    pub(crate) fn relay_installed(&self, peer: &str, client_id: &str) {
+        let released: Vec<ByteString> = {
+            let mut relays = self.relays.lock();
+            let now = Instant::now();
+            let mut out = Vec::new();
+            for r in relays
+                .iter_mut()
+                .filter(|r| &*r.peer == peer && r.client_id == client_id)
+            {
+                out.append(&mut r.held);
+                r.confirmed.get_or_insert(now);
+            }
+            out
+        };
+        for f in released {
+            self.filter_removed(&f);
+        }
+    }
+
+    /// The link to `peer` went down: its relays end.
+    pub(crate) fn end_relays_to(&self, peer: &str) {
+        let released: Vec<ByteString> = {
+            let mut relays = self.relays.lock();
+            let mut out = Vec::new();
+            relays.retain_mut(|r| {
+                if &*r.peer == peer {
+                    out.append(&mut r.held);
+                    false
+                } else {
+                    true
+                }
+            });
+            out
+        };
+        for f in released {
+            self.filter_removed(&f);
+        }
+    }
+}

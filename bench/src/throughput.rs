@@ -1,6 +1,7 @@
 //! `throughput`: publishers → broker → subscribers with end-to-end latency. Subscribers connect and subscribe first;
 //! publishers then send for `--duration` at a paced total rate (open loop: a publisher that falls behind catches up)
-//! or as fast as the connection takes (QoS 1: at most `--inflight` unacknowledged PUBLISH per connection). Each
+//! or as fast as the server delivers (closed loop: at most `--outstanding` deliveries per subscriber in flight; QoS 1
+//! also at most `--inflight` unacknowledged PUBLISH per connection). Each
 //! payload starts with the send time (ns on the shared clock) and a sequence number; subscribers record the latency.
 //! After publishing stops, the run waits until every expected message arrived or `--drain` ran out, then prints one
 //! JSON line.
@@ -37,6 +38,11 @@ const COLOCATE_TRIES: u32 = 24;
 const COLOCATE_WAIT: Duration = Duration::from_millis(300);
 /// `--colocate` probe payload: shorter than a timestamp, so a late probe is counted as foreign, not as a sample.
 const PROBE: &[u8] = b"fgb-probe";
+/// Unbounded mode: how often a publisher held back by `--outstanding` looks again.
+const FLOW_POLL: Duration = Duration::from_millis(1);
+/// Unbounded mode: deliveries that stay outstanding this long with nothing arriving are written off as lost, so a
+/// lossy server slows the publishers down without stalling them for the rest of the run.
+const STALL_WRITE_OFF: Duration = Duration::from_millis(100);
 /// Read buffer refill threshold and growth step of a subscriber.
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -107,12 +113,16 @@ pub struct ThroughputArgs {
     /// Payload size in bytes (at least 16).
     #[arg(long, default_value_t = 64)]
     pub payload: usize,
-    /// Offered total publish rate (msgs/s, `20k` works) or `unbounded`.
+    /// Offered total publish rate (msgs/s, `20k` works) or `unbounded` (closed loop, see `--outstanding`).
     #[arg(long, default_value = "unbounded", value_parser = parse_rate)]
     pub rate: Rate,
     /// How long publishers send.
     #[arg(long, default_value = "10s", value_parser = crate::parse_duration)]
     pub duration: Duration,
+    /// `--rate unbounded`: publishers pause while more than this many deliveries per subscriber are published but
+    /// not yet received, so "unbounded" measures the most the server delivers, not how big a backlog it can hold.
+    #[arg(long, default_value_t = 500)]
+    pub outstanding: u64,
     /// QoS 1: unacknowledged PUBLISH per publisher connection.
     #[arg(long, default_value_t = 32)]
     pub inflight: usize,
@@ -161,6 +171,44 @@ fn plan(args: &ThroughputArgs, run: &str) -> anyhow::Result<Plan> {
             }
         }
     })
+}
+
+/// End-to-end flow control of unbounded runs, shared by all publishers.
+struct Flow {
+    /// Deliveries published so far (messages × subscribers they fan out to).
+    expected: AtomicU64,
+    /// Deliveries received so far (shared with the subscribers).
+    received: Arc<AtomicU64>,
+    /// Deliveries given up on after a stall.
+    written_off: AtomicU64,
+    /// Most deliveries allowed in flight.
+    limit: u64,
+}
+
+impl Flow {
+    /// Waits until the deliveries in flight drop to the limit, writing them off after a stall; gives up at `end`.
+    async fn wait_for_room(&self, end: Instant) {
+        let mut last = self.received.load(Ordering::Relaxed);
+        let mut since = Instant::now();
+        loop {
+            let received = self.received.load(Ordering::Relaxed);
+            let done = received + self.written_off.load(Ordering::Relaxed);
+            let in_flight = self.expected.load(Ordering::Relaxed).saturating_sub(done);
+            let now = Instant::now();
+            if in_flight <= self.limit || now >= end {
+                return;
+            }
+            if received != last {
+                (last, since) = (received, now);
+            } else if now - since >= STALL_WRITE_OFF {
+                // fetch_max, not add: publishers that see the same stall write the same deliveries off once.
+                let expected = self.expected.load(Ordering::Relaxed);
+                self.written_off.fetch_max(expected.saturating_sub(received), Ordering::Relaxed);
+                return;
+            }
+            tokio::time::sleep(FLOW_POLL).await;
+        }
+    }
 }
 
 struct SubResult {
@@ -251,6 +299,14 @@ pub async fn run(args: ThroughputArgs) -> anyhow::Result<serde_json::Value> {
         })
         .collect();
 
+    let flow = (args.rate == Rate::Unbounded).then(|| {
+        Arc::new(Flow {
+            expected: AtomicU64::new(0),
+            received: Arc::clone(&received),
+            written_off: AtomicU64::new(0),
+            limit: args.outstanding.max(1) * args.subscribers as u64,
+        })
+    });
     let start = Instant::now();
     let per_pub_rate = match args.rate {
         Rate::PerSecond(r) => Some(r / args.publishers as f64),
@@ -268,6 +324,8 @@ pub async fn run(args: ThroughputArgs) -> anyhow::Result<serde_json::Value> {
                 payload: args.payload,
                 inflight: args.inflight.max(1),
                 rate: per_pub_rate,
+                flow: flow.clone(),
+                fanout: plan.fanout[i],
                 // Spread paced publishers' send instants evenly over one interval.
                 phase: per_pub_rate.map_or(Duration::ZERO, |r| {
                     Duration::from_secs_f64(i as f64 / args.publishers as f64 / r)
@@ -343,6 +401,8 @@ pub async fn run(args: ThroughputArgs) -> anyhow::Result<serde_json::Value> {
         "delivered_per_s": received_total as f64 / secs,
         "foreign": foreign,
         "colocate_tries": colocate_tries,
+        "outstanding_limit": flow.as_ref().map(|f| f.limit),
+        "written_off": flow.as_ref().map(|f| f.written_off.load(Ordering::Relaxed)),
         "latency_samples": latency.count(),
         "errors": errors.iter().take(5).collect::<Vec<_>>(),
         "error_count": errors.len(),
@@ -520,6 +580,8 @@ struct PubConfig {
     payload: usize,
     inflight: usize,
     rate: Option<f64>,
+    flow: Option<Arc<Flow>>,
+    fanout: u64,
     phase: Duration,
     start: Instant,
     end: Instant,
@@ -547,7 +609,14 @@ async fn publisher(session: Session, cfg: PubConfig) -> PubResult {
             break None;
         }
         let mut n = match cfg.rate {
-            None => MAX_BATCH,
+            None => {
+                if let Some(flow) = &cfg.flow {
+                    flow.wait_for_room(cfg.end).await;
+                    flow.expected
+                        .fetch_add(MAX_BATCH * cfg.fanout, Ordering::Relaxed);
+                }
+                MAX_BATCH
+            }
             Some(rate) => {
                 let from = cfg.start + cfg.phase;
                 let due = if now < from {

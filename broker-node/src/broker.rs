@@ -79,6 +79,19 @@ pub struct ClientInfo {
     pub inflight: usize,
 }
 
+/// What became of a message relayed to one session ([`Broker::deliver_to`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Relayed {
+    /// Queued for the session.
+    Queued,
+    /// The session has no subscription matching the topic any more.
+    NotSubscribed,
+    /// Dropped, and counted, by the session's queue rules.
+    Dropped,
+    /// No session by that client ID here.
+    NoSession,
+}
+
 /// The broker's shared state.
 #[derive(Debug)]
 pub struct Broker {
@@ -170,6 +183,8 @@ impl Broker {
                 if req.clean_start {
                     // The old session ends here, so its will is due whatever its delay.
                     st.ended = true;
+                    self.metrics
+                        .dropped_n(crate::metrics::DropReason::SessionEnded, st.discard());
                     wills.extend(running_will);
                     wills.extend(pending_will);
                     drop(st);
@@ -185,6 +200,7 @@ impl Broker {
             None => None,
         };
         let present = resumed.is_some();
+        tracing::info!(event="dbg", node=%self.node_name, what="attach", client=%req.client_id, present, clean=req.clean_start); // DBG
         let session = match resumed {
             Some(s) => s,
             None => {
@@ -281,8 +297,8 @@ impl Broker {
                 return;
             }
             st.ended = true;
-            st.queue.clear();
-            st.inflight.clear();
+            self.metrics
+                .dropped_n(crate::metrics::DropReason::SessionEnded, st.discard());
             if sessions
                 .get(&session.client_id)
                 .is_some_and(|s| Arc::ptr_eq(s, session))
@@ -347,6 +363,7 @@ impl Broker {
     /// Routes `msg` to every matching session (stores it first when retained) and to the cluster peers with
     /// matching subscriptions; returns how many local sessions it was queued for.
     pub fn publish(&self, msg: Arc<Message>) -> usize {
+        tracing::info!(event="dbg", node=%self.node_name, what="publish", payload=%crate::broker::dbgp(&msg)); // DBG
         if msg.retain {
             let stamp = self.retained.store(&msg);
             if let Some(c) = self.cluster() {
@@ -354,7 +371,13 @@ impl Broker {
             }
         }
         let mut served = Vec::new();
-        let queued = self.deliver(
+        // The router stays read-locked until the forwards are queued: a session handed to this node is installed
+        // (router write lock) either before the local delivery or after the forwards, never in between, so the
+        // SessionArrived frame queued at install tells the old holder exactly which of our forwards it must still
+        // relay to the session (see `cluster::relay`).
+        let router = self.router.read();
+        let queued = self.deliver_in(
+            &router,
             &msg,
             &mut Scope::All {
                 served: &mut served,
@@ -363,12 +386,22 @@ impl Broker {
         if let Some(c) = self.cluster() {
             c.forward(&msg, &served);
         }
+        drop(router);
         queued
     }
 
     /// Queues `msg` for the local sessions `scope` selects; returns how many it was queued for.
     pub fn deliver(&self, msg: &Arc<Message>, scope: &mut Scope<'_>) -> usize {
-        let router = self.router.read();
+        self.deliver_in(&self.router.read(), msg, scope)
+    }
+
+    /// [`deliver`](Self::deliver) with the router already read-locked by the caller.
+    pub(crate) fn deliver_in(
+        &self,
+        router: &Router,
+        msg: &Arc<Message>,
+        scope: &mut Scope<'_>,
+    ) -> usize {
         let mut hits: Vec<&Subscriber> = Vec::new();
         router.collect_scoped(&msg.topic, scope, &mut hits);
         if hits.is_empty() {
@@ -404,6 +437,7 @@ impl Broker {
                 retain,
                 sub_ids,
             };
+            tracing::info!(event="dbg", node=%self.node_name, what="deliver", client=%session.client_id, payload=%crate::broker::dbgp(msg)); // DBG
             match session.enqueue(delivery, self.limits.max_queued_messages) {
                 Ok(()) => queued += 1,
                 Err(reason) => self.metrics.dropped(reason),
@@ -413,11 +447,20 @@ impl Broker {
     }
 
     /// Queues `msg` for the session of `client_id` alone, as its matching subscriptions ask (a message relayed
-    /// by the node the session just moved from); false when no session here matches.
-    pub fn deliver_to(&self, client_id: &str, msg: &Arc<Message>) -> bool {
+    /// by the node the session just moved from). The caller holds the router read lock, so the session cannot
+    /// be handed away meanwhile (that takes the write lock): the message is queued before the session moves
+    /// (and moves with it), or the session is already gone.
+    pub(crate) fn deliver_to(
+        &self,
+        _router: &Router,
+        client_id: &str,
+        msg: &Arc<Message>,
+    ) -> Relayed {
         let Some(session) = self.sessions.lock().get(client_id).cloned() else {
-            return false;
+            tracing::info!(event="dbg", node=%self.node_name, what="deliver_to_nosession", client=%client_id, payload=%crate::broker::dbgp(msg)); // DBG
+            return Relayed::NoSession;
         };
+        tracing::info!(event="dbg", node=%self.node_name, what="deliver_to", client=%client_id, payload=%crate::broker::dbgp(msg)); // DBG
         let mut qos: Option<QoS> = None;
         let mut retain = false;
         let mut sub_ids: Vec<NonZeroU32> = Vec::new();
@@ -436,7 +479,10 @@ impl Broker {
             retain |= e.options.retain_as_published && msg.retain;
             sub_ids.extend(e.id);
         }
-        let Some(qos) = qos else { return false };
+        // Unsubscribed meanwhile: nothing is owed.
+        let Some(qos) = qos else {
+            return Relayed::NotSubscribed;
+        };
         let delivery = Delivery {
             msg: msg.clone(),
             qos,
@@ -444,10 +490,10 @@ impl Broker {
             sub_ids,
         };
         match session.enqueue(delivery, self.limits.max_queued_messages) {
-            Ok(()) => true,
+            Ok(()) => Relayed::Queued,
             Err(reason) => {
                 self.metrics.dropped(reason);
-                false
+                Relayed::Dropped
             }
         }
     }
@@ -545,3 +591,6 @@ pub(crate) fn split_share(filter: &str) -> (Option<&str>, &str) {
         _ => (None, filter),
     }
 }
+
+/// DBG
+pub(crate) fn dbgp(m: &Message) -> String { String::from_utf8_lossy(&m.payload).into_owned() }

@@ -47,11 +47,17 @@ pub enum DropReason {
     Acl,
     /// A cluster peer's link queue was full (slow or stuck peer).
     ClusterQueueFull,
+    /// Queued for, or still held by, a session that ended (expiry, clean start) or was ending.
+    SessionEnded,
+    /// Relayed by a cluster peer to a session that is no longer on this node and was not passed on.
+    ClusterSessionGone,
+    /// For a cluster peer (a forward, or a session handed over) whose link went down before it was queued.
+    ClusterLinkDown,
 }
 
 impl DropReason {
     /// Every reason, for registration.
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 11] = [
         DropReason::QueueFull,
         DropReason::InflightWindow,
         DropReason::NotConnected,
@@ -60,6 +66,9 @@ impl DropReason {
         DropReason::Qos0QueueFull,
         DropReason::Acl,
         DropReason::ClusterQueueFull,
+        DropReason::SessionEnded,
+        DropReason::ClusterSessionGone,
+        DropReason::ClusterLinkDown,
     ];
 
     /// The metric label.
@@ -73,6 +82,9 @@ impl DropReason {
             DropReason::Qos0QueueFull => "qos0_queue_full",
             DropReason::Acl => "acl",
             DropReason::ClusterQueueFull => "cluster_queue_full",
+            DropReason::SessionEnded => "session_ended",
+            DropReason::ClusterSessionGone => "cluster_session_gone",
+            DropReason::ClusterLinkDown => "cluster_link_down",
         }
     }
 }
@@ -141,6 +153,13 @@ impl Metrics {
     /// Counts a dropped message.
     pub fn dropped(&self, reason: DropReason) {
         self.dropped[reason as usize].increment(1);
+    }
+
+    /// Counts `n` messages dropped for one reason.
+    pub fn dropped_n(&self, reason: DropReason, n: usize) {
+        if n > 0 {
+            self.dropped[reason as usize].increment(n as u64);
+        }
     }
 }
 

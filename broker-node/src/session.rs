@@ -134,6 +134,14 @@ impl SessionState {
         }
     }
 
+    /// The session ends: forgets what it still owed its client; returns how many messages that was.
+    pub fn discard(&mut self) -> usize {
+        let n = self.queue.len() + self.inflight.len();
+        self.queue.clear();
+        self.inflight.clear();
+        n
+    }
+
     /// PUBACK: forgets a QoS 1 message. False when unknown.
     pub fn acknowledge(&mut self, id: NonZeroU16) -> bool {
         self.remove_inflight(id, |e| e.delivery.qos == QoS::AtLeastOnce)
@@ -242,7 +250,8 @@ impl Session {
     pub fn enqueue(&self, delivery: Delivery, max_queued: usize) -> Result<(), DropReason> {
         let mut st = self.state.lock();
         if st.ended {
-            return Ok(());
+            tracing::info!(event="dbg", what="enqueue_ended", client=%self.client_id, payload=%crate::broker::dbgp(&delivery.msg)); // DBG
+            return Err(DropReason::SessionEnded);
         }
         let qos0 = delivery.qos == QoS::AtMostOnce;
         let Some(conn) = st.conn.as_ref() else {

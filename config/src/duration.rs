@@ -3,8 +3,8 @@
 use std::fmt;
 use std::time::Duration;
 
-use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
 
 /// A [`Duration`] read from a string such as `"10s"` (units: `ms`, `s`, `m`, `h`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -26,18 +26,28 @@ impl From<Duration> for ConfigDuration {
 /// Parses `"<number><unit>"` with unit `ms`, `s`, `m` or `h`; the number may have a fraction (`"1.5s"`).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("invalid duration {text:?}: expected a number followed by ms, s, m or h"))?;
+    let value: f64 = number.parse().map_err(|_| {
+        format!("invalid duration {text:?}: expected a number followed by ms, s, m or h")
+    })?;
     let seconds = match unit.trim() {
         "ms" => value / 1000.0,
         "s" => value,
         "m" => value * 60.0,
         "h" => value * 3600.0,
-        "" => return Err(format!("invalid duration {text:?}: missing unit (ms, s, m or h)")),
-        other => return Err(format!("invalid duration {text:?}: unknown unit {other:?} (use ms, s, m or h)")),
+        "" => {
+            return Err(format!(
+                "invalid duration {text:?}: missing unit (ms, s, m or h)"
+            ));
+        }
+        other => {
+            return Err(format!(
+                "invalid duration {text:?}: unknown unit {other:?} (use ms, s, m or h)"
+            ));
+        }
     };
     if !seconds.is_finite() || !(0.0..=1.0e9).contains(&seconds) {
         return Err(format!("invalid duration {text:?}: out of range"));

@@ -24,14 +24,29 @@ pub struct Problem {
 
 impl Problem {
     /// A problem at byte offset range `span` of `source`.
-    pub fn at(file: &Path, source: &str, span: Option<Range<usize>>, message: impl Into<String>) -> Self {
+    pub fn at(
+        file: &Path,
+        source: &str,
+        span: Option<Range<usize>>,
+        message: impl Into<String>,
+    ) -> Self {
         let (line, column) = span.map_or((0, 0), |s| line_column(source, s.start));
-        Self { file: file.to_path_buf(), line, column, message: message.into() }
+        Self {
+            file: file.to_path_buf(),
+            line,
+            column,
+            message: message.into(),
+        }
     }
 
     /// A problem with the file as a whole.
     pub fn whole_file(file: &Path, message: impl Into<String>) -> Self {
-        Self { file: file.to_path_buf(), line: 0, column: 0, message: message.into() }
+        Self {
+            file: file.to_path_buf(),
+            line: 0,
+            column: 0,
+            message: message.into(),
+        }
     }
 }
 
@@ -40,7 +55,14 @@ impl fmt::Display for Problem {
         if self.line == 0 {
             write!(f, "{}: {}", self.file.display(), self.message)
         } else {
-            write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.column, self.message)
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file.display(),
+                self.line,
+                self.column,
+                self.message
+            )
         }
     }
 }
@@ -55,7 +77,9 @@ pub struct ConfigError {
 impl ConfigError {
     /// An error made of one problem.
     pub fn single(problem: Problem) -> Self {
-        Self { problems: vec![problem] }
+        Self {
+            problems: vec![problem],
+        }
     }
 }
 
@@ -79,8 +103,12 @@ impl From<Vec<Problem>> for ConfigError {
 
 /// Reads a file into a string, as a located config error when it cannot be read.
 pub fn read_file(path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::single(Problem::whole_file(path, format!("cannot read config file: {e}"))))
+    std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::single(Problem::whole_file(
+            path,
+            format!("cannot read config file: {e}"),
+        ))
+    })
 }
 
 /// Parses TOML `source` (read from `file`) into the raw serde type `T`.

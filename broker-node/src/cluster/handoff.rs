@@ -23,6 +23,7 @@ use super::frame::{self, Frame, SlotKind};
 use super::routes::PeerName;
 use crate::broker::{Broker, split_share};
 use crate::message::Delivery;
+use crate::metrics::DropReason;
 use crate::router::Subscriber;
 use crate::session::{Inflight, Session, SubscriptionEntry, Will};
 use crate::will;
@@ -36,6 +37,8 @@ const MAX_HOPS: usize = 3;
 /// Sessions handed over per pacing step at drain; between steps the drain pauses [`DRAIN_PAUSE`], so the clients
 /// reconnecting elsewhere arrive as a stream instead of all at once.
 const DRAIN_BATCH: usize = 64;
+/// How often the drain checks that the new holders confirmed their sessions.
+const INSTALL_POLL: Duration = Duration::from_millis(10);
 /// Pause between drain batches.
 const DRAIN_PAUSE: Duration = Duration::from_millis(5);
 
@@ -73,6 +76,19 @@ pub struct Snapshot {
 #[derive(Debug, Default)]
 pub(crate) struct Incoming {
     building: HashMap<u64, Snapshot>,
+}
+
+impl Incoming {
+    /// The link these sessions arrived on closed mid-handover: they are lost; counts what they owed.
+    pub(crate) fn abandon(self, broker: &Broker) {
+        for snap in self.building.into_values() {
+            tracing::warn!(event = "cluster_handoff_lost", client_id = %snap.client_id, "link closed during handover");
+            broker.metrics.dropped_n(
+                DropReason::ClusterLinkDown,
+                snap.queue.len() + snap.inflight.len(),
+            );
+        }
+    }
 }
 
 /// Why a session leaves this node.
@@ -261,8 +277,14 @@ pub(crate) fn on_frame(
             let client_id = snap.client_id.clone();
             let pushed = req & PUSH_BIT != 0;
             // Installed whether or not the request is still waiting: a session is never dropped here.
-            install(cluster, broker, snap, pushed);
-            cluster.send_to(peer, &Frame::SessionInstalled(client_id.clone()));
+            install(cluster, broker, peer, snap, pushed);
+            // Confirmed once every peer applied our RouteAdds for it: the old node may then stop advertising
+            // the session's filters without a moment where nobody does.
+            let (c, p, id) = (cluster.clone(), peer.clone(), client_id.clone());
+            tokio::spawn(async move {
+                c.settle().await;
+                c.send_to(&p, &Frame::SessionInstalled(id));
+            });
             tracing::info!(event = "cluster_session_received", client_id = %client_id, from = %peer, pushed, "session received from {peer}");
             if !pushed && let Some(p) = cluster.pending.lock().remove(&req) {
                 let _ = p.tx.send(Outcome::Installed);
@@ -320,6 +342,12 @@ fn extract(
             running_will.or(pending_will).filter(|w| w.delay > 0),
         ),
     };
+    if !moving {
+        // A clean start ends the session: what it owed its client goes with it.
+        broker
+            .metrics
+            .dropped_n(DropReason::SessionEnded, st.discard());
+    }
     let snap = moving.then(|| Snapshot {
         client_id: client_id.clone(),
         expiry_secs: st.expiry_secs,
@@ -332,9 +360,16 @@ fn extract(
         inflight: std::mem::take(&mut st.inflight).into(),
     });
     drop(st);
+    if let Some(s) = &snap { tracing::info!(event="dbg", node=%cluster.name, what="extract", client=%client_id, to=%to, mode=?mode, queue=?s.queue.iter().map(|d| crate::broker::dbgp(&d.msg)).collect::<Vec<_>>(), inflight=?s.inflight.iter().map(|d| (d.packet_id, crate::broker::dbgp(&d.delivery.msg))).collect::<Vec<_>>()); } // DBG
     let sent = match snap {
         Some(snap) => {
+            let owed = snap.queue.len() + snap.inflight.len();
             let sent = cluster.send_all_to(to, &snap.frames(req));
+            if !sent {
+                // The link to `to` went down under us: the session is lost with what it owed.
+                broker.metrics.dropped_n(DropReason::ClusterLinkDown, owed);
+                tracing::warn!(event = "cluster_handoff_lost", client_id = %client_id, to = %to, "link to {to} down during handover");
+            }
             cluster.start_relay(to, client_id, &filters);
             cluster.remember_moved(client_id, to);
             sent
@@ -352,9 +387,19 @@ fn extract(
 }
 
 /// Puts a session that arrived from a peer into this node (detached; the client attaches next, or it expires).
-fn install(cluster: &Cluster, broker: &Arc<Broker>, snap: Snapshot, pushed: bool) {
+fn install(
+    cluster: &Cluster,
+    broker: &Arc<Broker>,
+    from: &PeerName,
+    snap: Snapshot,
+    pushed: bool,
+) {
+    tracing::info!(event="dbg", node=%cluster.name, what="install", client=%snap.client_id, pushed, exists=broker.sessions.lock().contains_key(&snap.client_id), queue=?snap.queue.iter().map(|d| crate::broker::dbgp(&d.msg)).collect::<Vec<_>>(), inflight=?snap.inflight.iter().map(|d| (d.packet_id, crate::broker::dbgp(&d.delivery.msg))).collect::<Vec<_>>()); // DBG
     let session = {
         let mut router = broker.router.write();
+        // Queued under the router write lock: every message this node forwards to `from` after this frame was
+        // published with the session in place here (see `relay`).
+        cluster.send_to(from, &Frame::SessionArrived(snap.client_id.clone()));
         let mut sessions = broker.sessions.lock();
         if let Some(existing) = sessions.get(&snap.client_id).cloned() {
             // The client already started a session here meanwhile: keep it, and give it what the old one owed.
@@ -541,6 +586,11 @@ impl Cluster {
             sessions = pushed,
             "sessions handed over"
         );
+        // Peers must have the new holders' routes before they drop ours.
+        let deadline = tokio::time::Instant::now() + self.config.takeover_timeout;
+        while self.relays_pending() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(INSTALL_POLL).await;
+        }
         self.broadcast(&Frame::Leaving);
         self.settle().await;
         self.settle().await;

@@ -215,6 +215,7 @@ async fn inbound(cluster: Arc<Cluster>, broker: Arc<Broker>, stream: TcpStream) 
     }
     stop.cancel();
     beat.abort();
+    incoming.abandon(&broker);
     cluster.inbound_down(&peer, id);
 }
 

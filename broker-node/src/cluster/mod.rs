@@ -37,7 +37,8 @@
 //! | 0x30 | TakeoverRequest {req, client_id, clean_start} | hand me this client's session |
 //! | 0x31 | TakeoverReply {req, moved_to?} | no session here (it went to `moved_to`) |
 //! | 0x32..0x35 | SessionBegin / SessionSub / SessionMsg / SessionEnd {req, ..} | a session handed over (reply, or pushed at drain with the top bit of `req` set) |
-//! | 0x36 | SessionInstalled {client_id} | the handed-over session is in place at the sender: relays to it end |
+//! | 0x36 | SessionInstalled {client_id} | the handed-over session is in place at the sender and every peer has its routes: relays to it end |
+//! | 0x37 | SessionArrived {client_id} | the handed-over session is in the sender's router: the sender's later messages reached it there |
 //! | 0x40 | Leaving | the sender drains: forget its routes and claims |
 //! | 0x41 / 0x42 | Barrier / BarrierAck {id} | everything before it was applied |
 //!
@@ -67,8 +68,9 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::Broker;
+use crate::broker::{Broker, Relayed};
 use crate::message::Message;
+use crate::metrics::DropReason;
 use crate::retained::Stamp;
 use frame::{FRAME_OVERHEAD, Frame};
 use handoff::Pending;
@@ -329,7 +331,7 @@ impl Cluster {
     }
 
     /// Sends a control frame to every peer with a live link.
-    fn broadcast(&self, frame: &Frame) {
+    pub(crate) fn broadcast(&self, frame: &Frame) {
         let bytes = Self::encode(frame);
         let links: Vec<LinkTx> = self
             .peers
@@ -593,17 +595,32 @@ impl Cluster {
                 sessions,
                 msg,
             } => {
-                broker.deliver(
+                tracing::info!(event="dbg", node=%self.name, what="recv_publish", from=%peer, direct, sessions=?sessions, payload=%crate::broker::dbgp(&msg)); // DBG
+                // Under one router read lock: no session is handed away between the local delivery and the
+                // relays, so a session gets the message either here (and takes it along) or relayed.
+                let router = broker.router.read();
+                broker.deliver_in(
+                    &router,
                     &msg,
                     &mut crate::router::Scope::Chosen {
                         direct,
                         groups: &groups,
                     },
                 );
-                for client_id in &sessions {
-                    broker.deliver_to(client_id, &msg);
-                }
-                self.relay(&msg, peer);
+                let gone: Vec<&ByteString> = sessions
+                    .iter()
+                    .filter(|c| broker.deliver_to(&router, c, &msg) == Relayed::NoSession)
+                    .collect();
+                let origin = relay::Origin::Peer {
+                    peer,
+                    direct,
+                    groups: !groups.is_empty(),
+                    sessions: &sessions,
+                };
+                let relayed = self.relay(&msg, origin);
+                drop(router);
+                let lost = gone.iter().filter(|c| !relayed.contains(c)).count();
+                broker.metrics.dropped_n(DropReason::ClusterSessionGone, lost);
             }
             Frame::Retain { stamp, topic, msg } => {
                 broker.retained.apply(topic, msg, stamp);
@@ -626,6 +643,7 @@ impl Cluster {
                 self.send_to(peer, &Frame::BarrierAck(id));
             }
             Frame::SessionInstalled(client_id) => self.relay_installed(peer, &client_id),
+            Frame::SessionArrived(client_id) => self.relay_arrived(peer, &client_id),
             Frame::BarrierAck(id) => {
                 if let Some(tx) = self.barriers.lock().remove(&id) {
                     let _ = tx.send(());

@@ -4,11 +4,16 @@
 //!
 //! A relay: when this node hands session S to node T, a peer P may still send S's messages here (it did not
 //! know S moved) while T, on another link, is not yet holding S. Until T confirms the install
-//! (SessionInstalled) and for [`RELAY_LINGER`] after that, a message for S that arrives here is passed on to T addressed to S itself (the
-//! `sessions` list of the Publish frame), and our advertisement of S's filters is held so P keeps sending them
-//! here meanwhile. A message published on this node needs no relay when T gets it anyway: the handover frames
-//! went out on the same ordered link before it. Relays favour duplicates over loss: a message can reach S both
-//! directly from P and relayed (QoS 1 is at least once).
+//! (SessionInstalled) and for [`RELAY_LINGER`] after that, a message for S that arrives here is passed on to T
+//! addressed to S itself (the `sessions` list of the Publish frame), and our advertisement of S's filters is
+//! held so P keeps sending them here meanwhile. A message published on this node needs no relay when T gets it
+//! anyway: the handover frames went out on the same ordered link before it.
+//!
+//! T itself is such a P until S is in its router: a message T published before the install missed S there and
+//! came here, possibly after S left. So a message from T is relayed back to T until T's SessionArrived frame
+//! (queued at the install, under T's router write lock, while T's publishes forward under its read lock)
+//! arrives here; every message from T behind that frame reached S at T. Relays favour duplicates over loss:
+//! a message can reach S both directly from P and relayed (QoS 1 is at least once).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -39,6 +44,8 @@ pub(crate) struct Relay {
     /// Filters whose advertisement we still hold for it (the new node does not advertise them yet).
     held: Vec<ByteString>,
     since: Instant,
+    /// T's SessionArrived came: T's own messages no longer need relaying back to it.
+    arrived: bool,
     confirmed: Option<Instant>,
 }
 
@@ -54,6 +61,46 @@ impl Relay {
         self.filters
             .iter()
             .any(|f| topic::matches(split_share(f).1, topic_name))
+    }
+}
+
+/// Where a message to relay came from.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Origin<'a> {
+    /// Published on this node.
+    Local,
+    /// Forwarded by `peer`, for our plain subscribers (`direct`), shared groups (`groups`) and named
+    /// sessions (`sessions`).
+    Peer {
+        /// The sender.
+        peer: &'a str,
+        /// Sent for our plain subscribers.
+        direct: bool,
+        /// Sent for at least one shared group of ours.
+        groups: bool,
+        /// Sent for these sessions by name (itself a relay).
+        sessions: &'a [ByteString],
+    },
+}
+
+impl Origin<'_> {
+    /// Whether relay `r` applies to a message from here (its topic already matched).
+    fn wants(&self, r: &Relay) -> bool {
+        match *self {
+            Origin::Local => true,
+            Origin::Peer {
+                peer,
+                direct,
+                groups,
+                sessions,
+            } => {
+                // The new holder had the session when it published this: the session got it there.
+                if peer == &*r.peer && r.arrived {
+                    return false;
+                }
+                direct || groups || sessions.contains(&r.client_id)
+            }
+        }
     }
 }
 
@@ -104,23 +151,26 @@ impl Cluster {
             let pick = &members[self.rr.fetch_add(1, Ordering::Relaxed) % members.len()];
             target(&mut plan, pick).groups.push(group);
         }
-        self.add_relays(&msg.topic, None, &mut plan);
+        self.add_relays(&msg.topic, Origin::Local, &mut plan);
         if !plan.is_empty() {
             self.send_publish(msg, plan);
         }
     }
 
-    /// A message a peer forwarded to us: pass it on to sessions that just moved away from here.
-    pub(crate) fn relay(&self, msg: &Arc<Message>, from: &str) {
+    /// A message a peer forwarded to us: pass it on to sessions that just moved away from here; returns the
+    /// client IDs it was passed on for.
+    pub(crate) fn relay(&self, msg: &Arc<Message>, origin: Origin<'_>) -> Vec<ByteString> {
         let mut plan = Vec::new();
-        self.add_relays(&msg.topic, Some(from), &mut plan);
+        self.add_relays(&msg.topic, origin, &mut plan);
+        let relayed = plan.iter().flat_map(|t| t.sessions.clone()).collect();
         if !plan.is_empty() {
             self.send_publish(msg, plan);
         }
+        relayed
     }
 
-    /// Adds the relayed sessions `topic_name` is for; `from` is the peer it came from (None: published here).
-    fn add_relays(&self, topic_name: &str, from: Option<&str>, plan: &mut Vec<Target>) {
+    /// Adds the relayed sessions `topic_name` is for, as `origin` asks.
+    fn add_relays(&self, topic_name: &str, origin: Origin<'_>, plan: &mut Vec<Target>) {
         let expired: Vec<ByteString> = {
             let mut relays = self.relays.lock();
             if relays.is_empty() {
@@ -137,13 +187,13 @@ impl Cluster {
                 }
             });
             for r in relays.iter() {
-                if from == Some(&*r.peer) || !r.matches(topic_name) {
+                if !r.matches(topic_name) || !origin.wants(r) {
                     continue;
                 }
                 let t = target(plan, &r.peer);
                 // Published here with a plain copy going to the new node anyway: the handover frames are ahead
                 // of it on the link, so the session gets it there.
-                if from.is_none() && t.direct {
+                if matches!(origin, Origin::Local) && t.direct {
                     continue;
                 }
                 if !t.sessions.contains(&r.client_id) {
@@ -159,16 +209,19 @@ impl Cluster {
     }
 
     fn send_publish(&self, msg: &Arc<Message>, plan: Vec<Target>) {
-        let links: Vec<(LinkTx, Target)> = {
+        let links: Vec<(Option<LinkTx>, Target)> = {
             let peers = self.peers.lock();
             plan.into_iter()
-                .filter_map(|t| {
-                    let link = peers.map.get(&t.peer).and_then(|p| p.out.clone())?;
-                    Some((link, t))
-                })
+                .map(|t| (peers.map.get(&t.peer).and_then(|p| p.out.clone()), t))
                 .collect()
         };
         for (link, t) in links {
+            let Some(link) = link else {
+                metrics::counter!(crate::metrics::DROPPED_MESSAGES, "reason" => DropReason::ClusterLinkDown.label())
+                    .increment(1);
+                continue;
+            };
+            tracing::info!(event="dbg", node=%self.name, what="send_publish", to=%t.peer, direct=t.direct, sessions=?t.sessions, payload=%crate::broker::dbgp(msg)); // DBG
             let frame = Frame::Publish {
                 direct: t.direct,
                 groups: t.groups,
@@ -206,8 +259,22 @@ impl Cluster {
             filters: filters.to_vec(),
             held,
             since: Instant::now(),
+            arrived: false,
             confirmed: None,
         });
+    }
+
+    /// `peer` put the session of `client_id` we handed it in its router: what it publishes from now on reaches
+    /// the session there.
+    pub(crate) fn relay_arrived(&self, peer: &str, client_id: &str) {
+        for r in self
+            .relays
+            .lock()
+            .iter_mut()
+            .filter(|r| &*r.peer == peer && r.client_id == client_id)
+        {
+            r.arrived = true;
+        }
     }
 
     /// `peer` installed the session of `client_id` we handed it: stop holding its filters; the relay lingers
@@ -229,6 +296,11 @@ impl Cluster {
         for f in released {
             self.filter_removed(&f);
         }
+    }
+
+    /// True while a session handed away is not yet confirmed installed.
+    pub(crate) fn relays_pending(&self) -> bool {
+        self.relays.lock().iter().any(|r| r.confirmed.is_none())
     }
 
     /// The link to `peer` went down: its relays end.

@@ -1,0 +1,595 @@
+//! The Kubernetes manifests in `k8s/`, checked offline: every config the pods get passes the real
+//! `fleetgate check` after the same rendering the pods do (`k8s/config/render-node.sh` run with `sh` and a stub
+//! `getent`), the grace periods of the manifests cover the drains the configs ask for, and every manifest passes
+//! kubernetes-validate (`-k 1.33.0 --strict`, schemas shipped in the PyPI package; installed by `scripts/test`,
+//! required under `CI=true`). When `kubectl` is installed, the whole kustomization (`kubectl kustomize k8s/`, with
+//! the generated ConfigMaps) is validated too; kustomize alone is not needed.
+
+use std::collections::BTreeSet;
+use std::ffi::OsStr;
+use std::fs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use fleetgate_config::lb::LbConfig;
+use fleetgate_config::node::NodeConfig;
+use fleetgate_tests::auth::scratch_dir;
+
+const BIN: &str = env!("CARGO_BIN_EXE_fleetgate");
+
+/// Bound on one external command (`sh`, `fleetgate check`, kubernetes-validate, kubectl): each takes well under
+/// a second here; this only stops a hung one from hanging the suite.
+const COMMAND_DEADLINE: Duration = Duration::from_secs(120);
+/// Kubernetes version the manifests are validated against (schemas shipped by kubernetes-validate).
+const KUBERNETES_VERSION: &str = "1.33.0";
+/// Least time a pod's terminationGracePeriodSeconds must leave after the binary's own drain deadline, for the
+/// process to exit before the kubelet's SIGKILL.
+const GRACE_MARGIN: Duration = Duration::from_secs(5);
+/// Every file under `k8s/config/`, each checked by a test below; a new one must get a check.
+const CONFIG_FILES: [&str; 4] = ["acl.toml", "lb.toml", "node.toml", "render-node.sh"];
+
+fn k8s_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("k8s")
+}
+
+fn read(path: &Path) -> String {
+    fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+/// Output of a finished command.
+struct Run {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn describe(&self) -> String {
+        format!(
+            "{}\n--- stdout\n{}--- stderr\n{}",
+            self.status, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs `command` to completion under [`COMMAND_DEADLINE`], output captured through files (no pipe to fill).
+fn run(mut command: Command) -> Run {
+    let out = scratch_dir();
+    let stdout_path = out.path().join("stdout");
+    let stderr_path = out.path().join("stderr");
+    let what = format!("{command:?}");
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(&stdout_path).expect("stdout file"))
+        .stderr(fs::File::create(&stderr_path).expect("stderr file"))
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {what}: {e}"));
+    let deadline = Instant::now() + COMMAND_DEADLINE;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for the child") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} still running after {COMMAND_DEADLINE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Run {
+        status,
+        stdout: read(&stdout_path),
+        stderr: read(&stderr_path),
+    }
+}
+
+/// `fleetgate check FILE`, asserting exit 0 and the kind it reports.
+fn check_ok(file: &Path, kind: &str) {
+    let mut command = Command::new(BIN);
+    command.arg("check").arg(file);
+    let out = run(command);
+    assert!(
+        out.status.success(),
+        "fleetgate check {}: {}",
+        file.display(),
+        out.describe()
+    );
+    assert!(
+        out.stdout.contains(&format!("ok ({kind})")),
+        "{}",
+        out.describe()
+    );
+}
+
+/// A pod as the broker StatefulSet starts it, and the names its peers resolve to at that moment.
+struct Pod<'a> {
+    name: &'a str,
+    ip: &'a str,
+    hosts: &'a [(&'a str, &'a str)],
+}
+
+/// Runs `k8s/config/render-node.sh` the way the `render-config` initContainer does, with a stub `getent` that
+/// answers from `pod.hosts`, into a directory laid out like the pod's `/run/fleetgate` (the broker-acl ConfigMap
+/// at `acl/acl.toml`) under `dir`. Returns the rendered file.
+fn render(dir: &Path, pod: &Pod<'_>) -> PathBuf {
+    let config = k8s_dir().join("config");
+    fs::create_dir(dir.join("acl")).expect("acl dir");
+    fs::copy(config.join("acl.toml"), dir.join("acl/acl.toml")).expect("copy acl.toml");
+    let bin = dir.join("bin");
+    fs::create_dir(&bin).expect("stub bin dir");
+    let hosts = dir.join("hosts");
+    let table: String = pod
+        .hosts
+        .iter()
+        .map(|(name, ip)| format!("{name} {ip}\n"))
+        .collect();
+    fs::write(&hosts, table).expect("stub hosts");
+    // `getent hosts NAME` prints "ADDRESS NAME" and exits 2 when NAME does not resolve.
+    fs::write(
+        bin.join("getent"),
+        format!(
+            "#!/bin/sh\n[ \"$1\" = hosts ] || exit 1\n\
+             while read -r name ip; do [ \"$name\" = \"$2\" ] && {{ echo \"$ip $name\"; exit 0; }}; done < '{}'\n\
+             exit 2\n",
+            hosts.display()
+        ),
+    )
+    .expect("stub getent");
+    let mut perms = fs::metadata(bin.join("getent"))
+        .expect("stub")
+        .permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    fs::set_permissions(bin.join("getent"), perms).expect("chmod stub");
+
+    let out = dir.join("node.toml");
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut paths = vec![bin];
+    paths.extend(std::env::split_paths(&path));
+    let mut command = Command::new("sh");
+    command
+        .arg(config.join("render-node.sh"))
+        .arg(config.join("node.toml"))
+        .arg(&out)
+        .env("PATH", std::env::join_paths(paths).expect("PATH"))
+        .env("POD_NAME", pod.name)
+        .env("POD_IP", pod.ip)
+        .env("BROKER_DOMAIN", "broker.fleetgate.svc.cluster.local")
+        .env("CLUSTER_PORT", "7000")
+        // A missing lower-ordinal peer is retried once a second in a pod; once is enough here.
+        .env("PEER_RESOLVE_ATTEMPTS", "1");
+    let result = run(command);
+    assert!(
+        result.status.success(),
+        "render-node.sh for {}: {}",
+        pod.name,
+        result.describe()
+    );
+    out
+}
+
+fn socket(text: &str) -> SocketAddr {
+    text.parse().expect("socket address")
+}
+
+/// Peer names and addresses of a rendered node config, in order.
+fn peers(config: &NodeConfig) -> Vec<(String, SocketAddr)> {
+    let cluster = config.cluster.as_ref().expect("[cluster] section");
+    cluster
+        .peers
+        .iter()
+        .map(|p| (p.name.clone(), p.addr))
+        .collect()
+}
+
+/// The integer after `key:` in a manifest, from the one line that sets it.
+fn manifest_number(file: &str, key: &str) -> u64 {
+    let text = read(&k8s_dir().join(file));
+    let values: Vec<u64> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix(key)?.strip_prefix(':'))
+        .map(|v| v.trim().parse().expect("a number"))
+        .collect();
+    assert_eq!(values.len(), 1, "{file}: expected one `{key}:`");
+    values[0]
+}
+
+/// The manifests `kubectl apply -k` applies besides the generated ConfigMaps: every `*.yaml` in `k8s/` but the
+/// kustomization itself.
+fn manifests() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = fs::read_dir(k8s_dir())
+        .expect("k8s/")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension() == Some(OsStr::new("yaml")))
+        .filter(|p| p.file_name() != Some(OsStr::new("kustomization.yaml")))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn kustomization_lists_every_manifest_and_config_file() {
+    let kustomization = read(&k8s_dir().join("kustomization.yaml"));
+    let listed: Vec<&str> = kustomization
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- "))
+        .collect();
+    for manifest in manifests() {
+        let name = manifest.file_name().and_then(OsStr::to_str).expect("name");
+        assert!(
+            listed.contains(&name),
+            "{name} is not in k8s/kustomization.yaml"
+        );
+    }
+    let configs: BTreeSet<String> = fs::read_dir(k8s_dir().join("config"))
+        .expect("k8s/config/")
+        .map(|e| {
+            e.expect("dir entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    let expected: BTreeSet<String> = CONFIG_FILES.iter().map(|s| s.to_string()).collect();
+    assert_eq!(
+        configs, expected,
+        "k8s/config/ changed: give every file a check in this test"
+    );
+    for file in CONFIG_FILES {
+        let entry = format!("config/{file}");
+        assert!(
+            listed.contains(&entry.as_str()),
+            "{entry} is not in a configMapGenerator of k8s/kustomization.yaml"
+        );
+    }
+}
+
+#[test]
+fn node_template_renders_to_a_valid_config_for_every_pod() {
+    // broker-1 while broker-0 and broker-2 run: both become peers, in ordinal order.
+    let dir = scratch_dir();
+    let file = render(
+        dir.path(),
+        &Pod {
+            name: "broker-1",
+            ip: "10.244.1.7",
+            hosts: &[
+                ("broker-0.broker.fleetgate.svc.cluster.local", "10.244.0.5"),
+                ("broker-2.broker.fleetgate.svc.cluster.local", "10.244.2.9"),
+            ],
+        },
+    );
+    let text = read(&file);
+    assert!(!text.contains('@'), "placeholder left in:\n{text}");
+    check_ok(&file, "node config");
+    let config = NodeConfig::load(&file).expect("rendered node.toml");
+    assert_eq!(config.name, "broker-1");
+    let cluster = config.cluster.as_ref().expect("[cluster]");
+    assert_eq!(cluster.advertise, Some(socket("10.244.1.7:7000")));
+    assert_eq!(cluster.bind.port(), 7000, "CLUSTER_PORT of the StatefulSet");
+    assert_eq!(
+        peers(&config),
+        vec![
+            ("broker-0".to_string(), socket("10.244.0.5:7000")),
+            ("broker-2".to_string(), socket("10.244.2.9:7000")),
+        ]
+    );
+
+    // broker-0 of a new cluster: nothing else resolves yet, the others will dial it.
+    let dir = scratch_dir();
+    let file = render(
+        dir.path(),
+        &Pod {
+            name: "broker-0",
+            ip: "10.244.0.5",
+            hosts: &[],
+        },
+    );
+    check_ok(&file, "node config");
+    let config = NodeConfig::load(&file).expect("rendered node.toml");
+    assert_eq!(config.name, "broker-0");
+    assert!(peers(&config).is_empty());
+
+    // broker-3 on an IPv6 pod network, scaled up from three: brackets around every address, and the scan stops
+    // at the first higher ordinal that does not resolve.
+    let dir = scratch_dir();
+    let file = render(
+        dir.path(),
+        &Pod {
+            name: "broker-3",
+            ip: "fd00:10:244::7",
+            hosts: &[
+                (
+                    "broker-0.broker.fleetgate.svc.cluster.local",
+                    "fd00:10:244::2",
+                ),
+                (
+                    "broker-1.broker.fleetgate.svc.cluster.local",
+                    "fd00:10:244::3",
+                ),
+                (
+                    "broker-2.broker.fleetgate.svc.cluster.local",
+                    "fd00:10:244::4",
+                ),
+                (
+                    "broker-5.broker.fleetgate.svc.cluster.local",
+                    "fd00:10:244::9",
+                ),
+            ],
+        },
+    );
+    check_ok(&file, "node config");
+    let config = NodeConfig::load(&file).expect("rendered node.toml");
+    assert_eq!(
+        config.cluster.as_ref().and_then(|c| c.advertise),
+        Some(socket("[fd00:10:244::7]:7000"))
+    );
+    let names: Vec<String> = peers(&config).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, ["broker-0", "broker-1", "broker-2"]);
+}
+
+#[test]
+fn render_refuses_what_is_not_a_statefulset_pod() {
+    let config = k8s_dir().join("config");
+    let dir = scratch_dir();
+    for (name, ip) in [
+        ("broker", "10.0.0.1"),
+        ("broker-0", ""),
+        ("broker-0/x", "10.0.0.1"),
+        ("broker-0", "10.0.0.1/8"),
+    ] {
+        let mut command = Command::new("sh");
+        command
+            .arg(config.join("render-node.sh"))
+            .arg(config.join("node.toml"))
+            .arg(dir.path().join("node.toml"))
+            .env("POD_NAME", name)
+            .env("POD_IP", ip)
+            .env("BROKER_DOMAIN", "broker.fleetgate.svc.cluster.local");
+        let out = run(command);
+        assert!(
+            !out.status.success(),
+            "{name:?} {ip:?} was accepted: {}",
+            out.describe()
+        );
+        assert!(!dir.path().join("node.toml").exists());
+    }
+}
+
+#[test]
+fn lb_config_checks() {
+    let file = k8s_dir().join("config/lb.toml");
+    check_ok(&file, "lb config");
+    let config = LbConfig::load(&file).expect("k8s/config/lb.toml");
+    let discovery = config.discovery.expect("[discovery]");
+    let shown = format!("{:?}", discovery.endpoints.source);
+    assert!(
+        shown.contains("_mqtt._tcp.broker.fleetgate.svc.cluster.local."),
+        "the SRV name of the headless Service's `mqtt` port: {shown}"
+    );
+    let tls_paths: Vec<PathBuf> = config
+        .listeners
+        .iter()
+        .filter_map(|l| l.tls.as_ref())
+        .flat_map(|t| {
+            t.certificates
+                .iter()
+                .flat_map(|c| [c.cert.clone(), c.key.clone()])
+                .chain(t.client_ca.clone())
+        })
+        .collect();
+    assert_eq!(
+        tls_paths,
+        [
+            "/etc/fleetgate/tls/tls.crt",
+            "/etc/fleetgate/tls/tls.key",
+            "/etc/fleetgate/device-ca/ca.crt"
+        ]
+        .map(PathBuf::from),
+        "the Secret mounts of lb-deployment.yaml"
+    );
+}
+
+#[test]
+fn grace_periods_cover_the_drains_and_ports_agree() {
+    let lb = LbConfig::load(&k8s_dir().join("config/lb.toml")).expect("lb.toml");
+    let lb_grace = Duration::from_secs(manifest_number(
+        "lb-deployment.yaml",
+        "terminationGracePeriodSeconds",
+    ));
+    assert!(
+        lb.drain.delay + lb.shutdown_grace + GRACE_MARGIN <= lb_grace,
+        "LB: [drain] delay {:?} + shutdown_grace {:?} + {GRACE_MARGIN:?} > terminationGracePeriodSeconds {lb_grace:?}",
+        lb.drain.delay,
+        lb.shutdown_grace
+    );
+
+    let dir = scratch_dir();
+    let file = render(
+        dir.path(),
+        &Pod {
+            name: "broker-0",
+            ip: "10.244.0.5",
+            hosts: &[],
+        },
+    );
+    let node = NodeConfig::load(&file).expect("rendered node.toml");
+    let node_grace = Duration::from_secs(manifest_number(
+        "broker-statefulset.yaml",
+        "terminationGracePeriodSeconds",
+    ));
+    assert!(
+        node.shutdown_grace + GRACE_MARGIN <= node_grace,
+        "node: shutdown_grace {:?} + {GRACE_MARGIN:?} > terminationGracePeriodSeconds {node_grace:?}",
+        node.shutdown_grace
+    );
+
+    // The LB checks each broker's /readyz on the node's admin port; the probes and the Services use the same
+    // ports.
+    let health = &lb.discovery.as_ref().expect("[discovery]").template.health;
+    let admin = node.admin_bind.expect("node [admin]");
+    assert_eq!(health.http_port, Some(admin.port()));
+    assert_eq!(health.http_path, "/readyz");
+    assert_eq!(node.listeners.len(), 1);
+    assert_eq!(node.listeners[0].bind.port(), 1883);
+    let statefulset = read(&k8s_dir().join("broker-statefulset.yaml"));
+    let lb_deployment = read(&k8s_dir().join("lb-deployment.yaml"));
+    for (manifest, text, port) in [
+        ("broker-statefulset.yaml", &statefulset, admin.port()),
+        ("broker-statefulset.yaml", &statefulset, 1883),
+        (
+            "broker-statefulset.yaml",
+            &statefulset,
+            node.cluster.as_ref().expect("[cluster]").bind.port(),
+        ),
+        (
+            "lb-deployment.yaml",
+            &lb_deployment,
+            lb.admin_bind.expect("lb [admin]").port(),
+        ),
+    ] {
+        assert!(
+            text.contains(&format!("containerPort: {port}\n")),
+            "{manifest} has no containerPort {port}"
+        );
+    }
+    for listener in &lb.listeners {
+        let port = listener.bind.port();
+        assert!(
+            lb_deployment.contains(&format!("containerPort: {port}\n")),
+            "lb-deployment.yaml has no containerPort {port} for listener {}",
+            listener.name
+        );
+    }
+    assert!(statefulset.contains(&format!("prometheus.io/port: \"{}\"", admin.port())));
+}
+
+/// True when an executable `name` is in one of the `PATH` directories.
+fn on_path(name: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| {
+            fs::metadata(dir.join(name)).is_ok_and(|m| {
+                m.is_file()
+                    && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0
+            })
+        })
+    })
+}
+
+/// An interpreter that can run kubernetes-validate: `$FLEETGATE_PYTHON` (what `scripts/test` installed it for),
+/// else the first of `/usr/bin/python3` and `python3` that has it.
+fn validator_python() -> Option<PathBuf> {
+    let candidates: Vec<PathBuf> = match std::env::var_os("FLEETGATE_PYTHON") {
+        Some(p) => vec![PathBuf::from(p)],
+        None => vec![PathBuf::from("/usr/bin/python3"), PathBuf::from("python3")],
+    };
+    candidates.into_iter().find(|python| {
+        Command::new(python)
+            .args(["-c", "import kubernetes_validate"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
+/// Runs kubernetes-validate (strict, [`KUBERNETES_VERSION`]) over `files`.
+fn kubernetes_validate(python: &Path, files: &[PathBuf]) -> Run {
+    let mut command = Command::new(python);
+    command
+        .args([
+            "-m",
+            "kubernetes_validate",
+            "-k",
+            KUBERNETES_VERSION,
+            "--strict",
+        ])
+        .args(files);
+    run(command)
+}
+
+/// Asserts every resource passed: exit 0 and no WARN (an unknown kind or apiVersion only warns), ERROR or FATAL.
+fn assert_valid(out: &Run, expected_resources: usize) {
+    assert!(
+        out.status.success(),
+        "kubernetes-validate: {}",
+        out.describe()
+    );
+    let bad: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| !l.starts_with("INFO "))
+        .collect();
+    assert!(bad.is_empty(), "kubernetes-validate: {}", out.describe());
+    let passed = out
+        .stdout
+        .lines()
+        .filter(|l| l.contains(" passed "))
+        .count();
+    assert_eq!(passed, expected_resources, "{}", out.describe());
+}
+
+#[test]
+fn manifests_pass_kubernetes_validate() {
+    let Some(python) = validator_python() else {
+        let message = "kubernetes-validate is not installed (scripts/test installs it: \
+                       python3 -m pip install kubernetes-validate)";
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{message}");
+        }
+        eprintln!("SKIPPED manifests_pass_kubernetes_validate: {message}");
+        return;
+    };
+    let files = manifests();
+    assert!(files.len() >= 8, "{files:?}");
+    // One resource per file.
+    assert_valid(&kubernetes_validate(&python, &files), files.len());
+
+    // The validator is strict: an unknown field fails (a misspelt key must not pass silently).
+    let dir = scratch_dir();
+    let service = read(&k8s_dir().join("lb-service.yaml"));
+    let misspelt = service.replace(
+        "  externalTrafficPolicy: Local\n",
+        "  externalTrafficPolicy: Local\n  externalTraficPolicy: Local\n",
+    );
+    assert_ne!(misspelt, service);
+    let bad = dir.path().join("lb-service.yaml");
+    fs::write(&bad, misspelt).expect("write");
+    let out = kubernetes_validate(&python, &[bad]);
+    assert!(
+        !out.status.success() && out.stdout.contains("externalTraficPolicy"),
+        "a misspelt field passed: {}",
+        out.describe()
+    );
+
+    // The whole kustomization with its generated ConfigMaps, when kubectl (which embeds kustomize) is here.
+    if !on_path("kubectl") {
+        eprintln!(
+            "kubectl not found: the kustomization build is not validated (each manifest and config was)"
+        );
+        return;
+    }
+    let mut command = Command::new("kubectl");
+    command.arg("kustomize").arg(k8s_dir());
+    let built = run(command);
+    assert!(
+        built.status.success(),
+        "kubectl kustomize: {}",
+        built.describe()
+    );
+    for configmap in [
+        "name: broker-config-",
+        "name: broker-acl\n",
+        "name: lb-config\n",
+    ] {
+        assert!(
+            built.stdout.contains(configmap),
+            "kustomize build has no ConfigMap {configmap:?}"
+        );
+    }
+    let rendered = dir.path().join("kustomize-build.yaml");
+    fs::write(&rendered, &built.stdout).expect("write build");
+    // Every manifest plus the three generated ConfigMaps.
+    assert_valid(&kubernetes_validate(&python, &[rendered]), files.len() + 3);
+}

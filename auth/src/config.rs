@@ -273,7 +273,7 @@ fn policy(
                 let template = f.template.map_or(DEFAULT_CLIENT_ID_TEMPLATE, |t| t.get_ref().as_str());
                 match ClientIdTemplate::parse(template) {
                     Ok(t) => p.client_id_from_cert = Some(t),
-                    Err(e) => problems.push(at(f.template.map_or(name.span(), Spanned::span), e)),
+                    Err(e) => problems.push(at(f.template.map_or(name.span(), Spanned::span), e.to_string())),
                 }
             }
             "username_from_cert" => {

@@ -69,29 +69,54 @@ fn hasher() -> Result<Argon2<'static>, AuthError> {
     Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
 }
 
+/// Why a stored hash is refused. The messages name the problem, never the hash.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HashError {
+    /// Not a PHC string (`$alg$v=..$params$salt$hash`); holds the parser's description.
+    #[error("not a PHC hash string: {0}")]
+    NotPhc(String),
+    /// A PHC string of another algorithm.
+    #[error("algorithm {0:?} is not supported (use argon2id)")]
+    Algorithm(String),
+    /// argon2 parameters that do not parse; holds the parser's description.
+    #[error("invalid argon2 parameters: {0}")]
+    Params(String),
+    /// Costs above [`MAX_M_COST_KIB`], [`MAX_T_COST`] or [`MAX_P_COST`].
+    #[error(
+        "cost m={m},t={t},p={p} is above the limit m={MAX_M_COST_KIB},t={MAX_T_COST},p={MAX_P_COST}"
+    )]
+    CostTooHigh {
+        /// Memory cost (KiB).
+        m: u32,
+        /// Time cost.
+        t: u32,
+        /// Parallelism.
+        p: u32,
+    },
+    /// No salt or no hash output.
+    #[error("hash string has no salt or no output")]
+    Incomplete,
+}
+
 /// Checks a stored hash: a PHC argon2id string within the cost bounds.
-fn check_hash(phc: &str) -> Result<(), String> {
-    let hash = PasswordHash::new(phc).map_err(|e| format!("not a PHC hash string: {e}"))?;
+fn check_hash(phc: &str) -> Result<(), HashError> {
+    let hash = PasswordHash::new(phc).map_err(|e| HashError::NotPhc(e.to_string()))?;
     if hash.algorithm.as_str() != "argon2id" {
-        return Err(format!(
-            "algorithm {:?} is not supported (use argon2id)",
-            hash.algorithm.as_str()
-        ));
+        return Err(HashError::Algorithm(hash.algorithm.as_str().to_string()));
     }
-    let params = Params::try_from(&hash).map_err(|e| format!("invalid argon2 parameters: {e}"))?;
+    let params = Params::try_from(&hash).map_err(|e| HashError::Params(e.to_string()))?;
     if params.m_cost() > MAX_M_COST_KIB
         || params.t_cost() > MAX_T_COST
         || params.p_cost() > MAX_P_COST
     {
-        return Err(format!(
-            "cost m={},t={},p={} is above the limit m={MAX_M_COST_KIB},t={MAX_T_COST},p={MAX_P_COST}",
-            params.m_cost(),
-            params.t_cost(),
-            params.p_cost()
-        ));
+        return Err(HashError::CostTooHigh {
+            m: params.m_cost(),
+            t: params.t_cost(),
+            p: params.p_cost(),
+        });
     }
     if hash.salt.is_none() || hash.hash.is_none() {
-        return Err("hash string has no salt or no output".to_string());
+        return Err(HashError::Incomplete);
     }
     Ok(())
 }
@@ -167,7 +192,7 @@ impl PasswordFile {
             }
             if let Err(why) = check_hash(phc) {
                 // The message names the problem, never the hash itself.
-                problems.push(at(user.chars().count() + 2, why));
+                problems.push(at(user.chars().count() + 2, why.to_string()));
                 continue;
             }
             if out

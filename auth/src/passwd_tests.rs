@@ -115,6 +115,30 @@ fn parse_reports_each_bad_line() {
 }
 
 #[test]
+fn check_hash_errors_are_typed() {
+    assert!(matches!(
+        check_hash("not-a-hash"),
+        Err(HashError::NotPhc(_))
+    ));
+    assert_eq!(
+        check_hash("$argon2i$v=19$m=64,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA"),
+        Err(HashError::Algorithm("argon2i".into()))
+    );
+    assert_eq!(
+        check_hash("$argon2id$v=19$m=4194304,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA"),
+        Err(HashError::CostTooHigh {
+            m: 4_194_304,
+            t: 1,
+            p: 1
+        })
+    );
+    assert_eq!(
+        check_hash("$argon2id$v=19$m=64,t=1,p=1"),
+        Err(HashError::Incomplete)
+    );
+}
+
+#[test]
 fn debug_never_shows_hashes() {
     let f = cheap(&[("alice", "pw")]);
     let debug = format!("{f:?}");

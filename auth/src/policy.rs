@@ -14,6 +14,8 @@
 //!
 //! The certificate fields are read only when `cert_verified` is set; an unverified identity counts as none.
 
+use std::fmt;
+
 use fleetgate_protocol::proxy::PeerIdentity;
 
 use crate::decision::{AuthDecision, AuthFailure, AuthMethod, Principal};
@@ -104,6 +106,23 @@ pub struct ClientIdTemplate {
     pieces: Vec<TemplatePiece>,
 }
 
+/// Why a client ID template is not valid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientIdTemplateError {
+    /// A `{` without its `}`.
+    #[error("unclosed `{{` in client ID template {0:?}")]
+    Unclosed(String),
+    /// A `}` without its `{`.
+    #[error("stray `}}` in client ID template {0:?}")]
+    StrayClose(String),
+    /// A placeholder other than `{cn}` and `{san:DNS|URI|EMAIL|IP}`.
+    #[error("unknown placeholder {{{0}}} (use {{cn}} or {{san:DNS|URI|EMAIL|IP}})")]
+    UnknownPlaceholder(String),
+    /// No placeholder at all: every device would share one client ID.
+    #[error("client ID template needs a placeholder such as {{cn}}")]
+    NoPlaceholder,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum TemplatePiece {
     Text(String),
@@ -112,7 +131,7 @@ enum TemplatePiece {
 
 impl ClientIdTemplate {
     /// Parses a template; it must contain at least one placeholder (otherwise every device would share one ID).
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, ClientIdTemplateError> {
         let mut pieces = Vec::new();
         let mut rest = text;
         while let Some(open) = rest.find('{') {
@@ -122,22 +141,21 @@ impl ClientIdTemplate {
             let after = &rest[open + 1..];
             let close = after
                 .find('}')
-                .ok_or_else(|| format!("unclosed `{{` in client ID template {text:?}"))?;
+                .ok_or_else(|| ClientIdTemplateError::Unclosed(text.to_string()))?;
             let name = &after[..close];
-            let field = CertField::parse(name).ok_or_else(|| {
-                format!("unknown placeholder {{{name}}} (use {{cn}} or {{san:DNS|URI|EMAIL|IP}})")
-            })?;
+            let field = CertField::parse(name)
+                .ok_or_else(|| ClientIdTemplateError::UnknownPlaceholder(name.to_string()))?;
             pieces.push(TemplatePiece::Field(field));
             rest = &after[close + 1..];
         }
         if rest.contains('}') {
-            return Err(format!("stray `}}` in client ID template {text:?}"));
+            return Err(ClientIdTemplateError::StrayClose(text.to_string()));
         }
         if !rest.is_empty() {
             pieces.push(TemplatePiece::Text(rest.to_string()));
         }
         if !pieces.iter().any(|p| matches!(p, TemplatePiece::Field(_))) {
-            return Err("client ID template needs a placeholder such as {cn}".to_string());
+            return Err(ClientIdTemplateError::NoPlaceholder);
         }
         Ok(Self {
             text: text.to_string(),
@@ -260,8 +278,8 @@ impl ListenerPolicy {
     }
 }
 
-/// The credentials of a CONNECT.
-#[derive(Debug, Clone, Copy)]
+/// The credentials of a CONNECT. `Debug` shows whether a password is present, never the password.
+#[derive(Clone, Copy)]
 pub struct Credentials<'a> {
     /// The client ID (as the broker will use it).
     pub client_id: &'a str,
@@ -269,6 +287,17 @@ pub struct Credentials<'a> {
     pub username: Option<&'a str>,
     /// The CONNECT's password, if any (binary in MQTT 5). Never log it.
     pub password: Option<&'a [u8]>,
+}
+
+impl fmt::Debug for Credentials<'_> {
+    // By hand: a derived Debug would print the password into any log line that shows the credentials.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("client_id", &self.client_id)
+            .field("username", &self.username)
+            .field("password", &self.password.map(|_| "***"))
+            .finish()
+    }
 }
 
 /// The outcome of [`ListenerPolicy::evaluate`].

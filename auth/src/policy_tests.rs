@@ -302,3 +302,37 @@ fn client_id_templates_parse_strictly() {
     assert_eq!(t.render(&c).as_deref(), Some("v-a-b"));
     assert!(VerifiedCert::from_identity(&unverified("a")).is_none());
 }
+
+#[test]
+fn client_id_template_errors_are_typed() {
+    use crate::policy::ClientIdTemplateError as E;
+    assert_eq!(ClientIdTemplate::parse("static"), Err(E::NoPlaceholder));
+    assert_eq!(
+        ClientIdTemplate::parse("{cn"),
+        Err(E::Unclosed("{cn".into()))
+    );
+    assert_eq!(
+        ClientIdTemplate::parse("{cn}}"),
+        Err(E::StrayClose("{cn}}".into()))
+    );
+    let unknown = ClientIdTemplate::parse("{san:FOO}").unwrap_err();
+    assert_eq!(unknown, E::UnknownPlaceholder("san:FOO".into()));
+    assert!(unknown.to_string().contains("{san:FOO}"), "{unknown}");
+}
+
+#[test]
+fn credentials_debug_hides_the_password() {
+    let c = creds("dev-1", Some("alice"), Some(b"hunter2"));
+    let printed = format!("{c:?}");
+    assert!(!printed.contains("hunter2"), "{printed}");
+    assert!(
+        !printed.contains("104"),
+        "no password bytes either: {printed}"
+    );
+    assert!(
+        printed.contains("alice") && printed.contains("***"),
+        "{printed}"
+    );
+    let none = format!("{:?}", creds("dev-1", None, None));
+    assert!(none.contains("password: None"), "{none}");
+}

@@ -5,6 +5,7 @@
 //! - [`proxy_v2`]: the minimal PROXY v2 header for `--proxy-v2`.
 //! - [`net`]: connect → PROXY → TLS → CONNECT/CONNACK, plain or TLS stream.
 //! - [`throughput`]: publishers → broker → subscribers, paced or unbounded, with end-to-end latency.
+//! - [`load`]: the per-connection loops of `throughput` (subscriber, publisher, PUBACK reader, flow control).
 //! - [`connect_rate`]: full TLS + MQTT connection set-ups per second.
 //! - [`idle`]: many idle sessions held open while the script samples server memory.
 //! - [`certs`]: a throwaway ECDSA P-256 PKI.
@@ -13,6 +14,7 @@
 mod certs;
 mod connect_rate;
 mod idle;
+mod load;
 mod mqtt;
 mod net;
 mod proxy_v2;

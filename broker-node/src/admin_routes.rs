@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use fleetgate_ops::admin::{AdminRequest, AdminResponse, AdminRoutes, RouteFuture};
+use fleetgate_ops::admin::{AdminRequest, AdminResponse, AdminRoutes, RouteFuture, percent_decode};
 use serde_json::json;
 
 use crate::broker::{Broker, ClientInfo};
@@ -32,7 +32,12 @@ impl NodeRoutes {
                 json!({"error": "method not allowed"}),
             ));
         }
-        let id = percent_decode(id);
+        let Some(id) = percent_decode(id) else {
+            return Some(AdminResponse::json(
+                400,
+                json!({"error": "invalid %-escape in client ID"}),
+            ));
+        };
         Some(match self.broker.client_info(&id) {
             Some(info) => AdminResponse::json(200, client_json(&self.broker.node_name, &id, &info)),
             None => AdminResponse::json(
@@ -61,37 +66,4 @@ fn client_json(node: &str, id: &str, info: &ClientInfo) -> serde_json::Value {
         "queued": info.queued,
         "inflight": info.inflight,
     })
-}
-
-/// Decodes `%XX` escapes (client IDs may contain `/`, spaces, ...); invalid escapes are kept as written.
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && let Some(v) = s
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            out.push(v);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn decodes_escapes() {
-        assert_eq!(percent_decode("a%2Fb%20c"), "a/b c");
-        assert_eq!(percent_decode("100%"), "100%");
-        assert_eq!(percent_decode("%zz"), "%zz");
-    }
 }

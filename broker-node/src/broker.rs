@@ -200,7 +200,6 @@ impl Broker {
             None => None,
         };
         let present = resumed.is_some();
-        tracing::info!(event="dbg", node=%self.node_name, what="attach", client=%req.client_id, present, clean=req.clean_start); // DBG
         let session = match resumed {
             Some(s) => s,
             None => {
@@ -363,7 +362,6 @@ impl Broker {
     /// Routes `msg` to every matching session (stores it first when retained) and to the cluster peers with
     /// matching subscriptions; returns how many local sessions it was queued for.
     pub fn publish(&self, msg: Arc<Message>) -> usize {
-        tracing::info!(event="dbg", node=%self.node_name, what="publish", payload=%crate::broker::dbgp(&msg)); // DBG
         if msg.retain {
             let stamp = self.retained.store(&msg);
             if let Some(c) = self.cluster() {
@@ -437,7 +435,6 @@ impl Broker {
                 retain,
                 sub_ids,
             };
-            tracing::info!(event="dbg", node=%self.node_name, what="deliver", client=%session.client_id, payload=%crate::broker::dbgp(msg)); // DBG
             match session.enqueue(delivery, self.limits.max_queued_messages) {
                 Ok(()) => queued += 1,
                 Err(reason) => self.metrics.dropped(reason),
@@ -457,10 +454,8 @@ impl Broker {
         msg: &Arc<Message>,
     ) -> Relayed {
         let Some(session) = self.sessions.lock().get(client_id).cloned() else {
-            tracing::info!(event="dbg", node=%self.node_name, what="deliver_to_nosession", client=%client_id, payload=%crate::broker::dbgp(msg)); // DBG
             return Relayed::NoSession;
         };
-        tracing::info!(event="dbg", node=%self.node_name, what="deliver_to", client=%client_id, payload=%crate::broker::dbgp(msg)); // DBG
         let mut qos: Option<QoS> = None;
         let mut retain = false;
         let mut sub_ids: Vec<NonZeroU32> = Vec::new();
@@ -591,6 +586,3 @@ pub(crate) fn split_share(filter: &str) -> (Option<&str>, &str) {
         _ => (None, filter),
     }
 }
-
-/// DBG
-pub(crate) fn dbgp(m: &Message) -> String { String::from_utf8_lossy(&m.payload).into_owned() }

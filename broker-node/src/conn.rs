@@ -224,6 +224,16 @@ pub async fn serve(
         cluster
             .acquire(&broker, &client_id, connect.clean_start)
             .await;
+        // Draining: a session attached here now could miss the handover; the client goes to another node.
+        if cluster.is_leaving() {
+            return refuse(
+                wire,
+                &origin,
+                &client_id,
+                ConnectAckReason::UseAnotherServer,
+            )
+            .await;
+        }
     }
     let attached = broker.attach(AttachRequest {
         client_id: client_id.clone(),

@@ -100,8 +100,7 @@ fn handle(conn: &mut Conn, packet: Packet) -> Result<(), End> {
     match packet {
         Packet::Publish(publish) => on_publish(conn, *publish),
         Packet::PublishAck(ack) => {
-            let ok = conn.session.state.lock().acknowledge(ack.packet_id);
-            tracing::info!(event="dbg", node=%conn.broker.node_name, what="puback", client=%conn.session.client_id, pid=%ack.packet_id, ok); // DBG
+            conn.session.state.lock().acknowledge(ack.packet_id);
             Ok(())
         }
         Packet::PublishReceived(rec) => {

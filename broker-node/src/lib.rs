@@ -52,6 +52,12 @@ pub enum BrokerError {
     /// The config file is invalid.
     #[error("{0}")]
     Config(#[from] fleetgate_config::ConfigError),
+    /// `[cluster.tls]` files could not be loaded.
+    #[error("{0}")]
+    ClusterTls(#[from] cluster::tls::TlsError),
+    /// Cluster peer discovery could not start.
+    #[error("cluster peer discovery: {0}")]
+    Discovery(#[from] fleetgate_discovery::ResolveError),
     /// A listener could not be bound.
     #[error("cannot bind {addr}: {source}")]
     Bind {

@@ -106,9 +106,11 @@ impl Node {
                     local,
                     config.limits.max_packet_size,
                     readiness.clone(),
-                ));
+                )?);
                 broker.set_cluster(cluster.clone());
-                Some((cluster, l))
+                // Links and discovery start before any client is accepted; the node is not ready until synced.
+                cluster::link::start(cluster.clone(), broker.clone(), l)?;
+                Some(cluster)
             }
             None => None,
         };
@@ -135,20 +137,15 @@ impl Node {
                 readiness: readiness.clone(),
                 metrics: prometheus,
                 routes: Some(Arc::new(NodeRoutes::new(broker.clone()))),
+                // The node's admin routes are all GET: nothing to guard with a token.
+                token: None,
             };
             tokio::spawn(admin::serve(l, state, admin_shutdown.clone()))
         });
         // In a cluster, ready once synced with every reachable peer (the cluster sets it).
-        let cluster = match cluster {
-            Some((c, l)) => {
-                cluster::link::start(c.clone(), broker.clone(), l);
-                Some(c)
-            }
-            None => {
-                readiness.set(true);
-                None
-            }
-        };
+        if cluster.is_none() {
+            readiness.set(true);
+        }
 
         let grace = config.shutdown_grace;
         let supervisor = tokio::spawn(supervise(

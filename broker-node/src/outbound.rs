@@ -124,7 +124,6 @@ pub fn drain(conn: &mut Conn) -> Result<(), End> {
                     };
                     conn.outbound_aliases.commit(&choice);
                     conn.broker.metrics.delivered(delivery.qos.value());
-                    tracing::info!(event="dbg", node=%conn.broker.node_name, what="write", client=%conn.session.client_id, pid=?packet_id, payload=%crate::broker::dbgp(&delivery.msg)); // DBG
                     if let Some(packet_id) = packet_id {
                         st.inflight.push_back(Inflight {
                             packet_id,
@@ -170,7 +169,6 @@ pub fn resend_inflight(conn: &mut Conn) {
                 now,
             )))
         };
-        tracing::info!(event="dbg", node=%conn.broker.node_name, what="resend", client=%conn.session.client_id, pid=%entry.packet_id, payload=%crate::broker::dbgp(&entry.delivery.msg)); // DBG
         if conn.wire.encode(packet).is_err() {
             // The new connection announced a smaller Maximum Packet Size than the old one: it can never get it.
             too_large.push(entry.packet_id);

@@ -250,7 +250,6 @@ impl Session {
     pub fn enqueue(&self, delivery: Delivery, max_queued: usize) -> Result<(), DropReason> {
         let mut st = self.state.lock();
         if st.ended {
-            tracing::info!(event="dbg", what="enqueue_ended", client=%self.client_id, payload=%crate::broker::dbgp(&delivery.msg)); // DBG
             return Err(DropReason::SessionEnded);
         }
         let qos0 = delivery.qos == QoS::AtMostOnce;

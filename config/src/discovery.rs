@@ -520,11 +520,9 @@ mod tests {
         #[derive(Debug, Deserialize)]
         #[serde(deny_unknown_fields)]
         struct Outer {
-            #[allow(dead_code)]
-            name: String,
             backends: Spanned<DiscoveryFile>,
         }
-        let src = "name = \"lb-0\"\n[backends]\n";
+        let src = "# lb-0\n[backends]\n";
         let outer: Outer = parse_toml(Path::new("lb.toml"), src).unwrap();
         let problems = outer
             .backends

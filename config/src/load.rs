@@ -7,7 +7,54 @@ use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
+
+/// A secret from a config file (a password, a token): used and compared, never printed — `Debug` and `Display`
+/// show `***`, so a config struct can derive `Debug` and be logged whole. Every secret-bearing config field has
+/// this type.
+#[derive(Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl Secret {
+    /// The secret itself, for the one place that uses it (never for a log line).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Reads a secret kept in a file of its own (a Kubernetes Secret mount, a `0600` file): the whole file
+    /// without surrounding whitespace (the trailing newline editors add). An unreadable or empty file is an error
+    /// that names the file, never its content.
+    pub fn read_file(path: &Path) -> Result<Secret, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::single(Problem::whole_file(
+                path,
+                format!("cannot read secret file: {e}"),
+            ))
+        })?;
+        let secret = text.trim();
+        if secret.is_empty() {
+            return Err(ConfigError::single(Problem::whole_file(
+                path,
+                "secret file is empty",
+            )));
+        }
+        Ok(Secret(secret.to_string()))
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
 
 /// One thing wrong with a config file, located in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,10 +182,38 @@ mod tests {
 
     #[derive(Debug, serde::Deserialize)]
     #[serde(deny_unknown_fields)]
-    #[allow(dead_code)]
     struct Sample {
         name: String,
         port: u16,
+        password: Option<Secret>,
+    }
+
+    #[test]
+    fn valid_text_parses() {
+        let src = "name = \"x\"\nport = 1\npassword = \"hunter2\"\n";
+        let sample = parse_toml::<Sample>(Path::new("s.toml"), src).unwrap();
+        assert_eq!((sample.name.as_str(), sample.port), ("x", 1));
+        let password = sample.password.as_ref().unwrap();
+        assert_eq!(password.expose(), "hunter2");
+        assert!(!format!("{sample:?}").contains("hunter2"), "{sample:?}");
+        assert_eq!(password.to_string(), "***");
+    }
+
+    #[test]
+    fn secret_files_are_trimmed_and_never_empty() {
+        let dir = std::env::temp_dir().join(format!("fleetgate-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("token");
+        std::fs::write(&path, "  t0ken\n").unwrap();
+        assert_eq!(Secret::read_file(&path).unwrap().expose(), "t0ken");
+        std::fs::write(&path, "\n").unwrap();
+        let err = Secret::read_file(&path).unwrap_err().to_string();
+        assert!(err.contains("secret file is empty"), "{err}");
+        let err = Secret::read_file(&dir.join("missing"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cannot read secret file"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -22,7 +22,7 @@
 //! policies = ["certificate", "client_id_from_cert"]
 //! acl_file = "acl.toml"
 //!
-//! [cluster]                            # optional: join other nodes into one broker
+//! [cluster]                            # optional: join other nodes into one broker (schema in `cluster`)
 //! bind = "0.0.0.0:7001"
 //! peers = [{ name = "broker-1", addr = "10.0.0.11:7001" }]
 //! ```
@@ -37,6 +37,10 @@ use toml::Spanned;
 
 use crate::duration::ConfigDuration;
 use crate::load::{ConfigError, Problem, parse_toml, read_file};
+
+mod cluster;
+
+pub use cluster::*;
 
 /// Default largest MQTT packet either side may send: 1 MiB is far above telemetry payloads and small enough
 /// that one connection cannot make the node buffer much.
@@ -57,16 +61,6 @@ pub const DEFAULT_SESSION_EXPIRY_MAXIMUM: Duration = Duration::from_secs(24 * 36
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Default time a trusted proxy gets to deliver its PROXY header.
 pub const DEFAULT_PROXY_TIMEOUT: Duration = Duration::from_secs(5);
-/// Default frames queued per cluster peer link: about a second of a busy node's cross-node traffic; beyond it a
-/// slow or stuck peer costs dropped QoS 0/1 forwards (counted) instead of unbounded memory.
-pub const DEFAULT_CLUSTER_QUEUE_CAPACITY: usize = 10_000;
-/// Default heartbeat period on cluster links.
-pub const DEFAULT_CLUSTER_HEARTBEAT: Duration = Duration::from_millis(500);
-/// Default silence after which a peer is declared dead: five missed heartbeats, inside the 3 s the issue allows.
-pub const DEFAULT_CLUSTER_DEAD_AFTER: Duration = Duration::from_millis(2500);
-/// Default bound on waiting for a peer to hand a session over on CONNECT.
-pub const DEFAULT_CLUSTER_TAKEOVER_TIMEOUT: Duration = Duration::from_secs(2);
-
 /// Raw `node.toml` as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -86,37 +80,6 @@ pub struct NodeFile {
     /// `[auth]`: authentication and ACL. Passed through here and validated by `fleetgate_auth::AuthConfig`, which
     /// depends on this crate (so this crate cannot name its types); `None` keeps anonymous access.
     pub auth: Option<toml::Table>,
-}
-
-/// Raw `[cluster]` table.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClusterFile {
-    /// Address of the cluster port (`"0.0.0.0:7001"`; port 0 picks a free port).
-    pub bind: Spanned<String>,
-    /// Address peers dial to reach us; defaults to the bound address.
-    pub advertise: Option<Spanned<String>>,
-    /// Peers to dial (any subset of the cluster is enough: peers that dial us are learned).
-    #[serde(default)]
-    pub peers: Vec<PeerFile>,
-    /// Frames queued per peer link.
-    pub queue_capacity: Option<Spanned<usize>>,
-    /// Heartbeat period.
-    pub heartbeat_interval: Option<ConfigDuration>,
-    /// Silence after which a peer is dead.
-    pub dead_after: Option<ConfigDuration>,
-    /// Bound on a session takeover round trip.
-    pub takeover_timeout: Option<ConfigDuration>,
-}
-
-/// Raw entry of `[cluster] peers`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PeerFile {
-    /// The peer's node name (its `[node] name`).
-    pub name: Spanned<String>,
-    /// Its cluster address.
-    pub addr: Spanned<String>,
 }
 
 /// Raw `[node]` table.
@@ -228,49 +191,6 @@ impl Default for LimitsConfig {
             topic_alias_maximum: DEFAULT_TOPIC_ALIAS_MAXIMUM,
             session_expiry_maximum: DEFAULT_SESSION_EXPIRY_MAXIMUM,
             server_keep_alive: None,
-        }
-    }
-}
-
-/// A configured cluster peer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerConfig {
-    /// Node name.
-    pub name: String,
-    /// Cluster address.
-    pub addr: SocketAddr,
-}
-
-/// A validated `[cluster]` section.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClusterConfig {
-    /// Cluster port.
-    pub bind: SocketAddr,
-    /// Advertised address, when not the bound one.
-    pub advertise: Option<SocketAddr>,
-    /// Peers to dial.
-    pub peers: Vec<PeerConfig>,
-    /// Frames queued per peer link (≥ 1).
-    pub queue_capacity: usize,
-    /// Heartbeat period.
-    pub heartbeat_interval: Duration,
-    /// Silence after which a peer is dead (> heartbeat_interval).
-    pub dead_after: Duration,
-    /// Bound on a session takeover round trip.
-    pub takeover_timeout: Duration,
-}
-
-impl ClusterConfig {
-    /// A cluster section on `bind` with `peers` and defaults elsewhere (tests).
-    pub fn new(bind: SocketAddr, peers: Vec<PeerConfig>) -> ClusterConfig {
-        ClusterConfig {
-            bind,
-            advertise: None,
-            peers,
-            queue_capacity: DEFAULT_CLUSTER_QUEUE_CAPACITY,
-            heartbeat_interval: DEFAULT_CLUSTER_HEARTBEAT,
-            dead_after: DEFAULT_CLUSTER_DEAD_AFTER,
-            takeover_timeout: DEFAULT_CLUSTER_TAKEOVER_TIMEOUT,
         }
     }
 }
@@ -452,10 +372,16 @@ fn validate(file: &Path, source: &str, raw: NodeFile) -> Result<NodeConfig, Conf
         limits.server_keep_alive = u16::try_from(secs).ok();
     }
 
-    let cluster = raw
-        .cluster
-        .as_ref()
-        .and_then(|c| validate_cluster(c, &name, &mut problem));
+    let cluster = match raw.cluster.as_ref() {
+        Some(c) => match validate_cluster(c, &name, file, source) {
+            Ok(c) => Some(c),
+            Err(p) => {
+                problems.extend(p);
+                None
+            }
+        },
+        None => None,
+    };
 
     if raw.listeners.is_empty() {
         problems.push(Problem::whole_file(
@@ -479,60 +405,7 @@ fn validate(file: &Path, source: &str, raw: NodeFile) -> Result<NodeConfig, Conf
     })
 }
 
-fn validate_cluster(
-    c: &ClusterFile,
-    own_name: &str,
-    problem: &mut impl FnMut(std::ops::Range<usize>, String),
-) -> Option<ClusterConfig> {
-    let bind = parse_addr(&c.bind, problem);
-    let advertise = c.advertise.as_ref().and_then(|a| parse_addr(a, problem));
-    let mut peers = Vec::new();
-    for p in &c.peers {
-        let name = p.name.get_ref().trim();
-        if name.is_empty() || name.chars().any(|ch| ch.is_control() || ch.is_whitespace()) {
-            problem(
-                p.name.span(),
-                "peer name must be non-empty without spaces or control characters".into(),
-            );
-        } else if peers.iter().any(|q: &PeerConfig| q.name == name) {
-            problem(p.name.span(), format!("duplicate peer name {name:?}"));
-        }
-        if let Some(addr) = parse_addr(&p.addr, problem)
-            && name != own_name
-        {
-            peers.push(PeerConfig {
-                name: name.to_string(),
-                addr,
-            });
-        }
-    }
-    let mut config = ClusterConfig::new(bind?, peers);
-    config.advertise = advertise;
-    if let Some(q) = &c.queue_capacity {
-        if *q.get_ref() == 0 {
-            problem(q.span(), "queue_capacity must be at least 1".into());
-        }
-        config.queue_capacity = *q.get_ref();
-    }
-    if let Some(h) = c.heartbeat_interval {
-        config.heartbeat_interval = h.get();
-    }
-    if let Some(d) = c.dead_after {
-        config.dead_after = d.get();
-    }
-    if let Some(t) = c.takeover_timeout {
-        config.takeover_timeout = t.get();
-    }
-    if config.heartbeat_interval.is_zero() || config.dead_after <= config.heartbeat_interval {
-        problem(
-            c.bind.span(),
-            "cluster dead_after must be longer than a non-zero heartbeat_interval".into(),
-        );
-    }
-    Some(config)
-}
-
-fn parse_addr(
+pub(crate) fn parse_addr(
     value: &Spanned<String>,
     problem: &mut impl FnMut(std::ops::Range<usize>, String),
 ) -> Option<SocketAddr> {

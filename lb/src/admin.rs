@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use fleetgate_ops::admin::{AdminRequest, AdminResponse, AdminRoutes, RouteFuture};
+use fleetgate_ops::admin::{AdminRequest, AdminResponse, AdminRoutes, RouteFuture, percent_decode};
 
 use crate::server::Shared;
 
@@ -121,38 +121,10 @@ impl AdminRoutes for LbRoutes {
             if req.method != "GET" {
                 return Some(AdminResponse::text(405, "method not allowed\n"));
             }
-            Some(self.client(&percent_decode(id)?))
+            Some(match percent_decode(id) {
+                Some(id) => self.client(&id),
+                None => AdminResponse::text(400, "invalid %-escape in client ID\n"),
+            })
         })
-    }
-}
-
-/// Decodes `%XX` escapes (client IDs may hold `/`, spaces, ...); `None` for a bad escape or invalid UTF-8.
-fn percent_decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        if b == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn decodes_escapes() {
-        assert_eq!(percent_decode("a%2Fb%20c").as_deref(), Some("a/b c"));
-        assert_eq!(percent_decode("plain").as_deref(), Some("plain"));
-        assert_eq!(percent_decode("bad%2"), None);
-        assert_eq!(percent_decode("%ff"), None);
     }
 }

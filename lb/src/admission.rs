@@ -1,19 +1,26 @@
 //! Admission control, the first stage of a connection: caps on open connections (per listener and in total), a
-//! token bucket per source IP, and a global budget of TLS handshakes per second (handshakes are the expensive
-//! part of a reconnect storm). Each check is O(1) under at most one short mutex hold.
+//! token bucket per source address, and a global budget of TLS handshakes per second (handshakes are the expensive
+//! part of a reconnect storm). Each check is amortized O(1) under at most one short mutex hold (`parking_lot`: no
+//! poisoning, so a panic elsewhere can never turn a limit off).
+//!
+//! The per-source buckets are a hard-capped map: IPv6 sources share one bucket per /64 (one host can rotate
+//! through a whole /64 for free), and once [`PER_IP_MAX_TRACKED`] sources are tracked, the least recently used
+//! bucket is forgotten for each new one (a bucket untouched for `burst / rate` seconds is full again, so
+//! forgetting it loses nothing).
 
-use std::collections::HashMap;
-use std::net::IpAddr;
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
+use parking_lot::Mutex;
+
 use crate::stats;
 
-/// Above this many tracked source IPs, full buckets are swept on insert: a bucket refilled to its burst holds no
-/// information, and an attacker cycling source addresses must not grow the map without bound.
-pub const PER_IP_SWEEP_THRESHOLD: usize = 65_536;
+/// Most source addresses (IPv4 addresses and IPv6 /64s) the per-IP limiter tracks at once: about 100 bytes each
+/// with the LRU queue, so ~7 MB at the cap, and an attacker cycling source addresses cannot grow it further.
+pub const PER_IP_MAX_TRACKED: usize = 65_536;
 
 /// Why admission refused a connection (the metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,41 +147,108 @@ impl Bucket {
     }
 }
 
-/// Token buckets per source IP.
+/// The key a source is limited under: IPv4 as is (IPv4-mapped IPv6 too), IPv6 by its /64.
+fn source_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(v6.to_bits() & !((1u128 << 64) - 1))),
+        },
+    }
+}
+
+/// A tracked source: its bucket and the stamp of its newest slot in the LRU queue.
+#[derive(Debug, Clone, Copy)]
+struct Tracked {
+    bucket: Bucket,
+    stamp: u64,
+}
+
+/// The buckets and their use order.
+#[derive(Debug, Default)]
+struct Buckets {
+    map: HashMap<IpAddr, Tracked>,
+    /// `(key, stamp)` per use, oldest first; a slot whose stamp is not its entry's is stale (the key was used
+    /// again later, or evicted). Compacted when stale slots outnumber live ones, so each use costs O(1) amortized.
+    order: VecDeque<(IpAddr, u64)>,
+    next_stamp: u64,
+}
+
+impl Buckets {
+    /// Forgets the least recently used source; false when nothing is left to forget.
+    fn evict_one(&mut self) -> bool {
+        while let Some((key, stamp)) = self.order.pop_front() {
+            if self.map.get(&key).is_some_and(|t| t.stamp == stamp) {
+                self.map.remove(&key);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Drops the stale slots once they are at least half of the queue: O(queue), after at least as many uses.
+    fn compact(&mut self) {
+        if self.order.len() <= 2 * self.map.len().max(1024) {
+            return;
+        }
+        let map = &self.map;
+        self.order
+            .retain(|(key, stamp)| map.get(key).is_some_and(|t| t.stamp == *stamp));
+    }
+}
+
+/// Token buckets per source address (IPv6 per /64), at most `max_tracked` of them.
 #[derive(Debug)]
 pub struct PerIpLimiter {
     rate: f64,
     burst: f64,
-    buckets: Mutex<HashMap<IpAddr, Bucket>>,
+    max_tracked: usize,
+    buckets: Mutex<Buckets>,
 }
 
 impl PerIpLimiter {
-    /// `rate` new connections per second per IP, bursts up to `burst`.
+    /// `rate` new connections per second per source, bursts up to `burst`.
     pub fn new(rate: f64, burst: u32) -> Self {
+        Self::with_max_tracked(rate, burst, PER_IP_MAX_TRACKED)
+    }
+
+    /// Like [`PerIpLimiter::new`], tracking at most `max_tracked` sources.
+    pub fn with_max_tracked(rate: f64, burst: u32, max_tracked: usize) -> Self {
         Self {
             rate,
             burst: f64::from(burst.max(1)),
-            buckets: Mutex::new(HashMap::new()),
+            max_tracked: max_tracked.max(1),
+            buckets: Mutex::new(Buckets::default()),
         }
     }
 
-    /// Takes one token for `ip`; false when its bucket is empty.
+    /// Takes one token for `ip`'s source key; false when its bucket is empty.
     pub fn allow(&self, ip: IpAddr, now: Instant) -> bool {
-        let Ok(mut buckets) = self.buckets.lock() else {
-            return true;
-        };
-        if buckets.len() >= PER_IP_SWEEP_THRESHOLD && !buckets.contains_key(&ip) {
-            let (rate, burst) = (self.rate, self.burst);
-            buckets.retain(|_, b| {
-                b.refill(now, rate, burst);
-                b.tokens < burst
-            });
+        let key = source_key(ip);
+        let mut b = self.buckets.lock();
+        b.next_stamp += 1;
+        let stamp = b.next_stamp;
+        if !b.map.contains_key(&key) {
+            while b.map.len() >= self.max_tracked && b.evict_one() {}
         }
-        let bucket = buckets.entry(ip).or_insert(Bucket {
-            tokens: self.burst,
-            at: now,
+        let tracked = b.map.entry(key).or_insert(Tracked {
+            bucket: Bucket {
+                tokens: self.burst,
+                at: now,
+            },
+            stamp,
         });
-        bucket.take(now, self.rate, self.burst)
+        tracked.stamp = stamp;
+        let allowed = tracked.bucket.take(now, self.rate, self.burst);
+        b.order.push_back((key, stamp));
+        b.compact();
+        allowed
+    }
+
+    /// Sources tracked now.
+    pub fn tracked(&self) -> usize {
+        self.buckets.lock().map.len()
     }
 }
 
@@ -200,10 +274,7 @@ impl HandshakeBudget {
 
     /// Takes one handshake from the budget.
     pub fn allow(&self, now: Instant) -> bool {
-        match self.bucket.lock() {
-            Ok(mut b) => b.take(now, self.rate, self.rate),
-            Err(_) => true,
-        }
+        self.bucket.lock().take(now, self.rate, self.rate)
     }
 }
 
@@ -251,6 +322,65 @@ mod tests {
         assert!(limiter.allow(other, t0));
         assert!(limiter.allow(ip, t0 + Duration::from_millis(500)));
         assert!(!limiter.allow(ip, t0 + Duration::from_millis(500)));
+    }
+
+    #[test]
+    fn ipv6_sources_share_a_bucket_per_64() {
+        let limiter = PerIpLimiter::new(1.0, 5);
+        let t0 = Instant::now();
+        let base = "2001:db8:1:2::".parse::<std::net::Ipv6Addr>().unwrap().to_bits();
+        let allowed = (0..200_000u128)
+            .filter(|i| limiter.allow(IpAddr::V6((base | (i * 7919)).into()), t0))
+            .count();
+        assert_eq!(allowed, 5, "one /64 is one bucket");
+        assert_eq!(limiter.tracked(), 1);
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert!(limiter.allow(other, t0), "the next /64 has its own bucket");
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        let v4: IpAddr = "10.0.0.1".parse().unwrap();
+        let pair = PerIpLimiter::new(1.0, 1);
+        assert!(pair.allow(mapped, t0));
+        assert!(!pair.allow(v4, t0), "IPv4-mapped counts as the IPv4 address");
+    }
+
+    #[test]
+    fn rotating_sources_stay_capped_and_fast() {
+        let limiter = PerIpLimiter::new(1.0, 1);
+        let t0 = Instant::now();
+        let started = Instant::now();
+        for i in 0..200_000u32 {
+            let ip = IpAddr::V4((0x0A00_0000 + i).into());
+            assert!(limiter.allow(ip, t0), "a new source starts with a full bucket");
+            assert!(limiter.tracked() <= PER_IP_MAX_TRACKED);
+        }
+        assert_eq!(limiter.tracked(), PER_IP_MAX_TRACKED);
+        // The old full sweep cost O(n) per new source above the cap: ~10^10 steps here. A bound of seconds
+        // (generous for a debug build on a shared runner) separates the two by orders of magnitude.
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "200k new sources took {:?}",
+            started.elapsed()
+        );
+        let queue = limiter.buckets.lock().order.len();
+        assert!(queue <= 2 * PER_IP_MAX_TRACKED + 1, "LRU queue compacted: {queue}");
+    }
+
+    #[test]
+    fn least_recently_used_source_is_evicted_first() {
+        let limiter = PerIpLimiter::with_max_tracked(1.0, 1, 2);
+        let t0 = Instant::now();
+        let (a, b, c): (IpAddr, IpAddr, IpAddr) = (
+            "10.0.0.1".parse().unwrap(),
+            "10.0.0.2".parse().unwrap(),
+            "10.0.0.3".parse().unwrap(),
+        );
+        assert!(limiter.allow(a, t0));
+        assert!(limiter.allow(b, t0));
+        assert!(!limiter.allow(a, t0), "a is empty and now the most recently used");
+        assert!(limiter.allow(c, t0), "evicts b, not a");
+        assert_eq!(limiter.tracked(), 2);
+        assert!(!limiter.allow(a, t0), "a's empty bucket survived");
+        assert!(limiter.allow(b, t0), "b was forgotten: a fresh bucket");
     }
 
     #[test]

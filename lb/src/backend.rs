@@ -9,12 +9,12 @@
 use std::collections::HashMap;
 use std::io;
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use fleetgate_config::lb::BackendConfig;
 use fleetgate_protocol::ring::{Ring, RingNode};
+use parking_lot::Mutex;
 use tokio::net::TcpStream;
 
 use crate::health::Health;
@@ -71,24 +71,19 @@ impl BackendState {
         self.live
             .suspect_until
             .lock()
-            .map(|s| s.is_some_and(|until| now < until))
-            .unwrap_or(false)
+            .is_some_and(|until| now < until)
     }
 
     /// Marks a connect failure or a reset (passive detection).
     pub fn mark_failed(&self, now: Instant) {
-        if let Ok(mut s) = self.live.suspect_until.lock() {
-            *s = Some(now + SUSPECT_TTL);
-        }
+        *self.live.suspect_until.lock() = Some(now + SUSPECT_TTL);
         metrics::counter!(stats::BACKEND_CONNECT_FAILURES, "backend" => self.config.name.clone())
             .increment(1);
     }
 
     /// Clears the mark after a successful connect.
     pub fn mark_ok(&self) {
-        if let Ok(mut s) = self.live.suspect_until.lock() {
-            *s = None;
-        }
+        *self.live.suspect_until.lock() = None;
     }
 
     /// Connections relayed to it now.
@@ -124,6 +119,8 @@ pub struct Backends {
     by_name: HashMap<String, usize>,
     ring: Ring,
     bounded_load_factor: Option<f64>,
+    /// Some backend has `send_client_cert`: decided here once, not per TLS handshake.
+    any_sends_client_cert: bool,
 }
 
 impl Backends {
@@ -155,12 +152,19 @@ impl Backends {
             .enumerate()
             .map(|(i, s)| (s.config.name.clone(), i))
             .collect();
+        let any_sends_client_cert = states.iter().any(|b| b.config.send_client_cert);
         Self {
             states,
             by_name,
             ring,
             bounded_load_factor,
+            any_sends_client_cert,
         }
+    }
+
+    /// True when some backend wants the client certificate (so a handshake keeps its DER).
+    pub fn any_sends_client_cert(&self) -> bool {
+        self.any_sends_client_cert
     }
 
     /// The backend named `name`.
@@ -175,11 +179,11 @@ impl Backends {
 
     /// The backend `key` goes to now, skipping unhealthy ones, ones in `tried`, and suspect ones unless every
     /// remaining one is suspect (then a suspect one is tried rather than refusing the client).
-    pub fn pick(&self, key: &[u8], tried: &[String], now: Instant) -> Option<Arc<BackendState>> {
+    pub fn pick(&self, key: &[u8], tried: &[&str], now: Instant) -> Option<&Arc<BackendState>> {
         let usable = |name: &str, skip_suspect: bool| {
             self.get(name).is_some_and(|b| {
                 b.is_healthy()
-                    && !tried.iter().any(|t| t == name)
+                    && !tried.contains(&name)
                     && !(skip_suspect && b.is_suspect(now))
             })
         };
@@ -187,7 +191,7 @@ impl Backends {
             .or_else(|| self.select(key, |n| usable(n, false)))
     }
 
-    fn select(&self, key: &[u8], eligible: impl Fn(&str) -> bool) -> Option<Arc<BackendState>> {
+    fn select(&self, key: &[u8], eligible: impl Fn(&str) -> bool) -> Option<&Arc<BackendState>> {
         let name = match self.bounded_load_factor {
             Some(factor) => {
                 let total: u64 = self
@@ -202,7 +206,7 @@ impl Backends {
             }
             None => self.ring.select(key, &eligible),
         }?;
-        self.get(name).cloned()
+        self.get(name)
     }
 }
 
@@ -268,7 +272,7 @@ mod tests {
         let first = b.pick(b"client-a", &[], now).unwrap();
         assert_eq!(first.name(), b.pick(b"client-a", &[], now).unwrap().name());
         let second = b
-            .pick(b"client-a", &[first.name().to_string()], now)
+            .pick(b"client-a", &[first.name()], now)
             .unwrap();
         assert_ne!(first.name(), second.name());
         first.mark_failed(now);
@@ -282,12 +286,16 @@ mod tests {
     #[test]
     fn all_suspect_still_picks_and_all_tried_gives_none() {
         let b = Backends::new(vec![cfg("a"), cfg("b")], None, Some(1.25));
+        assert!(!b.any_sends_client_cert());
+        let mut wants = cfg("c");
+        wants.0.send_client_cert = true;
+        assert!(Backends::new(vec![cfg("a"), wants], None, None).any_sends_client_cert());
         let now = Instant::now();
         for s in b.all() {
             s.mark_failed(now);
         }
         assert!(b.pick(b"k", &[], now).is_some());
-        assert!(b.pick(b"k", &["a".into(), "b".into()], now).is_none());
+        assert!(b.pick(b"k", &["a", "b"], now).is_none());
     }
 
     #[test]

@@ -8,7 +8,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use fleetgate_config::lb::ProxyVersion;
 use fleetgate_protocol::peek::{self, ConnectSummary, PeekError, Refusal};
@@ -27,6 +27,10 @@ use crate::{identity, sockopt, stats};
 /// Bytes requested per read while peeking the CONNECT: a typical CONNECT (client ID, user name, token) fits in
 /// one read; the buffer grows up to `max_connect_size` only for clients that send more.
 const PEEK_READ_CHUNK: usize = 1024;
+
+/// Deadline for closing a client we turned away: a TLS close_notify (or a FIN behind unread data) waits on a client
+/// that does not read, and such a client must not hold the task and its slot.
+pub const CLIENT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Handles one accepted socket until it closes. Never fails: every outcome is logged and counted.
 pub async fn handle(
@@ -133,10 +137,12 @@ impl Conn<'_> {
         let Some((summary, first_bytes)) = self.peek(&mut client).await else {
             return "peek_failed";
         };
+        let ip_key;
         let key = if summary.client_id.is_empty() {
-            source.ip().to_string()
+            ip_key = source.ip().to_string();
+            ip_key.as_bytes()
         } else {
-            summary.client_id.clone()
+            summary.client_id.as_bytes()
         };
         tracing::Span::current().record("mqtt.client_id", summary.client_id.as_str());
 
@@ -144,14 +150,18 @@ impl Conn<'_> {
         let mut identity = identity;
         identity.unique_id = Some(self.conn_id.clone().into_bytes());
         identity.lb_client_id = Some(summary.client_id.clone());
-        let Some((backend, mut upstream)) = self
-            .connect_backend(key.as_bytes(), source, destination, &identity, &first_bytes)
-            .await
+        let mut spec = HeaderSpec {
+            source,
+            destination,
+            identity,
+            crc32c: false,
+        };
+        let Some((backend, mut upstream)) = self.connect_backend(key, &mut spec, &first_bytes).await
         else {
             let refusal = peek::connack_refusal(summary.protocol_level, Refusal::ServerUnavailable);
             let _ =
                 tokio::time::timeout(limits.connect_peek_timeout, client.write_all(&refusal)).await;
-            let _ = client.shutdown().await;
+            let _ = tokio::time::timeout(CLIENT_SHUTDOWN_TIMEOUT, client.shutdown()).await;
             tracing::warn!(event = "refused", reason = "no_backend", mqtt.client_id = %summary.client_id);
             return "backend_unavailable";
         };
@@ -170,10 +180,10 @@ impl Conn<'_> {
             backend = %backend.name(),
             conn_id = %self.conn_id,
             protocol_level = summary.protocol_level,
-            tls_version = identity.tls_version.as_deref().unwrap_or(""),
-            cn = identity.cn.as_deref().unwrap_or(""),
+            tls_version = spec.identity.tls_version.as_deref().unwrap_or(""),
+            cn = spec.identity.cn.as_deref().unwrap_or(""),
         );
-        drop(identity);
+        drop(spec);
 
         let _active = backend.track();
         let (_registration, drain) = self
@@ -181,7 +191,11 @@ impl Conn<'_> {
             .registry
             .register(&summary.client_id, backend.name());
         let ctl = RelayControl {
-            idle: relay::idle_timeout(summary.keep_alive, limits.idle_grace),
+            idle: Some(relay::idle_timeout(
+                summary.keep_alive,
+                limits.idle_grace,
+                limits.max_idle,
+            )),
             abort: &self.shared.abort,
             drain: &drain,
             protocol_level: summary.protocol_level,
@@ -256,7 +270,7 @@ impl Conn<'_> {
                 client.write_all(&refusal),
             )
             .await;
-            let _ = client.shutdown().await;
+            let _ = tokio::time::timeout(CLIENT_SHUTDOWN_TIMEOUT, client.shutdown()).await;
         }
         "refused"
     }
@@ -273,12 +287,7 @@ impl Conn<'_> {
         match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
             Ok(Ok(tls)) => {
                 stats::tls_handshake(name, started.elapsed());
-                let send_cert = self
-                    .snapshot
-                    .backends
-                    .all()
-                    .iter()
-                    .any(|b| b.config.send_client_cert);
+                let send_cert = self.snapshot.backends.any_sends_client_cert();
                 let identity =
                     identity::from_tls(tls.get_ref().1, self.listener.verifies_clients, send_cert);
                 if let Some(sni) = &identity.authority {
@@ -329,22 +338,22 @@ impl Conn<'_> {
     }
 
     /// Picks a backend for `key` and connects; a backend that fails before any byte of the client was delivered
-    /// is marked suspect and the next-ranked one is tried. Sends the PROXY header and the first bytes.
+    /// is marked suspect and the next-ranked one is tried. Sends the PROXY header (from `spec`, whose `crc32c` is
+    /// set per backend) and the first bytes.
     async fn connect_backend(
         &self,
         key: &[u8],
-        source: SocketAddr,
-        destination: SocketAddr,
-        identity: &PeerIdentity,
+        spec: &mut HeaderSpec,
         first_bytes: &[u8],
     ) -> Option<(Arc<BackendState>, TcpStream)> {
         let backends = &self.snapshot.backends;
         let timeout = self.snapshot.config.limits.backend_connect_timeout;
-        let mut tried = Vec::new();
+        // Names borrowed from the snapshot; allocated only when a first attempt fails.
+        let mut tried: Vec<&str> = Vec::new();
         while tried.len() < backends.all().len() {
             let backend = backends.pick(key, &tried, Instant::now())?;
-            tried.push(backend.name().to_owned());
-            let head = header(&backend, source, destination, identity, first_bytes);
+            tried.push(backend.name());
+            let head = header(backend, spec, first_bytes);
             let attempt = async {
                 let mut upstream = backend::connect(&backend, timeout).await?;
                 tokio::time::timeout(timeout, upstream.write_all(&head))
@@ -357,7 +366,7 @@ impl Conn<'_> {
             match attempt.await {
                 Ok(upstream) => {
                     backend.mark_ok();
-                    return Some((backend, upstream));
+                    return Some((backend.clone(), upstream));
                 }
                 Err(e) => {
                     backend.mark_failed(Instant::now());
@@ -370,27 +379,23 @@ impl Conn<'_> {
 }
 
 /// The PROXY header for `backend` (per its `proxy_protocol`) followed by the client's first bytes.
-fn header(
-    backend: &BackendState,
-    source: SocketAddr,
-    destination: SocketAddr,
-    identity: &PeerIdentity,
-    first_bytes: &[u8],
-) -> Vec<u8> {
+fn header(backend: &BackendState, spec: &mut HeaderSpec, first_bytes: &[u8]) -> Vec<u8> {
     let mut out = match backend.config.proxy_protocol {
-        ProxyVersion::Off => Vec::new(),
-        ProxyVersion::V1 => proxy::encode_v1(source, destination),
+        ProxyVersion::Off => Vec::with_capacity(first_bytes.len()),
+        ProxyVersion::V1 => proxy::encode_v1(spec.source, spec.destination),
         ProxyVersion::V2 => {
-            let mut identity = identity.clone();
-            if !backend.config.send_client_cert {
-                identity.client_cert_der = None;
+            // The certificate goes only to backends that asked for it: lent out of the identity for this
+            // encoding and put back (the next backend tried may want it), never copied.
+            let withheld = match backend.config.send_client_cert {
+                true => None,
+                false => spec.identity.client_cert_der.take(),
+            };
+            spec.crc32c = backend.config.crc32c;
+            let out = proxy::encode_v2(spec);
+            if withheld.is_some() {
+                spec.identity.client_cert_der = withheld;
             }
-            proxy::encode_v2(&HeaderSpec {
-                source,
-                destination,
-                identity,
-                crc32c: backend.config.crc32c,
-            })
+            out
         }
     };
     out.extend_from_slice(first_bytes);

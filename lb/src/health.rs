@@ -14,6 +14,7 @@ use std::sync::PoisonError;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use fleetgate_config::lb::{HealthConfig, HealthKind, ProxyVersion};
+use fleetgate_protocol::mqtt::encode_varint;
 use fleetgate_protocol::proxy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -171,8 +172,8 @@ async fn mqtt(
         check
             .credentials
             .as_ref()
-            .map(|(u, p)| (u.as_str(), p.0.as_str())),
-    ));
+            .map(|(u, p)| (u.as_str(), p.expose())),
+    )?);
     stream.write_all(&out).await?;
     let mut connack = [0u8; 4];
     stream.read_exact(&mut connack).await?;
@@ -189,7 +190,10 @@ async fn mqtt(
 }
 
 /// An MQTT 3.1.1 CONNECT, clean session, for the probe.
-fn connect_packet(client_id: &str, credentials: Option<(&str, &str)>) -> Vec<u8> {
+fn connect_packet(
+    client_id: &str,
+    credentials: Option<(&str, &str)>,
+) -> Result<Vec<u8>, ProbeError> {
     fn put(out: &mut Vec<u8>, b: &[u8]) {
         out.extend_from_slice(&(b.len().min(usize::from(u16::MAX)) as u16).to_be_bytes());
         out.extend_from_slice(&b[..b.len().min(usize::from(u16::MAX))]);
@@ -205,20 +209,11 @@ fn connect_packet(client_id: &str, credentials: Option<(&str, &str)>) -> Vec<u8>
         put(&mut body, pass.as_bytes());
     }
     let mut out = vec![0x10];
-    let mut len = body.len();
-    loop {
-        let mut byte = (len % 128) as u8;
-        len /= 128;
-        if len > 0 {
-            byte |= 0x80;
-        }
-        out.push(byte);
-        if len == 0 {
-            break;
-        }
-    }
+    // Three strings of at most 65,535 bytes each: always within the varint range.
+    encode_varint(body.len(), &mut out)
+        .map_err(|e| ProbeError::Unexpected(format!("probe CONNECT: {e}")))?;
     out.extend(body);
-    out
+    Ok(out)
 }
 
 async fn http(address: &str, check: &HealthConfig) -> Result<(), ProbeError> {
@@ -369,7 +364,7 @@ mod tests {
 
     #[test]
     fn probe_connect_packet_is_valid() {
-        let p = connect_packet("fleetgate-probe-lb-0", Some(("u", "p")));
+        let p = connect_packet("fleetgate-probe-lb-0", Some(("u", "p"))).unwrap();
         let summary = fleetgate_protocol::peek::peek_connect(&p, 1024)
             .unwrap()
             .unwrap();

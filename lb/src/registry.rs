@@ -3,19 +3,39 @@
 //! shutdown and when a draining backend leaves the config).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
+use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
+/// Shards of the registry: a connect or disconnect locks one shard (picked by client ID), so a reconnect storm
+/// spreads over 16 locks instead of one. A power of two well above the worker count of a small LB.
+pub const REGISTRY_SHARDS: usize = 16;
+
 /// Live relays.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Registry {
-    inner: Mutex<Inner>,
+    next: AtomicU64,
+    /// Random per process, so client IDs cannot be chosen to pile into one shard.
+    hasher: RandomState,
+    shards: [Mutex<Shard>; REGISTRY_SHARDS],
 }
 
+impl Default for Registry {
+    fn default() -> Self {
+        Self {
+            next: AtomicU64::new(0),
+            hasher: RandomState::new(),
+            shards: std::array::from_fn(|_| Mutex::default()),
+        }
+    }
+}
+
+/// The relays of the client IDs that hash to one shard (all relays of one ID are in the same shard).
 #[derive(Debug, Default)]
-struct Inner {
-    next: u64,
+struct Shard {
     conns: HashMap<u64, Entry>,
     clients: HashMap<String, ClientEntry>,
 }
@@ -41,12 +61,13 @@ pub struct ClientEntry {
 #[derive(Debug)]
 pub struct Registration {
     registry: Arc<Registry>,
+    shard: usize,
     key: u64,
 }
 
 impl Registry {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    fn shard_of(&self, client_id: &str) -> usize {
+        (self.hasher.hash_one(client_id) % REGISTRY_SHARDS as u64) as usize
     }
 
     /// Registers a relay of `client_id` to `backend`; returns its registration and its drain switch.
@@ -56,9 +77,9 @@ impl Registry {
         backend: &str,
     ) -> (Registration, CancellationToken) {
         let drain = CancellationToken::new();
-        let mut inner = self.lock();
-        inner.next += 1;
-        let key = inner.next;
+        let key = self.next.fetch_add(1, Ordering::Relaxed);
+        let shard = self.shard_of(client_id);
+        let mut inner = self.shards[shard].lock();
         inner.conns.insert(
             key,
             Entry {
@@ -77,12 +98,15 @@ impl Registry {
                     backend: String::new(),
                 });
             entry.connections += 1;
-            entry.backend = backend.to_owned();
+            if entry.backend != backend {
+                entry.backend = backend.to_owned();
+            }
         }
         drop(inner);
         (
             Registration {
                 registry: self.clone(),
+                shard,
                 key,
             },
             drain,
@@ -91,12 +115,16 @@ impl Registry {
 
     /// What is known of `client_id` now (`None`: not connected through this LB).
     pub fn client(&self, client_id: &str) -> Option<ClientEntry> {
-        self.lock().clients.get(client_id).cloned()
+        self.shards[self.shard_of(client_id)]
+            .lock()
+            .clients
+            .get(client_id)
+            .cloned()
     }
 
     /// Relays open now.
     pub fn len(&self) -> usize {
-        self.lock().conns.len()
+        self.shards.iter().map(|s| s.lock().conns.len()).sum()
     }
 
     /// True when no relay is open.
@@ -106,22 +134,27 @@ impl Registry {
 
     /// The drain switches of the relays to `backend` (all relays when `None`) not yet being drained; marks them.
     pub fn take_for_drain(&self, backend: Option<&str>) -> Vec<CancellationToken> {
-        let mut inner = self.lock();
-        inner
-            .conns
-            .values_mut()
-            .filter(|e| !e.draining && backend.is_none_or(|b| e.backend == b))
-            .map(|e| {
-                e.draining = true;
-                e.drain.clone()
-            })
-            .collect()
+        let mut out = Vec::new();
+        for shard in &self.shards {
+            out.extend(
+                shard
+                    .lock()
+                    .conns
+                    .values_mut()
+                    .filter(|e| !e.draining && backend.is_none_or(|b| e.backend == b))
+                    .map(|e| {
+                        e.draining = true;
+                        e.drain.clone()
+                    }),
+            );
+        }
+        out
     }
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        let mut inner = self.registry.lock();
+        let mut inner = self.registry.shards[self.shard].lock();
         let Some(entry) = inner.conns.remove(&self.key) else {
             return;
         };
@@ -160,5 +193,22 @@ mod tests {
         drop(b);
         assert_eq!(r.client("c1"), None);
         assert_eq!(r.len(), 1);
+    }
+
+    #[test]
+    fn shards_keep_counts_per_client_and_drain_across_shards() {
+        let r = Arc::new(Registry::default());
+        let regs: Vec<_> = (0..200)
+            .map(|i| r.register(&format!("dev-{}", i % 100), if i % 2 == 0 { "b0" } else { "b1" }))
+            .collect();
+        assert_eq!(r.len(), 200);
+        let used: std::collections::HashSet<usize> = regs.iter().map(|(g, _)| g.shard).collect();
+        assert!(used.len() > 1, "client IDs spread over shards");
+        assert_eq!(r.client("dev-7").map(|c| c.connections), Some(2));
+        assert_eq!(r.take_for_drain(Some("b0")).len(), 100);
+        assert_eq!(r.take_for_drain(None).len(), 100, "the b1 relays, not the marked ones");
+        drop(regs);
+        assert!(r.is_empty());
+        assert_eq!(r.client("dev-7"), None);
     }
 }

@@ -3,8 +3,11 @@
 //!
 //! Memory is the point: most connections are idle MQTT sessions that exchange a PINGREQ a minute, so a relay
 //! must not pin buffers while waiting. `tokio::io::copy_bidirectional` keeps two 8 KiB buffers per connection
-//! forever; here each direction waits for *readiness* with no buffer, allocates a [`RELAY_BUFFER`] only once
-//! the socket is readable, and frees it as soon as a read would block again.
+//! forever; here each direction waits for *readiness* with no buffer, allocates an uninitialised buffer (no
+//! memset) only once the socket is readable, and frees it as soon as a read would block again. The buffer starts at
+//! [`RELAY_BUFFER_MIN`] (a PINGREQ costs a 4 KiB allocation, not 16) and grows to [`RELAY_BUFFER`] for a
+//! direction whose reads fill it. The writer is flushed once per burst, when the reader has nothing more (one TLS
+//! record flush / syscall per burst instead of one per read).
 //!
 //! TLS: rustls may hold decrypted bytes the socket no longer signals. The invariant that makes waiting on the
 //! TCP socket's readiness correct is: the buffer is only dropped after a read returned `Pending`, at which point
@@ -26,7 +29,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use bytes::{Buf, BufMut, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
@@ -40,9 +44,13 @@ pub const DRAIN_BOUNDARY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Deadline for writing the DISCONNECTs of a drained relay: a peer that does not take four bytes is gone.
 pub const DRAIN_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Size of the buffer a direction allocates while its source is readable: large enough to move a burst of
-/// publishes in a few syscalls, and only held while bytes are flowing.
+/// Largest buffer a direction uses while its source is readable: large enough to move a burst of publishes in a
+/// few syscalls, and only held while bytes are flowing.
 pub const RELAY_BUFFER: usize = 16 * 1024;
+
+/// First buffer of a direction: a PINGREQ, a PUBACK or a small PUBLISH fits many times over; a direction whose
+/// read fills it doubles up to [`RELAY_BUFFER`] (and keeps that size).
+pub const RELAY_BUFFER_MIN: usize = 4 * 1024;
 
 /// A stream that can say it is readable without being handed a buffer.
 pub trait ReadReady {
@@ -191,9 +199,11 @@ struct Fault {
 
 /// One direction's state: a buffer only while bytes are in flight.
 struct Direction {
-    buf: Option<Box<[u8]>>,
-    pos: usize,
-    cap: usize,
+    /// `None` while idle; bytes read and not yet written otherwise.
+    buf: Option<BytesMut>,
+    /// Capacity of the next buffer ([`RELAY_BUFFER_MIN`] growing to [`RELAY_BUFFER`]).
+    size: usize,
+    /// Bytes were written since the last flush.
     needs_flush: bool,
     eof: bool,
     done: bool,
@@ -208,14 +218,41 @@ impl Direction {
     fn new() -> Self {
         Self {
             buf: None,
-            pos: 0,
-            cap: 0,
+            size: RELAY_BUFFER_MIN,
             needs_flush: false,
             eof: false,
             done: false,
             bytes: 0,
             read_first: true,
             tracker: PacketTracker::default(),
+        }
+    }
+
+    /// Flushes what was written since the last flush. `Ready(Ok)` once nothing is pending.
+    fn poll_flush<W: AsyncWrite + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        writer: &mut W,
+    ) -> Poll<io::Result<()>> {
+        if self.needs_flush {
+            ready!(Pin::new(writer).poll_flush(cx))?;
+            self.needs_flush = false;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// The reader has nothing now: release the buffer, flush the burst written, and wait (for the reader, or for
+    /// the writer when the flush itself is pending).
+    fn idle<T, W: AsyncWrite + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        writer: &mut W,
+        writer_side: Side,
+    ) -> Poll<Result<T, Fault>> {
+        self.buf = None;
+        match self.poll_flush(cx, writer) {
+            Poll::Ready(Err(_)) => Poll::Ready(Err(Fault { side: writer_side })),
+            _ => Poll::Pending,
         }
     }
 
@@ -237,23 +274,21 @@ impl Direction {
             if self.done {
                 return Poll::Ready(Ok(Flow::Done));
             }
-            if let Some(buf) = self.buf.as_deref() {
-                while self.pos < self.cap {
-                    let n = ready!(Pin::new(&mut *writer).poll_write(cx, &buf[self.pos..self.cap]))
+            if let Some(buf) = self.buf.as_mut() {
+                while !buf.is_empty() {
+                    let n = ready!(Pin::new(&mut *writer).poll_write(cx, buf))
                         .map_err(|_| write_fault())?;
                     if n == 0 {
                         return Poll::Ready(Err(write_fault()));
                     }
-                    self.pos += n;
+                    buf.advance(n);
                     self.bytes += n as u64;
+                    self.needs_flush = true;
                 }
-            }
-            if self.needs_flush {
-                ready!(Pin::new(&mut *writer).poll_flush(cx)).map_err(|_| write_fault())?;
-                self.needs_flush = false;
             }
             if self.eof {
                 // Half-close: the reader is done sending; pass that on. A peer that already left is not an error.
+                let _ = ready!(self.poll_flush(cx, writer));
                 let _ = ready!(Pin::new(&mut *writer).poll_shutdown(cx));
                 self.done = true;
                 return Poll::Ready(Ok(Flow::Done));
@@ -263,40 +298,46 @@ impl Direction {
             let limit = match (draining, self.tracker.until_boundary()) {
                 (true, Some(0)) => {
                     self.buf = None;
+                    ready!(self.poll_flush(cx, writer)).map_err(|_| write_fault())?;
                     return Poll::Ready(Ok(Flow::Parked));
                 }
-                (true, Some(n)) => n.min(RELAY_BUFFER),
-                _ => RELAY_BUFFER,
+                (true, Some(n)) => n.min(self.size),
+                _ => self.size,
             };
-            if self.buf.is_none() {
-                if !self.read_first {
-                    ready!(reader.poll_read_ready(cx)).map_err(|_| Fault { side: reader_side })?;
+            let buf = match self.buf.as_mut() {
+                Some(buf) => buf,
+                None => {
+                    if !self.read_first {
+                        match reader.poll_read_ready(cx) {
+                            Poll::Pending => return self.idle(cx, writer, writer_side),
+                            Poll::Ready(Err(_)) => return Poll::Ready(Err(read_fault)),
+                            Poll::Ready(Ok(())) => {}
+                        }
+                    }
+                    self.buf.insert(BytesMut::new())
                 }
-                self.buf = Some(vec![0u8; RELAY_BUFFER].into_boxed_slice());
-            }
+            };
             self.read_first = false;
-            let Some(buf) = self.buf.as_deref_mut() else {
-                continue;
-            };
-            let mut read_buf = ReadBuf::new(&mut buf[..limit]);
-            match Pin::new(&mut *reader).poll_read(cx, &mut read_buf) {
-                Poll::Pending => {
-                    // Nothing buffered anywhere: idle without memory until the socket is readable again.
-                    self.buf = None;
-                    return Poll::Pending;
-                }
+            // Empty here (everything read was written): this reuses the allocation, or makes the first one.
+            buf.clear();
+            buf.reserve(self.size);
+            // `read_buf` reads into the spare capacity through `ReadBuf::uninit` (no zeroing); polled once here and
+            // dropped, which is cancel-safe.
+            let mut spare = (&mut *buf).limit(limit);
+            let read = std::pin::pin!(reader.read_buf(&mut spare)).poll(cx);
+            match read {
+                // Nothing buffered anywhere: idle without memory until the socket is readable again.
+                Poll::Pending => return self.idle(cx, writer, writer_side),
                 Poll::Ready(Err(_)) => return Poll::Ready(Err(read_fault)),
-                Poll::Ready(Ok(())) => {
-                    let n = read_buf.filled().len();
-                    self.pos = 0;
-                    self.cap = n;
-                    if n == 0 {
-                        self.eof = true;
-                        self.buf = None;
-                    } else {
-                        self.tracker.feed(read_buf.filled());
-                        self.needs_flush = true;
-                        *last_activity = Instant::now();
+                Poll::Ready(Ok(0)) => {
+                    self.eof = true;
+                    self.buf = None;
+                }
+                Poll::Ready(Ok(n)) => {
+                    self.tracker.feed(&buf[..n]);
+                    *last_activity = Instant::now();
+                    if n >= self.size {
+                        self.size = (self.size * 2).min(RELAY_BUFFER);
                     }
                 }
             }
@@ -432,10 +473,14 @@ async fn finish_drain<B>(
     .await;
 }
 
-/// The idle timeout for a client keep-alive: 1.5 × keep-alive (what MQTT allows a server) plus `grace`;
-/// keep-alive 0 means the client asked for none, so neither does the LB.
-pub fn idle_timeout(keep_alive: u16, grace: Duration) -> Option<Duration> {
-    (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500) + grace)
+/// The idle timeout for a client keep-alive: 1.5 × keep-alive (what MQTT allows a server) plus `grace`.
+/// Keep-alive 0 (the client asked for none) gets `max_idle`: a silent client must not hold a slot forever (a dead
+/// peer is caught sooner by TCP keep-alive and `TCP_USER_TIMEOUT`, see [`crate::sockopt`]).
+pub fn idle_timeout(keep_alive: u16, grace: Duration, max_idle: Duration) -> Duration {
+    match keep_alive {
+        0 => max_idle,
+        k => Duration::from_millis(u64::from(k) * 1500) + grace,
+    }
 }
 
 #[cfg(test)]
@@ -514,10 +559,11 @@ mod tests {
 
     #[test]
     fn idle_timeout_rule() {
-        assert_eq!(idle_timeout(0, Duration::from_secs(30)), None);
+        let (grace, max_idle) = (Duration::from_secs(30), Duration::from_secs(1800));
+        assert_eq!(idle_timeout(0, grace, max_idle), max_idle);
         assert_eq!(
-            idle_timeout(60, Duration::from_secs(30)),
-            Some(Duration::from_secs(120))
+            idle_timeout(60, grace, max_idle),
+            Duration::from_secs(120)
         );
     }
 

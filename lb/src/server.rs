@@ -325,6 +325,11 @@ impl Lb {
                     })?;
             bound.push((l.name.clone(), l.bind, addr, socket));
         }
+        // Read once at start, like the bind address: a changed token applies at the next restart.
+        let admin_token = match &config.admin_token_file {
+            Some(path) => Some(fleetgate_config::lb::Secret::read_file(path)?),
+            None => None,
+        };
         let admin_socket = match config.admin_bind {
             Some(bind) => {
                 let socket = TcpListener::bind(bind)
@@ -351,6 +356,8 @@ impl Lb {
                 readiness: shared.readiness.clone(),
                 metrics: fleetgate_ops::telemetry::install(),
                 routes: Some(Arc::new(LbRoutes::new(shared.clone()))),
+                // `[admin] token_file`: POST /reload and /drain need `Authorization: Bearer <token>`.
+                token: admin_token.map(|t| t.expose().to_owned()),
             };
             tokio::spawn(admin::serve(socket, state, admin_stop.clone()))
         });

@@ -119,7 +119,9 @@ fn client_verifier(
     builder.build().map_err(|e| file_error(ca_path, e))
 }
 
-/// Picks the server certificate by SNI; an unknown or absent name gets the first (default) certificate.
+/// Picks the server certificate by SNI; an unknown or absent name gets the first (default) certificate. Names are
+/// matched case-insensitively: stored lowercased here, and rustls lowercases the client's SNI before it reaches
+/// [`ResolvesServerCert::resolve`], so a handshake looks its name up without allocating.
 #[derive(Debug)]
 pub struct SniResolver {
     default: Arc<CertifiedKey>,
@@ -143,7 +145,7 @@ impl SniResolver {
             let certified = Arc::new(certified);
             for name in &entry.sni {
                 by_name
-                    .entry(name.clone())
+                    .entry(name.to_ascii_lowercase())
                     .or_insert_with(|| certified.clone());
             }
             default.get_or_insert(certified);
@@ -159,7 +161,7 @@ impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let by_sni = hello
             .server_name()
-            .and_then(|name| self.by_name.get(&name.to_ascii_lowercase()));
+            .and_then(|name| self.by_name.get(name));
         Some(by_sni.unwrap_or(&self.default).clone())
     }
 }

@@ -1,8 +1,10 @@
 //! Admin HTTP server: what probes and scrapers talk to — `/healthz`, `/readyz`, `/metrics`, plus routes a binary
 //! adds (e.g. the broker's cluster and session endpoints) through [`AdminRoutes`].
 //!
-//! Plain HTTP/1.1 with hyper; one task per connection, spawned at once; every request body is capped and every
-//! header read is bounded in time, so a slow or hostile client only ever ties up its own task.
+//! Plain HTTP/1.1 with hyper; one task per connection, spawned at once; at most [`MAX_ADMIN_CONNECTIONS`] open at
+//! once; every request body is capped in size and in time and every header read is bounded in time, so a slow or
+//! hostile client only ever ties up its own task. With [`AdminState::token`] set, every request that is not a
+//! `GET`/`HEAD` (reload, drain, ...) needs `Authorization: Bearer <token>`, else 401.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -14,13 +16,16 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::header::{
+    AUTHORIZATION, CONNECTION, CONTENT_TYPE, HeaderMap, HeaderValue, WWW_AUTHENTICATE,
+};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 /// Largest request body accepted: admin requests are small JSON documents; anything bigger is refused with 413
@@ -30,6 +35,14 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Time a client gets to send a request's headers: probes send them at once, so a client that trickles them is
 /// either broken or holding a connection open on purpose.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Time a client gets to send a request's body once its headers are in: admin bodies are a few small JSON
+/// documents sent at once; a body trickled in byte by byte is holding the connection open on purpose.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Most admin connections open at once: probes, scrapers and an operator need a handful; beyond this a client is
+/// hoarding connections (each costs a task and its buffers), and new ones are closed at once until some end.
+pub const MAX_ADMIN_CONNECTIONS: usize = 64;
 
 /// After an accept error (e.g. out of file descriptors), pause before accepting again instead of spinning.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
@@ -120,12 +133,41 @@ pub struct AdminState {
     pub metrics: PrometheusHandle,
     /// Routes beyond the built-ins.
     pub routes: Option<Arc<dyn AdminRoutes>>,
+    /// Bearer token every non-`GET`/`HEAD` request must carry (`Authorization: Bearer <token>`); `None` = no
+    /// check (an admin port bound to loopback only).
+    pub token: Option<String>,
+}
+
+/// The bounds one server applies; tests shorten them.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    body_timeout: Duration,
+    max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            body_timeout: BODY_READ_TIMEOUT,
+            max_connections: MAX_ADMIN_CONNECTIONS,
+        }
+    }
 }
 
 /// Serves admin HTTP on `listener` until `shutdown` is cancelled; open connections are then closed gracefully
 /// (an in-flight request finishes) and this returns once the accept loop stops.
 pub async fn serve(listener: TcpListener, state: AdminState, shutdown: CancellationToken) {
+    serve_with(listener, state, shutdown, Limits::default()).await;
+}
+
+async fn serve_with(
+    listener: TcpListener,
+    state: AdminState,
+    shutdown: CancellationToken,
+    limits: Limits,
+) {
     let state = Arc::new(state);
+    let connections = Arc::new(Semaphore::new(limits.max_connections));
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -141,12 +183,24 @@ pub async fn serve(listener: TcpListener, state: AdminState, shutdown: Cancellat
                 }
             }
         };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            // Closing at once keeps the accept loop free; the client may retry once others have ended.
+            tracing::debug!(
+                event = "admin_conn_rejected",
+                reason = "too_many_connections",
+                "admin connection closed: {} already open",
+                limits.max_connections
+            );
+            drop(stream);
+            continue;
+        };
         let state = state.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let service = service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(respond(&state, req).await) }
+                async move { Ok::<_, Infallible>(respond(&state, limits.body_timeout, req).await) }
             });
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -168,8 +222,12 @@ pub async fn serve(listener: TcpListener, state: AdminState, shutdown: Cancellat
     }
 }
 
-/// Answers one request: the built-ins first, then the binary's routes, else 404.
-async fn respond(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+/// Answers one request: the built-ins first, then (after the token check) the binary's routes, else 404.
+async fn respond(
+    state: &AdminState,
+    body_timeout: Duration,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
     let method = parts.method.as_str().to_string();
     let path = parts.uri.path().to_string();
@@ -190,12 +248,32 @@ async fn respond(state: &AdminState, req: Request<Incoming>) -> Response<Full<By
     if let Some(resp) = builtin {
         return into_http(resp);
     }
+    let read_only = matches!(method.as_str(), "GET" | "HEAD");
+    if !read_only
+        && let Some(token) = &state.token
+        && !bearer_matches(&parts.headers, token)
+    {
+        // Refused before the body is read.
+        tracing::warn!(event = "admin_unauthorized", method = %method, path = %path, "admin request without a valid token");
+        let mut out = closing(into_http(AdminResponse::text(401, "unauthorized\n")));
+        out.headers_mut()
+            .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return out;
+    }
     let Some(routes) = state.routes.as_ref() else {
         return into_http(not_found());
     };
-    let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) => {
+    let collected =
+        tokio::time::timeout(body_timeout, Limited::new(body, MAX_BODY_BYTES).collect()).await;
+    let body = match collected {
+        Err(_elapsed) => {
+            return closing(into_http(AdminResponse::text(
+                408,
+                "request body not received in time\n",
+            )));
+        }
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) => {
             // Limited reports an oversized body as its own error type; anything else is a broken connection.
             let status = if e.is::<http_body_util::LengthLimitError>() {
                 413
@@ -212,6 +290,59 @@ async fn respond(state: &AdminState, req: Request<Incoming>) -> Response<Full<By
         body,
     };
     into_http(routes.handle(req).await.unwrap_or_else(not_found))
+}
+
+/// True when `headers` carry `Authorization: Bearer <token>` (scheme case-insensitive, compared in constant time).
+fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
+    let Some((scheme, given)) = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+    else {
+        return false;
+    };
+    scheme.eq_ignore_ascii_case("bearer")
+        && constant_time_eq(given.trim().as_bytes(), token.as_bytes())
+}
+
+/// Byte equality whose time depends only on the lengths, so the token cannot be guessed byte by byte.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Marks a response as the connection's last (its request body may be unread).
+fn closing(mut resp: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
+    resp.headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
+/// Decodes the `%XX` escapes of a URL path segment (client IDs may hold `/`, spaces, ...), for the routes of
+/// every binary. `None` when a `%` is not followed by two hex digits or the result is not UTF-8: answer 400.
+pub fn percent_decode(text: &str) -> Option<String> {
+    fn hex(b: u8) -> Option<u8> {
+        match b {
+            b'0'..=b'9' => Some(b - b'0'),
+            b'a'..=b'f' => Some(b - b'a' + 10),
+            b'A'..=b'F' => Some(b - b'A' + 10),
+            _ => None,
+        }
+    }
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'%' {
+            let hi = hex(*bytes.get(i + 1)?)?;
+            let lo = hex(*bytes.get(i + 2)?)?;
+            out.push(hi << 4 | lo);
+            i += 3;
+        } else {
+            out.push(b);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 fn not_found() -> AdminResponse {
@@ -257,6 +388,14 @@ mod tests {
     async fn start(
         routes: Option<Arc<dyn AdminRoutes>>,
     ) -> (std::net::SocketAddr, Readiness, CancellationToken) {
+        start_with(routes, None, Limits::default()).await
+    }
+
+    async fn start_with(
+        routes: Option<Arc<dyn AdminRoutes>>,
+        token: Option<&str>,
+        limits: Limits,
+    ) -> (std::net::SocketAddr, Readiness, CancellationToken) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let readiness = Readiness::new();
@@ -270,9 +409,10 @@ mod tests {
             readiness: readiness.clone(),
             metrics: handle,
             routes,
+            token: token.map(str::to_string),
         };
         let shutdown = CancellationToken::new();
-        tokio::spawn(serve(listener, state, shutdown.clone()));
+        tokio::spawn(serve_with(listener, state, shutdown.clone(), limits));
         (addr, readiness, shutdown)
     }
 
@@ -283,9 +423,20 @@ mod tests {
         target: &str,
         body: &str,
     ) -> (u16, String, String) {
+        request_with(addr, method, target, "", body).await
+    }
+
+    /// Like [`request`], with extra header lines (each ending in `\r\n`).
+    async fn request_with(
+        addr: std::net::SocketAddr,
+        method: &str,
+        target: &str,
+        headers: &str,
+        body: &str,
+    ) -> (u16, String, String) {
         let mut stream = TcpStream::connect(addr).await.unwrap();
         let req = format!(
-            "{method} {target} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            "{method} {target} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n{headers}Content-Length: {}\r\n\r\n{body}",
             body.len()
         );
         stream.write_all(req.as_bytes()).await.unwrap();
@@ -343,12 +494,115 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn trickled_body_is_cut_off() {
+        let limits = Limits {
+            body_timeout: Duration::from_millis(300),
+            ..Limits::default()
+        };
+        let (addr, _readiness, shutdown) = start_with(Some(Arc::new(Echo)), None, limits).await;
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 100\r\n\r\nab")
+            .await
+            .unwrap();
+        // Never sends the other 98 bytes: the server answers 408 and closes.
+        let mut raw = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut raw))
+            .await
+            .expect("the server closes the connection")
+            .unwrap();
+        let raw = String::from_utf8(raw).unwrap();
+        assert!(raw.starts_with("HTTP/1.1 408"), "{raw}");
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn token_guards_everything_but_reads() {
+        let (addr, _readiness, shutdown) =
+            start_with(Some(Arc::new(Echo)), Some("s3cret"), Limits::default()).await;
+        let (status, head, _) = request(addr, "POST", "/echo", "x").await;
+        assert_eq!(status, 401);
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("www-authenticate: bearer"),
+            "{head}"
+        );
+        for wrong in ["Bearer s3cre", "Bearer s3cretx", "Basic s3cret", "s3cret"] {
+            let header = format!("Authorization: {wrong}\r\n");
+            assert_eq!(
+                request_with(addr, "POST", "/echo", &header, "x").await.0,
+                401,
+                "{wrong}"
+            );
+        }
+        for right in ["Bearer s3cret", "bearer s3cret"] {
+            let header = format!("Authorization: {right}\r\n");
+            assert_eq!(
+                request_with(addr, "POST", "/echo", &header, "x").await.0,
+                200
+            );
+        }
+        // Reads need no token.
+        assert_eq!(request(addr, "GET", "/echo", "").await.0, 200);
+        assert_eq!(request(addr, "GET", "/healthz", "").await.0, 200);
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn connections_beyond_the_cap_are_closed() {
+        let limits = Limits {
+            max_connections: 1,
+            ..Limits::default()
+        };
+        let (addr, _readiness, shutdown) = start_with(None, None, limits).await;
+        let holder = TcpStream::connect(addr).await.unwrap();
+        // Accepted after the holder: closed at once, nothing answered.
+        let mut second = TcpStream::connect(addr).await.unwrap();
+        let _ = second
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await;
+        let mut raw = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), second.read_to_end(&mut raw))
+            .await
+            .expect("the second connection is closed");
+        assert!(read.is_err() || raw.is_empty(), "{raw:?}");
+        // Once the holder leaves, its slot is free again.
+        drop(holder);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            let _ = s
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                .await;
+            let mut raw = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut raw)).await;
+            if raw.starts_with(b"HTTP/1.1 200") {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "slot never freed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        shutdown.cancel();
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a%2Fb%20c").as_deref(), Some("a/b c"));
+        assert_eq!(percent_decode("plain").as_deref(), Some("plain"));
+        assert_eq!(percent_decode("%e2%9C%93").as_deref(), Some("\u{2713}"));
+        for bad in ["bad%2", "100%", "%zz", "%+5", "%ff", "%"] {
+            assert_eq!(percent_decode(bad), None, "{bad}");
+        }
+    }
+
+    #[tokio::test]
     async fn stops_accepting_on_shutdown() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let state = AdminState {
             readiness: Readiness::new(),
             metrics: PrometheusBuilder::new().build_recorder().handle(),
             routes: None,
+            token: None,
         };
         let shutdown = CancellationToken::new();
         let server = tokio::spawn(serve(listener, state, shutdown.clone()));

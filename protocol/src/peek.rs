@@ -5,11 +5,10 @@
 //! logging need is parsed; the broker's codec does the full validation. When a valid CONNECT cannot be served,
 //! [`connack_refusal`] builds the CONNACK that tells the client so instead of a bare reset.
 
+use crate::mqtt::{VarInt, read_varint as read_mqtt_varint};
+
 /// The fixed-header byte of a CONNECT: packet type 1, flags 0 ([MQTT-2.2.2-1]).
 const CONNECT_BYTE: u8 = 0x10;
-
-/// A remaining-length varint is at most 4 bytes ([MQTT-1.5.5]); a fifth continuation byte is malformed.
-const MAX_VARINT_LEN: usize = 4;
 
 /// What routing and logging need from a client's CONNECT.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,22 +90,13 @@ pub fn peek_connect(buf: &[u8], max_len: usize) -> Result<Option<ConnectSummary>
     parse_body(body, packet_len).map(Some)
 }
 
-/// Reads a remaining-length varint: `Ok(None)` when incomplete, `Malformed` past 4 bytes.
+/// Reads a Variable Byte Integer with the codec's reader: `Ok(None)` when incomplete, `Malformed` past 4 bytes.
 fn read_varint(buf: &[u8]) -> Result<Option<(usize, usize)>, PeekError> {
-    let mut value = 0usize;
-    for (i, &byte) in buf.iter().enumerate() {
-        if i >= MAX_VARINT_LEN {
-            return Err(PeekError::Malformed);
-        }
-        value |= usize::from(byte & 0x7F) << (7 * i);
-        if byte & 0x80 == 0 {
-            return Ok(Some((value, i + 1)));
-        }
+    match read_mqtt_varint(buf) {
+        Ok(VarInt::Done(value, len)) => Ok(Some((value as usize, len))),
+        Ok(VarInt::Incomplete) => Ok(None),
+        Err(_) => Err(PeekError::Malformed),
     }
-    if buf.len() >= MAX_VARINT_LEN {
-        return Err(PeekError::Malformed);
-    }
-    Ok(None)
 }
 
 /// Checks as much of the protocol name as has arrived, so a non-MQTT peer is caught early.
@@ -265,6 +255,7 @@ pub fn connack_refusal(protocol_level: u8, refusal: Refusal) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mqtt::encode_varint;
 
     const MAX: usize = 64 * 1024;
 
@@ -273,18 +264,8 @@ mod tests {
         out.extend_from_slice(s);
     }
 
-    fn varint(out: &mut Vec<u8>, mut n: usize) {
-        loop {
-            let mut b = (n % 128) as u8;
-            n /= 128;
-            if n > 0 {
-                b |= 0x80;
-            }
-            out.push(b);
-            if n == 0 {
-                break;
-            }
-        }
+    fn varint(out: &mut Vec<u8>, n: usize) {
+        encode_varint(n, out).unwrap();
     }
 
     fn packet(body: &[u8]) -> Vec<u8> {

@@ -7,6 +7,7 @@
 //! | [`process`] | [`ServerProcess`]: a running `fleetgate` child, its captured log lines, port discovery from the `listening` events, SIGTERM/SIGKILL on drop |
 //! | [`node`] | [`NodeSpec`] (a node config written into a tempdir) and [`Node`] (a started `fleetgate node` with its MQTT and admin addresses) |
 //! | [`lb`] | [`lb::LbProcess`] (a started `fleetgate lb` with its listener and admin addresses, `/backends`) and [`lb::Stopped`] (SIGSTOP, SIGCONT on drop) |
+//! | [`dns`] | [`dns::StubDns`]: a stub DNS server on 127.0.0.1:0 (A/AAAA/SRV records, failure modes) for discovery tests |
 //! | [`http`] | a tiny HTTP/1.1 GET for the admin port (`/metrics`, `/clients/{id}`, `/healthz`) and Prometheus text parsing |
 //! | [`pki`] | a throwaway PKI made with rcgen: CA, server cert, client certs, an expired one, one from another CA |
 //! | [`proxy_sender`] | [`ProxySender`]: a TCP forwarder that prefixes every connection with a PROXY v2 header |
@@ -20,6 +21,7 @@
 pub mod auth;
 pub mod clients;
 pub mod cluster;
+pub mod dns;
 pub mod http;
 pub mod lb;
 pub mod node;

@@ -106,6 +106,39 @@ impl Pki {
     }
 }
 
+impl Pki {
+    /// A cluster node certificate for node `name` (DNS SAN `name`, both server and client use, as a cluster link
+    /// needs both ways).
+    pub fn cluster_node(&self, name: &str) -> CertFiles {
+        issue(
+            self.dir.path(),
+            &file_stem(name, "node"),
+            node_params(name),
+            &self.ca,
+        )
+    }
+
+    /// A cluster node certificate for `name` from another CA, which the cluster must refuse.
+    pub fn foreign_cluster_node(&self, name: &str) -> CertFiles {
+        let other = new_ca("Some Other CA");
+        issue(
+            self.dir.path(),
+            &file_stem(name, "foreign-node"),
+            node_params(name),
+            &other,
+        )
+    }
+}
+
+fn node_params(name: &str) -> CertificateParams {
+    let mut params = leaf_params(name, &[name]);
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params
+}
+
 impl Default for Pki {
     fn default() -> Self {
         Self::new()

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fleetgate_protocol::mqtt::{ByteString, ProtocolLevel};
+use fleetgate_protocol::ring::Ring;
 use tokio::sync::oneshot;
 
 use super::Cluster;
@@ -39,6 +40,9 @@ const MAX_HOPS: usize = 3;
 const DRAIN_BATCH: usize = 64;
 /// How often the drain checks that the new holders confirmed their sessions.
 const INSTALL_POLL: Duration = Duration::from_millis(10);
+/// Passes of the drain over the sessions: the first hands over nearly all; the next catch the sessions of
+/// CONNECTs that were past the listener when the drain began (two are enough: no new ones are accepted).
+const DRAIN_PASSES: usize = 3;
 /// Pause between drain batches.
 const DRAIN_PAUSE: Duration = Duration::from_millis(5);
 
@@ -360,7 +364,6 @@ fn extract(
         inflight: std::mem::take(&mut st.inflight).into(),
     });
     drop(st);
-    if let Some(s) = &snap { tracing::info!(event="dbg", node=%cluster.name, what="extract", client=%client_id, to=%to, mode=?mode, queue=?s.queue.iter().map(|d| crate::broker::dbgp(&d.msg)).collect::<Vec<_>>(), inflight=?s.inflight.iter().map(|d| (d.packet_id, crate::broker::dbgp(&d.delivery.msg))).collect::<Vec<_>>()); } // DBG
     let sent = match snap {
         Some(snap) => {
             let owed = snap.queue.len() + snap.inflight.len();
@@ -387,14 +390,7 @@ fn extract(
 }
 
 /// Puts a session that arrived from a peer into this node (detached; the client attaches next, or it expires).
-fn install(
-    cluster: &Cluster,
-    broker: &Arc<Broker>,
-    from: &PeerName,
-    snap: Snapshot,
-    pushed: bool,
-) {
-    tracing::info!(event="dbg", node=%cluster.name, what="install", client=%snap.client_id, pushed, exists=broker.sessions.lock().contains_key(&snap.client_id), queue=?snap.queue.iter().map(|d| crate::broker::dbgp(&d.msg)).collect::<Vec<_>>(), inflight=?snap.inflight.iter().map(|d| (d.packet_id, crate::broker::dbgp(&d.delivery.msg))).collect::<Vec<_>>()); // DBG
+fn install(cluster: &Cluster, broker: &Arc<Broker>, from: &PeerName, snap: Snapshot, pushed: bool) {
     let session = {
         let mut router = broker.router.write();
         // Queued under the router write lock: every message this node forwards to `from` after this frame was
@@ -546,6 +542,34 @@ impl Cluster {
         if ring.is_empty() {
             return;
         }
+        let mut pushed = 0;
+        // A CONNECT accepted before the listeners closed may attach after the first pass looked at the sessions
+        // (new CONNECTs are refused once we are leaving): later passes hand those over too.
+        for _ in 0..DRAIN_PASSES {
+            let n = self.push_sessions(broker, &ring).await;
+            pushed += n;
+            // Peers must have the new holders' routes before they drop ours.
+            let deadline = tokio::time::Instant::now() + self.config.takeover_timeout;
+            while self.relays_pending() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(INSTALL_POLL).await;
+            }
+            if n == 0 {
+                break;
+            }
+        }
+        tracing::info!(
+            event = "cluster_drain",
+            sessions = pushed,
+            "sessions handed over"
+        );
+        self.broadcast(&Frame::Leaving);
+        self.settle().await;
+        self.settle().await;
+        tracing::info!(event = "cluster_left", "left the cluster");
+    }
+
+    /// One pass of the drain over the sessions held now; returns how many were handed over.
+    async fn push_sessions(self: &Arc<Self>, broker: &Arc<Broker>, ring: &Ring) -> usize {
         let ids: Vec<ByteString> = broker.sessions.lock().keys().cloned().collect();
         let mut pushed = 0usize;
         for (i, id) in ids.iter().enumerate() {
@@ -581,19 +605,6 @@ impl Cluster {
                 self.metrics.sessions_pushed.increment(1);
             }
         }
-        tracing::info!(
-            event = "cluster_drain",
-            sessions = pushed,
-            "sessions handed over"
-        );
-        // Peers must have the new holders' routes before they drop ours.
-        let deadline = tokio::time::Instant::now() + self.config.takeover_timeout;
-        while self.relays_pending() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(INSTALL_POLL).await;
-        }
-        self.broadcast(&Frame::Leaving);
-        self.settle().await;
-        self.settle().await;
-        tracing::info!(event = "cluster_left", "left the cluster");
+        pushed
     }
 }

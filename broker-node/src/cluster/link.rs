@@ -9,8 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -37,6 +36,22 @@ const READ_CHUNK: usize = 16 * 1024;
 /// After an accept error (e.g. out of file descriptors), pause instead of spinning.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
+/// The read side of a link (TCP, or TLS over it).
+type LinkRead = Box<dyn AsyncRead + Send + Unpin>;
+/// The write side of a link.
+type LinkWrite = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// Who asked for a dialer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DialOrigin {
+    /// `[cluster] peers`.
+    Configured,
+    /// `[cluster] peers_from`: retires once its address left the discovered set.
+    Discovered,
+    /// A peer that dialed us (its Hello said where to dial back).
+    Learned,
+}
+
 /// Why a link ended.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
@@ -55,18 +70,21 @@ pub enum LinkError {
     /// We dialed ourselves.
     #[error("dialed own address")]
     SelfDial,
+    /// The TLS handshake failed or timed out (e.g. a certificate of another CA).
+    #[error("tls: {0}")]
+    Tls(io::Error),
 }
 
 /// Reads frames, each within `dead_after` of the previous bytes.
 struct FrameReader {
-    r: OwnedReadHalf,
+    r: LinkRead,
     buf: BytesMut,
     limit: usize,
     dead_after: Duration,
 }
 
 impl FrameReader {
-    fn new(r: OwnedReadHalf, limit: usize, dead_after: Duration) -> FrameReader {
+    fn new(r: LinkRead, limit: usize, dead_after: Duration) -> FrameReader {
         FrameReader {
             r,
             buf: BytesMut::new(),
@@ -135,8 +153,13 @@ async fn read_hello(
     }
 }
 
-/// Starts the cluster: the accept loop on `listener` and a dialer per configured peer.
-pub fn start(cluster: Arc<Cluster>, broker: Arc<Broker>, listener: TcpListener) {
+/// Starts the cluster: the accept loop on `listener`, a dialer per configured peer, and peer discovery when
+/// configured. Fails only when discovery cannot start (unreadable resolver configuration).
+pub fn start(
+    cluster: Arc<Cluster>,
+    broker: Arc<Broker>,
+    listener: TcpListener,
+) -> Result<(), fleetgate_discovery::ResolveError> {
     for p in cluster.config.peers.clone() {
         spawn_dialer(
             cluster.clone(),
@@ -144,10 +167,53 @@ pub fn start(cluster: Arc<Cluster>, broker: Arc<Broker>, listener: TcpListener) 
             p.addr,
             Some(p.name.clone()),
             true,
+            DialOrigin::Configured,
         );
+    }
+    if let Some(d) = cluster.config.peers_from.clone() {
+        super::discover::start(&cluster, &broker, &d)?;
     }
     cluster.update_readiness();
     tokio::spawn(accept_loop(cluster, broker, listener));
+    Ok(())
+}
+
+/// Splits an accepted connection into link halves, after the TLS handshake when the cluster uses TLS.
+async fn accept_halves(
+    cluster: &Cluster,
+    stream: TcpStream,
+) -> Result<(LinkRead, LinkWrite), LinkError> {
+    let Some(tls) = &cluster.tls else {
+        let (r, w) = stream.into_split();
+        return Ok((Box::new(r), Box::new(w)));
+    };
+    let tls_stream = tokio::time::timeout(HELLO_TIMEOUT, tls.acceptor.accept(stream))
+        .await
+        .map_err(|_| LinkError::Tls(io::ErrorKind::TimedOut.into()))?
+        .map_err(LinkError::Tls)?;
+    let (r, w) = tokio::io::split(tls_stream);
+    Ok((Box::new(r), Box::new(w)))
+}
+
+/// Splits a dialed connection into link halves, after the TLS handshake (verifying `name`'s certificate).
+async fn dial_halves(
+    cluster: &Cluster,
+    stream: TcpStream,
+    name: Option<&str>,
+    addr: SocketAddr,
+) -> Result<(LinkRead, LinkWrite), LinkError> {
+    let Some(tls) = &cluster.tls else {
+        let (r, w) = stream.into_split();
+        return Ok((Box::new(r), Box::new(w)));
+    };
+    let server_name = super::tls::server_name(name, addr);
+    let tls_stream =
+        tokio::time::timeout(HELLO_TIMEOUT, tls.connector.connect(server_name, stream))
+            .await
+            .map_err(|_| LinkError::Tls(io::ErrorKind::TimedOut.into()))?
+            .map_err(LinkError::Tls)?;
+    let (r, w) = tokio::io::split(tls_stream);
+    Ok((Box::new(r), Box::new(w)))
 }
 
 async fn accept_loop(cluster: Arc<Cluster>, broker: Arc<Broker>, listener: TcpListener) {
@@ -171,7 +237,13 @@ async fn accept_loop(cluster: Arc<Cluster>, broker: Arc<Broker>, listener: TcpLi
 /// A connection a peer opened to us: we receive its frames here, and send it only Hello and heartbeats.
 async fn inbound(cluster: Arc<Cluster>, broker: Arc<Broker>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
-    let (r, w) = stream.into_split();
+    let (r, w) = match accept_halves(&cluster, stream).await {
+        Ok(halves) => halves,
+        Err(e) => {
+            tracing::warn!(event = "cluster_tls_failed", error = %e, "inbound cluster link refused");
+            return;
+        }
+    };
     let mut reader = FrameReader::new(r, cluster.frame_limit, cluster.config.dead_after);
     let (name, advertise) = match read_hello(&cluster, &mut reader).await {
         Ok(h) => h,
@@ -196,6 +268,7 @@ async fn inbound(cluster: Arc<Cluster>, broker: Arc<Broker>, stream: TcpStream) 
             advertise,
             Some(name),
             false,
+            DialOrigin::Learned,
         );
     }
     let mut incoming = Incoming::default();
@@ -224,7 +297,7 @@ fn w_hello(cluster: &Cluster) -> Bytes {
 }
 
 /// Writes `first`, then a heartbeat every `every` until `stop` or a write error.
-async fn heartbeats(mut w: OwnedWriteHalf, first: Bytes, every: Duration, stop: CancellationToken) {
+async fn heartbeats(mut w: LinkWrite, first: Bytes, every: Duration, stop: CancellationToken) {
     let beat = encode(&Frame::Heartbeat);
     if w.write_all(&first).await.is_err() {
         return;
@@ -248,6 +321,7 @@ pub(crate) fn spawn_dialer(
     addr: SocketAddr,
     mut name: Option<String>,
     initial: bool,
+    origin: DialOrigin,
 ) {
     if !cluster.peers.lock().dialing.insert(addr) {
         if initial {
@@ -274,7 +348,7 @@ pub(crate) fn spawn_dialer(
             if moved {
                 break;
             }
-            let result = dial_once(&cluster, &broker, addr, &mut first).await;
+            let result = dial_once(&cluster, &broker, addr, name.as_deref(), &mut first).await;
             if first {
                 first = false;
                 cluster.initial_dials.fetch_sub(1, Ordering::AcqRel);
@@ -287,8 +361,17 @@ pub(crate) fn spawn_dialer(
                 }
                 Err(LinkError::SelfDial) => break,
                 Err(e) => {
-                    tracing::debug!(event = "cluster_dial_failed", addr = %addr, error = %e, "dial failed");
+                    if let LinkError::Tls(_) = e {
+                        tracing::warn!(event = "cluster_tls_failed", addr = %addr, error = %e, "cluster link to {addr} refused");
+                    } else {
+                        tracing::debug!(event = "cluster_dial_failed", addr = %addr, error = %e, "dial failed");
+                    }
                     backoff = (backoff * 2).min(MAX_BACKOFF);
+                    let gone = origin == DialOrigin::Discovered
+                        && !cluster.peers.lock().discovered.contains(&addr);
+                    if gone {
+                        break;
+                    }
                 }
             }
             tokio::select! {
@@ -305,16 +388,28 @@ async fn dial_once(
     cluster: &Arc<Cluster>,
     broker: &Arc<Broker>,
     addr: SocketAddr,
+    name: Option<&str>,
     first: &mut bool,
 ) -> Result<String, LinkError> {
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
         .await
         .map_err(|_| LinkError::Io(io::ErrorKind::TimedOut.into()))??;
     let _ = stream.set_nodelay(true);
-    let (r, mut w) = stream.into_split();
+    let (r, mut w) = dial_halves(cluster, stream, name, addr).await?;
     w.write_all(&w_hello(cluster)).await?;
     let mut reader = FrameReader::new(r, cluster.frame_limit, cluster.config.dead_after);
-    let (name, _) = read_hello(cluster, &mut reader).await?;
+    // Under TLS 1.3 the dialer's handshake completes before the acceptor checks our certificate: a refusal
+    // arrives as an alert on the first read.
+    let (name, _) = read_hello(cluster, &mut reader)
+        .await
+        .map_err(|e| match e {
+            LinkError::Io(io)
+                if cluster.tls.is_some() && io.kind() == io::ErrorKind::InvalidData =>
+            {
+                LinkError::Tls(io)
+            }
+            e => e,
+        })?;
     let peer: PeerName = Arc::from(name.as_str());
     cluster
         .peers
@@ -362,7 +457,7 @@ async fn dial_once(
 
 /// Writes the queue in order, batching what is ready into one write; a heartbeat when idle for `heartbeat`.
 async fn write_loop(
-    w: &mut OwnedWriteHalf,
+    w: &mut LinkWrite,
     mut rx: mpsc::UnboundedReceiver<Bytes>,
     queued: &AtomicUsize,
     heartbeat: Duration,

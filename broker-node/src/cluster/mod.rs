@@ -3,10 +3,13 @@
 //! held elsewhere before [`Broker::attach`]).
 //!
 //! - [`frame`]: the wire format. [`routes`]: which peer subscribes to what. [`link`]: the node-to-node TCP links
-//!   (dial, accept, hello, heartbeats, ordered writer, reader). [`handoff`]: session takeover and drain.
+//!   (dial, accept, hello, heartbeats, ordered writer, reader). [`tls`]: optional mutual TLS on them.
+//!   [`discover`]: peers from DNS or a static list (`peers_from`). [`relay`]: forwarding and relays while a
+//!   session moves. [`handoff`]: session takeover and drain.
 //!
 //! # Membership
-//! A node dials the peers of its `[cluster] peers` list and every node that dialed it (the Hello frame carries the
+//! A node dials the peers of its `[cluster] peers` list (or those `peers_from` discovers, refreshed, itself
+//! skipped by name) and every node that dialed it (the Hello frame carries the
 //! address to dial back), so any subset of the cluster is enough to join. A peer is *up* while our outbound
 //! link to it is established; both directions carry heartbeats every `heartbeat_interval` and a link silent for
 //! `dead_after` (default 2.5 s) is closed: the peer's routes and claims are dropped and it leaves the ring. The
@@ -47,11 +50,13 @@
 //! node asks the claimants and the ring owner (when that is not itself) for the session; the common case — this
 //! node is the owner and nobody claims the ID — costs no round trip. See [`handoff`].
 
+pub mod discover;
 pub mod frame;
 pub mod handoff;
 pub mod link;
 pub mod relay;
 pub mod routes;
+pub mod tls;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -104,6 +109,8 @@ struct Peers {
     known: HashMap<String, SocketAddr>,
     /// Addresses with a dial loop running.
     dialing: HashSet<SocketAddr>,
+    /// The latest discovered peer addresses (`peers_from`).
+    discovered: HashSet<SocketAddr>,
 }
 
 /// What this node advertises; locked while a new link's full sync is queued, so the sync and later
@@ -192,22 +199,27 @@ pub struct Cluster {
     metrics: ClusterMetrics,
     /// Stops every link task.
     pub(crate) shutdown: CancellationToken,
+    /// Mutual TLS on links, when configured.
+    pub(crate) tls: Option<tls::LinkTls>,
 }
 
 impl Cluster {
     /// A cluster view for node `name` whose cluster port is bound at `bound`; links start with [`link::start`].
+    /// Fails when `[cluster.tls]` files cannot be loaded.
     pub fn new(
         name: &str,
         config: ClusterConfig,
         bound: SocketAddr,
         max_packet_size: u32,
         readiness: Readiness,
-    ) -> Cluster {
+    ) -> Result<Cluster, tls::TlsError> {
         let incarnation = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64);
-        let initial = config.peers.len();
-        Cluster {
+        // Readiness waits for one try of every configured peer, and for the first discovered set.
+        let initial = config.peers.len() + usize::from(config.peers_from.is_some());
+        let tls = config.tls.as_ref().map(tls::LinkTls::load).transpose()?;
+        Ok(Cluster {
             name: Arc::from(name),
             advertise: config.advertise.unwrap_or(bound),
             config,
@@ -227,7 +239,8 @@ impl Cluster {
             readiness,
             metrics: ClusterMetrics::register(),
             shutdown: CancellationToken::new(),
-        }
+            tls,
+        })
     }
 
     pub(crate) fn next_id(&self) -> u64 {
@@ -275,6 +288,11 @@ impl Cluster {
             .map
             .values()
             .all(|p| p.out.is_none() || p.leaving || p.synced)
+    }
+
+    /// True once the drain began: new CONNECTs go elsewhere.
+    pub fn is_leaving(&self) -> bool {
+        self.leaving.load(Ordering::Acquire)
     }
 
     /// Recomputes `/readyz`: synced and not leaving.
@@ -595,7 +613,6 @@ impl Cluster {
                 sessions,
                 msg,
             } => {
-                tracing::info!(event="dbg", node=%self.name, what="recv_publish", from=%peer, direct, sessions=?sessions, payload=%crate::broker::dbgp(&msg)); // DBG
                 // Under one router read lock: no session is handed away between the local delivery and the
                 // relays, so a session gets the message either here (and takes it along) or relayed.
                 let router = broker.router.read();
@@ -620,7 +637,9 @@ impl Cluster {
                 let relayed = self.relay(&msg, origin);
                 drop(router);
                 let lost = gone.iter().filter(|c| !relayed.contains(c)).count();
-                broker.metrics.dropped_n(DropReason::ClusterSessionGone, lost);
+                broker
+                    .metrics
+                    .dropped_n(DropReason::ClusterSessionGone, lost);
             }
             Frame::Retain { stamp, topic, msg } => {
                 broker.retained.apply(topic, msg, stamp);

@@ -221,7 +221,6 @@ impl Cluster {
                     .increment(1);
                 continue;
             };
-            tracing::info!(event="dbg", node=%self.name, what="send_publish", to=%t.peer, direct=t.direct, sessions=?t.sessions, payload=%crate::broker::dbgp(msg)); // DBG
             let frame = Frame::Publish {
                 direct: t.direct,
                 groups: t.groups,

@@ -30,7 +30,6 @@
 //! The `endpoints` table is the embeddable discovery table of [`crate::discovery`] (what fleetgate-discovery
 //! runs), validated in place like everything else.
 
-use std::fmt;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -38,6 +37,7 @@ use toml::Spanned;
 
 use crate::discovery::{DiscoveryConfig, DiscoveryFile};
 use crate::duration::ConfigDuration;
+use crate::load::Secret;
 
 /// Default time between two health checks of a backend.
 pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(2);
@@ -76,8 +76,8 @@ pub struct HealthFile {
     pub client_id: Option<Spanned<String>>,
     /// MQTT probe user name.
     pub username: Option<Spanned<String>>,
-    /// MQTT probe password.
-    pub password: Option<Spanned<String>>,
+    /// MQTT probe password (redacted in `Debug`).
+    pub password: Option<Spanned<Secret>>,
     /// Port of the HTTP readiness endpoint.
     pub http_port: Option<Spanned<u16>>,
     /// Path of the HTTP readiness endpoint.
@@ -156,16 +156,6 @@ impl HealthKind {
             HealthKind::Mqtt => "mqtt",
             HealthKind::Http => "http",
         }
-    }
-}
-
-/// A secret from the config: compared, never printed.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(pub String);
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("\"***\"")
     }
 }
 
@@ -267,19 +257,10 @@ pub(super) fn health(c: &mut super::Checker<'_>, raw: &HealthFile, lb_name: &str
         };
     }
     if let Some(v) = &raw.interval {
-        h.interval = v.get_ref().get();
-        if h.interval < MIN_HEALTH_INTERVAL {
-            c.problem(
-                v.span(),
-                format!("health interval must be at least {MIN_HEALTH_INTERVAL:?}"),
-            );
-        }
+        h.interval = c.duration_at_least("health interval", v, MIN_HEALTH_INTERVAL);
     }
     if let Some(v) = &raw.timeout {
-        h.timeout = v.get_ref().get();
-        if h.timeout.is_zero() {
-            c.problem(v.span(), "health timeout must be above 0");
-        }
+        h.timeout = c.duration_at_least("health timeout", v, super::MIN_TIMEOUT);
     }
     for (field, value, out) in [
         ("rise", &raw.rise, &mut h.rise),
@@ -305,11 +286,9 @@ pub(super) fn health(c: &mut super::Checker<'_>, raw: &HealthFile, lb_name: &str
         (Some(user), password) => {
             h.credentials = Some((
                 user.get_ref().clone(),
-                Secret(
-                    password
-                        .as_ref()
-                        .map_or_else(String::new, |p| p.get_ref().clone()),
-                ),
+                password
+                    .as_ref()
+                    .map_or_else(Secret::default, |p| p.get_ref().clone()),
             ));
         }
         (None, Some(password)) => c.problem(password.span(), "password needs username"),

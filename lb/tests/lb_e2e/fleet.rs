@@ -16,7 +16,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::harness::{STEP, raw_connect};
+pub use fleetgate_tests::raw::{packet, publish};
+
+use crate::harness::{STEP, admin_request, raw_connect};
 
 /// What a [`MqttFake`] counts.
 #[derive(Debug, Default)]
@@ -87,9 +89,7 @@ impl MqttFake {
         let Some((first, body)) = read_packet(&mut stream).await else {
             return;
         };
-        let mut whole = vec![first];
-        whole.extend(remaining_length(body.len()));
-        whole.extend_from_slice(&body);
+        let whole = packet(first, &body);
         let Ok(Some(connect)) = peek_connect(&whole, 1 << 20) else {
             return;
         };
@@ -158,35 +158,6 @@ pub async fn read_packet(stream: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
     None
 }
 
-pub fn remaining_length(mut len: usize) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let mut b = (len % 128) as u8;
-        len /= 128;
-        if len > 0 {
-            b |= 0x80;
-        }
-        out.push(b);
-        if len == 0 {
-            return out;
-        }
-    }
-}
-
-/// A QoS 0 PUBLISH.
-pub fn publish(level: u8, topic: &str, payload: &[u8]) -> Vec<u8> {
-    let mut body = (topic.len() as u16).to_be_bytes().to_vec();
-    body.extend_from_slice(topic.as_bytes());
-    if level == 5 {
-        body.push(0);
-    }
-    body.extend_from_slice(payload);
-    let mut out = vec![0x30];
-    out.extend(remaining_length(body.len()));
-    out.extend(body);
-    out
-}
-
 /// Connects to `addr`, sends CONNECT, returns the stream once CONNACK 0 arrived.
 pub async fn mqtt_connect(
     addr: SocketAddr,
@@ -228,25 +199,7 @@ impl FileLb {
 
     /// An admin request; (status, body).
     pub async fn admin(&self, method: &str, path: &str) -> (u16, String) {
-        let addr = self.handle.admin_addr().unwrap();
-        let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(
-            format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
-                .as_bytes(),
-        )
-        .await
-        .unwrap();
-        let mut out = String::new();
-        tokio::time::timeout(STEP, s.read_to_string(&mut out))
-            .await
-            .unwrap()
-            .unwrap();
-        let status = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-        let body = out
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        (status, body)
+        admin_request(self.handle.admin_addr().unwrap(), method, path).await
     }
 
     pub async fn json(&self, path: &str) -> serde_json::Value {

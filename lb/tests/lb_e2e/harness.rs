@@ -348,24 +348,7 @@ impl TestLb {
 
     /// `GET path` on the admin port; (status, body).
     pub async fn admin_get(&self, path: &str) -> (u16, String) {
-        let addr = self.handle.admin_addr().unwrap();
-        let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
-        let mut out = String::new();
-        tokio::time::timeout(STEP, s.read_to_string(&mut out))
-            .await
-            .unwrap()
-            .unwrap();
-        let status = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-        let body = out
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        (status, body)
+        admin_request(self.handle.admin_addr().unwrap(), "GET", path).await
     }
 
     /// The value of a metric line that starts with `name{` and contains every label in `labels`.
@@ -431,30 +414,44 @@ pub async fn rumqttc_connect(
     result
 }
 
-/// A raw MQTT CONNECT (3.1.1 when `level` is 4, 5.0 when 5) with the given client ID.
+/// The one admin HTTP client of these tests: `method path` on `addr`; (status, body). `GET` goes through the
+/// workspace's canonical client (`fleetgate_tests::http`, chunked bodies decoded); it has no other methods yet, so
+/// a `POST` is written here with the same framing (`Connection: close`, read to EOF).
+pub async fn admin_request(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    if method == "GET" {
+        let r = fleetgate_tests::http::get(addr, path).await;
+        return (r.status, r.body);
+    }
+    let request = async {
+        let mut s = TcpStream::connect(addr).await?;
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+        );
+        s.write_all(head.as_bytes()).await?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await?;
+        Ok::<_, std::io::Error>(out)
+    };
+    let out = tokio::time::timeout(STEP, request)
+        .await
+        .unwrap_or_else(|_| panic!("{method} {path}: timed out"))
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((out.as_str(), ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, body.to_string())
+}
+
+/// A raw MQTT CONNECT (3.1.1 when `level` is 4, 5.0 when 5, clean session) with the given client ID.
 pub fn raw_connect(level: u8, client_id: &str, keep_alive: u16) -> Vec<u8> {
-    let mut body = vec![0x00, 0x04, b'M', b'Q', b'T', b'T', level, 0x02];
-    body.extend_from_slice(&keep_alive.to_be_bytes());
-    if level == 5 {
-        body.push(0x00);
+    fleetgate_tests::raw::Connect {
+        keep_alive,
+        ..fleetgate_tests::raw::Connect::new(level, client_id)
     }
-    body.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
-    body.extend_from_slice(client_id.as_bytes());
-    let mut out = vec![0x10];
-    let mut n = body.len();
-    loop {
-        let mut b = (n % 128) as u8;
-        n /= 128;
-        if n > 0 {
-            b |= 0x80;
-        }
-        out.push(b);
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&body);
-    out
+    .encode()
 }
 
 /// Reads until EOF (bounded); what the LB sent before closing.

@@ -41,6 +41,34 @@ async fn garbage_first_packet_is_closed() {
 }
 
 #[tokio::test]
+async fn keep_alive_zero_client_is_closed_after_max_idle() {
+    let b = FakeBackend::start("broker-0").await;
+    let lb = TestLb::start(config(
+        &[
+            plain_listener("plain-ka0", ""),
+            backend_toml("broker-0", b.addr, ""),
+        ],
+        "max_idle = \"300ms\"",
+    ))
+    .await;
+    let mut s = TcpStream::connect(lb.addr("plain-ka0")).await.unwrap();
+    s.write_all(&raw_connect(4, "silent-ka0", 0)).await.unwrap();
+    let started = std::time::Instant::now();
+    // The CONNACK, then nothing until the LB closes the silent relay.
+    assert_eq!(read_until_close(&mut s).await, [0x20, 0x02, 0, 0]);
+    assert!(started.elapsed() < STEP);
+    assert!(
+        lb.eventually_metric(
+            "fleetgate_lb_relays_ended_total",
+            &["reason=\"idle_timeout\""],
+            1.0
+        )
+        .await
+            >= 1.0
+    );
+}
+
+#[tokio::test]
 async fn slowloris_connect_times_out() {
     let b = FakeBackend::start("broker-0").await;
     let lb = TestLb::start(config(

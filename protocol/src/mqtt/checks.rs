@@ -2,7 +2,7 @@
 //! the spec rules rmqtt skips or reports only as a generic error, each turned into a typed [`CodecError`].
 //! Strings are checked for U+0000 here; UTF-8 validity is left to rmqtt (mapped to `InvalidUtf8`).
 
-use super::{CodecError, ProtocolLevel};
+use super::{CodecError, ProtocolLevel, topic};
 
 /// Which side of the connection the codec serves (decides which packet types may arrive).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -276,13 +276,17 @@ fn packet_id(r: &mut Reader<'_>) -> Result<(), CodecError> {
     Ok(())
 }
 
-/// Topic name rules on raw bytes: non-empty unless a v5 topic alias stands in, no wildcard.
-fn topic_name(topic: &[u8], has_alias: bool) -> Result<(), CodecError> {
-    if topic.is_empty() && !has_alias {
+/// Topic name rules on raw bytes: non-empty unless a v5 topic alias stands in, no wildcard, at most
+/// [`topic::MAX_TOPIC_LEVELS`] levels.
+fn topic_name(name: &[u8], has_alias: bool) -> Result<(), CodecError> {
+    if name.is_empty() && !has_alias {
         return Err(CodecError::EmptyTopic);
     }
-    if topic.iter().any(|&b| b == b'+' || b == b'#') {
+    if name.iter().any(|&b| b == b'+' || b == b'#') {
         return Err(CodecError::WildcardInTopic);
+    }
+    if topic::too_deep(name) {
+        return Err(CodecError::TopicNameTooDeep);
     }
     Ok(())
 }

@@ -17,7 +17,13 @@ use super::{
 };
 
 /// Largest remaining length MQTT can express (4-byte Variable Byte Integer).
-const MAX_REMAINING_LENGTH: usize = 268_435_455;
+const MAX_REMAINING_LENGTH: usize = super::MAX_VARINT;
+
+/// Most the read buffer is grown by per decode call while a frame is incomplete. The announced length is only a
+/// claim: reserving all of it at once would let a 5-byte fixed header make every connection allocate up to the
+/// maximum packet size before a single body byte arrived. Growing by at most this much (the size of one socket
+/// read in `Framed`) keeps memory proportional to the bytes actually received.
+pub(crate) const RESERVE_STEP: usize = 8 * 1024;
 
 /// MQTT codec for one connection. See the [module docs](super) for what it checks.
 #[derive(Debug)]
@@ -104,8 +110,8 @@ impl Codec {
             self.role,
         )?;
         if src.len() < total {
-            // Bounded by max_packet_size, checked above.
-            src.reserve(total - src.len());
+            // Room for the next read only, never the whole announced frame (see RESERVE_STEP).
+            src.reserve((total - src.len()).min(RESERVE_STEP));
             return Ok(None);
         }
         let body = &src[1 + len_bytes..total];
@@ -171,10 +177,11 @@ fn check_model(packet: &Packet, level: ProtocolLevel) -> Result<(), CodecError> 
     Ok(())
 }
 
-/// A bad filter is `InvalidTopicFilter` (0x8F), even when empty; U+0000 keeps its own error.
+/// A bad filter is `InvalidTopicFilter` (0x8F), even when empty; U+0000 and too many levels keep their own error.
 fn filter_error(e: topic::TopicError) -> CodecError {
     match e {
         topic::TopicError::NullChar => CodecError::NullChar,
+        topic::TopicError::TooDeep => CodecError::TopicFilterTooDeep,
         _ => CodecError::InvalidTopicFilter,
     }
 }

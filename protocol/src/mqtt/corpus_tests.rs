@@ -9,20 +9,11 @@ use super::*;
 /// Inbound limit used by the tests.
 pub(super) const TEST_MAX: u32 = 64 * 1024;
 
-/// Encodes a Variable Byte Integer.
-pub(super) fn varint(mut n: usize) -> Vec<u8> {
+/// Encodes a Variable Byte Integer (with the shared [`encode_varint`]).
+pub(super) fn varint(n: usize) -> Vec<u8> {
     let mut out = Vec::new();
-    loop {
-        let mut b = (n % 128) as u8;
-        n /= 128;
-        if n > 0 {
-            b |= 0x80;
-        }
-        out.push(b);
-        if n == 0 {
-            return out;
-        }
-    }
+    encode_varint(n, &mut out).unwrap();
+    out
 }
 
 /// Fixed header + body.
@@ -799,6 +790,74 @@ fn oversize_is_refused_before_buffering() {
         decode_all(&mut codec, &too_big),
         Err(CodecError::PacketTooLarge)
     );
+}
+
+#[test]
+fn incomplete_frame_grows_the_buffer_in_steps() {
+    const MIB: usize = 1024 * 1024;
+    let mut codec = Codec::new(2 * MIB as u32);
+    // A CONNECT header announcing 1 MiB, then 10 body bytes: the buffer must not make room for the whole MiB.
+    let mut bytes = vec![0x10];
+    bytes.extend(varint(MIB));
+    bytes.extend_from_slice(&s(b"MQTT"));
+    bytes.extend_from_slice(&[4, 0x02, 0, 60]);
+    let mut buf = BytesMut::from(&bytes[..]);
+    assert_eq!(codec.decode(&mut buf), Ok(None));
+    assert!(
+        buf.capacity() <= bytes.len() + 2 * super::codec::RESERVE_STEP,
+        "capacity {} after {} bytes",
+        buf.capacity(),
+        bytes.len()
+    );
+    // The same after a packet is connected: a PUBLISH header announcing 1 MiB.
+    let mut codec = Codec::new(2 * MIB as u32);
+    decode_all(&mut codec, &connect_bytes(ProtocolLevel::V5)).unwrap();
+    let mut buf = BytesMut::new();
+    buf.extend_from_slice(&[0x30]);
+    buf.extend_from_slice(&varint(MIB));
+    buf.extend_from_slice(&[0, 1, b't', 0, 1, 2, 3, 4, 5, 6]);
+    assert_eq!(codec.decode(&mut buf), Ok(None));
+    assert!(buf.capacity() < 64 * 1024, "capacity {}", buf.capacity());
+    // A frame fed in small pieces still decodes whole.
+    let mut codec = Codec::new(2 * MIB as u32);
+    let mut all = connect_bytes(ProtocolLevel::V311);
+    all.extend(frame(0x30, &cat(&[&s(b"t"), &vec![7u8; 100_000]])));
+    let mut buf = BytesMut::new();
+    let mut packets = Vec::new();
+    for chunk in all.chunks(3000) {
+        buf.extend_from_slice(chunk);
+        while let Some(p) = codec.decode(&mut buf).unwrap() {
+            packets.push(p);
+        }
+    }
+    assert!(
+        matches!(packets.as_slice(), [Packet::Connect(_), Packet::Publish(p)] if p.payload.len() == 100_000)
+    );
+}
+
+#[test]
+fn varint_encoding() {
+    for (n, bytes) in [
+        (0usize, &[0x00][..]),
+        (127, &[0x7F]),
+        (128, &[0x80, 0x01]),
+        (16_383, &[0xFF, 0x7F]),
+        (16_384, &[0x80, 0x80, 0x01]),
+        (MAX_VARINT, &[0xFF, 0xFF, 0xFF, 0x7F]),
+    ] {
+        let mut out = BytesMut::new();
+        encode_varint(n, &mut out).unwrap();
+        assert_eq!(&out[..], bytes, "{n}");
+        assert!(
+            matches!(read_varint(&out), Ok(VarInt::Done(v, len)) if v as usize == n && len == bytes.len())
+        );
+    }
+    let mut out = Vec::new();
+    assert_eq!(
+        encode_varint(MAX_VARINT + 1, &mut out),
+        Err(CodecError::PacketTooLarge)
+    );
+    assert!(out.is_empty());
 }
 
 #[test]

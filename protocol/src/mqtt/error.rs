@@ -53,6 +53,12 @@ pub enum CodecError {
     /// Empty PUBLISH topic (without a topic alias in MQTT 5) or empty will topic.
     #[error("empty topic name")]
     EmptyTopic,
+    /// PUBLISH or will topic with more than [`super::topic::MAX_TOPIC_LEVELS`] levels.
+    #[error("topic name too deep")]
+    TopicNameTooDeep,
+    /// SUBSCRIBE/UNSUBSCRIBE filter with more than [`super::topic::MAX_TOPIC_LEVELS`] levels.
+    #[error("topic filter too deep")]
+    TopicFilterTooDeep,
     /// Topic filter breaks the wildcard rules or is an invalid `$share` filter.
     #[error("invalid topic filter")]
     InvalidTopicFilter,
@@ -116,6 +122,7 @@ impl CodecError {
             CodecError::WildcardInTopic => "wildcard_in_topic",
             CodecError::EmptyTopic => "empty_topic",
             CodecError::InvalidTopicFilter => "invalid_topic_filter",
+            CodecError::TopicNameTooDeep | CodecError::TopicFilterTooDeep => "topic_too_deep",
             CodecError::NoTopicFilters => "no_topic_filters",
             CodecError::PacketIdZero => "packet_id_zero",
             CodecError::InvalidSubscriptionOptions => "bad_subscription_options",
@@ -157,8 +164,8 @@ impl CodecError {
             | CodecError::UnexpectedPacket => 0x82,
             CodecError::InvalidProtocolName | CodecError::UnsupportedProtocolLevel => 0x84,
             CodecError::InvalidClientId => 0x85,
-            CodecError::InvalidTopicFilter => 0x8F,
-            CodecError::WildcardInTopic => 0x90,
+            CodecError::InvalidTopicFilter | CodecError::TopicFilterTooDeep => 0x8F,
+            CodecError::WildcardInTopic | CodecError::TopicNameTooDeep => 0x90,
             CodecError::PacketTooLarge | CodecError::OutboundTooLarge => 0x95,
             CodecError::NoProtocolLevel
             | CodecError::NotInProtocolVersion
@@ -180,6 +187,7 @@ impl From<TopicError> for CodecError {
             TopicError::Empty => CodecError::EmptyTopic,
             TopicError::TooLong => CodecError::Malformed,
             TopicError::NullChar => CodecError::NullChar,
+            TopicError::TooDeep => CodecError::TopicNameTooDeep,
             TopicError::WildcardInName => CodecError::WildcardInTopic,
             TopicError::InvalidWildcard | TopicError::InvalidShare => {
                 CodecError::InvalidTopicFilter

@@ -4,6 +4,11 @@
 use super::corpus_tests::{TEST_MAX, cat, connected_server, decode_all, frame, props, s};
 use super::*;
 
+/// A topic of `levels` levels (`a/a/...`).
+fn deep(levels: usize) -> Vec<u8> {
+    vec!["a"; levels].join("/").into_bytes()
+}
+
 /// A CONNECT packet with the given name, level, flags and payload (keep alive 60, no v5 properties block).
 fn connect_raw(name: &[u8], level: u8, flags: u8, rest: &[u8]) -> Vec<u8> {
     frame(0x10, &cat(&[&s(name), &[level, flags, 0, 60], rest]))
@@ -159,6 +164,21 @@ fn connect_cases() -> Vec<(&'static str, Vec<u8>, CodecError)> {
             CodecError::WildcardInTopic,
         ),
         (
+            "will topic too deep",
+            connect_raw(
+                b"MQTT",
+                4,
+                0x06,
+                &cat(&[&cid, &s(&deep(topic::MAX_TOPIC_LEVELS + 1)), &s(b"m")]),
+            ),
+            CodecError::TopicNameTooDeep,
+        ),
+        (
+            "v5 will topic of slashes",
+            v5(0x06, &[0], &cat(&[&cid, &[0], &s(&[b'/'; 4096]), &s(b"m")])),
+            CodecError::TopicNameTooDeep,
+        ),
+        (
             "empty will topic",
             connect_raw(b"MQTT", 4, 0x06, &cat(&[&cid, &s(b""), &s(b"m")])),
             CodecError::EmptyTopic,
@@ -291,6 +311,18 @@ fn packet_cases() -> Vec<(&'static str, &'static [ProtocolLevel], Vec<u8>, Codec
             V3,
             pub3(0x30, b"a/#", b"x"),
             CodecError::WildcardInTopic,
+        ),
+        (
+            "v3 publish topic too deep",
+            V3,
+            pub3(0x30, &deep(topic::MAX_TOPIC_LEVELS + 1), b"x"),
+            CodecError::TopicNameTooDeep,
+        ),
+        (
+            "v5 publish topic of slashes",
+            ONLY5,
+            pub5(0x30, &[b'/'; 20_000], &[], &[0]),
+            CodecError::TopicNameTooDeep,
         ),
         (
             "v3 publish null",
@@ -559,6 +591,24 @@ fn packet_cases() -> Vec<(&'static str, &'static [ProtocolLevel], Vec<u8>, Codec
             CodecError::InvalidTopicFilter,
         ),
         (
+            "v3 subscribe filter too deep",
+            V3,
+            sub3(&deep(topic::MAX_TOPIC_LEVELS + 1), 0),
+            CodecError::TopicFilterTooDeep,
+        ),
+        (
+            "v5 subscribe filter of slashes",
+            ONLY5,
+            sub5(&[b'/'; 20_000], 0),
+            CodecError::TopicFilterTooDeep,
+        ),
+        (
+            "v5 subscribe shared filter too deep",
+            ONLY5,
+            sub5(&cat(&[b"$share/g/", &deep(topic::MAX_TOPIC_LEVELS)]), 0),
+            CodecError::TopicFilterTooDeep,
+        ),
+        (
             "v3 subscribe null in filter",
             V3,
             sub3(b"a\0", 0),
@@ -635,6 +685,15 @@ fn packet_cases() -> Vec<(&'static str, &'static [ProtocolLevel], Vec<u8>, Codec
             V3,
             frame(0xA2, &cat(&[&[0, 1], &s(b"a/b#")])),
             CodecError::InvalidTopicFilter,
+        ),
+        (
+            "v5 unsubscribe filter too deep",
+            ONLY5,
+            frame(
+                0xA2,
+                &cat(&[&[0, 1, 0], &s(&deep(topic::MAX_TOPIC_LEVELS + 1))]),
+            ),
+            CodecError::TopicFilterTooDeep,
         ),
         (
             "connack from client",
@@ -758,6 +817,10 @@ fn every_error_has_a_reason_and_a_code() {
     }
     assert_eq!(CodecError::PacketTooLarge.v5_disconnect_reason(), 0x95);
     assert_eq!(CodecError::Malformed.v5_disconnect_reason(), 0x81);
+    assert_eq!(CodecError::TopicNameTooDeep.v5_disconnect_reason(), 0x90);
+    assert_eq!(CodecError::TopicFilterTooDeep.v5_disconnect_reason(), 0x8F);
+    assert_eq!(CodecError::TopicNameTooDeep.reason(), "topic_too_deep");
+    assert_eq!(CodecError::TopicFilterTooDeep.reason(), "topic_too_deep");
     assert_eq!(
         CodecError::UnsupportedProtocolLevel.reason(),
         "unsupported_protocol"

@@ -8,6 +8,7 @@
 //! - [`CodecError`]: small `Copy` error with a stable [`CodecError::reason`] label and the MQTT 5 reason code to
 //!   send ([`CodecError::v5_disconnect_reason`]).
 //! - [`topic`]: topic name/filter validation, wildcard matching, `$share` parsing.
+//! - [`encode_varint`]: the Variable Byte Integer encoder shared by every hand-built MQTT frame (LB probes, tests).
 //! - Re-exports of the rmqtt-codec MQTT 5 types, so the broker never names `rmqtt_codec`.
 //!
 //! # Notes (what the wrapper adds to rmqtt-codec 0.3.1)
@@ -19,9 +20,12 @@
 //!   QoS 3, v3 password without username, will QoS/retain without will (rmqtt checks it for v3 only), U+0000 in
 //!   any string, packet identifier 0, reserved subscription option bits (rmqtt ignores them for v3), unknown,
 //!   misplaced or duplicated v5 properties, invalid property values, trailing bytes after a CONNECT.
-//! - Topic names (PUBLISH, will: empty, wildcards) are checked on the raw frame; topic filters are validated
-//!   with [`topic`] after decoding (`#` not last, `a/b#`, `a/+b`, `$share` names, `no_local` on shared
-//!   subscriptions).
+//! - Topic names (PUBLISH, will: empty, wildcards, depth) are checked on the raw frame; topic filters are
+//!   validated with [`topic`] after decoding (`#` not last, `a/b#`, `a/+b`, `$share` names, `no_local` on shared
+//!   subscriptions, depth). Names and filters deeper than [`topic::MAX_TOPIC_LEVELS`] levels are refused
+//!   (`topic_too_deep`: 0x90 for a name, 0x8F for a filter) so no level-by-level walk in the broker can overflow.
+//! - Framing grows the read buffer in bounded steps as bytes arrive ([`codec`] `RESERVE_STEP`): a 5-byte fixed
+//!   header announcing the maximum packet size costs no memory until the body actually comes.
 //! - Encoding: MQTT 3 output is converted from the MQTT 5 model; the peer's Maximum Packet Size is checked
 //!   exactly on the encoded bytes (rmqtt's own limit is never set, see below), and on any error nothing is
 //!   left in the output buffer.
@@ -53,6 +57,8 @@ pub use bytestring::ByteString;
 pub use codec::Codec;
 pub use convert::V3_PERSISTENT_SESSION_EXPIRY;
 pub use error::CodecError;
+
+pub(crate) use checks::{VarInt, read_varint};
 pub use rmqtt_codec::cert::CertInfo;
 pub use rmqtt_codec::types::{Publish, QoS};
 pub use rmqtt_codec::v5::{
@@ -64,6 +70,33 @@ pub use rmqtt_codec::v5::{
 };
 
 use std::fmt;
+
+use bytes::BufMut;
+
+/// Largest value a Variable Byte Integer can carry (4 bytes of 7 bits, MQTT 5 §1.5.5).
+pub const MAX_VARINT: usize = 268_435_455;
+
+/// Appends `value` as an MQTT Variable Byte Integer (the remaining length of a fixed header, a property length)
+/// to `out` (a `Vec<u8>` or a `BytesMut`). Values above [`MAX_VARINT`] cannot be expressed: they are refused with
+/// [`CodecError::PacketTooLarge`] and nothing is written.
+pub fn encode_varint(value: usize, out: &mut impl BufMut) -> Result<(), CodecError> {
+    if value > MAX_VARINT {
+        return Err(CodecError::PacketTooLarge);
+    }
+    let mut n = value;
+    loop {
+        // n % 128 < 128: the cast keeps every bit.
+        let mut byte = (n % 128) as u8;
+        n /= 128;
+        if n > 0 {
+            byte |= 0x80;
+        }
+        out.put_u8(byte);
+        if n == 0 {
+            return Ok(());
+        }
+    }
+}
 
 /// MQTT protocol level announced in the CONNECT packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -4,6 +4,12 @@
 /// Longest topic name or filter: MQTT strings carry a 16-bit length prefix.
 pub const MAX_TOPIC_LEN: usize = u16::MAX as usize;
 
+/// Most levels (`/`-separated parts) in a topic name or filter. The broker's subscription trie and matchers walk
+/// a topic level by level, some recursively; a 65,535-byte topic of bare `/` would be 65,536 levels deep and
+/// overflow a task's stack. 128 is far above any real fleet topic (they have fewer than 10 levels) and small
+/// enough that any recursive walk over the levels is safe.
+pub const MAX_TOPIC_LEVELS: usize = 128;
+
 /// Prefix of a shared subscription filter (MQTT 5 §4.8.2).
 pub const SHARE_PREFIX: &str = "$share/";
 
@@ -16,6 +22,9 @@ pub enum TopicError {
     /// Longer than 65535 bytes.
     #[error("topic too long")]
     TooLong,
+    /// More than [`MAX_TOPIC_LEVELS`] levels.
+    #[error("topic has more than {MAX_TOPIC_LEVELS} levels")]
+    TooDeep,
     /// Contains U+0000 [MQTT-4.7.3-2].
     #[error("U+0000 in topic")]
     NullChar,
@@ -40,10 +49,24 @@ fn check_common(s: &str) -> Result<(), TopicError> {
     if s.as_bytes().contains(&0) {
         return Err(TopicError::NullChar);
     }
+    if too_deep(s.as_bytes()) {
+        return Err(TopicError::TooDeep);
+    }
     Ok(())
 }
 
-/// Validates a topic name (PUBLISH, will): non-empty, no U+0000, no wildcard characters.
+/// True when `topic` has more than [`MAX_TOPIC_LEVELS`] levels (counted on the whole string, a `$share/{group}/`
+/// prefix included). Stops counting at the limit.
+pub fn too_deep(topic: &[u8]) -> bool {
+    topic
+        .iter()
+        .filter(|&&b| b == b'/')
+        .nth(MAX_TOPIC_LEVELS - 1)
+        .is_some()
+}
+
+/// Validates a topic name (PUBLISH, will): non-empty, no U+0000, no wildcard characters, at most
+/// [`MAX_TOPIC_LEVELS`] levels.
 pub fn validate_topic_name(topic: &str) -> Result<(), TopicError> {
     check_common(topic)?;
     if topic.bytes().any(|b| b == b'+' || b == b'#') {
@@ -52,7 +75,8 @@ pub fn validate_topic_name(topic: &str) -> Result<(), TopicError> {
     Ok(())
 }
 
-/// Validates a topic filter (SUBSCRIBE, UNSUBSCRIBE), including `$share/{group}/{filter}` ones.
+/// Validates a topic filter (SUBSCRIBE, UNSUBSCRIBE), including `$share/{group}/{filter}` ones; at most
+/// [`MAX_TOPIC_LEVELS`] levels.
 pub fn validate_topic_filter(filter: &str) -> Result<(), TopicError> {
     check_common(filter)?;
     match SharedSubscription::parse(filter)? {
@@ -260,6 +284,24 @@ mod tests {
             validate_topic_filter(&"a".repeat(MAX_TOPIC_LEN + 1)),
             Err(TopicError::TooLong)
         );
+    }
+
+    #[test]
+    fn depth_is_limited() {
+        let at_limit = vec!["a"; MAX_TOPIC_LEVELS].join("/");
+        let over = vec!["a"; MAX_TOPIC_LEVELS + 1].join("/");
+        assert!(!too_deep(at_limit.as_bytes()));
+        assert!(too_deep(over.as_bytes()));
+        assert_eq!(validate_topic_name(&at_limit), Ok(()));
+        assert_eq!(validate_topic_name(&over), Err(TopicError::TooDeep));
+        assert_eq!(validate_topic_filter(&at_limit), Ok(()));
+        assert_eq!(validate_topic_filter(&over), Err(TopicError::TooDeep));
+        // Only slashes: the shape that overflowed the broker's recursive trie.
+        let slashes = "/".repeat(MAX_TOPIC_LEN);
+        assert_eq!(validate_topic_name(&slashes), Err(TopicError::TooDeep));
+        assert_eq!(validate_topic_filter(&slashes), Err(TopicError::TooDeep));
+        let shared = format!("$share/g/{}", "+/".repeat(MAX_TOPIC_LEVELS));
+        assert_eq!(validate_topic_filter(&shared), Err(TopicError::TooDeep));
     }
 
     #[test]

@@ -1,0 +1,117 @@
+//! Optional mutual TLS on cluster links (`[cluster.tls]`): both sides present a certificate issued by the
+//! cluster CA and verify the other's against it (rustls, aws-lc-rs). Sits at the start of every link, between
+//! the TCP connect/accept and the Hello ([`super::link`]).
+//!
+//! The dialer verifies the peer's certificate for the peer's node name (a DNS SAN such as `broker-1`: the
+//! identity the ring uses), or for its IP address when the name is not a DNS name (A-record discovery names
+//! endpoints `"<ip>:<port>"`). The acceptor requires a client certificate of the cluster CA.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use fleetgate_config::node::ClusterTlsConfig;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+/// ALPN of cluster links: a cluster port reached by an MQTT client (or the reverse) fails the handshake.
+const ALPN_CLUSTER: &[u8] = b"fleetgate-cluster/1";
+
+/// Why the cluster TLS setup failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A PEM file could not be read or used.
+    #[error("cluster tls: {path}: {message}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        message: String,
+    },
+    /// rustls refused the configuration.
+    #[error("cluster tls: {0}")]
+    Config(String),
+}
+
+fn file_error(path: &Path, message: impl std::fmt::Display) -> TlsError {
+    TlsError::File {
+        path: path.to_path_buf(),
+        message: message.to_string(),
+    }
+}
+
+/// Both ends of cluster-link TLS, loaded once at start.
+#[derive(Clone)]
+pub struct LinkTls {
+    /// For links we dial.
+    pub connector: TlsConnector,
+    /// For links peers open to us.
+    pub acceptor: TlsAcceptor,
+}
+
+impl std::fmt::Debug for LinkTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LinkTls")
+    }
+}
+
+impl LinkTls {
+    /// Loads the certificate, key and CA of `cfg`.
+    pub fn load(cfg: &ClusterTlsConfig) -> Result<LinkTls, TlsError> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let chain = load_certs(&cfg.cert)?;
+        let key = load_key(&cfg.key)?;
+        let mut roots = RootCertStore::empty();
+        for cert in load_certs(&cfg.ca)? {
+            roots.add(cert).map_err(|e| file_error(&cfg.ca, e))?;
+        }
+        let roots = Arc::new(roots);
+        let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+            .build()
+            .map_err(|e| file_error(&cfg.ca, e))?;
+        let mut server = ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Config(e.to_string()))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain.clone(), key.clone_key())
+            .map_err(|e| file_error(&cfg.key, e))?;
+        server.alpn_protocols = vec![ALPN_CLUSTER.to_vec()];
+        let mut client = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Config(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| file_error(&cfg.key, e))?;
+        client.alpn_protocols = vec![ALPN_CLUSTER.to_vec()];
+        Ok(LinkTls {
+            connector: TlsConnector::from(Arc::new(client)),
+            acceptor: TlsAcceptor::from(Arc::new(server)),
+        })
+    }
+}
+
+/// The name a dialed peer's certificate must carry: its node name when that is a DNS name, else its address.
+pub fn server_name(peer_name: Option<&str>, addr: std::net::SocketAddr) -> ServerName<'static> {
+    peer_name
+        .and_then(|n| ServerName::try_from(n.to_string()).ok())
+        .filter(|n| matches!(n, ServerName::DnsName(_)))
+        .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()))
+}
+
+fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| file_error(path, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_error(path, e))?;
+    if certs.is_empty() {
+        return Err(file_error(path, "no PEM certificate found"));
+    }
+    Ok(certs)
+}
+
+fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path)
+        .map_err(|e| file_error(path, format!("no usable PEM private key: {e}")))
+}

@@ -37,7 +37,7 @@ pub struct IdleArgs {
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
     /// How long to hold the sessions once all are up.
-    #[arg(long, default_value = "10s", value_parser = crate::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = fleetgate_config::duration::parse_duration)]
     pub hold: Duration,
     /// Also create this file once all sessions are up (the `ready` line goes to stdout either way).
     #[arg(long)]

@@ -2,9 +2,9 @@
 //! stdout; diagnostics go to stderr.
 //!
 //! - [`mqtt`]: the generator's own minimal MQTT client codec.
-//! - [`proxy_v2`]: the minimal PROXY v2 header for `--proxy-v2`.
 //! - [`net`]: connect → PROXY → TLS → CONNECT/CONNACK, plain or TLS stream.
 //! - [`throughput`]: publishers → broker → subscribers, paced or unbounded, with end-to-end latency.
+//! - [`probe`]: probes before measuring (`--colocate`, `--sub-target` routes).
 //! - [`load`]: the per-connection loops of `throughput` (subscriber, publisher, PUBACK reader, flow control).
 //! - [`connect_rate`]: full TLS + MQTT connection set-ups per second.
 //! - [`idle`]: many idle sessions held open while the script samples server memory.
@@ -17,7 +17,7 @@ mod idle;
 mod load;
 mod mqtt;
 mod net;
-mod proxy_v2;
+mod probe;
 mod stats;
 mod throughput;
 
@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
+use fleetgate_config::duration::parse_duration;
 
 /// Fleetgate load generator.
 #[derive(Debug, Parser)]
@@ -109,36 +110,4 @@ fn main() -> anyhow::Result<()> {
             Ok::<_, anyhow::Error>(())
         })
         .context("fleetgate-bench")
-}
-
-/// Parses `10s`, `500ms`, `2m` or a bare number of seconds.
-pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (number, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
-        Some(at) => s.split_at(at),
-        None => (s, "s"),
-    };
-    let value: f64 = number.parse().map_err(|_| format!("bad duration {s:?}"))?;
-    let secs = match unit {
-        "ms" => value / 1000.0,
-        "s" => value,
-        "m" => value * 60.0,
-        _ => return Err(format!("bad duration unit in {s:?} (use ms, s or m)")),
-    };
-    Duration::try_from_secs_f64(secs).map_err(|e| format!("bad duration {s:?}: {e}"))
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)] // tests may unwrap (CONTRIBUTING)
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
-        assert!(parse_duration("3h").is_err());
-        assert!(parse_duration("x").is_err());
-    }
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use bytes::BytesMut;
+use fleetgate_protocol::proxy::{HeaderSpec, PeerIdentity, encode_v2};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -19,7 +20,6 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use crate::mqtt::{self, Packet, Version};
-use crate::proxy_v2;
 
 /// Bound on one connection's set-up (TCP + PROXY + TLS + CONNACK): a server that stalls longer is counted as failed.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
@@ -186,7 +186,13 @@ async fn connect_inner(
     tcp.set_nodelay(true)?;
     let mut tcp = tcp;
     if target.proxy_v2 {
-        let header = proxy_v2::encode(tcp.local_addr()?, target.addr);
+        // The broker's own encoder: a plain PROXY/TCP header, no TLVs (the generator is the "balancer" here).
+        let header = encode_v2(&HeaderSpec {
+            source: tcp.local_addr()?,
+            destination: target.addr,
+            identity: PeerIdentity::default(),
+            crc32c: false,
+        });
         tcp.write_all(&header)
             .await
             .context("writing PROXY header")?;

@@ -4,7 +4,7 @@
 //! also at most `--inflight` unacknowledged PUBLISH per connection). Each
 //! payload starts with the send time (ns on the shared clock) and a sequence number; subscribers record the latency.
 //! After publishing stops, the run waits until every expected message arrived or `--drain` ran out, then prints one
-//! JSON line.
+//! JSON line. With `--sub-target` subscribers connect to another node of a cluster (cross-node delivery).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,26 +12,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use bytes::{BufMut, BytesMut};
-use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
 use crate::load::{DRAIN_POLL, Flow, PubConfig, STAMP_LEN, publisher, subscriber};
-use crate::mqtt::{self, Version};
-use crate::net::{self, Session, Target, TlsArgs};
+use crate::mqtt::Version;
+use crate::net::{self, Target, TlsArgs};
+use crate::probe;
 use crate::stats::{self, Latency};
 
 /// Keep-alive announced by load clients: longer than any run, so no PINGREQ traffic is needed.
-const KEEP_ALIVE_S: u16 = 300;
+pub(crate) const KEEP_ALIVE_S: u16 = 300;
 /// Handshakes in flight while the run's connections are opened.
 const CONNECT_CONCURRENCY: usize = 64;
-/// `--colocate`: publisher client IDs tried per pair before giving up; with k backends one try misses with
-/// probability (k-1)/k, so 24 tries fail with 3 backends about once in 16,000 pairs.
-const COLOCATE_TRIES: u32 = 24;
-/// `--colocate`: how long a probe may take to reach the pair's subscriber when both sit on the same node.
-const COLOCATE_WAIT: Duration = Duration::from_millis(300);
-/// `--colocate` probe payload: shorter than a timestamp, so a late probe is counted as foreign, not as a sample.
-const PROBE: &[u8] = b"fgb-probe";
 
 /// Who publishes to whom.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -74,9 +66,14 @@ pub fn parse_rate(s: &str) -> Result<Rate, String> {
 /// Options of `throughput`.
 #[derive(Debug, clap::Args)]
 pub struct ThroughputArgs {
-    /// Broker or balancer address.
+    /// Broker or balancer address (publishers, and subscribers unless `--sub-target`).
     #[arg(long)]
     pub target: SocketAddr,
+    /// Subscribers connect here instead (another node of the same cluster: cross-node delivery). Before
+    /// measuring, every subscriber must receive a probe from its publisher, so the run starts with the
+    /// subscriptions known cluster-wide.
+    #[arg(long)]
+    pub sub_target: Option<SocketAddr>,
     /// Send a PROXY v2 header first.
     #[arg(long)]
     pub proxy_v2: bool,
@@ -104,7 +101,7 @@ pub struct ThroughputArgs {
     #[arg(long, default_value = "unbounded", value_parser = parse_rate)]
     pub rate: Rate,
     /// How long publishers send.
-    #[arg(long, default_value = "10s", value_parser = crate::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = fleetgate_config::duration::parse_duration)]
     pub duration: Duration,
     /// `--rate unbounded`: publishers pause while more than this many deliveries per subscriber are published but
     /// not yet received, so "unbounded" measures the most the server delivers, not how big a backlog it can hold.
@@ -114,7 +111,7 @@ pub struct ThroughputArgs {
     #[arg(long, default_value_t = 32)]
     pub inflight: usize,
     /// Longest wait for outstanding deliveries after publishing stops.
-    #[arg(long, default_value = "5s", value_parser = crate::parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = fleetgate_config::duration::parse_duration)]
     pub drain: Duration,
     /// Pairs behind a balancer in front of unclustered nodes: retry each publisher's client ID until a probe it
     /// publishes reaches its subscriber, i.e. until the balancer put both on the same node.
@@ -125,11 +122,16 @@ pub struct ThroughputArgs {
     pub label: Option<String>,
 }
 
-struct Plan {
-    topics: Vec<String>,
-    filters: Vec<String>,
+/// Topics, filters and fan-out of one run.
+pub(crate) struct Plan {
+    /// Topic of each publisher.
+    pub(crate) topics: Vec<String>,
+    /// Filter of each subscriber.
+    pub(crate) filters: Vec<String>,
     /// Subscribers that receive each publisher's messages.
-    fanout: Vec<u64>,
+    pub(crate) fanout: Vec<u64>,
+    /// The pattern (which publisher reaches which subscriber).
+    pub(crate) pattern: Pattern,
 }
 
 fn plan(args: &ThroughputArgs, run: &str) -> anyhow::Result<Plan> {
@@ -140,11 +142,13 @@ fn plan(args: &ThroughputArgs, run: &str) -> anyhow::Result<Plan> {
             topics: (0..n).map(|i| format!("fgb/{run}/in/{i}")).collect(),
             filters: vec![format!("fgb/{run}/in/+"); m],
             fanout: vec![m64; n],
+            pattern: args.pattern,
         },
         Pattern::FanOut => Plan {
             topics: vec![format!("fgb/{run}/out"); n],
             filters: vec![format!("fgb/{run}/out"); m],
             fanout: vec![m64; n],
+            pattern: args.pattern,
         },
         Pattern::Pairs => {
             if n != m {
@@ -155,6 +159,7 @@ fn plan(args: &ThroughputArgs, run: &str) -> anyhow::Result<Plan> {
                 filters: topics.clone(),
                 topics,
                 fanout: vec![1; n],
+                pattern: args.pattern,
             }
         }
     })
@@ -182,13 +187,17 @@ pub async fn run(args: ThroughputArgs) -> anyhow::Result<serde_json::Value> {
         &args.tls,
         args.mqtt,
     )?);
+    let sub_target = match args.sub_target {
+        Some(addr) => Arc::new(Target::new(addr, args.proxy_v2, &args.tls, args.mqtt)?),
+        None => Arc::clone(&target),
+    };
 
     // Subscribers first, so nothing published is missed.
     let sub_ids = (0..args.subscribers)
         .map(|i| format!("fgb-{run_id}-s{i}"))
         .collect();
     let mut subs = Vec::new();
-    for (i, session) in net::connect_all(&target, sub_ids, KEEP_ALIVE_S, CONNECT_CONCURRENCY)
+    for (i, session) in net::connect_all(&sub_target, sub_ids, KEEP_ALIVE_S, CONNECT_CONCURRENCY)
         .await
         .into_iter()
         .enumerate()
@@ -202,10 +211,10 @@ pub async fn run(args: ThroughputArgs) -> anyhow::Result<serde_json::Value> {
     let mut pubs = Vec::new();
     let mut colocate_tries = 0;
     if args.colocate {
-        if args.pattern != Pattern::Pairs {
-            bail!("--colocate works with --pattern pairs only");
+        if args.pattern != Pattern::Pairs || args.sub_target.is_some() {
+            bail!("--colocate works with --pattern pairs and without --sub-target only");
         }
-        (subs, pubs, colocate_tries) = colocate(&target, &run_id, &plan, subs).await?;
+        (subs, pubs, colocate_tries) = probe::colocate(&target, &run_id, &plan, subs).await?;
     } else {
         let pub_ids = (0..args.publishers)
             .map(|i| format!("fgb-{run_id}-p{i}"))
@@ -218,6 +227,10 @@ pub async fn run(args: ThroughputArgs) -> anyhow::Result<serde_json::Value> {
             pubs.push(session.with_context(|| format!("publisher {i}"))?);
         }
     }
+    let route_probes = match args.sub_target {
+        Some(_) => Some(probe::await_routes(&plan, &mut pubs, &mut subs, args.mqtt).await?),
+        None => None,
+    };
 
     let received = Arc::new(AtomicU64::new(0));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -316,6 +329,7 @@ pub async fn run(args: ThroughputArgs) -> anyhow::Result<serde_json::Value> {
         "cmd": "throughput",
         "label": args.label,
         "target": args.target.to_string(),
+        "sub_target": args.sub_target.map(|a| a.to_string()),
         "mqtt": args.mqtt,
         "tls": args.tls.tls,
         "pattern": args.pattern,
@@ -335,6 +349,7 @@ pub async fn run(args: ThroughputArgs) -> anyhow::Result<serde_json::Value> {
         "delivered_per_s": received_total as f64 / secs,
         "foreign": foreign,
         "colocate_tries": colocate_tries,
+        "route_probes": route_probes,
         "outstanding_limit": flow.as_ref().map(|f| f.limit),
         "written_off": flow.as_ref().map(|f| f.written_off.load(Ordering::Relaxed)),
         "latency_samples": latency.count(),
@@ -355,67 +370,6 @@ fn wall_nanos() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(0))
-}
-
-/// Finds, for every pair, a publisher client ID that lands on its subscriber's node (all pairs at once).
-async fn colocate(
-    target: &Arc<Target>,
-    run_id: &str,
-    plan: &Plan,
-    subs: Vec<Session>,
-) -> anyhow::Result<(Vec<Session>, Vec<Session>, u32)> {
-    let mut tasks = tokio::task::JoinSet::new();
-    let count = subs.len();
-    for (i, sub) in subs.into_iter().enumerate() {
-        let (target, topic, run_id) = (
-            Arc::clone(target),
-            plan.topics[i].clone(),
-            run_id.to_string(),
-        );
-        tasks.spawn(async move { (i, colocate_pair(&target, &run_id, i, &topic, sub).await) });
-    }
-    let mut pairs: Vec<Option<(Session, Session)>> = (0..count).map(|_| None).collect();
-    let mut tries = 0;
-    while let Some(joined) = tasks.join_next().await {
-        let (i, result) = joined.context("colocate task panicked")?;
-        let (sub, publisher, n) = result.with_context(|| format!("colocating pair {i}"))?;
-        tries += n;
-        pairs[i] = Some((sub, publisher));
-    }
-    let (subs, pubs) = pairs.into_iter().flatten().unzip();
-    Ok((subs, pubs, tries))
-}
-
-async fn colocate_pair(
-    target: &Target,
-    run_id: &str,
-    i: usize,
-    topic: &str,
-    mut sub: Session,
-) -> anyhow::Result<(Session, Session, u32)> {
-    let version = target.version;
-    for attempt in 0..COLOCATE_TRIES {
-        let mut publisher = net::connect(
-            target,
-            &format!("fgb-{run_id}-p{i}-{attempt}"),
-            KEEP_ALIVE_S,
-        )
-        .await?;
-        let mut probe = BytesMut::with_capacity(64);
-        mqtt::encode_publish(&mut probe, version, topic, 0, 0, PROBE.len(), |b| {
-            b.put_slice(PROBE)
-        });
-        publisher
-            .stream
-            .write_all(&probe)
-            .await
-            .context("writing probe")?;
-        if net::await_publish(&mut sub, version, COLOCATE_WAIT).await? {
-            return Ok((sub, publisher, attempt + 1));
-        }
-        net::close(publisher).await;
-    }
-    bail!("no publisher client ID reached the subscriber's node in {COLOCATE_TRIES} tries")
 }
 
 #[cfg(test)]

@@ -427,3 +427,37 @@ fn end_early(origin: &ClientOrigin, reason: &'static str, detail: Option<&'stati
     metrics::disconnect(reason);
     events::disconnect("", origin.source, reason, detail);
 }
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+    use fleetgate_config::node::LimitsConfig;
+
+    #[tokio::test]
+    async fn print_sizes() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let ctx = Arc::new(ListenerCtx {
+            local_addr: addr,
+            proxy: None,
+            name: String::new(),
+            auth: crate::auth::AuthState::disabled(),
+        });
+        let broker = Arc::new(Broker::new(
+            "n".into(),
+            LimitsConfig::default(),
+            crate::metrics::Metrics::register(),
+            CancellationToken::new(),
+        ));
+        let fut = serve(stream, addr, ctx, broker, CancellationToken::new());
+        eprintln!("serve future: {}", std::mem::size_of_val(&fut));
+        eprintln!("Conn: {}", std::mem::size_of::<Conn>());
+        eprintln!("Wire: {}", std::mem::size_of::<Wire>());
+        eprintln!("Codec: {}", std::mem::size_of::<Codec>());
+        eprintln!("Session: {}", std::mem::size_of::<Session>());
+        eprintln!("ConnAuth: {}", std::mem::size_of::<ConnAuth>());
+        eprintln!("ConnSignal: {}", std::mem::size_of::<crate::session::ConnSignal>());
+        eprintln!("Connect: {}", std::mem::size_of::<fleetgate_protocol::mqtt::Connect>());
+    }
+}

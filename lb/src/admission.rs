@@ -328,7 +328,10 @@ mod tests {
     fn ipv6_sources_share_a_bucket_per_64() {
         let limiter = PerIpLimiter::new(1.0, 5);
         let t0 = Instant::now();
-        let base = "2001:db8:1:2::".parse::<std::net::Ipv6Addr>().unwrap().to_bits();
+        let base = "2001:db8:1:2::"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .to_bits();
         let allowed = (0..200_000u128)
             .filter(|i| limiter.allow(IpAddr::V6((base | (i * 7919)).into()), t0))
             .count();
@@ -340,7 +343,10 @@ mod tests {
         let v4: IpAddr = "10.0.0.1".parse().unwrap();
         let pair = PerIpLimiter::new(1.0, 1);
         assert!(pair.allow(mapped, t0));
-        assert!(!pair.allow(v4, t0), "IPv4-mapped counts as the IPv4 address");
+        assert!(
+            !pair.allow(v4, t0),
+            "IPv4-mapped counts as the IPv4 address"
+        );
     }
 
     #[test]
@@ -350,7 +356,10 @@ mod tests {
         let started = Instant::now();
         for i in 0..200_000u32 {
             let ip = IpAddr::V4((0x0A00_0000 + i).into());
-            assert!(limiter.allow(ip, t0), "a new source starts with a full bucket");
+            assert!(
+                limiter.allow(ip, t0),
+                "a new source starts with a full bucket"
+            );
             assert!(limiter.tracked() <= PER_IP_MAX_TRACKED);
         }
         assert_eq!(limiter.tracked(), PER_IP_MAX_TRACKED);
@@ -362,7 +371,10 @@ mod tests {
             started.elapsed()
         );
         let queue = limiter.buckets.lock().order.len();
-        assert!(queue <= 2 * PER_IP_MAX_TRACKED + 1, "LRU queue compacted: {queue}");
+        assert!(
+            queue <= 2 * PER_IP_MAX_TRACKED + 1,
+            "LRU queue compacted: {queue}"
+        );
     }
 
     #[test]
@@ -376,7 +388,10 @@ mod tests {
         );
         assert!(limiter.allow(a, t0));
         assert!(limiter.allow(b, t0));
-        assert!(!limiter.allow(a, t0), "a is empty and now the most recently used");
+        assert!(
+            !limiter.allow(a, t0),
+            "a is empty and now the most recently used"
+        );
         assert!(limiter.allow(c, t0), "evicts b, not a");
         assert_eq!(limiter.tracked(), 2);
         assert!(!limiter.allow(a, t0), "a's empty bucket survived");

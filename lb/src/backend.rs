@@ -182,9 +182,7 @@ impl Backends {
     pub fn pick(&self, key: &[u8], tried: &[&str], now: Instant) -> Option<&Arc<BackendState>> {
         let usable = |name: &str, skip_suspect: bool| {
             self.get(name).is_some_and(|b| {
-                b.is_healthy()
-                    && !tried.contains(&name)
-                    && !(skip_suspect && b.is_suspect(now))
+                b.is_healthy() && !tried.contains(&name) && !(skip_suspect && b.is_suspect(now))
             })
         };
         self.select(key, |n| usable(n, true))
@@ -271,9 +269,7 @@ mod tests {
         let now = Instant::now();
         let first = b.pick(b"client-a", &[], now).unwrap();
         assert_eq!(first.name(), b.pick(b"client-a", &[], now).unwrap().name());
-        let second = b
-            .pick(b"client-a", &[first.name()], now)
-            .unwrap();
+        let second = b.pick(b"client-a", &[first.name()], now).unwrap();
         assert_ne!(first.name(), second.name());
         first.mark_failed(now);
         assert_eq!(b.pick(b"client-a", &[], now).unwrap().name(), second.name());

@@ -156,7 +156,8 @@ impl Conn<'_> {
             identity,
             crc32c: false,
         };
-        let Some((backend, mut upstream)) = self.connect_backend(key, &mut spec, &first_bytes).await
+        let Some((backend, mut upstream)) =
+            self.connect_backend(key, &mut spec, &first_bytes).await
         else {
             let refusal = peek::connack_refusal(summary.protocol_level, Refusal::ServerUnavailable);
             let _ =
@@ -355,7 +356,7 @@ impl Conn<'_> {
             tried.push(backend.name());
             let head = header(backend, spec, first_bytes);
             let attempt = async {
-                let mut upstream = backend::connect(&backend, timeout).await?;
+                let mut upstream = backend::connect(backend, timeout).await?;
                 tokio::time::timeout(timeout, upstream.write_all(&head))
                     .await
                     .map_err(|_| {

@@ -199,14 +199,23 @@ mod tests {
     fn shards_keep_counts_per_client_and_drain_across_shards() {
         let r = Arc::new(Registry::default());
         let regs: Vec<_> = (0..200)
-            .map(|i| r.register(&format!("dev-{}", i % 100), if i % 2 == 0 { "b0" } else { "b1" }))
+            .map(|i| {
+                r.register(
+                    &format!("dev-{}", i % 100),
+                    if i % 2 == 0 { "b0" } else { "b1" },
+                )
+            })
             .collect();
         assert_eq!(r.len(), 200);
         let used: std::collections::HashSet<usize> = regs.iter().map(|(g, _)| g.shard).collect();
         assert!(used.len() > 1, "client IDs spread over shards");
         assert_eq!(r.client("dev-7").map(|c| c.connections), Some(2));
         assert_eq!(r.take_for_drain(Some("b0")).len(), 100);
-        assert_eq!(r.take_for_drain(None).len(), 100, "the b1 relays, not the marked ones");
+        assert_eq!(
+            r.take_for_drain(None).len(),
+            100,
+            "the b1 relays, not the marked ones"
+        );
         drop(regs);
         assert!(r.is_empty());
         assert_eq!(r.client("dev-7"), None);

@@ -561,10 +561,7 @@ mod tests {
     fn idle_timeout_rule() {
         let (grace, max_idle) = (Duration::from_secs(30), Duration::from_secs(1800));
         assert_eq!(idle_timeout(0, grace, max_idle), max_idle);
-        assert_eq!(
-            idle_timeout(60, grace, max_idle),
-            Duration::from_secs(120)
-        );
+        assert_eq!(idle_timeout(60, grace, max_idle), Duration::from_secs(120));
     }
 
     #[tokio::test]

@@ -159,9 +159,7 @@ impl SniResolver {
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let by_sni = hello
-            .server_name()
-            .and_then(|name| self.by_name.get(name));
+        let by_sni = hello.server_name().and_then(|name| self.by_name.get(name));
         Some(by_sni.unwrap_or(&self.default).clone())
     }
 }

@@ -1,6 +1,7 @@
 //! Child processes of `fleetgate up`: each node (and the LB) runs as `fleetgate <role> --config FILE` in its own
 //! process group; its log lines are forwarded to our stderr (tagged with the child's name) and scanned for the
-//! `event="listening"` lines that tell us the ports it bound.
+//! `event="listening"` lines that tell us the ports it bound; [`admin_get`] asks a child's admin port whether it is
+//! ready.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -10,12 +11,17 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use rustix::process::{Pid, Signal, kill_process};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
 /// How long to wait for a stopped child's remaining log lines.
 const FORWARD_DRAIN: Duration = Duration::from_secs(1);
+/// Bound of one request to a child's admin port (connect to the end of the answer): loopback answers in
+/// milliseconds; a child that does not is polled again.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(2);
+/// Largest admin answer read: `/metrics` of a fresh node is a few KiB.
+const ADMIN_MAX_RESPONSE: u64 = 1024 * 1024;
 
 /// One running child.
 pub struct ChildProcess {
@@ -148,6 +154,40 @@ async fn forward<R>(
     }
 }
 
+/// `GET path` on a child's admin port: `(status, body)`, or `None` when it does not answer within
+/// [`ADMIN_TIMEOUT`].
+pub async fn admin_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let request = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let head = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(head.as_bytes()).await.ok()?;
+        let mut answer = Vec::new();
+        stream
+            .take(ADMIN_MAX_RESPONSE)
+            .read_to_end(&mut answer)
+            .await
+            .ok()?;
+        let text = String::from_utf8_lossy(&answer);
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        let status = head.split_whitespace().nth(1)?.parse().ok()?;
+        Some((status, body.to_string()))
+    };
+    tokio::time::timeout(ADMIN_TIMEOUT, request).await.ok().flatten()
+}
+
+/// Sum of the samples of `name` (any labels) in Prometheus text, `None` when there is none.
+pub fn gauge(metrics: &str, name: &str) -> Option<f64> {
+    let values: Vec<f64> = metrics
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
 /// `(role, addr)` of an `event="listening"` log line.
 fn listening(map: &serde_json::Map<String, Value>) -> Option<(String, SocketAddr)> {
     (map.get("event")?.as_str()? == "listening").then_some(())?;
@@ -175,5 +215,14 @@ mod tests {
             panic!()
         };
         assert_eq!(listening(&map), None);
+    }
+
+    #[test]
+    fn gauges_are_summed_over_labels() {
+        let text = "# TYPE fleetgate_cluster_peers_up gauge\nfleetgate_cluster_peers_up 2\n\
+                    fleetgate_cluster_peers_up_total 9\nx{a=\"b\"} 1\nx{a=\"c\"} 2.5\n";
+        assert_eq!(gauge(text, "fleetgate_cluster_peers_up"), Some(2.0));
+        assert_eq!(gauge(text, "x"), Some(3.5));
+        assert_eq!(gauge(text, "y"), None);
     }
 }

@@ -1,7 +1,7 @@
 //! The `fleetgate` binary: parses the command line, sets up what every process needs (TLS provider, logging,
 //! metrics, signals) and hands off to the libraries.
 //!
-//! - `node --config FILE`: a broker node ([`fleetgate_broker::run`]).
+//! - `node --config FILE [--name NAME] [--advertise-host IP]`: a broker node ([`fleetgate_broker::Node`]).
 //! - `lb --config FILE`: the load balancer ([`fleetgate_lb::run`]).
 //! - `check FILE`: validate a config file, `nginx -t` style.
 //! - `up`: a complete local system for development ([`up`]).
@@ -12,11 +12,13 @@ mod passwd;
 mod pki;
 mod up;
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use fleetgate_config::node::{NodeConfig, NodeOverrides};
 use fleetgate_ops::logging::{self, LogFormat};
 use tokio_util::sync::CancellationToken;
 
@@ -42,6 +44,14 @@ enum Command {
         /// Node config file (TOML with a `[node]` table).
         #[arg(long, short)]
         config: PathBuf,
+        /// Node name, instead of `[node] name` (e.g. the pod name from the downward API: one config file for
+        /// every pod of a StatefulSet).
+        #[arg(long)]
+        name: Option<String>,
+        /// Host (IP address) peers dial this node's cluster port at, instead of `[cluster] advertise`'s (e.g. the
+        /// pod IP); the port stays the configured one.
+        #[arg(long)]
+        advertise_host: Option<IpAddr>,
     },
     /// Run the load balancer.
     Lb {
@@ -115,7 +125,19 @@ async fn serve(command: Command) -> Result<()> {
     // The reload channel: SIGHUP. The node re-reads its auth files on it (and watches them itself).
     let reload = fleetgate_ops::signals::spawn(shutdown.clone());
     match command {
-        Command::Node { config } => run_node(&config, shutdown, reload).await,
+        Command::Node {
+            config,
+            name,
+            advertise_host,
+        } => {
+            let overrides = NodeOverrides {
+                name,
+                advertise_host,
+            };
+            run_node(&config, &overrides, shutdown, reload)
+                .await
+                .with_context(|| format!("fleetgate node --config {}", config.display()))
+        }
         Command::Lb { config } => run_lb(&config, shutdown, reload).await,
         Command::Up(args) => up::run(args, shutdown).await,
         Command::Check { file } => {
@@ -127,14 +149,28 @@ async fn serve(command: Command) -> Result<()> {
     }
 }
 
+/// `fleetgate_broker::run` with the command-line overrides applied: load, override, load `[auth]`, start, serve
+/// until `shutdown`, drain. `reload` (SIGHUP) re-reads the auth files.
 async fn run_node(
-    config: &Path,
+    config_path: &Path,
+    overrides: &NodeOverrides,
     shutdown: CancellationToken,
     reload: tokio::sync::mpsc::Receiver<()>,
 ) -> Result<()> {
-    fleetgate_broker::run(config, shutdown, Some(reload))
-        .await
-        .with_context(|| format!("fleetgate node --config {}", config.display()))
+    let config = NodeConfig::load(config_path)?.with_overrides(config_path, overrides)?;
+    let auth = fleetgate_broker::auth::AuthState::load(config_path, &config)?;
+    let reloader = fleetgate_broker::auth_reload::spawn(auth.clone(), Some(reload), shutdown.clone());
+    let handle = match fleetgate_broker::Node::start_with_auth(config, auth, shutdown).await {
+        Ok(handle) => handle,
+        Err(e) => {
+            reloader.abort();
+            return Err(e.into());
+        }
+    };
+    handle.wait().await;
+    // The reload task ends with the shutdown token.
+    let _ = reloader.await;
+    Ok(())
 }
 
 async fn run_lb(

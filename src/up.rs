@@ -1,9 +1,10 @@
 //! `fleetgate up`: a complete local system with no set-up — a dev PKI, N broker nodes (each its own child process,
 //! so each has its own metrics) and the load balancer in front of them, with instructions for connecting.
 //!
-//! Flow: PKI → write `node-N.toml` → start nodes → learn their ports from their `listening` log lines → write
-//! `lb.toml` with them as backends → start the LB → print how to connect → wait for Ctrl-C or a child dying →
-//! SIGTERM every child, wait (bounded), exit.
+//! Flow: PKI → for each node: write `node-N.toml` (its cluster peers: the nodes already running) → start it →
+//! learn its ports from its `listening` log lines → wait until every node is ready and linked to all others
+//! (one cluster) → write `lb.toml` with them as backends → start the LB → print how to connect → wait for Ctrl-C
+//! or a child dying → SIGTERM every child, wait (bounded), exit.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -14,7 +15,7 @@ use fleetgate_config::lb::LbConfig;
 use fleetgate_config::node::NodeConfig;
 use tokio_util::sync::CancellationToken;
 
-use crate::children::ChildProcess;
+use crate::children::{self, ChildProcess};
 use crate::pki::{self, DevPki};
 
 /// How long a child gets to report its listening sockets: a debug build on a busy machine starts in well under a
@@ -25,6 +26,8 @@ const STARTUP_DEADLINE: Duration = Duration::from_secs(30);
 const STOP_GRACE: Duration = Duration::from_secs(15);
 /// Largest number of nodes `up` starts: it is a development tool on one machine.
 const MAX_NODES: u16 = 16;
+/// Pause between readiness polls of the nodes: they sync with their peers within milliseconds on loopback.
+const READY_POLL: Duration = Duration::from_millis(100);
 
 /// `fleetgate up` options.
 #[derive(Debug, Clone, clap::Args)]
@@ -72,24 +75,34 @@ async fn start_and_wait(
     shutdown: &CancellationToken,
 ) -> Result<()> {
     let with_lb = !args.no_lb;
-    // Start every node first, then collect their ports: they boot in parallel.
+    // One node after another: each gets the cluster ports of those already running as its peers (they learn it
+    // from its Hello and dial back), so no port is picked before it is bound.
+    let mut peers: Vec<(String, SocketAddr)> = Vec::new();
+    let mut nodes = Vec::new();
     for i in 0..args.nodes {
         let name = format!("broker-{i}");
         let bind = if with_lb || i != 0 { 0 } else { args.mqtt_port };
         let path = dir.join(format!("node-{i}.toml"));
-        write_config(&path, &node_config(&name, bind, with_lb))?;
+        write_config(&path, &node_config(&name, bind, with_lb, &peers))?;
         NodeConfig::load(&path)
             .map_err(|e| anyhow::anyhow!("generated {} is invalid:\n{e}", path.display()))?;
         children.push(ChildProcess::spawn(&name, "node", &path)?);
-    }
-    let mut nodes = Vec::new();
-    for process in children.iter_mut() {
+        let Some(process) = children.last_mut() else {
+            bail!("internal: {name} was not recorded");
+        };
         let mqtt = process.wait_listening("mqtt", STARTUP_DEADLINE).await?;
-        let admin = process
-            .wait_listening("admin", Duration::from_millis(500))
-            .await
-            .ok();
-        nodes.push((process.name.clone(), mqtt, admin));
+        let admin = process.wait_listening("admin", STARTUP_DEADLINE).await?;
+        let cluster = process.wait_listening("cluster", STARTUP_DEADLINE).await?;
+        peers.push((name.clone(), cluster));
+        nodes.push((name, mqtt, Some(admin)));
+    }
+    let admins: Vec<(String, SocketAddr)> = nodes
+        .iter()
+        .filter_map(|(n, _, a)| a.map(|a| (n.clone(), a)))
+        .collect();
+    tokio::select! {
+        _ = shutdown.cancelled() => return Ok(()),
+        ready = wait_cluster(&admins, STARTUP_DEADLINE) => ready?,
     }
 
     let mut lb_addrs = None;
@@ -177,26 +190,59 @@ fn quote_path(p: &Path) -> String {
 }
 
 /// The config of one node: MQTT on 127.0.0.1 behind the LB (PROXY v2 required from 127.0.0.1) or, without the LB,
-/// plain MQTT on `port`; admin on a free port.
+/// plain MQTT on `port`; admin on a free port; a cluster port on a free port, dialing `peers` (name, cluster
+/// address) — the nodes started before it.
 ///
 /// Auth of the dev system: `anonymous = true` and no ACL file. Every client is admitted (a development system
 /// must work with a bare `mosquitto_pub`); a client certificate verified by the LB is still carried as the
 /// principal's CN, and the ACL is the crate's default without a file: every topic except `$` topics. A
 /// production node lists policies (`certificate`, `client_id_from_cert`, `password`) and an `acl_file` instead.
-fn node_config(name: &str, port: u16, behind_lb: bool) -> String {
+fn node_config(name: &str, port: u16, behind_lb: bool, peers: &[(String, SocketAddr)]) -> String {
     let proxy = if behind_lb {
         "proxy_protocol = \"required\"\ntrusted_proxies = [\"127.0.0.1/32\"]\n"
     } else {
         "proxy_protocol = \"off\"\n"
     };
+    let peers: Vec<String> = peers
+        .iter()
+        .map(|(n, a)| format!("{{ name = {}, addr = {} }}", quote(n), quote(&a.to_string())))
+        .collect();
     format!(
         "# Generated by `fleetgate up`; rewritten on every start.\n\
          [node]\nname = {}\n\n[[listeners]]\nbind = \"127.0.0.1:{port}\"\n{proxy}\n[admin]\nbind = \"127.0.0.1:0\"\n\n\
+         # One broker of N nodes: the nodes started before this one are its peers (they dial back).\n\
+         [cluster]\nbind = \"127.0.0.1:0\"\npeers = [{}]\n\n\
          # Development: every client admitted (a verified certificate CN is still recorded); production\n\
          # nodes list policies (certificate, client_id_from_cert, password) and an acl_file.\n\
          [auth]\nanonymous = true\n",
-        quote(name)
+        quote(name),
+        peers.join(", ")
     )
+}
+
+/// Waits until every node's `/readyz` answers 200 and each has a link up with every other node (the cluster is
+/// one broker before the LB sends it a client), or fails after `deadline`.
+async fn wait_cluster(admins: &[(String, SocketAddr)], deadline: Duration) -> Result<()> {
+    let others = admins.len().saturating_sub(1);
+    let until = tokio::time::Instant::now() + deadline;
+    for (name, admin) in admins {
+        loop {
+            let ready = children::admin_get(*admin, "/readyz").await.map(|(status, _)| status) == Some(200);
+            let peers = children::admin_get(*admin, "/metrics")
+                .await
+                .and_then(|(_, body)| children::gauge(&body, "fleetgate_cluster_peers_up"));
+            if ready && peers.is_some_and(|p| p >= others as f64) {
+                break;
+            }
+            if tokio::time::Instant::now() >= until {
+                bail!(
+                    "{name} is not ready with {others} cluster peer(s) within {deadline:?} (ready: {ready}, peers up: {peers:?})"
+                );
+            }
+            tokio::time::sleep(READY_POLL).await;
+        }
+    }
+    Ok(())
 }
 
 /// The LB config: plain MQTT on `--mqtt-port`, TLS (client certificates optional) on `--mqtts-port`, every node a
@@ -263,7 +309,7 @@ fn banner(
             out.push_str(&format!(
                 "\nFleetgate is up: {} broker node(s), WITHOUT the load balancer (--no-lb), files in {}.\n\
                  Connect to {name} directly (plain MQTT, no PROXY protocol): {mqtt}\n\
-                 Note: without the LB there is no TLS listener and no routing between nodes.\n\n\
+                 Note: without the LB there is no TLS listener and no client routing by client ID.\n\n\
                  Try:\n  mosquitto_sub -h 127.0.0.1 -p {p} -t '#' -v\n\
                  \x20 mosquitto_pub -h 127.0.0.1 -p {p} -t test -m hi\n",
                 nodes.len(),
@@ -297,9 +343,13 @@ mod tests {
         let dir = scratch("node");
         for (behind_lb, port) in [(true, 0), (false, 1883)] {
             let path = dir.join("node.toml");
-            std::fs::write(&path, node_config("broker-0", port, behind_lb)).unwrap();
+            let peers = vec![("broker-0".to_string(), "127.0.0.1:7000".parse().unwrap())];
+            std::fs::write(&path, node_config("broker-1", port, behind_lb, &peers)).unwrap();
             let config = NodeConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
-            assert_eq!(config.name, "broker-0");
+            assert_eq!(config.name, "broker-1");
+            let cluster = config.cluster.as_ref().expect("a [cluster] section");
+            assert_eq!(cluster.peers.len(), 1);
+            assert_eq!(cluster.peers[0].addr, "127.0.0.1:7000".parse().unwrap());
             assert_eq!(config.listeners[0].bind.port(), port);
             let auth = fleetgate_auth::AuthConfig::load(&path)
                 .unwrap_or_else(|e| panic!("{e}"))

@@ -15,6 +15,11 @@ pub const READ_CHUNK: usize = 4 * 1024;
 /// than in an unbounded buffer.
 pub const WRITE_HIGH_WATER: usize = 64 * 1024;
 
+/// Payloads below this size are copied when a message is kept for long (retained, queued for an offline
+/// session), so they do not pin the inbound read chunk (at least [`READ_CHUNK`]) they were sliced from; the copy
+/// of such a payload costs less than the chunk it frees, and larger payloads fill much of their chunk anyway.
+pub const COMPACT_BELOW: usize = 1024;
+
 /// Messages moved from the queue per session-lock hold, so a publisher is never blocked behind a long drain.
 pub const DRAIN_BATCH: usize = 64;
 

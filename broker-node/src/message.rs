@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use fleetgate_protocol::mqtt::{ByteString, Bytes, LastWill, Publish, PublishProperties, QoS};
 
+use crate::limits::COMPACT_BELOW;
+
 /// Identifies the session a message came from, for No Local; 0 means "not from a client" (will, retained).
 pub type SessionId = u64;
 
@@ -83,6 +85,24 @@ impl Message {
         }
     }
 
+    /// The message to keep for long (retained, queued for an offline session): a payload below
+    /// [`COMPACT_BELOW`] and the topic are copied out of the inbound read buffer they were sliced from, so a
+    /// tiny message does not pin a whole read chunk; larger messages are shared as they are.
+    pub fn compacted(self: &Arc<Self>) -> Arc<Message> {
+        if self.payload.len() >= COMPACT_BELOW {
+            return self.clone();
+        }
+        Arc::new(Message {
+            topic: ByteString::from(&*self.topic),
+            payload: Bytes::copy_from_slice(&self.payload),
+            qos: self.qos,
+            retain: self.retain,
+            properties: self.properties.clone(),
+            expires_at: self.expires_at,
+            origin: self.origin,
+        })
+    }
+
     /// True once the message expiry interval has run out.
     pub fn is_expired(&self, now: Instant) -> bool {
         self.expires_at.is_some_and(|at| at <= now)
@@ -110,6 +130,12 @@ pub struct Delivery {
 }
 
 impl Delivery {
+    /// Roughly the bytes this delivery takes in the write buffer (topic, payload, fixed header and packet ID;
+    /// properties not counted), to stop draining near the write buffer's high-water mark.
+    pub fn wire_estimate(&self) -> usize {
+        self.msg.topic.len() + self.msg.payload.len() + 8
+    }
+
     /// The PUBLISH to send for this delivery. `topic` is what goes on the wire (empty when a known alias is used).
     pub fn to_publish(
         &self,
@@ -120,7 +146,11 @@ impl Delivery {
         v5: bool,
         now: Instant,
     ) -> Publish {
-        let properties = if v5 {
+        let nothing = self.msg.properties.is_none()
+            && alias.is_none()
+            && self.msg.expires_at.is_none()
+            && self.sub_ids.is_empty();
+        let properties = if v5 && !nothing {
             let mut p = self.msg.properties.clone().unwrap_or_default();
             p.topic_alias = alias;
             if self.msg.expires_at.is_some() {

@@ -13,6 +13,7 @@ use fleetgate_protocol::mqtt::{
 use crate::conn::{Conn, End};
 use crate::limits::{DRAIN_BATCH, WRITE_HIGH_WATER};
 use crate::metrics::DropReason;
+use crate::message::Delivery;
 use crate::session::Inflight;
 
 /// Topic aliases we assign on PUBLISHes to a v5 client, up to its Topic Alias Maximum. Assigned first come,
@@ -82,31 +83,66 @@ impl OutboundAliases {
     }
 }
 
-/// Moves queued messages into the write buffer while the inflight window and the buffer allow.
-pub fn drain(conn: &mut Conn) -> Result<(), End> {
+/// Moves queued messages into the write buffer while the inflight window and the buffer allow. Returns true
+/// when it stopped at [`WRITE_HIGH_WATER`] with messages still queued: nothing will signal the connection for
+/// those (only the queue's empty → non-empty edge does), so the loop must come back once the socket took the
+/// bytes.
+pub fn drain(conn: &mut Conn) -> Result<bool, End> {
     let now = Instant::now();
     let v5 = conn.level.is_v5();
+    let mut batch: Vec<(Delivery, Option<NonZeroU16>)> = Vec::new();
     loop {
-        let mut st = conn.session.state.lock();
-        for _ in 0..DRAIN_BATCH {
-            if conn.wire.pending() >= WRITE_HIGH_WATER {
-                return Ok(());
+        // Pop a batch under the session lock (packet IDs and inflight entries included, so the window and the
+        // IDs stay exact); encode it after the lock is released, so publishers are never blocked behind it.
+        let more = {
+            let mut st = conn.session.state.lock();
+            let mut budget = WRITE_HIGH_WATER.saturating_sub(conn.wire.pending());
+            loop {
+                if budget == 0 || batch.len() >= DRAIN_BATCH {
+                    break !st.queue.is_empty();
+                }
+                let Some(front) = st.queue.front() else {
+                    break false;
+                };
+                if front.msg.is_expired(now) {
+                    st.queue.pop_front();
+                    conn.broker.metrics.dropped(DropReason::Expired);
+                    continue;
+                }
+                if front.qos != QoS::AtMostOnce && st.inflight.len() >= conn.limits.outbound_window {
+                    // The client's acknowledgements wake the loop (they arrive as reads).
+                    break false;
+                }
+                let Some(delivery) = st.queue.pop_front() else {
+                    break false;
+                };
+                budget = budget.saturating_sub(delivery.wire_estimate());
+                let packet_id = match delivery.qos {
+                    QoS::AtMostOnce => None,
+                    _ => match st.alloc_packet_id() {
+                        Some(id) => Some(id),
+                        None => {
+                            // Every packet ID in flight (a window of 65,535): wait for an acknowledgement.
+                            st.queue.push_front(delivery);
+                            break false;
+                        }
+                    },
+                };
+                match packet_id {
+                    Some(id) => {
+                        st.inflight.push_back(Inflight {
+                            packet_id: id,
+                            delivery: delivery.clone(),
+                            released: false,
+                        });
+                        batch.push((delivery, Some(id)));
+                    }
+                    None => batch.push((delivery, None)),
+                }
             }
-            let Some(front) = st.queue.front() else {
-                return Ok(());
-            };
-            if front.msg.is_expired(now) {
-                st.queue.pop_front();
-                conn.broker.metrics.dropped(DropReason::Expired);
-                continue;
-            }
-            if front.qos != QoS::AtMostOnce && st.inflight.len() >= conn.limits.outbound_window {
-                return Ok(());
-            }
-            let Some(delivery) = st.queue.pop_front() else {
-                return Ok(());
-            };
-            let packet_id = (delivery.qos != QoS::AtMostOnce).then(|| st.alloc_packet_id());
+        };
+        let mut too_large: Vec<NonZeroU16> = Vec::new();
+        for (delivery, packet_id) in batch.drain(..) {
             let choice = conn.outbound_aliases.choose(&delivery.msg.topic);
             let publish = delivery.to_publish(
                 packet_id,
@@ -124,22 +160,22 @@ pub fn drain(conn: &mut Conn) -> Result<(), End> {
                     };
                     conn.outbound_aliases.commit(&choice);
                     conn.broker.metrics.delivered(delivery.qos.value());
-                    if let Some(packet_id) = packet_id {
-                        st.inflight.push_back(Inflight {
-                            packet_id,
-                            delivery,
-                            released: false,
-                        });
-                    }
                 }
                 Err(CodecError::OutboundTooLarge) => {
-                    conn.broker.metrics.dropped(DropReason::TooLarge)
+                    conn.broker.metrics.dropped(DropReason::TooLarge);
+                    too_large.extend(packet_id);
                 }
+                // What is still in the batch stays in flight: a resumed session resends it.
                 Err(e) => return Err(End::codec(e)),
             }
         }
-        // Let publishers at the session between batches.
-        drop(st);
+        if !too_large.is_empty() {
+            let mut st = conn.session.state.lock();
+            st.inflight.retain(|e| !too_large.contains(&e.packet_id));
+        }
+        if !more || conn.wire.pending() >= WRITE_HIGH_WATER {
+            return Ok(more);
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use fleetgate_protocol::mqtt::{ByteString, topic};
@@ -30,6 +31,8 @@ struct Entry {
 pub struct RetainedStore {
     messages: RwLock<HashMap<ByteString, Entry>>,
     gauge: Gauge,
+    /// Entries holding a message (tombstones not counted); changed under the `messages` write lock.
+    live: AtomicUsize,
     node: String,
     /// Hybrid logical clock: the last `time` issued or seen.
     clock: Mutex<u64>,
@@ -49,6 +52,7 @@ impl RetainedStore {
         RetainedStore {
             messages: RwLock::new(HashMap::new()),
             gauge,
+            live: AtomicUsize::new(0),
             node,
             clock: Mutex::new(0),
         }
@@ -87,9 +91,19 @@ impl RetainedStore {
         if map.get(&topic).is_some_and(|e| e.stamp >= stamp) {
             return false;
         }
-        map.insert(topic, Entry { msg, stamp });
-        self.gauge
-            .set(map.values().filter(|e| e.msg.is_some()).count() as f64);
+        // Kept for long: the topic and a small payload are copied out of the read buffer they were sliced from.
+        let msg = msg.map(|m| m.compacted());
+        let topic = ByteString::from(&*topic);
+        let adds = msg.is_some();
+        let removes = map
+            .insert(topic, Entry { msg, stamp })
+            .is_some_and(|old| old.msg.is_some());
+        let live = match (adds, removes) {
+            (true, false) => self.live.fetch_add(1, Ordering::Relaxed) + 1,
+            (false, true) => self.live.fetch_sub(1, Ordering::Relaxed) - 1,
+            _ => self.live.load(Ordering::Relaxed),
+        };
+        self.gauge.set(live as f64);
         true
     }
 
@@ -125,11 +139,7 @@ impl RetainedStore {
 
     /// Number of retained messages.
     pub fn len(&self) -> usize {
-        self.messages
-            .read()
-            .values()
-            .filter(|e| e.msg.is_some())
-            .count()
+        self.live.load(Ordering::Relaxed)
     }
 
     /// True when none are held.

@@ -122,16 +122,24 @@ pub struct SessionState {
 }
 
 impl SessionState {
-    /// Next free packet identifier (skipping those in flight).
-    pub fn alloc_packet_id(&mut self) -> NonZeroU16 {
-        loop {
+    /// Next free packet identifier (skipping those in flight); `None` when all 65,535 are in flight. Among
+    /// `inflight.len() + 1` consecutive candidates one is free, so at most that many are tried (each an
+    /// O(inflight) scan; the inflight window keeps it short, and the first candidate is the usual hit).
+    pub fn alloc_packet_id(&mut self) -> Option<NonZeroU16> {
+        if self.inflight.len() >= usize::from(u16::MAX) {
+            return None;
+        }
+        for _ in 0..=self.inflight.len() {
             self.next_packet_id = self.next_packet_id.wrapping_add(1);
-            if let Some(id) = NonZeroU16::new(self.next_packet_id)
-                && !self.inflight.iter().any(|e| e.packet_id == id)
-            {
-                return id;
+            if self.next_packet_id == 0 {
+                self.next_packet_id = 1;
+            }
+            let id = NonZeroU16::new(self.next_packet_id)?;
+            if !self.inflight.iter().any(|e| e.packet_id == id) {
+                return Some(id);
             }
         }
+        None
     }
 
     /// The session ends: forgets what it still owed its client; returns how many messages that was.
@@ -338,7 +346,7 @@ mod tests {
             Err(DropReason::QueueFull)
         );
         let mut st = s.state.lock();
-        let id = st.alloc_packet_id();
+        let id = st.alloc_packet_id().unwrap();
         let d = st.queue.pop_front().unwrap();
         st.inflight.push_back(Inflight {
             packet_id: id,
@@ -358,15 +366,36 @@ mod tests {
         let s = Session::new_for_test(1);
         let mut st = s.state.lock();
         st.next_packet_id = u16::MAX - 1;
-        let a = st.alloc_packet_id();
+        let a = st.alloc_packet_id().unwrap();
         assert_eq!(a.get(), u16::MAX);
         st.inflight.push_back(Inflight {
             packet_id: NonZeroU16::MIN,
             delivery: delivery(QoS::AtLeastOnce),
             released: false,
         });
-        assert_eq!(st.alloc_packet_id().get(), 2);
+        assert_eq!(st.alloc_packet_id().map(NonZeroU16::get), Some(2));
         assert!(st.acknowledge(NonZeroU16::MIN));
         assert!(!st.acknowledge(NonZeroU16::MIN));
+    }
+
+    #[test]
+    fn packet_ids_run_out_instead_of_spinning() {
+        let s = Session::new_for_test(1);
+        let mut st = s.state.lock();
+        let d = delivery(QoS::AtLeastOnce);
+        st.inflight = (1..=u16::MAX)
+            .filter_map(NonZeroU16::new)
+            .map(|packet_id| Inflight {
+                packet_id,
+                delivery: d.clone(),
+                released: false,
+            })
+            .collect();
+        assert_eq!(st.alloc_packet_id(), None);
+        // One acknowledged: found by the next allocation that reaches it.
+        let free = NonZeroU16::new(40_000).unwrap();
+        assert!(st.acknowledge(free));
+        st.next_packet_id = 39_998;
+        assert_eq!(st.alloc_packet_id(), Some(free));
     }
 }

@@ -27,7 +27,7 @@
 //! peers = [{ name = "broker-1", addr = "10.0.0.11:7001" }]
 //! ```
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
@@ -244,6 +244,70 @@ impl NodeConfig {
     }
 }
 
+/// Command-line overrides of a node config (`fleetgate node --name NAME --advertise-host IP`): one config file
+/// serves every pod of a StatefulSet, each pod's identity coming from the downward API.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeOverrides {
+    /// Replaces `[node] name`.
+    pub name: Option<String>,
+    /// Replaces the host of `[cluster] advertise` (the port stays: `advertise`'s, else `bind`'s).
+    pub advertise_host: Option<IpAddr>,
+}
+
+impl NodeConfig {
+    /// Applies `overrides` to a config loaded from `file`; a problem names the option and the file.
+    pub fn with_overrides(
+        mut self,
+        file: &Path,
+        overrides: &NodeOverrides,
+    ) -> Result<NodeConfig, ConfigError> {
+        let mut problems = Vec::new();
+        if let Some(name) = &overrides.name {
+            if valid_name(name) {
+                self.name = name.clone();
+                // Peers are listed without our own name; a shared peer list may name us under the new one.
+                if let Some(cluster) = self.cluster.as_mut() {
+                    cluster.peers.retain(|p| p.name != *name);
+                }
+            } else {
+                problems.push(Problem::whole_file(
+                    file,
+                    format!("--name {name:?}: a node name must be non-empty without spaces or control characters"),
+                ));
+            }
+        }
+        if let Some(host) = overrides.advertise_host {
+            match self.cluster.as_mut() {
+                None => problems.push(Problem::whole_file(
+                    file,
+                    "--advertise-host needs a [cluster] section",
+                )),
+                Some(cluster) => {
+                    let port = cluster.advertise.map_or(cluster.bind.port(), |a| a.port());
+                    if port == 0 {
+                        problems.push(Problem::whole_file(
+                            file,
+                            "--advertise-host needs a fixed cluster port ([cluster] bind or advertise), not 0",
+                        ));
+                    } else {
+                        cluster.advertise = Some(SocketAddr::new(host, port));
+                    }
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(self)
+        } else {
+            Err(ConfigError::from(problems))
+        }
+    }
+}
+
+/// Whether `name` can be a node name (ring key, log field): non-empty, no spaces or control characters.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty() && !name.chars().any(|c| c.is_control() || c.is_whitespace())
+}
+
 fn validate(file: &Path, source: &str, raw: NodeFile) -> Result<NodeConfig, ConfigError> {
     let mut problems = Vec::new();
     let mut problem = |span: std::ops::Range<usize>, message: String| {
@@ -251,7 +315,7 @@ fn validate(file: &Path, source: &str, raw: NodeFile) -> Result<NodeConfig, Conf
     };
 
     let name = raw.node.name.get_ref().trim().to_string();
-    if name.is_empty() || name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+    if !valid_name(&name) {
         problem(
             raw.node.name.span(),
             "node name must be non-empty without spaces or control characters".into(),
@@ -524,6 +588,35 @@ server_keep_alive = "30s"
         let bad = "[node]\nname = \"a\"\n[[listeners]]\nbind = \"127.0.0.1:0\"\n[cluster]\nbind = \"x\"\npeers = [{ name = \"b\", addr = \"nowhere\" }]\n";
         let err = NodeConfig::parse(Path::new("n.toml"), bad).unwrap_err();
         assert_eq!(err.problems.len(), 2, "{err}");
+    }
+
+    #[test]
+    fn overrides_replace_name_and_advertise_host() {
+        let src = "[node]\nname = \"template\"\n[[listeners]]\nbind = \"127.0.0.1:0\"\n[cluster]\nbind = \"0.0.0.0:7000\"\npeers = [{ name = \"broker-1\", addr = \"127.0.0.1:7001\" }]\n";
+        let file = Path::new("n.toml");
+        let cfg = NodeConfig::parse(file, src).unwrap();
+        let o = NodeOverrides {
+            name: Some("broker-1".into()),
+            advertise_host: Some("fd00::7".parse().unwrap()),
+        };
+        let cfg = cfg.clone().with_overrides(file, &o).unwrap();
+        assert_eq!(cfg.name, "broker-1");
+        let cluster = cfg.cluster.as_ref().unwrap();
+        assert!(cluster.peers.is_empty(), "own name dropped from the peers");
+        assert_eq!(cluster.advertise, Some("[fd00::7]:7000".parse().unwrap()));
+        let bad = NodeOverrides {
+            name: Some("a b".into()),
+            advertise_host: None,
+        };
+        let err = cfg.clone().with_overrides(file, &bad).unwrap_err();
+        assert!(err.to_string().contains("--name"), "{err}");
+        let plain = NodeConfig::local("n", "127.0.0.1:0".parse().unwrap());
+        let host = NodeOverrides {
+            name: None,
+            advertise_host: Some("10.0.0.1".parse().unwrap()),
+        };
+        let err = plain.with_overrides(file, &host).unwrap_err();
+        assert!(err.to_string().contains("[cluster]"), "{err}");
     }
 
     #[test]

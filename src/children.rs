@@ -47,6 +47,8 @@ impl ChildProcess {
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {name}"))?;
+        // The pid is logged so that an operator (and the `up` process test) can tell the children apart.
+        tracing::info!(event = "child_started", process = %name, pid = child.id(), "started {name}");
         let (tx, listening) = watch::channel(Vec::new());
         let forwarder = child
             .stderr
@@ -172,7 +174,10 @@ pub async fn admin_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
         let status = head.split_whitespace().nth(1)?.parse().ok()?;
         Some((status, body.to_string()))
     };
-    tokio::time::timeout(ADMIN_TIMEOUT, request).await.ok().flatten()
+    tokio::time::timeout(ADMIN_TIMEOUT, request)
+        .await
+        .ok()
+        .flatten()
 }
 
 /// Sum of the samples of `name` (any labels) in Prometheus text, `None` when there is none.

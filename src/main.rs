@@ -3,7 +3,7 @@
 //!
 //! - `node --config FILE [--name NAME] [--advertise-host IP]`: a broker node ([`fleetgate_broker::Node`]).
 //! - `lb --config FILE`: the load balancer ([`fleetgate_lb::run`]).
-//! - `check FILE`: validate a config file, `nginx -t` style.
+//! - `check FILE`: validate a config file (node, LB or ACL), `nginx -t` style.
 //! - `up`: a complete local system for development ([`up`]).
 //! - `passwd FILE USER`: add or change a password in the node's argon2id password file ([`passwd`]).
 
@@ -59,7 +59,7 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Validate a config file (node or lb) and print every problem as `file:line:column: message`.
+    /// Validate a config file (node, lb or ACL) and print every problem as `file:line:column: message`.
     Check {
         /// The config file.
         file: PathBuf,
@@ -159,7 +159,8 @@ async fn run_node(
 ) -> Result<()> {
     let config = NodeConfig::load(config_path)?.with_overrides(config_path, overrides)?;
     let auth = fleetgate_broker::auth::AuthState::load(config_path, &config)?;
-    let reloader = fleetgate_broker::auth_reload::spawn(auth.clone(), Some(reload), shutdown.clone());
+    let reloader =
+        fleetgate_broker::auth_reload::spawn(auth.clone(), Some(reload), shutdown.clone());
     let handle = match fleetgate_broker::Node::start_with_auth(config, auth, shutdown).await {
         Ok(handle) => handle,
         Err(e) => {
@@ -183,18 +184,33 @@ async fn run_lb(
         .with_context(|| format!("fleetgate lb --config {}", config.display()))
 }
 
-/// `fleetgate check FILE`: `FILE: ok (node config)` on stdout, or every problem on stderr and exit code 64.
+/// `fleetgate check FILE`: `FILE: ok (node config)` on stdout, or every problem on stderr and exit code 64. A file
+/// with neither a `[node]` nor an `[lb]` table is tried as an ACL file (`[auth] acl_file`), so every file an
+/// operator edits can be checked.
 fn check(file: &Path) -> ExitCode {
     let checked = fleetgate_config::check::check(file).and_then(|config| {
         // A node's `[auth]` section and the password and ACL files it names are validated by the auth crate.
         if let fleetgate_config::check::AnyConfig::Node(node) = &config {
             fleetgate_broker::auth::AuthState::load(file, node)?;
         }
-        Ok(config)
+        Ok(config.kind().describe())
     });
+    let checked = match checked {
+        Err(e) if is_unknown_kind(file, &e) => match fleetgate_auth::Acl::load(file) {
+            Ok(_) => Ok("acl file"),
+            // Not an ACL file either: what makes it neither, then why it is not an ACL.
+            Err(acl) => Err(fleetgate_config::ConfigError::from(
+                e.problems
+                    .into_iter()
+                    .chain(acl.problems)
+                    .collect::<Vec<_>>(),
+            )),
+        },
+        other => other,
+    };
     match checked {
-        Ok(config) => {
-            println!("{}: ok ({})", file.display(), config.kind().describe());
+        Ok(kind) => {
+            println!("{}: ok ({kind})", file.display());
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -204,4 +220,13 @@ fn check(file: &Path) -> ExitCode {
             ExitCode::from(EXIT_CONFIG_INVALID)
         }
     }
+}
+
+/// Whether `error` says only that the file is neither a node nor an LB config (valid TOML otherwise).
+fn is_unknown_kind(file: &Path, error: &fleetgate_config::ConfigError) -> bool {
+    fleetgate_config::check::kind(file).is_err()
+        && error.problems.len() == 1
+        && error.problems[0]
+            .message
+            .starts_with("neither a [node] nor an [lb] table")
 }

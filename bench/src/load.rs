@@ -33,33 +33,77 @@ pub(crate) struct Flow {
     /// Deliveries published so far (messages × subscribers they fan out to).
     pub(crate) expected: AtomicU64,
     /// Deliveries received so far (shared with the subscribers).
-    pub(crate) received: Arc<AtomicU64>,
-    /// Deliveries given up on after a stall.
-    pub(crate) written_off: AtomicU64,
+    received: Arc<AtomicU64>,
+    /// Deliveries published before the latest stall: counted as done whether or not they arrive later. A mark, not
+    /// a count added to `received`: a written-off delivery that does arrive late must not be credited twice (that
+    /// let publishers overshoot the window by the written-off amount for the rest of the run, and a slow server
+    /// was then flooded past its queues).
+    written_off_to: AtomicU64,
+    /// Deliveries still outstanding when a stall was declared, summed over the stalls.
+    written_off: AtomicU64,
+    /// Stalls declared.
+    stalls: AtomicU64,
     /// Most deliveries allowed in flight.
     pub(crate) limit: u64,
 }
 
 impl Flow {
+    /// Flow control with at most `limit` deliveries in flight, fed by the subscribers' `received` count.
+    pub(crate) fn new(received: Arc<AtomicU64>, limit: u64) -> Self {
+        Self {
+            expected: AtomicU64::new(0),
+            received,
+            written_off_to: AtomicU64::new(0),
+            written_off: AtomicU64::new(0),
+            stalls: AtomicU64::new(0),
+            limit,
+        }
+    }
+
+    /// Deliveries neither received nor written off.
+    fn in_flight(&self) -> u64 {
+        let done = self
+            .received
+            .load(Ordering::Relaxed)
+            .max(self.written_off_to.load(Ordering::Relaxed));
+        self.expected.load(Ordering::Relaxed).saturating_sub(done)
+    }
+
+    /// Declares a stall: everything published so far counts as done.
+    fn write_off(&self) {
+        let expected = self.expected.load(Ordering::Relaxed);
+        // fetch_max: publishers that see the same stall write the same deliveries off once.
+        let before = self.written_off_to.fetch_max(expected, Ordering::Relaxed);
+        if expected > before {
+            let done = before.max(self.received.load(Ordering::Relaxed));
+            self.written_off
+                .fetch_add(expected.saturating_sub(done), Ordering::Relaxed);
+            self.stalls.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// `(written_off, stalls)` for the report.
+    pub(crate) fn write_offs(&self) -> (u64, u64) {
+        (
+            self.written_off.load(Ordering::Relaxed),
+            self.stalls.load(Ordering::Relaxed),
+        )
+    }
+
     /// Waits until the deliveries in flight drop to the limit, writing them off after a stall; gives up at `end`.
     pub(crate) async fn wait_for_room(&self, end: Instant) {
         let mut last = self.received.load(Ordering::Relaxed);
         let mut since = Instant::now();
         loop {
             let received = self.received.load(Ordering::Relaxed);
-            let done = received + self.written_off.load(Ordering::Relaxed);
-            let in_flight = self.expected.load(Ordering::Relaxed).saturating_sub(done);
             let now = Instant::now();
-            if in_flight <= self.limit || now >= end {
+            if self.in_flight() <= self.limit || now >= end {
                 return;
             }
             if received != last {
                 (last, since) = (received, now);
             } else if now - since >= STALL_WRITE_OFF {
-                // fetch_max, not add: publishers that see the same stall write the same deliveries off once.
-                let expected = self.expected.load(Ordering::Relaxed);
-                self.written_off
-                    .fetch_max(expected.saturating_sub(received), Ordering::Relaxed);
+                self.write_off();
                 return;
             }
             tokio::time::sleep(FLOW_POLL).await;
@@ -331,5 +375,31 @@ async fn ack_reader(
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn late_arrivals_of_written_off_deliveries_are_not_credited_twice() {
+        let received = Arc::new(AtomicU64::new(0));
+        let flow = Flow::new(Arc::clone(&received), 500);
+        flow.expected.store(1000, Ordering::Relaxed);
+        assert_eq!(flow.in_flight(), 1000);
+        flow.write_off();
+        flow.write_off(); // a second publisher seeing the same stall
+        assert_eq!(flow.in_flight(), 0);
+        assert_eq!(flow.write_offs(), (1000, 1));
+        // The written-off deliveries arrive after all: no extra room.
+        received.store(1000, Ordering::Relaxed);
+        flow.expected.store(1500, Ordering::Relaxed);
+        assert_eq!(flow.in_flight(), 500);
+        // Half of the next window is lost, the rest arrives; the next stall writes off only the lost half.
+        received.store(1250, Ordering::Relaxed);
+        flow.write_off();
+        assert_eq!(flow.in_flight(), 0);
+        assert_eq!(flow.write_offs(), (1250, 2));
     }
 }

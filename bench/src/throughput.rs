@@ -247,12 +247,10 @@ pub async fn run(args: ThroughputArgs) -> anyhow::Result<serde_json::Value> {
         .collect();
 
     let flow = (args.rate == Rate::Unbounded).then(|| {
-        Arc::new(Flow {
-            expected: AtomicU64::new(0),
-            received: Arc::clone(&received),
-            written_off: AtomicU64::new(0),
-            limit: args.outstanding.max(1) * args.subscribers as u64,
-        })
+        Arc::new(Flow::new(
+            Arc::clone(&received),
+            args.outstanding.max(1) * args.subscribers as u64,
+        ))
     });
     let start = Instant::now();
     let per_pub_rate = match args.rate {
@@ -351,7 +349,8 @@ pub async fn run(args: ThroughputArgs) -> anyhow::Result<serde_json::Value> {
         "colocate_tries": colocate_tries,
         "route_probes": route_probes,
         "outstanding_limit": flow.as_ref().map(|f| f.limit),
-        "written_off": flow.as_ref().map(|f| f.written_off.load(Ordering::Relaxed)),
+        "written_off": flow.as_ref().map(|f| f.write_offs().0),
+        "stalls": flow.as_ref().map(|f| f.write_offs().1),
         "latency_samples": latency.count(),
         "errors": errors.iter().take(5).collect::<Vec<_>>(),
         "error_count": errors.len(),

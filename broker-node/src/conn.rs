@@ -25,11 +25,11 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::ConnAuth;
 use crate::broker::{AttachRequest, Broker};
 use crate::inbound::InboundAliases;
-use crate::limits::{self, CLOSE_FLUSH_TIMEOUT, ConnLimits};
+use crate::limits::{self, CLOSE_FLUSH_TIMEOUT, ConnLimits, WRITE_HIGH_WATER};
 use crate::listener::{self, ClientOrigin, ListenerCtx};
 use crate::outbound::OutboundAliases;
 use crate::session::{ConnSignal, Session};
-use crate::wire::{ReadError, Wire};
+use crate::wire::{ReadError, Ready, Wire};
 use crate::{auth, events, inbound, metrics, outbound, will};
 
 /// How a connection ended; decides the log/metric reason, the v5 DISCONNECT we send and the will.
@@ -146,14 +146,78 @@ pub struct Conn {
     pub auth: ConnAuth,
 }
 
+/// A connection past CONNACK, as [`handshake`] hands it to the packet loop.
+struct Established {
+    conn: Conn,
+    /// Client address (PROXY source or TCP peer).
+    source: SocketAddr,
+    /// This connection's generation in the session.
+    generation: u64,
+    /// Set when the connection already ended (CONNACK could not be encoded).
+    ended: Option<End>,
+}
+
 /// Serves one accepted TCP connection to its end.
 pub async fn serve(
-    mut stream: TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
     ctx: Arc<ListenerCtx>,
     broker: Arc<Broker>,
     shutdown: CancellationToken,
 ) {
+    // Stages 2–6 hold large state (the CONNECT, authentication, the cluster fetch) only until CONNACK: boxed,
+    // so it is freed then and the future that lives as long as the connection stays small (memory per idle
+    // connection is a product goal; `future_sizes` checks it).
+    let Some(established) = Box::pin(handshake(stream, peer, ctx, &broker, &shutdown)).await else {
+        return;
+    };
+    let Established {
+        mut conn,
+        source,
+        generation,
+        ended,
+    } = established;
+    let level = conn.level;
+    let end = match ended {
+        Some(end) => end,
+        // Stage 7: the packet loop.
+        None => conn.run(&shutdown).await,
+    };
+
+    // Stage 8: the end.
+    if let (true, Some(code)) = (level.is_v5(), end.disconnect_code()) {
+        // A reason string too: paho-mqtt 1.6 reads a DISCONNECT's reason code only when the packet is longer
+        // than two bytes, and an operator reading a client log wants the words anyway.
+        let mut disconnect = Disconnect::new(code);
+        disconnect.reason_string = Some(ByteString::from_static(end.reason()));
+        let _ = conn.wire.encode(Packet::Disconnect(disconnect));
+    }
+    if end != End::Ungraceful {
+        let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, conn.wire.flush()).await;
+    }
+    let expiry = match end {
+        End::Graceful { expiry, .. } => expiry,
+        _ => None,
+    };
+    broker.detach(&conn.session, generation, end.publishes_will(), expiry);
+    broker.metrics.connections_current.decrement(1.0);
+    metrics::disconnect(end.reason());
+    let detail = match end {
+        End::Protocol { detail, .. } => Some(detail),
+        _ => None,
+    };
+    events::disconnect(&conn.session.client_id, source, end.reason(), detail);
+}
+
+/// Stages 2–6: PROXY header, CONNECT, authentication, attach, CONNACK; `None` when the connection ended there
+/// (already logged and counted).
+async fn handshake(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<ListenerCtx>,
+    broker: &Arc<Broker>,
+    shutdown: &CancellationToken,
+) -> Option<Established> {
     // Latency over throughput for small MQTT packets; batching is done by our own write buffer.
     let _ = stream.set_nodelay(true);
 
@@ -164,27 +228,33 @@ pub async fn serve(
             events::proxy_rejected(peer, e.reason(), &e);
             metrics::proxy_rejected(e.reason());
             metrics::connection_result("proxy_rejected");
-            return;
+            return None;
         }
     };
 
     // Stage 3: CONNECT, under connect_timeout.
     let mut wire = Wire::new(stream, Codec::new(broker.limits.max_packet_size));
     let read = tokio::select! {
-        _ = shutdown.cancelled() => return,
+        _ = shutdown.cancelled() => return None,
         read = tokio::time::timeout(broker.limits.connect_timeout, wire.read_packet()) => read,
     };
     let mut connect = match read {
         Ok(Ok(Packet::Connect(connect))) => connect,
-        Ok(Ok(_)) => return refuse_early(wire, &origin, CodecError::ExpectedConnect).await,
-        Ok(Err(ReadError::Codec(e))) => return refuse_early(wire, &origin, e).await,
+        Ok(Ok(_)) => {
+            refuse_early(wire, &origin, CodecError::ExpectedConnect).await;
+            return None;
+        }
+        Ok(Err(ReadError::Codec(e))) => {
+            refuse_early(wire, &origin, e).await;
+            return None;
+        }
         Ok(Err(ReadError::Closed | ReadError::Io(_))) => {
             end_early(&origin, "ungraceful", None);
-            return;
+            return None;
         }
         Err(_elapsed) => {
             end_early(&origin, "connect_timeout", None);
-            return;
+            return None;
         }
     };
     let level = wire.codec.protocol_level().unwrap_or(ProtocolLevel::V311);
@@ -194,13 +264,14 @@ pub async fn serve(
     if connect.client_id.is_empty() {
         // v5 always gets one assigned; v3.1.1 only with clean session [MQTT-3.1.3-8].
         if !level.is_v5() && !connect.clean_start {
-            return refuse(
+            refuse(
                 wire,
                 &origin,
                 "",
                 ConnectAckReason::ClientIdentifierNotValid,
             )
             .await;
+            return None;
         }
         let id = broker.assign_client_id();
         connect.client_id = id.clone();
@@ -211,7 +282,8 @@ pub async fn serve(
         Err(failure) => {
             auth::refused(&connect.client_id, origin.source, failure);
             let reason = auth::connack_reason(failure, level);
-            return refuse(wire, &origin, &connect.client_id, reason).await;
+            refuse(wire, &origin, &connect.client_id, reason).await;
+            return None;
         }
     };
     let limits = ConnLimits::negotiate(&broker.limits, &connect, level);
@@ -219,20 +291,23 @@ pub async fn serve(
 
     // Stage 5: attach to the session — first fetched from the node that holds it, when it is elsewhere in
     // the cluster (bounded by the cluster's takeover timeout; nothing to ask in the common case).
-    let client_id: ByteString = connect.client_id.clone();
+    // Copied: the decoded client ID is a slice of the read chunk, which the session would otherwise pin for
+    // its whole life.
+    let client_id = ByteString::from(&*connect.client_id);
     if let Some(cluster) = broker.cluster() {
         cluster
-            .acquire(&broker, &client_id, connect.clean_start)
+            .acquire(broker, &client_id, connect.clean_start)
             .await;
         // Draining: a session attached here now could miss the handover; the client goes to another node.
         if cluster.is_leaving() {
-            return refuse(
+            refuse(
                 wire,
                 &origin,
                 &client_id,
                 ConnectAckReason::UseAnotherServer,
             )
             .await;
+            return None;
         }
     }
     let attached = broker.attach(AttachRequest {
@@ -283,43 +358,19 @@ pub async fn serve(
         auth: conn_auth,
     };
     drop(connect);
-    let end = match conn.wire.encode(Packet::ConnectAck(Box::new(connack))) {
+    let ended = match conn.wire.encode(Packet::ConnectAck(Box::new(connack))) {
         Ok(()) => {
             outbound::resend_inflight(&mut conn);
-            // Stage 7: the packet loop.
-            conn.run(&shutdown).await
+            None
         }
-        Err(e) => End::codec(e),
+        Err(e) => Some(End::codec(e)),
     };
-
-    // Stage 8: the end.
-    if let (true, Some(code)) = (level.is_v5(), end.disconnect_code()) {
-        // A reason string too: paho-mqtt 1.6 reads a DISCONNECT's reason code only when the packet is longer
-        // than two bytes, and an operator reading a client log wants the words anyway.
-        let mut disconnect = Disconnect::new(code);
-        disconnect.reason_string = Some(ByteString::from_static(end.reason()));
-        let _ = conn.wire.encode(Packet::Disconnect(disconnect));
-    }
-    if end != End::Ungraceful {
-        let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, conn.wire.flush()).await;
-    }
-    let expiry = match end {
-        End::Graceful { expiry, .. } => expiry,
-        _ => None,
-    };
-    broker.detach(
-        &conn.session,
-        attached.generation,
-        end.publishes_will(),
-        expiry,
-    );
-    broker.metrics.connections_current.decrement(1.0);
-    metrics::disconnect(end.reason());
-    let detail = match end {
-        End::Protocol { detail, .. } => Some(detail),
-        _ => None,
-    };
-    events::disconnect(&client_id, origin.source, end.reason(), detail);
+    Some(Established {
+        conn,
+        source: origin.source,
+        generation: attached.generation,
+        ended,
+    })
 }
 
 impl Conn {
@@ -331,13 +382,21 @@ impl Conn {
         let timer = tokio::time::sleep_until(self.last_activity + keep_alive.unwrap_or_default());
         tokio::pin!(timer);
         loop {
-            if let Err(end) = outbound::drain(self) {
-                return end;
-            }
+            let more = match outbound::drain(self) {
+                Ok(more) => more,
+                Err(end) => return end,
+            };
             if self.wire.try_flush().is_err() {
                 return End::Ungraceful;
             }
-            let want_write = self.wire.pending() > 0;
+            let pending = self.wire.pending();
+            let want_write = pending > 0;
+            // A client that does not read what we write is not read from either: replies to what it sends
+            // (PUBACK, PINGRESP, ...) would otherwise grow the write buffer without bound.
+            let want_read = pending < WRITE_HIGH_WATER;
+            // Drained up to the high-water mark and the socket took it all: more is queued, and no signal comes
+            // for it (only the queue's empty → non-empty edge signals). Go again, within the task's budget.
+            let drain_again = more && !want_write;
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return End::ServerShutdown,
@@ -346,19 +405,22 @@ impl Conn {
                         return if self.signal.is_moved() { End::Moved } else { End::Takeover };
                     }
                 }
-                ready = self.wire.stream.readable() => {
-                    if ready.is_err() {
-                        return End::Ungraceful;
-                    }
-                    if let Err(end) = inbound::read_and_handle(self) {
-                        return end;
+                // One poll function for both directions rather than `readable()`/`writable()` futures: they would
+                // live in this connection's future for its whole life (memory per idle connection).
+                ready = std::future::poll_fn(|cx| Wire::poll_ready(&self.wire.stream, cx, want_read, want_write)),
+                    if want_read || want_write =>
+                {
+                    match ready {
+                        Ok(Ready::Read) => {
+                            if let Err(end) = inbound::read_and_handle(self) {
+                                return end;
+                            }
+                        }
+                        Ok(Ready::Write) => {}
+                        Err(_) => return End::Ungraceful,
                     }
                 }
-                ready = self.wire.stream.writable(), if want_write => {
-                    if ready.is_err() {
-                        return End::Ungraceful;
-                    }
-                }
+                () = tokio::task::consume_budget(), if drain_again => {}
                 _ = &mut timer, if keep_alive.is_some() => {
                     let limit = keep_alive.unwrap_or_default();
                     if self.last_activity.elapsed() >= limit {
@@ -433,8 +495,11 @@ mod size_tests {
     use super::*;
     use fleetgate_config::node::LimitsConfig;
 
+    /// What an idle connection's task holds: the `serve` future (the handshake is boxed and gone by then).
+    const SERVE_FUTURE_MAX: usize = 1536;
+
     #[tokio::test]
-    async fn print_sizes() {
+    async fn future_sizes() {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let stream = TcpStream::connect(addr).await.unwrap();
@@ -450,14 +515,10 @@ mod size_tests {
             crate::metrics::Metrics::register(),
             CancellationToken::new(),
         ));
-        let fut = serve(stream, addr, ctx, broker, CancellationToken::new());
-        eprintln!("serve future: {}", std::mem::size_of_val(&fut));
-        eprintln!("Conn: {}", std::mem::size_of::<Conn>());
-        eprintln!("Wire: {}", std::mem::size_of::<Wire>());
-        eprintln!("Codec: {}", std::mem::size_of::<Codec>());
-        eprintln!("Session: {}", std::mem::size_of::<Session>());
-        eprintln!("ConnAuth: {}", std::mem::size_of::<ConnAuth>());
-        eprintln!("ConnSignal: {}", std::mem::size_of::<crate::session::ConnSignal>());
-        eprintln!("Connect: {}", std::mem::size_of::<fleetgate_protocol::mqtt::Connect>());
+        let shutdown = CancellationToken::new();
+        let serve = serve(stream, addr, ctx, broker, shutdown);
+        let size = std::mem::size_of_val(&serve);
+        eprintln!("serve future: {size} B, Conn: {} B", std::mem::size_of::<Conn>());
+        assert!(size <= SERVE_FUTURE_MAX, "serve future is {size} B");
     }
 }

@@ -169,6 +169,27 @@ impl Node {
     fn is_empty(&self) -> bool {
         self.children.is_empty() && self.here.is_empty() && self.hash.is_empty()
     }
+
+    /// Nothing here but the one child on a removal path: empty once that child goes.
+    fn only_holds(&self, child: &str) -> bool {
+        self.here.is_empty()
+            && self.hash.is_empty()
+            && self.children.len() == 1
+            && self.children.contains_key(child)
+    }
+}
+
+impl Drop for Node {
+    /// Iterative, so that a deep branch cannot overflow the stack as the default recursive drop would.
+    fn drop(&mut self) {
+        if self.children.is_empty() {
+            return;
+        }
+        let mut stack: Vec<Node> = self.children.drain().map(|(_, n)| n).collect();
+        while let Some(mut node) = stack.pop() {
+            stack.extend(node.children.drain().map(|(_, n)| n));
+        }
+    }
 }
 
 /// The subscription trie.
@@ -214,11 +235,51 @@ impl Router {
     pub fn unsubscribe(&mut self, filter: &str, group: Option<&str>, session: SessionId) -> bool {
         let (path, hash) = split_hash(filter);
         let levels: Vec<&str> = path.collect();
-        let removed = remove_at(&mut self.root, &levels, hash, group, session);
-        if removed {
-            self.subscriptions -= 1;
+        let mut node = &mut self.root;
+        for level in &levels {
+            match node.children.get_mut(*level) {
+                Some(child) => node = child,
+                None => return false,
+            }
         }
-        removed
+        let entries = if hash { &mut node.hash } else { &mut node.here };
+        if !entries.remove(group, session) {
+            return false;
+        }
+        self.subscriptions -= 1;
+        if node.is_empty() {
+            self.prune(&levels);
+        }
+        true
+    }
+
+    /// Cuts the branch ending at `levels` (whose last node is empty) as high up as it holds nothing else.
+    fn prune(&mut self, levels: &[&str]) {
+        let Some(last) = levels.len().checked_sub(1) else {
+            return;
+        };
+        // `cut`: the depth of the node that loses its child `levels[cut]`; every node below it becomes empty.
+        let mut cut = last;
+        let mut node = &self.root;
+        for (depth, level) in levels.iter().enumerate().take(last) {
+            let Some(child) = node.children.get(*level) else {
+                return;
+            };
+            if !child.only_holds(levels[depth + 1]) {
+                cut = last;
+            } else if cut == last {
+                cut = depth;
+            }
+            node = child;
+        }
+        let mut node = &mut self.root;
+        for level in &levels[..cut] {
+            match node.children.get_mut(*level) {
+                Some(child) => node = child,
+                None => return,
+            }
+        }
+        node.children.remove(levels[cut]);
     }
 
     /// Every subscription matching `topic` (several per session when filters overlap; the caller merges).
@@ -240,9 +301,7 @@ impl Router {
         scope: &mut Scope<'_>,
         out: &mut Vec<&'a Subscriber>,
     ) {
-        let dollar = topic.starts_with('$');
-        let levels: Vec<&str> = topic.split('/').collect();
-        walk(&self.root, &levels, 0, dollar, scope, out);
+        walk(&self.root, topic, scope, out);
     }
 }
 
@@ -260,56 +319,41 @@ fn split_hash(filter: &str) -> (std::str::Split<'_, char>, bool) {
     }
 }
 
-fn remove_at(
-    node: &mut Node,
-    levels: &[&str],
-    hash: bool,
-    group: Option<&str>,
-    session: SessionId,
-) -> bool {
-    match levels.split_first() {
-        None => {
-            let entries = if hash { &mut node.hash } else { &mut node.here };
-            entries.remove(group, session)
-        }
-        Some((first, rest)) => {
-            let Some(child) = node.children.get_mut(*first) else {
-                return false;
-            };
-            let removed = remove_at(child, rest, hash, group, session);
-            if child.is_empty() {
-                node.children.remove(*first);
-            }
-            removed
-        }
-    }
-}
-
-fn walk<'a>(
-    node: &'a Node,
-    levels: &[&str],
-    idx: usize,
-    dollar: bool,
-    scope: &mut Scope<'_>,
-    out: &mut Vec<&'a Subscriber>,
-) {
+/// Collects what matches `topic`, iteratively (no recursion, however deep the trie): one path is followed at a
+/// time, and a second one is kept aside only where both a level's own child and a `+` child match.
+fn walk<'a>(root: &'a Node, topic: &str, scope: &mut Scope<'_>, out: &mut Vec<&'a Subscriber>) {
     // A leading wildcard never matches a `$` topic [MQTT-4.7.2-1].
-    let wildcard_ok = !(idx == 0 && dollar);
-    if wildcard_ok {
-        node.hash.collect(scope, out);
-    }
-    let Some(level) = levels.get(idx) else {
-        node.here.collect(scope, out);
-        return;
-    };
-    if let Some(child) = node.children.get(*level) {
-        walk(child, levels, idx + 1, dollar, scope, out);
-    }
-    if wildcard_ok
-        && *level != "+"
-        && let Some(child) = node.children.get("+")
-    {
-        walk(child, levels, idx + 1, dollar, scope, out);
+    let dollar = topic.starts_with('$');
+    // (node, the levels still to match — `None` once all are — and whether the node is the root)
+    let mut next = Some((root, Some(topic), true));
+    let mut aside: Vec<(&'a Node, Option<&str>, bool)> = Vec::new();
+    while let Some((node, rest, at_root)) = next.take().or_else(|| aside.pop()) {
+        let wildcard_ok = !(at_root && dollar);
+        if wildcard_ok {
+            node.hash.collect(scope, out);
+        }
+        let Some(rest) = rest else {
+            node.here.collect(scope, out);
+            continue;
+        };
+        let (level, after) = match rest.split_once('/') {
+            Some((level, after)) => (level, Some(after)),
+            None => (rest, None),
+        };
+        let exact = node.children.get(level);
+        let plus = if wildcard_ok && level != "+" {
+            node.children.get("+")
+        } else {
+            None
+        };
+        match (exact, plus) {
+            (Some(exact), Some(plus)) => {
+                next = Some((exact, after, false));
+                aside.push((plus, after, false));
+            }
+            (Some(child), None) | (None, Some(child)) => next = Some((child, after, false)),
+            (None, None) => {}
+        }
     }
 }
 
@@ -370,6 +414,24 @@ mod tests {
         assert!(router.unsubscribe("a/#", None, 1));
         assert!(router.root.is_empty());
         assert!(router.is_empty());
+    }
+
+    #[test]
+    fn deep_filters_do_not_recurse() {
+        // Far deeper than any stack would take recursively (walk, prune and drop are iterative).
+        let deep = vec!["x"; 200_000].join("/");
+        let mut router = Router::new();
+        router.subscribe(&deep, None, sub(1));
+        router.subscribe(&format!("{deep}/#"), None, sub(2));
+        router.subscribe("x/x/y", None, sub(3));
+        assert_eq!(hits(&router, &deep), vec![1, 2]);
+        assert!(router.unsubscribe(&deep, None, 1));
+        assert_eq!(hits(&router, &deep), vec![2]);
+        assert!(router.unsubscribe(&format!("{deep}/#"), None, 2));
+        assert_eq!(hits(&router, "x/x/y"), vec![3]);
+        assert_eq!(router.root.children["x"].children["x"].children.len(), 1);
+        router.subscribe(&deep, None, sub(4));
+        drop(router);
     }
 
     #[test]

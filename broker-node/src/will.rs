@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleetgate_protocol::mqtt::Connect;
+use fleetgate_protocol::mqtt::{ByteString, Bytes, Connect};
 
 use crate::auth::WillPermit;
 use crate::broker::Broker;
@@ -13,7 +13,10 @@ use crate::session::{Session, Will};
 
 /// The will of a CONNECT, if it has one, with the ACL check it must pass when it is published.
 pub fn from_connect(connect: &mut Connect, permit: Option<WillPermit>) -> Option<Will> {
-    let will = connect.last_will.take()?;
+    let mut will = connect.last_will.take()?;
+    // Copied: decoded, they are slices of the read chunk, which the session would otherwise pin for its life.
+    will.topic = ByteString::from(&*will.topic);
+    will.message = Bytes::copy_from_slice(&will.message);
     let delay = will.will_delay_interval_sec.unwrap_or(0);
     Some(Will {
         will: Box::new(will),

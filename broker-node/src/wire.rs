@@ -3,6 +3,7 @@
 //! possible. An idle connection holds no buffer at all (memory per idle connection is a product goal).
 
 use std::io::{self, ErrorKind};
+use std::task::{Context, Poll};
 
 use bytes::{Buf, BytesMut};
 use fleetgate_protocol::mqtt::{Codec, CodecError, Packet};
@@ -23,6 +24,15 @@ pub enum ReadError {
     /// The socket failed.
     #[error("i/o error: {0}")]
     Io(#[from] io::Error),
+}
+
+/// Which way the socket is ready ([`Wire::poll_ready`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ready {
+    /// Bytes (or end of stream) to read.
+    Read,
+    /// Room to write.
+    Write,
 }
 
 /// A client socket with its codec and (transient) buffers.
@@ -47,12 +57,18 @@ impl Wire {
         }
     }
 
-    /// Reads what the socket has now. `Ok(0)` is end of stream; `WouldBlock` means a spurious wake-up.
+    /// Reads what the socket has now. `Ok(0)` is end of stream; `WouldBlock` means a spurious wake-up (then a
+    /// buffer reserved for the read is freed again: readiness often outlives the data, e.g. right after CONNECT,
+    /// and an idle connection must not keep a chunk from a read that found nothing).
     pub fn try_fill(&mut self) -> io::Result<usize> {
         if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
             self.rbuf.reserve(READ_CHUNK);
         }
-        self.stream.try_read_buf(&mut self.rbuf)
+        let read = self.stream.try_read_buf(&mut self.rbuf);
+        if read.is_err() {
+            self.release_read_buffer();
+        }
+        read
     }
 
     /// The next complete packet in the read buffer, if any.
@@ -73,6 +89,24 @@ impl Wire {
         self.codec
             .encode(packet, &mut self.wbuf)
             .inspect_err(|_| self.wbuf.truncate(before))
+    }
+
+    /// Ready when the socket is readable (if `read`) or writable (if `write`), reads first. Holds no state
+    /// between polls (the socket keeps the wakers), unlike `readable()`/`writable()` futures.
+    /// Takes the socket alone (the codec is not `Sync`, and the future borrowing it must be `Send`).
+    pub fn poll_ready(
+        stream: &TcpStream,
+        cx: &mut Context<'_>,
+        read: bool,
+        write: bool,
+    ) -> Poll<io::Result<Ready>> {
+        if read && let Poll::Ready(r) = stream.poll_read_ready(cx) {
+            return Poll::Ready(r.map(|()| Ready::Read));
+        }
+        if write && let Poll::Ready(r) = stream.poll_write_ready(cx) {
+            return Poll::Ready(r.map(|()| Ready::Write));
+        }
+        Poll::Pending
     }
 
     /// Bytes encoded and not yet written.

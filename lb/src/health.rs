@@ -302,10 +302,14 @@ impl Checkers {
             if b.config.health.kind == HealthKind::None {
                 continue;
             }
+            let mut check = b.config.health.clone();
+            // One probe client ID per LB replica *and* backend: in a cluster, a probe of broker-1 with the same ID
+            // as the probe of broker-0 would ask broker-0 for that session and take the other probe over.
+            check.client_id = format!("{}-{}", check.client_id, b.name());
             let spec = ProbeSpec {
                 address: b.config.address.clone(),
                 proxy: b.config.proxy_protocol,
-                check: b.config.health.clone(),
+                check,
             };
             let name = b.name().to_owned();
             match self.tasks.remove(&name) {

@@ -2,7 +2,7 @@
 //! order kept, wildcard and shared subscriptions across nodes, retained replication, session takeover between
 //! nodes with queued QoS 1 messages, a rolling restart under load with zero loss, and a kill -9 whose routes the
 //! others drop within 3 s; peers discovered through DNS SRV records (a stub DNS server standing in for a
-//! Kubernetes headless Service); cluster links under mutual TLS refusing a node of another CA. Clients are rumqttc (MQTT 3.1.1 and 5); client IDs are picked by the same ring the
+//! Kubernetes headless Service); cluster links under mutual TLS refusing a node of another CA and a node claiming a name its certificate lacks. Clients are rumqttc (MQTT 3.1.1 and 5); client IDs are picked by the same ring the
 //! LB and the nodes use, so each test knows which node owns which client.
 
 #![allow(clippy::unwrap_used)] // tests may unwrap (CONTRIBUTING)
@@ -668,6 +668,65 @@ async fn mutual_tls_links_refuse_a_node_of_another_ca() {
             .iter()
             .any(|v| v["event"] == "cluster_peer_up" && v["peer"] == NAMES[2]);
         assert!(!linked, "no link with the intruder");
+    })
+    .await
+    .expect("test timed out");
+}
+
+/// A node whose certificate of the cluster CA is valid for `broker-9` but whose Hello claims `broker-1` (the name
+/// of a node already linked) is refused by the accepting side after its Hello: counted, logged, no link, and the
+/// real `broker-1` keeps its link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_refuses_a_node_claiming_a_name_its_certificate_lacks() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let pki = Pki::new();
+        let n0 = ClusterNode::start(
+            BIN,
+            NAMES[0],
+            &[],
+            &cluster_tls(&pki, &pki.cluster_node(NAMES[0])),
+        )
+        .await;
+        let n1 = ClusterNode::start(
+            BIN,
+            NAMES[1],
+            &[(NAMES[0], n0.cluster)],
+            &cluster_tls(&pki, &pki.cluster_node(NAMES[1])),
+        )
+        .await;
+        for n in [&n0, &n1] {
+            n.wait_metric("fleetgate_cluster_peers_up", &[], WAIT, |v| v == 1.0)
+                .await;
+        }
+
+        let impostor = ClusterNode::start(
+            BIN,
+            NAMES[1],
+            &[(NAMES[0], n0.cluster)],
+            &cluster_tls(&pki, &pki.cluster_node("broker-9")),
+        )
+        .await;
+        let refused = n0
+            .process
+            .wait_for_log(WAIT, "cluster_tls_failed for the impostor", |v| {
+                v["event"] == "cluster_tls_failed" && v["peer"] == NAMES[1]
+            })
+            .await;
+        assert_eq!(refused["advertise"], impostor.cluster.to_string());
+        n0.wait_metric(
+            "fleetgate_cluster_links_refused_total",
+            &[("reason", "name_mismatch")],
+            WAIT,
+            |v| v >= 1.0,
+        )
+        .await;
+        assert_eq!(
+            impostor.metric("fleetgate_cluster_peers_up", &[]).await,
+            0.0
+        );
+        assert_eq!(n0.metric("fleetgate_cluster_peers_up", &[]).await, 1.0);
+        // The real broker-1 keeps its link both ways.
+        assert_eq!(n1.metric("fleetgate_cluster_peers_up", &[]).await, 1.0);
     })
     .await
     .expect("test timed out");

@@ -1,20 +1,22 @@
 //! The Kubernetes manifests in `k8s/`, checked offline: every config the pods get passes the real
-//! `fleetgate check` after the same rendering the pods do (`k8s/config/render-node.sh` run with `sh` and a stub
-//! `getent`), the grace periods of the manifests cover the drains the configs ask for, and every manifest passes
-//! kubernetes-validate (`-k 1.33.0 --strict`, schemas shipped in the PyPI package; installed by `scripts/test`,
-//! required under `CI=true`). When `kubectl` is installed, the whole kustomization (`kubectl kustomize k8s/`, with
-//! the generated ConfigMaps) is validated too; kustomize alone is not needed.
+//! `fleetgate check`; the broker StatefulSet's arguments (`--name $(POD_NAME) --advertise-host $(POD_IP)`, the
+//! downward API) applied to `node.toml` give each pod its identity, and the peers come from the headless Service's
+//! `cluster` SRV records; the grace periods of the manifests cover the drains the configs ask for; and every
+//! manifest passes kubernetes-validate (`-k 1.33.0 --strict`, schemas shipped in the PyPI package; installed by
+//! `scripts/test`, required under `CI=true`). When `kubectl` is installed, the whole kustomization (`kubectl
+//! kustomize k8s/`, with the generated ConfigMaps) is validated too; kustomize alone is not needed.
 
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::fs;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use fleetgate_config::discovery::{DiscoverySource, SrvNaming};
 use fleetgate_config::lb::LbConfig;
-use fleetgate_config::node::NodeConfig;
+use fleetgate_config::node::{NodeConfig, NodeOverrides};
 use fleetgate_tests::auth::scratch_dir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_fleetgate");
@@ -28,7 +30,19 @@ const KUBERNETES_VERSION: &str = "1.33.0";
 /// process to exit before the kubelet's SIGKILL.
 const GRACE_MARGIN: Duration = Duration::from_secs(5);
 /// Every file under `k8s/config/`, each checked by a test below; a new one must get a check.
-const CONFIG_FILES: [&str; 4] = ["acl.toml", "lb.toml", "node.toml", "render-node.sh"];
+const CONFIG_FILES: [&str; 3] = ["acl.toml", "lb.toml", "node.toml"];
+/// The container arguments of the broker StatefulSet: one config file, each pod's identity from the downward API.
+const NODE_ARGS: [&str; 7] = [
+    "node",
+    "--config",
+    "/etc/fleetgate/node.toml",
+    "--name",
+    "$(POD_NAME)",
+    "--advertise-host",
+    "$(POD_IP)",
+];
+/// The SRV name the brokers find each other by: the `cluster` port of the headless Service `broker`.
+const CLUSTER_SRV: &str = "_cluster._tcp.broker.fleetgate.svc.cluster.local.";
 
 fn k8s_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("k8s")
@@ -103,84 +117,52 @@ fn check_ok(file: &Path, kind: &str) {
     );
 }
 
-/// A pod as the broker StatefulSet starts it, and the names its peers resolve to at that moment.
-struct Pod<'a> {
-    name: &'a str,
-    ip: &'a str,
-    hosts: &'a [(&'a str, &'a str)],
-}
-
-/// Runs `k8s/config/render-node.sh` the way the `render-config` initContainer does, with a stub `getent` that
-/// answers from `pod.hosts`, into a directory laid out like the pod's `/run/fleetgate` (the broker-acl ConfigMap
-/// at `acl/acl.toml`) under `dir`. Returns the rendered file.
-fn render(dir: &Path, pod: &Pod<'_>) -> PathBuf {
+/// A directory laid out like the pod's `/etc/fleetgate` (node.toml from the broker-config ConfigMap, the
+/// broker-acl ConfigMap at `acl/acl.toml`). Returns the node.toml in it.
+fn pod_config_dir(dir: &Path) -> PathBuf {
     let config = k8s_dir().join("config");
     fs::create_dir(dir.join("acl")).expect("acl dir");
     fs::copy(config.join("acl.toml"), dir.join("acl/acl.toml")).expect("copy acl.toml");
-    let bin = dir.join("bin");
-    fs::create_dir(&bin).expect("stub bin dir");
-    let hosts = dir.join("hosts");
-    let table: String = pod
-        .hosts
-        .iter()
-        .map(|(name, ip)| format!("{name} {ip}\n"))
-        .collect();
-    fs::write(&hosts, table).expect("stub hosts");
-    // `getent hosts NAME` prints "ADDRESS NAME" and exits 2 when NAME does not resolve.
-    fs::write(
-        bin.join("getent"),
-        format!(
-            "#!/bin/sh\n[ \"$1\" = hosts ] || exit 1\n\
-             while read -r name ip; do [ \"$name\" = \"$2\" ] && {{ echo \"$ip $name\"; exit 0; }}; done < '{}'\n\
-             exit 2\n",
-            hosts.display()
-        ),
-    )
-    .expect("stub getent");
-    let mut perms = fs::metadata(bin.join("getent"))
-        .expect("stub")
-        .permissions();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
-    fs::set_permissions(bin.join("getent"), perms).expect("chmod stub");
+    let file = dir.join("node.toml");
+    fs::copy(config.join("node.toml"), &file).expect("copy node.toml");
+    file
+}
 
-    let out = dir.join("node.toml");
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let mut paths = vec![bin];
-    paths.extend(std::env::split_paths(&path));
-    let mut command = Command::new("sh");
-    command
-        .arg(config.join("render-node.sh"))
-        .arg(config.join("node.toml"))
-        .arg(&out)
-        .env("PATH", std::env::join_paths(paths).expect("PATH"))
-        .env("POD_NAME", pod.name)
-        .env("POD_IP", pod.ip)
-        .env("BROKER_DOMAIN", "broker.fleetgate.svc.cluster.local")
-        .env("CLUSTER_PORT", "7000")
-        // A missing lower-ordinal peer is retried once a second in a pod; once is enough here.
-        .env("PEER_RESOLVE_ATTEMPTS", "1");
-    let result = run(command);
-    assert!(
-        result.status.success(),
-        "render-node.sh for {}: {}",
-        pod.name,
-        result.describe()
-    );
-    out
+/// The `- ` items of the first `args:` list in `manifest`.
+fn container_args(manifest: &str) -> Vec<String> {
+    let text = read(&k8s_dir().join(manifest));
+    let mut lines = text.lines().skip_while(|l| l.trim() != "args:").skip(1);
+    let mut args = Vec::new();
+    for line in lines.by_ref() {
+        match line.trim().strip_prefix("- ") {
+            Some(arg) => args.push(arg.trim_matches('"').to_string()),
+            None => break,
+        }
+    }
+    args
+}
+
+/// The node config pod `name` with IP `ip` runs: `file` with the StatefulSet's arguments applied, `$(POD_NAME)`
+/// and `$(POD_IP)` expanded as the kubelet does.
+fn pod_config(file: &Path, name: &str, ip: &str) -> NodeConfig {
+    let args = container_args("broker-statefulset.yaml");
+    let value = |flag: &str| {
+        let at = args.iter().position(|a| a == flag)?;
+        let v = args.get(at + 1)?;
+        Some(v.replace("$(POD_NAME)", name).replace("$(POD_IP)", ip))
+    };
+    let overrides = NodeOverrides {
+        name: value("--name"),
+        advertise_host: value("--advertise-host").map(|h| h.parse::<IpAddr>().expect("an IP")),
+    };
+    NodeConfig::load(file)
+        .expect("k8s/config/node.toml")
+        .with_overrides(file, &overrides)
+        .unwrap_or_else(|e| panic!("{name} {ip}: {e}"))
 }
 
 fn socket(text: &str) -> SocketAddr {
     text.parse().expect("socket address")
-}
-
-/// Peer names and addresses of a rendered node config, in order.
-fn peers(config: &NodeConfig) -> Vec<(String, SocketAddr)> {
-    let cluster = config.cluster.as_ref().expect("[cluster] section");
-    cluster
-        .peers
-        .iter()
-        .map(|p| (p.name.clone(), p.addr))
-        .collect()
 }
 
 /// The integer after `key:` in a manifest, from the one line that sets it.
@@ -246,114 +228,85 @@ fn kustomization_lists_every_manifest_and_config_file() {
 }
 
 #[test]
-fn node_template_renders_to_a_valid_config_for_every_pod() {
-    // broker-1 while broker-0 and broker-2 run: both become peers, in ordinal order.
+fn node_config_checks_and_each_pod_gets_its_identity_from_its_arguments() {
     let dir = scratch_dir();
-    let file = render(
-        dir.path(),
-        &Pod {
-            name: "broker-1",
-            ip: "10.244.1.7",
-            hosts: &[
-                ("broker-0.broker.fleetgate.svc.cluster.local", "10.244.0.5"),
-                ("broker-2.broker.fleetgate.svc.cluster.local", "10.244.2.9"),
-            ],
-        },
-    );
-    let text = read(&file);
-    assert!(!text.contains('@'), "placeholder left in:\n{text}");
+    let file = pod_config_dir(dir.path());
     check_ok(&file, "node config");
-    let config = NodeConfig::load(&file).expect("rendered node.toml");
+    assert_eq!(container_args("broker-statefulset.yaml"), NODE_ARGS);
+    let statefulset = read(&k8s_dir().join("broker-statefulset.yaml"));
+    for (var, field) in [("POD_NAME", "metadata.name"), ("POD_IP", "status.podIP")] {
+        let env = format!(
+            "- name: {var}\n              valueFrom:\n                fieldRef:\n                  fieldPath: {field}\n"
+        );
+        assert!(
+            statefulset.contains(&env),
+            "{var} from the downward API ({field})"
+        );
+    }
+    assert!(!statefulset.contains("initContainers"), "nothing to render");
+
+    let config = pod_config(&file, "broker-1", "10.244.1.7");
     assert_eq!(config.name, "broker-1");
     let cluster = config.cluster.as_ref().expect("[cluster]");
     assert_eq!(cluster.advertise, Some(socket("10.244.1.7:7000")));
-    assert_eq!(cluster.bind.port(), 7000, "CLUSTER_PORT of the StatefulSet");
+    assert_eq!(cluster.bind.port(), 7000);
+    assert!(cluster.peers.is_empty(), "peers come from DNS");
+    let discovery = cluster.peers_from.as_ref().expect("[cluster] peers_from");
     assert_eq!(
-        peers(&config),
-        vec![
-            ("broker-0".to_string(), socket("10.244.0.5:7000")),
-            ("broker-2".to_string(), socket("10.244.2.9:7000")),
-        ]
+        discovery.source,
+        DiscoverySource::DnsSrv {
+            name: CLUSTER_SRV.into(),
+            name_from: SrvNaming::FirstLabel
+        },
+        "SRV target broker-N.broker... names the peer broker-N, its pod name and its --name"
+    );
+    // The SRV name is the headless Service's `cluster` port on that port.
+    let service = read(&k8s_dir().join("broker-service.yaml"));
+    assert!(service.contains("  name: broker\n  namespace: fleetgate\n"));
+    assert!(
+        service.contains("  clusterIP: None\n")
+            && service.contains("publishNotReadyAddresses: true")
+    );
+    assert!(
+        service.contains("    - name: cluster\n      port: 7000\n"),
+        "{service}"
     );
 
-    // broker-0 of a new cluster: nothing else resolves yet, the others will dial it.
-    let dir = scratch_dir();
-    let file = render(
-        dir.path(),
-        &Pod {
-            name: "broker-0",
-            ip: "10.244.0.5",
-            hosts: &[],
-        },
-    );
-    check_ok(&file, "node config");
-    let config = NodeConfig::load(&file).expect("rendered node.toml");
-    assert_eq!(config.name, "broker-0");
-    assert!(peers(&config).is_empty());
-
-    // broker-3 on an IPv6 pod network, scaled up from three: brackets around every address, and the scan stops
-    // at the first higher ordinal that does not resolve.
-    let dir = scratch_dir();
-    let file = render(
-        dir.path(),
-        &Pod {
-            name: "broker-3",
-            ip: "fd00:10:244::7",
-            hosts: &[
-                (
-                    "broker-0.broker.fleetgate.svc.cluster.local",
-                    "fd00:10:244::2",
-                ),
-                (
-                    "broker-1.broker.fleetgate.svc.cluster.local",
-                    "fd00:10:244::3",
-                ),
-                (
-                    "broker-2.broker.fleetgate.svc.cluster.local",
-                    "fd00:10:244::4",
-                ),
-                (
-                    "broker-5.broker.fleetgate.svc.cluster.local",
-                    "fd00:10:244::9",
-                ),
-            ],
-        },
-    );
-    check_ok(&file, "node config");
-    let config = NodeConfig::load(&file).expect("rendered node.toml");
+    // IPv6 pod network.
+    let config = pod_config(&file, "broker-3", "fd00:10:244::7");
     assert_eq!(
         config.cluster.as_ref().and_then(|c| c.advertise),
         Some(socket("[fd00:10:244::7]:7000"))
     );
-    let names: Vec<String> = peers(&config).into_iter().map(|(n, _)| n).collect();
-    assert_eq!(names, ["broker-0", "broker-1", "broker-2"]);
 }
 
 #[test]
-fn render_refuses_what_is_not_a_statefulset_pod() {
-    let config = k8s_dir().join("config");
+fn node_refuses_arguments_that_are_no_pod_identity() {
     let dir = scratch_dir();
-    for (name, ip) in [
-        ("broker", "10.0.0.1"),
-        ("broker-0", ""),
-        ("broker-0/x", "10.0.0.1"),
-        ("broker-0", "10.0.0.1/8"),
+    let file = pod_config_dir(dir.path());
+    for (flag, value, code) in [
+        ("--name", "broker 0", 1),
+        ("--name", "", 1),
+        ("--advertise-host", "10.0.0.1/8", 2),
+        ("--advertise-host", "broker-0", 2),
     ] {
-        let mut command = Command::new("sh");
+        let mut command = Command::new(BIN);
         command
-            .arg(config.join("render-node.sh"))
-            .arg(config.join("node.toml"))
-            .arg(dir.path().join("node.toml"))
-            .env("POD_NAME", name)
-            .env("POD_IP", ip)
-            .env("BROKER_DOMAIN", "broker.fleetgate.svc.cluster.local");
+            .args(["--log-format", "text", "node", "--config"])
+            .arg(&file)
+            .args([flag, value]);
         let out = run(command);
-        assert!(
-            !out.status.success(),
-            "{name:?} {ip:?} was accepted: {}",
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{flag} {value:?}: {}",
             out.describe()
         );
-        assert!(!dir.path().join("node.toml").exists());
+        assert!(
+            out.stderr.contains(flag),
+            "{flag} {value:?}: {}",
+            out.describe()
+        );
     }
 }
 
@@ -406,15 +359,7 @@ fn grace_periods_cover_the_drains_and_ports_agree() {
     );
 
     let dir = scratch_dir();
-    let file = render(
-        dir.path(),
-        &Pod {
-            name: "broker-0",
-            ip: "10.244.0.5",
-            hosts: &[],
-        },
-    );
-    let node = NodeConfig::load(&file).expect("rendered node.toml");
+    let node = pod_config(&pod_config_dir(dir.path()), "broker-0", "10.244.0.5");
     let node_grace = Duration::from_secs(manifest_number(
         "broker-statefulset.yaml",
         "terminationGracePeriodSeconds",

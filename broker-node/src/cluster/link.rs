@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -35,6 +36,10 @@ const WRITE_BATCH: usize = 64 * 1024;
 const READ_CHUNK: usize = 16 * 1024;
 /// After an accept error (e.g. out of file descriptors), pause instead of spinning.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Inbound cluster links refused, by `reason` (`tls`: handshake failed; `name_mismatch`: the certificate is not
+/// valid for the name in the peer's Hello).
+const LINKS_REFUSED: &str = "fleetgate_cluster_links_refused_total";
 
 /// The read side of a link (TCP, or TLS over it).
 type LinkRead = Box<dyn AsyncRead + Send + Unpin>;
@@ -178,21 +183,35 @@ pub fn start(
     Ok(())
 }
 
-/// Splits an accepted connection into link halves, after the TLS handshake when the cluster uses TLS.
+/// Splits an accepted connection into link halves, after the TLS handshake when the cluster uses TLS; then also
+/// returns the peer's (CA-verified) end-entity certificate, for the name check after its Hello.
 async fn accept_halves(
     cluster: &Cluster,
     stream: TcpStream,
-) -> Result<(LinkRead, LinkWrite), LinkError> {
+) -> Result<(LinkRead, LinkWrite, Option<CertificateDer<'static>>), LinkError> {
     let Some(tls) = &cluster.tls else {
         let (r, w) = stream.into_split();
-        return Ok((Box::new(r), Box::new(w)));
+        return Ok((Box::new(r), Box::new(w), None));
     };
     let tls_stream = tokio::time::timeout(HELLO_TIMEOUT, tls.acceptor.accept(stream))
         .await
         .map_err(|_| LinkError::Tls(io::ErrorKind::TimedOut.into()))?
         .map_err(LinkError::Tls)?;
+    let cert = tls_stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(|c| c.clone().into_owned());
+    // The verifier requires a client certificate; a handshake without one cannot complete.
+    if cert.is_none() {
+        return Err(LinkError::Tls(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "no client certificate",
+        )));
+    }
     let (r, w) = tokio::io::split(tls_stream);
-    Ok((Box::new(r), Box::new(w)))
+    Ok((Box::new(r), Box::new(w), cert))
 }
 
 /// Splits a dialed connection into link halves, after the TLS handshake (verifying `name`'s certificate).
@@ -237,9 +256,10 @@ async fn accept_loop(cluster: Arc<Cluster>, broker: Arc<Broker>, listener: TcpLi
 /// A connection a peer opened to us: we receive its frames here, and send it only Hello and heartbeats.
 async fn inbound(cluster: Arc<Cluster>, broker: Arc<Broker>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
-    let (r, w) = match accept_halves(&cluster, stream).await {
+    let (r, w, cert) = match accept_halves(&cluster, stream).await {
         Ok(halves) => halves,
         Err(e) => {
+            metrics::counter!(LINKS_REFUSED, "reason" => "tls").increment(1);
             tracing::warn!(event = "cluster_tls_failed", error = %e, "inbound cluster link refused");
             return;
         }
@@ -252,6 +272,21 @@ async fn inbound(cluster: Arc<Cluster>, broker: Arc<Broker>, stream: TcpStream) 
             return;
         }
     };
+    // Under TLS the claimed name must be the certificate's: the CA check alone would let any node's
+    // certificate speak for any node name.
+    if let Some(cert) = &cert
+        && !super::tls::certifies_node(cert, &name, advertise)
+    {
+        metrics::counter!(LINKS_REFUSED, "reason" => "name_mismatch").increment(1);
+        tracing::warn!(
+            event = "cluster_tls_failed",
+            peer = %name,
+            advertise = %advertise,
+            error = "certificate does not name the node its Hello claims",
+            "inbound cluster link from a certificate not valid for {name} refused"
+        );
+        return;
+    }
     let peer: PeerName = Arc::from(name.as_str());
     let id = cluster.next_id();
     let stop = cluster.shutdown.child_token();

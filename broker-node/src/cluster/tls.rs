@@ -4,7 +4,9 @@
 //!
 //! The dialer verifies the peer's certificate for the peer's node name (a DNS SAN such as `broker-1`: the
 //! identity the ring uses), or for its IP address when the name is not a DNS name (A-record discovery names
-//! endpoints `"<ip>:<port>"`). The acceptor requires a client certificate of the cluster CA.
+//! endpoints `"<ip>:<port>"`). The acceptor requires a client certificate of the cluster CA and, once the Hello
+//! arrived, checks it the same way for the name the peer claims ([`certifies_node`]): a certificate of the cluster
+//! CA cannot claim another node's name (and with it that node's clients on the ring).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -98,6 +100,15 @@ pub fn server_name(peer_name: Option<&str>, addr: std::net::SocketAddr) -> Serve
         .and_then(|n| ServerName::try_from(n.to_string()).ok())
         .filter(|n| matches!(n, ServerName::DnsName(_)))
         .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()))
+}
+
+/// Whether `cert` (the end-entity certificate a peer presented, already verified against the cluster CA) is valid
+/// for node `name` as [`server_name`] spells it: a DNS SAN equal to the name, or, when the name is not a DNS name,
+/// an IP SAN equal to `addr`'s IP (the address the peer's Hello advertises).
+pub fn certifies_node(cert: &CertificateDer<'_>, name: &str, addr: std::net::SocketAddr) -> bool {
+    rustls::server::ParsedCertificate::try_from(cert).is_ok_and(|parsed| {
+        rustls::client::verify_server_name(&parsed, &server_name(Some(name), addr)).is_ok()
+    })
 }
 
 fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {

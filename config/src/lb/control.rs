@@ -8,7 +8,7 @@
 //! timeout = "1s"
 //! rise = 2                      # consecutive successes before a down backend is up again
 //! fall = 3                      # consecutive failures before an up backend is down
-//! client_id = "fleetgate-probe-lb-0"   # mqtt: default "fleetgate-probe-<lb name>"
+//! client_id = "fleetgate-probe-lb-0"   # mqtt: default "fleetgate-probe-<lb name>"; "-<backend>" is appended
 //! username = "probe"            # mqtt: optional credentials
 //! password = "secret"
 //! http_port = 9100              # http: the node's admin port (default: the backend's port)
@@ -172,7 +172,7 @@ pub struct HealthConfig {
     pub rise: u32,
     /// Consecutive failures to go down.
     pub fall: u32,
-    /// MQTT probe client ID (unique per LB replica).
+    /// MQTT probe client ID prefix (unique per LB replica; the probe appends `-<backend name>`).
     pub client_id: String,
     /// MQTT probe credentials.
     pub credentials: Option<(String, Secret)>,

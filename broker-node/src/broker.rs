@@ -123,7 +123,7 @@ impl Broker {
         timers: CancellationToken,
     ) -> Broker {
         let retained = RetainedStore::for_node(metrics.retained.clone(), node_name.clone());
-        // Assigned client IDs embed this counter; seeding it from the clock keeps them unique across restarts.
+        // Session IDs seeded from the clock: distinct from those of an earlier run of this node.
         let seed = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(1, |d| d.as_micros() as u64);
@@ -156,9 +156,11 @@ impl Broker {
     }
 
     /// A client identifier for a client that sent an empty one.
+    /// A random 128-bit suffix: unguessable (a predictable ID would let another client take the session
+    /// over) and unique across nodes and restarts.
     pub fn assign_client_id(&self) -> ByteString {
-        let n = self.next_session_id.fetch_add(1, Ordering::Relaxed);
-        format!("fleetgate-{}-{n:x}", self.node_name).into()
+        let suffix: u128 = rand::random();
+        format!("fleetgate-{}-{suffix:032x}", self.node_name).into()
     }
 
     /// Attaches a new connection to its session: creates it, resumes it, or takes it over from another
@@ -408,6 +410,7 @@ impl Broker {
         // Overlapping subscriptions of one session become one delivery (highest QoS, every identifier).
         hits.sort_unstable_by_key(|s| s.session.id);
         let mut queued = 0;
+        let mut compact: Option<Arc<Message>> = None;
         for group in hits.chunk_by(|a, b| a.session.id == b.session.id) {
             let session = &group[0].session;
             let mut qos: Option<QoS> = None;
@@ -429,8 +432,15 @@ impl Broker {
                 sub_ids.extend(sub.id);
             }
             let Some(qos) = qos else { continue };
+            // Queued for an offline session, the message may wait long: a compact copy (made once per publish)
+            // rather than a slice pinning the publisher's read chunk.
+            let msg = if qos != QoS::AtMostOnce && !session.is_connected() {
+                compact.get_or_insert_with(|| msg.compacted()).clone()
+            } else {
+                msg.clone()
+            };
             let delivery = Delivery {
-                msg: msg.clone(),
+                msg,
                 qos,
                 retain,
                 sub_ids,

@@ -518,7 +518,10 @@ mod size_tests {
         let shutdown = CancellationToken::new();
         let serve = serve(stream, addr, ctx, broker, shutdown);
         let size = std::mem::size_of_val(&serve);
-        eprintln!("serve future: {size} B, Conn: {} B", std::mem::size_of::<Conn>());
+        eprintln!(
+            "serve future: {size} B, Conn: {} B",
+            std::mem::size_of::<Conn>()
+        );
         assert!(size <= SERVE_FUTURE_MAX, "serve future is {size} B");
     }
 }

@@ -72,6 +72,14 @@ fn protocol(detail: &'static str) -> End {
     End::Protocol { detail, code: 0x82 }
 }
 
+/// More QoS 2 PUBLISHes awaiting PUBREL than our Receive Maximum (v5 0x93).
+fn receive_maximum_exceeded() -> End {
+    End::Protocol {
+        detail: "receive_maximum_exceeded",
+        code: 0x93,
+    }
+}
+
 /// Reads what the socket has and handles every complete packet in it.
 pub fn read_and_handle(conn: &mut Conn) -> Result<(), End> {
     match conn.wire.try_fill() {
@@ -81,15 +89,25 @@ pub fn read_and_handle(conn: &mut Conn) -> Result<(), End> {
         Err(_) => return Err(End::Ungraceful),
     }
     conn.last_activity = Instant::now();
-    loop {
+    // PUBLISHes counted once per read, not per message (the shared counters are contended between threads).
+    let mut received = [0u64; 3];
+    let result = loop {
         match conn.wire.decode() {
-            Ok(Some(packet)) => handle(conn, packet)?,
-            Ok(None) => break,
-            Err(e) => return Err(End::codec(e)),
+            Ok(Some(packet)) => {
+                if let Packet::Publish(p) = &packet {
+                    received[usize::from(p.qos.value().min(2))] += 1;
+                }
+                if let Err(end) = handle(conn, packet) {
+                    break Err(end);
+                }
+            }
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(End::codec(e)),
         }
-    }
+    };
+    conn.broker.metrics.received_n(received);
     conn.wire.release_read_buffer();
-    Ok(())
+    result
 }
 
 fn encode(conn: &mut Conn, packet: Packet) -> Result<(), End> {
@@ -176,7 +194,6 @@ fn ack2(packet_id: NonZeroU16, reason_code: PublishAck2Reason) -> PublishAck2 {
 
 fn on_publish(conn: &mut Conn, publish: Publish) -> Result<(), End> {
     let qos = publish.qos;
-    conn.broker.metrics.received(qos.value());
     let alias = publish.properties.as_ref().and_then(|p| p.topic_alias);
     let topic = conn.inbound_aliases.resolve(&publish.topic, alias)?;
     let packet_id = publish.packet_id;
@@ -208,10 +225,7 @@ fn on_publish(conn: &mut Conn, publish: Publish) -> Result<(), End> {
                 (new, st.inbound_qos2.len())
             };
             if new && waiting > usize::from(conn.broker.limits.receive_maximum) {
-                return Err(End::Protocol {
-                    detail: "receive_maximum_exceeded",
-                    code: 0x93,
-                });
+                return Err(receive_maximum_exceeded());
             }
             if new {
                 route(conn, publish, topic);
@@ -255,12 +269,16 @@ fn on_denied_publish(conn: &mut Conn, qos: QoS, packet_id: Option<NonZeroU16>) -
         QoS::ExactlyOnce => {
             let packet_id = packet_id.ok_or(protocol("missing_packet_id"))?;
             if !v5 {
-                // The 3.1.1 flow continues with PUBREL, which must find the packet ID to be completed.
-                conn.session
-                    .state
-                    .lock()
-                    .inbound_qos2
-                    .insert(packet_id.get());
+                // The 3.1.1 flow continues with PUBREL, which must find the packet ID to be completed; bounded
+                // by the receive maximum like an accepted QoS 2 PUBLISH.
+                let (new, waiting) = {
+                    let mut st = conn.session.state.lock();
+                    let new = st.inbound_qos2.insert(packet_id.get());
+                    (new, st.inbound_qos2.len())
+                };
+                if new && waiting > usize::from(conn.broker.limits.receive_maximum) {
+                    return Err(receive_maximum_exceeded());
+                }
             }
             encode(conn, Packet::PublishReceived(ack(packet_id)))
         }

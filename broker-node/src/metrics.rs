@@ -145,6 +145,24 @@ impl Metrics {
         self.received[usize::from(qos.min(2))].increment(1);
     }
 
+    /// Counts received PUBLISHes by QoS (0, 1, 2).
+    pub fn received_n(&self, by_qos: [u64; 3]) {
+        for (counter, n) in self.received.iter().zip(by_qos) {
+            if n > 0 {
+                counter.increment(n);
+            }
+        }
+    }
+
+    /// Counts delivered PUBLISHes by QoS (0, 1, 2).
+    pub fn delivered_n(&self, by_qos: [u64; 3]) {
+        for (counter, n) in self.delivered.iter().zip(by_qos) {
+            if n > 0 {
+                counter.increment(n);
+            }
+        }
+    }
+
     /// Counts a delivered PUBLISH.
     pub fn delivered(&self, qos: u8) {
         self.delivered[usize::from(qos.min(2))].increment(1);

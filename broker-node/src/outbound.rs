@@ -12,8 +12,8 @@ use fleetgate_protocol::mqtt::{
 
 use crate::conn::{Conn, End};
 use crate::limits::{DRAIN_BATCH, WRITE_HIGH_WATER};
-use crate::metrics::DropReason;
 use crate::message::Delivery;
+use crate::metrics::DropReason;
 use crate::session::Inflight;
 
 /// Topic aliases we assign on PUBLISHes to a v5 client, up to its Topic Alias Maximum. Assigned first come,
@@ -91,6 +91,7 @@ pub fn drain(conn: &mut Conn) -> Result<bool, End> {
     let now = Instant::now();
     let v5 = conn.level.is_v5();
     let mut batch: Vec<(Delivery, Option<NonZeroU16>)> = Vec::new();
+    let mut delivered = [0u64; 3];
     loop {
         // Pop a batch under the session lock (packet IDs and inflight entries included, so the window and the
         // IDs stay exact); encode it after the lock is released, so publishers are never blocked behind it.
@@ -109,7 +110,8 @@ pub fn drain(conn: &mut Conn) -> Result<bool, End> {
                     conn.broker.metrics.dropped(DropReason::Expired);
                     continue;
                 }
-                if front.qos != QoS::AtMostOnce && st.inflight.len() >= conn.limits.outbound_window {
+                if front.qos != QoS::AtMostOnce && st.inflight.len() >= conn.limits.outbound_window
+                {
                     // The client's acknowledgements wake the loop (they arrive as reads).
                     break false;
                 }
@@ -159,16 +161,22 @@ pub fn drain(conn: &mut Conn) -> Result<bool, End> {
                         ..choice
                     };
                     conn.outbound_aliases.commit(&choice);
-                    conn.broker.metrics.delivered(delivery.qos.value());
+                    delivered[usize::from(delivery.qos.value().min(2))] += 1;
                 }
                 Err(CodecError::OutboundTooLarge) => {
                     conn.broker.metrics.dropped(DropReason::TooLarge);
                     too_large.extend(packet_id);
                 }
                 // What is still in the batch stays in flight: a resumed session resends it.
-                Err(e) => return Err(End::codec(e)),
+                Err(e) => {
+                    conn.broker.metrics.delivered_n(delivered);
+                    return Err(End::codec(e));
+                }
             }
         }
+        // Counted once per batch, not per message (the shared counters are contended between threads).
+        conn.broker.metrics.delivered_n(delivered);
+        delivered = [0; 3];
         if !too_large.is_empty() {
             let mut st = conn.session.state.lock();
             st.inflight.retain(|e| !too_large.contains(&e.packet_id));

@@ -22,7 +22,7 @@ use crate::backend::{self, BackendState};
 use crate::relay::{self, ClientStream, RelayControl, Side};
 use crate::server::Shared;
 use crate::snapshot::{ListenerRuntime, Snapshot};
-use crate::{identity, sockopt, stats};
+use crate::{identity, sockopt, stats, tls};
 
 /// Bytes requested per read while peeking the CONNECT: a typical CONNECT (client ID, user name, token) fits in
 /// one read; the buffer grows up to `max_connect_size` only for clients that send more.
@@ -285,12 +285,18 @@ impl Conn<'_> {
         let name = &self.listener.name;
         let timeout = self.listener.handshake_timeout;
         let started = Instant::now();
-        match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        let accept = tokio::time::timeout(timeout, acceptor.accept(stream));
+        let (result, sig_scheme) = tls::with_sig_scheme(accept).await;
+        match result {
             Ok(Ok(tls)) => {
                 stats::tls_handshake(name, started.elapsed());
                 let send_cert = self.snapshot.backends.any_sends_client_cert();
-                let identity =
-                    identity::from_tls(tls.get_ref().1, self.listener.verifies_clients, send_cert);
+                let identity = identity::from_tls(
+                    tls.get_ref().1,
+                    self.listener.verifies_clients,
+                    send_cert,
+                    sig_scheme,
+                );
                 if let Some(sni) = &identity.authority {
                     tracing::Span::current().record("sni", sni.as_str());
                 }

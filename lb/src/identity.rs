@@ -1,15 +1,21 @@
 //! The client's TLS identity after the handshake, as the PROXY v2 TLVs carry it to the backend: protocol
-//! version, cipher, key-exchange group, SNI, ALPN and, for a verified client certificate, its CN, SANs, signature
-//! and key algorithms (parsed with x509-parser; never by hand).
+//! version, cipher, key-exchange group, the LB's handshake signature scheme, SNI, ALPN and, for a verified client
+//! certificate, its CN, SANs, signature and key algorithms (parsed with x509-parser; never by hand).
 
 use fleetgate_protocol::proxy::PeerIdentity;
-use rustls::{ProtocolVersion, ServerConnection};
+use rustls::{ProtocolVersion, ServerConnection, SignatureScheme};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 use x509_parser::public_key::PublicKey;
 
 /// Fills the TLS part of a [`PeerIdentity`] from a finished handshake. `verified` is true when the listener's
 /// verifier checked client certificates (it fails the handshake otherwise, so a presented one is verified).
-pub fn from_tls(conn: &ServerConnection, verified: bool, send_client_cert: bool) -> PeerIdentity {
+/// `sig_scheme` is the scheme the LB signed the handshake with ([`crate::tls::with_sig_scheme`]).
+pub fn from_tls(
+    conn: &ServerConnection,
+    verified: bool,
+    send_client_cert: bool,
+    sig_scheme: Option<SignatureScheme>,
+) -> PeerIdentity {
     let mut id = PeerIdentity {
         tls: true,
         tls_version: conn.protocol_version().map(version_name),
@@ -21,6 +27,7 @@ pub fn from_tls(conn: &ServerConnection, verified: bool, send_client_cert: bool)
             .negotiated_key_exchange_group()
             .and_then(|g| g.name().as_str())
             .map(str::to_owned),
+        sig_scheme: sig_scheme.map(sig_scheme_name),
         authority: conn.server_name().map(str::to_owned),
         alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
         ..PeerIdentity::default()
@@ -47,6 +54,31 @@ fn version_name(v: ProtocolVersion) -> String {
         ProtocolVersion::TLSv1_2 => "TLSv1.2".into(),
         other => format!("{other:?}"),
     }
+}
+
+/// The IANA TLS SignatureScheme name (`ecdsa_secp256r1_sha256`, `rsa_pss_rsae_sha256`, ...), the form the PROXY
+/// protocol's `PP2_SUBTYPE_SSL_SIG_SCHEME` and OpenSSL/HAProxy use; `0x%04x` for a code point without one.
+fn sig_scheme_name(scheme: SignatureScheme) -> String {
+    let name = match scheme {
+        SignatureScheme::RSA_PKCS1_SHA1 => "rsa_pkcs1_sha1",
+        SignatureScheme::ECDSA_SHA1_Legacy => "ecdsa_sha1",
+        SignatureScheme::RSA_PKCS1_SHA256 => "rsa_pkcs1_sha256",
+        SignatureScheme::ECDSA_NISTP256_SHA256 => "ecdsa_secp256r1_sha256",
+        SignatureScheme::RSA_PKCS1_SHA384 => "rsa_pkcs1_sha384",
+        SignatureScheme::ECDSA_NISTP384_SHA384 => "ecdsa_secp384r1_sha384",
+        SignatureScheme::RSA_PKCS1_SHA512 => "rsa_pkcs1_sha512",
+        SignatureScheme::ECDSA_NISTP521_SHA512 => "ecdsa_secp521r1_sha512",
+        SignatureScheme::RSA_PSS_SHA256 => "rsa_pss_rsae_sha256",
+        SignatureScheme::RSA_PSS_SHA384 => "rsa_pss_rsae_sha384",
+        SignatureScheme::RSA_PSS_SHA512 => "rsa_pss_rsae_sha512",
+        SignatureScheme::ED25519 => "ed25519",
+        SignatureScheme::ED448 => "ed448",
+        SignatureScheme::ML_DSA_44 => "mldsa44",
+        SignatureScheme::ML_DSA_65 => "mldsa65",
+        SignatureScheme::ML_DSA_87 => "mldsa87",
+        other => return format!("0x{:04x}", u16::from(other)),
+    };
+    name.to_owned()
 }
 
 /// The fields of a client certificate the backend may authorise on.
@@ -150,6 +182,20 @@ mod tests {
         );
         assert_eq!(f.key_alg.as_deref(), Some("EC256"));
         assert_eq!(f.sig_alg.as_deref(), Some("ecdsa-with-SHA256"));
+    }
+
+    #[test]
+    fn signature_schemes_have_their_iana_names() {
+        assert_eq!(
+            sig_scheme_name(SignatureScheme::ECDSA_NISTP256_SHA256),
+            "ecdsa_secp256r1_sha256"
+        );
+        assert_eq!(
+            sig_scheme_name(SignatureScheme::RSA_PSS_SHA256),
+            "rsa_pss_rsae_sha256"
+        );
+        assert_eq!(sig_scheme_name(SignatureScheme::ED25519), "ed25519");
+        assert_eq!(sig_scheme_name(SignatureScheme::from(0x0b0a)), "0x0b0a");
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! TLS termination setup: turns a listener's [`TlsConfig`] into a rustls [`ServerConfig`] (aws-lc-rs provider,
 //! TLS 1.2 and 1.3, ALPN `mqtt`, certificates picked by SNI, client certificates verified against a CA bundle
 //! and CRLs). Runs when the runtime snapshot is built, off the hot path; every error names the file at fault.
+//! Also records, per handshake, the signature scheme the LB signed with ([`with_sig_scheme`]), which rustls does
+//! not expose on a server connection: the PROXY v2 `SIG_SCHEME` sub-TLV carries it to the backend.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -12,10 +15,12 @@ use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
 use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
-use rustls::sign::CertifiedKey;
-use rustls::{ServerConfig, version};
+use rustls::sign::{CertifiedKey, Signer, SigningKey};
+use rustls::{ServerConfig, SignatureAlgorithm, SignatureScheme, version};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls_pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, SubjectPublicKeyInfoDer,
+};
 
 /// ALPN protocol offered to clients ("mqtt", the IANA-registered ID); clients without ALPN are accepted too.
 pub const ALPN_MQTT: &[u8] = b"mqtt";
@@ -136,12 +141,13 @@ impl SniResolver {
         for entry in &cfg.certificates {
             let chain = load_certs(&entry.cert)?;
             let key = load_key(&entry.key)?;
-            let certified = CertifiedKey::from_der(chain, key, provider).map_err(|e| {
+            let mut certified = CertifiedKey::from_der(chain, key, provider).map_err(|e| {
                 file_error(
                     &entry.key,
                     format!("does not match {}: {e}", entry.cert.display()),
                 )
             })?;
+            certified.key = Arc::new(RecordingKey(certified.key));
             let certified = Arc::new(certified);
             for name in &entry.sni {
                 by_name
@@ -161,5 +167,78 @@ impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let by_sni = hello.server_name().and_then(|name| self.by_name.get(name));
         Some(by_sni.unwrap_or(&self.default).clone())
+    }
+}
+
+tokio::task_local! {
+    /// The signature scheme of the handshake being polled, set by [`RecordingKey`]; scoped by [`with_sig_scheme`].
+    static SIG_SCHEME: Cell<Option<SignatureScheme>>;
+}
+
+/// Drives `handshake` (a TLS accept) and returns its output with the signature scheme the LB signed the
+/// handshake with (TLS 1.3 CertificateVerify, TLS 1.2 ServerKeyExchange); `None` when nothing was signed (a
+/// resumed session) or the handshake failed first.
+///
+/// rustls is sans-IO: it picks the scheme ([`SigningKey::choose_scheme`]) synchronously inside the poll that
+/// feeds it the ClientHello, so a task-local scoped to this future's polls ties the choice to this connection and
+/// no other. No allocation, nothing shared between connections, nothing kept after the handshake.
+pub async fn with_sig_scheme<F: Future>(handshake: F) -> (F::Output, Option<SignatureScheme>) {
+    SIG_SCHEME
+        .scope(Cell::new(None), async move {
+            let out = handshake.await;
+            (out, SIG_SCHEME.with(Cell::get))
+        })
+        .await
+}
+
+/// A certificate's signing key that notes the scheme rustls chose for the handshake being polled (outside
+/// [`with_sig_scheme`] it only signs).
+#[derive(Debug)]
+struct RecordingKey(Arc<dyn SigningKey>);
+
+impl SigningKey for RecordingKey {
+    fn choose_scheme(&self, offered: &[SignatureScheme]) -> Option<Box<dyn Signer>> {
+        let signer = self.0.choose_scheme(offered)?;
+        // Err only outside a `with_sig_scheme` scope: nobody asked for the scheme.
+        let _ = SIG_SCHEME.try_with(|slot| slot.set(Some(signer.scheme())));
+        Some(signer)
+    }
+
+    fn public_key(&self) -> Option<SubjectPublicKeyInfoDer<'_>> {
+        self.0.public_key()
+    }
+
+    fn algorithm(&self) -> SignatureAlgorithm {
+        self.0.algorithm()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p256_key() -> Arc<dyn SigningKey> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let der = PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+        provider().key_provider.load_private_key(der).unwrap()
+    }
+
+    #[tokio::test]
+    async fn records_the_chosen_scheme_only_inside_its_scope() {
+        let key = RecordingKey(p256_key());
+        let offered = [
+            SignatureScheme::RSA_PSS_SHA256,
+            SignatureScheme::ECDSA_NISTP256_SHA256,
+        ];
+        let (signer, seen) = with_sig_scheme(async { key.choose_scheme(&offered) }).await;
+        assert!(signer.is_some());
+        assert_eq!(seen, Some(SignatureScheme::ECDSA_NISTP256_SHA256));
+
+        // No common scheme: nothing recorded. Outside a scope: signs, records nowhere, no panic.
+        let (signer, seen) =
+            with_sig_scheme(async { key.choose_scheme(&[SignatureScheme::ED25519]) }).await;
+        assert!(signer.is_none() && seen.is_none());
+        assert!(key.choose_scheme(&offered).is_some());
+        assert_eq!(key.algorithm(), SignatureAlgorithm::ECDSA);
     }
 }

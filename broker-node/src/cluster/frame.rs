@@ -220,8 +220,10 @@ impl Frame {
 
     /// Appends the length-prefixed frame to `out`.
     pub fn encode(&self, out: &mut BytesMut) {
-        let start = out.len();
-        out.put_u32(0);
+        framed(out, |out| self.encode_body(out));
+    }
+
+    fn encode_body(&self, out: &mut BytesMut) {
         let now = Instant::now();
         match self {
             Frame::Hello {
@@ -256,13 +258,7 @@ impl Frame {
                 groups,
                 sessions,
                 msg,
-            } => {
-                out.put_u8(ty::PUBLISH);
-                out.put_u8(u8::from(*direct));
-                put_strs(out, groups);
-                put_strs(out, sessions);
-                put_message(out, msg, now);
-            }
+            } => put_publish(out, *direct, groups, sessions, PublishBody::Message(msg)),
             Frame::Retain { stamp, topic, msg } => {
                 out.put_u8(ty::RETAIN);
                 out.put_u64(stamp.time);
@@ -375,8 +371,6 @@ impl Frame {
                 out.put_u64(*id);
             }
         }
-        let len = u32::try_from(out.len() - start - LEN_PREFIX).unwrap_or(u32::MAX);
-        out[start..start + LEN_PREFIX].copy_from_slice(&len.to_be_bytes());
     }
 
     /// Takes one complete frame off the front of `buf`: `Ok(None)` when more bytes are needed. Frames longer
@@ -528,6 +522,70 @@ impl Frame {
         }
         Ok(frame)
     }
+}
+
+/// Appends what `body` writes, behind its `u32` length.
+fn framed(out: &mut BytesMut, body: impl FnOnce(&mut BytesMut)) {
+    let start = out.len();
+    out.put_u32(0);
+    body(out);
+    let len = u32::try_from(out.len() - start - LEN_PREFIX).unwrap_or(u32::MAX);
+    out[start..start + LEN_PREFIX].copy_from_slice(&len.to_be_bytes());
+}
+
+/// The message part of a [`Frame::Publish`].
+#[derive(Debug, Clone, Copy)]
+pub enum PublishBody<'a> {
+    /// Encoded here.
+    Message(&'a Message),
+    /// Encoded once beforehand by [`encode_message`] (a message going to several peers).
+    Encoded(&'a [u8]),
+}
+
+/// The message part of a Publish frame, encoded once for every peer it goes to ([`PublishBody::Encoded`]).
+pub fn encode_message(msg: &Message) -> BytesMut {
+    let mut out = BytesMut::with_capacity(message_size_hint(msg));
+    put_message(&mut out, msg, Instant::now());
+    out
+}
+
+/// Appends a [`Frame::Publish`] built from its parts, without assembling the frame (what the publish path sends).
+pub fn encode_publish(
+    out: &mut BytesMut,
+    direct: bool,
+    groups: &[ByteString],
+    sessions: &[ByteString],
+    body: PublishBody<'_>,
+) {
+    let size = match body {
+        PublishBody::Message(m) => message_size_hint(m),
+        PublishBody::Encoded(b) => b.len(),
+    };
+    // One reservation for the whole frame (lists are usually empty): no growth step while encoding.
+    out.reserve(LEN_PREFIX + 6 + size);
+    framed(out, |out| put_publish(out, direct, groups, sessions, body));
+}
+
+fn put_publish(
+    out: &mut BytesMut,
+    direct: bool,
+    groups: &[ByteString],
+    sessions: &[ByteString],
+    body: PublishBody<'_>,
+) {
+    out.put_u8(ty::PUBLISH);
+    out.put_u8(u8::from(direct));
+    put_strs(out, groups);
+    put_strs(out, sessions);
+    match body {
+        PublishBody::Message(m) => put_message(out, m, Instant::now()),
+        PublishBody::Encoded(b) => out.put_slice(b),
+    }
+}
+
+/// Bytes of an encoded message without properties (a reservation hint; properties grow the buffer as needed).
+fn message_size_hint(m: &Message) -> usize {
+    2 + m.topic.len() + 1 + 1 + 8 + 1 + 4 + m.payload.len()
 }
 
 /// A will as a message (what it turns into when published), for handover.

@@ -164,3 +164,32 @@ fn partial_oversized_and_malformed() {
         Err(FrameError::Malformed("trailing bytes"))
     ));
 }
+
+#[test]
+fn publish_from_parts_decodes_like_the_frame() {
+    let m = msg();
+    let groups: Vec<ByteString> = vec!["$share/g/a/#".into()];
+    let sessions: Vec<ByteString> = vec!["moved".into()];
+    let encoded = encode_message(&m);
+    let mut buf = BytesMut::new();
+    encode_publish(&mut buf, true, &groups, &sessions, PublishBody::Message(&m));
+    encode_publish(&mut buf, false, &[], &[], PublishBody::Encoded(&encoded));
+    for (direct, g, s) in [(true, 1, 1), (false, 0, 0)] {
+        let Some(Frame::Publish {
+            direct: d,
+            groups,
+            sessions,
+            msg: back,
+        }) = Frame::decode(&mut buf, 1 << 20).unwrap()
+        else {
+            panic!("not a publish")
+        };
+        assert_eq!((d, groups.len(), sessions.len()), (direct, g, s));
+        assert_eq!(
+            (&back.topic, &back.payload, back.qos, back.retain),
+            (&m.topic, &m.payload, m.qos, m.retain)
+        );
+        assert_eq!(back.properties, m.properties);
+    }
+    assert!(buf.is_empty());
+}

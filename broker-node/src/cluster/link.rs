@@ -1,24 +1,26 @@
 //! Node-to-node TCP links: the cluster port's accept loop (one task per inbound connection at once), the
 //! dialers (one per known peer address, reconnecting with backoff), the Hello exchange, the ordered writer of our
-//! outbound queue and the heartbeats; every read is bounded by `dead_after` of silence.
+//! outbound queue ([`super::outbox`]) and the heartbeats; every read is bounded by `dead_after` of silence. A
+//! read takes whatever the socket has (up to [`READ_CHUNK`]) and every complete frame in it is applied before the
+//! next read.
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::Cluster;
 use super::frame::{Frame, FrameError, PROTOCOL_VERSION};
 use super::handoff::Incoming;
+use super::outbox::LinkTx;
 use super::routes::PeerName;
-use super::{Cluster, LinkTx};
 use crate::broker::Broker;
 
 /// Deadline of a TCP connect to a peer: peers are on the same network; a dead address must not hold the dialer.
@@ -30,10 +32,9 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(2);
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest redial delay.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
-/// Bytes gathered from the queue into one socket write.
-const WRITE_BATCH: usize = 64 * 1024;
-/// Bytes requested per socket read.
-const READ_CHUNK: usize = 16 * 1024;
+/// Bytes requested per socket read: a busy link carries thousands of small frames a second, all applied per
+/// read, so a large read means few reads (and few wake-ups); a few links per node make the memory irrelevant.
+const READ_CHUNK: usize = 64 * 1024;
 /// After an accept error (e.g. out of file descriptors), pause instead of spinning.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -44,7 +45,7 @@ const LINKS_REFUSED: &str = "fleetgate_cluster_links_refused_total";
 /// The read side of a link (TCP, or TLS over it).
 type LinkRead = Box<dyn AsyncRead + Send + Unpin>;
 /// The write side of a link.
-type LinkWrite = Box<dyn AsyncWrite + Send + Unpin>;
+pub(crate) type LinkWrite = Box<dyn AsyncWrite + Send + Unpin>;
 
 /// Who asked for a dialer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,20 +99,32 @@ impl FrameReader {
         }
     }
 
+    /// The next complete frame already read, if any (no I/O).
+    fn buffered(&mut self) -> Result<Option<Frame>, LinkError> {
+        Ok(Frame::decode(&mut self.buf, self.limit)?)
+    }
+
+    /// Reads what the socket has, waiting at most `dead_after`; `Ok(false)` at end of stream.
+    async fn fill(&mut self) -> Result<bool, LinkError> {
+        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+            self.buf.reserve(READ_CHUNK);
+        }
+        match tokio::time::timeout(self.dead_after, self.r.read_buf(&mut self.buf)).await {
+            Err(_) => Err(LinkError::Silent),
+            Ok(Ok(0)) => Ok(false),
+            Ok(Ok(_)) => Ok(true),
+            Ok(Err(e)) => Err(e.into()),
+        }
+    }
+
     /// The next frame; `Ok(None)` at end of stream.
     async fn next(&mut self) -> Result<Option<Frame>, LinkError> {
         loop {
-            if let Some(f) = Frame::decode(&mut self.buf, self.limit)? {
+            if let Some(f) = self.buffered()? {
                 return Ok(Some(f));
             }
-            if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
-                self.buf.reserve(READ_CHUNK);
-            }
-            match tokio::time::timeout(self.dead_after, self.r.read_buf(&mut self.buf)).await {
-                Err(_) => return Err(LinkError::Silent),
-                Ok(Ok(0)) => return Ok(None),
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err(e.into()),
+            if !self.fill().await? {
+                return Ok(None);
             }
         }
     }
@@ -307,14 +320,22 @@ async fn inbound(cluster: Arc<Cluster>, broker: Arc<Broker>, stream: TcpStream) 
         );
     }
     let mut incoming = Incoming::default();
-    let end = loop {
-        let next = tokio::select! {
+    let end = 'link: loop {
+        // Every complete frame of the last read, then one read: no timer or wake-up per frame.
+        loop {
+            match reader.buffered() {
+                Ok(Some(frame)) => cluster.on_frame(&broker, &peer, frame, &mut incoming),
+                Ok(None) => break,
+                Err(e) => break 'link Some(e),
+            }
+        }
+        let filled = tokio::select! {
             _ = stop.cancelled() => break None,
-            n = reader.next() => n,
+            r = reader.fill() => r,
         };
-        match next {
-            Ok(Some(frame)) => cluster.on_frame(&broker, &peer, frame, &mut incoming),
-            Ok(None) => break None,
+        match filled {
+            Ok(true) => {}
+            Ok(false) => break None,
             Err(e) => break Some(e),
         }
     };
@@ -452,17 +473,10 @@ async fn dial_once(
         .known
         .entry(name.clone())
         .or_insert(addr);
-    let (tx, rx) = mpsc::unbounded_channel();
-    let queued = Arc::new(AtomicUsize::new(0));
     let cancel = cluster.shutdown.child_token();
     let id = cluster.next_id();
-    let link = LinkTx {
-        id,
-        tx,
-        queued: queued.clone(),
-        cancel: cancel.clone(),
-    };
-    cluster.outbound_up(broker, &peer, link);
+    let link = Arc::new(LinkTx::new(id, cancel.clone()));
+    cluster.outbound_up(broker, &peer, link.clone());
     if *first {
         *first = false;
         cluster.initial_dials.fetch_sub(1, Ordering::AcqRel);
@@ -471,7 +485,7 @@ async fn dial_once(
     let heartbeat = cluster.config.heartbeat_interval;
     let end: Option<LinkError> = tokio::select! {
         _ = cancel.cancelled() => None,
-        r = write_loop(&mut w, rx, &queued, heartbeat) => r.err().map(LinkError::Io),
+        r = link.write_loop(&mut w, heartbeat) => r.err().map(LinkError::Io),
         r = async {
             loop {
                 match reader.next().await {
@@ -486,44 +500,7 @@ async fn dial_once(
         tracing::info!(event = "cluster_outbound_closed", peer = %peer, error = %e, "outbound link to {peer} closed");
     }
     cancel.cancel();
+    link.close();
     cluster.outbound_down(broker, &peer, id);
     Ok(name)
-}
-
-/// Writes the queue in order, batching what is ready into one write; a heartbeat when idle for `heartbeat`.
-async fn write_loop(
-    w: &mut LinkWrite,
-    mut rx: mpsc::UnboundedReceiver<Bytes>,
-    queued: &AtomicUsize,
-    heartbeat: Duration,
-) -> io::Result<()> {
-    let beat = encode(&Frame::Heartbeat);
-    let mut buf = BytesMut::new();
-    loop {
-        let first = match tokio::time::timeout(heartbeat, rx.recv()).await {
-            Ok(Some(b)) => b,
-            Ok(None) => return Ok(()),
-            Err(_) => {
-                w.write_all(&beat).await?;
-                continue;
-            }
-        };
-        queued.fetch_sub(1, Ordering::Relaxed);
-        if rx.is_empty() {
-            w.write_all(&first).await?;
-            continue;
-        }
-        buf.extend_from_slice(&first);
-        while buf.len() < WRITE_BATCH {
-            match rx.try_recv() {
-                Ok(b) => {
-                    queued.fetch_sub(1, Ordering::Relaxed);
-                    buf.extend_from_slice(&b);
-                }
-                Err(_) => break,
-            }
-        }
-        w.write_all(&buf).await?;
-        buf.clear();
-    }
 }

@@ -3,7 +3,8 @@
 //! held elsewhere before [`Broker::attach`]).
 //!
 //! - [`frame`]: the wire format. [`routes`]: which peer subscribes to what. [`link`]: the node-to-node TCP links
-//!   (dial, accept, hello, heartbeats, ordered writer, reader). [`tls`]: optional mutual TLS on them.
+//!   (dial, accept, hello, heartbeats, reader). [`outbox`]: the per-peer queue and its writer (frames encoded
+//!   into one buffer, written whole). [`tls`]: optional mutual TLS on them.
 //!   [`discover`]: peers from DNS or a static list (`peers_from`). [`relay`]: forwarding and relays while a
 //!   session moves. [`handoff`]: session takeover and drain.
 //!
@@ -54,6 +55,7 @@ pub mod discover;
 pub mod frame;
 pub mod handoff;
 pub mod link;
+pub mod outbox;
 pub mod relay;
 pub mod routes;
 pub mod tls;
@@ -63,14 +65,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
-use bytes::{Bytes, BytesMut};
 use fleetgate_config::node::ClusterConfig;
 use fleetgate_ops::admin::Readiness;
 use fleetgate_protocol::mqtt::ByteString;
 use fleetgate_protocol::ring::{Ring, RingNode};
 use metrics::{Counter, Gauge, Histogram};
 use parking_lot::{Mutex, RwLock};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{Broker, Relayed};
@@ -79,20 +80,12 @@ use crate::metrics::DropReason;
 use crate::retained::Stamp;
 use frame::{FRAME_OVERHEAD, Frame};
 use handoff::Pending;
+use outbox::LinkTx;
 use routes::{PeerName, RouteTable};
-
-/// Our outbound queue to one peer.
-#[derive(Debug, Clone)]
-pub(crate) struct LinkTx {
-    id: u64,
-    tx: mpsc::UnboundedSender<Bytes>,
-    queued: Arc<AtomicUsize>,
-    cancel: CancellationToken,
-}
 
 #[derive(Debug, Default)]
 struct Peer {
-    out: Option<LinkTx>,
+    out: Option<Arc<LinkTx>>,
     /// Id of the current inbound connection from this peer.
     inbound: Option<u64>,
     /// Its full sync arrived on the current inbound connection.
@@ -133,6 +126,10 @@ struct ClusterMetrics {
     takeover_received: Counter,
     handoff_seconds: Histogram,
     sessions_pushed: Counter,
+    /// `fleetgate_dropped_messages_total{reason="cluster_link_down"}`.
+    dropped_link_down: Counter,
+    /// `fleetgate_dropped_messages_total{reason="cluster_queue_full"}`.
+    dropped_queue_full: Counter,
 }
 
 impl ClusterMetrics {
@@ -169,6 +166,8 @@ impl ClusterMetrics {
             takeover_received: metrics::counter!("fleetgate_cluster_takeover_requests_total", "direction" => "received"),
             handoff_seconds: metrics::histogram!("fleetgate_cluster_handoff_seconds"),
             sessions_pushed: metrics::counter!("fleetgate_cluster_sessions_pushed_total"),
+            dropped_link_down: metrics::counter!(crate::metrics::DROPPED_MESSAGES, "reason" => DropReason::ClusterLinkDown.label()),
+            dropped_queue_full: metrics::counter!(crate::metrics::DROPPED_MESSAGES, "reason" => DropReason::ClusterQueueFull.label()),
         }
     }
 }
@@ -303,38 +302,16 @@ impl Cluster {
 
     // ---- sending -------------------------------------------------------------------------------------------
 
-    fn encode(frame: &Frame) -> Bytes {
-        let mut buf = BytesMut::new();
-        frame.encode(&mut buf);
-        buf.freeze()
-    }
-
-    /// Queues `bytes` on `link`; a full queue drops a droppable frame (false) and resets the link for any other
-    /// frame (the peer resyncs on the new link).
-    fn push(&self, link: &LinkTx, bytes: Bytes, droppable: bool) -> bool {
-        if link.queued.load(Ordering::Relaxed) >= self.config.queue_capacity {
-            if droppable {
-                return false;
-            }
-            if link.queued.load(Ordering::Relaxed) >= self.config.queue_capacity.saturating_mul(4) {
-                // A control frame that cannot be queued: the peer is stuck; a fresh link resyncs it.
-                link.cancel.cancel();
-                return false;
-            }
-        }
-        link.queued.fetch_add(1, Ordering::Relaxed);
-        if link.tx.send(bytes).is_err() {
-            link.queued.fetch_sub(1, Ordering::Relaxed);
-            return false;
-        }
-        true
+    /// Queues a control frame on `link`; a full queue resets the link (the peer resyncs on the new link).
+    fn push(&self, link: &LinkTx, frame: &Frame) -> bool {
+        link.push(self.config.queue_capacity, false, |buf| frame.encode(buf))
     }
 
     /// Sends a control frame to one peer; false when it has no live link.
     pub(crate) fn send_to(&self, peer: &str, frame: &Frame) -> bool {
         let link = self.peers.lock().map.get(peer).and_then(|p| p.out.clone());
         match link {
-            Some(link) => self.push(&link, Self::encode(frame), false),
+            Some(link) => self.push(&link, frame),
             None => false,
         }
     }
@@ -343,15 +320,12 @@ impl Cluster {
     pub(crate) fn send_all_to(&self, peer: &str, frames: &[Frame]) -> bool {
         let link = self.peers.lock().map.get(peer).and_then(|p| p.out.clone());
         let Some(link) = link else { return false };
-        frames
-            .iter()
-            .all(|f| self.push(&link, Self::encode(f), false))
+        frames.iter().all(|f| self.push(&link, f))
     }
 
     /// Sends a control frame to every peer with a live link.
     pub(crate) fn broadcast(&self, frame: &Frame) {
-        let bytes = Self::encode(frame);
-        let links: Vec<LinkTx> = self
+        let links: Vec<Arc<LinkTx>> = self
             .peers
             .lock()
             .map
@@ -359,7 +333,7 @@ impl Cluster {
             .filter_map(|p| p.out.clone())
             .collect();
         for l in links {
-            self.push(&l, bytes.clone(), false);
+            self.push(&l, frame);
         }
     }
 
@@ -449,7 +423,7 @@ impl Cluster {
 
     /// Registers our new outbound link to `peer` and queues the full sync on it (routes, claims, retained,
     /// SyncDone) before any incremental frame can follow.
-    pub(crate) fn outbound_up(&self, broker: &Broker, peer: &PeerName, link: LinkTx) {
+    pub(crate) fn outbound_up(&self, broker: &Broker, peer: &PeerName, link: Arc<LinkTx>) {
         {
             let local = self.local.lock();
             let old = {
@@ -462,24 +436,20 @@ impl Cluster {
                 old.cancel.cancel();
             }
             for f in local.filters.keys() {
-                self.push(&link, Self::encode(&Frame::RouteAdd(f.clone())), false);
+                self.push(&link, &Frame::RouteAdd(f.clone()));
             }
             for c in &local.claims {
                 let claim = Frame::Claim {
                     client_id: c.clone(),
                     held: true,
                 };
-                self.push(&link, Self::encode(&claim), false);
+                self.push(&link, &claim);
             }
         }
         for (topic, msg, stamp) in broker.retained.snapshot() {
-            self.push(
-                &link,
-                Self::encode(&Frame::Retain { stamp, topic, msg }),
-                false,
-            );
+            self.push(&link, &Frame::Retain { stamp, topic, msg });
         }
-        self.push(&link, Self::encode(&Frame::SyncDone), false);
+        self.push(&link, &Frame::SyncDone);
         self.metrics.peers_up.set(self.up_peers().len() as f64);
         tracing::info!(event = "cluster_peer_up", peer = %peer, "cluster link to {peer} up");
         self.recompute_claims(broker);

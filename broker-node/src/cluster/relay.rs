@@ -21,12 +21,11 @@ use std::time::{Duration, Instant};
 
 use fleetgate_protocol::mqtt::{ByteString, topic};
 
-use super::frame::Frame;
+use super::Cluster;
+use super::frame::{self, PublishBody};
 use super::routes::PeerName;
-use super::{Cluster, LinkTx};
 use crate::broker::split_share;
 use crate::message::Message;
-use crate::metrics::DropReason;
 
 /// How long a relay lasts after the new node advertised every filter of the session: messages already in flight
 /// to us from other peers arrive within a round trip on a LAN.
@@ -208,31 +207,42 @@ impl Cluster {
         }
     }
 
-    fn send_publish(&self, msg: &Arc<Message>, plan: Vec<Target>) {
-        let links: Vec<(Option<LinkTx>, Target)> = {
-            let peers = self.peers.lock();
-            plan.into_iter()
-                .map(|t| (peers.map.get(&t.peer).and_then(|p| p.out.clone()), t))
-                .collect()
+    /// Queues one Publish frame per target peer, encoded straight into each peer's write buffer (the message
+    /// part encoded once when it goes to several peers).
+    fn send_publish(&self, msg: &Message, plan: Vec<Target>) {
+        let encoded = (plan.len() > 1).then(|| frame::encode_message(msg));
+        let body = match &encoded {
+            Some(b) => PublishBody::Encoded(b),
+            None => PublishBody::Message(msg),
         };
-        for (link, t) in links {
-            let Some(link) = link else {
-                metrics::counter!(crate::metrics::DROPPED_MESSAGES, "reason" => DropReason::ClusterLinkDown.label())
-                    .increment(1);
-                continue;
-            };
-            let frame = Frame::Publish {
-                direct: t.direct,
-                groups: t.groups,
-                sessions: t.sessions,
-                msg: msg.clone(),
-            };
-            if self.push(&link, Self::encode(&frame), true) {
-                self.metrics.forwarded.increment(1);
-            } else {
-                metrics::counter!(crate::metrics::DROPPED_MESSAGES, "reason" => DropReason::ClusterQueueFull.label())
-                    .increment(1);
+        let (mut sent, mut link_down, mut queue_full) = (0, 0, 0);
+        {
+            // Pushing under the peers lock keeps the link alive without cloning a handle per message; a push
+            // takes only its queue's lock.
+            let peers = self.peers.lock();
+            for t in &plan {
+                let Some(link) = peers.map.get(&t.peer).and_then(|p| p.out.as_ref()) else {
+                    link_down += 1;
+                    continue;
+                };
+                let queued = link.push(self.config.queue_capacity, true, |out| {
+                    frame::encode_publish(out, t.direct, &t.groups, &t.sessions, body);
+                });
+                if queued {
+                    sent += 1;
+                } else {
+                    queue_full += 1;
+                }
             }
+        }
+        if sent > 0 {
+            self.metrics.forwarded.increment(sent);
+        }
+        if link_down > 0 {
+            self.metrics.dropped_link_down.increment(link_down);
+        }
+        if queue_full > 0 {
+            self.metrics.dropped_queue_full.increment(queue_full);
         }
     }
 

@@ -139,8 +139,7 @@ impl RouteTable {
     /// The peers (and shared groups) `topic` must go to.
     pub fn matches(&self, topic: &str) -> RemoteMatches {
         let mut hits: Vec<&Route> = Vec::new();
-        let levels: Vec<&str> = topic.split('/').collect();
-        walk(&self.root, &levels, 0, topic.starts_with('$'), &mut hits);
+        walk(&self.root, Some(topic), true, topic.starts_with('$'), &mut hits);
         let mut out = RemoteMatches::default();
         for r in hits {
             if r.shared {
@@ -198,21 +197,30 @@ fn remove_at(node: &mut Node, levels: &[&str], hash: bool, peer: &str, full: &st
     }
 }
 
-fn walk<'a>(node: &'a Node, levels: &[&str], idx: usize, dollar: bool, out: &mut Vec<&'a Route>) {
+/// Collects the routes matching `rest`, the topic levels below `node` (`None` once every level was consumed;
+/// `top` at the root), without splitting the topic into a list first (this runs for every publish).
+fn walk<'a>(node: &'a Node, rest: Option<&str>, top: bool, dollar: bool, out: &mut Vec<&'a Route>) {
     // A leading wildcard never matches a `$` topic [MQTT-4.7.2-1].
-    let wildcard_ok = !(idx == 0 && dollar);
+    let wildcard_ok = !(top && dollar);
     if wildcard_ok {
         out.extend(node.hash.iter());
     }
-    let Some(level) = levels.get(idx) else {
+    let Some(rest) = rest else {
         out.extend(node.here.iter());
         return;
     };
-    if let Some(child) = node.children.get(*level) {
-        walk(child, levels, idx + 1, dollar, out);
+    if node.children.is_empty() {
+        return;
+    }
+    let (level, below) = match rest.split_once('/') {
+        Some((level, below)) => (level, Some(below)),
+        None => (rest, None),
+    };
+    if let Some(child) = node.children.get(level) {
+        walk(child, below, false, dollar, out);
     }
     if wildcard_ok && let Some(child) = node.children.get("+") {
-        walk(child, levels, idx + 1, dollar, out);
+        walk(child, below, false, dollar, out);
     }
 }
 

@@ -2,7 +2,8 @@
 
 use std::sync::Arc;
 
-use rustls::pki_types::ServerName;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -36,6 +37,8 @@ async fn mtls_identity_reaches_the_backend() {
     assert_eq!(id.tls_version.as_deref(), Some("TLSv1.3"));
     assert!(id.cipher.is_some() && id.group.is_some(), "{id:?}");
     assert_eq!(id.key_alg.as_deref(), Some("EC256"));
+    // The LB's certificate is ECDSA P-256: its CertificateVerify is signed with that scheme (IANA name).
+    assert_eq!(id.sig_scheme.as_deref(), Some("ecdsa_secp256r1_sha256"));
     assert!(id.client_cert_der.as_ref().is_some_and(|d| !d.is_empty()));
     assert_eq!(
         id.alpn, None,
@@ -52,6 +55,38 @@ async fn mtls_identity_reaches_the_backend() {
         .await
             >= 1.0
     );
+
+    // TLS 1.2: the scheme is the one of the ServerKeyExchange signature.
+    rumqttc_connect(
+        lb.addr("tls-mtls"),
+        "device-7",
+        Some(tls12_client_config(&pki, &cert)),
+    )
+    .await
+    .unwrap();
+    let id = b.next().await.header.identity;
+    assert_eq!(id.tls_version.as_deref(), Some("TLSv1.2"));
+    assert_eq!(id.cn.as_deref(), Some("device-7"));
+    assert_eq!(id.sig_scheme.as_deref(), Some("ecdsa_secp256r1_sha256"));
+}
+
+/// `pki.client_config(Some(cert))` limited to TLS 1.2.
+fn tls12_client_config(pki: &TestPki, cert: &ClientCert) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(pki.files.ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    let chain = vec![CertificateDer::from_pem_slice(cert.cert_pem.as_bytes()).unwrap()];
+    let key = PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS12])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)
+    .unwrap();
+    Arc::new(config)
 }
 
 #[tokio::test]

@@ -1,0 +1,216 @@
+//! The per-peer outbound queue of a cluster link, between the senders ([`super::Cluster`]'s `push`, the publish
+//! path's forwards) and the link's writer ([`LinkTx::write_loop`], run by `link.rs`). Frames are encoded straight
+//! into one write buffer, in queue order; the writer swaps the whole buffer out and writes it with one
+//! `write_all`, so a burst of forwards costs one socket write, no allocation per frame (the two buffers are reused)
+//! and at most one wake-up of the writer (only when it waits on an empty queue).
+
+use std::io;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use parking_lot::Mutex;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::frame::Frame;
+use super::link::LinkWrite;
+
+/// A write buffer grown past this by a burst is freed after the write instead of kept for reuse: a link that
+/// once carried a large backlog (or one big message) should not hold that much memory while it idles.
+const KEEP_WRITE_BUFFER: usize = 1024 * 1024;
+
+/// What is queued for the writer.
+#[derive(Debug, Default)]
+struct Outbox {
+    /// Encoded frames, in queue order.
+    buf: BytesMut,
+    /// Frames in `buf` (the queue bound counts frames).
+    frames: usize,
+    /// The writer found the queue empty and waits for [`LinkTx::wake`].
+    idle: bool,
+    /// The link ended: nothing more is queued.
+    closed: bool,
+}
+
+/// Our outbound queue to one peer.
+#[derive(Debug)]
+pub(crate) struct LinkTx {
+    /// Which outbound connection this is (a reconnect gets a new one).
+    pub(crate) id: u64,
+    queue: Mutex<Outbox>,
+    /// Wakes the writer when it waits on an empty queue.
+    wake: Notify,
+    /// Ends the link (the peer then resyncs on a new one).
+    pub(crate) cancel: CancellationToken,
+}
+
+impl LinkTx {
+    /// An empty queue for outbound connection `id`.
+    pub(crate) fn new(id: u64, cancel: CancellationToken) -> LinkTx {
+        LinkTx {
+            id,
+            queue: Mutex::new(Outbox::default()),
+            wake: Notify::new(),
+            cancel,
+        }
+    }
+
+    /// Queues the frame `encode` appends (exactly one). With `capacity` frames already waiting, a droppable
+    /// frame is refused (false) and any other is queued up to 4 × `capacity`; past that the link is reset (the
+    /// peer resyncs on the new link). False as well once the link ended.
+    pub(crate) fn push(
+        &self,
+        capacity: usize,
+        droppable: bool,
+        encode: impl FnOnce(&mut BytesMut),
+    ) -> bool {
+        let mut q = self.queue.lock();
+        if q.closed {
+            return false;
+        }
+        if q.frames >= capacity {
+            if droppable {
+                return false;
+            }
+            if q.frames >= capacity.saturating_mul(4) {
+                // A control frame that cannot be queued: the peer is stuck; a fresh link resyncs it.
+                drop(q);
+                self.cancel.cancel();
+                return false;
+            }
+        }
+        encode(&mut q.buf);
+        q.frames += 1;
+        let wake = std::mem::take(&mut q.idle);
+        drop(q);
+        if wake {
+            self.wake.notify_one();
+        }
+        true
+    }
+
+    /// The link ended: later pushes fail, and what is queued is dropped.
+    pub(crate) fn close(&self) {
+        let mut q = self.queue.lock();
+        q.closed = true;
+        q.frames = 0;
+        q.buf = BytesMut::new();
+    }
+
+    /// Writes the queue in order, everything queued at once per write; a heartbeat when idle for `heartbeat`.
+    /// Returns on a write error only.
+    pub(crate) async fn write_loop(
+        &self,
+        w: &mut LinkWrite,
+        heartbeat: Duration,
+    ) -> io::Result<()> {
+        let mut beat = BytesMut::new();
+        Frame::Heartbeat.encode(&mut beat);
+        let mut batch = BytesMut::new();
+        loop {
+            let ready = {
+                let mut q = self.queue.lock();
+                if q.frames == 0 {
+                    q.idle = true;
+                    false
+                } else {
+                    // The cleared buffer of the last write becomes the queue's: no allocation per batch.
+                    std::mem::swap(&mut q.buf, &mut batch);
+                    q.frames = 0;
+                    true
+                }
+            };
+            if !ready {
+                if tokio::time::timeout(heartbeat, self.wake.notified())
+                    .await
+                    .is_err()
+                {
+                    w.write_all(&beat).await?;
+                } else if tmp_yield() {
+                    tokio::task::yield_now().await;
+                }
+                continue;
+            }
+            w.write_all(&batch).await?;
+            batch.clear();
+            if batch.capacity() > KEEP_WRITE_BUFFER {
+                batch = BytesMut::new();
+            }
+        }
+    }
+}
+
+fn tmp_yield() -> bool {
+    static Y: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *Y.get_or_init(|| std::env::var_os("FG_TMP_YIELD").is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn heartbeat(b: &mut BytesMut) {
+        Frame::Heartbeat.encode(b);
+    }
+
+    #[test]
+    fn bound_drops_forwards_then_resets_the_link() {
+        let link = LinkTx::new(1, CancellationToken::new());
+        assert!(link.push(2, true, heartbeat));
+        assert!(link.push(2, true, heartbeat));
+        assert!(
+            !link.push(2, true, heartbeat),
+            "droppable frame over capacity"
+        );
+        for _ in 0..6 {
+            assert!(link.push(2, false, heartbeat));
+        }
+        assert!(!link.cancel.is_cancelled());
+        assert!(!link.push(2, false, heartbeat));
+        assert!(link.cancel.is_cancelled());
+        link.close();
+        assert!(!link.push(100, false, heartbeat), "closed");
+    }
+
+    #[tokio::test]
+    async fn writes_every_frame_in_order_in_few_writes() {
+        let (client, mut server) = tokio::io::duplex(1 << 20);
+        let link = std::sync::Arc::new(LinkTx::new(1, CancellationToken::new()));
+        for i in 0..100u64 {
+            assert!(link.push(1000, true, |b| Frame::Barrier(i).encode(b)));
+        }
+        let writer = {
+            let link = link.clone();
+            tokio::spawn(async move {
+                let mut w: LinkWrite = Box::new(client);
+                link.write_loop(&mut w, Duration::from_secs(60)).await
+            })
+        };
+        // Pushed while the writer waits: it is woken.
+        tokio::task::yield_now().await;
+        assert!(link.push(1000, false, |b| Frame::Barrier(100).encode(b)));
+        let mut buf = BytesMut::new();
+        let mut next = 0u64;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while next <= 100 {
+            tokio::time::timeout_at(
+                deadline,
+                tokio::io::AsyncReadExt::read_buf(&mut server, &mut buf),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+            while let Some(f) = Frame::decode(&mut buf, 1 << 16).unwrap() {
+                match f {
+                    Frame::Barrier(i) => {
+                        assert_eq!(i, next);
+                        next += 1;
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        }
+        writer.abort();
+    }
+}

@@ -17,6 +17,7 @@ use fleetgate_tests::ServerProcess;
 use fleetgate_tests::auth::scratch_dir;
 use fleetgate_tests::clients::{self, MqttVersion, RunningCommand};
 use fleetgate_tests::cluster::id_owned_by;
+use fleetgate_tests::raw::{Connect, RawClient};
 use fleetgate_tests::{eventually, http};
 use serde_json::Value;
 
@@ -220,6 +221,26 @@ async fn up_runs_one_cluster_behind_the_lb_and_stops_cleanly() {
             NODES[2],
             NODES[0]
         );
+
+        // (b2) The node sees the device's own address (from the LB's PROXY v2 header), not the LB's.
+        let device_id = id_owned_by(&NODES, NODES[1], "up-device");
+        let mut device = RawClient::connect(mqtt).await;
+        device.send(&Connect::new(4, &device_id).encode()).await;
+        let connack = device.read_packet(WAIT).await;
+        assert_eq!(connack.map(|(first, _)| first), Some(0x20), "CONNACK");
+        let info = http::get(admins[1], &format!("/clients/{device_id}")).await;
+        assert_eq!(
+            info.status, 200,
+            "{device_id} on {}: {}",
+            NODES[1], info.body
+        );
+        let info: Value = serde_json::from_str(&info.body).expect("JSON");
+        assert_eq!(
+            info["source"].as_str(),
+            Some(device.local_addr().to_string().as_str()),
+            "the node's view of {device_id}: {info}"
+        );
+        drop(device);
 
         // (c) SIGTERM: `up` stops every child and exits 0; none of them is left.
         let pids: Vec<u32> = up

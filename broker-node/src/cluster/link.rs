@@ -35,6 +35,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Bytes requested per socket read: a busy link carries thousands of small frames a second, all applied per
 /// read, so a large read means few reads (and few wake-ups); a few links per node make the memory irrelevant.
 const READ_CHUNK: usize = 64 * 1024;
+/// Most Publish frames from a peer applied under one router read lock: amortises the lock over a read, while a
+/// subscribe (router write lock) waits at most this many deliveries.
+const PUBLISH_BATCH: usize = 64;
 /// After an accept error (e.g. out of file descriptors), pause instead of spinning.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -320,14 +323,10 @@ async fn inbound(cluster: Arc<Cluster>, broker: Arc<Broker>, stream: TcpStream) 
         );
     }
     let mut incoming = Incoming::default();
-    let end = 'link: loop {
+    let end = loop {
         // Every complete frame of the last read, then one read: no timer or wake-up per frame.
-        loop {
-            match reader.buffered() {
-                Ok(Some(frame)) => cluster.on_frame(&broker, &peer, frame, &mut incoming),
-                Ok(None) => break,
-                Err(e) => break 'link Some(e),
-            }
+        if let Err(e) = apply_buffered(&cluster, &broker, &peer, &mut reader, &mut incoming) {
+            break Some(e);
         }
         let filled = tokio::select! {
             _ = stop.cancelled() => break None,
@@ -346,6 +345,44 @@ async fn inbound(cluster: Arc<Cluster>, broker: Arc<Broker>, stream: TcpStream) 
     beat.abort();
     incoming.abandon(&broker);
     cluster.inbound_down(&peer, id);
+}
+
+/// Applies every complete frame already read, in order; a run of Publish frames shares one router read lock
+/// (at most [`PUBLISH_BATCH`] of them).
+fn apply_buffered(
+    cluster: &Arc<Cluster>,
+    broker: &Arc<Broker>,
+    peer: &PeerName,
+    reader: &mut FrameReader,
+    incoming: &mut Incoming,
+) -> Result<(), LinkError> {
+    let mut router = None;
+    let mut held = 0;
+    while let Some(frame) = reader.buffered()? {
+        match frame {
+            Frame::Publish {
+                direct,
+                groups,
+                sessions,
+                msg,
+            } => {
+                if held == PUBLISH_BATCH {
+                    router = None;
+                    held = 0;
+                }
+                let r = router.get_or_insert_with(|| broker.router.read());
+                held += 1;
+                cluster.on_publish(broker, r, peer, direct, &groups, &sessions, &msg);
+            }
+            frame => {
+                // Other frames may take the router themselves (a session handed over).
+                router = None;
+                held = 0;
+                cluster.on_frame(broker, peer, frame, incoming);
+            }
+        }
+    }
+    Ok(())
 }
 
 fn w_hello(cluster: &Cluster) -> Bytes {

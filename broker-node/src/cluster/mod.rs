@@ -78,6 +78,7 @@ use crate::broker::{Broker, Relayed};
 use crate::message::Message;
 use crate::metrics::DropReason;
 use crate::retained::Stamp;
+use crate::router::Router;
 use frame::{FRAME_OVERHEAD, Frame};
 use handoff::Pending;
 use outbox::LinkTx;
@@ -185,6 +186,8 @@ pub struct Cluster {
     routes: RwLock<RouteTable>,
     local: Mutex<Local>,
     relays: Mutex<Vec<relay::Relay>>,
+    /// `relays` is not empty (written under its lock): spares every publish the lock while there is none.
+    has_relays: AtomicBool,
     pub(crate) pending: Mutex<HashMap<u64, Pending>>,
     barriers: Mutex<HashMap<u64, oneshot::Sender<()>>>,
     /// Client IDs whose session this node handed away, and to whom (answers later requests).
@@ -228,6 +231,7 @@ impl Cluster {
             routes: RwLock::new(RouteTable::new()),
             local: Mutex::new(Local::default()),
             relays: Mutex::new(Vec::new()),
+            has_relays: AtomicBool::new(false),
             pending: Mutex::new(HashMap::new()),
             barriers: Mutex::new(HashMap::new()),
             moved: Mutex::new(HashMap::new()),
@@ -583,33 +587,8 @@ impl Cluster {
                 sessions,
                 msg,
             } => {
-                // Under one router read lock: no session is handed away between the local delivery and the
-                // relays, so a session gets the message either here (and takes it along) or relayed.
                 let router = broker.router.read();
-                broker.deliver_in(
-                    &router,
-                    &msg,
-                    &mut crate::router::Scope::Chosen {
-                        direct,
-                        groups: &groups,
-                    },
-                );
-                let gone: Vec<&ByteString> = sessions
-                    .iter()
-                    .filter(|c| broker.deliver_to(&router, c, &msg) == Relayed::NoSession)
-                    .collect();
-                let origin = relay::Origin::Peer {
-                    peer,
-                    direct,
-                    groups: !groups.is_empty(),
-                    sessions: &sessions,
-                };
-                let relayed = self.relay(&msg, origin);
-                drop(router);
-                let lost = gone.iter().filter(|c| !relayed.contains(c)).count();
-                broker
-                    .metrics
-                    .dropped_n(DropReason::ClusterSessionGone, lost);
+                self.on_publish(broker, &router, peer, direct, &groups, &sessions, &msg);
             }
             Frame::Retain { stamp, topic, msg } => {
                 broker.retained.apply(topic, msg, stamp);
@@ -645,6 +624,45 @@ impl Cluster {
             | Frame::SessionMsg { .. }
             | Frame::SessionEnd { .. }) => handoff::on_frame(self, broker, peer, f, sessions),
         }
+    }
+
+    /// Applies a Publish frame from `peer` with the router read-locked by the caller (the link applies a run of
+    /// them under one lock). Under that lock no session is handed away between the local delivery and the
+    /// relays, so a session gets the message either here (and takes it along) or relayed.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn on_publish(
+        &self,
+        broker: &Broker,
+        router: &Router,
+        peer: &PeerName,
+        direct: bool,
+        groups: &[ByteString],
+        sessions: &[ByteString],
+        msg: &Arc<Message>,
+    ) {
+        broker.deliver_in(
+            router,
+            msg,
+            &mut crate::router::Scope::Chosen { direct, groups },
+        );
+        if sessions.is_empty() && !self.has_relays.load(Ordering::Acquire) {
+            return;
+        }
+        let gone: Vec<&ByteString> = sessions
+            .iter()
+            .filter(|c| broker.deliver_to(router, c, msg) == Relayed::NoSession)
+            .collect();
+        let origin = relay::Origin::Peer {
+            peer,
+            direct,
+            groups: !groups.is_empty(),
+            sessions,
+        };
+        let relayed = self.relay(msg, origin);
+        let lost = gone.iter().filter(|c| !relayed.contains(c)).count();
+        broker
+            .metrics
+            .dropped_n(DropReason::ClusterSessionGone, lost);
     }
 
     /// One barrier round with every linked peer (bounded by `dead_after` each): everything queued to them so far

@@ -170,6 +170,9 @@ impl Cluster {
 
     /// Adds the relayed sessions `topic_name` is for, as `origin` asks.
     fn add_relays(&self, topic_name: &str, origin: Origin<'_>, plan: &mut Vec<Target>) {
+        if !self.has_relays.load(Ordering::Acquire) {
+            return;
+        }
         let expired: Vec<ByteString> = {
             let mut relays = self.relays.lock();
             if relays.is_empty() {
@@ -185,6 +188,7 @@ impl Cluster {
                     true
                 }
             });
+            self.has_relays.store(!relays.is_empty(), Ordering::Release);
             for r in relays.iter() {
                 if !r.matches(topic_name) || !origin.wants(r) {
                     continue;
@@ -262,7 +266,8 @@ impl Cluster {
         for f in &held {
             self.filter_added(f);
         }
-        self.relays.lock().push(Relay {
+        let mut relays = self.relays.lock();
+        relays.push(Relay {
             peer: peer.clone(),
             client_id: client_id.clone(),
             filters: filters.to_vec(),
@@ -271,6 +276,7 @@ impl Cluster {
             arrived: false,
             confirmed: None,
         });
+        self.has_relays.store(true, Ordering::Release);
     }
 
     /// `peer` put the session of `client_id` we handed it in its router: what it publishes from now on reaches
@@ -325,6 +331,7 @@ impl Cluster {
                     true
                 }
             });
+            self.has_relays.store(!relays.is_empty(), Ordering::Release);
             out
         };
         for f in released {

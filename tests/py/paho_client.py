@@ -47,6 +47,9 @@ def main():
     p.add_argument("--hold", action="store_true", help="stay connected until the server disconnects or --timeout")
     p.add_argument("--abrupt", action="store_true", help="exit without sending DISCONNECT")
     p.add_argument("--timeout", type=float, default=10.0)
+    p.add_argument("--cafile", help="connect with TLS, verifying the server against this CA (PEM)")
+    p.add_argument("--cert", help="client certificate (PEM), with --cafile")
+    p.add_argument("--key", help="client private key (PEM), with --cert")
     a = p.parse_args()
 
     v5 = a.version == "5"
@@ -87,6 +90,8 @@ def main():
     client.on_message = on_message
     client.on_disconnect = on_disconnect
 
+    if a.cafile:
+        client.tls_set(ca_certs=a.cafile, certfile=a.cert, keyfile=a.key)
     if a.username is not None:
         client.username_pw_set(a.username, a.password)
     if a.will_topic:

@@ -172,7 +172,7 @@ async fn up_runs_one_cluster_behind_the_lb_and_stops_cleanly() {
             assert_eq!(peers, 2.0, "{node} is linked to both other nodes");
         }
 
-        // (a) TLS subscriber with the dev CA and client certificate, plain publisher.
+        // (a) TLS subscriber with the dev CA and client certificate, TLS publisher without one.
         let ca = dir.path().join("ca.pem");
         let (cert, key) = (
             dir.path().join("client.pem"),
@@ -189,9 +189,41 @@ async fn up_runs_one_cluster_behind_the_lb_and_stops_cleanly() {
         let mut sub_args = vec!["-t", "up/tls", "-C", "1", "-q", "1"];
         sub_args.extend_from_slice(&tls);
         let sub = subscribed(mqtts, &sub_args).await;
-        deliver(&sub, mqtt, "up/tls", "over-tls", &[]).await;
+        // Published over TLS without a client certificate (the subscriber has one).
+        deliver(
+            &sub,
+            mqtts,
+            "up/tls",
+            "over-tls",
+            &["--cafile", ca.to_str().unwrap()],
+        )
+        .await;
         let out = sub.finish().await;
         assert!(out.success(), "mosquitto_sub over TLS: {}", out.stderr);
+
+        // (a2) paho over TLS through the LB: MQTT 5 with the client certificate, 3.1.1 without one.
+        let ca_arg = ca.to_str().unwrap();
+        let with_cert = ["--cafile", ca_arg, "--cert", tls[3], "--key", tls[5]];
+        let without_cert = ["--cafile", ca_arg];
+        for (version, id, extra) in [
+            (MqttVersion::V5, "paho-tls-5", &with_cert[..]),
+            (MqttVersion::V311, "paho-tls-311", &without_cert[..]),
+        ] {
+            let topic = format!("up/{id}");
+            let (sub, publish) = (format!("{topic}@1"), format!("1,0,{topic},hello"));
+            let mut args = vec![
+                "--id", id, "--sub", &sub, "--pub", &publish, "--expect", "1",
+            ];
+            args.extend_from_slice(extra);
+            let out = clients::paho(mqtts, version, &args).finish().await;
+            let got = out.events_of("msg");
+            assert!(
+                out.success() && got.len() == 1 && got[0]["payload"] == "hello",
+                "paho {id} over TLS: {:?}\n{}",
+                out.stdout,
+                out.stderr
+            );
+        }
 
         // (b) Subscriber pinned to one node, publisher to another, both through the LB.
         let sub_id = id_owned_by(&NODES, NODES[0], "up-sub");

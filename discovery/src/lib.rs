@@ -18,8 +18,6 @@ pub mod endpoint;
 pub mod resolve;
 
 #[cfg(test)]
-mod stub_dns;
-#[cfg(test)]
 mod tests;
 
 pub use configured::from_config;

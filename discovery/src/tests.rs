@@ -8,7 +8,7 @@ use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::stub_dns::{Mode, StubDns};
+use fleetgate_tests::dns::{Mode, StubDns};
 use crate::{
     Discovery, DiscoveryOptions, Endpoint, EndpointSet, FailureReason, NameFrom, Nameserver, Source,
 };

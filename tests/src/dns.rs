@@ -1,5 +1,5 @@
-//! A stub DNS server on a UDP socket at 127.0.0.1:0 for process tests (a copy of `fleetgate-discovery`'s
-//! unit-test stub): hickory-proto decodes the queries and encodes the answers; tests change the zone (A/AAAA and
+//! A stub DNS server on a UDP socket at 127.0.0.1:0 for the discovery crate's tests and the process tests:
+//! hickory-proto decodes the queries and encodes the answers; tests change the zone (A/AAAA and
 //! SRV records, as a Kubernetes headless Service would publish them), or make the server fail, while the
 //! processes under test discover against it (`nameserver = "<addr>"`).
 

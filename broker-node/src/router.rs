@@ -159,6 +159,8 @@ pub enum Scope<'s> {
 #[derive(Debug, Default)]
 struct Node {
     children: HashMap<Box<str>, Node>,
+    /// `children` holds a `+` child: spares every publish a hash lookup of `+` at every level without one.
+    has_plus: bool,
     /// Filters ending at this level.
     here: Entries,
     /// Filters ending with `/#` after this level (or `#` at the root): match this level and everything below.
@@ -221,6 +223,7 @@ impl Router {
         let (path, hash) = split_hash(filter);
         let mut node = &mut self.root;
         for level in path {
+            node.has_plus |= level == "+";
             node = node.children.entry(level.into()).or_default();
         }
         let entries = if hash { &mut node.hash } else { &mut node.here };
@@ -280,6 +283,9 @@ impl Router {
             }
         }
         node.children.remove(levels[cut]);
+        if levels[cut] == "+" {
+            node.has_plus = false;
+        }
     }
 
     /// Every subscription matching `topic` (several per session when filters overlap; the caller merges).
@@ -341,7 +347,7 @@ fn walk<'a>(root: &'a Node, topic: &str, scope: &mut Scope<'_>, out: &mut Vec<&'
             None => (rest, None),
         };
         let exact = node.children.get(level);
-        let plus = if wildcard_ok && level != "+" {
+        let plus = if wildcard_ok && node.has_plus && level != "+" {
             node.children.get("+")
         } else {
             None
@@ -414,6 +420,19 @@ mod tests {
         assert!(router.unsubscribe("a/#", None, 1));
         assert!(router.root.is_empty());
         assert!(router.is_empty());
+    }
+
+    #[test]
+    fn plus_child_is_found_after_prune_and_resubscribe() {
+        let mut router = Router::new();
+        router.subscribe("a/+", None, sub(1));
+        router.subscribe("a/b", None, sub(2));
+        assert_eq!(hits(&router, "a/b"), vec![1, 2]);
+        assert!(router.unsubscribe("a/+", None, 1));
+        assert_eq!(hits(&router, "a/b"), vec![2]);
+        router.subscribe("a/+", None, sub(3));
+        assert_eq!(hits(&router, "a/b"), vec![2, 3]);
+        assert_eq!(hits(&router, "a/c"), vec![3]);
     }
 
     #[test]

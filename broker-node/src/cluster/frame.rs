@@ -224,7 +224,6 @@ impl Frame {
     }
 
     fn encode_body(&self, out: &mut BytesMut) {
-        let now = Instant::now();
         match self {
             Frame::Hello {
                 version,
@@ -267,7 +266,7 @@ impl Frame {
                 match msg {
                     Some(m) => {
                         out.put_u8(1);
-                        put_message(out, m, now);
+                        put_message(out, m);
                     }
                     None => out.put_u8(0),
                 }
@@ -310,7 +309,7 @@ impl Frame {
                     Some((m, delay)) => {
                         out.put_u8(1);
                         out.put_u32(*delay);
-                        put_message(out, m, now);
+                        put_message(out, m);
                     }
                     None => out.put_u8(0),
                 }
@@ -347,7 +346,7 @@ impl Frame {
                 out.put_u8(qos.value());
                 out.put_u8(u8::from(*retain));
                 put_ids(out, sub_ids);
-                put_message(out, msg, now);
+                put_message(out, msg);
             }
             Frame::SessionEnd { req } => {
                 out.put_u8(ty::SESSION_END);
@@ -395,7 +394,6 @@ impl Frame {
     fn parse(mut b: Bytes) -> Result<Frame, FrameError> {
         let r = &mut b;
         let kind = get_u8(r)?;
-        let now = Instant::now();
         let frame = match kind {
             ty::HELLO => {
                 let version = get_u8(r)?;
@@ -427,7 +425,7 @@ impl Frame {
                     direct,
                     groups,
                     sessions,
-                    msg: Arc::new(get_message(r, now)?),
+                    msg: Arc::new(get_message(r)?),
                 }
             }
             ty::RETAIN => {
@@ -436,7 +434,7 @@ impl Frame {
                 let topic = get_str(r)?;
                 let msg = match get_u8(r)? {
                     0 => None,
-                    _ => Some(Arc::new(get_message(r, now)?)),
+                    _ => Some(Arc::new(get_message(r)?)),
                 };
                 Frame::Retain {
                     stamp: Stamp { time, node },
@@ -472,7 +470,7 @@ impl Frame {
                     0 => None,
                     _ => {
                         let delay = get_u32(r)?;
-                        Some((Arc::new(get_message(r, now)?), delay))
+                        Some((Arc::new(get_message(r)?), delay))
                     }
                 };
                 Frame::SessionBegin {
@@ -506,7 +504,7 @@ impl Frame {
                     qos: get_qos(r)?,
                     retain: get_u8(r)? != 0,
                     sub_ids: get_ids(r)?,
-                    msg: Arc::new(get_message(r, now)?),
+                    msg: Arc::new(get_message(r)?),
                 }
             }
             ty::SESSION_END => Frame::SessionEnd { req: get_u64(r)? },
@@ -545,7 +543,7 @@ pub enum PublishBody<'a> {
 /// The message part of a Publish frame, encoded once for every peer it goes to ([`PublishBody::Encoded`]).
 pub fn encode_message(msg: &Message) -> BytesMut {
     let mut out = BytesMut::with_capacity(message_size_hint(msg));
-    put_message(&mut out, msg, Instant::now());
+    put_message(&mut out, msg);
     out
 }
 
@@ -578,7 +576,7 @@ fn put_publish(
     put_strs(out, groups);
     put_strs(out, sessions);
     match body {
-        PublishBody::Message(m) => put_message(out, m, Instant::now()),
+        PublishBody::Message(m) => put_message(out, m),
         PublishBody::Encoded(b) => out.put_slice(b),
     }
 }
@@ -650,12 +648,13 @@ const P_UTF8: u8 = 16;
 const P_EXPIRY_INTERVAL: u8 = 32;
 
 /// topic, qos, retain, expiry (ms left + 1, 0 = none), property bits and fields, user properties, payload.
-fn put_message(out: &mut BytesMut, m: &Message, now: Instant) {
+/// The clock is read only for a message with an expiry (most have none; this runs for every forward).
+fn put_message(out: &mut BytesMut, m: &Message) {
     put_str(out, &m.topic);
     out.put_u8(m.qos.value());
     out.put_u8(u8::from(m.retain));
     let left = m.expires_at.map_or(0, |at| {
-        u64::try_from(at.saturating_duration_since(now).as_millis())
+        u64::try_from(at.saturating_duration_since(Instant::now()).as_millis())
             .unwrap_or(u64::MAX - 1)
             .saturating_add(1)
     });
@@ -702,12 +701,12 @@ fn put_message(out: &mut BytesMut, m: &Message, now: Instant) {
     put_bytes(out, &m.payload);
 }
 
-fn get_message(r: &mut Bytes, now: Instant) -> Result<Message, FrameError> {
+fn get_message(r: &mut Bytes) -> Result<Message, FrameError> {
     let topic = get_str(r)?;
     let qos = get_qos(r)?;
     let retain = get_u8(r)? != 0;
     let left = get_u64(r)?;
-    let expires_at = (left > 0).then(|| now + Duration::from_millis(left - 1));
+    let expires_at = (left > 0).then(|| Instant::now() + Duration::from_millis(left - 1));
     let bits = get_u8(r)?;
     let properties = if bits & P_PROPS == 0 {
         None

@@ -127,8 +127,6 @@ impl LinkTx {
                     .is_err()
                 {
                     w.write_all(&beat).await?;
-                } else if tmp_yield() {
-                    tokio::task::yield_now().await;
                 }
                 continue;
             }
@@ -139,11 +137,6 @@ impl LinkTx {
             }
         }
     }
-}
-
-fn tmp_yield() -> bool {
-    static Y: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *Y.get_or_init(|| std::env::var_os("FG_TMP_YIELD").is_some())
 }
 
 #[cfg(test)]

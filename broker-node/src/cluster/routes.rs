@@ -23,13 +23,42 @@ struct Route {
 #[derive(Debug, Default)]
 struct Node {
     children: HashMap<Box<str>, Node>,
+    /// The `+` child, apart from `children`: every publish looks it up at every level, without hashing.
+    plus: Option<Box<Node>>,
     here: Vec<Route>,
     hash: Vec<Route>,
 }
 
 impl Node {
     fn is_empty(&self) -> bool {
-        self.children.is_empty() && self.here.is_empty() && self.hash.is_empty()
+        self.children.is_empty()
+            && self.plus.is_none()
+            && self.here.is_empty()
+            && self.hash.is_empty()
+    }
+
+    fn child_mut(&mut self, level: &str) -> Option<&mut Node> {
+        if level == "+" {
+            self.plus.as_deref_mut()
+        } else {
+            self.children.get_mut(level)
+        }
+    }
+
+    fn child_or_new(&mut self, level: &str) -> &mut Node {
+        if level == "+" {
+            self.plus.get_or_insert_with(Box::default)
+        } else {
+            self.children.entry(level.into()).or_default()
+        }
+    }
+
+    fn remove_child(&mut self, level: &str) {
+        if level == "+" {
+            self.plus = None;
+        } else {
+            self.children.remove(level);
+        }
     }
 }
 
@@ -76,7 +105,7 @@ impl RouteTable {
         let (levels, hash) = levels(plain);
         let mut node = &mut self.root;
         for level in levels {
-            node = node.children.entry(level.into()).or_default();
+            node = node.child_or_new(level);
         }
         let list = if hash { &mut node.hash } else { &mut node.here };
         list.push(Route {
@@ -139,7 +168,13 @@ impl RouteTable {
     /// The peers (and shared groups) `topic` must go to.
     pub fn matches(&self, topic: &str) -> RemoteMatches {
         let mut hits: Vec<&Route> = Vec::new();
-        walk(&self.root, Some(topic), true, topic.starts_with('$'), &mut hits);
+        walk(
+            &self.root,
+            Some(topic),
+            true,
+            topic.starts_with('$'),
+            &mut hits,
+        );
         let mut out = RemoteMatches::default();
         for r in hits {
             if r.shared {
@@ -187,10 +222,10 @@ fn remove_at(node: &mut Node, levels: &[&str], hash: bool, peer: &str, full: &st
             list.retain(|r| !(&*r.peer == peer && r.full == full));
         }
         Some((first, rest)) => {
-            if let Some(child) = node.children.get_mut(*first) {
+            if let Some(child) = node.child_mut(first) {
                 remove_at(child, rest, hash, peer, full);
                 if child.is_empty() {
-                    node.children.remove(*first);
+                    node.remove_child(first);
                 }
             }
         }
@@ -209,17 +244,16 @@ fn walk<'a>(node: &'a Node, rest: Option<&str>, top: bool, dollar: bool, out: &m
         out.extend(node.here.iter());
         return;
     };
-    if node.children.is_empty() {
-        return;
-    }
     let (level, below) = match rest.split_once('/') {
         Some((level, below)) => (level, Some(below)),
         None => (rest, None),
     };
-    if let Some(child) = node.children.get(level) {
+    if !node.children.is_empty()
+        && let Some(child) = node.children.get(level)
+    {
         walk(child, below, false, dollar, out);
     }
-    if wildcard_ok && let Some(child) = node.children.get("+") {
+    if wildcard_ok && let Some(child) = &node.plus {
         walk(child, below, false, dollar, out);
     }
 }

@@ -8,10 +8,10 @@ use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use fleetgate_tests::dns::{Mode, StubDns};
 use crate::{
     Discovery, DiscoveryOptions, Endpoint, EndpointSet, FailureReason, NameFrom, Nameserver, Source,
 };
+use fleetgate_tests::dns::{Mode, StubDns};
 
 /// Longest any test waits for something that should happen within a refresh or two (floor: 1 s).
 const DEADLINE: Duration = Duration::from_secs(8);

@@ -211,24 +211,7 @@ impl Mqtt {
 
     /// Reads one packet: (first byte, body); `None` on close or after [`PACKET_DEADLINE`].
     pub async fn read(&mut self) -> Option<(u8, Vec<u8>)> {
-        let read = async {
-            let first = self.stream.read_u8().await.ok()?;
-            let mut len = 0usize;
-            for shift in 0..4 {
-                let b = self.stream.read_u8().await.ok()?;
-                len |= usize::from(b & 0x7F) << (7 * shift);
-                if b & 0x80 == 0 {
-                    let mut body = vec![0; len];
-                    self.stream.read_exact(&mut body).await.ok()?;
-                    return Some((first, body));
-                }
-            }
-            None
-        };
-        tokio::time::timeout(PACKET_DEADLINE, read)
-            .await
-            .ok()
-            .flatten()
+        raw::read_packet(&mut self.stream, PACKET_DEADLINE).await
     }
 
     /// Sends `connect` and returns the CONNACK reason/return code; `None` when the server closed without one.

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use fleetgate_protocol::proxy::{HeaderSpec, PeerIdentity, encode_v2};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -201,21 +201,7 @@ impl RawClient {
 
     /// Reads one MQTT packet (first byte, body) within `deadline`; `None` on EOF, error, timeout or garbage.
     pub async fn read_packet(&mut self, deadline: Duration) -> Option<(u8, Vec<u8>)> {
-        let read = async {
-            let first = self.stream.read_u8().await.ok()?;
-            let mut len = 0usize;
-            for shift in 0..4 {
-                let b = self.stream.read_u8().await.ok()?;
-                len |= usize::from(b & 0x7F) << (7 * shift);
-                if b & 0x80 == 0 {
-                    let mut body = vec![0; len];
-                    self.stream.read_exact(&mut body).await.ok()?;
-                    return Some((first, body));
-                }
-            }
-            None
-        };
-        tokio::time::timeout(deadline, read).await.ok().flatten()
+        read_packet(&mut self.stream, deadline).await
     }
 
     /// Waits up to `deadline` for the server to close the connection, collecting what it sent meanwhile.
@@ -231,6 +217,29 @@ impl RawClient {
             }
         }
     }
+}
+
+/// Reads one MQTT packet (first byte, body) from any stream (TCP, TLS) within `deadline`; `None` on EOF, error,
+/// timeout or a remaining length longer than four bytes.
+pub async fn read_packet<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    deadline: Duration,
+) -> Option<(u8, Vec<u8>)> {
+    let read = async {
+        let first = stream.read_u8().await.ok()?;
+        let mut len = 0usize;
+        for shift in 0..4 {
+            let b = stream.read_u8().await.ok()?;
+            len |= usize::from(b & 0x7F) << (7 * shift);
+            if b & 0x80 == 0 {
+                let mut body = vec![0; len];
+                stream.read_exact(&mut body).await.ok()?;
+                return Some((first, body));
+            }
+        }
+        None
+    };
+    tokio::time::timeout(deadline, read).await.ok().flatten()
 }
 
 #[cfg(test)]

@@ -1,12 +1,9 @@
 //! How every load client reaches the server: TCP connect → optional PROXY v2 header → optional TLS handshake →
 //! CONNECT/CONNACK. The resulting [`Stream`] is plain or TLS behind one type.
 
-use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -14,10 +11,11 @@ use bytes::BytesMut;
 use fleetgate_protocol::proxy::{HeaderSpec, PeerIdentity, encode_v2};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
+use tokio_util::either::Either;
 
 use crate::mqtt::{self, Packet, Version};
 
@@ -109,53 +107,8 @@ fn tls_connector(args: &TlsArgs) -> anyhow::Result<(TlsConnector, ServerName<'st
     Ok((TlsConnector::from(Arc::new(config)), name))
 }
 
-/// A plain or TLS connection.
-pub enum Stream {
-    /// Plain TCP.
-    Plain(TcpStream),
-    /// TLS over TCP.
-    Tls(Box<TlsStream<TcpStream>>),
-}
-
-impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
-}
+/// A plain (`Left`) or TLS (`Right`) connection.
+pub type Stream = Either<TcpStream, Box<TlsStream<TcpStream>>>;
 
 /// An MQTT session after CONNACK: the stream plus any bytes read past the CONNACK.
 pub struct Session {
@@ -198,13 +151,13 @@ async fn connect_inner(
             .context("writing PROXY header")?;
     }
     let mut stream = match &target.tls {
-        Some((connector, name)) => Stream::Tls(Box::new(
+        Some((connector, name)) => Either::Right(Box::new(
             connector
                 .connect(name.clone(), tcp)
                 .await
                 .context("tls handshake")?,
         )),
-        None => Stream::Plain(tcp),
+        None => Either::Left(tcp),
     };
     let mut out = BytesMut::with_capacity(64);
     mqtt::encode_connect(&mut out, target.version, client_id, keep_alive);

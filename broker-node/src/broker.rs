@@ -25,7 +25,8 @@ use crate::message::{Delivery, Message};
 use crate::metrics::Metrics;
 use crate::retained::RetainedStore;
 use crate::router::{Router, Scope, Subscriber};
-use crate::session::{ConnSignal, ConnSlot, Session, SubscriptionEntry, Will};
+use crate::session::{ConnSlot, Session, SubscriptionEntry, Will};
+use crate::signal::ConnSignal;
 use crate::will;
 
 /// What a connection brings to [`Broker::attach`].
@@ -250,6 +251,17 @@ impl Broker {
             generation,
             signal,
             took_over,
+        }
+    }
+
+    /// Tells every attached connection the node is shutting down (after the connections' shutdown token was
+    /// cancelled; a connection attached later sees the token).
+    pub fn shutdown_connections(&self) {
+        let sessions: Vec<Arc<Session>> = self.sessions.lock().values().cloned().collect();
+        for session in sessions {
+            if let Some(slot) = &session.state.lock().conn {
+                slot.signal.shutdown();
+            }
         }
     }
 

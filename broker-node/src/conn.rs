@@ -28,7 +28,8 @@ use crate::inbound::InboundAliases;
 use crate::limits::{self, CLOSE_FLUSH_TIMEOUT, ConnLimits, WRITE_HIGH_WATER};
 use crate::listener::{self, ClientOrigin, ListenerCtx};
 use crate::outbound::OutboundAliases;
-use crate::session::{ConnSignal, Session};
+use crate::session::Session;
+use crate::signal::{ConnSignal, Wake};
 use crate::wire::{ReadError, Ready, Wire};
 use crate::{auth, events, inbound, metrics, outbound, will};
 
@@ -376,6 +377,11 @@ async fn handshake(
 impl Conn {
     /// The packet loop: returns how the connection ended.
     async fn run(&mut self, shutdown: &CancellationToken) -> End {
+        // From here on shutdown arrives through the signal ([`Broker::shutdown_connections`], called after
+        // `shutdown` is cancelled): this check covers a connection attached after that sweep.
+        if shutdown.is_cancelled() {
+            return End::ServerShutdown;
+        }
         let keep_alive = limits::keep_alive_deadline(self.limits.keep_alive);
         // One timer for the whole connection, re-armed from `last_activity` only when it fires, so receiving a
         // packet costs no timer update.
@@ -399,12 +405,12 @@ impl Conn {
             let drain_again = more && !want_write;
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => return End::ServerShutdown,
-                _ = self.signal.notify.notified() => {
-                    if self.signal.is_kicked() {
-                        return if self.signal.is_moved() { End::Moved } else { End::Takeover };
-                    }
-                }
+                wake = std::future::poll_fn(|cx| self.signal.poll_wake(cx)) => match wake {
+                    Wake::Shutdown => return End::ServerShutdown,
+                    Wake::Moved => return End::Moved,
+                    Wake::TakenOver => return End::Takeover,
+                    Wake::Messages => {}
+                },
                 // One poll function for both directions rather than `readable()`/`writable()` futures: they would
                 // live in this connection's future for its whole life (memory per idle connection).
                 ready = std::future::poll_fn(|cx| Wire::poll_ready(&self.wire.stream, cx, want_read, want_write)),

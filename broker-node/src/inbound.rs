@@ -4,7 +4,6 @@
 use std::io::ErrorKind;
 use std::num::NonZeroU16;
 use std::sync::Arc;
-use std::time::Instant as StdInstant;
 
 use fleetgate_protocol::mqtt::{
     ByteString, DisconnectReasonCode, Packet, Publish, PublishAck, PublishAck2, PublishAck2Reason,
@@ -286,7 +285,7 @@ fn on_denied_publish(conn: &mut Conn, qos: QoS, packet_id: Option<NonZeroU16>) -
 }
 
 fn route(conn: &Conn, publish: Publish, topic: ByteString) {
-    let msg = Message::from_publish(publish, topic, conn.session.id, StdInstant::now());
+    let msg = Message::from_publish(publish, topic, conn.session.id);
     conn.broker.publish(Arc::new(msg));
 }
 

@@ -39,6 +39,7 @@ pub mod outbound;
 pub mod retained;
 pub mod router;
 pub mod session;
+pub mod signal;
 pub mod will;
 pub mod wire;
 

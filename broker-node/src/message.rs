@@ -1,6 +1,7 @@
 //! What flows between sessions: an application [`Message`] (shared by every subscriber through an `Arc`, payload
 //! never copied) and a [`Delivery`] (one message bound for one session, with that subscription's QoS and IDs).
 
+use std::cell::OnceCell;
 use std::num::{NonZeroU16, NonZeroU32};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,6 +12,23 @@ use crate::limits::COMPACT_BELOW;
 
 /// Identifies the session a message came from, for No Local; 0 means "not from a client" (will, retained).
 pub type SessionId = u64;
+
+/// The current time, read from the clock at most once and only when a message with an expiry asks for it (most
+/// messages have none, and the hot paths then never read the clock).
+#[derive(Debug, Default)]
+pub struct LazyNow(OnceCell<Instant>);
+
+impl LazyNow {
+    /// A clock that has not been read yet.
+    pub fn new() -> LazyNow {
+        LazyNow::default()
+    }
+
+    /// The time of the first call.
+    pub fn get(&self) -> Instant {
+        *self.0.get_or_init(Instant::now)
+    }
+}
 
 /// One published application message as the broker keeps it.
 #[derive(Debug)]
@@ -33,12 +51,7 @@ pub struct Message {
 
 impl Message {
     /// Builds a message from an inbound PUBLISH whose topic alias has been resolved to `topic`.
-    pub fn from_publish(
-        publish: Publish,
-        topic: ByteString,
-        origin: SessionId,
-        now: Instant,
-    ) -> Message {
+    pub fn from_publish(publish: Publish, topic: ByteString, origin: SessionId) -> Message {
         let mut properties = publish.properties;
         let mut expires_at = None;
         if let Some(p) = properties.as_mut() {
@@ -46,7 +59,7 @@ impl Message {
             p.subscription_ids.clear();
             expires_at = p
                 .message_expiry_interval
-                .map(|s| now + Duration::from_secs(u64::from(s.get())));
+                .map(|s| Instant::now() + Duration::from_secs(u64::from(s.get())));
         }
         Message {
             topic,
@@ -108,6 +121,11 @@ impl Message {
         self.expires_at.is_some_and(|at| at <= now)
     }
 
+    /// [`is_expired`](Self::is_expired), reading the clock only for a message with an expiry.
+    pub fn is_expired_lazy(&self, now: &LazyNow) -> bool {
+        self.expires_at.is_some_and(|at| at <= now.get())
+    }
+
     /// Seconds of expiry left, rounded up, for the forwarded Message Expiry Interval; `None` without expiry.
     pub fn remaining_expiry(&self, now: Instant) -> Option<NonZeroU32> {
         let left = self.expires_at?.saturating_duration_since(now);
@@ -144,7 +162,7 @@ impl Delivery {
         topic: ByteString,
         alias: Option<NonZeroU16>,
         v5: bool,
-        now: Instant,
+        now: &LazyNow,
     ) -> Publish {
         let nothing = self.msg.properties.is_none()
             && alias.is_none()
@@ -154,7 +172,7 @@ impl Delivery {
             let mut p = self.msg.properties.clone().unwrap_or_default();
             p.topic_alias = alias;
             if self.msg.expires_at.is_some() {
-                p.message_expiry_interval = self.msg.remaining_expiry(now);
+                p.message_expiry_interval = self.msg.remaining_expiry(now.get());
             }
             p.subscription_ids.clone_from(&self.sub_ids);
             Some(p)

@@ -159,7 +159,8 @@ impl Node {
             accept_loops,
             tracker,
             grace,
-            cluster.map(|c| (c, broker.clone())),
+            broker.clone(),
+            cluster,
             admin_task,
         ));
         Ok(NodeHandle {
@@ -186,7 +187,8 @@ async fn supervise(
     accept_loops: Vec<JoinHandle<()>>,
     tracker: TaskTracker,
     grace: Duration,
-    cluster: Option<(Arc<Cluster>, Arc<Broker>)>,
+    broker: Arc<Broker>,
+    cluster: Option<Arc<Cluster>>,
     admin_task: Option<JoinHandle<()>>,
 ) {
     let Stop {
@@ -202,17 +204,18 @@ async fn supervise(
         let _ = a.await;
     }
     let deadline = tokio::time::Instant::now() + grace;
-    if let Some((c, broker)) = &cluster {
+    if let Some(c) = &cluster {
         events::shutdown("handoff", tracker.len());
-        let _ = tokio::time::timeout_at(deadline, c.drain(broker)).await;
+        let _ = tokio::time::timeout_at(deadline, c.drain(&broker)).await;
     }
     conns.cancel();
+    broker.shutdown_connections();
     tracker.close();
     events::shutdown("draining", tracker.len());
     let drained = tokio::time::timeout_at(deadline, tracker.wait())
         .await
         .is_ok();
-    if let Some((c, _)) = &cluster {
+    if let Some(c) = &cluster {
         // What the last connections published is written and applied by the peers before the links close.
         let _ = tokio::time::timeout_at(deadline, c.settle()).await;
         c.shutdown.cancel();

@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroU16;
-use std::time::Instant;
 
 use fleetgate_protocol::mqtt::{
     ByteString, CodecError, Packet, PublishAck2, PublishAck2Reason, QoS,
@@ -12,7 +11,7 @@ use fleetgate_protocol::mqtt::{
 
 use crate::conn::{Conn, End};
 use crate::limits::{DRAIN_BATCH, WRITE_HIGH_WATER};
-use crate::message::Delivery;
+use crate::message::{Delivery, LazyNow};
 use crate::metrics::DropReason;
 use crate::session::Inflight;
 
@@ -88,7 +87,7 @@ impl OutboundAliases {
 /// those (only the queue's empty → non-empty edge does), so the loop must come back once the socket took the
 /// bytes.
 pub fn drain(conn: &mut Conn) -> Result<bool, End> {
-    let now = Instant::now();
+    let now = LazyNow::new();
     let v5 = conn.level.is_v5();
     let mut batch: Vec<(Delivery, Option<NonZeroU16>)> = Vec::new();
     let mut delivered = [0u64; 3];
@@ -105,7 +104,7 @@ pub fn drain(conn: &mut Conn) -> Result<bool, End> {
                 let Some(front) = st.queue.front() else {
                     break false;
                 };
-                if front.msg.is_expired(now) {
+                if front.msg.is_expired_lazy(&now) {
                     st.queue.pop_front();
                     conn.broker.metrics.dropped(DropReason::Expired);
                     continue;
@@ -152,7 +151,7 @@ pub fn drain(conn: &mut Conn) -> Result<bool, End> {
                 choice.topic.clone(),
                 choice.alias,
                 v5,
-                now,
+                &now,
             );
             match conn.wire.encode(Packet::Publish(Box::new(publish))) {
                 Ok(()) => {
@@ -190,7 +189,7 @@ pub fn drain(conn: &mut Conn) -> Result<bool, End> {
 /// After CONNACK on a resumed session: everything unacknowledged again, in order — PUBLISH with DUP=1, or
 /// PUBREL for QoS 2 messages the client already PUBREC'd.
 pub fn resend_inflight(conn: &mut Conn) {
-    let now = Instant::now();
+    let now = LazyNow::new();
     let v5 = conn.level.is_v5();
     let mut st = conn.session.state.lock();
     let mut too_large = Vec::new();
@@ -210,7 +209,7 @@ pub fn resend_inflight(conn: &mut Conn) {
                 topic,
                 None,
                 v5,
-                now,
+                &now,
             )))
         };
         if conn.wire.encode(packet).is_err() {

@@ -158,7 +158,7 @@ pub enum Scope<'s> {
 
 #[derive(Debug, Default)]
 struct Node {
-    children: HashMap<Box<str>, Node>,
+    children: HashMap<Box<str>, Node, foldhash::fast::RandomState>,
     /// `children` holds a `+` child: spares every publish a hash lookup of `+` at every level without one.
     has_plus: bool,
     /// Filters ending at this level.

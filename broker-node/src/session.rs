@@ -10,44 +10,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use fleetgate_protocol::mqtt::{ByteString, LastWill, ProtocolLevel, QoS, SubscriptionOptions};
 use parking_lot::Mutex;
-use tokio::sync::Notify;
 
 use crate::auth::WillPermit;
 use crate::message::{Delivery, SessionId};
 use crate::metrics::DropReason;
-
-/// How a connection is told something happened to its session: new messages, or that it was taken over.
-#[derive(Debug, Default)]
-pub struct ConnSignal {
-    /// Woken when the queue goes from empty to non-empty, and on takeover.
-    pub notify: Notify,
-    kicked: AtomicBool,
-    moved: AtomicBool,
-}
-
-impl ConnSignal {
-    /// Tells the connection another one took its session over.
-    pub fn kick(&self) {
-        self.kicked.store(true, Ordering::Release);
-        self.notify.notify_one();
-    }
-
-    /// True once [`kick`](Self::kick) was called.
-    pub fn is_kicked(&self) -> bool {
-        self.kicked.load(Ordering::Acquire)
-    }
-
-    /// Tells the connection its session moved to another node (drain): the client should use another server.
-    pub fn kick_moved(&self) {
-        self.moved.store(true, Ordering::Release);
-        self.kick();
-    }
-
-    /// True when the kick was [`kick_moved`](Self::kick_moved).
-    pub fn is_moved(&self) -> bool {
-        self.moved.load(Ordering::Acquire)
-    }
-}
+use crate::signal::ConnSignal;
 
 /// The connection currently attached to a session.
 #[derive(Debug)]
@@ -286,7 +253,7 @@ impl Session {
         drop(st);
         // Only the empty → non-empty edge wakes: a connection with a backlog drains it on its next turn anyway.
         if let Some(signal) = signal {
-            signal.notify.notify_one();
+            signal.messages();
         }
         Ok(())
     }

@@ -31,7 +31,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
-use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -39,28 +38,22 @@ use crate::duration::ConfigDuration;
 use crate::load::{ConfigError, Problem, parse_toml, read_file};
 
 mod cluster;
+mod limits;
+mod listeners;
 
 pub use cluster::*;
+use limits::validate_limits;
+pub use limits::{
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_PACKET_SIZE, DEFAULT_MAX_QUEUED_MESSAGES,
+    DEFAULT_RECEIVE_MAXIMUM, DEFAULT_SESSION_EXPIRY_MAXIMUM, DEFAULT_TOPIC_ALIAS_MAXIMUM,
+    LimitsConfig, LimitsFile, MIN_MAX_PACKET_SIZE,
+};
+use listeners::validate_listeners;
+pub use listeners::{DEFAULT_PROXY_TIMEOUT, ListenerConfig, ListenerFile, ProxyMode};
 
-/// Default largest MQTT packet either side may send: 1 MiB is far above telemetry payloads and small enough
-/// that one connection cannot make the node buffer much.
-pub const DEFAULT_MAX_PACKET_SIZE: u32 = 1024 * 1024;
-/// Smallest accepted `max_packet_size`: below this a CONNECT with a modest client ID and will does not fit.
-pub const MIN_MAX_PACKET_SIZE: u32 = 128;
-/// Default receive maximum (our inbound window and the cap on unacknowledged QoS 1/2 messages per client).
-pub const DEFAULT_RECEIVE_MAXIMUM: u16 = 32;
-/// Default bound on messages queued per session (online backlog or offline persistent session).
-pub const DEFAULT_MAX_QUEUED_MESSAGES: usize = 1000;
-/// Default time a client gets from TCP accept to a complete CONNECT; a slow-loris guard.
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Default topic alias maximum we announce to v5 clients (inbound aliases).
-pub const DEFAULT_TOPIC_ALIAS_MAXIMUM: u16 = 16;
-/// Default cap on the session expiry interval a client may ask for: one day of offline queueing.
-pub const DEFAULT_SESSION_EXPIRY_MAXIMUM: Duration = Duration::from_secs(24 * 3600);
 /// Default time to wait for connections to close after shutdown starts.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-/// Default time a trusted proxy gets to deliver its PROXY header.
-pub const DEFAULT_PROXY_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Raw `node.toml` as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -92,107 +85,12 @@ pub struct NodeSectionFile {
     pub shutdown_grace: Option<ConfigDuration>,
 }
 
-/// Raw `[[listeners]]` entry.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListenerFile {
-    /// Name for per-listener settings (`[auth.listeners.<name>]`); unique within the file.
-    pub name: Option<Spanned<String>>,
-    /// Socket address to bind (`"0.0.0.0:1883"`; port 0 picks a free port).
-    pub bind: Spanned<String>,
-    /// `"off"` (default) or `"required"`.
-    #[serde(default)]
-    pub proxy_protocol: Option<Spanned<String>>,
-    /// CIDRs allowed to send a PROXY header.
-    #[serde(default)]
-    pub trusted_proxies: Vec<Spanned<String>>,
-    /// Deadline for the PROXY header.
-    pub proxy_timeout: Option<ConfigDuration>,
-}
-
 /// Raw `[admin]` table.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminFile {
     /// Socket address of the admin HTTP server.
     pub bind: Spanned<String>,
-}
-
-/// Raw `[limits]` table; every field optional.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LimitsFile {
-    /// Largest MQTT packet in bytes, both directions.
-    pub max_packet_size: Option<Spanned<u32>>,
-    /// Receive maximum / inflight window.
-    pub receive_maximum: Option<Spanned<u16>>,
-    /// Messages queued per session.
-    pub max_queued_messages: Option<Spanned<usize>>,
-    /// Deadline for the CONNECT packet.
-    pub connect_timeout: Option<ConfigDuration>,
-    /// Topic alias maximum announced to v5 clients (0 disables inbound aliases).
-    pub topic_alias_maximum: Option<u16>,
-    /// Cap on the session expiry interval clients ask for.
-    pub session_expiry_maximum: Option<ConfigDuration>,
-    /// When set, overrides the client's keep alive and is announced in CONNACK.
-    pub server_keep_alive: Option<Spanned<ConfigDuration>>,
-}
-
-/// Whether a listener expects a PROXY protocol header before MQTT.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProxyMode {
-    /// Plain MQTT; a PROXY header is a protocol error.
-    Off,
-    /// Every connection starts with a PROXY v1/v2 header from a trusted peer.
-    Required,
-}
-
-/// A validated MQTT listener.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListenerConfig {
-    /// Address to bind.
-    pub bind: SocketAddr,
-    /// PROXY protocol mode.
-    pub proxy_protocol: ProxyMode,
-    /// Peers allowed to send a PROXY header.
-    pub trusted_proxies: Vec<IpNet>,
-    /// Deadline for the PROXY header.
-    pub proxy_timeout: Duration,
-    /// The listener's name (`[auth.listeners.<name>]` overrides apply to it), when given.
-    pub name: Option<String>,
-}
-
-/// Validated limits, defaults filled in.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LimitsConfig {
-    /// Largest MQTT packet in bytes, both directions.
-    pub max_packet_size: u32,
-    /// Receive maximum / inflight window (≥ 1).
-    pub receive_maximum: u16,
-    /// Messages queued per session (≥ 1).
-    pub max_queued_messages: usize,
-    /// Deadline for the CONNECT packet.
-    pub connect_timeout: Duration,
-    /// Topic alias maximum announced to v5 clients.
-    pub topic_alias_maximum: u16,
-    /// Cap on the session expiry interval.
-    pub session_expiry_maximum: Duration,
-    /// Keep alive imposed on clients, when set (whole seconds, 1..=65535).
-    pub server_keep_alive: Option<u16>,
-}
-
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        Self {
-            max_packet_size: DEFAULT_MAX_PACKET_SIZE,
-            receive_maximum: DEFAULT_RECEIVE_MAXIMUM,
-            max_queued_messages: DEFAULT_MAX_QUEUED_MESSAGES,
-            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-            topic_alias_maximum: DEFAULT_TOPIC_ALIAS_MAXIMUM,
-            session_expiry_maximum: DEFAULT_SESSION_EXPIRY_MAXIMUM,
-            server_keep_alive: None,
-        }
-    }
 }
 
 /// A validated broker node config.
@@ -308,6 +206,7 @@ fn valid_name(name: &str) -> bool {
     !name.is_empty() && !name.chars().any(|c| c.is_control() || c.is_whitespace())
 }
 
+/// Validates a raw node config, collecting every problem before refusing it.
 fn validate(file: &Path, source: &str, raw: NodeFile) -> Result<NodeConfig, ConfigError> {
     let mut problems = Vec::new();
     let mut problem = |span: std::ops::Range<usize>, message: String| {
@@ -322,119 +221,14 @@ fn validate(file: &Path, source: &str, raw: NodeFile) -> Result<NodeConfig, Conf
         );
     }
 
-    let mut listeners = Vec::new();
-    let mut names: Vec<&str> = Vec::new();
-    for l in &raw.listeners {
-        if let Some(n) = &l.name {
-            let n_str = n.get_ref().as_str();
-            if n_str.is_empty() || n_str.chars().any(|c| c.is_control() || c.is_whitespace()) {
-                problem(
-                    n.span(),
-                    "listener name must be non-empty without spaces or control characters".into(),
-                );
-            } else if names.contains(&n_str) {
-                problem(n.span(), format!("listener name {n_str:?} used twice"));
-            }
-            names.push(n_str);
-        }
-        let bind = parse_addr(&l.bind, &mut problem);
-        let mode = match l.proxy_protocol.as_ref() {
-            None => ProxyMode::Off,
-            Some(m) => match m.get_ref().as_str() {
-                "off" => ProxyMode::Off,
-                "required" => ProxyMode::Required,
-                other => {
-                    problem(
-                        m.span(),
-                        format!("proxy_protocol must be \"off\" or \"required\", not {other:?}"),
-                    );
-                    ProxyMode::Off
-                }
-            },
-        };
-        let mut trusted = Vec::new();
-        for cidr in &l.trusted_proxies {
-            match parse_cidr(cidr.get_ref()) {
-                Some(net) => trusted.push(net),
-                None => problem(
-                    cidr.span(),
-                    format!(
-                        "invalid CIDR {:?} (expected e.g. \"10.0.0.0/8\")",
-                        cidr.get_ref()
-                    ),
-                ),
-            }
-        }
-        if mode == ProxyMode::Required && l.trusted_proxies.is_empty() {
-            let span = l
-                .proxy_protocol
-                .as_ref()
-                .map_or(l.bind.span(), |m| m.span());
-            problem(
-                span,
-                "proxy_protocol = \"required\" needs a non-empty trusted_proxies list".into(),
-            );
-        }
-        if let Some(bind) = bind {
-            listeners.push(ListenerConfig {
-                name: l.name.as_ref().map(|n| n.get_ref().clone()),
-                bind,
-                proxy_protocol: mode,
-                trusted_proxies: trusted,
-                proxy_timeout: l
-                    .proxy_timeout
-                    .map_or(DEFAULT_PROXY_TIMEOUT, ConfigDuration::get),
-            });
-        }
-    }
+    let listeners = validate_listeners(&raw.listeners, &mut problem);
 
     let admin_bind = raw
         .admin
         .as_ref()
         .and_then(|a| parse_addr(&a.bind, &mut problem));
 
-    let mut limits = LimitsConfig::default();
-    let l = &raw.limits;
-    if let Some(v) = &l.max_packet_size {
-        if *v.get_ref() < MIN_MAX_PACKET_SIZE || *v.get_ref() > 268_435_455 {
-            problem(
-                v.span(),
-                format!("max_packet_size must be between {MIN_MAX_PACKET_SIZE} and 268435455"),
-            );
-        }
-        limits.max_packet_size = *v.get_ref();
-    }
-    if let Some(v) = &l.receive_maximum {
-        if *v.get_ref() == 0 {
-            problem(v.span(), "receive_maximum must be at least 1".into());
-        }
-        limits.receive_maximum = *v.get_ref();
-    }
-    if let Some(v) = &l.max_queued_messages {
-        if *v.get_ref() == 0 {
-            problem(v.span(), "max_queued_messages must be at least 1".into());
-        }
-        limits.max_queued_messages = *v.get_ref();
-    }
-    if let Some(v) = l.connect_timeout {
-        limits.connect_timeout = v.get();
-    }
-    if let Some(v) = l.topic_alias_maximum {
-        limits.topic_alias_maximum = v;
-    }
-    if let Some(v) = l.session_expiry_maximum {
-        limits.session_expiry_maximum = v.get();
-    }
-    if let Some(v) = &l.server_keep_alive {
-        let secs = v.get_ref().get().as_secs();
-        if secs == 0 || secs > u64::from(u16::MAX) {
-            problem(
-                v.span(),
-                "server_keep_alive must be between 1s and 65535s".into(),
-            );
-        }
-        limits.server_keep_alive = u16::try_from(secs).ok();
-    }
+    let limits = validate_limits(&raw.limits, &mut problem);
 
     let cluster = match raw.cluster.as_ref() {
         Some(c) => match validate_cluster(c, &name, file, source) {
@@ -469,6 +263,7 @@ fn validate(file: &Path, source: &str, raw: NodeFile) -> Result<NodeConfig, Conf
     })
 }
 
+/// Parses a socket address, reporting an invalid one (located at `value`) through `problem`.
 pub(crate) fn parse_addr(
     value: &Spanned<String>,
     problem: &mut impl FnMut(std::ops::Range<usize>, String),
@@ -486,13 +281,6 @@ pub(crate) fn parse_addr(
             None
         }
     }
-}
-
-/// Parses `"10.0.0.0/8"`, or a bare address as a host network (`/32`, `/128`).
-fn parse_cidr(text: &str) -> Option<IpNet> {
-    text.parse::<IpNet>()
-        .ok()
-        .or_else(|| text.parse::<std::net::IpAddr>().ok().map(IpNet::from))
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ struct Route {
 
 #[derive(Debug, Default)]
 struct Node {
-    children: HashMap<Box<str>, Node>,
+    children: HashMap<Box<str>, Node, foldhash::fast::RandomState>,
     /// The `+` child, apart from `children`: every publish looks it up at every level, without hashing.
     plus: Option<Box<Node>>,
     here: Vec<Route>,

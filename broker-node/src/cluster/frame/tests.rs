@@ -1,5 +1,10 @@
 //! Round trips and malformed input for the cluster wire format ([`super`]).
 
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use fleetgate_protocol::mqtt::{PublishProperties, RetainHandling};
+
 use super::*;
 
 fn msg() -> Arc<Message> {

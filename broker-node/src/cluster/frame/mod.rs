@@ -1,0 +1,239 @@
+//! Cluster wire format, both directions of a peer link: length-prefixed binary frames ([`Frame`]) with a small
+//! hand-written encoding (big-endian integers, `u16`-length strings, `u32`-length byte strings), every length
+//! checked against what is left of the frame, so a malformed frame is an error and never a panic or an
+//! allocation bigger than the frame. Frame layout and types: see `cluster/mod.rs`.
+//!
+//! This module holds the frame types; the code is split by concern:
+//! - `encode`: [`Frame::encode`] and the publish path's encoders ([`encode_publish`], [`encode_message`]).
+//! - `decode`: [`Frame::decode`], one frame off the front of a read buffer.
+//! - `message`: a message's encoding inside a frame, and wills as messages for handover.
+//! - `fields`: the field writers and bounds-checked field readers everything above is built from.
+
+use std::net::SocketAddr;
+use std::num::{NonZeroU16, NonZeroU32};
+use std::sync::Arc;
+
+use fleetgate_protocol::mqtt::{ByteString, QoS, SubscriptionOptions};
+
+use crate::message::Message;
+
+mod decode;
+mod encode;
+mod fields;
+mod message;
+
+pub use encode::{PublishBody, encode_message, encode_publish};
+pub use message::{message_to_will, will_to_message};
+
+/// Version byte of [`Frame::Hello`]; a peer speaking another version is refused.
+pub const PROTOCOL_VERSION: u8 = 1;
+
+/// Bytes of a frame beyond its MQTT message: topic, properties and session fields are bounded by the MQTT
+/// packet they came from, so a frame is at most one packet plus this slack for our own fields.
+pub const FRAME_OVERHEAD: usize = 64 * 1024;
+
+/// Length prefix size.
+pub const LEN_PREFIX: usize = 4;
+
+/// Why a frame could not be decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// The announced length exceeds the limit.
+    #[error("frame too large")]
+    TooLarge,
+    /// The frame ended early or a field is out of range.
+    #[error("malformed frame: {0}")]
+    Malformed(&'static str),
+    /// Unknown frame type.
+    #[error("unknown frame type {0:#04x}")]
+    UnknownType(u8),
+}
+
+/// A hybrid logical timestamp: `(milliseconds << 16 | counter, node name)`; greater wins (last writer wins).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Stamp {
+    /// Physical milliseconds in the high 48 bits, logical counter in the low 16.
+    pub time: u64,
+    /// Writer node, the tie-break.
+    pub node: String,
+}
+
+/// What a [`Frame::SessionMsg`] is in the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotKind {
+    /// Waiting in the queue.
+    Queued,
+    /// Sent, not acknowledged.
+    Inflight,
+    /// QoS 2, PUBREC received and PUBREL sent.
+    Released,
+}
+
+/// One frame of a peer link.
+#[derive(Debug)]
+pub enum Frame {
+    /// First frame each way: protocol version, node name, the address to dial it at, a per-process nonce.
+    Hello {
+        /// [`PROTOCOL_VERSION`].
+        version: u8,
+        /// Sender's node name.
+        name: String,
+        /// Sender's advertised cluster address.
+        advertise: SocketAddr,
+        /// Random per process start: a restarted node is a new incarnation.
+        incarnation: u64,
+    },
+    /// Liveness, sent when the link is idle.
+    Heartbeat,
+    /// The sender has a subscription on `filter` (full filter, `$share/...` included).
+    RouteAdd(ByteString),
+    /// The sender no longer has any subscription on `filter`.
+    RouteRemove(ByteString),
+    /// The sender holds a session for a client ID the ring assigns elsewhere (`held`), or no longer does.
+    Claim {
+        /// Client ID.
+        client_id: ByteString,
+        /// Held (true) or released.
+        held: bool,
+    },
+    /// End of the full sync (routes, claims, retained) that follows Hello.
+    SyncDone,
+    /// A message for the receiver's local subscribers: the plain ones when `direct`, the members of the listed
+    /// shared groups (full `$share/g/f` filters), and the listed sessions (relayed to a session just handed over).
+    Publish {
+        /// Deliver to non-shared subscribers.
+        direct: bool,
+        /// Shared subscriptions the receiver serves for this message.
+        groups: Vec<ByteString>,
+        /// Client IDs whose sessions get it whatever `direct` says.
+        sessions: Vec<ByteString>,
+        /// The message.
+        msg: Arc<Message>,
+    },
+    /// A retained message set (`msg`) or cleared (`None`) at `stamp`.
+    Retain {
+        /// When, last writer wins.
+        stamp: Stamp,
+        /// Topic.
+        topic: ByteString,
+        /// The message; `None` clears.
+        msg: Option<Arc<Message>>,
+    },
+    /// Asks the receiver for its session of `client_id` (reply: SessionBegin.. SessionEnd, or TakeoverReply).
+    TakeoverRequest {
+        /// Request id, echoed.
+        req: u64,
+        /// Client ID.
+        client_id: ByteString,
+        /// The new connection starts clean: the old session ends instead of moving.
+        clean_start: bool,
+    },
+    /// No session to hand over; `moved_to` names the node it went to, when known.
+    TakeoverReply {
+        /// Request id.
+        req: u64,
+        /// Where the session went.
+        moved_to: Option<String>,
+    },
+    /// Start of a session handover (`req` 0 = pushed at drain).
+    SessionBegin {
+        /// Request id, 0 when pushed.
+        req: u64,
+        /// Client ID.
+        client_id: ByteString,
+        /// Session expiry (seconds).
+        expiry_secs: u32,
+        /// Protocol level byte of the last connection.
+        protocol: u8,
+        /// Packet ID allocator position.
+        next_packet_id: u16,
+        /// QoS 2 packet IDs received, PUBREL pending.
+        inbound_qos2: Vec<u16>,
+        /// A will to keep for the session (drain only), with its delay.
+        will: Option<(Arc<Message>, u32)>,
+    },
+    /// A subscription of the session being handed over.
+    SessionSub {
+        /// Request id.
+        req: u64,
+        /// Full filter.
+        filter: ByteString,
+        /// Options.
+        options: SubscriptionOptions,
+        /// Subscription identifier.
+        id: Option<NonZeroU32>,
+    },
+    /// A queued or in-flight message of the session being handed over.
+    SessionMsg {
+        /// Request id.
+        req: u64,
+        /// Queue or inflight.
+        kind: SlotKind,
+        /// Packet ID (inflight only, else 0).
+        packet_id: u16,
+        /// Delivery QoS.
+        qos: QoS,
+        /// Delivery RETAIN flag.
+        retain: bool,
+        /// Subscription identifiers.
+        sub_ids: Vec<NonZeroU32>,
+        /// The message.
+        msg: Arc<Message>,
+    },
+    /// End of a session handover.
+    SessionEnd {
+        /// Request id.
+        req: u64,
+    },
+    /// The session handed over for `client_id` is in the sender's router: every message the sender publishes
+    /// after this frame reached the session there (sent at once on install).
+    SessionArrived(ByteString),
+    /// The session handed over for `client_id` is installed at the sender and every peer has its routes:
+    /// relays to it can end (sent after a barrier round).
+    SessionInstalled(ByteString),
+    /// The sender is draining: drop its routes and claims, send it nothing more.
+    Leaving,
+    /// Answer with BarrierAck once everything before it was applied.
+    Barrier(u64),
+    /// Reply to Barrier.
+    BarrierAck(u64),
+}
+
+/// The type byte that starts each frame's body.
+mod ty {
+    pub const HELLO: u8 = 0x01;
+    pub const HEARTBEAT: u8 = 0x02;
+    pub const ROUTE_ADD: u8 = 0x10;
+    pub const ROUTE_REMOVE: u8 = 0x11;
+    pub const CLAIM: u8 = 0x12;
+    pub const SYNC_DONE: u8 = 0x13;
+    pub const PUBLISH: u8 = 0x20;
+    pub const RETAIN: u8 = 0x21;
+    pub const TAKEOVER_REQUEST: u8 = 0x30;
+    pub const TAKEOVER_REPLY: u8 = 0x31;
+    pub const SESSION_BEGIN: u8 = 0x32;
+    pub const SESSION_SUB: u8 = 0x33;
+    pub const SESSION_MSG: u8 = 0x34;
+    pub const SESSION_END: u8 = 0x35;
+    pub const SESSION_INSTALLED: u8 = 0x36;
+    pub const SESSION_ARRIVED: u8 = 0x37;
+    pub const LEAVING: u8 = 0x40;
+    pub const BARRIER: u8 = 0x41;
+    pub const BARRIER_ACK: u8 = 0x42;
+}
+
+impl Frame {
+    /// True for the frames a full peer queue may drop (message forwards); everything else must arrive or the
+    /// link is reset.
+    pub fn is_droppable(&self) -> bool {
+        matches!(self, Frame::Publish { .. })
+    }
+}
+
+/// The packet identifier of an inflight slot (0 is never valid on the wire).
+pub fn packet_id(v: u16) -> Result<NonZeroU16, FrameError> {
+    NonZeroU16::new(v).ok_or(FrameError::Malformed("packet id 0"))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,136 @@
+//! The `[limits]` table of a node config: raw [`LimitsFile`] → validated [`LimitsConfig`] (protocol and
+//! resource limits, defaults filled in).
+//!
+//! ```toml
+//! [limits]
+//! max_packet_size = 1048576
+//! receive_maximum = 32
+//! max_queued_messages = 1000
+//! connect_timeout = "10s"
+//! ```
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::duration::ConfigDuration;
+
+/// Default largest MQTT packet either side may send: 1 MiB is far above telemetry payloads and small enough
+/// that one connection cannot make the node buffer much.
+pub const DEFAULT_MAX_PACKET_SIZE: u32 = 1024 * 1024;
+/// Smallest accepted `max_packet_size`: below this a CONNECT with a modest client ID and will does not fit.
+pub const MIN_MAX_PACKET_SIZE: u32 = 128;
+/// Default receive maximum (our inbound window and the cap on unacknowledged QoS 1/2 messages per client).
+pub const DEFAULT_RECEIVE_MAXIMUM: u16 = 32;
+/// Default bound on messages queued per session (online backlog or offline persistent session).
+pub const DEFAULT_MAX_QUEUED_MESSAGES: usize = 1000;
+/// Default time a client gets from TCP accept to a complete CONNECT; a slow-loris guard.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default topic alias maximum we announce to v5 clients (inbound aliases).
+pub const DEFAULT_TOPIC_ALIAS_MAXIMUM: u16 = 16;
+/// Default cap on the session expiry interval a client may ask for: one day of offline queueing.
+pub const DEFAULT_SESSION_EXPIRY_MAXIMUM: Duration = Duration::from_secs(24 * 3600);
+
+/// Raw `[limits]` table; every field optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    /// Largest MQTT packet in bytes, both directions.
+    pub max_packet_size: Option<Spanned<u32>>,
+    /// Receive maximum / inflight window.
+    pub receive_maximum: Option<Spanned<u16>>,
+    /// Messages queued per session.
+    pub max_queued_messages: Option<Spanned<usize>>,
+    /// Deadline for the CONNECT packet.
+    pub connect_timeout: Option<ConfigDuration>,
+    /// Topic alias maximum announced to v5 clients (0 disables inbound aliases).
+    pub topic_alias_maximum: Option<u16>,
+    /// Cap on the session expiry interval clients ask for.
+    pub session_expiry_maximum: Option<ConfigDuration>,
+    /// When set, overrides the client's keep alive and is announced in CONNACK.
+    pub server_keep_alive: Option<Spanned<ConfigDuration>>,
+}
+
+/// Validated limits, defaults filled in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitsConfig {
+    /// Largest MQTT packet in bytes, both directions.
+    pub max_packet_size: u32,
+    /// Receive maximum / inflight window (≥ 1).
+    pub receive_maximum: u16,
+    /// Messages queued per session (≥ 1).
+    pub max_queued_messages: usize,
+    /// Deadline for the CONNECT packet.
+    pub connect_timeout: Duration,
+    /// Topic alias maximum announced to v5 clients.
+    pub topic_alias_maximum: u16,
+    /// Cap on the session expiry interval.
+    pub session_expiry_maximum: Duration,
+    /// Keep alive imposed on clients, when set (whole seconds, 1..=65535).
+    pub server_keep_alive: Option<u16>,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_packet_size: DEFAULT_MAX_PACKET_SIZE,
+            receive_maximum: DEFAULT_RECEIVE_MAXIMUM,
+            max_queued_messages: DEFAULT_MAX_QUEUED_MESSAGES,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            topic_alias_maximum: DEFAULT_TOPIC_ALIAS_MAXIMUM,
+            session_expiry_maximum: DEFAULT_SESSION_EXPIRY_MAXIMUM,
+            server_keep_alive: None,
+        }
+    }
+}
+
+/// Validates the `[limits]` table, reporting each problem through `problem`; the value given is kept even when
+/// out of range (the config is refused anyway).
+pub(crate) fn validate_limits(
+    l: &LimitsFile,
+    problem: &mut impl FnMut(std::ops::Range<usize>, String),
+) -> LimitsConfig {
+    let mut limits = LimitsConfig::default();
+    if let Some(v) = &l.max_packet_size {
+        if *v.get_ref() < MIN_MAX_PACKET_SIZE || *v.get_ref() > 268_435_455 {
+            problem(
+                v.span(),
+                format!("max_packet_size must be between {MIN_MAX_PACKET_SIZE} and 268435455"),
+            );
+        }
+        limits.max_packet_size = *v.get_ref();
+    }
+    if let Some(v) = &l.receive_maximum {
+        if *v.get_ref() == 0 {
+            problem(v.span(), "receive_maximum must be at least 1".into());
+        }
+        limits.receive_maximum = *v.get_ref();
+    }
+    if let Some(v) = &l.max_queued_messages {
+        if *v.get_ref() == 0 {
+            problem(v.span(), "max_queued_messages must be at least 1".into());
+        }
+        limits.max_queued_messages = *v.get_ref();
+    }
+    if let Some(v) = l.connect_timeout {
+        limits.connect_timeout = v.get();
+    }
+    if let Some(v) = l.topic_alias_maximum {
+        limits.topic_alias_maximum = v;
+    }
+    if let Some(v) = l.session_expiry_maximum {
+        limits.session_expiry_maximum = v.get();
+    }
+    if let Some(v) = &l.server_keep_alive {
+        let secs = v.get_ref().get().as_secs();
+        if secs == 0 || secs > u64::from(u16::MAX) {
+            problem(
+                v.span(),
+                "server_keep_alive must be between 1s and 65535s".into(),
+            );
+        }
+        limits.server_keep_alive = u16::try_from(secs).ok();
+    }
+    limits
+}

@@ -19,7 +19,6 @@ use fleetgate_protocol::mqtt::{
     Packet, ProtocolLevel,
 };
 use tokio::net::TcpStream;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::ConnAuth;
@@ -141,8 +140,9 @@ pub struct Conn {
     pub inbound_aliases: InboundAliases,
     /// Topic aliases we set.
     pub outbound_aliases: OutboundAliases,
-    /// When the client last sent anything (keep alive).
-    pub last_activity: Instant,
+    /// The client sent something since the keep-alive timer last ticked (set per read: cheaper than reading
+    /// the clock for every packet).
+    pub heard: bool,
     /// Who the client authenticated as, and its ACL.
     pub auth: ConnAuth,
 }
@@ -355,7 +355,7 @@ async fn handshake(
         connect_expiry: connect.session_expiry_interval_secs,
         inbound_aliases: InboundAliases::new(broker.limits.topic_alias_maximum),
         outbound_aliases: OutboundAliases::new(limits.outbound_alias_max),
-        last_activity: Instant::now(),
+        heard: false,
         auth: conn_auth,
     };
     drop(connect);
@@ -383,9 +383,12 @@ impl Conn {
             return End::ServerShutdown;
         }
         let keep_alive = limits::keep_alive_deadline(self.limits.keep_alive);
-        // One timer for the whole connection, re-armed from `last_activity` only when it fires, so receiving a
-        // packet costs no timer update.
-        let timer = tokio::time::sleep_until(self.last_activity + keep_alive.unwrap_or_default());
+        // One timer for the whole connection, ticking KEEP_ALIVE_TICKS times per keep-alive deadline: the
+        // connection ends after that many ticks in a row with nothing heard, i.e. between 1 and 1 + 1/TICKS
+        // deadlines after the client's last packet, and receiving a packet costs a flag store.
+        let tick = keep_alive.map(|k| k / limits::KEEP_ALIVE_TICKS);
+        let mut silent_ticks = 0u32;
+        let timer = tokio::time::sleep(tick.unwrap_or_default());
         tokio::pin!(timer);
         loop {
             let more = match outbound::drain(self) {
@@ -427,12 +430,17 @@ impl Conn {
                     }
                 }
                 () = tokio::task::consume_budget(), if drain_again => {}
-                _ = &mut timer, if keep_alive.is_some() => {
-                    let limit = keep_alive.unwrap_or_default();
-                    if self.last_activity.elapsed() >= limit {
-                        return End::KeepAliveTimeout;
+                _ = &mut timer, if tick.is_some() => {
+                    if std::mem::take(&mut self.heard) {
+                        silent_ticks = 0;
+                    } else {
+                        silent_ticks += 1;
+                        if silent_ticks >= limits::KEEP_ALIVE_TICKS {
+                            return End::KeepAliveTimeout;
+                        }
                     }
-                    timer.as_mut().reset(self.last_activity + limit);
+                    let next = timer.deadline() + tick.unwrap_or_default();
+                    timer.as_mut().reset(next);
                 }
             }
         }

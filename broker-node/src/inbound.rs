@@ -10,7 +10,6 @@ use fleetgate_protocol::mqtt::{
     PublishAckReason, QoS, Subscribe, SubscribeAck, SubscribeAckReason, Unsubscribe,
     UnsubscribeAck, UnsubscribeAckReason,
 };
-use tokio::time::Instant;
 
 use crate::conn::{Conn, End};
 use crate::message::Message;
@@ -87,7 +86,7 @@ pub fn read_and_handle(conn: &mut Conn) -> Result<(), End> {
         Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
         Err(_) => return Err(End::Ungraceful),
     }
-    conn.last_activity = Instant::now();
+    conn.heard = true;
     // PUBLISHes counted once per read, not per message (the shared counters are contended between threads).
     let mut received = [0u64; 3];
     let result = loop {

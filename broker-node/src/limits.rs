@@ -28,6 +28,10 @@ pub fn keep_alive_deadline(keep_alive_secs: u16) -> Option<Duration> {
     (keep_alive_secs > 0).then(|| Duration::from_millis(u64::from(keep_alive_secs) * 1500))
 }
 
+/// Keep-alive timer ticks per deadline: a silent client is disconnected at most 1/TICKS of the deadline late
+/// (1.5 × keep alive becomes at most 1.69 ×), and an idle connection's timer fires every deadline / TICKS.
+pub const KEEP_ALIVE_TICKS: u32 = 8;
+
 /// Time the last bytes may take to reach a client after we decide to close (DISCONNECT with a reason code).
 pub const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 

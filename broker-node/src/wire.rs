@@ -7,6 +7,7 @@ use std::task::{Context, Poll};
 
 use bytes::{Buf, BytesMut};
 use fleetgate_protocol::mqtt::{Codec, CodecError, Packet};
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio_util::codec::{Decoder, Encoder};
 
@@ -60,15 +61,36 @@ impl Wire {
     /// Reads what the socket has now. `Ok(0)` is end of stream; `WouldBlock` means a spurious wake-up (then a
     /// buffer reserved for the read is freed again: readiness often outlives the data, e.g. right after CONNECT,
     /// and an idle connection must not keep a chunk from a read that found nothing).
+    ///
+    /// A read shorter than the room it was given drained the socket (Linux TCP returns short only with the
+    /// receive queue and backlog empty): the socket's readiness is cleared then, so the loop waits for the next
+    /// edge instead of spending a `recv` on `EAGAIN` after every packet — nginx does the same with `EPOLLRDHUP`,
+    /// which tokio registers, so a close still wakes us. The readiness is cleared with the event tick seen
+    /// *before* the read: bytes that arrived after it raised a newer tick, and then nothing is cleared.
     pub fn try_fill(&mut self) -> io::Result<usize> {
         if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
             self.rbuf.reserve(READ_CHUNK);
         }
-        let read = self.stream.try_read_buf(&mut self.rbuf);
-        if read.is_err() {
-            self.release_read_buffer();
+        let room = self.rbuf.capacity() - self.rbuf.len();
+        let mut got = 0;
+        let (stream, rbuf) = (&self.stream, &mut self.rbuf);
+        let read = stream.try_io(Interest::READABLE, || {
+            let n = stream.try_read_buf(rbuf)?;
+            got = n;
+            if n > 0 && n < room {
+                Err(ErrorKind::WouldBlock.into())
+            } else {
+                Ok(n)
+            }
+        });
+        match read {
+            Err(e) if e.kind() == ErrorKind::WouldBlock && got > 0 => Ok(got),
+            Err(e) => {
+                self.release_read_buffer();
+                Err(e)
+            }
+            Ok(n) => Ok(n),
         }
-        read
     }
 
     /// The next complete packet in the read buffer, if any.
@@ -154,5 +176,52 @@ impl Wire {
                 Err(e) => return Err(ReadError::Io(e)),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
+
+    /// After a short read clears the readiness, bytes that arrive later still wake the reader, and the end of
+    /// stream does too.
+    #[tokio::test]
+    async fn a_short_read_clears_readiness_without_losing_later_bytes() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let mut wire = Wire::new(server, Codec::new(1024));
+        for round in 0..50u8 {
+            client.write_all(&[round; 10]).await.unwrap();
+            tokio::time::timeout(Duration::from_secs(5), wire.stream.readable())
+                .await
+                .expect("woken for new bytes")
+                .unwrap();
+            let mut got = 0;
+            while got < 10 {
+                match wire.try_fill() {
+                    Ok(n) => got += n,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        wire.stream.readable().await.unwrap();
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            assert_eq!(got, 10, "round {round}");
+            // Drained by a short read: the readiness is gone, so no `recv` is spent on EAGAIN.
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            assert!(wire.stream.poll_read_ready(&mut cx).is_pending());
+            wire.rbuf.clear();
+        }
+        drop(client);
+        tokio::time::timeout(Duration::from_secs(5), wire.stream.readable())
+            .await
+            .expect("woken for the close")
+            .unwrap();
+        assert_eq!(wire.try_fill().unwrap(), 0);
     }
 }

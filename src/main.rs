@@ -22,11 +22,6 @@ use fleetgate_config::node::{NodeConfig, NodeOverrides};
 use fleetgate_ops::logging::{self, LogFormat};
 use tokio_util::sync::CancellationToken;
 
-/// mimalloc instead of glibc malloc: the node and the LB allocate and free small buffers per read and per packet,
-/// often on different worker threads; see `bench/README.md` for what it changed.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Exit code of `fleetgate check` when the file has problems (`EX_DATAERR` would be 65; 64, `EX_USAGE`, is what
 /// the operator-facing contract says).
 const EXIT_CONFIG_INVALID: u8 = 64;

@@ -14,6 +14,7 @@ use bytes::{Bytes, BytesMut};
 use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use super::Cluster;
@@ -38,6 +39,9 @@ const READ_CHUNK: usize = 64 * 1024;
 /// Most Publish frames from a peer applied under one router read lock: amortises the lock over a read, while a
 /// subscribe (router write lock) waits at most this many deliveries.
 const PUBLISH_BATCH: usize = 64;
+/// Silence checks per `dead_after` on an inbound link: a silent peer is dropped after `dead_after`, at most
+/// `dead_after / SILENCE_TICKS` later.
+const SILENCE_TICKS: u32 = 5;
 /// After an accept error (e.g. out of file descriptors), pause instead of spinning.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -107,27 +111,28 @@ impl FrameReader {
         Ok(Frame::decode(&mut self.buf, self.limit)?)
     }
 
-    /// Reads what the socket has, waiting at most `dead_after`; `Ok(false)` at end of stream.
+    /// Reads what the socket has, however long that takes (the caller bounds the silence); `Ok(false)` at end
+    /// of stream.
     async fn fill(&mut self) -> Result<bool, LinkError> {
         if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
             self.buf.reserve(READ_CHUNK);
         }
-        match tokio::time::timeout(self.dead_after, self.r.read_buf(&mut self.buf)).await {
-            Err(_) => Err(LinkError::Silent),
-            Ok(Ok(0)) => Ok(false),
-            Ok(Ok(_)) => Ok(true),
-            Ok(Err(e)) => Err(e.into()),
-        }
+        Ok(self.r.read_buf(&mut self.buf).await? > 0)
     }
 
-    /// The next frame; `Ok(None)` at end of stream.
+    /// The next frame, each read within `dead_after`; `Ok(None)` at end of stream.
     async fn next(&mut self) -> Result<Option<Frame>, LinkError> {
         loop {
             if let Some(f) = self.buffered()? {
                 return Ok(Some(f));
             }
-            if !self.fill().await? {
-                return Ok(None);
+            match tokio::time::timeout(self.dead_after, self.fill()).await {
+                Err(_) => return Err(LinkError::Silent),
+                Ok(filled) => {
+                    if !filled? {
+                        return Ok(None);
+                    }
+                }
             }
         }
     }
@@ -323,17 +328,37 @@ async fn inbound(cluster: Arc<Cluster>, broker: Arc<Broker>, stream: TcpStream) 
         );
     }
     let mut incoming = Incoming::default();
+    // Silence is measured in ticks of dead_after / SILENCE_TICKS with a flag set per read, not with a timer per
+    // read: the peer is dead after that many ticks in a row with nothing read (dead_after, at most one tick
+    // more).
+    let mut tick = tokio::time::interval(cluster.config.dead_after / SILENCE_TICKS);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let (mut heard, mut silent_ticks) = (true, 0);
+    let stopped = stop.cancelled();
+    tokio::pin!(stopped);
     let end = loop {
         // Every complete frame of the last read, then one read: no timer or wake-up per frame.
         if let Err(e) = apply_buffered(&cluster, &broker, &peer, &mut reader, &mut incoming) {
             break Some(e);
         }
         let filled = tokio::select! {
-            _ = stop.cancelled() => break None,
+            biased;
+            _ = &mut stopped => break None,
             r = reader.fill() => r,
+            _ = tick.tick() => {
+                if std::mem::take(&mut heard) {
+                    silent_ticks = 0;
+                } else {
+                    silent_ticks += 1;
+                    if silent_ticks >= SILENCE_TICKS {
+                        break Some(LinkError::Silent);
+                    }
+                }
+                continue;
+            }
         };
         match filled {
-            Ok(true) => {}
+            Ok(true) => heard = true,
             Ok(false) => break None,
             Err(e) => break Some(e),
         }

@@ -5,12 +5,14 @@
 //! and at most one wake-up of the writer (only when it waits on an empty queue).
 
 use std::io;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use parking_lot::Mutex;
 use tokio::io::AsyncWriteExt;
-use tokio::sync::Notify;
+use futures::task::AtomicWaker;
+use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use super::frame::Frame;
@@ -40,7 +42,7 @@ pub(crate) struct LinkTx {
     pub(crate) id: u64,
     queue: Mutex<Outbox>,
     /// Wakes the writer when it waits on an empty queue.
-    wake: Notify,
+    wake: AtomicWaker,
     /// Ends the link (the peer then resyncs on a new one).
     pub(crate) cancel: CancellationToken,
 }
@@ -51,7 +53,7 @@ impl LinkTx {
         LinkTx {
             id,
             queue: Mutex::new(Outbox::default()),
-            wake: Notify::new(),
+            wake: AtomicWaker::new(),
             cancel,
         }
     }
@@ -85,7 +87,7 @@ impl LinkTx {
         let wake = std::mem::take(&mut q.idle);
         drop(q);
         if wake {
-            self.wake.notify_one();
+            self.wake.wake();
         }
         true
     }
@@ -98,8 +100,25 @@ impl LinkTx {
         q.buf = BytesMut::new();
     }
 
-    /// Writes the queue in order, everything queued at once per write; a heartbeat when idle for `heartbeat`.
-    /// Returns on a write error only.
+    /// Swaps the queued frames into `batch` (emptied by the caller) and returns true; or, with nothing queued,
+    /// marks the writer idle and registers it for the next push's wake-up. The waker is registered before the
+    /// queue is looked at, so a push after the look always finds it.
+    fn poll_batch(&self, cx: &mut Context<'_>, batch: &mut BytesMut) -> Poll<()> {
+        self.wake.register(cx.waker());
+        let mut q = self.queue.lock();
+        if q.frames == 0 {
+            q.idle = true;
+            return Poll::Pending;
+        }
+        // The cleared buffer of the last write becomes the queue's: no allocation per batch.
+        std::mem::swap(&mut q.buf, batch);
+        q.frames = 0;
+        Poll::Ready(())
+    }
+
+    /// Writes the queue in order, everything queued at once per write; a heartbeat when nothing was written for
+    /// a tick of half `heartbeat` (so the peer hears from us at least every `heartbeat`). One timer for the
+    /// link's life and an atomic wake-up: nothing per batch but the write. Returns on a write error only.
     pub(crate) async fn write_loop(
         &self,
         w: &mut LinkWrite,
@@ -108,32 +127,25 @@ impl LinkTx {
         let mut beat = BytesMut::new();
         Frame::Heartbeat.encode(&mut beat);
         let mut batch = BytesMut::new();
+        let mut tick = tokio::time::interval((heartbeat / 2).max(Duration::from_millis(1)));
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut wrote = false;
         loop {
-            let ready = {
-                let mut q = self.queue.lock();
-                if q.frames == 0 {
-                    q.idle = true;
-                    false
-                } else {
-                    // The cleared buffer of the last write becomes the queue's: no allocation per batch.
-                    std::mem::swap(&mut q.buf, &mut batch);
-                    q.frames = 0;
-                    true
+            tokio::select! {
+                biased;
+                () = std::future::poll_fn(|cx| self.poll_batch(cx, &mut batch)) => {
+                    w.write_all(&batch).await?;
+                    wrote = true;
+                    batch.clear();
+                    if batch.capacity() > KEEP_WRITE_BUFFER {
+                        batch = BytesMut::new();
+                    }
                 }
-            };
-            if !ready {
-                if tokio::time::timeout(heartbeat, self.wake.notified())
-                    .await
-                    .is_err()
-                {
-                    w.write_all(&beat).await?;
+                _ = tick.tick() => {
+                    if !std::mem::take(&mut wrote) {
+                        w.write_all(&beat).await?;
+                    }
                 }
-                continue;
-            }
-            w.write_all(&batch).await?;
-            batch.clear();
-            if batch.capacity() > KEEP_WRITE_BUFFER {
-                batch = BytesMut::new();
             }
         }
     }

@@ -9,9 +9,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
+use futures::task::AtomicWaker;
 use parking_lot::Mutex;
 use tokio::io::AsyncWriteExt;
-use futures::task::AtomicWaker;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 

@@ -154,6 +154,17 @@ impl Delivery {
         self.msg.topic.len() + self.msg.payload.len() + 8
     }
 
+    /// True when this delivery's PUBLISH carries no properties for a v5 client (none from the publisher, no
+    /// expiry, no subscription identifier): it can go out through [`Codec::encode_plain_publish`] when no topic
+    /// alias is used either. An MQTT 3 PUBLISH never carries properties.
+    ///
+    /// [`Codec::encode_plain_publish`]: fleetgate_protocol::mqtt::Codec::encode_plain_publish
+    pub fn is_plain(&self, v5: bool) -> bool {
+        !v5 || (self.msg.properties.is_none()
+            && self.msg.expires_at.is_none()
+            && self.sub_ids.is_empty())
+    }
+
     /// The PUBLISH to send for this delivery. `topic` is what goes on the wire (empty when a known alias is used).
     pub fn to_publish(
         &self,

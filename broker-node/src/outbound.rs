@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::num::NonZeroU16;
 
 use fleetgate_protocol::mqtt::{
-    ByteString, CodecError, Packet, PublishAck2, PublishAck2Reason, QoS,
+    ByteString, CodecError, Packet, PlainPublish, PublishAck2, PublishAck2Reason, QoS,
 };
 
 use crate::conn::{Conn, End};
@@ -41,6 +41,11 @@ impl OutboundAliases {
             max,
             aliases: HashMap::new(),
         }
+    }
+
+    /// True when the client takes no topic aliases from us.
+    pub fn is_off(&self) -> bool {
+        self.max == 0
     }
 
     /// How to name `topic` in the next PUBLISH.
@@ -144,22 +149,21 @@ pub fn drain(conn: &mut Conn) -> Result<bool, End> {
         };
         let mut too_large: Vec<NonZeroU16> = Vec::new();
         for (delivery, packet_id) in batch.drain(..) {
-            let choice = conn.outbound_aliases.choose(&delivery.msg.topic);
-            let publish = delivery.to_publish(
-                packet_id,
-                false,
-                choice.topic.clone(),
-                choice.alias,
-                v5,
-                &now,
-            );
-            match conn.wire.encode(Packet::Publish(Box::new(publish))) {
+            let encoded = if conn.outbound_aliases.is_off() && delivery.is_plain(v5) {
+                // The common delivery: encoded from the shared message, no packet built.
+                conn.wire.encode_plain_publish(PlainPublish {
+                    topic: &delivery.msg.topic,
+                    payload: &delivery.msg.payload,
+                    qos: delivery.qos,
+                    retain: delivery.retain,
+                    dup: false,
+                    packet_id,
+                })
+            } else {
+                encode_full(conn, &delivery, packet_id, v5, &now)
+            };
+            match encoded {
                 Ok(()) => {
-                    let choice = AliasChoice {
-                        topic: delivery.msg.topic.clone(),
-                        ..choice
-                    };
-                    conn.outbound_aliases.commit(&choice);
                     delivered[usize::from(delivery.qos.value().min(2))] += 1;
                 }
                 Err(CodecError::OutboundTooLarge) => {
@@ -184,6 +188,31 @@ pub fn drain(conn: &mut Conn) -> Result<bool, End> {
             return Ok(more);
         }
     }
+}
+
+/// Encodes `delivery` as a full PUBLISH packet (properties, topic alias), committing a new alias once encoded.
+fn encode_full(
+    conn: &mut Conn,
+    delivery: &Delivery,
+    packet_id: Option<NonZeroU16>,
+    v5: bool,
+    now: &LazyNow,
+) -> Result<(), CodecError> {
+    let choice = conn.outbound_aliases.choose(&delivery.msg.topic);
+    let publish = delivery.to_publish(
+        packet_id,
+        false,
+        choice.topic.clone(),
+        choice.alias,
+        v5,
+        now,
+    );
+    conn.wire.encode(Packet::Publish(Box::new(publish)))?;
+    conn.outbound_aliases.commit(&AliasChoice {
+        topic: delivery.msg.topic.clone(),
+        ..choice
+    });
+    Ok(())
 }
 
 /// After CONNACK on a resumed session: everything unacknowledged again, in order — PUBLISH with DUP=1, or

@@ -6,7 +6,7 @@ use std::io::{self, ErrorKind};
 use std::task::{Context, Poll};
 
 use bytes::{Buf, BytesMut};
-use fleetgate_protocol::mqtt::{Codec, CodecError, Packet};
+use fleetgate_protocol::mqtt::{Codec, CodecError, Packet, PlainPublish};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio_util::codec::{Decoder, Encoder};
@@ -111,6 +111,12 @@ impl Wire {
         self.codec
             .encode(packet, &mut self.wbuf)
             .inspect_err(|_| self.wbuf.truncate(before))
+    }
+
+    /// Encodes a PUBLISH without properties from borrowed parts ([`Codec::encode_plain_publish`]); on error
+    /// nothing was added.
+    pub fn encode_plain_publish(&mut self, publish: PlainPublish<'_>) -> Result<(), CodecError> {
+        self.codec.encode_plain_publish(publish, &mut self.wbuf)
     }
 
     /// Ready when the socket is readable (if `read`) or writable (if `write`), reads first. Holds no state

@@ -4,7 +4,9 @@
 //! Encoder choice: `Encoder<Packet>` (owned), because rmqtt's encoders take packets by value; taking `&Packet`
 //! would force a clone of every outbound packet.
 
-use bytes::BytesMut;
+use std::num::NonZeroU16;
+
+use bytes::{BufMut, BytesMut};
 use rmqtt_codec::{v3, v5};
 use tokio_util::codec::{Decoder, Encoder};
 
@@ -12,7 +14,7 @@ use super::checks::{self, Role, VarInt, ptype};
 use super::error::{from_decode, from_encode};
 use super::topic::{self, SharedSubscription};
 use super::{
-    ByteString, CodecError, Packet, ProtocolLevel, PublishAck2Reason, PublishAckReason,
+    ByteString, CodecError, Packet, ProtocolLevel, PublishAck2Reason, PublishAckReason, QoS,
     UserProperties, convert,
 };
 
@@ -227,7 +229,72 @@ impl Encoder<Packet> for Codec {
     }
 }
 
+/// A PUBLISH without properties, for [`Codec::encode_plain_publish`]: the common delivery, encoded from
+/// borrowed parts.
+#[derive(Debug, Clone, Copy)]
+pub struct PlainPublish<'a> {
+    /// Topic name (not empty: no alias here).
+    pub topic: &'a str,
+    /// Application payload.
+    pub payload: &'a [u8],
+    /// QoS of this delivery.
+    pub qos: QoS,
+    /// RETAIN flag.
+    pub retain: bool,
+    /// DUP flag.
+    pub dup: bool,
+    /// Packet identifier (QoS 1 and 2 only).
+    pub packet_id: Option<NonZeroU16>,
+}
+
 impl Codec {
+    /// Encodes a PUBLISH with no properties straight from borrowed parts, byte for byte what
+    /// [`Encoder::encode`] writes for the same packet (`plain_publish_matches_the_packet_encoder` checks it),
+    /// without building an owned packet: no allocation and no reference-count traffic per delivery. Same errors:
+    /// `NoProtocolLevel`, `OutboundTooLarge` above the peer's Maximum Packet Size or the largest remaining
+    /// length; nothing is written then.
+    pub fn encode_plain_publish(
+        &mut self,
+        p: PlainPublish<'_>,
+        dst: &mut BytesMut,
+    ) -> Result<(), CodecError> {
+        let level = self.level.ok_or(CodecError::NoProtocolLevel)?;
+        let packet_id = match (p.qos, p.packet_id) {
+            (QoS::AtMostOnce, _) => None,
+            (_, Some(id)) => Some(id),
+            (_, None) => return Err(CodecError::EncodeFailed),
+        };
+        let remaining = 2
+            + p.topic.len()
+            + if packet_id.is_some() { 2 } else { 0 }
+            + usize::from(level.is_v5())
+            + p.payload.len();
+        if remaining > MAX_REMAINING_LENGTH || p.topic.len() > usize::from(u16::MAX) {
+            return Err(CodecError::OutboundTooLarge);
+        }
+        let header_len = 1 + varint_len(remaining);
+        if let Some(max) = self.outbound_max
+            && header_len + remaining > max as usize
+        {
+            return Err(CodecError::OutboundTooLarge);
+        }
+        dst.reserve(header_len + remaining);
+        dst.put_u8(0x30 | (u8::from(p.dup) << 3) | (p.qos.value() << 1) | u8::from(p.retain));
+        super::encode_varint(remaining, dst)?;
+        // Checked above: the topic length fits in a u16.
+        dst.put_u16(p.topic.len() as u16);
+        dst.put_slice(p.topic.as_bytes());
+        if let Some(id) = packet_id {
+            dst.put_u16(id.get());
+        }
+        if level.is_v5() {
+            // Property length 0.
+            dst.put_u8(0);
+        }
+        dst.put_slice(p.payload);
+        Ok(())
+    }
+
     fn encode_once(
         &mut self,
         item: Packet,
@@ -274,6 +341,16 @@ impl Codec {
             return Err(CodecError::OutboundTooLarge);
         }
         Ok(())
+    }
+}
+
+/// Bytes of `value` as a Variable Byte Integer (at most [`MAX_REMAINING_LENGTH`]).
+fn varint_len(value: usize) -> usize {
+    match value {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
     }
 }
 

@@ -51,10 +51,13 @@ mod fuzz_tests;
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // tests may unwrap (CONTRIBUTING)
 mod malformed_tests;
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap (CONTRIBUTING)
+mod plain_publish_tests;
 
 pub use bytes::Bytes;
 pub use bytestring::ByteString;
-pub use codec::Codec;
+pub use codec::{Codec, PlainPublish};
 pub use convert::V3_PERSISTENT_SESSION_EXPIRY;
 pub use error::CodecError;
 

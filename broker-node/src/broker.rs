@@ -80,7 +80,7 @@ pub struct ClientInfo {
     pub inflight: usize,
 }
 
-/// What became of a message relayed to one session ([`Broker::deliver_to`]).
+/// What became of a message relayed to one session (`Broker::deliver_to`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Relayed {
     /// Queued for the session.

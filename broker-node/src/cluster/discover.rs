@@ -26,7 +26,7 @@ use crate::broker::Broker;
 const FIRST_SET_WAIT: Duration = Duration::from_secs(5);
 
 /// Starts discovering peers as `cfg` says; the node counts as having tried its peers once the first set was
-/// dialed (or after [`FIRST_SET_WAIT`]).
+/// dialed (or after `FIRST_SET_WAIT`).
 pub fn start(
     cluster: &Arc<Cluster>,
     broker: &Arc<Broker>,

@@ -1,7 +1,7 @@
 //! Node-to-node TCP links: the cluster port's accept loop (one task per inbound connection at once), the
 //! dialers (one per known peer address, reconnecting with backoff), the Hello exchange, the ordered writer of our
 //! outbound queue ([`super::outbox`]) and the heartbeats; every read is bounded by `dead_after` of silence. A
-//! read takes whatever the socket has (up to [`READ_CHUNK`]) and every complete frame in it is applied before the
+//! read takes whatever the socket has (up to `READ_CHUNK`) and every complete frame in it is applied before the
 //! next read.
 
 use std::io;

@@ -24,7 +24,7 @@
 //! The per-peer queue is bounded at `queue_capacity` frames for message forwards (overflow:
 //! `fleetgate_dropped_messages_total{reason="cluster_queue_full"}`); control frames are never dropped.
 //!
-//! # Wire protocol (`frame.rs`)
+//! # Wire protocol (`frame/`)
 //! Every frame is `u32` big-endian length, then a type byte and its fields (integers big-endian, strings `u16`
 //! length + UTF-8, byte strings `u32` length); frames above `max_packet_size + 64 KiB` are refused. A message is
 //! topic, QoS, retain, remaining expiry (ms), v5 properties and payload.

@@ -1,5 +1,5 @@
 //! The per-peer outbound queue of a cluster link, between the senders ([`super::Cluster`]'s `push`, the publish
-//! path's forwards) and the link's writer ([`LinkTx::write_loop`], run by `link.rs`). Frames are encoded straight
+//! path's forwards) and the link's writer (`LinkTx::write_loop`, run by `link.rs`). Frames are encoded straight
 //! into one write buffer, in queue order; the writer swaps the whole buffer out and writes it with one
 //! `write_all`, so a burst of forwards costs one socket write, no allocation per frame (the two buffers are reused)
 //! and at most one wake-up of the writer (only when it waits on an empty queue).

@@ -4,7 +4,7 @@
 //!
 //! A relay: when this node hands session S to node T, a peer P may still send S's messages here (it did not
 //! know S moved) while T, on another link, is not yet holding S. Until T confirms the install
-//! (SessionInstalled) and for [`RELAY_LINGER`] after that, a message for S that arrives here is passed on to T
+//! (SessionInstalled) and for `RELAY_LINGER` after that, a message for S that arrives here is passed on to T
 //! addressed to S itself (the `sessions` list of the Publish frame), and our advertisement of S's filters is
 //! held so P keeps sending them here meanwhile. A message published on this node needs no relay when T gets it
 //! anyway: the handover frames went out on the same ordered link before it.

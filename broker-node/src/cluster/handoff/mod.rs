@@ -4,7 +4,7 @@
 //!
 //! A session is taken out of the broker (`extract`) and put in (`install`) under the router write lock, so a
 //! publish either queued its message before the extraction (it moves with the session) or sees the relay to
-//! the new node (see [`Cluster::start_relays`]). The frames of one handover are queued back to back on the
+//! the new node (see `Cluster::start_relay`). The frames of one handover are queued back to back on the
 //! ordered link, so anything the old node sends afterwards — a TakeoverReply, a Barrier — arrives after it.
 //!
 //! Concurrent CONNECTs for one client ID on two nodes resolve by arrival at the holder: the first request gets

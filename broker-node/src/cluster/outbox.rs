@@ -100,8 +100,8 @@ impl LinkTx {
         q.buf = BytesMut::new();
     }
 
-    /// Swaps the queued frames into `batch` (emptied by the caller) and returns true; or, with nothing queued,
-    /// marks the writer idle and registers it for the next push's wake-up. The waker is registered before the
+    /// Ready once the queued frames were swapped into `batch` (emptied by the caller); with nothing queued,
+    /// pending: the writer is marked idle and registered for the next push's wake-up. The waker is registered before the
     /// queue is looked at, so a push after the look always finds it.
     fn poll_batch(&self, cx: &mut Context<'_>, batch: &mut BytesMut) -> Poll<()> {
         self.wake.register(cx.waker());

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use fleetgate_config::lb::{ClientAuth, TlsConfig};
+use fleetgate_ops::pem::{load_certs, load_key};
 use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
 use rustls::server::danger::ClientCertVerifier;
@@ -18,9 +19,7 @@ use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::{CertifiedKey, Signer, SigningKey};
 use rustls::{ServerConfig, SignatureAlgorithm, SignatureScheme, version};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{
-    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, SubjectPublicKeyInfoDer,
-};
+use rustls_pki_types::{CertificateRevocationListDer, SubjectPublicKeyInfoDer};
 
 /// ALPN protocol offered to clients ("mqtt", the IANA-registered ID); clients without ALPN are accepted too.
 pub const ALPN_MQTT: &[u8] = b"mqtt";
@@ -39,6 +38,15 @@ pub enum TlsError {
     /// rustls refused the assembled configuration.
     #[error("TLS configuration: {0}")]
     Config(String),
+}
+
+impl From<fleetgate_ops::pem::PemError> for TlsError {
+    fn from(e: fleetgate_ops::pem::PemError) -> TlsError {
+        TlsError::File {
+            path: e.path,
+            message: e.message,
+        }
+    }
 }
 
 fn file_error(path: &Path, message: impl fmt::Display) -> TlsError {
@@ -65,22 +73,6 @@ pub fn server_config(cfg: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
         .with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = vec![ALPN_MQTT.to_vec()];
     Ok(Arc::new(config))
-}
-
-fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| file_error(path, e))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| file_error(path, e))?;
-    if certs.is_empty() {
-        return Err(file_error(path, "no PEM certificate found"));
-    }
-    Ok(certs)
-}
-
-fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_file(path)
-        .map_err(|e| file_error(path, format!("no usable PEM private key: {e}")))
 }
 
 fn load_crl(path: &Path) -> Result<CertificateRevocationListDer<'static>, TlsError> {
@@ -216,6 +208,7 @@ impl SigningKey for RecordingKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustls_pki_types::PrivateKeyDer;
 
     fn p256_key() -> Arc<dyn SigningKey> {
         let key = rcgen::KeyPair::generate().unwrap();

@@ -4,8 +4,10 @@
 //! - [`telemetry`]: the process-wide Prometheus recorder and its upkeep.
 //! - [`admin`]: the admin HTTP server (`/healthz`, `/readyz`, `/metrics`, plus routes a binary adds).
 //! - [`signals`]: SIGTERM/SIGINT → shutdown, SIGHUP → reload.
+//! - [`pem`]: certificate chains and keys from PEM files (LB TLS, cluster mTLS).
 
 pub mod admin;
 pub mod logging;
+pub mod pem;
 pub mod signals;
 pub mod telemetry;

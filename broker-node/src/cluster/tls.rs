@@ -12,10 +12,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use fleetgate_config::node::ClusterTlsConfig;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use fleetgate_ops::pem::{load_certs, load_key};
+use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
-use rustls_pki_types::pem::PemObject;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 /// ALPN of cluster links: a cluster port reached by an MQTT client (or the reverse) fails the handshake.
@@ -35,6 +35,15 @@ pub enum TlsError {
     /// rustls refused the configuration.
     #[error("cluster tls: {0}")]
     Config(String),
+}
+
+impl From<fleetgate_ops::pem::PemError> for TlsError {
+    fn from(e: fleetgate_ops::pem::PemError) -> TlsError {
+        TlsError::File {
+            path: e.path,
+            message: e.message,
+        }
+    }
 }
 
 fn file_error(path: &Path, message: impl std::fmt::Display) -> TlsError {
@@ -109,20 +118,4 @@ pub fn certifies_node(cert: &CertificateDer<'_>, name: &str, addr: std::net::Soc
     rustls::server::ParsedCertificate::try_from(cert).is_ok_and(|parsed| {
         rustls::client::verify_server_name(&parsed, &server_name(Some(name), addr)).is_ok()
     })
-}
-
-fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| file_error(path, e))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| file_error(path, e))?;
-    if certs.is_empty() {
-        return Err(file_error(path, "no PEM certificate found"));
-    }
-    Ok(certs)
-}
-
-fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_file(path)
-        .map_err(|e| file_error(path, format!("no usable PEM private key: {e}")))
 }

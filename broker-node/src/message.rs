@@ -61,6 +61,14 @@ impl Message {
                 .message_expiry_interval
                 .map(|s| Instant::now() + Duration::from_secs(u64::from(s.get())));
         }
+        // The codec decodes every v5 PUBLISH's property block, empty or not, to `Some`: an empty one is `None`
+        // here, so deliveries of it take the plain encoder (`Delivery::is_plain`).
+        if properties
+            .as_ref()
+            .is_some_and(|p| *p == PublishProperties::default())
+        {
+            properties = None;
+        }
         Message {
             topic,
             payload: publish.payload,
@@ -221,5 +229,51 @@ mod tests {
         assert_eq!(msg.remaining_expiry(now).map(NonZeroU32::get), Some(2));
         assert!(!msg.is_expired(now));
         assert!(msg.is_expired(now + Duration::from_secs(2)));
+    }
+
+    fn publish(properties: Option<PublishProperties>) -> Publish {
+        Publish {
+            dup: false,
+            retain: false,
+            qos: QoS::AtLeastOnce,
+            topic: "t".into(),
+            packet_id: NonZeroU16::new(1),
+            payload: Bytes::from_static(b"x"),
+            properties,
+        }
+    }
+
+    fn delivery(msg: Message) -> Delivery {
+        Delivery {
+            msg: Arc::new(msg),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            sub_ids: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_v5_publish_with_no_properties_left_is_delivered_plain() {
+        let empty =
+            Message::from_publish(publish(Some(PublishProperties::default())), "t".into(), 1);
+        assert!(empty.properties.is_none());
+        assert!(delivery(empty).is_plain(true));
+
+        // Only an inbound topic alias: resolved and removed, nothing left to pass on.
+        let alias_only = PublishProperties {
+            topic_alias: NonZeroU16::new(3),
+            ..PublishProperties::default()
+        };
+        let aliased = Message::from_publish(publish(Some(alias_only)), "t".into(), 1);
+        assert!(aliased.properties.is_none());
+
+        let with_user_property = PublishProperties {
+            user_properties: vec![("k".into(), "v".into())],
+            ..PublishProperties::default()
+        };
+        let kept = Message::from_publish(publish(Some(with_user_property)), "t".into(), 1);
+        assert!(kept.properties.is_some());
+        assert!(!delivery(kept).is_plain(true));
+        assert!(delivery(Message::from_publish(publish(None), "t".into(), 1)).is_plain(false));
     }
 }

@@ -1,6 +1,7 @@
 //! The per-connection load loops of `throughput`: the subscriber (decode, latency, PUBACK), the publisher (paced or
 //! unbounded batches, QoS 1 window), its PUBACK reader, and the end-to-end flow control of unbounded runs.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -28,12 +29,27 @@ pub(crate) const STALL_WRITE_OFF: Duration = Duration::from_millis(100);
 /// Read buffer refill threshold and growth step of a subscriber.
 pub(crate) const READ_CHUNK: usize = 64 * 1024;
 
+/// Bits of a payload's sequence number that count a publisher's messages; the publisher's index is above them.
+pub(crate) const SEQ_BITS: u32 = 40;
+
+/// What the subscribers have seen so far, summed over all of them (shared with the flow control).
+#[derive(Default)]
+pub(crate) struct Tally {
+    /// Deliveries received.
+    pub(crate) received: AtomicU64,
+    /// Deliveries known lost: skipped in a publisher's sequence (the server keeps one publisher's messages in order
+    /// to a subscriber, so a jump means what lies between was dropped, e.g. a QoS 0 queue overflowing).
+    pub(crate) skipped: AtomicU64,
+}
+
 /// End-to-end flow control of unbounded runs, shared by all publishers.
 pub(crate) struct Flow {
     /// Deliveries published so far (messages × subscribers they fan out to).
     pub(crate) expected: AtomicU64,
-    /// Deliveries received so far (shared with the subscribers).
-    received: Arc<AtomicU64>,
+    /// Deliveries received or known lost so far. Lost ones count as done: a server that drops QoS 0 messages
+    /// under load must not shrink the window for the rest of the run (each drop would hold a slot forever, and
+    /// a window worn down that way measured the publishers' pauses instead of the server).
+    tally: Arc<Tally>,
     /// Deliveries published before the latest stall: counted as done whether or not they arrive later. A mark, not
     /// a count added to `received`: a written-off delivery that does arrive late must not be credited twice (that
     /// let publishers overshoot the window by the written-off amount for the rest of the run, and a slow server
@@ -48,11 +64,11 @@ pub(crate) struct Flow {
 }
 
 impl Flow {
-    /// Flow control with at most `limit` deliveries in flight, fed by the subscribers' `received` count.
-    pub(crate) fn new(received: Arc<AtomicU64>, limit: u64) -> Self {
+    /// Flow control with at most `limit` deliveries in flight, fed by the subscribers' tally.
+    pub(crate) fn new(tally: Arc<Tally>, limit: u64) -> Self {
         Self {
             expected: AtomicU64::new(0),
-            received,
+            tally,
             written_off_to: AtomicU64::new(0),
             written_off: AtomicU64::new(0),
             stalls: AtomicU64::new(0),
@@ -60,11 +76,15 @@ impl Flow {
         }
     }
 
-    /// Deliveries neither received nor written off.
+    /// Deliveries received or seen skipped.
+    fn accounted(&self) -> u64 {
+        self.tally.received.load(Ordering::Relaxed) + self.tally.skipped.load(Ordering::Relaxed)
+    }
+
+    /// Deliveries neither received, seen lost nor written off.
     fn in_flight(&self) -> u64 {
         let done = self
-            .received
-            .load(Ordering::Relaxed)
+            .accounted()
             .max(self.written_off_to.load(Ordering::Relaxed));
         self.expected.load(Ordering::Relaxed).saturating_sub(done)
     }
@@ -75,7 +95,7 @@ impl Flow {
         // fetch_max: publishers that see the same stall write the same deliveries off once.
         let before = self.written_off_to.fetch_max(expected, Ordering::Relaxed);
         if expected > before {
-            let done = before.max(self.received.load(Ordering::Relaxed));
+            let done = before.max(self.accounted());
             self.written_off
                 .fetch_add(expected.saturating_sub(done), Ordering::Relaxed);
             self.stalls.fetch_add(1, Ordering::Relaxed);
@@ -92,10 +112,10 @@ impl Flow {
 
     /// Waits until the deliveries in flight drop to the limit, writing them off after a stall; gives up at `end`.
     pub(crate) async fn wait_for_room(&self, end: Instant) {
-        let mut last = self.received.load(Ordering::Relaxed);
+        let mut last = self.accounted();
         let mut since = Instant::now();
         loop {
-            let received = self.received.load(Ordering::Relaxed);
+            let received = self.accounted();
             let now = Instant::now();
             if self.in_flight() <= self.limit || now >= end {
                 return;
@@ -113,6 +133,8 @@ impl Flow {
 
 pub(crate) struct SubResult {
     pub(crate) received: u64,
+    /// Deliveries skipped in a publisher's sequence (dropped by the server).
+    pub(crate) skipped: u64,
     pub(crate) foreign: u64,
     pub(crate) last_rx_ns: u64,
     pub(crate) latency: Latency,
@@ -129,7 +151,7 @@ pub(crate) struct PubResult {
 pub(crate) async fn subscriber(
     session: Session,
     version: Version,
-    total: Arc<AtomicU64>,
+    tally: Arc<Tally>,
     mut stop: watch::Receiver<bool>,
 ) -> SubResult {
     let Session {
@@ -138,16 +160,19 @@ pub(crate) async fn subscriber(
     } = session;
     let mut result = SubResult {
         received: 0,
+        skipped: 0,
         foreign: 0,
         last_rx_ns: 0,
         latency: Latency::new(),
         error: None,
     };
     let mut acks = BytesMut::with_capacity(4096);
+    let mut sequences = Sequences::default();
     loop {
         // Decode everything buffered (including bytes read with the SUBACK) before reading more.
         let mut used = 0;
         let mut batch = 0u64;
+        let mut skipped = 0u64;
         loop {
             match mqtt::decode(&read_buf[used..], version) {
                 Ok(Some((packet, len))) => {
@@ -163,6 +188,8 @@ pub(crate) async fn subscriber(
                             let mut stamp = [0u8; 8];
                             stamp.copy_from_slice(&payload[..8]);
                             let sent_ns = u64::from_be_bytes(stamp);
+                            stamp.copy_from_slice(&payload[8..16]);
+                            skipped += sequences.skipped_before(u64::from_be_bytes(stamp));
                             let now = stats::now_ns();
                             result.latency.record_ns(now.saturating_sub(sent_ns));
                             result.last_rx_ns = now;
@@ -183,7 +210,11 @@ pub(crate) async fn subscriber(
         }
         read_buf.advance(used);
         result.received += batch;
-        total.fetch_add(batch, Ordering::Relaxed);
+        tally.received.fetch_add(batch, Ordering::Relaxed);
+        if skipped > 0 {
+            result.skipped += skipped;
+            tally.skipped.fetch_add(skipped, Ordering::Relaxed);
+        }
         if !acks.is_empty() {
             if let Err(e) = stream.write_all(&acks).await {
                 result.error = Some(format!("writing PUBACK: {e}"));
@@ -212,6 +243,27 @@ pub(crate) async fn subscriber(
     }
     net::disconnect(&mut stream).await;
     result
+}
+
+/// The next sequence number a subscriber expects from each publisher.
+#[derive(Default)]
+struct Sequences {
+    next: HashMap<u64, u64>,
+}
+
+impl Sequences {
+    /// Records `seq` (publisher index above [`SEQ_BITS`], its message count below) and returns how many of that
+    /// publisher's messages it jumped over. A number already passed (a QoS 1 redelivery) skips nothing.
+    fn skipped_before(&mut self, seq: u64) -> u64 {
+        let (publisher, n) = (seq >> SEQ_BITS, seq & ((1 << SEQ_BITS) - 1));
+        let next = self.next.entry(publisher).or_insert(0);
+        if n < *next {
+            return 0;
+        }
+        let skipped = n - *next;
+        *next = n + 1;
+        skipped
+    }
 }
 
 pub(crate) struct PubConfig {
@@ -300,7 +352,7 @@ pub(crate) async fn publisher(session: Session, cfg: PubConfig) -> PubResult {
                 }
                 packet_id = packet_id.wrapping_add(1).max(1);
             }
-            let seq = (cfg.index << 40) | sent;
+            let seq = (cfg.index << SEQ_BITS) | sent;
             mqtt::encode_publish(
                 &mut buf,
                 cfg.version,
@@ -383,9 +435,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_jump_in_a_publishers_sequence_counts_what_it_skipped() {
+        let mut s = Sequences::default();
+        let a = 3 << SEQ_BITS;
+        let b = 4 << SEQ_BITS;
+        assert_eq!(s.skipped_before(a), 0);
+        assert_eq!(s.skipped_before(b | 2), 2, "b's first two never came");
+        assert_eq!(s.skipped_before(a | 1), 0);
+        assert_eq!(s.skipped_before(a | 5), 3);
+        assert_eq!(s.skipped_before(a | 4), 0, "a redelivery skips nothing");
+        assert_eq!(s.skipped_before(a | 6), 0);
+    }
+
+    #[test]
+    fn lost_deliveries_free_their_window_slots() {
+        let tally = Arc::new(Tally::default());
+        let flow = Flow::new(Arc::clone(&tally), 500);
+        flow.expected.store(1000, Ordering::Relaxed);
+        tally.received.store(300, Ordering::Relaxed);
+        assert_eq!(flow.in_flight(), 700);
+        tally.skipped.store(400, Ordering::Relaxed);
+        assert_eq!(flow.in_flight(), 300);
+    }
+
+    #[test]
     fn late_arrivals_of_written_off_deliveries_are_not_credited_twice() {
-        let received = Arc::new(AtomicU64::new(0));
-        let flow = Flow::new(Arc::clone(&received), 500);
+        let tally = Arc::new(Tally::default());
+        let received = &tally.received;
+        let flow = Flow::new(Arc::clone(&tally), 500);
         flow.expected.store(1000, Ordering::Relaxed);
         assert_eq!(flow.in_flight(), 1000);
         flow.write_off();

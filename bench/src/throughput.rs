@@ -8,13 +8,13 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use tokio::sync::watch;
 
-use crate::load::{DRAIN_POLL, Flow, PubConfig, STAMP_LEN, publisher, subscriber};
+use crate::load::{DRAIN_POLL, Flow, PubConfig, STAMP_LEN, Tally, publisher, subscriber};
 use crate::mqtt::Version;
 use crate::net::{self, Target, TlsArgs};
 use crate::probe;
@@ -232,25 +232,45 @@ pub async fn run(args: ThroughputArgs) -> anyhow::Result<serde_json::Value> {
         None => None,
     };
 
-    let received = Arc::new(AtomicU64::new(0));
+    // Flow groups: publishers and the subscribers they reach. With pairs each pair is its own group, so the
+    // window is per subscriber as `--outstanding` says (one shared window let a few publishers run far ahead of
+    // their subscribers and overflow the server's per-session queues); in fan-in and fan-out every publisher
+    // reaches every subscriber, so one group is already per subscriber.
+    let groups = if plan.pattern == Pattern::Pairs {
+        args.publishers
+    } else {
+        1
+    };
+    let subscribers_per_group = if groups > 1 {
+        1
+    } else {
+        args.subscribers as u64
+    };
+    let tallies: Vec<Arc<Tally>> = (0..groups).map(|_| Arc::default()).collect();
     let (stop_tx, stop_rx) = watch::channel(false);
     let sub_tasks: Vec<_> = subs
         .into_iter()
-        .map(|s| {
+        .enumerate()
+        .map(|(i, s)| {
             tokio::spawn(subscriber(
                 s,
                 args.mqtt,
-                Arc::clone(&received),
+                Arc::clone(&tallies[i % groups]),
                 stop_rx.clone(),
             ))
         })
         .collect();
 
-    let flow = (args.rate == Rate::Unbounded).then(|| {
-        Arc::new(Flow::new(
-            Arc::clone(&received),
-            args.outstanding.max(1) * args.subscribers as u64,
-        ))
+    let flows: Option<Vec<Arc<Flow>>> = (args.rate == Rate::Unbounded).then(|| {
+        tallies
+            .iter()
+            .map(|t| {
+                Arc::new(Flow::new(
+                    Arc::clone(t),
+                    args.outstanding.max(1) * subscribers_per_group,
+                ))
+            })
+            .collect()
     });
     let start = Instant::now();
     let per_pub_rate = match args.rate {
@@ -269,7 +289,7 @@ pub async fn run(args: ThroughputArgs) -> anyhow::Result<serde_json::Value> {
                 payload: args.payload,
                 inflight: args.inflight.max(1),
                 rate: per_pub_rate,
-                flow: flow.clone(),
+                flow: flows.as_ref().map(|f| Arc::clone(&f[i % groups])),
                 fanout: plan.fanout[i],
                 // Spread paced publishers' send instants evenly over one interval.
                 phase: per_pub_rate.map_or(Duration::ZERO, |r| {
@@ -297,16 +317,24 @@ pub async fn run(args: ThroughputArgs) -> anyhow::Result<serde_json::Value> {
     let publish_elapsed = start.elapsed();
 
     let drain_deadline = Instant::now() + args.drain;
-    while received.load(Ordering::Relaxed) < expected && Instant::now() < drain_deadline {
+    // Done once every delivery arrived or is known lost (nothing more of it will come).
+    let accounted = || {
+        tallies
+            .iter()
+            .map(|t| t.received.load(Ordering::Relaxed) + t.skipped.load(Ordering::Relaxed))
+            .sum::<u64>()
+    };
+    while accounted() < expected && Instant::now() < drain_deadline {
         tokio::time::sleep(DRAIN_POLL).await;
     }
     let _ = stop_tx.send(true);
 
     let mut latency = Latency::new();
-    let (mut received_total, mut foreign, mut last_rx_ns) = (0u64, 0u64, 0u64);
+    let (mut received_total, mut skipped, mut foreign, mut last_rx_ns) = (0u64, 0u64, 0u64, 0u64);
     for (i, task) in sub_tasks.into_iter().enumerate() {
         let r = task.await.context("subscriber task panicked")?;
         received_total += r.received;
+        skipped += r.skipped;
         foreign += r.foreign;
         last_rx_ns = last_rx_ns.max(r.last_rx_ns);
         latency.merge(&r.latency);
@@ -343,14 +371,16 @@ pub async fn run(args: ThroughputArgs) -> anyhow::Result<serde_json::Value> {
         "expected": expected,
         "received": received_total,
         "loss": loss,
+        "sequence_gaps": skipped,
         "loss_pct": if expected > 0 { 100.0 * loss as f64 / expected as f64 } else { 0.0 },
         "delivered_per_s": received_total as f64 / secs,
         "foreign": foreign,
         "colocate_tries": colocate_tries,
         "route_probes": route_probes,
-        "outstanding_limit": flow.as_ref().map(|f| f.limit),
-        "written_off": flow.as_ref().map(|f| f.write_offs().0),
-        "stalls": flow.as_ref().map(|f| f.write_offs().1),
+        "flow_groups": flows.as_ref().map(Vec::len),
+        "outstanding_limit": flows.as_ref().map(|f| f.iter().map(|f| f.limit).sum::<u64>()),
+        "written_off": flows.as_ref().map(|f| f.iter().map(|f| f.write_offs().0).sum::<u64>()),
+        "stalls": flows.as_ref().map(|f| f.iter().map(|f| f.write_offs().1).sum::<u64>()),
         "latency_samples": latency.count(),
         "errors": errors.iter().take(5).collect::<Vec<_>>(),
         "error_count": errors.len(),

@@ -20,6 +20,7 @@ use parking_lot::{Mutex, RwLock};
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::Cluster;
+use crate::cluster::relay::ForwardCache;
 use crate::events;
 use crate::message::{Delivery, Message};
 use crate::metrics::Metrics;
@@ -376,6 +377,11 @@ impl Broker {
     /// Routes `msg` to every matching session (stores it first when retained) and to the cluster peers with
     /// matching subscriptions; returns how many local sessions it was queued for.
     pub fn publish(&self, msg: Arc<Message>) -> usize {
+        self.publish_with(msg, &mut ForwardCache::default())
+    }
+
+    /// [`publish`](Self::publish) for a connection that keeps where its last message went to peers.
+    pub fn publish_with(&self, msg: Arc<Message>, cache: &mut ForwardCache) -> usize {
         if msg.retain {
             let stamp = self.retained.store(&msg);
             if let Some(c) = self.cluster() {
@@ -396,7 +402,7 @@ impl Broker {
             },
         );
         if let Some(c) = self.cluster() {
-            c.forward(&msg, &served);
+            c.forward(&msg, &served, cache);
         }
         drop(router);
         queued

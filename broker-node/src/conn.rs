@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::ConnAuth;
 use crate::broker::{AttachRequest, Broker};
+use crate::cluster::relay::ForwardCache;
 use crate::inbound::InboundAliases;
 use crate::limits::{self, CLOSE_FLUSH_TIMEOUT, ConnLimits, WRITE_HIGH_WATER};
 use crate::listener::{self, ClientOrigin, ListenerCtx};
@@ -145,6 +146,8 @@ pub struct Conn {
     pub heard: bool,
     /// Who the client authenticated as, and its ACL.
     pub auth: ConnAuth,
+    /// Where this client's last message went in the cluster.
+    pub forward_cache: ForwardCache,
 }
 
 /// A connection past CONNACK, as [`handshake`] hands it to the packet loop.
@@ -357,6 +360,7 @@ async fn handshake(
         outbound_aliases: OutboundAliases::new(limits.outbound_alias_max),
         heard: false,
         auth: conn_auth,
+        forward_cache: ForwardCache::default(),
     };
     drop(connect);
     let ended = match conn.wire.encode(Packet::ConnectAck(Box::new(connack))) {

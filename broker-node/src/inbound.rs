@@ -283,9 +283,10 @@ fn on_denied_publish(conn: &mut Conn, qos: QoS, packet_id: Option<NonZeroU16>) -
     }
 }
 
-fn route(conn: &Conn, publish: Publish, topic: ByteString) {
+fn route(conn: &mut Conn, publish: Publish, topic: ByteString) {
     let msg = Message::from_publish(publish, topic, conn.session.id);
-    conn.broker.publish(Arc::new(msg));
+    conn.broker
+        .publish_with(Arc::new(msg), &mut conn.forward_cache);
 }
 
 fn on_subscribe(conn: &mut Conn, sub: Subscribe) -> Result<(), End> {

@@ -191,6 +191,61 @@ async fn cross_node_qos_levels_order_and_wildcards() {
     .expect("test timed out");
 }
 
+/// One publisher connection keeps publishing on one topic while subscribers on the other nodes come and go: each
+/// message reaches exactly the nodes with a matching subscriber at that moment (a connection remembers where its
+/// last topic went; route changes must void that).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_topic_follows_subscribers_joining_and_leaving_other_nodes() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let nodes = start3().await;
+        let publisher = connect(nodes[0].mqtt, &id_owned_by(&NAMES, NAMES[0], "rpub"), true).await;
+        // Nobody subscribes yet: the publisher's topic goes nowhere (counted as received once it is handled).
+        publisher
+            .publish("fleet/7", QoS::AtLeastOnce, false, "m0")
+            .await;
+        nodes[0]
+            .wait_metric("fleetgate_messages_received_total", &[], WAIT, |v| v >= 1.0)
+            .await;
+
+        let mut b = connect(nodes[1].mqtt, &id_owned_by(&NAMES, NAMES[1], "rsub"), true).await;
+        b.subscribe("fleet/7", QoS::AtLeastOnce).await;
+        wait_routes(&nodes[0], 1.0).await;
+        publisher
+            .publish("fleet/7", QoS::AtLeastOnce, false, "m1")
+            .await;
+        assert_eq!(text(&b.take(1).await[0]), "m1");
+
+        let mut c = connect(nodes[2].mqtt, &id_owned_by(&NAMES, NAMES[2], "rsub"), true).await;
+        c.subscribe("fleet/+", QoS::AtLeastOnce).await;
+        wait_routes(&nodes[0], 2.0).await;
+        publisher
+            .publish("fleet/7", QoS::AtLeastOnce, false, "m2")
+            .await;
+        assert_eq!(text(&b.take(1).await[0]), "m2");
+        assert_eq!(text(&c.take(1).await[0]), "m2");
+
+        b.client.unsubscribe("fleet/7").await.unwrap();
+        nodes[0]
+            .wait_metric("fleetgate_cluster_remote_routes", &[], WAIT, |v| v == 1.0)
+            .await;
+        publisher
+            .publish("fleet/7", QoS::AtLeastOnce, false, "m3")
+            .await;
+        assert_eq!(text(&c.take(1).await[0]), "m3");
+        assert!(b.drain(Duration::from_millis(300)).await.is_empty());
+        assert!(c.drain(Duration::from_millis(300)).await.is_empty());
+        // m1 once, m2 twice, m3 once; m0 nowhere.
+        assert_eq!(
+            nodes[0]
+                .metric("fleetgate_cluster_forwarded_total", &[])
+                .await,
+            4.0
+        );
+    })
+    .await
+    .expect("test timed out");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_subscriptions_deliver_once_cluster_wide_preferring_local() {
     tokio::time::timeout(TEST_LIMIT, async {

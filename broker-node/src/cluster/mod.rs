@@ -188,6 +188,9 @@ pub struct Cluster {
     relays: Mutex<Vec<relay::Relay>>,
     /// `relays` is not empty (written under its lock): spares every publish the lock while there is none.
     has_relays: AtomicBool,
+    /// Bumped whenever the routes or the outbound links change: a [`relay::ForwardCache`] entry built under an
+    /// older value is stale.
+    route_generation: AtomicU64,
     pub(crate) pending: Mutex<HashMap<u64, Pending>>,
     barriers: Mutex<HashMap<u64, oneshot::Sender<()>>>,
     /// Client IDs whose session this node handed away, and to whom (answers later requests).
@@ -232,6 +235,7 @@ impl Cluster {
             local: Mutex::new(Local::default()),
             relays: Mutex::new(Vec::new()),
             has_relays: AtomicBool::new(false),
+            route_generation: AtomicU64::new(0),
             pending: Mutex::new(HashMap::new()),
             barriers: Mutex::new(HashMap::new()),
             moved: Mutex::new(HashMap::new()),
@@ -434,7 +438,9 @@ impl Cluster {
                 let mut peers = self.peers.lock();
                 let p = peers.map.entry(peer.clone()).or_default();
                 p.leaving = false;
-                p.out.replace(link.clone())
+                let old = p.out.replace(link.clone());
+                self.route_generation.fetch_add(1, Ordering::AcqRel);
+                old
             };
             if let Some(old) = old {
                 old.cancel.cancel();
@@ -471,6 +477,7 @@ impl Cluster {
                 return;
             }
             p.out = None;
+            self.route_generation.fetch_add(1, Ordering::AcqRel);
         }
         self.end_relays_to(peer);
         self.metrics.peers_up.set(self.up_peers().len() as f64);
@@ -521,6 +528,7 @@ impl Cluster {
     fn drop_routes(&self, peer: &str) {
         let mut routes = self.routes.write();
         let n = routes.remove_peer(peer);
+        self.route_generation.fetch_add(1, Ordering::AcqRel);
         self.metrics.remote_routes.set(routes.len() as f64);
         if n > 0 {
             tracing::info!(
@@ -557,11 +565,13 @@ impl Cluster {
             Frame::RouteAdd(f) => {
                 let mut routes = self.routes.write();
                 routes.add(peer, &f);
+                self.route_generation.fetch_add(1, Ordering::AcqRel);
                 self.metrics.remote_routes.set(routes.len() as f64);
             }
             Frame::RouteRemove(f) => {
                 let mut routes = self.routes.write();
                 routes.remove(peer, &f);
+                self.route_generation.fetch_add(1, Ordering::AcqRel);
                 self.metrics.remote_routes.set(routes.len() as f64);
             }
             Frame::Claim { client_id, held } => {

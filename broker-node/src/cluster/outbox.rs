@@ -22,6 +22,15 @@ use super::link::LinkWrite;
 /// once carried a large backlog (or one big message) should not hold that much memory while it idles.
 const KEEP_WRITE_BUFFER: usize = 1024 * 1024;
 
+/// Why [`LinkTx::try_push`] refused a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// The queue is at its bound.
+    Full,
+    /// The link ended.
+    Closed,
+}
+
 /// What is queued for the writer.
 #[derive(Debug, Default)]
 struct Outbox {
@@ -67,19 +76,29 @@ impl LinkTx {
         droppable: bool,
         encode: impl FnOnce(&mut BytesMut),
     ) -> bool {
+        self.try_push(capacity, droppable, encode).is_ok()
+    }
+
+    /// [`push`](Self::push), saying why a frame was refused.
+    pub(crate) fn try_push(
+        &self,
+        capacity: usize,
+        droppable: bool,
+        encode: impl FnOnce(&mut BytesMut),
+    ) -> Result<(), Refused> {
         let mut q = self.queue.lock();
         if q.closed {
-            return false;
+            return Err(Refused::Closed);
         }
         if q.frames >= capacity {
             if droppable {
-                return false;
+                return Err(Refused::Full);
             }
             if q.frames >= capacity.saturating_mul(4) {
                 // A control frame that cannot be queued: the peer is stuck; a fresh link resyncs it.
                 drop(q);
                 self.cancel.cancel();
-                return false;
+                return Err(Refused::Full);
             }
         }
         encode(&mut q.buf);
@@ -89,7 +108,7 @@ impl LinkTx {
         if wake {
             self.wake.wake();
         }
-        true
+        Ok(())
     }
 
     /// The link ended: later pushes fail, and what is queued is dropped.
@@ -174,8 +193,9 @@ mod tests {
         assert!(!link.cancel.is_cancelled());
         assert!(!link.push(2, false, heartbeat));
         assert!(link.cancel.is_cancelled());
+        assert_eq!(link.try_push(2, true, heartbeat), Err(Refused::Full));
         link.close();
-        assert!(!link.push(100, false, heartbeat), "closed");
+        assert_eq!(link.try_push(100, false, heartbeat), Err(Refused::Closed));
     }
 
     #[tokio::test]

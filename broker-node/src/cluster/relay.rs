@@ -23,6 +23,7 @@ use fleetgate_protocol::mqtt::{ByteString, topic};
 
 use super::Cluster;
 use super::frame::{self, PublishBody};
+use super::outbox::{LinkTx, Refused};
 use super::routes::PeerName;
 use crate::broker::split_share;
 use crate::message::Message;
@@ -103,6 +104,24 @@ impl Origin<'_> {
     }
 }
 
+/// Forwards of one message, counted for the metrics.
+#[derive(Debug, Default)]
+struct PushTally {
+    sent: u64,
+    link_down: u64,
+    queue_full: u64,
+}
+
+impl PushTally {
+    fn count(&mut self, pushed: Result<(), Refused>) {
+        match pushed {
+            Ok(()) => self.sent += 1,
+            Err(Refused::Closed) => self.link_down += 1,
+            Err(Refused::Full) => self.queue_full += 1,
+        }
+    }
+}
+
 /// Where one message goes on one peer.
 #[derive(Debug)]
 struct Target {
@@ -110,6 +129,21 @@ struct Target {
     direct: bool,
     groups: Vec<ByteString>,
     sessions: Vec<ByteString>,
+}
+
+/// Where the last message a connection published went, kept by the connection: a device publishes on the same
+/// topic again and again, and the routes and links rarely change in between, so a repeat skips the route
+/// lookup (a trie walk under the routes lock) and the peers lock. Valid while the cluster's route generation
+/// is the one it was built under; only plain (not shared-group) routes are kept, and relays are looked at
+/// every time.
+#[derive(Debug, Default)]
+pub struct ForwardCache(Option<Box<CachedForward>>);
+
+#[derive(Debug)]
+struct CachedForward {
+    topic: ByteString,
+    generation: u64,
+    links: Vec<Arc<LinkTx>>,
 }
 
 fn target<'a>(plan: &'a mut Vec<Target>, peer: &PeerName) -> &'a mut Target {
@@ -131,8 +165,39 @@ fn target<'a>(plan: &'a mut Vec<Target>, peer: &PeerName) -> &'a mut Target {
 impl Cluster {
     /// Forwards a message published on this node, once, to every peer with a matching subscription; a shared
     /// group already served here (`served`) is not served again, any other goes to one peer with members.
-    pub fn forward(&self, msg: &Arc<Message>, served: &[ByteString]) {
+    pub fn forward(&self, msg: &Arc<Message>, served: &[ByteString], cache: &mut ForwardCache) {
+        // Read before the routes: a change after this read makes the entry built from them stale at once.
+        let generation = self.route_generation.load(Ordering::Acquire);
+        if let Some(hit) = &cache.0
+            && hit.generation == generation
+            && hit.topic == msg.topic
+            && !self.has_relays.load(Ordering::Acquire)
+        {
+            self.send_cached(msg, &hit.links);
+            return;
+        }
         let matches = self.routes.read().matches(&msg.topic);
+        cache.0 = None;
+        if matches.groups.is_empty() && !self.has_relays.load(Ordering::Acquire) {
+            let links = {
+                let peers = self.peers.lock();
+                matches
+                    .direct
+                    .iter()
+                    .map(|peer| peers.map.get(peer).and_then(|p| p.out.clone()))
+                    .collect::<Option<Vec<_>>>()
+            };
+            // A peer without a link is left to the full path (which counts the drop).
+            if let Some(links) = links {
+                self.send_cached(msg, &links);
+                cache.0 = Some(Box::new(CachedForward {
+                    topic: msg.topic.clone(),
+                    generation,
+                    links,
+                }));
+                return;
+            }
+        }
         let mut plan: Vec<Target> = matches
             .direct
             .into_iter()
@@ -211,6 +276,37 @@ impl Cluster {
         }
     }
 
+    /// Queues a Publish frame for plain subscribers on each of `links`.
+    fn send_cached(&self, msg: &Message, links: &[Arc<LinkTx>]) {
+        if links.is_empty() {
+            return;
+        }
+        let encoded = (links.len() > 1).then(|| frame::encode_message(msg));
+        let body = match &encoded {
+            Some(b) => PublishBody::Encoded(b),
+            None => PublishBody::Message(msg),
+        };
+        let mut tally = PushTally::default();
+        for link in links {
+            tally.count(link.try_push(self.config.queue_capacity, true, |out| {
+                frame::encode_publish(out, true, &[], &[], body);
+            }));
+        }
+        self.record(tally);
+    }
+
+    fn record(&self, tally: PushTally) {
+        if tally.sent > 0 {
+            self.metrics.forwarded.increment(tally.sent);
+        }
+        if tally.link_down > 0 {
+            self.metrics.dropped_link_down.increment(tally.link_down);
+        }
+        if tally.queue_full > 0 {
+            self.metrics.dropped_queue_full.increment(tally.queue_full);
+        }
+    }
+
     /// Queues one Publish frame per target peer, encoded straight into each peer's write buffer (the message
     /// part encoded once when it goes to several peers).
     fn send_publish(&self, msg: &Message, plan: Vec<Target>) {
@@ -219,35 +315,22 @@ impl Cluster {
             Some(b) => PublishBody::Encoded(b),
             None => PublishBody::Message(msg),
         };
-        let (mut sent, mut link_down, mut queue_full) = (0, 0, 0);
+        let mut tally = PushTally::default();
         {
             // Pushing under the peers lock keeps the link alive without cloning a handle per message; a push
             // takes only its queue's lock.
             let peers = self.peers.lock();
             for t in &plan {
                 let Some(link) = peers.map.get(&t.peer).and_then(|p| p.out.as_ref()) else {
-                    link_down += 1;
+                    tally.count(Err(Refused::Closed));
                     continue;
                 };
-                let queued = link.push(self.config.queue_capacity, true, |out| {
+                tally.count(link.try_push(self.config.queue_capacity, true, |out| {
                     frame::encode_publish(out, t.direct, &t.groups, &t.sessions, body);
-                });
-                if queued {
-                    sent += 1;
-                } else {
-                    queue_full += 1;
-                }
+                }));
             }
         }
-        if sent > 0 {
-            self.metrics.forwarded.increment(sent);
-        }
-        if link_down > 0 {
-            self.metrics.dropped_link_down.increment(link_down);
-        }
-        if queue_full > 0 {
-            self.metrics.dropped_queue_full.increment(queue_full);
-        }
+        self.record(tally);
     }
 
     /// Session `client_id` subscribed to `filters` was handed to `peer` (its handover frames are queued).

@@ -93,6 +93,53 @@ async fn subscription_identifier_no_local_and_properties() {
     .await;
 }
 
+/// Deliveries with and without properties go out by different encoders (the plain ones straight from the
+/// queue): interleaved, they still reach the subscriber in publish order, each with its own properties.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_with_and_without_properties_keep_their_order() {
+    bounded(async {
+        let node = TestNode::start(LimitsConfig::default()).await;
+        let (sub, mut ev, _) = v5_client(node.addr, "mixed-sub", |_| {}).await;
+        sub.subscribe("mix/#", QoS::AtLeastOnce).await.unwrap();
+        ev.next_matching("SUBACK", v5_suback).await;
+        let (publ, _pe, _) = v5_client(node.addr, "mixed-pub", |_| {}).await;
+        const N: usize = 300;
+        for i in 0..N {
+            // Runs of different lengths, so batches of every mix occur.
+            let with_props = (i / (1 + i % 3)) % 2 == 1;
+            let qos = if i % 5 == 0 {
+                QoS::AtMostOnce
+            } else {
+                QoS::AtLeastOnce
+            };
+            let payload = i.to_string();
+            if with_props {
+                let props = RPublishProperties {
+                    user_properties: vec![("i".into(), payload.clone())],
+                    ..Default::default()
+                };
+                publ.publish_with_properties("mix/t", qos, false, payload, props)
+                    .await
+                    .unwrap();
+            } else {
+                publ.publish("mix/t", qos, false, payload).await.unwrap();
+            }
+        }
+        for i in 0..N {
+            let p = ev.next_matching("PUBLISH", v5_publish).await;
+            assert_eq!(std::str::from_utf8(&p.payload).unwrap(), i.to_string());
+            let with_props = (i / (1 + i % 3)) % 2 == 1;
+            let user = p.properties.map(|p| p.user_properties).unwrap_or_default();
+            if with_props {
+                assert_eq!(user, vec![("i".to_string(), i.to_string())], "message {i}");
+            } else {
+                assert!(user.is_empty(), "message {i}: {user:?}");
+            }
+        }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbound_topic_alias() {
     bounded(async {

@@ -42,7 +42,10 @@ pub struct Message {
     /// RETAIN flag as published.
     pub retain: bool,
     /// v5 properties passed through unchanged (topic alias and subscription IDs removed; expiry recomputed).
-    pub properties: Option<PublishProperties>,
+    /// Boxed: most messages have none, and without them inline the shared allocation of a message (`Arc`)
+    /// stays small enough for the allocator's fast per-size lists (it is made on one thread and often freed
+    /// on another, by the subscriber's task).
+    pub properties: Option<Box<PublishProperties>>,
     /// When the Message Expiry Interval runs out, if one was set.
     pub expires_at: Option<Instant>,
     /// The publishing session (for No Local).
@@ -74,7 +77,7 @@ impl Message {
             payload: publish.payload,
             qos: publish.qos,
             retain: publish.retain,
-            properties,
+            properties: properties.map(Box::new),
             expires_at,
             origin,
         }
@@ -100,7 +103,7 @@ impl Message {
             payload: will.message,
             qos: will.qos,
             retain: will.retain,
-            properties: Some(properties),
+            properties: Some(Box::new(properties)),
             expires_at,
             origin: 0,
         }
@@ -188,7 +191,7 @@ impl Delivery {
             && self.msg.expires_at.is_none()
             && self.sub_ids.is_empty();
         let properties = if v5 && !nothing {
-            let mut p = self.msg.properties.clone().unwrap_or_default();
+            let mut p = self.msg.properties.as_deref().cloned().unwrap_or_default();
             p.topic_alias = alias;
             if self.msg.expires_at.is_some() {
                 p.message_expiry_interval = self.msg.remaining_expiry(now.get());
@@ -213,6 +216,17 @@ impl Delivery {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shared_message_fits_the_allocators_small_size_lists() {
+        // glibc serves chunks up to 128 bytes (the `Arc` counts included) from lock-free per-size lists; a
+        // message is allocated by a reading task and freed by the subscribers' tasks, on other threads.
+        assert!(
+            std::mem::size_of::<Message>() + 2 * std::mem::size_of::<usize>() <= 120,
+            "Message grew to {} bytes",
+            std::mem::size_of::<Message>()
+        );
+    }
 
     #[test]
     fn remaining_expiry_rounds_up() {

@@ -39,6 +39,8 @@ pub struct NodeSpec {
     pub extra_limits: Vec<String>,
     /// `RUST_LOG` for the node process (default: the node's own default, `info`).
     pub rust_log: Option<String>,
+    /// `--worker-threads` for the node process (default: one per CPU).
+    pub worker_threads: Option<usize>,
 }
 
 impl NodeSpec {
@@ -59,6 +61,7 @@ impl NodeSpec {
             shutdown_grace: Some("2s".into()),
             extra_limits: Vec::new(),
             rust_log: None,
+            worker_threads: None,
         }
     }
 
@@ -140,7 +143,11 @@ impl Node {
             .iter()
             .map(|f| ("RUST_LOG", f.as_str()))
             .collect();
-        let args = ["node".as_ref(), "--config".as_ref(), config.as_os_str()];
+        let mut args: Vec<std::ffi::OsString> =
+            vec!["node".into(), "--config".into(), config.clone().into()];
+        if let Some(n) = spec.worker_threads {
+            args.extend(["--worker-threads".into(), n.to_string().into()]);
+        }
         let mut process = ServerProcess::spawn_with_env(bin, args, env);
         let mqtt = process.wait_for_listening(MQTT_ROLE).await;
         let admin = process.wait_for_listening(ADMIN_ROLE).await;

@@ -25,6 +25,30 @@ async fn admin_endpoints_answer() {
 }
 
 #[tokio::test]
+async fn worker_threads_follow_the_command_line() {
+    for n in [1, 3] {
+        let spec = NodeSpec {
+            worker_threads: Some(n),
+            ..NodeSpec::plain()
+        };
+        let node = Node::start(BIN, &spec).await;
+        assert_eq!(
+            node.metric("fleetgate_worker_threads", &[]).await,
+            n as f64,
+            "--worker-threads {n}"
+        );
+        // And the node serves with that many.
+        let out = mosquitto_pub(
+            node.mqtt,
+            MqttVersion::V5,
+            &["-t", "t", "-m", "m", "-q", "1"],
+        )
+        .await;
+        assert!(out.success(), "--worker-threads {n}: {out:?}");
+    }
+}
+
+#[tokio::test]
 async fn retained_messages_with_mosquitto() {
     let (node, px) = start().await;
     for v in BOTH {

@@ -23,7 +23,7 @@ pub fn will_to_message(will: &LastWill) -> Message {
 
 /// Back from [`will_to_message`].
 pub fn message_to_will(msg: &Message, delay: u32) -> LastWill {
-    let p = msg.properties.clone().unwrap_or_default();
+    let p = msg.properties.as_deref().cloned().unwrap_or_default();
     LastWill {
         qos: msg.qos,
         retain: msg.retain,
@@ -131,7 +131,7 @@ pub(super) fn get_message(r: &mut Bytes) -> Result<Message, FrameError> {
         for _ in 0..n {
             user_properties.push((get_str(r)?, get_str(r)?));
         }
-        Some(PublishProperties {
+        Some(Box::new(PublishProperties {
             topic_alias: None,
             correlation_data,
             message_expiry_interval,
@@ -140,7 +140,7 @@ pub(super) fn get_message(r: &mut Bytes) -> Result<Message, FrameError> {
             is_utf8_payload: bits & P_UTF8 != 0,
             response_topic,
             subscription_ids: Vec::new(),
-        })
+        }))
     };
     let payload = get_bytes(r)?;
     Ok(Message {

@@ -13,7 +13,7 @@ fn msg() -> Arc<Message> {
         payload: Bytes::from_static(b"hello"),
         qos: QoS::ExactlyOnce,
         retain: true,
-        properties: Some(PublishProperties {
+        properties: Some(Box::new(PublishProperties {
             correlation_data: Some(Bytes::from_static(b"c")),
             content_type: Some("text/plain".into()),
             response_topic: Some("r".into()),
@@ -21,7 +21,7 @@ fn msg() -> Arc<Message> {
             is_utf8_payload: true,
             message_expiry_interval: NonZeroU32::new(60),
             ..PublishProperties::default()
-        }),
+        })),
         expires_at: Some(Instant::now() + Duration::from_secs(60)),
         origin: 7,
     })

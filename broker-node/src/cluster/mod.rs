@@ -6,7 +6,8 @@
 //!   (dial, accept, hello, heartbeats, reader). [`outbox`]: the per-peer queue and its writer (frames encoded
 //!   into one buffer, written whole). [`tls`]: optional mutual TLS on them.
 //!   [`discover`]: peers from DNS or a static list (`peers_from`). [`relay`]: forwarding and relays while a
-//!   session moves. [`handoff`]: session takeover and drain.
+//!   session moves. [`handoff`]: session takeover and drain. [`membership`]: links to peers coming up and
+//!   going down. [`apply`]: frames from peers, applied in link order.
 //!
 //! # Membership
 //! A node dials the peers of its `[cluster] peers` list (or those `peers_from` discovers, refreshed, itself
@@ -51,10 +52,12 @@
 //! node asks the claimants and the ring owner (when that is not itself) for the session; the common case — this
 //! node is the owner and nobody claims the ID — costs no round trip. See [`handoff`].
 
+mod apply;
 pub mod discover;
 pub mod frame;
 pub mod handoff;
 pub mod link;
+mod membership;
 pub mod outbox;
 pub mod relay;
 pub mod routes;
@@ -74,11 +77,10 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{Broker, Relayed};
+use crate::broker::Broker;
 use crate::message::Message;
 use crate::metrics::DropReason;
 use crate::retained::Stamp;
-use crate::router::Router;
 use frame::{FRAME_OVERHEAD, Frame};
 use handoff::Pending;
 use outbox::LinkTx;
@@ -429,117 +431,6 @@ impl Cluster {
         }
     }
 
-    /// Registers our new outbound link to `peer` and queues the full sync on it (routes, claims, retained,
-    /// SyncDone) before any incremental frame can follow.
-    pub(crate) fn outbound_up(&self, broker: &Broker, peer: &PeerName, link: Arc<LinkTx>) {
-        {
-            let local = self.local.lock();
-            let old = {
-                let mut peers = self.peers.lock();
-                let p = peers.map.entry(peer.clone()).or_default();
-                p.leaving = false;
-                let old = p.out.replace(link.clone());
-                self.route_generation.fetch_add(1, Ordering::AcqRel);
-                old
-            };
-            if let Some(old) = old {
-                old.cancel.cancel();
-            }
-            for f in local.filters.keys() {
-                self.push(&link, &Frame::RouteAdd(f.clone()));
-            }
-            for c in &local.claims {
-                let claim = Frame::Claim {
-                    client_id: c.clone(),
-                    held: true,
-                };
-                self.push(&link, &claim);
-            }
-        }
-        for (topic, msg, stamp) in broker.retained.snapshot() {
-            self.push(&link, &Frame::Retain { stamp, topic, msg });
-        }
-        self.push(&link, &Frame::SyncDone);
-        self.metrics.peers_up.set(self.up_peers().len() as f64);
-        tracing::info!(event = "cluster_peer_up", peer = %peer, "cluster link to {peer} up");
-        self.recompute_claims(broker);
-        self.update_readiness();
-    }
-
-    /// Our outbound link `id` to `peer` ended.
-    pub(crate) fn outbound_down(&self, broker: &Broker, peer: &str, id: u64) {
-        {
-            let mut peers = self.peers.lock();
-            let Some(p) = peers.map.get_mut(peer) else {
-                return;
-            };
-            if p.out.as_ref().is_none_or(|l| l.id != id) {
-                return;
-            }
-            p.out = None;
-            self.route_generation.fetch_add(1, Ordering::AcqRel);
-        }
-        self.end_relays_to(peer);
-        self.metrics.peers_up.set(self.up_peers().len() as f64);
-        tracing::warn!(
-            event = "cluster_peer_down",
-            peer,
-            "cluster link to {peer} down"
-        );
-        self.recompute_claims(broker);
-        self.update_readiness();
-    }
-
-    /// A peer opened inbound connection `id`: whatever it advertised before is void until it syncs again.
-    pub(crate) fn inbound_up(&self, peer: &PeerName, id: u64, advertise: SocketAddr) -> bool {
-        let learned = {
-            let mut peers = self.peers.lock();
-            let p = peers.map.entry(peer.clone()).or_default();
-            p.inbound = Some(id);
-            p.synced = false;
-            p.claims.clear();
-            let old = peers.known.insert(peer.to_string(), advertise);
-            old != Some(advertise) && !peers.dialing.contains(&advertise)
-        };
-        self.drop_routes(peer);
-        self.update_readiness();
-        learned
-    }
-
-    /// Inbound connection `id` from `peer` ended: drop what it advertised.
-    pub(crate) fn inbound_down(&self, peer: &str, id: u64) {
-        {
-            let mut peers = self.peers.lock();
-            let Some(p) = peers.map.get_mut(peer) else {
-                return;
-            };
-            if p.inbound != Some(id) {
-                return;
-            }
-            p.inbound = None;
-            p.synced = false;
-            p.claims.clear();
-        }
-        self.drop_routes(peer);
-        self.pending.lock().retain(|_, p| &*p.peer != peer);
-        self.update_readiness();
-    }
-
-    fn drop_routes(&self, peer: &str) {
-        let mut routes = self.routes.write();
-        let n = routes.remove_peer(peer);
-        self.route_generation.fetch_add(1, Ordering::AcqRel);
-        self.metrics.remote_routes.set(routes.len() as f64);
-        if n > 0 {
-            tracing::info!(
-                event = "cluster_routes_dropped",
-                peer,
-                routes = n,
-                "dropped routes of {peer}"
-            );
-        }
-    }
-
     /// Replicates a retained write made here to every peer.
     pub fn replicate_retained(&self, msg: &Arc<Message>, stamp: Stamp) {
         let value = (!msg.payload.is_empty()).then(|| msg.clone());
@@ -548,131 +439,6 @@ impl Cluster {
             topic: msg.topic.clone(),
             msg: value,
         });
-    }
-
-    // ---- frames from peers ---------------------------------------------------------------------------------
-
-    /// Applies a frame received from `peer` (in link order).
-    pub(crate) fn on_frame(
-        self: &Arc<Self>,
-        broker: &Arc<Broker>,
-        peer: &PeerName,
-        frame: Frame,
-        sessions: &mut handoff::Incoming,
-    ) {
-        match frame {
-            Frame::Hello { .. } | Frame::Heartbeat => {}
-            Frame::RouteAdd(f) => {
-                let mut routes = self.routes.write();
-                routes.add(peer, &f);
-                self.route_generation.fetch_add(1, Ordering::AcqRel);
-                self.metrics.remote_routes.set(routes.len() as f64);
-            }
-            Frame::RouteRemove(f) => {
-                let mut routes = self.routes.write();
-                routes.remove(peer, &f);
-                self.route_generation.fetch_add(1, Ordering::AcqRel);
-                self.metrics.remote_routes.set(routes.len() as f64);
-            }
-            Frame::Claim { client_id, held } => {
-                let mut peers = self.peers.lock();
-                if let Some(p) = peers.map.get_mut(peer) {
-                    if held {
-                        p.claims.insert(client_id);
-                    } else {
-                        p.claims.remove(&client_id);
-                    }
-                }
-            }
-            Frame::SyncDone => {
-                if let Some(p) = self.peers.lock().map.get_mut(peer) {
-                    p.synced = true;
-                }
-                tracing::info!(event = "cluster_synced", peer = %peer, "routes synced with {peer}");
-                self.update_readiness();
-            }
-            Frame::Publish {
-                direct,
-                groups,
-                sessions,
-                msg,
-            } => {
-                let router = broker.router.read();
-                self.on_publish(broker, &router, peer, direct, &groups, &sessions, &msg);
-            }
-            Frame::Retain { stamp, topic, msg } => {
-                broker.retained.apply(topic, msg, stamp);
-            }
-            Frame::Leaving => {
-                {
-                    let mut peers = self.peers.lock();
-                    if let Some(p) = peers.map.get_mut(peer) {
-                        p.leaving = true;
-                        p.claims.clear();
-                    }
-                }
-                self.drop_routes(peer);
-                tracing::info!(event = "cluster_peer_leaving", peer = %peer, "{peer} is draining");
-                self.metrics.peers_up.set(self.up_peers().len() as f64);
-                self.recompute_claims(broker);
-                self.update_readiness();
-            }
-            Frame::Barrier(id) => {
-                self.send_to(peer, &Frame::BarrierAck(id));
-            }
-            Frame::SessionInstalled(client_id) => self.relay_installed(peer, &client_id),
-            Frame::SessionArrived(client_id) => self.relay_arrived(peer, &client_id),
-            Frame::BarrierAck(id) => {
-                if let Some(tx) = self.barriers.lock().remove(&id) {
-                    let _ = tx.send(());
-                }
-            }
-            f @ (Frame::TakeoverRequest { .. }
-            | Frame::TakeoverReply { .. }
-            | Frame::SessionBegin { .. }
-            | Frame::SessionSub { .. }
-            | Frame::SessionMsg { .. }
-            | Frame::SessionEnd { .. }) => handoff::on_frame(self, broker, peer, f, sessions),
-        }
-    }
-
-    /// Applies a Publish frame from `peer` with the router read-locked by the caller (the link applies a run of
-    /// them under one lock). Under that lock no session is handed away between the local delivery and the
-    /// relays, so a session gets the message either here (and takes it along) or relayed.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn on_publish(
-        &self,
-        broker: &Broker,
-        router: &Router,
-        peer: &PeerName,
-        direct: bool,
-        groups: &[ByteString],
-        sessions: &[ByteString],
-        msg: &Arc<Message>,
-    ) {
-        broker.deliver_in(
-            router,
-            msg,
-            &mut crate::router::Scope::Chosen { direct, groups },
-        );
-        if sessions.is_empty() && !self.has_relays.load(Ordering::Acquire) {
-            return;
-        }
-        let gone: Vec<&ByteString> = sessions
-            .iter()
-            .filter(|c| broker.deliver_to(router, c, msg) == Relayed::NoSession)
-            .collect();
-        let origin = relay::Origin::Peer {
-            peer,
-            direct,
-            groups: !groups.is_empty(),
-            sessions,
-        };
-        let relayed = self.relay(msg, origin);
-        let lost = gone.iter().filter(|c| !relayed.contains(c)).count();
-        broker
-            .metrics
-            .dropped_n(DropReason::ClusterSessionGone, lost);
     }
 
     /// One barrier round with every linked peer (bounded by `dead_after` each): everything queued to them so far

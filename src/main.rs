@@ -163,8 +163,8 @@ async fn serve(command: Command) -> Result<()> {
     }
 }
 
-/// `fleetgate_broker::run` with the command-line overrides applied: load, override, load `[auth]`, start, serve
-/// until `shutdown`, drain. `reload` (SIGHUP) re-reads the auth files.
+/// `fleetgate_broker::run` with the command-line overrides applied: load, override, then start, serve until
+/// `shutdown` and drain. `reload` (SIGHUP) re-reads the auth files.
 async fn run_node(
     config_path: &Path,
     overrides: &NodeOverrides,
@@ -172,19 +172,7 @@ async fn run_node(
     reload: tokio::sync::mpsc::Receiver<()>,
 ) -> Result<()> {
     let config = NodeConfig::load(config_path)?.with_overrides(config_path, overrides)?;
-    let auth = fleetgate_broker::auth::AuthState::load(config_path, &config)?;
-    let reloader =
-        fleetgate_broker::auth_reload::spawn(auth.clone(), Some(reload), shutdown.clone());
-    let handle = match fleetgate_broker::Node::start_with_auth(config, auth, shutdown).await {
-        Ok(handle) => handle,
-        Err(e) => {
-            reloader.abort();
-            return Err(e.into());
-        }
-    };
-    handle.wait().await;
-    // The reload task ends with the shutdown token.
-    let _ = reloader.await;
+    fleetgate_broker::run(config_path, config, shutdown, Some(reload)).await?;
     Ok(())
 }
 
@@ -205,7 +193,7 @@ fn check(file: &Path) -> ExitCode {
     let checked = fleetgate_config::check::check(file).and_then(|config| {
         // A node's `[auth]` section and the password and ACL files it names are validated by the auth crate.
         if let fleetgate_config::check::AnyConfig::Node(node) = &config {
-            fleetgate_broker::auth::AuthState::load(file, node)?;
+            fleetgate_broker::check_access(file, node)?;
         }
         Ok(config.kind().describe())
     });

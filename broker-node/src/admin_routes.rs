@@ -13,18 +13,18 @@ const CLIENTS_PREFIX: &str = "/clients/";
 
 /// Routes served from the broker state.
 #[derive(Debug)]
-pub struct NodeRoutes {
+pub(crate) struct NodeRoutes {
     broker: Arc<Broker>,
 }
 
 impl NodeRoutes {
     /// Routes answering from `broker`.
-    pub fn new(broker: Arc<Broker>) -> NodeRoutes {
+    pub(crate) fn new(broker: Arc<Broker>) -> NodeRoutes {
         NodeRoutes { broker }
     }
 
     /// Answers a request synchronously (the broker state is in memory).
-    pub fn respond(&self, method: &str, path: &str) -> Option<AdminResponse> {
+    pub(crate) fn respond(&self, method: &str, path: &str) -> Option<AdminResponse> {
         let id = path.strip_prefix(CLIENTS_PREFIX)?;
         if method != "GET" {
             return Some(AdminResponse::json(
@@ -39,10 +39,12 @@ impl NodeRoutes {
             ));
         };
         Some(match self.broker.client_info(&id) {
-            Some(info) => AdminResponse::json(200, client_json(&self.broker.node_name, &id, &info)),
+            Some(info) => {
+                AdminResponse::json(200, client_json(self.broker.node_name(), &id, &info))
+            }
             None => AdminResponse::json(
                 404,
-                json!({"client_id": id, "node": self.broker.node_name, "error": "no such session"}),
+                json!({"client_id": id, "node": self.broker.node_name(), "error": "no such session"}),
             ),
         })
     }

@@ -4,17 +4,21 @@
 use std::net::SocketAddr;
 
 /// A socket was bound: tests started with port 0 read the address from this line.
-pub fn listening(role: &'static str, addr: SocketAddr) {
+pub(crate) fn listening(role: &'static str, addr: SocketAddr) {
     tracing::info!(event = "listening", role, addr = %addr, "listening on {role} {addr}");
 }
 
 /// A PROXY header was refused before any MQTT byte was read.
-pub fn proxy_rejected(peer: SocketAddr, reason: &'static str, detail: &dyn std::fmt::Display) {
+pub(crate) fn proxy_rejected(
+    peer: SocketAddr,
+    reason: &'static str,
+    detail: &dyn std::fmt::Display,
+) {
     tracing::warn!(event = "proxy_rejected", reason, peer = %peer, detail = %detail, "PROXY header rejected");
 }
 
 /// A client completed CONNECT.
-pub fn connect(
+pub(crate) fn connect(
     client_id: &str,
     protocol: &str,
     source: SocketAddr,
@@ -35,12 +39,12 @@ pub fn connect(
 }
 
 /// A CONNECT was refused with a CONNACK reason.
-pub fn connect_refused(client_id: &str, source: SocketAddr, reason: &'static str) {
+pub(crate) fn connect_refused(client_id: &str, source: SocketAddr, reason: &'static str) {
     tracing::info!(event = "connect_refused", client_id, source = %source, reason, "client refused");
 }
 
 /// A connection ended before or after CONNECT. `detail` is the codec reason for protocol errors.
-pub fn disconnect(
+pub(crate) fn disconnect(
     client_id: &str,
     source: SocketAddr,
     reason: &'static str,
@@ -57,12 +61,12 @@ pub fn disconnect(
 }
 
 /// A will message was published.
-pub fn will_published(client_id: &str, topic: &str) {
+pub(crate) fn will_published(client_id: &str, topic: &str) {
     tracing::debug!(event = "will", client_id, topic, "will published");
 }
 
 /// Shutdown started / finished.
-pub fn shutdown(phase: &'static str, open_connections: usize) {
+pub(crate) fn shutdown(phase: &'static str, open_connections: usize) {
     tracing::info!(
         event = "shutdown",
         phase,
@@ -73,13 +77,13 @@ pub fn shutdown(phase: &'static str, open_connections: usize) {
 
 /// A CONNECT was refused by authentication: the failure label and the source address, nothing the client sent
 /// as a secret.
-pub fn auth_failed(client_id: &str, source: SocketAddr, reason: &'static str) {
+pub(crate) fn auth_failed(client_id: &str, source: SocketAddr, reason: &'static str) {
     tracing::warn!(event = "auth_failed", client_id, source = %source, reason, "authentication failed");
 }
 
 /// The ACL denied a PUBLISH, SUBSCRIBE or will; `rule` is the 0-based index of the deciding deny rule, absent
 /// when nothing allowed it (deny by default).
-pub fn acl_denied(client_id: &str, topic: &str, access: &'static str, rule: Option<usize>) {
+pub(crate) fn acl_denied(client_id: &str, topic: &str, access: &'static str, rule: Option<usize>) {
     match rule {
         Some(rule) => {
             tracing::info!(
@@ -105,7 +109,7 @@ pub fn acl_denied(client_id: &str, topic: &str, access: &'static str, rule: Opti
 
 /// The auth configuration (`[auth]`, password file, ACL file) was reloaded, or a reload failed and the old one
 /// stays (`error` lists every problem as `file:line:column: message`).
-pub fn auth_reload(trigger: &'static str, error: Option<&dyn std::fmt::Display>) {
+pub(crate) fn auth_reload(trigger: &'static str, error: Option<&dyn std::fmt::Display>) {
     match error {
         None => tracing::info!(
             event = "config_reload",

@@ -2,69 +2,51 @@
 //!
 //! Start with [`conn`]: it follows one connection from accept to close and calls into the rest.
 //!
-//! - [`node`]: [`Node::start`] / [`run`]: bind listeners and admin, accept, shut down with a grace period.
-//! - [`listener`]: bind, accept loop (one task per connection at once), PROXY header stage.
+//! The modules form layers; each imports only from the layers below it (checked by `tests/layers.rs`):
+//!
+//! ```text
+//!   server, admin_routes      start, supervise, shut down; the admin API          (top)
+//!   listener                  bind, accept, one task per connection
+//!   conn                      one connection: handshake, inbound, outbound, End
+//!   cluster                   peer links, remote routes, forwarding, session handover
+//!   broker                    sessions, publish, subscribe; ClusterHooks (what it tells the cluster)
+//!   state                     message, session, will, router, retained, the topic trie
+//!   access, origin, wakeup,   authentication and ACL, who the client is, how a connection is woken,
+//!   limits, metrics, events   constants, metric handles, log events                (bottom)
+//! ```
+//!
+//! - [`server`]: [`Node::start`] / [`run`]: bind listeners and admin, accept, shut down with a grace period.
+//! - [`admin_routes`]: `GET /clients/{client_id}`.
+//! - [`listener`]: bind, accept loop (one task per connection at once).
 //! - [`conn`]: the per-connection pipeline: PROXY → CONNECT → attach → CONNACK → packet loop → end.
-//! - [`inbound`]: packets from the client (publish routing, acks, subscribe, ping, disconnect, inbound aliases).
-//! - [`outbound`]: session queue → PUBLISHes (inflight window, max packet size, outbound aliases, DUP resend).
-//! - [`wire`]: socket + codec with buffers held only while bytes are pending.
-//! - [`auth`]: authentication at CONNECT from the PROXY v2 identity and ACL checks (`fleetgate_auth` decides).
-//! - [`auth_reload`]: hot reload of `[auth]`, password and ACL files (SIGHUP or file change).
-//! - [`broker`]: shared state: sessions by client ID, takeover, expiry, publish fan-out.
-//! - [`session`]: per-session state: subscriptions, queue, inflight, packet IDs, will.
-//! - [`router`]: subscription trie with shared-subscription groups.
 //! - [`cluster`]: N nodes as one broker: peer links, remote routes, retained replication, session takeover and
 //!   drain handoff (wire protocol documented there).
-//! - [`retained`]: retained messages.
-//! - [`will`]: will publication and delay.
-//! - [`message`]: the shared message and per-session delivery.
+//! - [`broker`]: shared state: sessions by client ID, takeover, expiry, publish fan-out; [`broker::hooks`] is
+//!   what it tells the cluster.
+//! - [`state`]: what the broker keeps: messages, sessions, wills, the subscription router, retained messages.
+//! - [`access`]: authentication at CONNECT from the PROXY v2 identity and ACL checks (`fleetgate_auth` decides),
+//!   hot reload of the `[auth]` files.
+//! - [`origin`]: the client's address and PROXY identity. [`wakeup`]: how anything wakes a connection's task.
 //! - [`limits`]: size/time constants and per-connection negotiated limits.
 //! - [`metrics`]: metric names and handles; [`events`]: structured log events.
-//! - [`admin_routes`]: `GET /clients/{client_id}`.
+//! - [`error`]: [`BrokerError`], why a node could not start.
 
-pub mod admin_routes;
-pub mod auth;
-pub mod auth_reload;
-pub mod broker;
-pub mod cluster;
-pub mod conn;
-pub mod events;
-pub mod inbound;
-pub mod limits;
-pub mod listener;
-pub mod message;
-pub mod metrics;
-pub mod node;
-pub mod outbound;
-pub mod retained;
-pub mod router;
-pub mod session;
-pub mod signal;
-pub mod will;
-pub mod wire;
+mod access;
+mod admin_routes;
+mod broker;
+mod cluster;
+mod conn;
+mod error;
+mod events;
+mod limits;
+mod listener;
+mod metrics;
+mod origin;
+mod server;
+mod state;
+mod wakeup;
 
-use std::net::SocketAddr;
-
-pub use node::{Node, NodeHandle, run};
-
-/// Why the node could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum BrokerError {
-    /// The config file is invalid.
-    #[error("{0}")]
-    Config(#[from] fleetgate_config::ConfigError),
-    /// `[cluster.tls]` files could not be loaded.
-    #[error("{0}")]
-    ClusterTls(#[from] cluster::tls::TlsError),
-    /// Cluster peer discovery could not start.
-    #[error("cluster peer discovery: {0}")]
-    Discovery(#[from] fleetgate_discovery::ResolveError),
-    /// A listener could not be bound.
-    #[error("cannot bind {addr}: {source}")]
-    Bind {
-        /// The configured address.
-        addr: SocketAddr,
-        /// The OS error.
-        source: std::io::Error,
-    },
-}
+pub use broker::{Broker, ClientInfo};
+pub use cluster::tls::TlsError;
+pub use error::BrokerError;
+pub use server::{Node, NodeHandle, check_access, run};

@@ -8,53 +8,57 @@ use fleetgate_protocol::mqtt::{Connect, ProtocolLevel};
 
 /// Bytes requested per socket read. Small enough that an idle connection that wakes for a PINGREQ allocates
 /// little; packets larger than this grow the buffer as the codec asks.
-pub const READ_CHUNK: usize = 4 * 1024;
+pub(crate) const READ_CHUNK: usize = 4 * 1024;
 
 /// Stop draining the session queue into the write buffer above this many pending bytes: the socket is not
 /// keeping up, and further messages are better left in the bounded queue (where they are counted when dropped)
 /// than in an unbounded buffer.
-pub const WRITE_HIGH_WATER: usize = 64 * 1024;
+pub(crate) const WRITE_HIGH_WATER: usize = 64 * 1024;
 
 /// Payloads below this size are copied when a message is kept for long (retained, queued for an offline
 /// session), so they do not pin the inbound read chunk (at least [`READ_CHUNK`]) they were sliced from; the copy
 /// of such a payload costs less than the chunk it frees, and larger payloads fill much of their chunk anyway.
-pub const COMPACT_BELOW: usize = 1024;
+pub(crate) const COMPACT_BELOW: usize = 1024;
 
 /// Messages moved from the queue per session-lock hold, so a publisher is never blocked behind a long drain.
-pub const DRAIN_BATCH: usize = 64;
+pub(crate) const DRAIN_BATCH: usize = 64;
 
 /// Keep alive is enforced at 1.5 times the negotiated interval (MQTT-3.1.2-24).
-pub fn keep_alive_deadline(keep_alive_secs: u16) -> Option<Duration> {
+pub(crate) fn keep_alive_deadline(keep_alive_secs: u16) -> Option<Duration> {
     (keep_alive_secs > 0).then(|| Duration::from_millis(u64::from(keep_alive_secs) * 1500))
 }
 
 /// Keep-alive timer ticks per deadline: a silent client is disconnected at most 1/TICKS of the deadline late
 /// (1.5 × keep alive becomes at most 1.69 ×), and an idle connection's timer fires every deadline / TICKS.
-pub const KEEP_ALIVE_TICKS: u32 = 8;
+pub(crate) const KEEP_ALIVE_TICKS: u32 = 8;
 
 /// Time the last bytes may take to reach a client after we decide to close (DISCONNECT with a reason code).
-pub const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What one connection negotiated.
 #[derive(Debug, Clone, Copy)]
-pub struct ConnLimits {
+pub(crate) struct ConnLimits {
     /// Keep alive in force (seconds, 0 = none).
-    pub keep_alive: u16,
+    pub(crate) keep_alive: u16,
     /// Keep alive announced in CONNACK when the server overrides the client's.
-    pub server_keep_alive: Option<u16>,
+    pub(crate) server_keep_alive: Option<u16>,
     /// Session expiry granted (seconds).
-    pub session_expiry: u32,
+    pub(crate) session_expiry: u32,
     /// Unacked QoS>0 messages we may have outstanding to the client.
-    pub outbound_window: usize,
+    pub(crate) outbound_window: usize,
     /// Topic aliases we may assign on PUBLISHes to the client.
-    pub outbound_alias_max: u16,
+    pub(crate) outbound_alias_max: u16,
     /// Client's maximum packet size, if it announced one.
-    pub outbound_max_packet: Option<u32>,
+    pub(crate) outbound_max_packet: Option<u32>,
 }
 
 impl ConnLimits {
     /// Negotiates from our config and the client's CONNECT.
-    pub fn negotiate(config: &LimitsConfig, connect: &Connect, level: ProtocolLevel) -> ConnLimits {
+    pub(crate) fn negotiate(
+        config: &LimitsConfig,
+        connect: &Connect,
+        level: ProtocolLevel,
+    ) -> ConnLimits {
         let session_cap =
             u32::try_from(config.session_expiry_maximum.as_secs()).unwrap_or(u32::MAX);
         let (session_expiry, server_keep_alive, keep_alive) = if level.is_v5() {

@@ -4,33 +4,33 @@
 use metrics::{Counter, Gauge, counter, describe_counter, describe_gauge, gauge};
 
 /// Open MQTT connections (past CONNECT).
-pub const CONNECTIONS_CURRENT: &str = "fleetgate_connections_current";
+pub(crate) const CONNECTIONS_CURRENT: &str = "fleetgate_connections_current";
 /// Connection attempts by `result` (accepted, refused, proxy_rejected, connect_timeout, protocol_error).
-pub const CONNECTIONS_TOTAL: &str = "fleetgate_connections_total";
+pub(crate) const CONNECTIONS_TOTAL: &str = "fleetgate_connections_total";
 /// PUBLISH packets received from clients, by `qos`.
-pub const MESSAGES_RECEIVED: &str = "fleetgate_messages_received_total";
+pub(crate) const MESSAGES_RECEIVED: &str = "fleetgate_messages_received_total";
 /// PUBLISH packets written to clients, by `qos`.
-pub const MESSAGES_DELIVERED: &str = "fleetgate_messages_delivered_total";
+pub(crate) const MESSAGES_DELIVERED: &str = "fleetgate_messages_delivered_total";
 /// Sessions held (connected or not).
-pub const SESSIONS_CURRENT: &str = "fleetgate_sessions_current";
+pub(crate) const SESSIONS_CURRENT: &str = "fleetgate_sessions_current";
 /// Retained messages held.
-pub const RETAINED_MESSAGES: &str = "fleetgate_retained_messages";
+pub(crate) const RETAINED_MESSAGES: &str = "fleetgate_retained_messages";
 /// Messages dropped, by `reason` ([`DropReason`]).
-pub const DROPPED_MESSAGES: &str = "fleetgate_dropped_messages_total";
+pub(crate) const DROPPED_MESSAGES: &str = "fleetgate_dropped_messages_total";
 /// Disconnects by `reason` (graceful, ungraceful, keepalive_timeout, takeover, ...).
-pub const DISCONNECTS: &str = "fleetgate_disconnects_total";
+pub(crate) const DISCONNECTS: &str = "fleetgate_disconnects_total";
 /// PROXY headers refused, by `reason`.
-pub const PROXY_REJECTED: &str = "fleetgate_proxy_rejected_total";
+pub(crate) const PROXY_REJECTED: &str = "fleetgate_proxy_rejected_total";
 /// ACL denials, by `access` (publish, subscribe, will).
-pub const ACL_DENIED: &str = "fleetgate_acl_denied_total";
+pub(crate) const ACL_DENIED: &str = "fleetgate_acl_denied_total";
 /// Reloads of a configuration, by `result` (ok, error).
-pub const CONFIG_RELOADS: &str = "fleetgate_config_reloads_total";
+pub(crate) const CONFIG_RELOADS: &str = "fleetgate_config_reloads_total";
 /// The `reason` of [`DROPPED_MESSAGES`] for a PUBLISH or will the ACL denied.
-pub const DROP_REASON_ACL: &str = "acl";
+pub(crate) const DROP_REASON_ACL: &str = "acl";
 
 /// Why a message was not delivered; the `reason` label of [`DROPPED_MESSAGES`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DropReason {
+pub(crate) enum DropReason {
     /// QoS 1/2 to a session whose queue is full (offline session, or online with room in the inflight window).
     QueueFull,
     /// QoS 1/2 to an online session whose queue is full because the client does not acknowledge (window full).
@@ -57,7 +57,7 @@ pub enum DropReason {
 
 impl DropReason {
     /// Every reason, for registration.
-    pub const ALL: [DropReason; 11] = [
+    pub(crate) const ALL: [DropReason; 11] = [
         DropReason::QueueFull,
         DropReason::InflightWindow,
         DropReason::NotConnected,
@@ -72,7 +72,7 @@ impl DropReason {
     ];
 
     /// The metric label.
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             DropReason::QueueFull => "queue_full",
             DropReason::InflightWindow => "inflight_window",
@@ -91,13 +91,13 @@ impl DropReason {
 
 /// Pre-registered metric handles (built after the recorder is installed; no-ops without one).
 #[derive(Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     /// [`CONNECTIONS_CURRENT`].
-    pub connections_current: Gauge,
+    pub(crate) connections_current: Gauge,
     /// [`SESSIONS_CURRENT`].
-    pub sessions_current: Gauge,
+    pub(crate) sessions_current: Gauge,
     /// [`RETAINED_MESSAGES`].
-    pub retained: Gauge,
+    pub(crate) retained: Gauge,
     received: [Counter; 3],
     delivered: [Counter; 3],
     dropped: [Counter; DropReason::ALL.len()],
@@ -105,7 +105,7 @@ pub struct Metrics {
 
 impl Metrics {
     /// Describes every metric and registers the labelled series so they show up at 0.
-    pub fn register() -> Metrics {
+    pub(crate) fn register() -> Metrics {
         describe_gauge!(CONNECTIONS_CURRENT, "Open MQTT connections");
         describe_counter!(CONNECTIONS_TOTAL, "MQTT connection attempts by result");
         describe_counter!(
@@ -140,13 +140,8 @@ impl Metrics {
         }
     }
 
-    /// Counts a received PUBLISH.
-    pub fn received(&self, qos: u8) {
-        self.received[usize::from(qos.min(2))].increment(1);
-    }
-
     /// Counts received PUBLISHes by QoS (0, 1, 2).
-    pub fn received_n(&self, by_qos: [u64; 3]) {
+    pub(crate) fn received_n(&self, by_qos: [u64; 3]) {
         for (counter, n) in self.received.iter().zip(by_qos) {
             if n > 0 {
                 counter.increment(n);
@@ -155,7 +150,7 @@ impl Metrics {
     }
 
     /// Counts delivered PUBLISHes by QoS (0, 1, 2).
-    pub fn delivered_n(&self, by_qos: [u64; 3]) {
+    pub(crate) fn delivered_n(&self, by_qos: [u64; 3]) {
         for (counter, n) in self.delivered.iter().zip(by_qos) {
             if n > 0 {
                 counter.increment(n);
@@ -163,18 +158,13 @@ impl Metrics {
         }
     }
 
-    /// Counts a delivered PUBLISH.
-    pub fn delivered(&self, qos: u8) {
-        self.delivered[usize::from(qos.min(2))].increment(1);
-    }
-
     /// Counts a dropped message.
-    pub fn dropped(&self, reason: DropReason) {
+    pub(crate) fn dropped(&self, reason: DropReason) {
         self.dropped[reason as usize].increment(1);
     }
 
     /// Counts `n` messages dropped for one reason.
-    pub fn dropped_n(&self, reason: DropReason, n: usize) {
+    pub(crate) fn dropped_n(&self, reason: DropReason, n: usize) {
         if n > 0 {
             self.dropped[reason as usize].increment(n as u64);
         }
@@ -182,22 +172,22 @@ impl Metrics {
 }
 
 /// Counts a connection attempt's outcome.
-pub fn connection_result(result: &'static str) {
+pub(crate) fn connection_result(result: &'static str) {
     counter!(CONNECTIONS_TOTAL, "result" => result).increment(1);
 }
 
 /// Counts a disconnect.
-pub fn disconnect(reason: &'static str) {
+pub(crate) fn disconnect(reason: &'static str) {
     counter!(DISCONNECTS, "reason" => reason).increment(1);
 }
 
 /// Counts a refused PROXY header.
-pub fn proxy_rejected(reason: &'static str) {
+pub(crate) fn proxy_rejected(reason: &'static str) {
     counter!(PROXY_REJECTED, "reason" => reason).increment(1);
 }
 
 /// Counts an ACL denial; a denied PUBLISH or will is also a dropped message (`reason="acl"`).
-pub fn acl_denied(access: &'static str) {
+pub(crate) fn acl_denied(access: &'static str) {
     counter!(ACL_DENIED, "access" => access).increment(1);
     if access != "subscribe" {
         counter!(DROPPED_MESSAGES, "reason" => DROP_REASON_ACL).increment(1);
@@ -205,6 +195,6 @@ pub fn acl_denied(access: &'static str) {
 }
 
 /// Counts a configuration reload by `result`.
-pub fn config_reload(result: &'static str) {
+pub(crate) fn config_reload(result: &'static str) {
     counter!(CONFIG_RELOADS, "result" => result).increment(1);
 }

@@ -65,7 +65,7 @@ async fn retained_set_get_delete() {
         publ.publish("state/a", QoS::AtLeastOnce, true, "on")
             .await
             .unwrap();
-        node.eventually("retained stored", |h| !h.broker().retained.is_empty())
+        node.eventually("retained stored", |h| h.broker().retained_count() > 0)
             .await;
         let (sub, mut ev) = v3_client(node.addr, "sub", |_| {}).await;
         sub.subscribe("state/#", QoS::AtLeastOnce).await.unwrap();
@@ -85,7 +85,7 @@ async fn retained_set_get_delete() {
             .await
             .unwrap();
         ev.next_matching("delete PUBLISH", v3_publish).await;
-        node.eventually("retained deleted", |h| h.broker().retained.is_empty())
+        node.eventually("retained deleted", |h| h.broker().retained_count() == 0)
             .await;
         let (sub2, mut ev2) = v3_client(node.addr, "sub2", |_| {}).await;
         sub2.subscribe("state/#", QoS::AtLeastOnce).await.unwrap();

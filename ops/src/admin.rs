@@ -176,7 +176,7 @@ async fn serve_with(
         let (stream, _peer) = match accepted {
             Ok(pair) => pair,
             Err(e) => {
-                tracing::warn!(event = "accept_error", role = "admin", error = %e, "admin accept failed");
+                tracing::warn!(event = "accept_failed", role = "admin", error = %e, "admin accept failed");
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = tokio::time::sleep(ACCEPT_ERROR_BACKOFF) => continue,

@@ -1,4 +1,4 @@
-//! Frames from peers, applied in link order: routes, claims, sync, forwarded messages (with the relays of a
+//! Frames from peers, applied in link order: routes, claims, sync, forwarded messages (with the redirects of a
 //! session that moved), retained writes, leaving, barriers; session handover frames go to [`super::handoff`].
 
 use std::sync::Arc;
@@ -8,11 +8,10 @@ use fleetgate_protocol::mqtt::ByteString;
 
 use super::frame::Frame;
 use super::routes::PeerName;
-use super::{Cluster, handoff, relay};
-use crate::broker::{Broker, Relayed};
-use crate::message::Message;
-use crate::metrics::DropReason;
-use crate::router::Router;
+use super::{Cluster, forward, handoff};
+use crate::broker::{Broker, LocalDelivery, Redirected};
+use crate::state::message::Message;
+use crate::state::router::Scope;
 
 impl Cluster {
     /// Applies a frame received from `peer` (in link order).
@@ -60,11 +59,11 @@ impl Cluster {
                 sessions,
                 msg,
             } => {
-                let router = broker.router.read();
-                self.on_publish(broker, &router, peer, direct, &groups, &sessions, &msg);
+                let local = broker.local_delivery();
+                self.on_publish(&local, peer, direct, &groups, &sessions, &msg);
             }
             Frame::Retain { stamp, topic, msg } => {
-                broker.retained.apply(topic, msg, stamp);
+                broker.apply_retained(topic, msg, stamp);
             }
             Frame::Leaving => {
                 {
@@ -83,8 +82,8 @@ impl Cluster {
             Frame::Barrier(id) => {
                 self.send_to(peer, &Frame::BarrierAck(id));
             }
-            Frame::SessionInstalled(client_id) => self.relay_installed(peer, &client_id),
-            Frame::SessionArrived(client_id) => self.relay_arrived(peer, &client_id),
+            Frame::SessionInstalled(client_id) => self.redirect_installed(peer, &client_id),
+            Frame::SessionArrived(client_id) => self.redirect_arrived(peer, &client_id),
             Frame::BarrierAck(id) => {
                 if let Some(tx) = self.barriers.lock().remove(&id) {
                     let _ = tx.send(());
@@ -101,40 +100,34 @@ impl Cluster {
 
     /// Applies a Publish frame from `peer` with the router read-locked by the caller (the link applies a run of
     /// them under one lock). Under that lock no session is handed away between the local delivery and the
-    /// relays, so a session gets the message either here (and takes it along) or relayed.
-    #[allow(clippy::too_many_arguments)]
+    /// redirects, so a session gets the message either here (and takes it along) or redirected.
     pub(crate) fn on_publish(
         &self,
-        broker: &Broker,
-        router: &Router,
+        local: &LocalDelivery<'_>,
         peer: &PeerName,
         direct: bool,
         groups: &[ByteString],
         sessions: &[ByteString],
         msg: &Arc<Message>,
     ) {
-        broker.deliver_in(
-            router,
-            msg,
-            &mut crate::router::Scope::Chosen { direct, groups },
-        );
-        if sessions.is_empty() && !self.has_relays.load(Ordering::Acquire) {
+        local.deliver(msg, &mut Scope::Chosen { direct, groups });
+        if sessions.is_empty() && !self.has_redirects.load(Ordering::Acquire) {
             return;
         }
         let gone: Vec<&ByteString> = sessions
             .iter()
-            .filter(|c| broker.deliver_to(router, c, msg) == Relayed::NoSession)
+            .filter(|c| local.deliver_to(c, msg) == Redirected::NoSession)
             .collect();
-        let origin = relay::Origin::Peer {
+        let origin = forward::Origin::Peer {
             peer,
             direct,
             groups: !groups.is_empty(),
             sessions,
         };
-        let relayed = self.relay(msg, origin);
-        let lost = gone.iter().filter(|c| !relayed.contains(c)).count();
-        broker
-            .metrics
-            .dropped_n(DropReason::ClusterSessionGone, lost);
+        let redirected = self.redirect(msg, origin);
+        let lost = gone.iter().filter(|c| !redirected.contains(c)).count();
+        if lost > 0 {
+            self.metrics.dropped_session_gone.increment(lost as u64);
+        }
     }
 }

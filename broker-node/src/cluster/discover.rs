@@ -27,7 +27,7 @@ const FIRST_SET_WAIT: Duration = Duration::from_secs(5);
 
 /// Starts discovering peers as `cfg` says; the node counts as having tried its peers once the first set was
 /// dialed (or after `FIRST_SET_WAIT`).
-pub fn start(
+pub(crate) fn start(
     cluster: &Arc<Cluster>,
     broker: &Arc<Broker>,
     cfg: &DiscoveryConfig,

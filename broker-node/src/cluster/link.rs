@@ -67,7 +67,7 @@ pub(crate) enum DialOrigin {
 
 /// Why a link ended.
 #[derive(Debug, thiserror::Error)]
-pub enum LinkError {
+pub(crate) enum LinkError {
     /// Socket error.
     #[error("i/o: {0}")]
     Io(#[from] io::Error),
@@ -181,7 +181,7 @@ async fn read_hello(
 
 /// Starts the cluster: the accept loop on `listener`, a dialer per configured peer, and peer discovery when
 /// configured. Fails only when discovery cannot start (unreadable resolver configuration).
-pub fn start(
+pub(crate) fn start(
     cluster: Arc<Cluster>,
     broker: Arc<Broker>,
     listener: TcpListener,
@@ -267,7 +267,7 @@ async fn accept_loop(cluster: Arc<Cluster>, broker: Arc<Broker>, listener: TcpLi
                 tokio::spawn(inbound(cluster.clone(), broker.clone(), stream));
             }
             Err(e) => {
-                tracing::warn!(event = "accept_error", role = "cluster", error = %e, "accept failed");
+                tracing::warn!(event = "accept_failed", role = "cluster", error = %e, "accept failed");
                 tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
             }
         }
@@ -368,7 +368,10 @@ async fn inbound(cluster: Arc<Cluster>, broker: Arc<Broker>, stream: TcpStream) 
     }
     stop.cancel();
     beat.abort();
-    incoming.abandon(&broker);
+    let owed = incoming.abandon();
+    if owed > 0 {
+        cluster.metrics.dropped_link_down.increment(owed as u64);
+    }
     cluster.inbound_down(&peer, id);
 }
 
@@ -381,7 +384,7 @@ fn apply_buffered(
     reader: &mut FrameReader,
     incoming: &mut Incoming,
 ) -> Result<(), LinkError> {
-    let mut router = None;
+    let mut local = None;
     let mut held = 0;
     while let Some(frame) = reader.buffered()? {
         match frame {
@@ -392,16 +395,16 @@ fn apply_buffered(
                 msg,
             } => {
                 if held == PUBLISH_BATCH {
-                    router = None;
+                    local = None;
                     held = 0;
                 }
-                let r = router.get_or_insert_with(|| broker.router.read());
+                let l = local.get_or_insert_with(|| broker.local_delivery());
                 held += 1;
-                cluster.on_publish(broker, r, peer, direct, &groups, &sessions, &msg);
+                cluster.on_publish(l, peer, direct, &groups, &sessions, &msg);
             }
             frame => {
                 // Other frames may take the router themselves (a session handed over).
-                router = None;
+                local = None;
                 held = 0;
                 cluster.on_frame(broker, peer, frame, incoming);
             }

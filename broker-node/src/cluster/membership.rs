@@ -39,7 +39,7 @@ impl Cluster {
                 self.push(&link, &claim);
             }
         }
-        for (topic, msg, stamp) in broker.retained.snapshot() {
+        for (topic, msg, stamp) in broker.retained_snapshot() {
             self.push(&link, &Frame::Retain { stamp, topic, msg });
         }
         self.push(&link, &Frame::SyncDone);
@@ -62,7 +62,7 @@ impl Cluster {
             p.out = None;
             self.route_generation.fetch_add(1, Ordering::AcqRel);
         }
-        self.end_relays_to(peer);
+        self.end_redirects_to(peer);
         self.metrics.peers_up.set(self.up_peers().len() as f64);
         tracing::warn!(
             event = "cluster_peer_down",

@@ -1,13 +1,15 @@
-//! The broker cluster: N nodes that behave as one broker. Sits beside the publish path ([`Broker::publish`]
-//! forwards to peers through [`Cluster::forward`]) and the CONNECT path ([`Cluster::acquire`] fetches a session
-//! held elsewhere before [`Broker::attach`]).
+//! The broker cluster: N nodes that behave as one broker. The layer above the broker: it hears what the broker
+//! does through the [`ClusterHooks`] it implements (a message to forward, filters and sessions added or removed,
+//! retained writes) and acts on the broker only through the broker's named methods (deliver locally, export or
+//! install a session, apply a retained write). The CONNECT path asks it first ([`Cluster::acquire`] fetches a
+//! session held elsewhere before the broker attaches the connection).
 //!
 //! - [`frame`]: the wire format. [`routes`]: which peer subscribes to what. [`link`]: the node-to-node TCP links
 //!   (dial, accept, hello, heartbeats, reader). [`outbox`]: the per-peer queue and its writer (frames encoded
 //!   into one buffer, written whole). [`tls`]: optional mutual TLS on them.
-//!   [`discover`]: peers from DNS or a static list (`peers_from`). [`relay`]: forwarding and relays while a
-//!   session moves. [`handoff`]: session takeover and drain. [`membership`]: links to peers coming up and
-//!   going down. [`apply`]: frames from peers, applied in link order.
+//!   [`discover`]: peers from DNS or a static list (`peers_from`). [`forward`]: messages to peers, and
+//!   redirects while a session moves. [`handoff`]: session takeover and drain. [`membership`]: links to peers
+//!   coming up and going down. [`apply`]: frames from peers, applied in link order.
 //!
 //! # Membership
 //! A node dials the peers of its `[cluster] peers` list (or those `peers_from` discovers, refreshed, itself
@@ -42,7 +44,7 @@
 //! | 0x30 | TakeoverRequest {req, client_id, clean_start} | hand me this client's session |
 //! | 0x31 | TakeoverReply {req, moved_to?} | no session here (it went to `moved_to`) |
 //! | 0x32..0x35 | SessionBegin / SessionSub / SessionMsg / SessionEnd {req, ..} | a session handed over (reply, or pushed at drain with the top bit of `req` set) |
-//! | 0x36 | SessionInstalled {client_id} | the handed-over session is in place at the sender and every peer has its routes: relays to it end |
+//! | 0x36 | SessionInstalled {client_id} | the handed-over session is in place at the sender and every peer has its routes: redirects to it end |
 //! | 0x37 | SessionArrived {client_id} | the handed-over session is in the sender's router: the sender's later messages reached it there |
 //! | 0x40 | Leaving | the sender drains: forget its routes and claims |
 //! | 0x41 / 0x42 | Barrier / BarrierAck {id} | everything before it was applied |
@@ -53,15 +55,15 @@
 //! node is the owner and nobody claims the ID — costs no round trip. See [`handoff`].
 
 mod apply;
-pub mod discover;
-pub mod frame;
-pub mod handoff;
-pub mod link;
+mod discover;
+mod forward;
+pub(crate) mod frame;
+mod handoff;
+pub(crate) mod link;
 mod membership;
-pub mod outbox;
-pub mod relay;
-pub mod routes;
-pub mod tls;
+mod outbox;
+mod routes;
+pub(crate) mod tls;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -77,10 +79,10 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::Broker;
-use crate::message::Message;
+use crate::broker::{Broker, ClusterHooks, ForwardMemo};
 use crate::metrics::DropReason;
-use crate::retained::Stamp;
+use crate::state::message::Message;
+use crate::state::retained::Stamp;
 use frame::{FRAME_OVERHEAD, Frame};
 use handoff::Pending;
 use outbox::LinkTx;
@@ -113,7 +115,7 @@ struct Peers {
 /// incremental frames cannot be reordered.
 #[derive(Debug, Default)]
 struct Local {
-    /// Our subscriptions' filters, counted over sessions (and relays).
+    /// Our subscriptions' filters, counted over sessions (and redirects).
     filters: HashMap<ByteString, usize>,
     /// Client IDs we hold sessions for while the ring assigns them elsewhere.
     claims: HashSet<ByteString>,
@@ -133,6 +135,8 @@ struct ClusterMetrics {
     dropped_link_down: Counter,
     /// `fleetgate_dropped_messages_total{reason="cluster_queue_full"}`.
     dropped_queue_full: Counter,
+    /// `fleetgate_dropped_messages_total{reason="cluster_session_gone"}`.
+    dropped_session_gone: Counter,
 }
 
 impl ClusterMetrics {
@@ -171,15 +175,16 @@ impl ClusterMetrics {
             sessions_pushed: metrics::counter!("fleetgate_cluster_sessions_pushed_total"),
             dropped_link_down: metrics::counter!(crate::metrics::DROPPED_MESSAGES, "reason" => DropReason::ClusterLinkDown.label()),
             dropped_queue_full: metrics::counter!(crate::metrics::DROPPED_MESSAGES, "reason" => DropReason::ClusterQueueFull.label()),
+            dropped_session_gone: metrics::counter!(crate::metrics::DROPPED_MESSAGES, "reason" => DropReason::ClusterSessionGone.label()),
         }
     }
 }
 
 /// This node's view of the cluster.
 #[derive(Debug)]
-pub struct Cluster {
+pub(crate) struct Cluster {
     /// This node's name.
-    pub name: PeerName,
+    pub(crate) name: PeerName,
     config: ClusterConfig,
     advertise: SocketAddr,
     incarnation: u64,
@@ -187,11 +192,11 @@ pub struct Cluster {
     peers: Mutex<Peers>,
     routes: RwLock<RouteTable>,
     local: Mutex<Local>,
-    relays: Mutex<Vec<relay::Relay>>,
-    /// `relays` is not empty (written under its lock): spares every publish the lock while there is none.
-    has_relays: AtomicBool,
-    /// Bumped whenever the routes or the outbound links change: a [`relay::ForwardCache`] entry built under an
-    /// older value is stale.
+    redirects: Mutex<Vec<forward::Redirect>>,
+    /// `redirects` is not empty (written under its lock): spares every publish the lock while there is none.
+    has_redirects: AtomicBool,
+    /// Bumped whenever the routes or the outbound links change: a connection's cached forward (see
+    /// [`forward`]) built under an older value is stale.
     route_generation: AtomicU64,
     pub(crate) pending: Mutex<HashMap<u64, Pending>>,
     barriers: Mutex<HashMap<u64, oneshot::Sender<()>>>,
@@ -213,7 +218,7 @@ pub struct Cluster {
 impl Cluster {
     /// A cluster view for node `name` whose cluster port is bound at `bound`; links start with [`link::start`].
     /// Fails when `[cluster.tls]` files cannot be loaded.
-    pub fn new(
+    pub(crate) fn new(
         name: &str,
         config: ClusterConfig,
         bound: SocketAddr,
@@ -235,8 +240,8 @@ impl Cluster {
             peers: Mutex::new(Peers::default()),
             routes: RwLock::new(RouteTable::new()),
             local: Mutex::new(Local::default()),
-            relays: Mutex::new(Vec::new()),
-            has_relays: AtomicBool::new(false),
+            redirects: Mutex::new(Vec::new()),
+            has_redirects: AtomicBool::new(false),
             route_generation: AtomicU64::new(0),
             pending: Mutex::new(HashMap::new()),
             barriers: Mutex::new(HashMap::new()),
@@ -257,7 +262,7 @@ impl Cluster {
     }
 
     /// Names of the peers with a live outbound link that are not leaving.
-    pub fn up_peers(&self) -> Vec<PeerName> {
+    pub(crate) fn up_peers(&self) -> Vec<PeerName> {
         let peers = self.peers.lock();
         let mut up: Vec<PeerName> = peers
             .map
@@ -270,7 +275,7 @@ impl Cluster {
     }
 
     /// The ring of this node and its up peers (`with_self` = false: the ring after this node leaves).
-    pub fn ring(&self, with_self: bool) -> Ring {
+    pub(crate) fn ring(&self, with_self: bool) -> Ring {
         let mut nodes: Vec<RingNode> = self
             .up_peers()
             .iter()
@@ -282,13 +287,8 @@ impl Cluster {
         Ring::new(nodes)
     }
 
-    /// Number of routes advertised by `peer` (admin, tests).
-    pub fn peer_routes(&self, peer: &str) -> usize {
-        self.routes.read().peer_len(peer)
-    }
-
     /// True once every reachable peer has synced with us.
-    pub fn is_synced(&self) -> bool {
+    pub(crate) fn is_synced(&self) -> bool {
         if self.initial_dials.load(Ordering::Acquire) > 0 {
             return false;
         }
@@ -300,7 +300,7 @@ impl Cluster {
     }
 
     /// True once the drain began: new CONNECTs go elsewhere.
-    pub fn is_leaving(&self) -> bool {
+    pub(crate) fn is_leaving(&self) -> bool {
         self.leaving.load(Ordering::Acquire)
     }
 
@@ -350,7 +350,7 @@ impl Cluster {
     // ---- what we advertise ---------------------------------------------------------------------------------
 
     /// A local session subscribed to `filter` (full filter) where it had no subscription before.
-    pub fn filter_added(&self, filter: &ByteString) {
+    pub(crate) fn filter_added(&self, filter: &ByteString) {
         let mut local = self.local.lock();
         let n = local.filters.entry(filter.clone()).or_insert(0);
         *n += 1;
@@ -360,7 +360,7 @@ impl Cluster {
     }
 
     /// A local session dropped its subscription to `filter`.
-    pub fn filter_removed(&self, filter: &str) {
+    pub(crate) fn filter_removed(&self, filter: &str) {
         let mut local = self.local.lock();
         let Some(n) = local.filters.get_mut(filter) else {
             return;
@@ -380,7 +380,7 @@ impl Cluster {
     }
 
     /// A session for `client_id` now exists here: claim it when the ring assigns it elsewhere.
-    pub fn session_added(&self, client_id: &ByteString) {
+    pub(crate) fn session_added(&self, client_id: &ByteString) {
         if self.owner(client_id).as_deref() == Some(&*self.name) {
             return;
         }
@@ -394,7 +394,7 @@ impl Cluster {
     }
 
     /// The session for `client_id` ended or moved away.
-    pub fn session_removed(&self, client_id: &ByteString) {
+    pub(crate) fn session_removed(&self, client_id: &ByteString) {
         let mut local = self.local.lock();
         if local.claims.remove(client_id) {
             self.broadcast(&Frame::Claim {
@@ -406,7 +406,7 @@ impl Cluster {
 
     /// Membership changed: claim exactly the sessions the new ring assigns elsewhere.
     pub(crate) fn recompute_claims(&self, broker: &Broker) {
-        let ids: Vec<ByteString> = broker.sessions.lock().keys().cloned().collect();
+        let ids = broker.client_ids();
         let ring = self.ring(true);
         let wanted: HashSet<ByteString> = ids
             .into_iter()
@@ -432,10 +432,10 @@ impl Cluster {
     }
 
     /// Replicates a retained write made here to every peer.
-    pub fn replicate_retained(&self, msg: &Arc<Message>, stamp: Stamp) {
+    fn replicate_retained(&self, msg: &Arc<Message>, stamp: &Stamp) {
         let value = (!msg.payload.is_empty()).then(|| msg.clone());
         self.broadcast(&Frame::Retain {
-            stamp,
+            stamp: stamp.clone(),
             topic: msg.topic.clone(),
             msg: value,
         });
@@ -443,7 +443,7 @@ impl Cluster {
 
     /// One barrier round with every linked peer (bounded by `dead_after` each): everything queued to them so far
     /// was written and applied.
-    pub async fn settle(&self) {
+    pub(crate) async fn settle(&self) {
         let peers: Vec<PeerName> = {
             let p = self.peers.lock();
             p.map
@@ -497,5 +497,32 @@ impl Cluster {
             out.push(Arc::from(owner.as_str()));
         }
         out
+    }
+}
+
+/// What the broker tells the cluster: each event becomes frames to the peers that must learn it.
+impl ClusterHooks for Cluster {
+    fn forward(&self, msg: &Arc<Message>, served: &[ByteString], memo: &mut ForwardMemo) {
+        Cluster::forward(self, msg, served, memo);
+    }
+
+    fn filter_added(&self, filter: &ByteString) {
+        Cluster::filter_added(self, filter);
+    }
+
+    fn filter_removed(&self, filter: &str) {
+        Cluster::filter_removed(self, filter);
+    }
+
+    fn session_added(&self, client_id: &ByteString) {
+        Cluster::session_added(self, client_id);
+    }
+
+    fn session_removed(&self, client_id: &ByteString) {
+        Cluster::session_removed(self, client_id);
+    }
+
+    fn retained_written(&self, msg: &Arc<Message>, stamp: &Stamp) {
+        self.replicate_retained(msg, stamp);
     }
 }

@@ -1,5 +1,5 @@
 //! Remote routes: which peer has a subscription on which filter, as the peers advertised them (RouteAdd /
-//! RouteRemove, full sync on link up). A trie keyed by topic level like the local [`crate::router::Router`], so a
+//! RouteRemove, full sync on link up). A trie keyed by topic level like the local [`crate::state::router::Router`], so a
 //! publish walks only the branches its levels lead to; each filter is held once per peer (peers de-duplicate
 //! their own sessions' filters before advertising).
 
@@ -7,10 +7,12 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use fleetgate_protocol::mqtt::ByteString;
-use fleetgate_protocol::mqtt::topic::SharedSubscription;
+use fleetgate_protocol::mqtt::topic::split_shared;
+
+use crate::state::trie::TopicTrie;
 
 /// A peer's name, shared by every route it advertised.
-pub type PeerName = Arc<str>;
+pub(crate) type PeerName = Arc<str>;
 
 #[derive(Debug, Clone)]
 struct Route {
@@ -20,79 +22,38 @@ struct Route {
     shared: bool,
 }
 
-#[derive(Debug, Default)]
-struct Node {
-    children: HashMap<Box<str>, Node, foldhash::fast::RandomState>,
-    /// The `+` child, apart from `children`: every publish looks it up at every level, without hashing.
-    plus: Option<Box<Node>>,
-    here: Vec<Route>,
-    hash: Vec<Route>,
-}
-
-impl Node {
-    fn is_empty(&self) -> bool {
-        self.children.is_empty()
-            && self.plus.is_none()
-            && self.here.is_empty()
-            && self.hash.is_empty()
-    }
-
-    fn child_mut(&mut self, level: &str) -> Option<&mut Node> {
-        if level == "+" {
-            self.plus.as_deref_mut()
-        } else {
-            self.children.get_mut(level)
-        }
-    }
-
-    fn child_or_new(&mut self, level: &str) -> &mut Node {
-        if level == "+" {
-            self.plus.get_or_insert_with(Box::default)
-        } else {
-            self.children.entry(level.into()).or_default()
-        }
-    }
-
-    fn remove_child(&mut self, level: &str) {
-        if level == "+" {
-            self.plus = None;
-        } else {
-            self.children.remove(level);
-        }
-    }
-}
-
 /// Which peers a topic must be forwarded to.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct RemoteMatches {
+pub(crate) struct RemoteMatches {
     /// Peers with a plain subscription matching the topic (sorted, unique).
-    pub direct: Vec<PeerName>,
+    pub(crate) direct: Vec<PeerName>,
     /// Shared subscriptions matching the topic (full filter) and the peers with members of each.
-    pub groups: Vec<(ByteString, Vec<PeerName>)>,
+    pub(crate) groups: Vec<(ByteString, Vec<PeerName>)>,
 }
 
 impl RemoteMatches {
     /// True when no peer wants the topic.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.direct.is_empty() && self.groups.is_empty()
     }
 }
 
 /// Filters advertised by peers.
 #[derive(Debug, Default)]
-pub struct RouteTable {
-    root: Node,
+pub(crate) struct RouteTable {
+    trie: TopicTrie<Vec<Route>>,
     by_peer: HashMap<PeerName, HashSet<ByteString>>,
 }
 
 impl RouteTable {
     /// An empty table.
-    pub fn new() -> RouteTable {
+    pub(crate) fn new() -> RouteTable {
         RouteTable::default()
     }
 
     /// Records that `peer` subscribes to `full`; false when it already was.
-    pub fn add(&mut self, peer: &PeerName, full: &ByteString) -> bool {
+    pub(crate) fn add(&mut self, peer: &PeerName, full: &ByteString) -> bool {
         if !self
             .by_peer
             .entry(peer.clone())
@@ -101,23 +62,17 @@ impl RouteTable {
         {
             return false;
         }
-        let (shared, plain) = split(full);
-        let (levels, hash) = levels(plain);
-        let mut node = &mut self.root;
-        for level in levels {
-            node = node.child_or_new(level);
-        }
-        let list = if hash { &mut node.hash } else { &mut node.here };
-        list.push(Route {
+        let (group, plain) = split_shared(full);
+        self.trie.slot_mut(plain).push(Route {
             peer: peer.clone(),
             full: full.clone(),
-            shared,
+            shared: group.is_some(),
         });
         true
     }
 
     /// Forgets `peer`'s subscription to `full`; false when it had none.
-    pub fn remove(&mut self, peer: &str, full: &str) -> bool {
+    pub(crate) fn remove(&mut self, peer: &str, full: &str) -> bool {
         let Some(set) = self.by_peer.get_mut(peer) else {
             return false;
         };
@@ -127,15 +82,15 @@ impl RouteTable {
         if set.is_empty() {
             self.by_peer.remove(peer);
         }
-        let (_, plain) = split(full);
-        let (levels, hash) = levels(plain);
-        let levels: Vec<&str> = levels.collect();
-        remove_at(&mut self.root, &levels, hash, peer, full);
+        let (_, plain) = split_shared(full);
+        self.trie.update(plain, |routes| {
+            routes.retain(|r| !(&*r.peer == peer && r.full == full));
+        });
         true
     }
 
     /// Forgets every route of `peer` (link down); returns how many there were.
-    pub fn remove_peer(&mut self, peer: &str) -> usize {
+    pub(crate) fn remove_peer(&mut self, peer: &str) -> usize {
         let Some(set) = self.by_peer.get(peer).cloned() else {
             return 0;
         };
@@ -146,35 +101,21 @@ impl RouteTable {
     }
 
     /// Number of (peer, filter) routes.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.by_peer.values().map(HashSet::len).sum()
     }
 
     /// True when no peer advertised anything.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.by_peer.is_empty()
     }
 
-    /// True when `peer` advertised `full`.
-    pub fn has(&self, peer: &str, full: &str) -> bool {
-        self.by_peer.get(peer).is_some_and(|s| s.contains(full))
-    }
-
-    /// Number of routes of one peer.
-    pub fn peer_len(&self, peer: &str) -> usize {
-        self.by_peer.get(peer).map_or(0, HashSet::len)
-    }
-
     /// The peers (and shared groups) `topic` must go to.
-    pub fn matches(&self, topic: &str) -> RemoteMatches {
+    pub(crate) fn matches(&self, topic: &str) -> RemoteMatches {
         let mut hits: Vec<&Route> = Vec::new();
-        walk(
-            &self.root,
-            Some(topic),
-            true,
-            topic.starts_with('$'),
-            &mut hits,
-        );
+        self.trie
+            .for_each_match(topic, |routes| hits.extend(routes.iter()));
         let mut out = RemoteMatches::default();
         for r in hits {
             if r.shared {
@@ -192,69 +133,6 @@ impl RouteTable {
             peers.sort_unstable();
         }
         out
-    }
-}
-
-/// `$share/{g}/{f}` → (true, f); anything else → (false, filter).
-fn split(full: &str) -> (bool, &str) {
-    match SharedSubscription::parse(full) {
-        Ok(Some(s)) => (true, s.filter),
-        _ => (false, full),
-    }
-}
-
-fn levels(filter: &str) -> (std::str::Split<'_, char>, bool) {
-    if filter == "#" {
-        let mut it = "".split('/');
-        it.next();
-        return (it, true);
-    }
-    match filter.strip_suffix("/#") {
-        Some(prefix) => (prefix.split('/'), true),
-        None => (filter.split('/'), false),
-    }
-}
-
-fn remove_at(node: &mut Node, levels: &[&str], hash: bool, peer: &str, full: &str) {
-    match levels.split_first() {
-        None => {
-            let list = if hash { &mut node.hash } else { &mut node.here };
-            list.retain(|r| !(&*r.peer == peer && r.full == full));
-        }
-        Some((first, rest)) => {
-            if let Some(child) = node.child_mut(first) {
-                remove_at(child, rest, hash, peer, full);
-                if child.is_empty() {
-                    node.remove_child(first);
-                }
-            }
-        }
-    }
-}
-
-/// Collects the routes matching `rest`, the topic levels below `node` (`None` once every level was consumed;
-/// `top` at the root), without splitting the topic into a list first (this runs for every publish).
-fn walk<'a>(node: &'a Node, rest: Option<&str>, top: bool, dollar: bool, out: &mut Vec<&'a Route>) {
-    // A leading wildcard never matches a `$` topic [MQTT-4.7.2-1].
-    let wildcard_ok = !(top && dollar);
-    if wildcard_ok {
-        out.extend(node.hash.iter());
-    }
-    let Some(rest) = rest else {
-        out.extend(node.here.iter());
-        return;
-    };
-    let (level, below) = match rest.split_once('/') {
-        Some((level, below)) => (level, Some(below)),
-        None => (rest, None),
-    };
-    if !node.children.is_empty()
-        && let Some(child) = node.children.get(level)
-    {
-        walk(child, below, false, dollar, out);
-    }
-    if wildcard_ok && let Some(child) = &node.plus {
-        walk(child, below, false, dollar, out);
     }
 }
 
@@ -313,7 +191,20 @@ mod tests {
         assert_eq!(t.remove_peer("a"), 1);
         assert_eq!(t.matches("x/y").direct, vec![b]);
         assert_eq!(t.remove_peer("b"), 1);
-        assert!(t.is_empty() && t.root.is_empty());
+        assert!(t.is_empty() && t.trie.is_empty());
+    }
+
+    #[test]
+    fn a_deep_filter_is_matched_and_dropped_without_recursion() {
+        // A peer's RouteAdd may carry a filter of 65,536 levels; dropping the peer's routes once overflowed the
+        // stack (a recursive removal) and aborted the node.
+        let mut t = RouteTable::new();
+        let deep = vec!["x"; 65_536].join("/");
+        t.add(&peer("a"), &deep.as_str().into());
+        t.add(&peer("a"), &format!("{deep}/#").into());
+        assert_eq!(t.matches(&deep).direct, vec![peer("a")]);
+        assert_eq!(t.remove_peer("a"), 2);
+        assert!(t.is_empty() && t.trie.is_empty());
     }
 
     #[test]

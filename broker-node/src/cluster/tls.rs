@@ -55,11 +55,11 @@ fn file_error(path: &Path, message: impl std::fmt::Display) -> TlsError {
 
 /// Both ends of cluster-link TLS, loaded once at start.
 #[derive(Clone)]
-pub struct LinkTls {
+pub(crate) struct LinkTls {
     /// For links we dial.
-    pub connector: TlsConnector,
+    pub(crate) connector: TlsConnector,
     /// For links peers open to us.
-    pub acceptor: TlsAcceptor,
+    pub(crate) acceptor: TlsAcceptor,
 }
 
 impl std::fmt::Debug for LinkTls {
@@ -70,7 +70,7 @@ impl std::fmt::Debug for LinkTls {
 
 impl LinkTls {
     /// Loads the certificate, key and CA of `cfg`.
-    pub fn load(cfg: &ClusterTlsConfig) -> Result<LinkTls, TlsError> {
+    pub(crate) fn load(cfg: &ClusterTlsConfig) -> Result<LinkTls, TlsError> {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let chain = load_certs(&cfg.cert)?;
         let key = load_key(&cfg.key)?;
@@ -104,7 +104,10 @@ impl LinkTls {
 }
 
 /// The name a dialed peer's certificate must carry: its node name when that is a DNS name, else its address.
-pub fn server_name(peer_name: Option<&str>, addr: std::net::SocketAddr) -> ServerName<'static> {
+pub(crate) fn server_name(
+    peer_name: Option<&str>,
+    addr: std::net::SocketAddr,
+) -> ServerName<'static> {
     peer_name
         .and_then(|n| ServerName::try_from(n.to_string()).ok())
         .filter(|n| matches!(n, ServerName::DnsName(_)))
@@ -114,7 +117,11 @@ pub fn server_name(peer_name: Option<&str>, addr: std::net::SocketAddr) -> Serve
 /// Whether `cert` (the end-entity certificate a peer presented, already verified against the cluster CA) is valid
 /// for node `name` as [`server_name`] spells it: a DNS SAN equal to the name, or, when the name is not a DNS name,
 /// an IP SAN equal to `addr`'s IP (the address the peer's Hello advertises).
-pub fn certifies_node(cert: &CertificateDer<'_>, name: &str, addr: std::net::SocketAddr) -> bool {
+pub(crate) fn certifies_node(
+    cert: &CertificateDer<'_>,
+    name: &str,
+    addr: std::net::SocketAddr,
+) -> bool {
     rustls::server::ParsedCertificate::try_from(cert).is_ok_and(|parsed| {
         rustls::client::verify_server_name(&parsed, &server_name(Some(name), addr)).is_ok()
     })

@@ -188,6 +188,15 @@ impl<'a> SharedSubscription<'a> {
     }
 }
 
+/// `$share/{group}/{filter}` → `(Some(group), filter)`; anything else → `(None, filter)`, a malformed `$share/`
+/// filter included (the codec refuses those on the way in, so stored filters never are).
+pub fn split_shared(filter: &str) -> (Option<&str>, &str) {
+    match SharedSubscription::parse(filter) {
+        Ok(Some(s)) => (Some(s.group), s.filter),
+        _ => (None, filter),
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // tests may unwrap (CONTRIBUTING)
 mod tests {
@@ -330,5 +339,8 @@ mod tests {
             Err(TopicError::InvalidShare)
         );
         assert_eq!(SharedSubscription::parse("$shared/grp/a"), Ok(None));
+        assert_eq!(split_shared("$share/grp/a/+"), (Some("grp"), "a/+"));
+        assert_eq!(split_shared("a/+"), (None, "a/+"));
+        assert_eq!(split_shared("$share/grp"), (None, "$share/grp"));
     }
 }

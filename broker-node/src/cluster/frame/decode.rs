@@ -16,7 +16,7 @@ use super::{Frame, FrameError, LEN_PREFIX, SlotKind, Stamp, ty};
 impl Frame {
     /// Takes one complete frame off the front of `buf`: `Ok(None)` when more bytes are needed. Frames longer
     /// than `max_len` are refused before their body is buffered.
-    pub fn decode(buf: &mut BytesMut, max_len: usize) -> Result<Option<Frame>, FrameError> {
+    pub(crate) fn decode(buf: &mut BytesMut, max_len: usize) -> Result<Option<Frame>, FrameError> {
         if buf.len() < LEN_PREFIX {
             return Ok(None);
         }

@@ -9,11 +9,11 @@ use fleetgate_protocol::mqtt::{ByteString, SubscriptionOptions};
 use super::fields::{put_ids, put_str, put_strs};
 use super::message::{message_size_hint, put_message};
 use super::{Frame, LEN_PREFIX, SlotKind, ty};
-use crate::message::Message;
+use crate::state::message::Message;
 
 impl Frame {
     /// Appends the length-prefixed frame to `out`.
-    pub fn encode(&self, out: &mut BytesMut) {
+    pub(crate) fn encode(&self, out: &mut BytesMut) {
         framed(out, |out| self.encode_body(out));
     }
 
@@ -178,7 +178,7 @@ fn framed(out: &mut BytesMut, body: impl FnOnce(&mut BytesMut)) {
 
 /// The message part of a [`Frame::Publish`].
 #[derive(Debug, Clone, Copy)]
-pub enum PublishBody<'a> {
+pub(crate) enum PublishBody<'a> {
     /// Encoded here.
     Message(&'a Message),
     /// Encoded once beforehand by [`encode_message`] (a message going to several peers).
@@ -186,14 +186,14 @@ pub enum PublishBody<'a> {
 }
 
 /// The message part of a Publish frame, encoded once for every peer it goes to ([`PublishBody::Encoded`]).
-pub fn encode_message(msg: &Message) -> BytesMut {
+pub(crate) fn encode_message(msg: &Message) -> BytesMut {
     let mut out = BytesMut::with_capacity(message_size_hint(msg));
     put_message(&mut out, msg);
     out
 }
 
 /// Appends a [`Frame::Publish`] built from its parts, without assembling the frame (what the publish path sends).
-pub fn encode_publish(
+pub(crate) fn encode_publish(
     out: &mut BytesMut,
     direct: bool,
     groups: &[ByteString],

@@ -9,7 +9,7 @@ use fleetgate_protocol::mqtt::{LastWill, PublishProperties};
 
 use super::FrameError;
 use super::fields::{get_bytes, get_qos, get_str, get_u8, get_u32, get_u64, put_bytes, put_str};
-use crate::message::Message;
+use crate::state::message::Message;
 
 /// Bytes of an encoded message without properties (a reservation hint; properties grow the buffer as needed).
 pub(super) fn message_size_hint(m: &Message) -> usize {
@@ -17,12 +17,12 @@ pub(super) fn message_size_hint(m: &Message) -> usize {
 }
 
 /// A will as a message (what it turns into when published), for handover.
-pub fn will_to_message(will: &LastWill) -> Message {
+pub(crate) fn will_to_message(will: &LastWill) -> Message {
     Message::from_will(will.clone(), Instant::now())
 }
 
 /// Back from [`will_to_message`].
-pub fn message_to_will(msg: &Message, delay: u32) -> LastWill {
+pub(crate) fn message_to_will(msg: &Message, delay: u32) -> LastWill {
     let p = msg.properties.as_deref().cloned().unwrap_or_default();
     LastWill {
         qos: msg.qos,

@@ -15,29 +15,30 @@ use std::sync::Arc;
 
 use fleetgate_protocol::mqtt::{ByteString, QoS, SubscriptionOptions};
 
-use crate::message::Message;
+use crate::state::message::Message;
+use crate::state::retained::Stamp;
 
 mod decode;
 mod encode;
 mod fields;
 mod message;
 
-pub use encode::{PublishBody, encode_message, encode_publish};
-pub use message::{message_to_will, will_to_message};
+pub(crate) use encode::{PublishBody, encode_message, encode_publish};
+pub(crate) use message::{message_to_will, will_to_message};
 
 /// Version byte of [`Frame::Hello`]; a peer speaking another version is refused.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub(crate) const PROTOCOL_VERSION: u8 = 1;
 
 /// Bytes of a frame beyond its MQTT message: topic, properties and session fields are bounded by the MQTT
 /// packet they came from, so a frame is at most one packet plus this slack for our own fields.
-pub const FRAME_OVERHEAD: usize = 64 * 1024;
+pub(crate) const FRAME_OVERHEAD: usize = 64 * 1024;
 
 /// Length prefix size.
-pub const LEN_PREFIX: usize = 4;
+pub(crate) const LEN_PREFIX: usize = 4;
 
 /// Why a frame could not be decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum FrameError {
+pub(crate) enum FrameError {
     /// The announced length exceeds the limit.
     #[error("frame too large")]
     TooLarge,
@@ -49,18 +50,9 @@ pub enum FrameError {
     UnknownType(u8),
 }
 
-/// A hybrid logical timestamp: `(milliseconds << 16 | counter, node name)`; greater wins (last writer wins).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Default)]
-pub struct Stamp {
-    /// Physical milliseconds in the high 48 bits, logical counter in the low 16.
-    pub time: u64,
-    /// Writer node, the tie-break.
-    pub node: String,
-}
-
 /// What a [`Frame::SessionMsg`] is in the session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SlotKind {
+pub(crate) enum SlotKind {
     /// Waiting in the queue.
     Queued,
     /// Sent, not acknowledged.
@@ -71,7 +63,7 @@ pub enum SlotKind {
 
 /// One frame of a peer link.
 #[derive(Debug)]
-pub enum Frame {
+pub(crate) enum Frame {
     /// First frame each way: protocol version, node name, the address to dial it at, a per-process nonce.
     Hello {
         /// [`PROTOCOL_VERSION`].
@@ -99,7 +91,7 @@ pub enum Frame {
     /// End of the full sync (routes, claims, retained) that follows Hello.
     SyncDone,
     /// A message for the receiver's local subscribers: the plain ones when `direct`, the members of the listed
-    /// shared groups (full `$share/g/f` filters), and the listed sessions (relayed to a session just handed over).
+    /// shared groups (full `$share/g/f` filters), and the listed sessions (redirected to a session just handed over).
     Publish {
         /// Deliver to non-shared subscribers.
         direct: bool,
@@ -189,7 +181,7 @@ pub enum Frame {
     /// after this frame reached the session there (sent at once on install).
     SessionArrived(ByteString),
     /// The session handed over for `client_id` is installed at the sender and every peer has its routes:
-    /// relays to it can end (sent after a barrier round).
+    /// redirects to it can end (sent after a barrier round).
     SessionInstalled(ByteString),
     /// The sender is draining: drop its routes and claims, send it nothing more.
     Leaving,
@@ -201,37 +193,29 @@ pub enum Frame {
 
 /// The type byte that starts each frame's body.
 mod ty {
-    pub const HELLO: u8 = 0x01;
-    pub const HEARTBEAT: u8 = 0x02;
-    pub const ROUTE_ADD: u8 = 0x10;
-    pub const ROUTE_REMOVE: u8 = 0x11;
-    pub const CLAIM: u8 = 0x12;
-    pub const SYNC_DONE: u8 = 0x13;
-    pub const PUBLISH: u8 = 0x20;
-    pub const RETAIN: u8 = 0x21;
-    pub const TAKEOVER_REQUEST: u8 = 0x30;
-    pub const TAKEOVER_REPLY: u8 = 0x31;
-    pub const SESSION_BEGIN: u8 = 0x32;
-    pub const SESSION_SUB: u8 = 0x33;
-    pub const SESSION_MSG: u8 = 0x34;
-    pub const SESSION_END: u8 = 0x35;
-    pub const SESSION_INSTALLED: u8 = 0x36;
-    pub const SESSION_ARRIVED: u8 = 0x37;
-    pub const LEAVING: u8 = 0x40;
-    pub const BARRIER: u8 = 0x41;
-    pub const BARRIER_ACK: u8 = 0x42;
-}
-
-impl Frame {
-    /// True for the frames a full peer queue may drop (message forwards); everything else must arrive or the
-    /// link is reset.
-    pub fn is_droppable(&self) -> bool {
-        matches!(self, Frame::Publish { .. })
-    }
+    pub(crate) const HELLO: u8 = 0x01;
+    pub(crate) const HEARTBEAT: u8 = 0x02;
+    pub(crate) const ROUTE_ADD: u8 = 0x10;
+    pub(crate) const ROUTE_REMOVE: u8 = 0x11;
+    pub(crate) const CLAIM: u8 = 0x12;
+    pub(crate) const SYNC_DONE: u8 = 0x13;
+    pub(crate) const PUBLISH: u8 = 0x20;
+    pub(crate) const RETAIN: u8 = 0x21;
+    pub(crate) const TAKEOVER_REQUEST: u8 = 0x30;
+    pub(crate) const TAKEOVER_REPLY: u8 = 0x31;
+    pub(crate) const SESSION_BEGIN: u8 = 0x32;
+    pub(crate) const SESSION_SUB: u8 = 0x33;
+    pub(crate) const SESSION_MSG: u8 = 0x34;
+    pub(crate) const SESSION_END: u8 = 0x35;
+    pub(crate) const SESSION_INSTALLED: u8 = 0x36;
+    pub(crate) const SESSION_ARRIVED: u8 = 0x37;
+    pub(crate) const LEAVING: u8 = 0x40;
+    pub(crate) const BARRIER: u8 = 0x41;
+    pub(crate) const BARRIER_ACK: u8 = 0x42;
 }
 
 /// The packet identifier of an inflight slot (0 is never valid on the wire).
-pub fn packet_id(v: u16) -> Result<NonZeroU16, FrameError> {
+pub(crate) fn packet_id(v: u16) -> Result<NonZeroU16, FrameError> {
     NonZeroU16::new(v).ok_or(FrameError::Malformed("packet id 0"))
 }
 

@@ -8,8 +8,8 @@ use fleetgate_protocol::mqtt::ByteString;
 use fleetgate_protocol::ring::Ring;
 
 use super::PUSH_BIT;
-use super::transfer::{Mode, extract};
-use crate::broker::Broker;
+use super::transfer::extract;
+use crate::broker::{Broker, Departure};
 use crate::cluster::Cluster;
 use crate::cluster::frame::Frame;
 use crate::cluster::routes::PeerName;
@@ -28,8 +28,8 @@ const DRAIN_PAUSE: Duration = Duration::from_millis(5);
 impl Cluster {
     /// Scale-down: not ready; every persistent session to the node the ring without us assigns (its connection
     /// told 0x9C), every other connection told 0x9C too; then Leaving and two barrier rounds, so that every peer
-    /// has stopped sending here and applied everything we sent (relays included) before we exit.
-    pub async fn drain(self: &Arc<Self>, broker: &Arc<Broker>) {
+    /// has stopped sending here and applied everything we sent (redirects included) before we exit.
+    pub(crate) async fn drain(self: &Arc<Self>, broker: &Arc<Broker>) {
         self.leaving
             .store(true, std::sync::atomic::Ordering::Release);
         self.update_readiness();
@@ -45,7 +45,7 @@ impl Cluster {
             pushed += n;
             // Peers must have the new holders' routes before they drop ours.
             let deadline = tokio::time::Instant::now() + self.config.takeover_timeout;
-            while self.relays_pending() && tokio::time::Instant::now() < deadline {
+            while self.redirects_pending() && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(INSTALL_POLL).await;
             }
             if n == 0 {
@@ -65,21 +65,19 @@ impl Cluster {
 
     /// One pass of the drain over the sessions held now; returns how many were handed over.
     async fn push_sessions(self: &Arc<Self>, broker: &Arc<Broker>, ring: &Ring) -> usize {
-        let ids: Vec<ByteString> = broker.sessions.lock().keys().cloned().collect();
+        let ids: Vec<ByteString> = broker.client_ids();
         let mut pushed = 0usize;
         for (i, id) in ids.iter().enumerate() {
             if i > 0 && i % DRAIN_BATCH == 0 {
                 tokio::time::sleep(DRAIN_PAUSE).await;
             }
-            let Some(session) = broker.sessions.lock().get(id).cloned() else {
-                continue;
-            };
-            let persistent = session.state.lock().expiry_secs > 0;
-            if !persistent {
-                if let Some(c) = session.state.lock().conn.as_ref() {
-                    c.signal.kick_moved();
+            match broker.is_persistent(id) {
+                None => continue,
+                Some(false) => {
+                    broker.move_client(id);
+                    continue;
                 }
-                continue;
+                Some(true) => {}
             }
             let Some(target) = ring.select(id.as_bytes(), |_| true) else {
                 continue;
@@ -95,7 +93,7 @@ impl Cluster {
                 continue;
             }
             let req = PUSH_BIT | self.next_id();
-            if extract(self, broker, id, Mode::Drain, &target, req) {
+            if extract(self, broker, id, Departure::Drain, &target, req) {
                 pushed += 1;
                 self.metrics.sessions_pushed.increment(1);
             }

@@ -2,9 +2,9 @@
 //! owner, install what comes back) and drain at shutdown ([`Cluster::drain`]: push every persistent session to
 //! the node the ring without us assigns, tell clients 0x9C, then leave).
 //!
-//! A session is taken out of the broker (`extract`) and put in (`install`) under the router write lock, so a
-//! publish either queued its message before the extraction (it moves with the session) or sees the relay to
-//! the new node (see `Cluster::start_relay`). The frames of one handover are queued back to back on the
+//! A session is taken out of the broker (`extract`) and put in (`install`) under the broker's router write
+//! lock, so a publish either queued its message before the extraction (it moves with the session) or sees the
+//! redirect to the new node (see `Cluster::start_redirect`). The frames of one handover are queued back to back on the
 //! ordered link, so anything the old node sends afterwards — a TakeoverReply, a Barrier — arrives after it.
 //!
 //! Concurrent CONNECTs for one client ID on two nodes resolve by arrival at the holder: the first request gets
@@ -14,7 +14,7 @@
 //! - `takeover`: takeover requests, both sides ([`Cluster::acquire`], the answer to a TakeoverRequest).
 //! - `drain`: the drain handover ([`Cluster::drain`]).
 //! - `transfer`: a session out of this node's broker and into it.
-//! - `snapshot`: a session in transit ([`Snapshot`]) to and from the frames of one handover.
+//! - `snapshot`: a session in transit to and from the frames of one handover.
 
 use std::sync::Arc;
 
@@ -29,7 +29,6 @@ mod takeover;
 mod transfer;
 
 pub(crate) use snapshot::Incoming;
-pub use snapshot::Snapshot;
 pub(crate) use takeover::Pending;
 
 /// Request ids of pushed sessions have this bit set; our own requests never do.

@@ -1,48 +1,33 @@
-//! A session in transit ([`Snapshot`]): written as the frames of one handover (SessionBegin, a SessionSub per
-//! subscription, a SessionMsg per inflight or queued message, SessionEnd) and rebuilt from them on the link
-//! they arrive on ([`Incoming`]).
+//! A session in transit ([`SessionSnapshot`]) on the wire: written as the frames of one handover
+//! ([`frames`]: SessionBegin, a SessionSub per subscription, a SessionMsg per inflight or queued message,
+//! SessionEnd) and rebuilt from them on the link they arrive on ([`Incoming`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use fleetgate_protocol::mqtt::{ByteString, ProtocolLevel};
+use fleetgate_protocol::mqtt::ProtocolLevel;
 
-use crate::broker::Broker;
 use crate::cluster::frame::{self, Frame, SlotKind};
-use crate::message::Delivery;
-use crate::metrics::DropReason;
-use crate::session::{Inflight, SubscriptionEntry, Will};
-
-/// A session in transit.
-#[derive(Debug)]
-pub struct Snapshot {
-    pub(super) client_id: ByteString,
-    pub(super) expiry_secs: u32,
-    pub(super) protocol: ProtocolLevel,
-    pub(super) next_packet_id: u16,
-    pub(super) inbound_qos2: Vec<u16>,
-    pub(super) will: Option<Will>,
-    pub(super) subs: Vec<(ByteString, SubscriptionEntry)>,
-    pub(super) queue: Vec<Delivery>,
-    pub(super) inflight: Vec<Inflight>,
-}
+use crate::state::message::Delivery;
+use crate::state::session::{Inflight, SessionSnapshot, SubscriptionEntry};
+use crate::state::will::Will;
 
 /// Sessions being received on one inbound link, by request id.
 #[derive(Debug, Default)]
 pub(crate) struct Incoming {
-    building: HashMap<u64, Snapshot>,
+    building: HashMap<u64, SessionSnapshot>,
 }
 
 impl Incoming {
-    /// The link these sessions arrived on closed mid-handover: they are lost; counts what they owed.
-    pub(crate) fn abandon(self, broker: &Broker) {
+    /// The link these sessions arrived on closed mid-handover: they are lost; returns how many messages they
+    /// owed their clients.
+    pub(crate) fn abandon(self) -> usize {
+        let mut owed = 0;
         for snap in self.building.into_values() {
             tracing::warn!(event = "cluster_handoff_lost", client_id = %snap.client_id, "link closed during handover");
-            broker.metrics.dropped_n(
-                DropReason::ClusterLinkDown,
-                snap.queue.len() + snap.inflight.len(),
-            );
+            owed += snap.queue.len() + snap.inflight.len();
         }
+        owed
     }
 
     /// Applies a SessionBegin, SessionSub or SessionMsg frame to the session it belongs to; other frames are
@@ -66,7 +51,7 @@ impl Incoming {
                 });
                 self.building.insert(
                     req,
-                    Snapshot {
+                    SessionSnapshot {
                         client_id,
                         expiry_secs,
                         protocol: ProtocolLevel::from_u8(protocol).unwrap_or(ProtocolLevel::V5),
@@ -121,57 +106,54 @@ impl Incoming {
     }
 
     /// The session of handover `req`, complete at its SessionEnd; `None` when it never began here.
-    pub(super) fn finish(&mut self, req: u64) -> Option<Snapshot> {
+    pub(super) fn finish(&mut self, req: u64) -> Option<SessionSnapshot> {
         self.building.remove(&req)
     }
 }
 
-impl Snapshot {
-    /// The frames of handover `req`: SessionBegin, the subscriptions, the inflight then queued messages,
-    /// SessionEnd.
-    pub(super) fn frames(self, req: u64) -> Vec<Frame> {
-        let mut out =
-            Vec::with_capacity(2 + self.subs.len() + self.queue.len() + self.inflight.len());
-        out.push(Frame::SessionBegin {
+/// The frames of handover `req` of `snap`: SessionBegin, the subscriptions, the inflight then queued messages,
+/// SessionEnd.
+pub(super) fn frames(snap: SessionSnapshot, req: u64) -> Vec<Frame> {
+    let mut out = Vec::with_capacity(2 + snap.subs.len() + snap.queue.len() + snap.inflight.len());
+    out.push(Frame::SessionBegin {
+        req,
+        client_id: snap.client_id,
+        expiry_secs: snap.expiry_secs,
+        protocol: snap.protocol.as_u8(),
+        next_packet_id: snap.next_packet_id,
+        inbound_qos2: snap.inbound_qos2,
+        will: snap
+            .will
+            .map(|w| (Arc::new(frame::will_to_message(&w.will)), w.delay)),
+    });
+    for (filter, e) in snap.subs {
+        out.push(Frame::SessionSub {
             req,
-            client_id: self.client_id,
-            expiry_secs: self.expiry_secs,
-            protocol: self.protocol.as_u8(),
-            next_packet_id: self.next_packet_id,
-            inbound_qos2: self.inbound_qos2,
-            will: self
-                .will
-                .map(|w| (Arc::new(frame::will_to_message(&w.will)), w.delay)),
+            filter,
+            options: e.options,
+            id: e.id,
         });
-        for (filter, e) in self.subs {
-            out.push(Frame::SessionSub {
-                req,
-                filter,
-                options: e.options,
-                id: e.id,
-            });
-        }
-        let slot = |kind, packet_id: u16, d: Delivery| Frame::SessionMsg {
-            req,
-            kind,
-            packet_id,
-            qos: d.qos,
-            retain: d.retain,
-            sub_ids: d.sub_ids,
-            msg: d.msg,
-        };
-        for i in self.inflight {
-            let kind = if i.released {
-                SlotKind::Released
-            } else {
-                SlotKind::Inflight
-            };
-            out.push(slot(kind, i.packet_id.get(), i.delivery));
-        }
-        for d in self.queue {
-            out.push(slot(SlotKind::Queued, 0, d));
-        }
-        out.push(Frame::SessionEnd { req });
-        out
     }
+    let slot = |kind, packet_id: u16, d: Delivery| Frame::SessionMsg {
+        req,
+        kind,
+        packet_id,
+        qos: d.qos,
+        retain: d.retain,
+        sub_ids: d.sub_ids,
+        msg: d.msg,
+    };
+    for i in snap.inflight {
+        let kind = if i.released {
+            SlotKind::Released
+        } else {
+            SlotKind::Inflight
+        };
+        out.push(slot(kind, i.packet_id.get(), i.delivery));
+    }
+    for d in snap.queue {
+        out.push(slot(SlotKind::Queued, 0, d));
+    }
+    out.push(Frame::SessionEnd { req });
+    out
 }

@@ -10,8 +10,8 @@ use fleetgate_protocol::mqtt::ByteString;
 use tokio::sync::oneshot;
 
 use super::PUSH_BIT;
-use super::transfer::{Mode, extract};
-use crate::broker::Broker;
+use super::transfer::extract;
+use crate::broker::{Broker, Departure};
 use crate::cluster::Cluster;
 use crate::cluster::frame::Frame;
 use crate::cluster::routes::PeerName;
@@ -23,7 +23,7 @@ const MAX_HOPS: usize = 3;
 #[derive(Debug)]
 pub(crate) struct Pending {
     /// Whom we asked.
-    pub peer: PeerName,
+    pub(crate) peer: PeerName,
     tx: oneshot::Sender<Outcome>,
 }
 
@@ -58,7 +58,7 @@ pub(super) fn on_request(
             cluster,
             broker,
             client_id,
-            Mode::Takeover { clean_start },
+            Departure::Takeover { clean_start },
             peer,
             req,
         );
@@ -98,12 +98,7 @@ impl Cluster {
     /// Before attaching a CONNECT for `client_id`: fetches its session from the node that holds it, when this
     /// node is not the ring owner or another node claims it. Bounded by the takeover timeout; on timeout the
     /// client gets a new session here.
-    pub async fn acquire(
-        self: &Arc<Self>,
-        _broker: &Arc<Broker>,
-        client_id: &ByteString,
-        clean_start: bool,
-    ) {
+    pub(crate) async fn acquire(self: &Arc<Self>, client_id: &ByteString, clean_start: bool) {
         let mut candidates = self.candidates(client_id);
         if candidates.is_empty() {
             return;

@@ -1,6 +1,6 @@
 //! Hot reload of authentication and authorization, beside the connection pipeline: on SIGHUP or when the node
 //! config, the password file or the ACL file changes on disk (watched through their directories by
-//! `fleetgate_config::watch`), [`AuthState::reload`] builds a new generation off the hot path and swaps it with
+//! `fleetgate_config::watch`), [`Access::reload`] builds a new generation off the hot path and swaps it with
 //! one store. A broken file keeps the old generation; the error names every problem as `file:line:column`.
 
 use std::sync::Arc;
@@ -11,16 +11,16 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::AuthState;
+use super::Access;
 use crate::{events, metrics};
 
 /// Quiet time after the last file event before reloading: one editor save or one ConfigMap swap is several
 /// events, and reading a half-written file would only produce a spurious error.
-pub const WATCH_DEBOUNCE: Duration = Duration::from_millis(200);
+pub(crate) const WATCH_DEBOUNCE: Duration = Duration::from_millis(200);
 
 /// Starts the reload task: it runs until `shutdown`. `sighup` is the receiver of `fleetgate_ops::signals::spawn`.
-pub fn spawn(
-    state: Arc<AuthState>,
+pub(crate) fn spawn(
+    state: Arc<Access>,
     sighup: Option<mpsc::Receiver<()>>,
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
@@ -28,7 +28,7 @@ pub fn spawn(
 }
 
 async fn run(
-    state: Arc<AuthState>,
+    state: Arc<Access>,
     mut sighup: Option<mpsc::Receiver<()>>,
     shutdown: CancellationToken,
 ) {
@@ -37,7 +37,7 @@ async fn run(
         let trigger = tokio::select! {
             _ = shutdown.cancelled() => return,
             () = next_signal(&mut sighup) => "sighup",
-            () = next_change(&mut watcher) => "file_change",
+            () = next_change(&mut watcher) => "file_changed",
         };
         match state.reload() {
             Ok(generation) => {
@@ -61,7 +61,7 @@ async fn run(
 }
 
 /// Watches every file of the current generation; `None` (reload on SIGHUP only) when nothing can be watched.
-fn start_watcher(state: &AuthState) -> Option<ConfigWatcher> {
+fn start_watcher(state: &Access) -> Option<ConfigWatcher> {
     let files = state.current().files.clone();
     let (first, rest) = files.split_first()?;
     let mut watcher = match watch::watch(first, WATCH_DEBOUNCE) {

@@ -1,7 +1,8 @@
-//! Starting and stopping a node: bind every listener (MQTT, admin, cluster) up front so errors surface at start,
-//! spawn the accept loops, then on shutdown — not ready and stop accepting; in a cluster, hand every session to
-//! the node the ring without us assigns (clients get v5 DISCONNECT 0x9C); let the remaining connections close
-//! (each sends its v5 DISCONNECT 0x8B) within `shutdown_grace`; return as soon as they are all gone.
+//! Starting and stopping a node, the top of the layers: bind every socket (cluster, MQTT, admin) up front so
+//! errors surface at start, build the cluster, the broker and the listeners, spawn the accept loops; then on
+//! shutdown — not ready and stop accepting; in a cluster, hand every session to the node the ring without us
+//! assigns (clients get v5 DISCONNECT 0x9C); let the remaining connections close (each sends its v5 DISCONNECT
+//! 0x8B) within `shutdown_grace`; return as soon as they are all gone.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -16,12 +17,14 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::access::{self, Access};
 use crate::admin_routes::NodeRoutes;
-use crate::auth::AuthState;
-use crate::broker::Broker;
+use crate::broker::{Broker, ClusterHooks, NoCluster};
 use crate::cluster::{self, Cluster};
+use crate::error::BrokerError;
+use crate::events;
+use crate::listener::Listener;
 use crate::metrics::Metrics;
-use crate::{BrokerError, events, listener};
 
 /// The broker node.
 #[derive(Debug)]
@@ -37,69 +40,42 @@ pub struct NodeHandle {
     supervisor: JoinHandle<()>,
 }
 
+/// Binds `addr`, logging the bound address as `role`.
+async fn bind(
+    role: &'static str,
+    addr: SocketAddr,
+) -> Result<(TcpListener, SocketAddr), BrokerError> {
+    let bind_error = |source| BrokerError::Bind { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
+    let local = listener.local_addr().map_err(bind_error)?;
+    events::listening(role, local);
+    Ok((listener, local))
+}
+
 impl Node {
-    /// Binds every listener and starts serving; runs until `shutdown` is cancelled (then see [`NodeHandle::wait`]).
+    /// Binds every listener and starts serving, every client admitted anonymously; runs until `shutdown` is
+    /// cancelled (then see [`NodeHandle::wait`]).
     pub async fn start(
         config: NodeConfig,
         shutdown: CancellationToken,
     ) -> Result<NodeHandle, BrokerError> {
-        Self::start_with_auth(config, AuthState::disabled(), shutdown).await
+        Self::start_with_access(config, Access::disabled(), shutdown).await
     }
 
-    /// Like [`Node::start`], authenticating and authorizing clients with `auth`.
-    pub async fn start_with_auth(
+    /// Like [`Node::start`], authenticating and authorizing clients with `access`.
+    pub(crate) async fn start_with_access(
         config: NodeConfig,
-        auth: Arc<AuthState>,
+        access: Arc<Access>,
         shutdown: CancellationToken,
     ) -> Result<NodeHandle, BrokerError> {
         let prometheus = telemetry::install();
         let timers = CancellationToken::new();
-        let broker = Arc::new(Broker::new(
-            config.name.clone(),
-            config.limits.clone(),
-            Metrics::register(),
-            timers.clone(),
-        ));
-
-        let mut bound = Vec::new();
-        for l in &config.listeners {
-            let pair =
-                listener::bind(l, auth.clone())
-                    .await
-                    .map_err(|source| BrokerError::Bind {
-                        addr: l.bind,
-                        source,
-                    })?;
-            bound.push(pair);
-        }
-        let admin_listener = match config.admin_bind {
-            Some(addr) => {
-                let l = TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| BrokerError::Bind { addr, source })?;
-                let local = l
-                    .local_addr()
-                    .map_err(|source| BrokerError::Bind { addr, source })?;
-                events::listening("admin", local);
-                Some((l, local))
-            }
-            None => None,
-        };
-
         let readiness = Readiness::new();
+
+        // The cluster first: the broker tells it what changes.
         let cluster = match &config.cluster {
             Some(c) => {
-                let l = TcpListener::bind(c.bind)
-                    .await
-                    .map_err(|source| BrokerError::Bind {
-                        addr: c.bind,
-                        source,
-                    })?;
-                let local = l.local_addr().map_err(|source| BrokerError::Bind {
-                    addr: c.bind,
-                    source,
-                })?;
-                events::listening("cluster", local);
+                let (socket, local) = bind("cluster", c.bind).await?;
                 let cluster = Arc::new(Cluster::new(
                     &config.name,
                     c.clone(),
@@ -107,28 +83,51 @@ impl Node {
                     config.limits.max_packet_size,
                     readiness.clone(),
                 )?);
-                broker.set_cluster(cluster.clone());
-                // Links and discovery start before any client is accepted; the node is not ready until synced.
-                cluster::link::start(cluster.clone(), broker.clone(), l)?;
-                Some(cluster)
+                Some((cluster, socket))
             }
             None => None,
         };
+        let hooks: Arc<dyn ClusterHooks> = match &cluster {
+            Some((c, _)) => c.clone(),
+            None => Arc::new(NoCluster),
+        };
+        let broker = Arc::new(Broker::new(
+            config.name.clone(),
+            config.limits.clone(),
+            Metrics::register(),
+            timers.clone(),
+            hooks,
+        ));
+
+        let cluster_handle = cluster.as_ref().map(|(c, _)| c.clone());
+        let mut listeners = Vec::new();
+        for l in &config.listeners {
+            let listener =
+                Listener::bind(l, access.clone(), broker.clone(), cluster_handle.clone())
+                    .await
+                    .map_err(|source| BrokerError::Bind {
+                        addr: l.bind,
+                        source,
+                    })?;
+            listeners.push(listener);
+        }
+        let admin_listener = match config.admin_bind {
+            Some(addr) => Some(bind("admin", addr).await?),
+            None => None,
+        };
+
+        // Links and discovery start before any client is accepted; the node is not ready until synced.
+        if let Some((c, socket)) = cluster {
+            cluster::link::start(c, broker.clone(), socket)?;
+        }
         let tracker = TaskTracker::new();
         // Connections end at `conns`: at once without a cluster, after the drain handoff with one.
         let conns = CancellationToken::new();
-        let mqtt_addrs = bound.iter().map(|(_, ctx)| ctx.local_addr).collect();
-        let mut accept_loops = Vec::new();
-        for (l, ctx) in bound {
-            accept_loops.push(tokio::spawn(listener::accept_loop(
-                l,
-                ctx,
-                broker.clone(),
-                tracker.clone(),
-                shutdown.clone(),
-                conns.clone(),
-            )));
-        }
+        let mqtt_addrs = listeners.iter().map(|l| l.local_addr).collect();
+        let accept_loops = listeners
+            .into_iter()
+            .map(|l| tokio::spawn(l.accept_loop(tracker.clone(), shutdown.clone(), conns.clone())))
+            .collect();
         // The admin server outlives the drain so `/readyz` answers "not ready" while connections close.
         let admin_shutdown = CancellationToken::new();
         let admin_addr = admin_listener.as_ref().map(|(_, a)| *a);
@@ -143,13 +142,12 @@ impl Node {
             tokio::spawn(admin::serve(l, state, admin_shutdown.clone()))
         });
         // In a cluster, ready once synced with every reachable peer (the cluster sets it).
-        if cluster.is_none() {
+        if cluster_handle.is_none() {
             readiness.set(true);
         }
 
-        let grace = config.shutdown_grace;
-        let supervisor = tokio::spawn(supervise(
-            Stop {
+        let supervisor = tokio::spawn(supervise(Supervised {
+            stop: Stop {
                 shutdown,
                 conns,
                 readiness: readiness.clone(),
@@ -158,11 +156,11 @@ impl Node {
             },
             accept_loops,
             tracker,
-            grace,
-            broker.clone(),
-            cluster,
+            grace: config.shutdown_grace,
+            broker: broker.clone(),
+            cluster: cluster_handle,
             admin_task,
-        ));
+        }));
         Ok(NodeHandle {
             mqtt_addrs,
             admin_addr,
@@ -182,7 +180,8 @@ struct Stop {
     admin_shutdown: CancellationToken,
 }
 
-async fn supervise(
+/// What the supervisor stops, in order.
+struct Supervised {
     stop: Stop,
     accept_loops: Vec<JoinHandle<()>>,
     tracker: TaskTracker,
@@ -190,16 +189,20 @@ async fn supervise(
     broker: Arc<Broker>,
     cluster: Option<Arc<Cluster>>,
     admin_task: Option<JoinHandle<()>>,
-) {
-    let Stop {
-        shutdown,
-        conns,
-        readiness,
-        timers,
-        admin_shutdown,
-    } = stop;
-    shutdown.cancelled().await;
-    readiness.set(false);
+}
+
+async fn supervise(node: Supervised) {
+    let Supervised {
+        stop,
+        accept_loops,
+        tracker,
+        grace,
+        broker,
+        cluster,
+        admin_task,
+    } = node;
+    stop.shutdown.cancelled().await;
+    stop.readiness.set(false);
     for a in accept_loops {
         let _ = a.await;
     }
@@ -208,7 +211,7 @@ async fn supervise(
         events::shutdown("handoff", tracker.len());
         let _ = tokio::time::timeout_at(deadline, c.drain(&broker)).await;
     }
-    conns.cancel();
+    stop.conns.cancel();
     broker.shutdown_connections();
     tracker.close();
     events::shutdown("draining", tracker.len());
@@ -220,12 +223,12 @@ async fn supervise(
         let _ = tokio::time::timeout_at(deadline, c.settle()).await;
         c.shutdown.cancel();
     }
-    timers.cancel();
+    stop.timers.cancel();
     events::shutdown(
         if drained { "drained" } else { "grace_expired" },
         tracker.len(),
     );
-    admin_shutdown.cancel();
+    stop.admin_shutdown.cancel();
     if let Some(t) = admin_task {
         let _ = t.await;
     }
@@ -258,18 +261,19 @@ impl NodeHandle {
     }
 }
 
-/// What `fleetgate node --config FILE` runs: load the config, start, serve until `shutdown`, drain.
-/// `reload` delivers SIGHUP (`fleetgate_ops::signals::spawn`): the `[auth]` section, password and ACL files are
-/// re-read then, and whenever one of them changes on disk.
+/// What `fleetgate node --config FILE` runs with the loaded `config` (the caller may have applied command-line
+/// overrides): load the `[auth]` files, start, serve until `shutdown`, drain. `reload` delivers SIGHUP
+/// (`fleetgate_ops::signals::spawn`): the `[auth]` section, password and ACL files are re-read then, and whenever
+/// one of them changes on disk.
 pub async fn run(
     config_path: &Path,
+    config: NodeConfig,
     shutdown: CancellationToken,
     reload: Option<tokio::sync::mpsc::Receiver<()>>,
 ) -> Result<(), BrokerError> {
-    let config = NodeConfig::load(config_path)?;
-    let auth = AuthState::load(config_path, &config)?;
-    let reloader = crate::auth_reload::spawn(auth.clone(), reload, shutdown.clone());
-    let handle = match Node::start_with_auth(config, auth, shutdown).await {
+    let access = Access::load(config_path, &config)?;
+    let reloader = access::reload::spawn(access.clone(), reload, shutdown.clone());
+    let handle = match Node::start_with_access(config, access, shutdown).await {
         Ok(handle) => handle,
         Err(e) => {
             reloader.abort();
@@ -280,4 +284,13 @@ pub async fn run(
     // The reload task ends with the shutdown token.
     let _ = reloader.await;
     Ok(())
+}
+
+/// Loads the `[auth]` section of the node config at `config_path` and the password and ACL files it names, as
+/// [`run`] would at start (`fleetgate check`).
+pub fn check_access(
+    config_path: &Path,
+    config: &NodeConfig,
+) -> Result<(), fleetgate_config::ConfigError> {
+    Access::load(config_path, config).map(drop)
 }

@@ -21,7 +21,7 @@ const SHUTDOWN: u8 = 1 << 3;
 
 /// Why the connection's task was woken, most urgent first when several apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Wake {
+pub(crate) enum Wake {
     /// The node is shutting down.
     Shutdown,
     /// The session moved to another node (drain): the client should use another server.
@@ -34,42 +34,37 @@ pub enum Wake {
 
 /// The wake-up channel of one connection (shared by its session slot and its task).
 #[derive(Debug, Default)]
-pub struct ConnSignal {
+pub(crate) struct Wakeup {
     flags: AtomicU8,
     waker: AtomicWaker,
 }
 
-impl ConnSignal {
+impl Wakeup {
     /// Tells the connection messages are waiting (wakes it only when it was not already told).
-    pub fn messages(&self) {
+    pub(crate) fn messages(&self) {
         if self.flags.fetch_or(MESSAGES, Ordering::AcqRel) & MESSAGES == 0 {
             self.waker.wake();
         }
     }
 
     /// Tells the connection another one took its session over.
-    pub fn kick(&self) {
+    pub(crate) fn kick(&self) {
         self.raise(TAKEN_OVER);
     }
 
     /// Tells the connection its session moved to another node (drain): the client should use another server.
-    pub fn kick_moved(&self) {
+    pub(crate) fn kick_moved(&self) {
         self.raise(MOVED);
     }
 
     /// Tells the connection the node is shutting down.
-    pub fn shutdown(&self) {
+    pub(crate) fn shutdown(&self) {
         self.raise(SHUTDOWN);
-    }
-
-    /// True once the connection was told to end (takeover, move or shutdown).
-    pub fn is_kicked(&self) -> bool {
-        self.flags.load(Ordering::Acquire) & (TAKEN_OVER | MOVED | SHUTDOWN) != 0
     }
 
     /// Ready with the most urgent reason the connection was woken for; a [`Wake::Messages`] is consumed, an
     /// ending stays set. Registers the task's waker otherwise.
-    pub fn poll_wake(&self, cx: &mut Context<'_>) -> Poll<Wake> {
+    pub(crate) fn poll_wake(&self, cx: &mut Context<'_>) -> Poll<Wake> {
         if let Some(wake) = self.take() {
             return Poll::Ready(wake);
         }
@@ -112,14 +107,13 @@ mod tests {
     #[test]
     fn the_most_urgent_reason_wins_and_only_messages_are_consumed() {
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        let s = ConnSignal::default();
+        let s = Wakeup::default();
         assert_eq!(s.poll_wake(&mut cx), Poll::Pending);
         s.messages();
         assert_eq!(s.poll_wake(&mut cx), Poll::Ready(Wake::Messages));
         assert_eq!(s.poll_wake(&mut cx), Poll::Pending);
         s.messages();
         s.kick();
-        assert!(s.is_kicked());
         assert_eq!(s.poll_wake(&mut cx), Poll::Ready(Wake::TakenOver));
         s.kick_moved();
         assert_eq!(s.poll_wake(&mut cx), Poll::Ready(Wake::Moved));
@@ -130,7 +124,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_waiting_task_is_woken_from_another_thread() {
-        let s = Arc::new(ConnSignal::default());
+        let s = Arc::new(Wakeup::default());
         for _ in 0..1000 {
             let waiter = tokio::spawn({
                 let s = s.clone();

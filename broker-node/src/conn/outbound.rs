@@ -9,35 +9,35 @@ use fleetgate_protocol::mqtt::{
     ByteString, CodecError, Packet, PlainPublish, PublishAck2, PublishAck2Reason, QoS,
 };
 
-use crate::conn::{Conn, End};
+use super::wire::Wire;
+use super::{Conn, End};
 use crate::limits::{DRAIN_BATCH, WRITE_HIGH_WATER};
-use crate::message::{Delivery, LazyNow};
 use crate::metrics::DropReason;
-use crate::session::Inflight;
-use crate::wire::Wire;
+use crate::state::message::{Delivery, LazyNow};
+use crate::state::session::Inflight;
 
 /// Topic aliases we assign on PUBLISHes to a v5 client, up to its Topic Alias Maximum. Assigned first come,
 /// first served and kept for the connection (no eviction).
 #[derive(Debug, Default)]
-pub struct OutboundAliases {
+pub(crate) struct OutboundAliases {
     max: u16,
     aliases: HashMap<ByteString, NonZeroU16>,
 }
 
 /// How one PUBLISH names its topic.
 #[derive(Debug, PartialEq, Eq)]
-pub struct AliasChoice {
+pub(crate) struct AliasChoice {
     /// Topic on the wire (empty when the alias is already known to the client).
-    pub topic: ByteString,
+    pub(crate) topic: ByteString,
     /// Alias property.
-    pub alias: Option<NonZeroU16>,
+    pub(crate) alias: Option<NonZeroU16>,
     /// True when this PUBLISH establishes the alias (commit it once the packet is encoded).
-    pub new: bool,
+    pub(crate) new: bool,
 }
 
 impl OutboundAliases {
     /// No aliases when `max` is 0.
-    pub fn new(max: u16) -> OutboundAliases {
+    pub(crate) fn new(max: u16) -> OutboundAliases {
         OutboundAliases {
             max,
             aliases: HashMap::new(),
@@ -45,12 +45,12 @@ impl OutboundAliases {
     }
 
     /// True when the client takes no topic aliases from us.
-    pub fn is_off(&self) -> bool {
+    pub(crate) fn is_off(&self) -> bool {
         self.max == 0
     }
 
     /// How to name `topic` in the next PUBLISH.
-    pub fn choose(&self, topic: &ByteString) -> AliasChoice {
+    pub(crate) fn choose(&self, topic: &ByteString) -> AliasChoice {
         if self.max == 0 {
             return AliasChoice {
                 topic: topic.clone(),
@@ -81,7 +81,7 @@ impl OutboundAliases {
     }
 
     /// Records an alias the client now knows.
-    pub fn commit(&mut self, choice: &AliasChoice) {
+    pub(crate) fn commit(&mut self, choice: &AliasChoice) {
         if let (true, Some(alias)) = (choice.new, choice.alias) {
             self.aliases.insert(choice.topic.clone(), alias);
         }
@@ -98,7 +98,7 @@ impl OutboundAliases {
 /// clone of the shared message to encode after the lock (and dropping it then) cost two atomic operations on a
 /// cache line that every subscriber of the message contends for. Other deliveries are encoded after the lock is
 /// released (building their packet takes longer, and publishers must not wait behind it).
-pub fn drain(conn: &mut Conn) -> Result<bool, End> {
+pub(crate) fn drain(conn: &mut Conn) -> Result<bool, End> {
     let now = LazyNow::new();
     let v5 = conn.level.is_v5();
     let plain_ok = conn.outbound_aliases.is_off();
@@ -260,7 +260,7 @@ fn encode_full(
 
 /// After CONNACK on a resumed session: everything unacknowledged again, in order — PUBLISH with DUP=1, or
 /// PUBREL for QoS 2 messages the client already PUBREC'd.
-pub fn resend_inflight(conn: &mut Conn) {
+pub(crate) fn resend_inflight(conn: &mut Conn) {
     let now = LazyNow::new();
     let v5 = conn.level.is_v5();
     let mut st = conn.session.state.lock();

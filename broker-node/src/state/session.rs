@@ -8,82 +8,94 @@ use std::num::{NonZeroU16, NonZeroU32};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use fleetgate_protocol::mqtt::{ByteString, LastWill, ProtocolLevel, QoS, SubscriptionOptions};
+use fleetgate_protocol::mqtt::{ByteString, ProtocolLevel, QoS, SubscriptionOptions};
 use parking_lot::Mutex;
 
-use crate::auth::WillPermit;
-use crate::message::{Delivery, SessionId};
+use super::message::{Delivery, SessionId};
+use super::will::Will;
 use crate::metrics::DropReason;
-use crate::signal::ConnSignal;
+use crate::wakeup::Wakeup;
 
 /// The connection currently attached to a session.
 #[derive(Debug)]
-pub struct ConnSlot {
+pub(crate) struct ConnSlot {
     /// Its wake-up/takeover signal.
-    pub signal: Arc<ConnSignal>,
+    pub(crate) signal: Arc<Wakeup>,
     /// Its inflight window (for the `inflight_window` drop reason).
-    pub window: usize,
+    pub(crate) window: usize,
 }
 
 /// One stored subscription (the key in [`SessionState::subscriptions`] is the full filter, `$share/..` included).
 #[derive(Debug, Clone, Copy)]
-pub struct SubscriptionEntry {
+pub(crate) struct SubscriptionEntry {
     /// Options from SUBSCRIBE.
-    pub options: SubscriptionOptions,
+    pub(crate) options: SubscriptionOptions,
     /// Subscription identifier.
-    pub id: Option<NonZeroU32>,
+    pub(crate) id: Option<NonZeroU32>,
 }
 
 /// A QoS 1/2 message sent to the client and not yet fully acknowledged.
 #[derive(Debug)]
-pub struct Inflight {
+pub(crate) struct Inflight {
     /// The packet identifier it was sent with.
-    pub packet_id: NonZeroU16,
+    pub(crate) packet_id: NonZeroU16,
     /// What was sent (resent with DUP on reconnect).
-    pub delivery: Delivery,
+    pub(crate) delivery: Delivery,
     /// QoS 2 only: PUBREC received and PUBREL sent; waiting for PUBCOMP.
-    pub released: bool,
+    pub(crate) released: bool,
 }
 
-/// A will message held for the connection (or, after it ended, for its delay).
+/// A session on its way between nodes (a cluster handover), detached from any connection: everything a
+/// [`Session`] holds that outlives a connection.
 #[derive(Debug)]
-pub struct Will {
-    /// The will as sent in CONNECT.
-    pub will: Box<LastWill>,
-    /// Will Delay Interval in seconds (0 for MQTT 3).
-    pub delay: u32,
-    /// The ACL check the will must pass when it is published; `None` publishes unchecked (a will that did not
-    /// come from a local CONNECT, e.g. handed over by a cluster peer that checked it).
-    pub permit: Option<WillPermit>,
+pub(crate) struct SessionSnapshot {
+    /// The client identifier.
+    pub(crate) client_id: ByteString,
+    /// Session expiry interval in seconds.
+    pub(crate) expiry_secs: u32,
+    /// Protocol of the last connection.
+    pub(crate) protocol: ProtocolLevel,
+    /// Last packet identifier handed out.
+    pub(crate) next_packet_id: u16,
+    /// QoS 2 packet IDs received, waiting for PUBREL.
+    pub(crate) inbound_qos2: Vec<u16>,
+    /// A will waiting out its delay.
+    pub(crate) will: Option<Will>,
+    /// Subscriptions by full filter.
+    pub(crate) subs: Vec<(ByteString, SubscriptionEntry)>,
+    /// Messages waiting to be sent.
+    pub(crate) queue: Vec<Delivery>,
+    /// Messages sent and not fully acknowledged, oldest first.
+    pub(crate) inflight: Vec<Inflight>,
 }
 
 /// The mutable part of a session.
 #[derive(Debug)]
-pub struct SessionState {
+pub(crate) struct SessionState {
     /// Subscriptions by full filter.
-    pub subscriptions: HashMap<ByteString, SubscriptionEntry>,
+    pub(crate) subscriptions: HashMap<ByteString, SubscriptionEntry>,
     /// Messages waiting to be sent (bounded by `max_queued_messages`).
-    pub queue: VecDeque<Delivery>,
+    pub(crate) queue: VecDeque<Delivery>,
     /// QoS 1/2 messages sent, oldest first.
-    pub inflight: VecDeque<Inflight>,
+    pub(crate) inflight: VecDeque<Inflight>,
     /// QoS 2 packet IDs received from the client, PUBREC sent, waiting for PUBREL.
-    pub inbound_qos2: HashSet<u16>,
+    pub(crate) inbound_qos2: HashSet<u16>,
     /// The attached connection, if any.
-    pub conn: Option<ConnSlot>,
+    pub(crate) conn: Option<ConnSlot>,
     /// Increases on every attach; timers and detaches from older connections compare it and do nothing.
-    pub generation: u64,
+    pub(crate) generation: u64,
     /// Session expiry interval in seconds (0 = ends with the connection).
-    pub expiry_secs: u32,
+    pub(crate) expiry_secs: u32,
     /// The connected client's will.
-    pub will: Option<Will>,
+    pub(crate) will: Option<Will>,
     /// A will waiting out its delay after the connection ended.
-    pub pending_will: Option<Will>,
+    pub(crate) pending_will: Option<Will>,
     /// The session was removed from the broker; late pushes are ignored.
-    pub ended: bool,
+    pub(crate) ended: bool,
     /// Protocol of the last connection (admin).
-    pub protocol: ProtocolLevel,
+    pub(crate) protocol: ProtocolLevel,
     /// Client address of the last connection (admin).
-    pub source: Option<SocketAddr>,
+    pub(crate) source: Option<SocketAddr>,
     /// Last packet identifier handed out (moves with the session between nodes).
     pub(crate) next_packet_id: u16,
 }
@@ -92,7 +104,7 @@ impl SessionState {
     /// Next free packet identifier (skipping those in flight); `None` when all 65,535 are in flight. Among
     /// `inflight.len() + 1` consecutive candidates one is free, so at most that many are tried (each an
     /// O(inflight) scan; the inflight window keeps it short, and the first candidate is the usual hit).
-    pub fn alloc_packet_id(&mut self) -> Option<NonZeroU16> {
+    pub(crate) fn alloc_packet_id(&mut self) -> Option<NonZeroU16> {
         if self.inflight.len() >= usize::from(u16::MAX) {
             return None;
         }
@@ -110,7 +122,7 @@ impl SessionState {
     }
 
     /// The session ends: forgets what it still owed its client; returns how many messages that was.
-    pub fn discard(&mut self) -> usize {
+    pub(crate) fn discard(&mut self) -> usize {
         let n = self.queue.len() + self.inflight.len();
         self.queue.clear();
         self.inflight.clear();
@@ -118,12 +130,12 @@ impl SessionState {
     }
 
     /// PUBACK: forgets a QoS 1 message. False when unknown.
-    pub fn acknowledge(&mut self, id: NonZeroU16) -> bool {
+    pub(crate) fn acknowledge(&mut self, id: NonZeroU16) -> bool {
         self.remove_inflight(id, |e| e.delivery.qos == QoS::AtLeastOnce)
     }
 
     /// PUBREC: marks a QoS 2 message released. False when unknown.
-    pub fn release(&mut self, id: NonZeroU16) -> bool {
+    pub(crate) fn release(&mut self, id: NonZeroU16) -> bool {
         match self
             .inflight
             .iter_mut()
@@ -138,7 +150,7 @@ impl SessionState {
     }
 
     /// PUBCOMP (or a failed PUBREC): forgets a QoS 2 message.
-    pub fn complete(&mut self, id: NonZeroU16) -> bool {
+    pub(crate) fn complete(&mut self, id: NonZeroU16) -> bool {
         self.remove_inflight(id, |e| e.delivery.qos == QoS::ExactlyOnce)
     }
 
@@ -160,19 +172,19 @@ impl SessionState {
 
 /// A session: identity plus locked state.
 #[derive(Debug)]
-pub struct Session {
+pub(crate) struct Session {
     /// Unique per session object (a clean-start reconnect gets a new one).
-    pub id: SessionId,
+    pub(crate) id: SessionId,
     /// The client identifier.
-    pub client_id: ByteString,
+    pub(crate) client_id: ByteString,
     connected: AtomicBool,
     /// The state; lock briefly, never across `.await`.
-    pub state: Mutex<SessionState>,
+    pub(crate) state: Mutex<SessionState>,
 }
 
 impl Session {
     /// A new session attached to a connection.
-    pub fn new(
+    pub(crate) fn new(
         id: SessionId,
         client_id: ByteString,
         protocol: ProtocolLevel,
@@ -202,7 +214,7 @@ impl Session {
 
     /// A detached session, for unit tests of other modules.
     #[cfg(test)]
-    pub fn new_for_test(id: SessionId) -> Arc<Session> {
+    pub(crate) fn new_for_test(id: SessionId) -> Arc<Session> {
         Arc::new(Session::new(
             id,
             format!("c{id}").into(),
@@ -212,17 +224,17 @@ impl Session {
     }
 
     /// True while a connection is attached (lock-free; used to prefer connected shared-group members).
-    pub fn is_connected(&self) -> bool {
+    pub(crate) fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Relaxed)
     }
 
     /// Records whether a connection is attached (called with the state lock held).
-    pub fn set_connected(&self, connected: bool) {
+    pub(crate) fn set_connected(&self, connected: bool) {
         self.connected.store(connected, Ordering::Relaxed);
     }
 
     /// Queues a delivery and wakes the connection; the error says why it was dropped instead.
-    pub fn enqueue(&self, delivery: Delivery, max_queued: usize) -> Result<(), DropReason> {
+    pub(crate) fn enqueue(&self, delivery: Delivery, max_queued: usize) -> Result<(), DropReason> {
         let mut st = self.state.lock();
         if st.ended {
             return Err(DropReason::SessionEnded);
@@ -262,7 +274,7 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::Message;
+    use crate::state::message::Message;
     use fleetgate_protocol::mqtt::Bytes;
 
     fn delivery(qos: QoS) -> Delivery {
@@ -301,7 +313,7 @@ mod tests {
     #[test]
     fn online_queue_full_reasons() {
         let s = Session::new_for_test(1);
-        let signal = Arc::new(ConnSignal::default());
+        let signal = Arc::new(Wakeup::default());
         s.state.lock().conn = Some(ConnSlot { signal, window: 1 });
         assert_eq!(s.enqueue(delivery(QoS::AtLeastOnce), 1), Ok(()));
         assert_eq!(

@@ -15,7 +15,7 @@ use crate::limits::READ_CHUNK;
 
 /// Why reading a packet failed.
 #[derive(Debug, thiserror::Error)]
-pub enum ReadError {
+pub(crate) enum ReadError {
     /// The codec refused the bytes.
     #[error("protocol error: {0}")]
     Codec(CodecError),
@@ -29,7 +29,7 @@ pub enum ReadError {
 
 /// Which way the socket is ready ([`Wire::poll_ready`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ready {
+pub(crate) enum Ready {
     /// Bytes (or end of stream) to read.
     Read,
     /// Room to write.
@@ -38,18 +38,18 @@ pub enum Ready {
 
 /// A client socket with its codec and (transient) buffers.
 #[derive(Debug)]
-pub struct Wire {
+pub(crate) struct Wire {
     /// The socket.
-    pub stream: TcpStream,
+    pub(crate) stream: TcpStream,
     /// The MQTT codec.
-    pub codec: Codec,
+    pub(crate) codec: Codec,
     rbuf: BytesMut,
     wbuf: BytesMut,
 }
 
 impl Wire {
     /// Wraps a socket; no buffer is allocated yet.
-    pub fn new(stream: TcpStream, codec: Codec) -> Wire {
+    pub(crate) fn new(stream: TcpStream, codec: Codec) -> Wire {
         Wire {
             stream,
             codec,
@@ -67,7 +67,7 @@ impl Wire {
     /// edge instead of spending a `recv` on `EAGAIN` after every packet — nginx does the same with `EPOLLRDHUP`,
     /// which tokio registers, so a close still wakes us. The readiness is cleared with the event tick seen
     /// *before* the read: bytes that arrived after it raised a newer tick, and then nothing is cleared.
-    pub fn try_fill(&mut self) -> io::Result<usize> {
+    pub(crate) fn try_fill(&mut self) -> io::Result<usize> {
         if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
             self.rbuf.reserve(READ_CHUNK);
         }
@@ -94,19 +94,19 @@ impl Wire {
     }
 
     /// The next complete packet in the read buffer, if any.
-    pub fn decode(&mut self) -> Result<Option<Packet>, CodecError> {
+    pub(crate) fn decode(&mut self) -> Result<Option<Packet>, CodecError> {
         self.codec.decode(&mut self.rbuf)
     }
 
     /// Frees the read buffer once everything in it was decoded (packets keep their own slices alive).
-    pub fn release_read_buffer(&mut self) {
+    pub(crate) fn release_read_buffer(&mut self) {
         if self.rbuf.is_empty() {
             self.rbuf = BytesMut::new();
         }
     }
 
     /// Encodes `packet` after what is pending; on error nothing was added.
-    pub fn encode(&mut self, packet: Packet) -> Result<(), CodecError> {
+    pub(crate) fn encode(&mut self, packet: Packet) -> Result<(), CodecError> {
         let before = self.wbuf.len();
         self.codec
             .encode(packet, &mut self.wbuf)
@@ -115,14 +115,17 @@ impl Wire {
 
     /// Encodes a PUBLISH without properties from borrowed parts ([`Codec::encode_plain_publish`]); on error
     /// nothing was added.
-    pub fn encode_plain_publish(&mut self, publish: PlainPublish<'_>) -> Result<(), CodecError> {
+    pub(crate) fn encode_plain_publish(
+        &mut self,
+        publish: PlainPublish<'_>,
+    ) -> Result<(), CodecError> {
         self.codec.encode_plain_publish(publish, &mut self.wbuf)
     }
 
     /// Ready when the socket is readable (if `read`) or writable (if `write`), reads first. Holds no state
     /// between polls (the socket keeps the wakers), unlike `readable()`/`writable()` futures.
     /// Takes the socket alone (the codec is not `Sync`, and the future borrowing it must be `Send`).
-    pub fn poll_ready(
+    pub(crate) fn poll_ready(
         stream: &TcpStream,
         cx: &mut Context<'_>,
         read: bool,
@@ -138,13 +141,13 @@ impl Wire {
     }
 
     /// Bytes encoded and not yet written.
-    pub fn pending(&self) -> usize {
+    pub(crate) fn pending(&self) -> usize {
         self.wbuf.len()
     }
 
     /// Writes as much as the socket takes without waiting; `Ok(true)` once everything is out (the buffer is
     /// then freed).
-    pub fn try_flush(&mut self) -> io::Result<bool> {
+    pub(crate) fn try_flush(&mut self) -> io::Result<bool> {
         while !self.wbuf.is_empty() {
             match self.stream.try_write(&self.wbuf) {
                 Ok(0) => return Err(ErrorKind::WriteZero.into()),
@@ -160,7 +163,7 @@ impl Wire {
     }
 
     /// Writes everything pending, waiting for the socket as needed.
-    pub async fn flush(&mut self) -> io::Result<()> {
+    pub(crate) async fn flush(&mut self) -> io::Result<()> {
         while !self.try_flush()? {
             self.stream.writable().await?;
         }
@@ -168,7 +171,7 @@ impl Wire {
     }
 
     /// Waits for one complete packet (used before the packet loop, for CONNECT).
-    pub async fn read_packet(&mut self) -> Result<Packet, ReadError> {
+    pub(crate) async fn read_packet(&mut self) -> Result<Packet, ReadError> {
         loop {
             if let Some(packet) = self.decode().map_err(ReadError::Codec)? {
                 self.release_read_buffer();

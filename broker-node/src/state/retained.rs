@@ -12,9 +12,16 @@ use fleetgate_protocol::mqtt::{ByteString, topic};
 use metrics::Gauge;
 use parking_lot::{Mutex, RwLock};
 
-use crate::message::Message;
+use super::message::Message;
 
-pub use crate::cluster::frame::Stamp;
+/// A hybrid logical timestamp: `(milliseconds << 16 | counter, node name)`; greater wins (last writer wins).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub(crate) struct Stamp {
+    /// Physical milliseconds in the high 48 bits, logical counter in the low 16.
+    pub(crate) time: u64,
+    /// Writer node, the tie-break.
+    pub(crate) node: String,
+}
 
 /// Bits of a stamp's `time` holding the logical counter (below the milliseconds).
 const COUNTER_BITS: u32 = 16;
@@ -28,7 +35,7 @@ struct Entry {
 
 /// The retained-message store.
 #[derive(Debug)]
-pub struct RetainedStore {
+pub(crate) struct RetainedStore {
     messages: RwLock<HashMap<ByteString, Entry>>,
     gauge: Gauge,
     /// Entries holding a message (tombstones not counted); changed under the `messages` write lock.
@@ -39,16 +46,11 @@ pub struct RetainedStore {
 }
 
 /// One retained entry as replicated: topic, message (`None` = deleted) and stamp.
-pub type RetainedEntry = (ByteString, Option<Arc<Message>>, Stamp);
+pub(crate) type RetainedEntry = (ByteString, Option<Arc<Message>>, Stamp);
 
 impl RetainedStore {
-    /// An empty store reporting its size on `gauge`.
-    pub fn new(gauge: Gauge) -> RetainedStore {
-        RetainedStore::for_node(gauge, String::new())
-    }
-
     /// An empty store whose writes are stamped with `node` (the tie-break between equal clocks).
-    pub fn for_node(gauge: Gauge, node: String) -> RetainedStore {
+    pub(crate) fn for_node(gauge: Gauge, node: String) -> RetainedStore {
         RetainedStore {
             messages: RwLock::new(HashMap::new()),
             gauge,
@@ -74,7 +76,7 @@ impl RetainedStore {
 
     /// Stores `msg` as the topic's retained message, or deletes it when the payload is empty (a local write);
     /// returns the write's stamp.
-    pub fn store(&self, msg: &Arc<Message>) -> Stamp {
+    pub(crate) fn store(&self, msg: &Arc<Message>) -> Stamp {
         let stamp = self.tick();
         let value = (!msg.payload.is_empty()).then(|| msg.clone());
         self.apply(msg.topic.clone(), value, stamp.clone());
@@ -82,7 +84,7 @@ impl RetainedStore {
     }
 
     /// Applies a write (local or from a peer) unless a later one is already held; true when applied.
-    pub fn apply(&self, topic: ByteString, msg: Option<Arc<Message>>, stamp: Stamp) -> bool {
+    pub(crate) fn apply(&self, topic: ByteString, msg: Option<Arc<Message>>, stamp: Stamp) -> bool {
         {
             let mut clock = self.clock.lock();
             *clock = (*clock).max(stamp.time);
@@ -108,7 +110,7 @@ impl RetainedStore {
     }
 
     /// Every entry, tombstones included (the full sync to a new peer).
-    pub fn snapshot(&self) -> Vec<RetainedEntry> {
+    pub(crate) fn snapshot(&self) -> Vec<RetainedEntry> {
         self.messages
             .read()
             .iter()
@@ -117,7 +119,7 @@ impl RetainedStore {
     }
 
     /// Retained messages matching `filter` (a plain filter, `$share` prefix stripped), expired ones left out.
-    pub fn matching(&self, filter: &str, now: Instant) -> Vec<Arc<Message>> {
+    pub(crate) fn matching(&self, filter: &str, now: Instant) -> Vec<Arc<Message>> {
         let map = self.messages.read();
         let live = |m: &&Arc<Message>| !m.is_expired(now);
         if !filter.contains(['+', '#']) {
@@ -138,13 +140,8 @@ impl RetainedStore {
     }
 
     /// Number of retained messages.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.live.load(Ordering::Relaxed)
-    }
-
-    /// True when none are held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -167,7 +164,7 @@ mod tests {
 
     #[test]
     fn set_match_delete() {
-        let store = RetainedStore::new(Gauge::noop());
+        let store = RetainedStore::for_node(Gauge::noop(), String::new());
         store.store(&msg("a/b", b"1"));
         store.store(&msg("a/c", b"2"));
         store.store(&msg("$SYS/x", b"3"));
@@ -196,7 +193,7 @@ mod tests {
         assert!(store.apply("t".into(), Some(msg("t", b"2")), at(10, "b")));
         assert!(store.apply("t".into(), None, at(11, "a")));
         assert!(!store.apply("t".into(), Some(msg("t", b"3")), at(10, "c")));
-        assert!(store.is_empty());
+        assert_eq!(store.len(), 0);
         assert_eq!(store.snapshot().len(), 1, "the tombstone is kept");
         // A local write is stamped after everything seen.
         let s = store.store(&msg("t", b"4"));

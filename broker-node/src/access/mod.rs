@@ -1,11 +1,14 @@
-//! Authentication and authorization at the node — stage 4 of [`crate::conn`] (CONNECT) and the PUBLISH /
-//! SUBSCRIBE handlers of [`crate::inbound`]. The decisions themselves are `fleetgate_auth`'s; this module holds the
-//! process-wide [`AuthState`] (one `ArcSwap` of an [`AuthGeneration`], swapped whole by [`crate::auth_reload`]),
-//! turns a CONNECT plus its PROXY identity into a [`ConnAuth`], and answers ACL checks for one connection.
+//! Access control at the node: authentication at CONNECT (stage 4 of [`crate::conn`]) and the ACL checks of
+//! PUBLISH, SUBSCRIBE and wills. The decisions themselves are the `fleetgate_auth` crate's; this module holds the
+//! process-wide [`Access`] (one `ArcSwap` of an [`AccessGeneration`], swapped whole by [`reload`]), turns a
+//! CONNECT plus its PROXY identity into a [`ClientAccess`], and answers ACL checks for one connection.
 //!
 //! Trust: the only certificate identity is the one in the PROXY v2 TLVs of a listener that requires the header
-//! from trusted CIDRs ([`crate::listener::read_proxy`]); `PeerIdentity::cert_verified` is set by the protocol crate
-//! only when CERT_CONN/CERT_SESS is set and verify == 0. A listener without PROXY has no certificate identity.
+//! from trusted CIDRs (the PROXY stage of [`crate::conn`]); `PeerIdentity::cert_verified` is set by the protocol
+//! crate only when CERT_CONN/CERT_SESS is set and verify == 0. A listener without PROXY has no certificate
+//! identity.
+//!
+//! - [`reload`]: hot reload on SIGHUP or when one of the files changes.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -21,26 +24,28 @@ use fleetgate_config::node::NodeConfig;
 use fleetgate_protocol::mqtt::{Connect, ConnectAckReason, ProtocolLevel, topic};
 use fleetgate_protocol::proxy::PeerIdentity;
 
-use crate::listener::ClientOrigin;
+use crate::origin::ClientOrigin;
 use crate::{events, metrics};
+
+pub(crate) mod reload;
 
 /// Everything authentication and authorization read, of one configuration generation.
 #[derive(Debug)]
-pub struct AuthGeneration {
+pub(crate) struct AccessGeneration {
     /// Policies, ACL and password file.
-    pub snapshot: AuthSnapshot,
+    pub(crate) snapshot: AuthSnapshot,
     /// False when the node config has no `[auth]` section: anonymous access and no ACL checks at all (the
     /// behaviour of a node before authentication existed).
-    pub enabled: bool,
+    pub(crate) enabled: bool,
     /// `[auth] v3_disconnect_on_denied_publish`.
-    pub v3_disconnect_on_denied_publish: bool,
+    pub(crate) v3_disconnect_on_denied_publish: bool,
     /// The files this generation was read from; the reload task watches them.
-    pub files: Vec<PathBuf>,
+    pub(crate) files: Vec<PathBuf>,
 }
 
-impl AuthGeneration {
-    fn disabled(files: Vec<PathBuf>) -> AuthGeneration {
-        AuthGeneration {
+impl AccessGeneration {
+    fn disabled(files: Vec<PathBuf>) -> AccessGeneration {
+        AccessGeneration {
             snapshot: AuthSnapshot::anonymous(),
             enabled: false,
             v3_disconnect_on_denied_publish: false,
@@ -52,18 +57,18 @@ impl AuthGeneration {
 /// Process-wide authentication state: the current generation and the authenticator (password verifier and
 /// brute-force bans, which outlive reloads).
 #[derive(Debug)]
-pub struct AuthState {
-    current: ArcSwap<AuthGeneration>,
+pub(crate) struct Access {
+    current: ArcSwap<AccessGeneration>,
     authenticator: Authenticator,
     config_path: Option<PathBuf>,
     listener_names: Vec<String>,
 }
 
-impl AuthState {
+impl Access {
     /// No `[auth]` and nothing to reload: every client admitted anonymously (in-process tests, embedders).
-    pub fn disabled() -> Arc<AuthState> {
-        Arc::new(AuthState {
-            current: ArcSwap::from_pointee(AuthGeneration::disabled(Vec::new())),
+    pub(crate) fn disabled() -> Arc<Access> {
+        Arc::new(Access {
+            current: ArcSwap::from_pointee(AccessGeneration::disabled(Vec::new())),
             authenticator: Authenticator::default(),
             config_path: None,
             listener_names: Vec::new(),
@@ -72,7 +77,7 @@ impl AuthState {
 
     /// Reads the `[auth]` section of the node config at `path` (already validated as `node`) and the files it
     /// names; reloads re-read the same path.
-    pub fn load(path: &Path, node: &NodeConfig) -> Result<Arc<AuthState>, ConfigError> {
+    pub(crate) fn load(path: &Path, node: &NodeConfig) -> Result<Arc<Access>, ConfigError> {
         let listener_names: Vec<String> = node
             .listeners
             .iter()
@@ -82,7 +87,7 @@ impl AuthState {
         let authenticator = config
             .as_ref()
             .map_or_else(Authenticator::default, Authenticator::from_config);
-        Ok(Arc::new(AuthState {
+        Ok(Arc::new(Access {
             current: ArcSwap::from_pointee(generation),
             authenticator,
             config_path: Some(path.to_path_buf()),
@@ -91,12 +96,12 @@ impl AuthState {
     }
 
     /// The current generation.
-    pub fn current(&self) -> Arc<AuthGeneration> {
+    pub(crate) fn current(&self) -> Arc<AccessGeneration> {
         self.current.load_full()
     }
 
     /// Builds a new generation from the files and swaps it in with one store; on error the old one stays.
-    pub fn reload(&self) -> Result<Arc<AuthGeneration>, ConfigError> {
+    pub(crate) fn reload(&self) -> Result<Arc<AccessGeneration>, ConfigError> {
         let Some(path) = &self.config_path else {
             return Ok(self.current());
         };
@@ -110,12 +115,12 @@ impl AuthState {
     }
 
     /// Decides a CONNECT that arrived on listener `listener` (its configured name, `""` when unnamed).
-    pub async fn authenticate(
+    pub(crate) async fn authenticate(
         self: &Arc<Self>,
         listener: &str,
         connect: &Connect,
         origin: &ClientOrigin,
-    ) -> Result<ConnAuth, AuthFailure> {
+    ) -> Result<ClientAccess, AuthFailure> {
         let generation = self.current();
         if !generation.enabled {
             let principal = Principal {
@@ -152,12 +157,12 @@ impl AuthState {
     fn conn_auth(
         self: &Arc<Self>,
         principal: Principal,
-        generation: Arc<AuthGeneration>,
-    ) -> ConnAuth {
+        generation: Arc<AccessGeneration>,
+    ) -> ClientAccess {
         let acl = generation
             .enabled
             .then(|| generation.snapshot.acl().bind(&principal));
-        ConnAuth {
+        ClientAccess {
             state: self.clone(),
             principal: Arc::new(principal),
             generation,
@@ -170,9 +175,9 @@ impl AuthState {
 fn build(
     path: &Path,
     listener_names: &[String],
-) -> Result<(AuthGeneration, Option<AuthConfig>), ConfigError> {
+) -> Result<(AccessGeneration, Option<AuthConfig>), ConfigError> {
     let Some(config) = AuthConfig::load(path)? else {
-        return Ok((AuthGeneration::disabled(vec![path.to_path_buf()]), None));
+        return Ok((AccessGeneration::disabled(vec![path.to_path_buf()]), None));
     };
     let mut problems: Vec<Problem> = config
         .listeners
@@ -193,7 +198,7 @@ fn build(
     let mut files = vec![path.to_path_buf()];
     files.extend(config.password_file.iter().cloned());
     files.extend(config.acl_file.iter().cloned());
-    let generation = AuthGeneration {
+    let generation = AccessGeneration {
         snapshot,
         enabled: true,
         v3_disconnect_on_denied_publish: config.v3_disconnect_on_denied_publish,
@@ -204,23 +209,26 @@ fn build(
 
 /// The CONNACK reason for a refused CONNECT. MQTT 3.1.1 codes come from [`AuthFailure::v3_code`]: the v5 reason
 /// is chosen so that the codec's v5 → v3 conversion yields exactly that code.
-pub fn connack_reason(failure: AuthFailure, level: ProtocolLevel) -> ConnectAckReason {
-    let code = if level.is_v5() {
-        failure.v5_code()
-    } else {
-        match failure.v3_code() {
-            0x02 => 0x85, // Identifier rejected ← Client Identifier not valid
-            0x04 => 0x86, // Bad user name or password ← Bad User Name or Password
-            0x05 => 0x87, // Not authorized ← Not authorized
-            _ => 0x88,    // Server unavailable ← Server unavailable
-        }
-    };
-    ConnectAckReason::try_from(code).unwrap_or(ConnectAckReason::NotAuthorized)
+pub(crate) fn connack_reason(failure: AuthFailure, level: ProtocolLevel) -> ConnectAckReason {
+    if level.is_v5() {
+        return ConnectAckReason::try_from(failure.v5_code())
+            .unwrap_or(ConnectAckReason::NotAuthorized);
+    }
+    match failure.v3_code() {
+        // 3.1.1 "Identifier rejected"
+        0x02 => ConnectAckReason::ClientIdentifierNotValid,
+        // 3.1.1 "Bad user name or password"
+        0x04 => ConnectAckReason::BadUserNameOrPassword,
+        // 3.1.1 "Not authorized"
+        0x05 => ConnectAckReason::NotAuthorized,
+        // 3.1.1 "Server unavailable"
+        _ => ConnectAckReason::ServerUnavailable,
+    }
 }
 
 /// What an ACL check is about (log field and metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
+pub(crate) enum AccessKind {
     /// A PUBLISH from the client.
     Publish,
     /// A SUBSCRIBE filter.
@@ -229,35 +237,30 @@ pub enum Access {
     Will,
 }
 
-impl Access {
+impl AccessKind {
     /// Label for logs and metrics.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
-            Access::Publish => "publish",
-            Access::Subscribe => "subscribe",
-            Access::Will => "will",
+            AccessKind::Publish => "publish",
+            AccessKind::Subscribe => "subscribe",
+            AccessKind::Will => "will",
         }
     }
 }
 
 /// One connection's authenticated identity and its ACL, re-bound when a reload swapped the generation.
 #[derive(Debug)]
-pub struct ConnAuth {
-    state: Arc<AuthState>,
+pub(crate) struct ClientAccess {
+    state: Arc<Access>,
     principal: Arc<Principal>,
-    generation: Arc<AuthGeneration>,
+    generation: Arc<AccessGeneration>,
     /// `None` when auth is disabled: everything allowed.
     acl: Option<ClientAcl>,
 }
 
-impl ConnAuth {
-    /// How the client authenticated.
-    pub fn method(&self) -> AuthMethod {
-        self.principal.method
-    }
-
+impl ClientAccess {
     /// Close a 3.1.1 client whose PUBLISH was denied, per the current generation.
-    pub fn v3_disconnect_on_denied_publish(&self) -> bool {
+    pub(crate) fn v3_disconnect_on_denied_publish(&self) -> bool {
         self.generation.v3_disconnect_on_denied_publish
     }
 
@@ -274,22 +277,24 @@ impl ConnAuth {
     }
 
     /// May the client publish to `topic`? A denial is logged and counted.
-    pub fn may_publish(&mut self, topic: &str) -> bool {
+    pub(crate) fn may_publish(&mut self, topic: &str) -> bool {
         self.refresh();
         let decision = self
             .acl
             .as_ref()
             .map_or(AclDecision::Allow, |acl| acl.check_publish(topic));
-        allowed(decision, &self.principal.client_id, topic, Access::Publish)
+        allowed(
+            decision,
+            &self.principal.client_id,
+            topic,
+            AccessKind::Publish,
+        )
     }
 
     /// May the client subscribe to `filter` (a `$share/<group>/` prefix is checked as the plain filter)?
-    pub fn may_subscribe(&mut self, filter: &str) -> bool {
+    pub(crate) fn may_subscribe(&mut self, filter: &str) -> bool {
         self.refresh();
-        let plain = match topic::SharedSubscription::parse(filter) {
-            Ok(Some(s)) => s.filter,
-            _ => filter,
-        };
+        let (_, plain) = topic::split_shared(filter);
         let decision = self
             .acl
             .as_ref()
@@ -298,44 +303,40 @@ impl ConnAuth {
             decision,
             &self.principal.client_id,
             filter,
-            Access::Subscribe,
+            AccessKind::Subscribe,
         )
     }
 
-    /// What the will of this connection needs to be checked when it is published.
-    pub fn will_permit(&self) -> WillPermit {
-        WillPermit {
-            state: self.state.clone(),
-            principal: self.principal.clone(),
-        }
+    /// The client's identity, for checks made after the connection ended (its will).
+    pub(crate) fn principal(&self) -> &Arc<Principal> {
+        &self.principal
+    }
+
+    /// The access state this connection was admitted under.
+    pub(crate) fn access(&self) -> &Arc<Access> {
+        &self.state
     }
 }
 
-/// The right to publish a will, checked against the ACL current when the will is due (not at CONNECT: the ACL
-/// may have been reloaded in between, and a delayed will may be published long after).
-#[derive(Debug, Clone)]
-pub struct WillPermit {
-    state: Arc<AuthState>,
-    principal: Arc<Principal>,
-}
-
-impl WillPermit {
-    /// May the will go to `topic`? A denial is logged and counted.
-    pub fn allows(&self, topic: &str) -> bool {
-        let generation = self.state.current();
+impl Access {
+    /// May `principal`'s will go to `topic`, by the ACL current now (not the one of its CONNECT: the ACL may
+    /// have been reloaded in between, and a delayed will may be published long after)? A denial is logged and
+    /// counted.
+    pub(crate) fn will_allowed(&self, principal: &Principal, topic: &str) -> bool {
+        let generation = self.current();
         if !generation.enabled {
             return true;
         }
         let decision = generation
             .snapshot
             .acl()
-            .bind(&self.principal)
+            .bind(principal)
             .check_publish(topic);
-        allowed(decision, &self.principal.client_id, topic, Access::Will)
+        allowed(decision, &principal.client_id, topic, AccessKind::Will)
     }
 }
 
-fn allowed(decision: AclDecision, client_id: &str, topic: &str, access: Access) -> bool {
+fn allowed(decision: AclDecision, client_id: &str, topic: &str, access: AccessKind) -> bool {
     match decision {
         AclDecision::Allow => true,
         AclDecision::Deny { rule_index } => {
@@ -348,10 +349,9 @@ fn allowed(decision: AclDecision, client_id: &str, topic: &str, access: Access) 
 
 /// Logs a refused CONNECT: reason and source address only — never the password, and never the username (a
 /// client may have typed its password there).
-pub fn refused(client_id: &str, source: SocketAddr, failure: AuthFailure) {
+pub(crate) fn refused(client_id: &str, source: SocketAddr, failure: AuthFailure) {
     events::auth_failed(client_id, source, failure.reason());
 }
 
 #[cfg(test)]
-#[path = "auth_tests.rs"]
 mod tests;

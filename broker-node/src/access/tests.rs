@@ -34,16 +34,15 @@ fn files(node_extra: &str, acl: &str) -> Files {
     }
 }
 
-fn state(f: &Files) -> Arc<AuthState> {
+fn state(f: &Files) -> Arc<Access> {
     let config = NodeConfig::load(&f.node).unwrap();
-    AuthState::load(&f.node, &config).unwrap()
+    Access::load(&f.node, &config).unwrap()
 }
 
 fn origin(identity: Option<PeerIdentity>) -> ClientOrigin {
     let source: SocketAddr = "192.0.2.7:40000".parse().unwrap();
     ClientOrigin {
         source,
-        peer: "127.0.0.1:5000".parse().unwrap(),
         identity: identity.map(Box::new),
     }
 }
@@ -125,8 +124,10 @@ async fn reload_swaps_the_acl_of_live_connections_and_a_broken_file_keeps_the_ol
         .await
         .unwrap();
     assert!(a.may_publish("fleet/dev-1/t"));
-    let permit = a.will_permit();
-    assert!(permit.allows("fleet/dev-1/will"));
+    // What a will's permit asks when the will is due: the ACL of that moment.
+    let (access, principal) = (a.access().clone(), a.principal().clone());
+    let will_allowed = |topic| access.will_allowed(&principal, topic);
+    assert!(will_allowed("fleet/dev-1/will"));
 
     std::fs::write(&f.acl, "[[rules]]\naction = \"allow\"\n").unwrap();
     let err = state.reload().unwrap_err().to_string();
@@ -139,7 +140,7 @@ async fn reload_swaps_the_acl_of_live_connections_and_a_broken_file_keeps_the_ol
         !a.may_publish("fleet/dev-1/t"),
         "empty ACL denies by default"
     );
-    assert!(!permit.allows("fleet/dev-1/will"));
+    assert!(!will_allowed("fleet/dev-1/will"));
 }
 
 #[test]
@@ -149,7 +150,7 @@ fn unknown_listener_override_is_reported() {
         ACL,
     );
     let config = NodeConfig::load(&f.node).unwrap();
-    let err = AuthState::load(&f.node, &config).unwrap_err().to_string();
+    let err = Access::load(&f.node, &config).unwrap_err().to_string();
     assert!(err.contains("[auth.listeners.nope]"), "{err}");
 }
 

@@ -1,26 +1,26 @@
-//! The subscription index: a trie keyed by topic level, so a PUBLISH walks only the branches its own levels (and
-//! `+`/`#`) lead to, instead of testing every filter. Shared subscriptions (`$share/{group}/{filter}`) sit in
-//! the same trie as groups whose members take turns (round robin, preferring connected members).
+//! The local subscription index: a [`TopicTrie`] whose slots hold the subscribers of each filter, so a PUBLISH
+//! walks only the branches its own levels (and `+`/`#`) lead to. Shared subscriptions (`$share/{group}/{filter}`)
+//! sit in the same slots as groups whose members take turns (round robin, preferring connected members).
 
-use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use fleetgate_protocol::mqtt::{ByteString, SubscriptionOptions};
 
-use crate::message::SessionId;
-use crate::session::Session;
+use super::message::SessionId;
+use super::session::Session;
+use super::trie::{Slot, TopicTrie};
 
 /// One subscription of one session.
 #[derive(Debug, Clone)]
-pub struct Subscriber {
+pub(crate) struct Subscriber {
     /// The subscribing session.
-    pub session: Arc<Session>,
+    pub(crate) session: Arc<Session>,
     /// Options from SUBSCRIBE.
-    pub options: SubscriptionOptions,
+    pub(crate) options: SubscriptionOptions,
     /// Subscription identifier (v5).
-    pub id: Option<NonZeroU32>,
+    pub(crate) id: Option<NonZeroU32>,
 }
 
 #[derive(Debug)]
@@ -53,11 +53,13 @@ struct Entries {
     groups: Vec<SharedGroup>,
 }
 
-impl Entries {
+impl Slot for Entries {
     fn is_empty(&self) -> bool {
         self.direct.is_empty() && self.groups.is_empty()
     }
+}
 
+impl Entries {
     /// Adds or replaces `session`'s subscription; true when it replaced one. `filter` is the plain filter.
     fn insert(&mut self, filter: &str, group: Option<&str>, sub: Subscriber) -> bool {
         let list = match group {
@@ -140,7 +142,7 @@ fn remove_session(list: &mut Vec<Subscriber>, session: SessionId) -> bool {
 
 /// Which subscriptions a [`Router::collect_scoped`] walk takes.
 #[derive(Debug)]
-pub enum Scope<'s> {
+pub(crate) enum Scope<'s> {
     /// Everything (a message published on this node); the shared groups that got a member are appended to
     /// `served` (so the cluster does not give them the message again on another node).
     All {
@@ -156,78 +158,35 @@ pub enum Scope<'s> {
     },
 }
 
+/// The subscription index.
 #[derive(Debug, Default)]
-struct Node {
-    children: HashMap<Box<str>, Node, foldhash::fast::RandomState>,
-    /// `children` holds a `+` child: spares every publish a hash lookup of `+` at every level without one.
-    has_plus: bool,
-    /// Filters ending at this level.
-    here: Entries,
-    /// Filters ending with `/#` after this level (or `#` at the root): match this level and everything below.
-    hash: Entries,
-}
-
-impl Node {
-    fn is_empty(&self) -> bool {
-        self.children.is_empty() && self.here.is_empty() && self.hash.is_empty()
-    }
-
-    /// Nothing here but the one child on a removal path: empty once that child goes.
-    fn only_holds(&self, child: &str) -> bool {
-        self.here.is_empty()
-            && self.hash.is_empty()
-            && self.children.len() == 1
-            && self.children.contains_key(child)
-    }
-}
-
-impl Drop for Node {
-    /// Iterative, so that a deep branch cannot overflow the stack as the default recursive drop would.
-    fn drop(&mut self) {
-        if self.children.is_empty() {
-            return;
-        }
-        let mut stack: Vec<Node> = self.children.drain().map(|(_, n)| n).collect();
-        while let Some(mut node) = stack.pop() {
-            stack.extend(node.children.drain().map(|(_, n)| n));
-        }
-    }
-}
-
-/// The subscription trie.
-#[derive(Debug, Default)]
-pub struct Router {
-    root: Node,
+pub(crate) struct Router {
+    trie: TopicTrie<Entries>,
     subscriptions: usize,
 }
 
 impl Router {
     /// An empty index.
-    pub fn new() -> Router {
+    pub(crate) fn new() -> Router {
         Router::default()
     }
 
     /// Number of subscriptions held.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.subscriptions
     }
 
     /// True when nothing is subscribed.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.subscriptions == 0
     }
 
     /// Adds (or replaces) the subscription of `sub.session` to `filter` (a plain filter; `group` for
     /// `$share/{group}/{filter}`). Returns true when it replaced an existing one.
-    pub fn subscribe(&mut self, filter: &str, group: Option<&str>, sub: Subscriber) -> bool {
-        let (path, hash) = split_hash(filter);
-        let mut node = &mut self.root;
-        for level in path {
-            node.has_plus |= level == "+";
-            node = node.children.entry(level.into()).or_default();
-        }
-        let entries = if hash { &mut node.hash } else { &mut node.here };
-        let replaced = entries.insert(filter, group, sub);
+    pub(crate) fn subscribe(&mut self, filter: &str, group: Option<&str>, sub: Subscriber) -> bool {
+        let replaced = self.trie.slot_mut(filter).insert(filter, group, sub);
         if !replaced {
             self.subscriptions += 1;
         }
@@ -235,61 +194,25 @@ impl Router {
     }
 
     /// Removes `session`'s subscription to `filter`; true when there was one.
-    pub fn unsubscribe(&mut self, filter: &str, group: Option<&str>, session: SessionId) -> bool {
-        let (path, hash) = split_hash(filter);
-        let levels: Vec<&str> = path.collect();
-        let mut node = &mut self.root;
-        for level in &levels {
-            match node.children.get_mut(*level) {
-                Some(child) => node = child,
-                None => return false,
-            }
+    pub(crate) fn unsubscribe(
+        &mut self,
+        filter: &str,
+        group: Option<&str>,
+        session: SessionId,
+    ) -> bool {
+        let removed = self
+            .trie
+            .update(filter, |entries| entries.remove(group, session))
+            .unwrap_or(false);
+        if removed {
+            self.subscriptions -= 1;
         }
-        let entries = if hash { &mut node.hash } else { &mut node.here };
-        if !entries.remove(group, session) {
-            return false;
-        }
-        self.subscriptions -= 1;
-        if node.is_empty() {
-            self.prune(&levels);
-        }
-        true
-    }
-
-    /// Cuts the branch ending at `levels` (whose last node is empty) as high up as it holds nothing else.
-    fn prune(&mut self, levels: &[&str]) {
-        let Some(last) = levels.len().checked_sub(1) else {
-            return;
-        };
-        // `cut`: the depth of the node that loses its child `levels[cut]`; every node below it becomes empty.
-        let mut cut = last;
-        let mut node = &self.root;
-        for (depth, level) in levels.iter().enumerate().take(last) {
-            let Some(child) = node.children.get(*level) else {
-                return;
-            };
-            if !child.only_holds(levels[depth + 1]) {
-                cut = last;
-            } else if cut == last {
-                cut = depth;
-            }
-            node = child;
-        }
-        let mut node = &mut self.root;
-        for level in &levels[..cut] {
-            match node.children.get_mut(*level) {
-                Some(child) => node = child,
-                None => return,
-            }
-        }
-        node.children.remove(levels[cut]);
-        if levels[cut] == "+" {
-            node.has_plus = false;
-        }
+        removed
     }
 
     /// Every subscription matching `topic` (several per session when filters overlap; the caller merges).
-    pub fn collect<'a>(&'a self, topic: &str, out: &mut Vec<&'a Subscriber>) {
+    #[cfg(test)]
+    pub(crate) fn collect<'a>(&'a self, topic: &str, out: &mut Vec<&'a Subscriber>) {
         let mut served = Vec::new();
         self.collect_scoped(
             topic,
@@ -301,65 +224,14 @@ impl Router {
     }
 
     /// Like [`Router::collect`], limited to `scope`.
-    pub fn collect_scoped<'a>(
+    pub(crate) fn collect_scoped<'a>(
         &'a self,
         topic: &str,
         scope: &mut Scope<'_>,
         out: &mut Vec<&'a Subscriber>,
     ) {
-        walk(&self.root, topic, scope, out);
-    }
-}
-
-/// Splits a filter into its levels without a trailing `#`, and whether it ended in `#`.
-fn split_hash(filter: &str) -> (std::str::Split<'_, char>, bool) {
-    if filter == "#" {
-        // An empty iterator: `"".split('/')` would yield one empty level.
-        let mut it = "".split('/');
-        it.next();
-        return (it, true);
-    }
-    match filter.strip_suffix("/#") {
-        Some(prefix) => (prefix.split('/'), true),
-        None => (filter.split('/'), false),
-    }
-}
-
-/// Collects what matches `topic`, iteratively (no recursion, however deep the trie): one path is followed at a
-/// time, and a second one is kept aside only where both a level's own child and a `+` child match.
-fn walk<'a>(root: &'a Node, topic: &str, scope: &mut Scope<'_>, out: &mut Vec<&'a Subscriber>) {
-    // A leading wildcard never matches a `$` topic [MQTT-4.7.2-1].
-    let dollar = topic.starts_with('$');
-    // (node, the levels still to match — `None` once all are — and whether the node is the root)
-    let mut next = Some((root, Some(topic), true));
-    let mut aside: Vec<(&'a Node, Option<&str>, bool)> = Vec::new();
-    while let Some((node, rest, at_root)) = next.take().or_else(|| aside.pop()) {
-        let wildcard_ok = !(at_root && dollar);
-        if wildcard_ok {
-            node.hash.collect(scope, out);
-        }
-        let Some(rest) = rest else {
-            node.here.collect(scope, out);
-            continue;
-        };
-        let (level, after) = match rest.split_once('/') {
-            Some((level, after)) => (level, Some(after)),
-            None => (rest, None),
-        };
-        let exact = node.children.get(level);
-        let plus = if wildcard_ok && node.has_plus && level != "+" {
-            node.children.get("+")
-        } else {
-            None
-        };
-        match (exact, plus) {
-            (Some(exact), Some(plus)) => {
-                next = Some((exact, after, false));
-                aside.push((plus, after, false));
-            }
-            (Some(child), None) | (None, Some(child)) => next = Some((child, after, false)),
-            (None, None) => {}
-        }
+        self.trie
+            .for_each_match(topic, |entries| entries.collect(scope, out));
     }
 }
 
@@ -418,7 +290,7 @@ mod tests {
         assert!(!router.unsubscribe("a/b/c", None, 1));
         assert_eq!(hits(&router, "a/b/c"), vec![1]);
         assert!(router.unsubscribe("a/#", None, 1));
-        assert!(router.root.is_empty());
+        assert!(router.trie.is_empty());
         assert!(router.is_empty());
     }
 
@@ -433,24 +305,6 @@ mod tests {
         router.subscribe("a/+", None, sub(3));
         assert_eq!(hits(&router, "a/b"), vec![2, 3]);
         assert_eq!(hits(&router, "a/c"), vec![3]);
-    }
-
-    #[test]
-    fn deep_filters_do_not_recurse() {
-        // Far deeper than any stack would take recursively (walk, prune and drop are iterative).
-        let deep = vec!["x"; 200_000].join("/");
-        let mut router = Router::new();
-        router.subscribe(&deep, None, sub(1));
-        router.subscribe(&format!("{deep}/#"), None, sub(2));
-        router.subscribe("x/x/y", None, sub(3));
-        assert_eq!(hits(&router, &deep), vec![1, 2]);
-        assert!(router.unsubscribe(&deep, None, 1));
-        assert_eq!(hits(&router, &deep), vec![2]);
-        assert!(router.unsubscribe(&format!("{deep}/#"), None, 2));
-        assert_eq!(hits(&router, "x/x/y"), vec![3]);
-        assert_eq!(router.root.children["x"].children["x"].children.len(), 1);
-        router.subscribe(&deep, None, sub(4));
-        drop(router);
     }
 
     #[test]

@@ -11,50 +11,50 @@ use fleetgate_protocol::mqtt::{ByteString, Bytes, LastWill, Publish, PublishProp
 use crate::limits::COMPACT_BELOW;
 
 /// Identifies the session a message came from, for No Local; 0 means "not from a client" (will, retained).
-pub type SessionId = u64;
+pub(crate) type SessionId = u64;
 
 /// The current time, read from the clock at most once and only when a message with an expiry asks for it (most
 /// messages have none, and the hot paths then never read the clock).
 #[derive(Debug, Default)]
-pub struct LazyNow(OnceCell<Instant>);
+pub(crate) struct LazyNow(OnceCell<Instant>);
 
 impl LazyNow {
     /// A clock that has not been read yet.
-    pub fn new() -> LazyNow {
+    pub(crate) fn new() -> LazyNow {
         LazyNow::default()
     }
 
     /// The time of the first call.
-    pub fn get(&self) -> Instant {
+    pub(crate) fn get(&self) -> Instant {
         *self.0.get_or_init(Instant::now)
     }
 }
 
 /// One published application message as the broker keeps it.
 #[derive(Debug)]
-pub struct Message {
+pub(crate) struct Message {
     /// Topic name (never empty; aliases are resolved on the way in).
-    pub topic: ByteString,
+    pub(crate) topic: ByteString,
     /// Payload, shared with the inbound read buffer it was sliced from.
-    pub payload: Bytes,
+    pub(crate) payload: Bytes,
     /// QoS it was published with.
-    pub qos: QoS,
+    pub(crate) qos: QoS,
     /// RETAIN flag as published.
-    pub retain: bool,
+    pub(crate) retain: bool,
     /// v5 properties passed through unchanged (topic alias and subscription IDs removed; expiry recomputed).
     /// Boxed: most messages have none, and without them inline the shared allocation of a message (`Arc`)
     /// stays small enough for the allocator's fast per-size lists (it is made on one thread and often freed
     /// on another, by the subscriber's task).
-    pub properties: Option<Box<PublishProperties>>,
+    pub(crate) properties: Option<Box<PublishProperties>>,
     /// When the Message Expiry Interval runs out, if one was set.
-    pub expires_at: Option<Instant>,
+    pub(crate) expires_at: Option<Instant>,
     /// The publishing session (for No Local).
-    pub origin: SessionId,
+    pub(crate) origin: SessionId,
 }
 
 impl Message {
     /// Builds a message from an inbound PUBLISH whose topic alias has been resolved to `topic`.
-    pub fn from_publish(publish: Publish, topic: ByteString, origin: SessionId) -> Message {
+    pub(crate) fn from_publish(publish: Publish, topic: ByteString, origin: SessionId) -> Message {
         let mut properties = publish.properties;
         let mut expires_at = None;
         if let Some(p) = properties.as_mut() {
@@ -84,7 +84,7 @@ impl Message {
     }
 
     /// Builds the message a will turns into.
-    pub fn from_will(will: LastWill, now: Instant) -> Message {
+    pub(crate) fn from_will(will: LastWill, now: Instant) -> Message {
         let expires_at = will
             .message_expiry_interval
             .map(|s| now + Duration::from_secs(u64::from(s.get())));
@@ -112,7 +112,7 @@ impl Message {
     /// The message to keep for long (retained, queued for an offline session): a payload below
     /// [`COMPACT_BELOW`] and the topic are copied out of the inbound read buffer they were sliced from, so a
     /// tiny message does not pin a whole read chunk; larger messages are shared as they are.
-    pub fn compacted(self: &Arc<Self>) -> Arc<Message> {
+    pub(crate) fn compacted(self: &Arc<Self>) -> Arc<Message> {
         if self.payload.len() >= COMPACT_BELOW {
             return self.clone();
         }
@@ -128,17 +128,17 @@ impl Message {
     }
 
     /// True once the message expiry interval has run out.
-    pub fn is_expired(&self, now: Instant) -> bool {
+    pub(crate) fn is_expired(&self, now: Instant) -> bool {
         self.expires_at.is_some_and(|at| at <= now)
     }
 
     /// [`is_expired`](Self::is_expired), reading the clock only for a message with an expiry.
-    pub fn is_expired_lazy(&self, now: &LazyNow) -> bool {
+    pub(crate) fn is_expired_lazy(&self, now: &LazyNow) -> bool {
         self.expires_at.is_some_and(|at| at <= now.get())
     }
 
     /// Seconds of expiry left, rounded up, for the forwarded Message Expiry Interval; `None` without expiry.
-    pub fn remaining_expiry(&self, now: Instant) -> Option<NonZeroU32> {
+    pub(crate) fn remaining_expiry(&self, now: Instant) -> Option<NonZeroU32> {
         let left = self.expires_at?.saturating_duration_since(now);
         let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
         NonZeroU32::new(u32::try_from(secs).unwrap_or(u32::MAX)).or(NonZeroU32::new(1))
@@ -147,21 +147,21 @@ impl Message {
 
 /// One message bound for one session.
 #[derive(Debug, Clone)]
-pub struct Delivery {
+pub(crate) struct Delivery {
     /// The shared message.
-    pub msg: Arc<Message>,
+    pub(crate) msg: Arc<Message>,
     /// min(published QoS, granted QoS).
-    pub qos: QoS,
+    pub(crate) qos: QoS,
     /// RETAIN flag to send (retain-as-published, or 1 for a retained message sent on subscribe).
-    pub retain: bool,
+    pub(crate) retain: bool,
     /// Subscription identifiers of the matching subscriptions (v5).
-    pub sub_ids: Vec<NonZeroU32>,
+    pub(crate) sub_ids: Vec<NonZeroU32>,
 }
 
 impl Delivery {
     /// Roughly the bytes this delivery takes in the write buffer (topic, payload, fixed header and packet ID;
     /// properties not counted), to stop draining near the write buffer's high-water mark.
-    pub fn wire_estimate(&self) -> usize {
+    pub(crate) fn wire_estimate(&self) -> usize {
         self.msg.topic.len() + self.msg.payload.len() + 8
     }
 
@@ -170,14 +170,14 @@ impl Delivery {
     /// alias is used either. An MQTT 3 PUBLISH never carries properties.
     ///
     /// [`Codec::encode_plain_publish`]: fleetgate_protocol::mqtt::Codec::encode_plain_publish
-    pub fn is_plain(&self, v5: bool) -> bool {
+    pub(crate) fn is_plain(&self, v5: bool) -> bool {
         !v5 || (self.msg.properties.is_none()
             && self.msg.expires_at.is_none()
             && self.sub_ids.is_empty())
     }
 
     /// The PUBLISH to send for this delivery. `topic` is what goes on the wire (empty when a known alias is used).
-    pub fn to_publish(
+    pub(crate) fn to_publish(
         &self,
         packet_id: Option<NonZeroU16>,
         dup: bool,

@@ -11,19 +11,19 @@ use fleetgate_protocol::mqtt::{
     UnsubscribeAck, UnsubscribeAckReason,
 };
 
-use crate::conn::{Conn, End};
-use crate::message::Message;
+use super::{Conn, End, Violation};
+use crate::state::message::Message;
 
 /// Topic aliases a v5 client set on its PUBLISHes (alias → topic), up to our Topic Alias Maximum.
 #[derive(Debug, Default)]
-pub struct InboundAliases {
+pub(crate) struct InboundAliases {
     max: u16,
     topics: Vec<Option<ByteString>>,
 }
 
 impl InboundAliases {
     /// Accepts aliases 1..=max.
-    pub fn new(max: u16) -> InboundAliases {
+    pub(crate) fn new(max: u16) -> InboundAliases {
         InboundAliases {
             max,
             topics: Vec::new(),
@@ -31,23 +31,20 @@ impl InboundAliases {
     }
 
     /// The topic a PUBLISH is for: sets the alias when it carries a topic, looks it up when it does not.
-    pub fn resolve(
+    pub(crate) fn resolve(
         &mut self,
         topic: &ByteString,
         alias: Option<NonZeroU16>,
     ) -> Result<ByteString, End> {
         let Some(alias) = alias else {
             return if topic.is_empty() {
-                Err(protocol("empty_topic"))
+                Err(End::Protocol(Violation::EmptyTopic))
             } else {
                 Ok(topic.clone())
             };
         };
         if alias.get() > self.max {
-            return Err(End::Protocol {
-                detail: "topic_alias_invalid",
-                code: 0x94,
-            });
+            return Err(End::Protocol(Violation::TopicAliasInvalid));
         }
         let idx = usize::from(alias.get() - 1);
         if topic.is_empty() {
@@ -56,7 +53,7 @@ impl InboundAliases {
                 .get(idx)
                 .cloned()
                 .flatten()
-                .ok_or(protocol("unknown_topic_alias"));
+                .ok_or(End::Protocol(Violation::UnknownTopicAlias));
         }
         if self.topics.len() <= idx {
             self.topics.resize(idx + 1, None);
@@ -66,20 +63,8 @@ impl InboundAliases {
     }
 }
 
-fn protocol(detail: &'static str) -> End {
-    End::Protocol { detail, code: 0x82 }
-}
-
-/// More QoS 2 PUBLISHes awaiting PUBREL than our Receive Maximum (v5 0x93).
-fn receive_maximum_exceeded() -> End {
-    End::Protocol {
-        detail: "receive_maximum_exceeded",
-        code: 0x93,
-    }
-}
-
 /// Reads what the socket has and handles every complete packet in it.
-pub fn read_and_handle(conn: &mut Conn) -> Result<(), End> {
+pub(crate) fn read_and_handle(conn: &mut Conn) -> Result<(), End> {
     match conn.wire.try_fill() {
         Ok(0) => return Err(End::Ungraceful),
         Ok(_) => {}
@@ -164,7 +149,7 @@ fn handle(conn: &mut Conn, packet: Packet) -> Result<(), End> {
             if let Some(expiry) = d.session_expiry_interval_secs {
                 // [MQTT-3.14.2-2]: a session that was to end with the connection cannot be extended now.
                 if conn.connect_expiry == 0 && expiry != 0 {
-                    return Err(protocol("session_expiry_after_zero"));
+                    return Err(End::Protocol(Violation::SessionExpiryAfterZero));
                 }
             }
             let cap = u32::try_from(conn.broker.limits.session_expiry_maximum.as_secs())
@@ -175,9 +160,9 @@ fn handle(conn: &mut Conn, packet: Packet) -> Result<(), End> {
                 expiry,
             })
         }
-        Packet::Connect(_) => Err(protocol("second_connect")),
-        Packet::Auth(_) => Err(protocol("auth_not_negotiated")),
-        _ => Err(protocol("unexpected_packet")),
+        Packet::Connect(_) => Err(End::Protocol(Violation::SecondConnect)),
+        Packet::Auth(_) => Err(End::Protocol(Violation::AuthNotNegotiated)),
+        _ => Err(End::Protocol(Violation::UnexpectedPacket)),
     }
 }
 
@@ -195,7 +180,7 @@ fn on_publish(conn: &mut Conn, publish: Publish) -> Result<(), End> {
     let alias = publish.properties.as_ref().and_then(|p| p.topic_alias);
     let topic = conn.inbound_aliases.resolve(&publish.topic, alias)?;
     let packet_id = publish.packet_id;
-    if !conn.auth.may_publish(&topic) {
+    if !conn.access.may_publish(&topic) {
         return on_denied_publish(conn, qos, packet_id);
     }
     match qos {
@@ -204,7 +189,7 @@ fn on_publish(conn: &mut Conn, publish: Publish) -> Result<(), End> {
             Ok(())
         }
         QoS::AtLeastOnce => {
-            let packet_id = packet_id.ok_or(protocol("missing_packet_id"))?;
+            let packet_id = packet_id.ok_or(End::Protocol(Violation::MissingPacketId))?;
             route(conn, publish, topic);
             let ack = PublishAck {
                 packet_id,
@@ -215,7 +200,7 @@ fn on_publish(conn: &mut Conn, publish: Publish) -> Result<(), End> {
             encode(conn, Packet::PublishAck(ack))
         }
         QoS::ExactlyOnce => {
-            let packet_id = packet_id.ok_or(protocol("missing_packet_id"))?;
+            let packet_id = packet_id.ok_or(End::Protocol(Violation::MissingPacketId))?;
             // Delivered on PUBLISH, remembered until PUBREL so a DUP resend is not delivered twice.
             let (new, waiting) = {
                 let mut st = conn.session.state.lock();
@@ -223,7 +208,7 @@ fn on_publish(conn: &mut Conn, publish: Publish) -> Result<(), End> {
                 (new, st.inbound_qos2.len())
             };
             if new && waiting > usize::from(conn.broker.limits.receive_maximum) {
-                return Err(receive_maximum_exceeded());
+                return Err(End::Protocol(Violation::ReceiveMaximumExceeded));
             }
             if new {
                 route(conn, publish, topic);
@@ -244,7 +229,7 @@ fn on_publish(conn: &mut Conn, publish: Publish) -> Result<(), End> {
 /// `[auth] v3_disconnect_on_denied_publish`) — without an ack a 3.1.1 client would resend it forever.
 fn on_denied_publish(conn: &mut Conn, qos: QoS, packet_id: Option<NonZeroU16>) -> Result<(), End> {
     let v5 = conn.level.is_v5();
-    if !v5 && conn.auth.v3_disconnect_on_denied_publish() {
+    if !v5 && conn.access.v3_disconnect_on_denied_publish() {
         return Err(End::NotAuthorized);
     }
     let reason_code = if v5 {
@@ -261,11 +246,11 @@ fn on_denied_publish(conn: &mut Conn, qos: QoS, packet_id: Option<NonZeroU16>) -
     match qos {
         QoS::AtMostOnce => Ok(()),
         QoS::AtLeastOnce => {
-            let packet_id = packet_id.ok_or(protocol("missing_packet_id"))?;
+            let packet_id = packet_id.ok_or(End::Protocol(Violation::MissingPacketId))?;
             encode(conn, Packet::PublishAck(ack(packet_id)))
         }
         QoS::ExactlyOnce => {
-            let packet_id = packet_id.ok_or(protocol("missing_packet_id"))?;
+            let packet_id = packet_id.ok_or(End::Protocol(Violation::MissingPacketId))?;
             if !v5 {
                 // The 3.1.1 flow continues with PUBREL, which must find the packet ID to be completed; bounded
                 // by the receive maximum like an accepted QoS 2 PUBLISH.
@@ -275,7 +260,7 @@ fn on_denied_publish(conn: &mut Conn, qos: QoS, packet_id: Option<NonZeroU16>) -
                     (new, st.inbound_qos2.len())
                 };
                 if new && waiting > usize::from(conn.broker.limits.receive_maximum) {
-                    return Err(receive_maximum_exceeded());
+                    return Err(End::Protocol(Violation::ReceiveMaximumExceeded));
                 }
             }
             encode(conn, Packet::PublishReceived(ack(packet_id)))
@@ -286,7 +271,7 @@ fn on_denied_publish(conn: &mut Conn, qos: QoS, packet_id: Option<NonZeroU16>) -
 fn route(conn: &mut Conn, publish: Publish, topic: ByteString) {
     let msg = Message::from_publish(publish, topic, conn.session.id);
     conn.broker
-        .publish_with(Arc::new(msg), &mut conn.forward_cache);
+        .publish_with(Arc::new(msg), &mut conn.forward_memo);
 }
 
 fn on_subscribe(conn: &mut Conn, sub: Subscribe) -> Result<(), End> {
@@ -294,7 +279,7 @@ fn on_subscribe(conn: &mut Conn, sub: Subscribe) -> Result<(), End> {
         .topic_filters
         .iter()
         .map(|(filter, options)| {
-            if !conn.auth.may_subscribe(filter) {
+            if !conn.access.may_subscribe(filter) {
                 // 0x87; the codec turns it into the 3.1.1 failure code 0x80.
                 return SubscribeAckReason::NotAuthorized;
             }
@@ -348,12 +333,15 @@ mod tests {
         assert_eq!(a.resolve(&"".into(), one).unwrap(), "t/1");
         assert_eq!(
             a.resolve(&"".into(), NonZeroU16::new(2)),
-            Err(protocol("unknown_topic_alias"))
+            Err(End::Protocol(Violation::UnknownTopicAlias))
         );
-        assert!(matches!(
+        assert_eq!(
             a.resolve(&"x".into(), NonZeroU16::new(3)),
-            Err(End::Protocol { code: 0x94, .. })
-        ));
-        assert_eq!(a.resolve(&"".into(), None), Err(protocol("empty_topic")));
+            Err(End::Protocol(Violation::TopicAliasInvalid))
+        );
+        assert_eq!(
+            a.resolve(&"".into(), None),
+            Err(End::Protocol(Violation::EmptyTopic))
+        );
     }
 }

@@ -1,42 +1,43 @@
 //! The cluster side of the publish path: [`Cluster::forward`] sends a message published here, once, to every peer
-//! with a matching subscription (one shared-group member cluster-wide, local members first), and relays cover
+//! with a matching subscription (one shared-group member cluster-wide, local members first), and redirects cover
 //! the moment a session moves between nodes.
 //!
-//! A relay: when this node hands session S to node T, a peer P may still send S's messages here (it did not
+//! A redirect: when this node hands session S to node T, a peer P may still send S's messages here (it did not
 //! know S moved) while T, on another link, is not yet holding S. Until T confirms the install
-//! (SessionInstalled) and for `RELAY_LINGER` after that, a message for S that arrives here is passed on to T
+//! (SessionInstalled) and for `REDIRECT_LINGER` after that, a message for S that arrives here is passed on to T
 //! addressed to S itself (the `sessions` list of the Publish frame), and our advertisement of S's filters is
-//! held so P keeps sending them here meanwhile. A message published on this node needs no relay when T gets it
+//! held so P keeps sending them here meanwhile. A message published on this node needs no redirect when T gets it
 //! anyway: the handover frames went out on the same ordered link before it.
 //!
 //! T itself is such a P until S is in its router: a message T published before the install missed S there and
-//! came here, possibly after S left. So a message from T is relayed back to T until T's SessionArrived frame
+//! came here, possibly after S left. So a message from T is redirected back to T until T's SessionArrived frame
 //! (queued at the install, under T's router write lock, while T's publishes forward under its read lock)
-//! arrives here; every message from T behind that frame reached S at T. Relays favour duplicates over loss:
-//! a message can reach S both directly from P and relayed (QoS 1 is at least once).
+//! arrives here; every message from T behind that frame reached S at T. Redirects favour duplicates over loss:
+//! a message can reach S both directly from P and redirected (QoS 1 is at least once).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use fleetgate_protocol::mqtt::{ByteString, topic};
+use fleetgate_protocol::mqtt::ByteString;
+use fleetgate_protocol::mqtt::topic::{self, split_shared};
 
 use super::Cluster;
 use super::frame::{self, PublishBody};
 use super::outbox::{LinkTx, Refused};
 use super::routes::PeerName;
-use crate::broker::split_share;
-use crate::message::Message;
+use crate::broker::ForwardMemo;
+use crate::state::message::Message;
 
-/// How long a relay lasts after the new node advertised every filter of the session: messages already in flight
+/// How long a redirect lasts after the new node advertised every filter of the session: messages already in flight
 /// to us from other peers arrive within a round trip on a LAN.
-const RELAY_LINGER: Duration = Duration::from_secs(1);
-/// How long a relay lasts at most, when the confirmation never comes.
-const RELAY_MAX_AGE: Duration = Duration::from_secs(10);
+const REDIRECT_LINGER: Duration = Duration::from_secs(1);
+/// How long a redirect lasts at most, when the confirmation never comes.
+const REDIRECT_MAX_AGE: Duration = Duration::from_secs(10);
 
 /// A session just handed to `peer`.
 #[derive(Debug)]
-pub(crate) struct Relay {
+pub(crate) struct Redirect {
     peer: PeerName,
     client_id: ByteString,
     /// The session's full filters.
@@ -44,27 +45,27 @@ pub(crate) struct Relay {
     /// Filters whose advertisement we still hold for it (the new node does not advertise them yet).
     held: Vec<ByteString>,
     since: Instant,
-    /// T's SessionArrived came: T's own messages no longer need relaying back to it.
+    /// T's SessionArrived came: T's own messages no longer need redirecting back to it.
     arrived: bool,
     confirmed: Option<Instant>,
 }
 
-impl Relay {
+impl Redirect {
     fn expired(&self, now: Instant) -> bool {
-        now.duration_since(self.since) >= RELAY_MAX_AGE
+        now.duration_since(self.since) >= REDIRECT_MAX_AGE
             || self
                 .confirmed
-                .is_some_and(|at| now.duration_since(at) >= RELAY_LINGER)
+                .is_some_and(|at| now.duration_since(at) >= REDIRECT_LINGER)
     }
 
     fn matches(&self, topic_name: &str) -> bool {
         self.filters
             .iter()
-            .any(|f| topic::matches(split_share(f).1, topic_name))
+            .any(|f| topic::matches(split_shared(f).1, topic_name))
     }
 }
 
-/// Where a message to relay came from.
+/// Where a message to redirect came from.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Origin<'a> {
     /// Published on this node.
@@ -78,14 +79,14 @@ pub(crate) enum Origin<'a> {
         direct: bool,
         /// Sent for at least one shared group of ours.
         groups: bool,
-        /// Sent for these sessions by name (itself a relay).
+        /// Sent for these sessions by name (itself a redirect).
         sessions: &'a [ByteString],
     },
 }
 
 impl Origin<'_> {
-    /// Whether relay `r` applies to a message from here (its topic already matched).
-    fn wants(&self, r: &Relay) -> bool {
+    /// Whether redirect `r` applies to a message from here (its topic already matched).
+    fn wants(&self, r: &Redirect) -> bool {
         match *self {
             Origin::Local => true,
             Origin::Peer {
@@ -131,14 +132,11 @@ struct Target {
     sessions: Vec<ByteString>,
 }
 
-/// Where the last message a connection published went, kept by the connection: a device publishes on the same
-/// topic again and again, and the routes and links rarely change in between, so a repeat skips the route
-/// lookup (a trie walk under the routes lock) and the peers lock. Valid while the cluster's route generation
-/// is the one it was built under; only plain (not shared-group) routes are kept, and relays are looked at
-/// every time.
-#[derive(Debug, Default)]
-pub struct ForwardCache(Option<Box<CachedForward>>);
-
+/// Where the last message a connection published went, kept in the connection's [`ForwardMemo`]: a device
+/// publishes on the same topic again and again, and the routes and links rarely change in between, so a repeat
+/// skips the route lookup (a trie walk under the routes lock) and the peers lock. Valid while the cluster's
+/// route generation is the one it was built under; only plain (not shared-group) routes are kept, and redirects
+/// are looked at every time.
 #[derive(Debug)]
 struct CachedForward {
     topic: ByteString,
@@ -165,20 +163,25 @@ fn target<'a>(plan: &'a mut Vec<Target>, peer: &PeerName) -> &'a mut Target {
 impl Cluster {
     /// Forwards a message published on this node, once, to every peer with a matching subscription; a shared
     /// group already served here (`served`) is not served again, any other goes to one peer with members.
-    pub fn forward(&self, msg: &Arc<Message>, served: &[ByteString], cache: &mut ForwardCache) {
+    pub(crate) fn forward(
+        &self,
+        msg: &Arc<Message>,
+        served: &[ByteString],
+        memo: &mut ForwardMemo,
+    ) {
         // Read before the routes: a change after this read makes the entry built from them stale at once.
         let generation = self.route_generation.load(Ordering::Acquire);
-        if let Some(hit) = &cache.0
+        if let Some(hit) = memo.get::<CachedForward>()
             && hit.generation == generation
             && hit.topic == msg.topic
-            && !self.has_relays.load(Ordering::Acquire)
+            && !self.has_redirects.load(Ordering::Acquire)
         {
             self.send_cached(msg, &hit.links);
             return;
         }
         let matches = self.routes.read().matches(&msg.topic);
-        cache.0 = None;
-        if matches.groups.is_empty() && !self.has_relays.load(Ordering::Acquire) {
+        memo.clear();
+        if matches.groups.is_empty() && !self.has_redirects.load(Ordering::Acquire) {
             let links = {
                 let peers = self.peers.lock();
                 matches
@@ -190,11 +193,11 @@ impl Cluster {
             // A peer without a link is left to the full path (which counts the drop).
             if let Some(links) = links {
                 self.send_cached(msg, &links);
-                cache.0 = Some(Box::new(CachedForward {
+                memo.set(CachedForward {
                     topic: msg.topic.clone(),
                     generation,
                     links,
-                }));
+                });
                 return;
             }
         }
@@ -215,7 +218,7 @@ impl Cluster {
             let pick = &members[self.rr.fetch_add(1, Ordering::Relaxed) % members.len()];
             target(&mut plan, pick).groups.push(group);
         }
-        self.add_relays(&msg.topic, Origin::Local, &mut plan);
+        self.add_redirects(&msg.topic, Origin::Local, &mut plan);
         if !plan.is_empty() {
             self.send_publish(msg, plan);
         }
@@ -223,29 +226,29 @@ impl Cluster {
 
     /// A message a peer forwarded to us: pass it on to sessions that just moved away from here; returns the
     /// client IDs it was passed on for.
-    pub(crate) fn relay(&self, msg: &Arc<Message>, origin: Origin<'_>) -> Vec<ByteString> {
+    pub(crate) fn redirect(&self, msg: &Arc<Message>, origin: Origin<'_>) -> Vec<ByteString> {
         let mut plan = Vec::new();
-        self.add_relays(&msg.topic, origin, &mut plan);
-        let relayed = plan.iter().flat_map(|t| t.sessions.clone()).collect();
+        self.add_redirects(&msg.topic, origin, &mut plan);
+        let redirected = plan.iter().flat_map(|t| t.sessions.clone()).collect();
         if !plan.is_empty() {
             self.send_publish(msg, plan);
         }
-        relayed
+        redirected
     }
 
-    /// Adds the relayed sessions `topic_name` is for, as `origin` asks.
-    fn add_relays(&self, topic_name: &str, origin: Origin<'_>, plan: &mut Vec<Target>) {
-        if !self.has_relays.load(Ordering::Acquire) {
+    /// Adds the redirected sessions `topic_name` is for, as `origin` asks.
+    fn add_redirects(&self, topic_name: &str, origin: Origin<'_>, plan: &mut Vec<Target>) {
+        if !self.has_redirects.load(Ordering::Acquire) {
             return;
         }
         let expired: Vec<ByteString> = {
-            let mut relays = self.relays.lock();
-            if relays.is_empty() {
+            let mut redirects = self.redirects.lock();
+            if redirects.is_empty() {
                 return;
             }
             let now = Instant::now();
             let mut released = Vec::new();
-            relays.retain_mut(|r| {
+            redirects.retain_mut(|r| {
                 if r.expired(now) {
                     released.append(&mut r.held);
                     false
@@ -253,8 +256,9 @@ impl Cluster {
                     true
                 }
             });
-            self.has_relays.store(!relays.is_empty(), Ordering::Release);
-            for r in relays.iter() {
+            self.has_redirects
+                .store(!redirects.is_empty(), Ordering::Release);
+            for r in redirects.iter() {
                 if !r.matches(topic_name) || !origin.wants(r) {
                     continue;
                 }
@@ -334,7 +338,7 @@ impl Cluster {
     }
 
     /// Session `client_id` subscribed to `filters` was handed to `peer` (its handover frames are queued).
-    pub(crate) fn start_relay(
+    pub(crate) fn start_redirect(
         &self,
         peer: &PeerName,
         client_id: &ByteString,
@@ -349,8 +353,8 @@ impl Cluster {
         for f in &held {
             self.filter_added(f);
         }
-        let mut relays = self.relays.lock();
-        relays.push(Relay {
+        let mut redirects = self.redirects.lock();
+        redirects.push(Redirect {
             peer: peer.clone(),
             client_id: client_id.clone(),
             filters: filters.to_vec(),
@@ -359,14 +363,14 @@ impl Cluster {
             arrived: false,
             confirmed: None,
         });
-        self.has_relays.store(true, Ordering::Release);
+        self.has_redirects.store(true, Ordering::Release);
     }
 
     /// `peer` put the session of `client_id` we handed it in its router: what it publishes from now on reaches
     /// the session there.
-    pub(crate) fn relay_arrived(&self, peer: &str, client_id: &str) {
+    pub(crate) fn redirect_arrived(&self, peer: &str, client_id: &str) {
         for r in self
-            .relays
+            .redirects
             .lock()
             .iter_mut()
             .filter(|r| &*r.peer == peer && r.client_id == client_id)
@@ -375,14 +379,14 @@ impl Cluster {
         }
     }
 
-    /// `peer` installed the session of `client_id` we handed it: stop holding its filters; the relay lingers
+    /// `peer` installed the session of `client_id` we handed it: stop holding its filters; the redirect lingers
     /// for what other peers already sent here.
-    pub(crate) fn relay_installed(&self, peer: &str, client_id: &str) {
+    pub(crate) fn redirect_installed(&self, peer: &str, client_id: &str) {
         let released: Vec<ByteString> = {
-            let mut relays = self.relays.lock();
+            let mut redirects = self.redirects.lock();
             let now = Instant::now();
             let mut out = Vec::new();
-            for r in relays
+            for r in redirects
                 .iter_mut()
                 .filter(|r| &*r.peer == peer && r.client_id == client_id)
             {
@@ -397,16 +401,16 @@ impl Cluster {
     }
 
     /// True while a session handed away is not yet confirmed installed.
-    pub(crate) fn relays_pending(&self) -> bool {
-        self.relays.lock().iter().any(|r| r.confirmed.is_none())
+    pub(crate) fn redirects_pending(&self) -> bool {
+        self.redirects.lock().iter().any(|r| r.confirmed.is_none())
     }
 
-    /// The link to `peer` went down: its relays end.
-    pub(crate) fn end_relays_to(&self, peer: &str) {
+    /// The link to `peer` went down: its redirects end.
+    pub(crate) fn end_redirects_to(&self, peer: &str) {
         let released: Vec<ByteString> = {
-            let mut relays = self.relays.lock();
+            let mut redirects = self.redirects.lock();
             let mut out = Vec::new();
-            relays.retain_mut(|r| {
+            redirects.retain_mut(|r| {
                 if &*r.peer == peer {
                     out.append(&mut r.held);
                     false
@@ -414,7 +418,8 @@ impl Cluster {
                     true
                 }
             });
-            self.has_relays.store(!relays.is_empty(), Ordering::Release);
+            self.has_redirects
+                .store(!redirects.is_empty(), Ordering::Release);
             out
         };
         for f in released {

@@ -1,0 +1,358 @@
+//! The node's shared state and what it does: sessions by client ID (attach, takeover, expiry), the
+//! subscription [`Router`] and the [`RetainedStore`] — all private here — and the publish path from one message
+//! to every matching session's queue. The layer above (connections) and the cluster call named methods; the
+//! broker tells the cluster what changed through [`ClusterHooks`], a trait it owns.
+//!
+//! - [`hooks`]: what the broker tells the cluster ([`ClusterHooks`], [`NoCluster`] for a single node).
+//! - [`publish`]: a message to every matching session (and the cluster), wills, local delivery of messages
+//!   forwarded by peers.
+//! - [`subscribe`]: subscriptions added and removed, retained messages at subscribe.
+//! - [`handover`]: the named methods the cluster calls to move sessions between nodes and replicate retained
+//!   messages.
+//!
+//! Lock order: `router` → `sessions` → a session's state. Nothing takes `sessions` or `router` while holding a
+//! session's state.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fleetgate_config::node::LimitsConfig;
+use fleetgate_protocol::mqtt::{ByteString, ProtocolLevel};
+use parking_lot::{Mutex, RwLock};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::{DropReason, Metrics};
+use crate::state::retained::RetainedStore;
+use crate::state::router::Router;
+use crate::state::session::{ConnSlot, Session};
+use crate::state::will::Will;
+use crate::wakeup::Wakeup;
+
+pub(crate) mod handover;
+pub(crate) mod hooks;
+pub(crate) mod publish;
+pub(crate) mod subscribe;
+
+pub(crate) use handover::Departure;
+pub(crate) use hooks::{ClusterHooks, ForwardMemo, NoCluster};
+pub(crate) use publish::{LocalDelivery, Redirected};
+
+/// What a connection brings to [`Broker::attach`].
+#[derive(Debug)]
+pub(crate) struct AttachRequest {
+    /// Client identifier (already assigned when the client sent an empty one).
+    pub(crate) client_id: ByteString,
+    /// Clean start / clean session.
+    pub(crate) clean_start: bool,
+    /// Granted session expiry (seconds).
+    pub(crate) expiry_secs: u32,
+    /// The will from CONNECT.
+    pub(crate) will: Option<Will>,
+    /// Protocol level.
+    pub(crate) protocol: ProtocolLevel,
+    /// Client address (PROXY source or TCP peer).
+    pub(crate) source: SocketAddr,
+    /// Outbound inflight window.
+    pub(crate) window: usize,
+}
+
+/// A connection's handle on its session.
+#[derive(Debug)]
+pub(crate) struct Attached {
+    /// The session.
+    pub(crate) session: Arc<Session>,
+    /// CONNACK session present.
+    pub(crate) present: bool,
+    /// This connection's generation in the session.
+    pub(crate) generation: u64,
+    /// Wake-ups and takeover for this connection.
+    pub(crate) wakeup: Arc<Wakeup>,
+}
+
+/// What `GET /clients/{id}` reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientInfo {
+    /// A connection is attached.
+    pub connected: bool,
+    /// Protocol of the (last) connection.
+    pub protocol: ProtocolLevel,
+    /// Client address of the (last) connection.
+    pub source: Option<SocketAddr>,
+    /// Subscriptions held.
+    pub subscriptions: usize,
+    /// Messages queued.
+    pub queued: usize,
+    /// Messages in flight.
+    pub inflight: usize,
+}
+
+/// The broker's shared state.
+#[derive(Debug)]
+pub struct Broker {
+    node_name: String,
+    /// Limits from the config.
+    pub(crate) limits: LimitsConfig,
+    /// Metric handles.
+    pub(crate) metrics: Metrics,
+    retained: RetainedStore,
+    /// Sessions by client ID.
+    sessions: Mutex<HashMap<ByteString, Arc<Session>>>,
+    /// Local subscriptions. Lock order when both are needed: `router` (write) → `sessions`.
+    router: RwLock<Router>,
+    next_session_id: AtomicU64,
+    /// Cancelled at shutdown: stops will-delay and session-expiry timers.
+    timers: CancellationToken,
+    /// The rest of the cluster ([`NoCluster`] for a single node).
+    cluster: Arc<dyn ClusterHooks>,
+}
+
+impl Broker {
+    /// A broker with no sessions, telling `cluster` what changes.
+    pub(crate) fn new(
+        node_name: String,
+        limits: LimitsConfig,
+        metrics: Metrics,
+        timers: CancellationToken,
+        cluster: Arc<dyn ClusterHooks>,
+    ) -> Broker {
+        let retained = RetainedStore::for_node(metrics.retained.clone(), node_name.clone());
+        // Session IDs seeded from the clock: distinct from those of an earlier run of this node.
+        let seed = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_micros() as u64);
+        Broker {
+            node_name,
+            limits,
+            metrics,
+            retained,
+            sessions: Mutex::new(HashMap::new()),
+            router: RwLock::new(Router::new()),
+            next_session_id: AtomicU64::new(seed),
+            timers,
+            cluster,
+        }
+    }
+
+    /// This node's name.
+    pub(crate) fn node_name(&self) -> &str {
+        &self.node_name
+    }
+
+    /// A fresh session identifier.
+    fn new_session_id(&self) -> u64 {
+        self.next_session_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A client identifier for a client that sent an empty one.
+    /// A random 128-bit suffix: unguessable (a predictable ID would let another client take the session
+    /// over) and unique across nodes and restarts.
+    pub(crate) fn assign_client_id(&self) -> ByteString {
+        let suffix: u128 = rand::random();
+        format!("fleetgate-{}-{suffix:032x}", self.node_name).into()
+    }
+
+    /// Attaches a new connection to its session: creates it, resumes it, or takes it over from another
+    /// connection (which is kicked; its session ends first when `clean_start`).
+    pub(crate) fn attach(self: &Arc<Self>, req: AttachRequest) -> Attached {
+        let wakeup = Arc::new(Wakeup::default());
+        let mut wills: Vec<Will> = Vec::new();
+        let mut ended: Option<Arc<Session>> = None;
+        let mut new_session = false;
+        let mut sessions = self.sessions.lock();
+        let resumed = match sessions.get(&req.client_id).cloned() {
+            Some(old) => {
+                let mut st = old.state.lock();
+                if let Some(slot) = st.conn.take() {
+                    slot.signal.kick();
+                    old.set_connected(false);
+                }
+                let running_will = st.will.take();
+                let pending_will = st.pending_will.take();
+                if req.clean_start {
+                    // The old session ends here, so its will is due whatever its delay.
+                    st.ended = true;
+                    self.metrics
+                        .dropped_n(DropReason::SessionEnded, st.discard());
+                    wills.extend(running_will);
+                    wills.extend(pending_will);
+                    drop(st);
+                    ended = Some(old);
+                    None
+                } else {
+                    // Resumed: a delayed will is cancelled; a kicked connection's will without delay is due now.
+                    wills.extend(running_will.filter(|w| w.delay == 0));
+                    drop(st);
+                    Some(old)
+                }
+            }
+            None => None,
+        };
+        let present = resumed.is_some();
+        let session = match resumed {
+            Some(s) => s,
+            None => {
+                let s = Arc::new(Session::new(
+                    self.new_session_id(),
+                    req.client_id.clone(),
+                    req.protocol,
+                    req.expiry_secs,
+                ));
+                sessions.insert(req.client_id.clone(), s.clone());
+                if ended.is_none() {
+                    self.metrics.sessions_current.increment(1.0);
+                    new_session = true;
+                }
+                s
+            }
+        };
+        let generation = {
+            let mut st = session.state.lock();
+            st.generation += 1;
+            st.conn = Some(ConnSlot {
+                signal: wakeup.clone(),
+                window: req.window,
+            });
+            st.expiry_secs = req.expiry_secs;
+            st.will = req.will;
+            st.protocol = req.protocol;
+            st.source = Some(req.source);
+            session.set_connected(true);
+            st.generation
+        };
+        drop(sessions);
+        if let Some(old) = ended {
+            self.remove_routes(&old);
+        }
+        if new_session {
+            self.cluster.session_added(&req.client_id);
+        }
+        for w in wills {
+            self.publish_will(&req.client_id, w);
+        }
+        Attached {
+            session,
+            present,
+            generation,
+            wakeup,
+        }
+    }
+
+    /// Tells every attached connection the node is shutting down (after the connections' shutdown token was
+    /// cancelled; a connection attached later sees the token).
+    pub(crate) fn shutdown_connections(&self) {
+        let sessions: Vec<Arc<Session>> = self.sessions.lock().values().cloned().collect();
+        for session in sessions {
+            if let Some(slot) = &session.state.lock().conn {
+                slot.signal.shutdown();
+            }
+        }
+    }
+
+    /// Detaches connection `generation` from its session when it ends; publishes or schedules the will when
+    /// `publish_will`, and ends the session now (expiry 0) or schedules its expiry. `expiry` overrides the
+    /// session expiry (v5 DISCONNECT property). No-op when another connection took the session over.
+    pub(crate) fn detach(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        generation: u64,
+        publish_will: bool,
+        expiry: Option<u32>,
+    ) {
+        let (will, expiry_secs) = {
+            let mut st = session.state.lock();
+            if st.generation != generation || st.conn.is_none() {
+                return;
+            }
+            st.conn = None;
+            session.set_connected(false);
+            if let Some(e) = expiry {
+                st.expiry_secs = e;
+            }
+            let will = st.will.take();
+            (will.filter(|_| publish_will), st.expiry_secs)
+        };
+        if let Some(w) = will {
+            self.schedule_will(session, generation, w, expiry_secs);
+        }
+        if expiry_secs == 0 {
+            self.expire(session, generation);
+        } else if expiry_secs != u32::MAX {
+            self.expire_after(
+                session,
+                generation,
+                Duration::from_secs(u64::from(expiry_secs)),
+            );
+        }
+    }
+
+    /// Ends `session` after `after` if it is still detached since connection `generation` then.
+    fn expire_after(self: &Arc<Self>, session: &Arc<Session>, generation: u64, after: Duration) {
+        let (broker, session) = (self.clone(), session.clone());
+        self.spawn_timer(after, move || broker.expire(&session, generation));
+    }
+
+    /// Ends `session` if it is still detached since connection `generation`.
+    fn expire(&self, session: &Arc<Session>, generation: u64) {
+        let pending_will = {
+            let mut sessions = self.sessions.lock();
+            let mut st = session.state.lock();
+            if st.generation != generation || st.conn.is_some() || st.ended {
+                return;
+            }
+            st.ended = true;
+            self.metrics
+                .dropped_n(DropReason::SessionEnded, st.discard());
+            if sessions
+                .get(&session.client_id)
+                .is_some_and(|s| Arc::ptr_eq(s, session))
+            {
+                sessions.remove(&session.client_id);
+            }
+            st.pending_will.take()
+        };
+        self.metrics.sessions_current.decrement(1.0);
+        self.remove_routes(session);
+        self.cluster.session_removed(&session.client_id);
+        if let Some(w) = pending_will {
+            self.publish_will(&session.client_id, w);
+        }
+    }
+
+    /// Runs `f` after `after` unless the node shuts down first.
+    fn spawn_timer(&self, after: Duration, f: impl FnOnce() + Send + 'static) {
+        let token = self.timers.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = token.cancelled() => {}
+                _ = tokio::time::sleep(after) => f(),
+            }
+        });
+    }
+
+    /// What the admin API shows about a client.
+    pub fn client_info(&self, client_id: &str) -> Option<ClientInfo> {
+        let session = self.sessions.lock().get(client_id).cloned()?;
+        let st = session.state.lock();
+        Some(ClientInfo {
+            connected: st.conn.is_some(),
+            protocol: st.protocol,
+            source: st.source,
+            subscriptions: st.subscriptions.len(),
+            queued: st.queue.len(),
+            inflight: st.inflight.len(),
+        })
+    }
+
+    /// Number of sessions held.
+    pub fn session_count(&self) -> usize {
+        self.sessions.lock().len()
+    }
+
+    /// Number of retained messages held.
+    pub fn retained_count(&self) -> usize {
+        self.retained.len()
+    }
+}

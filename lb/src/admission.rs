@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use parking_lot::Mutex;
 
-use crate::stats;
+use crate::metrics::CONNECTIONS_OPEN;
 
 /// Most source addresses (IPv4 addresses and IPv6 /64s) the per-IP limiter tracks at once: about 100 bytes each
 /// with the LRU queue, so ~7 MB at the cap, and an attacker cycling source addresses cannot grow it further.
@@ -79,8 +79,7 @@ impl Gauge {
             .ok()
             .map(|_| {
                 if let Some(l) = &self.label {
-                    metrics::gauge!(stats::CONNECTIONS_OPEN, "listener" => l.clone())
-                        .increment(1.0);
+                    metrics::gauge!(CONNECTIONS_OPEN, "listener" => l.clone()).increment(1.0);
                 }
                 Slot(self.clone())
             })
@@ -95,7 +94,7 @@ impl Drop for Slot {
     fn drop(&mut self) {
         self.0.open.fetch_sub(1, Ordering::AcqRel);
         if let Some(l) = &self.0.label {
-            metrics::gauge!(stats::CONNECTIONS_OPEN, "listener" => l.clone()).decrement(1.0);
+            metrics::gauge!(CONNECTIONS_OPEN, "listener" => l.clone()).decrement(1.0);
         }
     }
 }

@@ -18,7 +18,7 @@ use parking_lot::Mutex;
 use tokio::net::TcpStream;
 
 use crate::health::Health;
-use crate::stats;
+use crate::metrics::{BACKEND_CONNECT_FAILURES, BACKEND_CONNECTIONS, BACKEND_CONNECTIONS_TOTAL};
 
 /// How long a backend whose connect failed is skipped by new connections: long enough that a reconnect storm
 /// does not pay the connect timeout on every client, short enough that a restarted broker gets its clients back
@@ -77,7 +77,7 @@ impl BackendState {
     /// Marks a connect failure or a reset (passive detection).
     pub fn mark_failed(&self, now: Instant) {
         *self.live.suspect_until.lock() = Some(now + SUSPECT_TTL);
-        metrics::counter!(stats::BACKEND_CONNECT_FAILURES, "backend" => self.config.name.clone())
+        metrics::counter!(BACKEND_CONNECT_FAILURES, "backend" => self.config.name.clone())
             .increment(1);
     }
 
@@ -95,8 +95,8 @@ impl BackendState {
     pub fn track(&self) -> ActiveGuard {
         self.live.active.fetch_add(1, Ordering::Relaxed);
         let name = self.config.name.clone();
-        metrics::gauge!(stats::BACKEND_CONNECTIONS, "backend" => name.clone()).increment(1.0);
-        metrics::counter!(stats::BACKEND_CONNECTIONS_TOTAL, "backend" => name.clone()).increment(1);
+        metrics::gauge!(BACKEND_CONNECTIONS, "backend" => name.clone()).increment(1.0);
+        metrics::counter!(BACKEND_CONNECTIONS_TOTAL, "backend" => name.clone()).increment(1);
         ActiveGuard(self.live.clone(), name)
     }
 }
@@ -108,7 +108,7 @@ pub struct ActiveGuard(Arc<Live>, String);
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
         self.0.active.fetch_sub(1, Ordering::Relaxed);
-        metrics::gauge!(stats::BACKEND_CONNECTIONS, "backend" => self.1.clone()).decrement(1.0);
+        metrics::gauge!(BACKEND_CONNECTIONS, "backend" => self.1.clone()).decrement(1.0);
     }
 }
 

@@ -19,10 +19,11 @@ use tracing::{Instrument, field};
 
 use crate::admission::{self, Gauge, Permit, Refused};
 use crate::backend::{self, BackendState};
+use crate::metrics::{BACKEND_BYTES, RELAYS_ENDED};
 use crate::relay::{self, ClientStream, RelayControl, Side};
 use crate::server::Shared;
 use crate::snapshot::{ListenerRuntime, Snapshot};
-use crate::{identity, sockopt, stats, tls};
+use crate::{identity, sockopt, tls};
 
 /// Bytes requested per read while peeking the CONNECT: a typical CONNECT (client ID, user name, token) fits in
 /// one read; the buffer grows up to `max_connect_size` only for clients that send more.
@@ -64,7 +65,7 @@ pub async fn handle(
         peer,
     };
     let outcome = conn.run(stream).instrument(span).await;
-    stats::connection_outcome(&listener.name, outcome);
+    crate::metrics::connection_outcome(&listener.name, outcome);
 }
 
 /// What one connection carries through the stages.
@@ -107,7 +108,7 @@ impl Conn<'_> {
                     tracing::Span::current().record("client.addr", field::display(source));
                 }
                 Err(e) => {
-                    stats::admission_refused("proxy_header");
+                    crate::metrics::admission_refused("proxy_header");
                     tracing::info!(event = "refused", reason = "proxy_header", error = %e);
                     return "proxy_failed";
                 }
@@ -207,12 +208,12 @@ impl Conn<'_> {
             // Passive detection: a backend that resets relays is skipped by new connections for a while.
             backend.mark_failed(Instant::now());
         }
-        metrics::counter!(stats::RELAYS_ENDED, "reason" => out.reason).increment(1);
+        metrics::counter!(RELAYS_ENDED, "reason" => out.reason).increment(1);
         let name = backend.name().to_owned();
         let connect_len = summary.packet_len as u64;
-        metrics::counter!(stats::BACKEND_BYTES, "backend" => name.clone(), "direction" => "to_backend")
+        metrics::counter!(BACKEND_BYTES, "backend" => name.clone(), "direction" => "to_backend")
             .increment(out.to_backend + connect_len);
-        metrics::counter!(stats::BACKEND_BYTES, "backend" => name, "direction" => "to_client")
+        metrics::counter!(BACKEND_BYTES, "backend" => name, "direction" => "to_client")
             .increment(out.to_client);
         tracing::info!(
             event = "closed",
@@ -252,7 +253,7 @@ impl Conn<'_> {
     /// say "busy"); on a plain one by reading its CONNECT and answering "server busy", so a well-behaved device
     /// backs off instead of retrying at once. Those answers are themselves capped ([`Shared::refusing`]).
     async fn refuse(&self, stream: TcpStream, refused: Refused) -> &'static str {
-        stats::admission_refused(refused.reason());
+        crate::metrics::admission_refused(refused.reason());
         tracing::info!(event = "refused", reason = refused.reason());
         if self.listener.tls.is_some() {
             return "refused";
@@ -289,7 +290,7 @@ impl Conn<'_> {
         let (result, sig_scheme) = tls::with_sig_scheme(accept).await;
         match result {
             Ok(Ok(tls)) => {
-                stats::tls_handshake(name, started.elapsed());
+                crate::metrics::tls_handshake(name, started.elapsed());
                 let send_cert = self.snapshot.backends.any_sends_client_cert();
                 let identity = identity::from_tls(
                     tls.get_ref().1,
@@ -303,12 +304,12 @@ impl Conn<'_> {
                 Some((ClientStream::Tls(Box::new(tls)), identity))
             }
             Ok(Err(e)) => {
-                stats::tls_failure(name, "error");
+                crate::metrics::tls_failure(name, "error");
                 tracing::info!(event = "tls_failed", reason = "error", error = %e);
                 None
             }
             Err(_) => {
-                stats::tls_failure(name, "timeout");
+                crate::metrics::tls_failure(name, "timeout");
                 tracing::info!(event = "tls_failed", reason = "timeout");
                 None
             }
@@ -331,7 +332,7 @@ impl Conn<'_> {
             Ok(Err(ReadError::Closed)) => "closed",
             Err(_) => "timeout",
         };
-        stats::peek_outcome(outcome);
+        crate::metrics::peek_outcome(outcome);
         match result {
             Ok(Ok(done)) => {
                 tracing::debug!(event = "connect_peek", outcome);

@@ -24,12 +24,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admission::Gauge;
+use crate::drain;
 use crate::health::Checkers;
 use crate::listener::{self, accept_loop};
+use crate::metrics::{BACKENDS, CONFIG_RELOADS, SNAPSHOT_GENERATION};
 use crate::reload::{self, Loaded};
 use crate::server::{LbError, Shared};
 use crate::snapshot::{STATIC_SOURCE, Snapshot};
-use crate::{drain, stats};
 
 /// Quiet time after a file change before reloading: an editor save or a ConfigMap swap is several events.
 pub const WATCH_DEBOUNCE: Duration = Duration::from_millis(200);
@@ -276,7 +277,7 @@ impl Controller {
         let result = self.try_reload().await;
         match &result {
             Ok(generation) => {
-                metrics::counter!(stats::CONFIG_RELOADS, "result" => "ok").increment(1);
+                metrics::counter!(CONFIG_RELOADS, "result" => "ok").increment(1);
                 tracing::info!(
                     event = "config_reload",
                     result = "ok",
@@ -286,7 +287,7 @@ impl Controller {
                 );
             }
             Err(e) => {
-                metrics::counter!(stats::CONFIG_RELOADS, "result" => "error").increment(1);
+                metrics::counter!(CONFIG_RELOADS, "result" => "error").increment(1);
                 tracing::error!(event = "config_reload", result = "error", trigger, error = %e, "config reload rejected; the previous config stays in force");
             }
         }
@@ -388,8 +389,8 @@ impl Controller {
             .map(|b| b.name().to_owned())
             .collect();
         let drain_cfg = next.config.drain.clone();
-        metrics::gauge!(stats::BACKENDS).set(next.backends.all().len() as f64);
-        metrics::gauge!(stats::SNAPSHOT_GENERATION).set(next.generation as f64);
+        metrics::gauge!(BACKENDS).set(next.backends.all().len() as f64);
+        metrics::gauge!(SNAPSHOT_GENERATION).set(next.generation as f64);
         tracing::info!(event = "snapshot_swapped", why, generation = next.generation, backends = next.backends.all().len(), added = ?added, removed = ?removed.iter().map(|(n, _)| n).collect::<Vec<_>>());
         self.shared.snapshot.store(next);
         self.reconcile_health();

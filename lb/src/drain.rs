@@ -9,7 +9,7 @@ use fleetgate_config::lb::DrainConfig;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::stats;
+use crate::metrics::DRAINED_TOTAL;
 
 /// Flips the drain switches in `tokens` at the configured pace; returns when all are flipped (or `stop` fires:
 /// the grace period is over and the relays are being aborted anyway).
@@ -34,7 +34,7 @@ pub async fn pace(
             }
         }
         token.cancel();
-        metrics::counter!(stats::DRAINED_TOTAL, "reason" => reason).increment(1);
+        metrics::counter!(DRAINED_TOTAL, "reason" => reason).increment(1);
     }
 }
 

@@ -21,7 +21,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{self, Backends, Live};
-use crate::stats;
+use crate::metrics::{BACKEND_TRANSITIONS, BACKEND_UP, HEALTH_CHECKS};
 
 /// Keep-alive announced in the probe's CONNECT: the probe disconnects right after the CONNACK, so this only
 /// matters if the DISCONNECT is lost; then the broker drops the session after 1.5 × this.
@@ -91,13 +91,9 @@ impl Health {
         }?;
         self.state.store(next, Ordering::Relaxed);
         let up = next == UP;
-        metrics::gauge!(stats::BACKEND_UP, "backend" => self.name.clone()).set(if up {
-            1.0
-        } else {
-            0.0
-        });
+        metrics::gauge!(BACKEND_UP, "backend" => self.name.clone()).set(if up { 1.0 } else { 0.0 });
         if current != UNKNOWN {
-            metrics::counter!(stats::BACKEND_TRANSITIONS, "backend" => self.name.clone(), "to" => if up { "up" } else { "down" })
+            metrics::counter!(BACKEND_TRANSITIONS, "backend" => self.name.clone(), "to" => if up { "up" } else { "down" })
                 .increment(1);
         }
         Some(up)
@@ -267,7 +263,7 @@ async fn run(name: String, spec: ProbeSpec, live: Arc<Live>, stop: CancellationT
             r = probe(&spec.address, spec.proxy, &spec.check) => r,
         };
         let ok = result.is_ok();
-        metrics::counter!(stats::HEALTH_CHECKS, "backend" => name.clone(), "result" => if ok { "ok" } else { "fail" })
+        metrics::counter!(HEALTH_CHECKS, "backend" => name.clone(), "result" => if ok { "ok" } else { "fail" })
             .increment(1);
         if let Err(e) = &result {
             tracing::debug!(event = "health_check_failed", backend = %name, error = %e);

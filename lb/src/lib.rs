@@ -23,11 +23,11 @@
 //! - [`snapshot`]: the immutable runtime view built from an [`LbConfig`] and the discovered endpoints
 //!   (certificates loaded, ring built), swapped with one `ArcSwap::store`.
 //! - [`sockopt`]: TCP options for long-lived mobile connections.
-//! - [`stats`]: metric names and the few helpers that record them.
-//! - [`admin`]: the LB's admin routes (`GET /clients/{client_id}`, `GET /backends`, `POST /reload`,
+//! - [`metrics`]: metric names and the few helpers that record them.
+//! - [`admin_routes`]: the LB's admin routes (`GET /clients/{client_id}`, `GET /backends`, `POST /reload`,
 //!   `POST /drain`).
 
-pub mod admin;
+pub mod admin_routes;
 pub mod admission;
 pub mod backend;
 pub mod conn;
@@ -37,13 +37,13 @@ pub mod frames;
 pub mod health;
 pub mod identity;
 pub mod listener;
+pub mod metrics;
 pub mod registry;
 pub mod relay;
 pub mod reload;
 pub mod server;
 pub mod snapshot;
 pub mod sockopt;
-pub mod stats;
 pub mod tls;
 
 pub use fleetgate_config::lb::LbConfig;

@@ -34,14 +34,15 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admin::LbRoutes;
+use crate::admin_routes::LbRoutes;
 use crate::admission::Gauge;
 use crate::control::{BoundAddrs, COMMAND_QUEUE, Command, Controller};
+use crate::metrics::{BACKENDS, DRAINING, SNAPSHOT_GENERATION};
 use crate::registry::Registry;
 use crate::reload::{self, Loaded};
 use crate::snapshot::Snapshot;
 use crate::tls::TlsError;
-use crate::{drain, listener, stats};
+use crate::{drain, listener};
 
 /// Clients answered "server busy" at the same time on plain listeners (each holds a socket until its CONNECT
 /// arrives or the peek timeout passes); beyond this, refused clients are simply closed.
@@ -309,8 +310,8 @@ impl Lb {
             |d| Source::from(&d.source).label(),
         );
         let first = Snapshot::build(config.clone(), &endpoints, &label, None)?;
-        metrics::gauge!(stats::BACKENDS).set(first.backends.all().len() as f64);
-        metrics::gauge!(stats::SNAPSHOT_GENERATION).set(first.generation as f64);
+        metrics::gauge!(BACKENDS).set(first.backends.all().len() as f64);
+        metrics::gauge!(SNAPSHOT_GENERATION).set(first.generation as f64);
         shared.snapshot.store(first);
 
         let mut bound = Vec::new();
@@ -362,7 +363,7 @@ impl Lb {
             tokio::spawn(admin::serve(socket, state, admin_stop.clone()))
         });
         shared.readiness.set(true);
-        metrics::gauge!(stats::DRAINING).set(0.0);
+        metrics::gauge!(DRAINING).set(0.0);
 
         let controller_stop = CancellationToken::new();
         let controller_task =
@@ -377,7 +378,7 @@ impl Lb {
             let shared = task_shared;
             // Phase 1: not ready; no more reloads; keep accepting for the delay.
             shared.readiness.set(false);
-            metrics::gauge!(stats::DRAINING).set(1.0);
+            metrics::gauge!(DRAINING).set(1.0);
             controller_stop.cancel();
             let _ = controller_task.await;
             let cfg = shared.snapshot.load().config.clone();

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use fleetgate_ops::admin::{AdminRequest, AdminResponse, AdminRoutes, RouteFuture, percent_decode};
 
-use crate::server::Shared;
+use crate::shared::Shared;
 
 /// Routes backed by the LB's shared state.
 pub struct LbRoutes {

@@ -21,13 +21,17 @@ use crate::admission::{self, Gauge, Permit, Refused};
 use crate::backend::{self, BackendState};
 use crate::metrics::{BACKEND_BYTES, RELAYS_ENDED};
 use crate::relay::{self, ClientStream, RelayControl, Side};
-use crate::server::Shared;
+use crate::shared::Shared;
 use crate::snapshot::{ListenerRuntime, Snapshot};
 use crate::{identity, sockopt, tls};
 
 /// Bytes requested per read while peeking the CONNECT: a typical CONNECT (client ID, user name, token) fits in
 /// one read; the buffer grows up to `max_connect_size` only for clients that send more.
 const PEEK_READ_CHUNK: usize = 1024;
+
+/// Clients answered "server busy" at the same time on plain listeners (each holds a socket until its CONNECT
+/// arrives or the peek timeout passes); beyond this, refused clients are simply closed.
+pub const MAX_CONCURRENT_REFUSALS: usize = 1024;
 
 /// Deadline for closing a client we turned away: a TLS close_notify (or a FIN behind unread data) waits on a client
 /// that does not read, and such a client must not hold the task and its slot.
@@ -258,7 +262,7 @@ impl Conn<'_> {
         if self.listener.tls.is_some() {
             return "refused";
         }
-        let cap = Some(crate::server::MAX_CONCURRENT_REFUSALS);
+        let cap = Some(MAX_CONCURRENT_REFUSALS);
         let Ok(_slot) =
             admission::acquire((&self.shared.refusing, cap), (&self.shared.refusing, cap))
         else {

@@ -70,7 +70,8 @@ impl Gauge {
         self.open.load(Ordering::Relaxed)
     }
 
-    fn try_acquire(self: &Arc<Self>, max: Option<usize>) -> Option<Slot> {
+    /// Takes one slot if fewer than `max` are open (`None`: no cap); released when the slot drops.
+    pub fn try_acquire(self: &Arc<Self>, max: Option<usize>) -> Option<Slot> {
         let max = max.unwrap_or(usize::MAX);
         self.open
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {

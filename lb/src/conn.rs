@@ -262,9 +262,11 @@ impl Conn<'_> {
         if self.listener.tls.is_some() {
             return "refused";
         }
-        let cap = Some(MAX_CONCURRENT_REFUSALS);
-        let Ok(_slot) =
-            admission::acquire((&self.shared.refusing, cap), (&self.shared.refusing, cap))
+        // One slot per answer (taking it twice from the same gauge halved the cap).
+        let Some(_slot) = self
+            .shared
+            .refusing
+            .try_acquire(Some(MAX_CONCURRENT_REFUSALS))
         else {
             return "refused";
         };
@@ -435,5 +437,69 @@ async fn read_connect<S: AsyncRead + Unpin>(
             Ok(0) | Err(_) => return Err(ReadError::Closed),
             Ok(_) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use fleetgate_config::lb::LbConfig;
+    use tokio::net::TcpListener;
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::snapshot::STATIC_SOURCE;
+
+    const PLAIN: &str = "[lb]\nname = \"a\"\n[[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\n[[backends]]\nname = \"b0\"\naddress = \"127.0.0.1:1\"\n";
+
+    /// An MQTT 3.1.1 CONNECT, client ID `a`.
+    const CONNECT: [u8; 15] = [
+        0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60, 0, 1, b'a',
+    ];
+
+    async fn pair() -> (TcpStream, TcpStream, SocketAddr) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (server, peer) = l.accept().await.unwrap();
+        (client, server, peer)
+    }
+
+    #[tokio::test]
+    async fn every_refusal_slot_answers_busy() {
+        let config = LbConfig::parse(Path::new("lb.toml"), PLAIN).unwrap();
+        let snapshot = Snapshot::build(config, &[], STATIC_SOURCE, None).unwrap();
+        let (control, _commands) = mpsc::channel(1);
+        let shared = Shared::new(snapshot.clone(), control);
+        let listener = snapshot.listener("l").unwrap().clone();
+        let gauge = Gauge::new(None);
+        // Every "server busy" slot but the last is taken by refusals in progress.
+        let elsewhere = Gauge::new(None);
+        let _held: Vec<Permit> = (1..MAX_CONCURRENT_REFUSALS)
+            .map(|_| admission::acquire((&elsewhere, None), (&shared.refusing, None)).unwrap())
+            .collect();
+        assert_eq!(shared.refusing.open(), MAX_CONCURRENT_REFUSALS - 1);
+
+        let (mut client, server, peer) = pair().await;
+        client.write_all(&CONNECT).await.unwrap();
+        let conn = Conn {
+            shared: &shared,
+            snapshot: &snapshot,
+            listener: &listener,
+            gauge: &gauge,
+            conn_id: "test-1".into(),
+            peer,
+        };
+        let outcome = conn.refuse(server, Refused::TotalFull).await;
+        assert_eq!(outcome, "refused");
+        // A client closed without an answer may see a reset (its CONNECT was never read): no bytes either way.
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut answer)).await;
+        assert_eq!(
+            answer,
+            peek::connack_refusal(4, Refusal::ServerBusy),
+            "the {MAX_CONCURRENT_REFUSALS}th concurrent refusal is answered, not dropped"
+        );
+        assert_eq!(shared.refusing.open(), MAX_CONCURRENT_REFUSALS - 1);
     }
 }

@@ -7,7 +7,6 @@
 //! address changes (a pod rescheduled with a new IP) keeps its health, its load and its clients' pinning.
 
 use std::collections::HashMap;
-use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -15,7 +14,6 @@ use std::time::{Duration, Instant};
 use fleetgate_config::lb::BackendConfig;
 use fleetgate_protocol::ring::{Ring, RingNode};
 use parking_lot::Mutex;
-use tokio::net::TcpStream;
 
 use crate::health::Health;
 use crate::metrics::{BACKEND_CONNECT_FAILURES, BACKEND_CONNECTIONS, BACKEND_CONNECTIONS_TOTAL};
@@ -206,35 +204,6 @@ impl Backends {
         }?;
         self.get(name)
     }
-}
-
-/// Connects to `backend` within `timeout` (name resolution included); the first resolved address is used.
-pub async fn connect(backend: &BackendState, timeout: Duration) -> io::Result<TcpStream> {
-    connect_addr(&backend.config.address, timeout).await
-}
-
-/// Connects to `address` (`host:port`) within `timeout`, name resolution included.
-pub async fn connect_addr(address: &str, timeout: Duration) -> io::Result<TcpStream> {
-    let attempt = async {
-        let addr = tokio::net::lookup_host(address)
-            .await?
-            .next()
-            .ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::NotFound,
-                    "backend address resolved to nothing",
-                )
-            })?;
-        TcpStream::connect(addr).await
-    };
-    tokio::time::timeout(timeout, attempt)
-        .await
-        .unwrap_or_else(|_| {
-            Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "backend connect timed out",
-            ))
-        })
 }
 
 #[cfg(test)]

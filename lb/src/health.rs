@@ -20,8 +20,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::{self, Backends, Live};
+use crate::backend::{Backends, Live};
 use crate::metrics::{BACKEND_TRANSITIONS, BACKEND_UP, HEALTH_CHECKS};
+use crate::upstream;
 
 /// Keep-alive announced in the probe's CONNECT: the probe disconnects right after the CONNACK, so this only
 /// matters if the DISCONNECT is lost; then the broker drops the session after 1.5 × this.
@@ -138,11 +139,11 @@ pub async fn probe(
         match check.kind {
             HealthKind::None => Ok(()),
             HealthKind::Tcp => {
-                backend::connect_addr(address, check.timeout).await?;
+                upstream::dial(address, check.timeout).await?;
                 Ok(())
             }
             HealthKind::Mqtt => {
-                let mut stream = backend::connect_addr(address, check.timeout).await?;
+                let mut stream = upstream::dial(address, check.timeout).await?;
                 mqtt(&mut stream, proxy, check).await
             }
             HealthKind::Http => http(address, check).await,
@@ -220,7 +221,7 @@ async fn http(address: &str, check: &HealthConfig) -> Result<(), ProbeError> {
         .http_port
         .map_or_else(|| port.to_owned(), |p| p.to_string());
     let target = format!("{host}:{port}");
-    let mut stream = backend::connect_addr(&target, check.timeout).await?;
+    let mut stream = upstream::dial(&target, check.timeout).await?;
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: {target}\r\nUser-Agent: fleetgate-lb\r\nConnection: close\r\n\r\n",
         check.http_path

@@ -47,6 +47,7 @@ mod shared;
 pub mod snapshot;
 pub mod sockopt;
 pub mod tls;
+mod upstream;
 
 pub use error::LbError;
 pub use fleetgate_config::lb::LbConfig;

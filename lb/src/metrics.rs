@@ -61,6 +61,15 @@ pub fn connection_outcome(listener: &str, outcome: &'static str) {
         .increment(1);
 }
 
+/// Counts one ended relay (`reason`) and the bytes it moved each way.
+pub fn relay_ended(backend: &str, reason: &'static str, to_backend: u64, to_client: u64) {
+    metrics::counter!(RELAYS_ENDED, "reason" => reason).increment(1);
+    metrics::counter!(BACKEND_BYTES, "backend" => backend.to_owned(), "direction" => "to_backend")
+        .increment(to_backend);
+    metrics::counter!(BACKEND_BYTES, "backend" => backend.to_owned(), "direction" => "to_client")
+        .increment(to_client);
+}
+
 /// Records a successful TLS handshake's duration.
 pub fn tls_handshake(listener: &str, took: Duration) {
     metrics::histogram!(TLS_HANDSHAKE_SECONDS, "listener" => listener.to_owned())

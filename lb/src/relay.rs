@@ -129,39 +129,80 @@ impl AsyncWrite for ClientStream {
     }
 }
 
-/// Which side of the relay.
+/// Which side of a connection: the one that closed it, or the one a failure is put down to (pingora's
+/// `ErrorSource`: downstream, upstream, internal).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
     /// The MQTT client.
     Client,
     /// The broker node.
     Backend,
-    /// Neither: the LB ended it (idle timeout, shutdown).
-    Lb,
+    /// Neither: the LB itself (its limits, idle timeout, drain, shutdown).
+    Internal,
 }
 
 impl Side {
-    /// Label for logs.
+    /// Label for logs (`closed_by`): `client`, `backend`, or `lb` for the LB itself.
     pub fn as_str(self) -> &'static str {
         match self {
             Side::Client => "client",
             Side::Backend => "backend",
-            Side::Lb => "lb",
+            Side::Internal => "lb",
         }
     }
 }
 
-/// How a relay ended.
+/// How a relay ended: the `reason` label of `fleetgate_lb_relays_ended_total` and the side that ended it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayEnd {
+    /// Both directions reached EOF; the side that closed first.
+    Eof(Side),
+    /// A read or write failed on this side's socket.
+    Error(Side),
+    /// Nothing flowed for the idle timeout.
+    IdleTimeout,
+    /// The grace period of a shutdown ran out: cut at once.
+    Shutdown,
+    /// The drain switch flipped: both directions stopped at packet boundaries, DISCONNECTs sent.
+    Drained,
+    /// The drain switch flipped, but a direction did not reach a packet boundary in time.
+    DrainTimeout,
+}
+
+impl RelayEnd {
+    /// `eof`, `error`, `idle_timeout`, `shutdown`, `drained` or `drain_timeout`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            RelayEnd::Eof(_) => "eof",
+            RelayEnd::Error(_) => "error",
+            RelayEnd::IdleTimeout => "idle_timeout",
+            RelayEnd::Shutdown => "shutdown",
+            RelayEnd::Drained => "drained",
+            RelayEnd::DrainTimeout => "drain_timeout",
+        }
+    }
+
+    /// Who closed (or failed) first.
+    pub fn side(self) -> Side {
+        match self {
+            RelayEnd::Eof(side) | RelayEnd::Error(side) => side,
+            RelayEnd::IdleTimeout
+            | RelayEnd::Shutdown
+            | RelayEnd::Drained
+            | RelayEnd::DrainTimeout => Side::Internal,
+        }
+    }
+}
+
+/// What a relay moved and how it ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RelayOutcome {
     /// Bytes copied client → backend.
     pub to_backend: u64,
     /// Bytes copied backend → client.
     pub to_client: u64,
-    /// Who closed (or failed) first.
-    pub closed_by: Side,
-    /// `eof`, `error`, `idle_timeout`, `shutdown`, `drained` or `drain_timeout`.
-    pub reason: &'static str,
+    /// How it ended, and who ended it.
+    pub end: RelayEnd,
 }
 
 /// What a relay obeys besides its two streams.
@@ -180,8 +221,8 @@ pub struct RelayControl<'a> {
     pub sent_after_connect: &'a [u8],
 }
 
-/// Who ended a relay, why, and — for a drain — where both directions stopped (up, down).
-type Ending = (Side, &'static str, Option<(Flow, Flow)>);
+/// How a relay ended and — for a drain — where both directions stopped (up, down).
+type Ending = (RelayEnd, Option<(Flow, Flow)>);
 
 /// Where a direction stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -374,7 +415,7 @@ where
 
     let ended: Result<Ending, Fault> = poll_fn(|cx| {
         if cancelled.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Ok((Side::Lb, "shutdown", None)));
+            return Poll::Ready(Ok((RelayEnd::Shutdown, None)));
         }
         if !draining && drain.as_mut().poll(cx).is_ready() {
             draining = true;
@@ -404,19 +445,19 @@ where
         }
         if let (Poll::Ready(u), Poll::Ready(d)) = (up_flow, down_flow) {
             if u == Flow::Done && d == Flow::Done {
-                return Poll::Ready(Ok((first_eof.unwrap_or(Side::Client), "eof", None)));
+                return Poll::Ready(Ok((RelayEnd::Eof(first_eof.unwrap_or(Side::Client)), None)));
             }
-            return Poll::Ready(Ok((Side::Lb, "drained", Some((u, d)))));
+            return Poll::Ready(Ok((RelayEnd::Drained, Some((u, d)))));
         }
         if draining && drain_deadline.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Ok((Side::Lb, "drain_timeout", None)));
+            return Poll::Ready(Ok((RelayEnd::DrainTimeout, None)));
         }
         if let Some(idle) = idle {
             // The timer is only re-armed when it fires, not on every packet: cheap for chatty connections.
             while sleep.as_mut().poll(cx).is_ready() {
                 let deadline = last_activity + idle;
                 if Instant::now() >= deadline {
-                    return Poll::Ready(Ok((Side::Lb, "idle_timeout", None)));
+                    return Poll::Ready(Ok((RelayEnd::IdleTimeout, None)));
                 }
                 sleep.as_mut().reset(deadline.into());
             }
@@ -425,20 +466,19 @@ where
     })
     .await;
 
-    let (closed_by, reason) = match ended {
-        Ok((side, reason, parked)) => {
+    let end = match ended {
+        Ok((end, parked)) => {
             if let Some((u, d)) = parked {
                 finish_drain(client, backend, ctl.protocol_level, u, d).await;
             }
-            (side, reason)
+            end
         }
-        Err(fault) => (fault.side, "error"),
+        Err(fault) => RelayEnd::Error(fault.side),
     };
     RelayOutcome {
         to_backend: up.bytes,
         to_client: down.bytes,
-        closed_by,
-        reason,
+        end,
     }
 }
 
@@ -538,7 +578,7 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!((out.closed_by, out.reason), (Side::Lb, "drained"));
+        assert_eq!(out.end, RelayEnd::Drained);
         let mut to_backend = Vec::new();
         backend_end.read_to_end(&mut to_backend).await.unwrap();
         assert_eq!(to_backend, [&publish[6..], &DISCONNECT_NORMAL[..]].concat());
@@ -598,7 +638,7 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!((out.to_backend, out.to_client), (100_000, 35));
-        assert_eq!((out.closed_by, out.reason), (Side::Client, "eof"));
+        assert_eq!(out.end, RelayEnd::Eof(Side::Client));
     }
 
     #[tokio::test]
@@ -623,6 +663,6 @@ mod tests {
         )
         .await
         .unwrap();
-        assert_eq!((out.closed_by, out.reason), (Side::Lb, "idle_timeout"));
+        assert_eq!(out.end, RelayEnd::IdleTimeout);
     }
 }

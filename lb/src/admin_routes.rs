@@ -40,7 +40,7 @@ impl LbRoutes {
                     "backend": backend.name(),
                     "address": backend.config.address,
                     "suspect": backend.is_suspect(now),
-                    "health": backend.live.health.label(),
+                    "health": backend.health.label(),
                 });
                 merge(&mut body, connection);
                 AdminResponse::json(200, body)
@@ -67,7 +67,7 @@ impl LbRoutes {
                     "source": b.source,
                     "weight": b.config.weight,
                     "check": b.config.health.kind.as_str(),
-                    "health": b.live.health.label(),
+                    "health": b.health.label(),
                     "healthy": b.is_healthy(),
                     "suspect": b.is_suspect(now),
                     "connections": b.active(),

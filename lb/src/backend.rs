@@ -1,10 +1,11 @@
 //! Backends and their selection: the rendezvous ring over the backends' stable names and each backend's live
-//! state — open connections (bounded load), health (flipped by [`crate::health`] after N consecutive results)
-//! and a short passive "suspect" mark (set when a connect fails or the backend resets a relay).
+//! state — open connections (bounded load) and a short passive "suspect" mark (set when a connect fails or the
+//! backend resets a relay) in [`Live`], and beside it the backend's [`Health`] (flipped by
+//! [`crate::health_check`] after N consecutive results).
 //!
-//! Health lives beside selection, not inside it: the ring only asks [`BackendState::is_usable`]. The live state
-//! ([`Live`]) is carried across reloads and discovery refreshes by the backend's stable name, so a backend whose
-//! address changes (a pod rescheduled with a new IP) keeps its health, its load and its clients' pinning.
+//! Health lives beside selection, not inside it: the ring only asks [`BackendState::is_healthy`]. Both are
+//! carried across reloads and discovery refreshes by the backend's stable name, so a backend whose address
+//! changes (a pod rescheduled with a new IP) keeps its health, its load and its clients' pinning.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,34 +24,24 @@ use crate::metrics::{BACKEND_CONNECT_FAILURES, BACKEND_CONNECTIONS, BACKEND_CONN
 /// within seconds; active health checks decide beyond that.
 pub const SUSPECT_TTL: Duration = Duration::from_secs(5);
 
-/// What outlives a snapshot: carried by backend name.
-#[derive(Debug)]
+/// Load and passive state that outlives a snapshot: carried by backend name.
+#[derive(Debug, Default)]
 pub struct Live {
     active: AtomicU64,
     suspect_until: Mutex<Option<Instant>>,
-    /// Active health, flipped by the checker.
-    pub health: Health,
 }
 
-impl Live {
-    fn new(name: &str) -> Arc<Self> {
-        Arc::new(Self {
-            active: AtomicU64::new(0),
-            suspect_until: Mutex::new(None),
-            health: Health::new(name),
-        })
-    }
-}
-
-/// One backend of a snapshot: its configuration and its (shared) live state.
+/// One backend of a snapshot: its configuration and its (shared) live state and health, side by side.
 #[derive(Debug)]
 pub struct BackendState {
     /// Its configuration.
     pub config: BackendConfig,
     /// Where it came from: `static` or the discovery source label.
     pub source: String,
-    /// Live state, shared with earlier and later snapshots.
+    /// Load and suspect mark, shared with earlier and later snapshots.
     pub live: Arc<Live>,
+    /// Active health, flipped by [`crate::health_check`]; shared likewise.
+    pub health: Arc<Health>,
 }
 
 impl BackendState {
@@ -61,7 +52,7 @@ impl BackendState {
 
     /// What the health checker last decided (up while unchecked or not yet checked).
     pub fn is_healthy(&self) -> bool {
-        self.live.health.is_up()
+        self.health.is_up()
     }
 
     /// True while a recent connect failure or reset marks the backend.
@@ -135,13 +126,18 @@ impl Backends {
         let states: Vec<Arc<BackendState>> = configs
             .into_iter()
             .map(|(config, source)| {
-                let live = previous
-                    .and_then(|p| p.get(&config.name))
-                    .map_or_else(|| Live::new(&config.name), |old| old.live.clone());
+                let (live, health) = match previous.and_then(|p| p.get(&config.name)) {
+                    Some(old) => (old.live.clone(), old.health.clone()),
+                    None => (
+                        Arc::new(Live::default()),
+                        Arc::new(Health::new(&config.name)),
+                    ),
+                };
                 Arc::new(BackendState {
                     config,
                     source,
                     live,
+                    health,
                 })
             })
             .collect();
@@ -267,7 +263,7 @@ mod tests {
     fn reload_keeps_live_state_by_name_even_when_the_address_changes() {
         let old = Backends::new(vec![cfg("a"), cfg("b")], None, None);
         let _guard = old.get("a").unwrap().track();
-        old.get("a").unwrap().live.health.force(false);
+        old.get("a").unwrap().health.force(false);
         let mut moved = cfg("a");
         moved.0.address = "127.0.0.2:1".into();
         let new = Backends::new(vec![moved, cfg("c")], Some(&old), None);

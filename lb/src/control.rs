@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admission::Gauge;
 use crate::drain::{self, Tasks};
 use crate::error::LbError;
-use crate::health::Checkers;
+use crate::health_check::Checkers;
 use crate::listener::{self, Bound, accept_loop};
 use crate::metrics::{BACKENDS, CONFIG_RELOADS, SNAPSHOT_GENERATION};
 use crate::reload;

@@ -36,6 +36,7 @@ pub mod drain;
 mod error;
 pub mod frames;
 pub mod health;
+mod health_check;
 pub mod identity;
 pub mod listener;
 pub mod metrics;

@@ -14,13 +14,13 @@ use fleetgate_ops::admin::{AdminRequest, AdminResponse, AdminRoutes, RouteFuture
 use crate::shared::Shared;
 
 /// Routes backed by the LB's shared state.
-pub struct LbRoutes {
+pub(crate) struct LbRoutes {
     shared: Arc<Shared>,
 }
 
 impl LbRoutes {
     /// Routes reading `shared`.
-    pub fn new(shared: Arc<Shared>) -> Self {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
         Self { shared }
     }
 

@@ -22,41 +22,41 @@ use crate::metrics::{BACKEND_CONNECT_FAILURES, BACKEND_CONNECTIONS, BACKEND_CONN
 /// How long a backend whose connect failed is skipped by new connections: long enough that a reconnect storm
 /// does not pay the connect timeout on every client, short enough that a restarted broker gets its clients back
 /// within seconds; active health checks decide beyond that.
-pub const SUSPECT_TTL: Duration = Duration::from_secs(5);
+pub(crate) const SUSPECT_TTL: Duration = Duration::from_secs(5);
 
 /// Load and passive state that outlives a snapshot: carried by backend name.
 #[derive(Debug, Default)]
-pub struct Live {
+pub(crate) struct Live {
     active: AtomicU64,
     suspect_until: Mutex<Option<Instant>>,
 }
 
 /// One backend of a snapshot: its configuration and its (shared) live state and health, side by side.
 #[derive(Debug)]
-pub struct BackendState {
+pub(crate) struct BackendState {
     /// Its configuration.
-    pub config: BackendConfig,
+    pub(crate) config: BackendConfig,
     /// Where it came from: `static` or the discovery source label.
-    pub source: String,
+    pub(crate) source: String,
     /// Load and suspect mark, shared with earlier and later snapshots.
-    pub live: Arc<Live>,
+    pub(crate) live: Arc<Live>,
     /// Active health, flipped by [`crate::health_check`]; shared likewise.
-    pub health: Arc<Health>,
+    pub(crate) health: Arc<Health>,
 }
 
 impl BackendState {
     /// The stable name (ring key).
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.config.name
     }
 
     /// What the health checker last decided (up while unchecked or not yet checked).
-    pub fn is_healthy(&self) -> bool {
+    pub(crate) fn is_healthy(&self) -> bool {
         self.health.is_up()
     }
 
     /// True while a recent connect failure or reset marks the backend.
-    pub fn is_suspect(&self, now: Instant) -> bool {
+    pub(crate) fn is_suspect(&self, now: Instant) -> bool {
         self.live
             .suspect_until
             .lock()
@@ -64,24 +64,24 @@ impl BackendState {
     }
 
     /// Marks a connect failure or a reset (passive detection).
-    pub fn mark_failed(&self, now: Instant) {
+    pub(crate) fn mark_failed(&self, now: Instant) {
         *self.live.suspect_until.lock() = Some(now + SUSPECT_TTL);
         metrics::counter!(BACKEND_CONNECT_FAILURES, "backend" => self.config.name.clone())
             .increment(1);
     }
 
     /// Clears the mark after a successful connect.
-    pub fn mark_ok(&self) {
+    pub(crate) fn mark_ok(&self) {
         *self.live.suspect_until.lock() = None;
     }
 
     /// Connections relayed to it now.
-    pub fn active(&self) -> u64 {
+    pub(crate) fn active(&self) -> u64 {
         self.live.active.load(Ordering::Relaxed)
     }
 
     /// Counts a relayed connection until the returned guard drops.
-    pub fn track(&self) -> ActiveGuard {
+    pub(crate) fn track(&self) -> ActiveGuard {
         self.live.active.fetch_add(1, Ordering::Relaxed);
         let name = self.config.name.clone();
         metrics::gauge!(BACKEND_CONNECTIONS, "backend" => name.clone()).increment(1.0);
@@ -92,7 +92,7 @@ impl BackendState {
 
 /// One relayed connection counted against a backend.
 #[derive(Debug)]
-pub struct ActiveGuard(Arc<Live>, String);
+pub(crate) struct ActiveGuard(Arc<Live>, String);
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
@@ -103,7 +103,7 @@ impl Drop for ActiveGuard {
 
 /// The backends and the ring over their names.
 #[derive(Debug)]
-pub struct Backends {
+pub(crate) struct Backends {
     states: Vec<Arc<BackendState>>,
     by_name: HashMap<String, usize>,
     ring: Ring,
@@ -114,7 +114,7 @@ pub struct Backends {
 
 impl Backends {
     /// Builds the set from `(config, source)` pairs; live state of backends already known by name is kept.
-    pub fn new(
+    pub(crate) fn new(
         configs: Vec<(BackendConfig, String)>,
         previous: Option<&Backends>,
         bounded_load_factor: Option<f64>,
@@ -157,23 +157,28 @@ impl Backends {
     }
 
     /// True when some backend wants the client certificate (so a handshake keeps its DER).
-    pub fn any_sends_client_cert(&self) -> bool {
+    pub(crate) fn any_sends_client_cert(&self) -> bool {
         self.any_sends_client_cert
     }
 
     /// The backend named `name`.
-    pub fn get(&self, name: &str) -> Option<&Arc<BackendState>> {
+    pub(crate) fn get(&self, name: &str) -> Option<&Arc<BackendState>> {
         self.by_name.get(name).and_then(|&i| self.states.get(i))
     }
 
     /// All backends, in config order (static ones first, then discovered ones by name).
-    pub fn all(&self) -> &[Arc<BackendState>] {
+    pub(crate) fn all(&self) -> &[Arc<BackendState>] {
         &self.states
     }
 
     /// The backend `key` goes to now, skipping unhealthy ones, ones in `tried`, and suspect ones unless every
     /// remaining one is suspect (then a suspect one is tried rather than refusing the client).
-    pub fn pick(&self, key: &[u8], tried: &[&str], now: Instant) -> Option<&Arc<BackendState>> {
+    pub(crate) fn pick(
+        &self,
+        key: &[u8],
+        tried: &[&str],
+        now: Instant,
+    ) -> Option<&Arc<BackendState>> {
         let usable = |name: &str, skip_suspect: bool| {
             self.get(name).is_some_and(|b| {
                 b.is_healthy() && !tried.contains(&name) && !(skip_suspect && b.is_suspect(now))

@@ -19,7 +19,7 @@ const DOWN: u8 = 2;
 
 /// A backend's health: the decided state and the run of consecutive results behind it.
 #[derive(Debug)]
-pub struct Health {
+pub(crate) struct Health {
     name: String,
     state: AtomicU8,
     runs: Mutex<(u32, u32)>,
@@ -27,7 +27,7 @@ pub struct Health {
 
 impl Health {
     /// Unknown (counts as up) until the first result.
-    pub fn new(name: &str) -> Self {
+    pub(crate) fn new(name: &str) -> Self {
         Self {
             name: name.to_owned(),
             state: AtomicU8::new(UNKNOWN),
@@ -36,12 +36,12 @@ impl Health {
     }
 
     /// Whether new connections may go there (up or not yet known).
-    pub fn is_up(&self) -> bool {
+    pub(crate) fn is_up(&self) -> bool {
         self.state.load(Ordering::Relaxed) != DOWN
     }
 
     /// `"unknown"`, `"up"` or `"down"`.
-    pub fn label(&self) -> &'static str {
+    pub(crate) fn label(&self) -> &'static str {
         match self.state.load(Ordering::Relaxed) {
             UP => "up",
             DOWN => "down",
@@ -49,14 +49,15 @@ impl Health {
         }
     }
 
-    /// Sets the state directly (tests, admin tooling).
-    pub fn force(&self, up: bool) {
+    /// Sets the state directly (tests).
+    #[cfg(test)]
+    pub(crate) fn force(&self, up: bool) {
         self.state
             .store(if up { UP } else { DOWN }, Ordering::Relaxed);
     }
 
     /// Records one result; returns the new state when it flipped.
-    pub fn record(&self, ok: bool, rise: u32, fall: u32) -> Option<bool> {
+    pub(crate) fn record(&self, ok: bool, rise: u32, fall: u32) -> Option<bool> {
         let mut runs = self.runs.lock().unwrap_or_else(PoisonError::into_inner);
         let (successes, failures) = &mut *runs;
         if ok {

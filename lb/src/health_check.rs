@@ -39,7 +39,7 @@ struct ProbeSpec {
 
 /// Why a probe failed (the log's `reason`).
 #[derive(Debug, thiserror::Error)]
-pub enum ProbeError {
+pub(crate) enum ProbeError {
     /// Connect, read or write failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -58,7 +58,7 @@ pub enum ProbeError {
 }
 
 /// One probe of `address` with `check`, bounded by its timeout.
-pub async fn probe(
+pub(crate) async fn probe(
     address: &str,
     proxy: ProxyVersion,
     check: &HealthConfig,
@@ -214,14 +214,14 @@ async fn run(name: String, spec: ProbeSpec, health: Arc<Health>, stop: Cancellat
 
 /// The running check tasks, one per checked backend.
 #[derive(Debug, Default)]
-pub struct Checkers {
+pub(crate) struct Checkers {
     tasks: HashMap<String, (ProbeSpec, CancellationToken)>,
 }
 
 impl Checkers {
     /// Starts, restarts or stops tasks so that every backend of `backends` with a check has exactly one task
     /// probing its current address; tasks are children of `parent`.
-    pub fn reconcile(&mut self, backends: &Backends, parent: &CancellationToken) {
+    pub(crate) fn reconcile(&mut self, backends: &Backends, parent: &CancellationToken) {
         let mut keep = HashMap::new();
         for b in backends.all() {
             if b.config.health.kind == HealthKind::None {

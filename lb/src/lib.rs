@@ -27,29 +27,31 @@
 //! - [`admin_routes`]: the LB's admin routes (`GET /clients/{client_id}`, `GET /backends`, `POST /reload`,
 //!   `POST /drain`).
 
-pub mod admin_routes;
-pub mod admission;
-pub mod backend;
-pub mod conn;
-pub mod control;
-pub mod drain;
+mod admin_routes;
+mod admission;
+mod backend;
+mod conn;
+mod control;
+mod drain;
 mod error;
-pub mod frames;
-pub mod health;
+mod frames;
+mod health;
 mod health_check;
-pub mod identity;
-pub mod listener;
-pub mod metrics;
-pub mod registry;
-pub mod relay;
-pub mod reload;
-pub mod server;
+mod identity;
+mod listener;
+mod metrics;
+mod registry;
+mod relay;
+mod reload;
+mod server;
 mod shared;
-pub mod snapshot;
-pub mod sockopt;
-pub mod tls;
+mod snapshot;
+mod sockopt;
+mod tls;
 mod upstream;
 
 pub use error::LbError;
 pub use fleetgate_config::lb::LbConfig;
+pub use identity::CertFields;
 pub use server::{Lb, LbHandle, LbOptions, run};
+pub use tls::TlsError;

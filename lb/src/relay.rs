@@ -39,21 +39,21 @@ use crate::frames::{DISCONNECT_NORMAL, DISCONNECT_V5_SERVER_SHUTTING_DOWN, Packe
 
 /// How long a draining relay waits for the packets in flight to complete before it closes anyway: a whole MQTT
 /// packet arrives within a few round trips from any live peer.
-pub const DRAIN_BOUNDARY_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const DRAIN_BOUNDARY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Deadline for writing the DISCONNECTs of a drained relay: a peer that does not take four bytes is gone.
-pub const DRAIN_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const DRAIN_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Largest buffer a direction uses while its source is readable: large enough to move a burst of publishes in a
 /// few syscalls, and only held while bytes are flowing.
-pub const RELAY_BUFFER: usize = 16 * 1024;
+pub(crate) const RELAY_BUFFER: usize = 16 * 1024;
 
 /// First buffer of a direction: a PINGREQ, a PUBACK or a small PUBLISH fits many times over; a direction whose
 /// read fills it doubles up to [`RELAY_BUFFER`] (and keeps that size).
-pub const RELAY_BUFFER_MIN: usize = 4 * 1024;
+pub(crate) const RELAY_BUFFER_MIN: usize = 4 * 1024;
 
 /// A stream that can say it is readable without being handed a buffer.
-pub trait ReadReady {
+pub(crate) trait ReadReady {
     /// Ready when a read may make progress (it can still return `Pending` after a spurious wake-up).
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
 }
@@ -66,7 +66,7 @@ impl ReadReady for TcpStream {
 
 /// The client side of a connection: plain TCP or TLS over TCP.
 #[derive(Debug)]
-pub enum ClientStream {
+pub(crate) enum ClientStream {
     /// Plain TCP.
     Plain(TcpStream),
     /// TLS terminated here (boxed: the rustls connection is large and this keeps the plain variant small).
@@ -75,7 +75,7 @@ pub enum ClientStream {
 
 impl ClientStream {
     /// The TCP socket underneath.
-    pub fn tcp(&self) -> &TcpStream {
+    pub(crate) fn tcp(&self) -> &TcpStream {
         match self {
             ClientStream::Plain(s) => s,
             ClientStream::Tls(s) => s.get_ref().0,
@@ -132,7 +132,7 @@ impl AsyncWrite for ClientStream {
 /// Which side of a connection: the one that closed it, or the one a failure is put down to (pingora's
 /// `ErrorSource`: downstream, upstream, internal).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
+pub(crate) enum Side {
     /// The MQTT client.
     Client,
     /// The broker node.
@@ -143,7 +143,7 @@ pub enum Side {
 
 impl Side {
     /// Label for logs (`closed_by`): `client`, `backend`, or `lb` for the LB itself.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Side::Client => "client",
             Side::Backend => "backend",
@@ -154,7 +154,7 @@ impl Side {
 
 /// How a relay ended: the `reason` label of `fleetgate_lb_relays_ended_total` and the side that ended it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RelayEnd {
+pub(crate) enum RelayEnd {
     /// Both directions reached EOF; the side that closed first.
     Eof(Side),
     /// A read or write failed on this side's socket.
@@ -171,7 +171,7 @@ pub enum RelayEnd {
 
 impl RelayEnd {
     /// `eof`, `error`, `idle_timeout`, `shutdown`, `drained` or `drain_timeout`.
-    pub fn reason(self) -> &'static str {
+    pub(crate) fn reason(self) -> &'static str {
         match self {
             RelayEnd::Eof(_) => "eof",
             RelayEnd::Error(_) => "error",
@@ -183,7 +183,7 @@ impl RelayEnd {
     }
 
     /// Who closed (or failed) first.
-    pub fn side(self) -> Side {
+    pub(crate) fn side(self) -> Side {
         match self {
             RelayEnd::Eof(side) | RelayEnd::Error(side) => side,
             RelayEnd::IdleTimeout
@@ -196,29 +196,29 @@ impl RelayEnd {
 
 /// What a relay moved and how it ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RelayOutcome {
+pub(crate) struct RelayOutcome {
     /// Bytes copied client → backend.
-    pub to_backend: u64,
+    pub(crate) to_backend: u64,
     /// Bytes copied backend → client.
-    pub to_client: u64,
+    pub(crate) to_client: u64,
     /// How it ended, and who ended it.
-    pub end: RelayEnd,
+    pub(crate) end: RelayEnd,
 }
 
 /// What a relay obeys besides its two streams.
 #[derive(Debug, Clone, Copy)]
-pub struct RelayControl<'a> {
+pub(crate) struct RelayControl<'a> {
     /// Idle timeout (`None` = never).
-    pub idle: Option<Duration>,
+    pub(crate) idle: Option<Duration>,
     /// Cancelled when the grace period is over: end at once.
-    pub abort: &'a CancellationToken,
+    pub(crate) abort: &'a CancellationToken,
     /// This connection's drain switch: end at packet boundaries with DISCONNECTs.
-    pub drain: &'a CancellationToken,
+    pub(crate) drain: &'a CancellationToken,
     /// The client's MQTT protocol level (5 gets the DISCONNECT 0x8B).
-    pub protocol_level: u8,
+    pub(crate) protocol_level: u8,
     /// Bytes the client pipelined behind its CONNECT, already sent to the backend (they start the
     /// client → backend packet tracking).
-    pub sent_after_connect: &'a [u8],
+    pub(crate) sent_after_connect: &'a [u8],
 }
 
 /// How a relay ended and — for a drain — where both directions stopped (up, down).
@@ -389,7 +389,7 @@ impl Direction {
 /// Relays between `client` and `backend` until both directions reach EOF, one fails, the connection is idle
 /// for `ctl.idle`, `ctl.abort` is cancelled, or `ctl.drain` is cancelled (then it ends at packet boundaries with
 /// DISCONNECTs, see the module docs). Any bytes already forwarded (the CONNECT) are not counted here.
-pub async fn relay<B>(
+pub(crate) async fn relay<B>(
     client: &mut ClientStream,
     backend: &mut B,
     ctl: RelayControl<'_>,
@@ -516,7 +516,7 @@ async fn finish_drain<B>(
 /// The idle timeout for a client keep-alive: 1.5 × keep-alive (what MQTT allows a server) plus `grace`.
 /// Keep-alive 0 (the client asked for none) gets `max_idle`: a silent client must not hold a slot forever (a dead
 /// peer is caught sooner by TCP keep-alive and `TCP_USER_TIMEOUT`, see [`crate::sockopt`]).
-pub fn idle_timeout(keep_alive: u16, grace: Duration, max_idle: Duration) -> Duration {
+pub(crate) fn idle_timeout(keep_alive: u16, grace: Duration, max_idle: Duration) -> Duration {
     match keep_alive {
         0 => max_idle,
         k => Duration::from_millis(u64::from(k) * 1500) + grace,

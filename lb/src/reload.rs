@@ -1,6 +1,7 @@
-//! Reading a config for a (re)load: the file is read once and validated by `fleetgate_config::lb` (the
-//! `[discovery]` table included, every problem with `file:line:column`), and the files the snapshot will load
-//! (certificates, keys, CAs, CRLs) are listed for the watcher.
+//! What a (re)load takes from a config besides the snapshot: the file itself is read once and validated by
+//! `LbConfig::load` (the `[discovery]` table included, every problem with `file:line:column`); here its discovery
+//! source is picked out for the controller, and the files the snapshot will load (certificates, keys, CAs, CRLs)
+//! are listed for the watcher.
 
 use std::path::PathBuf;
 

@@ -20,7 +20,7 @@ use crate::metrics::CONNECTIONS_OPEN;
 
 /// Most source addresses (IPv4 addresses and IPv6 /64s) the per-IP limiter tracks at once: about 100 bytes each
 /// with the LRU queue, so ~7 MB at the cap, and an attacker cycling source addresses cannot grow it further.
-pub(crate) const PER_IP_MAX_TRACKED: usize = 65_536;
+const PER_IP_MAX_TRACKED: usize = 65_536;
 
 /// Why admission refused a connection (the metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -214,7 +214,7 @@ impl PerIpLimiter {
     }
 
     /// Like [`PerIpLimiter::new`], tracking at most `max_tracked` sources.
-    pub(crate) fn with_max_tracked(rate: f64, burst: u32, max_tracked: usize) -> Self {
+    fn with_max_tracked(rate: f64, burst: u32, max_tracked: usize) -> Self {
         Self {
             rate,
             burst: f64::from(burst.max(1)),

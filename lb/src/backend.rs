@@ -22,7 +22,7 @@ use crate::metrics::{BACKEND_CONNECT_FAILURES, BACKEND_CONNECTIONS, BACKEND_CONN
 /// How long a backend whose connect failed is skipped by new connections: long enough that a reconnect storm
 /// does not pay the connect timeout on every client, short enough that a restarted broker gets its clients back
 /// within seconds; active health checks decide beyond that.
-pub(crate) const SUSPECT_TTL: Duration = Duration::from_secs(5);
+const SUSPECT_TTL: Duration = Duration::from_secs(5);
 
 /// Load and passive state that outlives a snapshot: carried by backend name.
 #[derive(Debug, Default)]

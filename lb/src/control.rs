@@ -33,7 +33,7 @@ use crate::shared::{Command, Shared};
 use crate::snapshot::{STATIC_SOURCE, Snapshot};
 
 /// Quiet time after a file change before reloading: an editor save or a ConfigMap swap is several events.
-pub(crate) const WATCH_DEBOUNCE: Duration = Duration::from_millis(200);
+const WATCH_DEBOUNCE: Duration = Duration::from_millis(200);
 
 /// How long start-up (or a reload that changes the discovery source) waits for the first discovered set: a DNS
 /// round normally takes milliseconds; an LB that starts with an empty set refuses every client until it has one.
@@ -250,7 +250,7 @@ impl Controller {
     }
 
     /// One reload; the new generation or the error text.
-    pub(crate) async fn reload(&mut self, trigger: &'static str) -> Result<u64, String> {
+    async fn reload(&mut self, trigger: &'static str) -> Result<u64, String> {
         let result = self.try_reload().await;
         match &result {
             Ok(generation) => {

@@ -33,7 +33,7 @@ use crate::metrics::{DRAINED_TOTAL, DRAINING};
 use crate::shared::Shared;
 
 /// After the grace period, how long to wait for aborted connections to finish their last write.
-pub(crate) const ABORT_WAIT: Duration = Duration::from_secs(1);
+const ABORT_WAIT: Duration = Duration::from_secs(1);
 
 /// How often the drain looks for relays that registered after it started (they were mid-handshake).
 const DRAIN_RESCAN: Duration = Duration::from_millis(50);

@@ -39,7 +39,7 @@ struct ProbeSpec {
 
 /// Why a probe failed (the log's `reason`).
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum ProbeError {
+enum ProbeError {
     /// Connect, read or write failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -58,7 +58,7 @@ pub(crate) enum ProbeError {
 }
 
 /// One probe of `address` with `check`, bounded by its timeout.
-pub(crate) async fn probe(
+async fn probe(
     address: &str,
     proxy: ProxyVersion,
     check: &HealthConfig,

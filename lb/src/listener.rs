@@ -16,7 +16,7 @@ use crate::shared::Shared;
 
 /// Pause after an accept error (typically EMFILE: out of file descriptors) so the loop does not spin while
 /// connections close and free descriptors.
-pub(crate) const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
 /// A listener's bound socket, not yet accepting.
 #[derive(Debug)]

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 /// Shards of the registry: a connect or disconnect locks one shard (picked by client ID), so a reconnect storm
 /// spreads over 16 locks instead of one. A power of two well above the worker count of a small LB.
-pub(crate) const REGISTRY_SHARDS: usize = 16;
+const REGISTRY_SHARDS: usize = 16;
 
 /// Live relays.
 #[derive(Debug)]

@@ -39,18 +39,18 @@ use crate::frames::{DISCONNECT_NORMAL, DISCONNECT_V5_SERVER_SHUTTING_DOWN, Packe
 
 /// How long a draining relay waits for the packets in flight to complete before it closes anyway: a whole MQTT
 /// packet arrives within a few round trips from any live peer.
-pub(crate) const DRAIN_BOUNDARY_TIMEOUT: Duration = Duration::from_secs(5);
+const DRAIN_BOUNDARY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Deadline for writing the DISCONNECTs of a drained relay: a peer that does not take four bytes is gone.
-pub(crate) const DRAIN_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+const DRAIN_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Largest buffer a direction uses while its source is readable: large enough to move a burst of publishes in a
 /// few syscalls, and only held while bytes are flowing.
-pub(crate) const RELAY_BUFFER: usize = 16 * 1024;
+const RELAY_BUFFER: usize = 16 * 1024;
 
 /// First buffer of a direction: a PINGREQ, a PUBACK or a small PUBLISH fits many times over; a direction whose
 /// read fills it doubles up to [`RELAY_BUFFER`] (and keeps that size).
-pub(crate) const RELAY_BUFFER_MIN: usize = 4 * 1024;
+const RELAY_BUFFER_MIN: usize = 4 * 1024;
 
 /// A stream that can say it is readable without being handed a buffer.
 pub(crate) trait ReadReady {

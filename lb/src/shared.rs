@@ -21,7 +21,7 @@ use crate::registry::Registry;
 use crate::snapshot::Snapshot;
 
 /// Deadline of an admin `POST /reload`: a reload reads a file and a few certificates.
-pub(crate) const ADMIN_RELOAD_TIMEOUT: Duration = Duration::from_secs(30);
+const ADMIN_RELOAD_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Commands queued to the controller; a handful is plenty (each reload reads the latest file anyway).
 pub(crate) const COMMAND_QUEUE: usize = 8;

@@ -154,7 +154,7 @@ impl Snapshot {
 
 /// The backend set: `[[backends]]` first, then each discovered endpoint with the `[discovery]` settings. A
 /// discovered name that a static backend already uses is skipped (the static entry wins).
-pub(crate) fn backend_configs(
+fn backend_configs(
     config: &LbConfig,
     endpoints: &[Endpoint],
     source: &str,

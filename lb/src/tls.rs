@@ -22,7 +22,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateRevocationListDer, SubjectPublicKeyInfoDer};
 
 /// ALPN protocol offered to clients ("mqtt", the IANA-registered ID); clients without ALPN are accepted too.
-pub(crate) const ALPN_MQTT: &[u8] = b"mqtt";
+const ALPN_MQTT: &[u8] = b"mqtt";
 
 /// Why a TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -120,14 +120,14 @@ fn client_verifier(
 /// matched case-insensitively: stored lowercased here, and rustls lowercases the client's SNI before it reaches
 /// [`ResolvesServerCert::resolve`], so a handshake looks its name up without allocating.
 #[derive(Debug)]
-pub(crate) struct SniResolver {
+struct SniResolver {
     default: Arc<CertifiedKey>,
     by_name: HashMap<String, Arc<CertifiedKey>>,
 }
 
 impl SniResolver {
     /// Loads every certificate and key of `cfg`.
-    pub(crate) fn load(cfg: &TlsConfig, provider: &CryptoProvider) -> Result<Self, TlsError> {
+    fn load(cfg: &TlsConfig, provider: &CryptoProvider) -> Result<Self, TlsError> {
         let mut default = None;
         let mut by_name = HashMap::new();
         for entry in &cfg.certificates {

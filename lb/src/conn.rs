@@ -142,7 +142,7 @@ impl Conn<'_> {
         let local = stream.local_addr().unwrap_or(self.peer);
         tracing::info!(event = "accepted", tls = self.listener.tls.is_some());
 
-        // Admission, before any byte is read: connection caps and, for direct clients, the per-IP rate.
+        // 2. Admission, before any byte is read: connection caps and, for direct clients, the per-IP rate.
         let proxied_peer = self
             .listener
             .proxy_policy
@@ -154,7 +154,7 @@ impl Conn<'_> {
         };
         sockopt::tune(&stream);
 
-        // A cloud LB in front of us tells us who the client is; its rate is then that client's.
+        // 3. A cloud LB in front of us tells us who the client is; the per-IP rate is then that client's.
         let (source, destination) = match proxied_peer {
             None => (self.peer, local),
             Some(policy) => {
@@ -168,8 +168,8 @@ impl Conn<'_> {
             }
         };
 
-        // TLS, under the handshake budget and timeout.
-        let (mut client, identity) = match self.listener.tls.as_ref() {
+        // 4. TLS, under the handshake budget and timeout.
+        let (mut client, mut identity) = match self.listener.tls.as_ref() {
             None => (ClientStream::Plain(stream), PeerIdentity::default()),
             Some(acceptor) => {
                 if let Some(budget) = &self.snapshot.handshakes
@@ -184,7 +184,7 @@ impl Conn<'_> {
             }
         };
 
-        // The first packet: a complete CONNECT within the peek timeout and size cap.
+        // 5. The first packet: a complete CONNECT within the peek timeout and size cap.
         let Some((summary, first_bytes)) = self.peek(&mut client).await else {
             return Outcome::PeekFailed;
         };
@@ -197,8 +197,7 @@ impl Conn<'_> {
         };
         tracing::Span::current().record("mqtt.client_id", summary.client_id.as_str());
 
-        // A backend, then the PROXY header and the CONNECT, in one write.
-        let mut identity = identity;
+        // 6, 7. A backend, then the PROXY header and the CONNECT, in one write.
         identity.unique_id = Some(self.conn_id.clone().into_bytes());
         identity.lb_client_id = Some(summary.client_id.clone());
         let mut spec = HeaderSpec {
@@ -241,7 +240,7 @@ impl Conn<'_> {
         );
         drop(spec);
 
-        // The relay, counted against the backend and registered for `/clients/{id}` and drains.
+        // 8. The relay, counted against the backend and registered for `/clients/{id}` and drains.
         let _active = backend.track();
         let (_registration, drain) = self
             .shared

@@ -58,11 +58,7 @@ enum ProbeError {
 }
 
 /// One probe of `address` with `check`, bounded by its timeout.
-async fn probe(
-    address: &str,
-    proxy: ProxyVersion,
-    check: &HealthConfig,
-) -> Result<(), ProbeError> {
+async fn probe(address: &str, proxy: ProxyVersion, check: &HealthConfig) -> Result<(), ProbeError> {
     let attempt = async {
         match check.kind {
             HealthKind::None => Ok(()),

@@ -30,9 +30,10 @@ use tracing::{Instrument, field};
 
 use crate::admission::{self, Gauge, Permit, Refused};
 use crate::backend::BackendState;
-use crate::relay::{self, ClientStream, RelayControl, RelayEnd, RelayOutcome, Side};
+use crate::relay::{self, RelayControl, RelayEnd, RelayOutcome, Side};
 use crate::shared::Shared;
 use crate::snapshot::{ListenerRuntime, Snapshot};
+use crate::stream::ClientStream;
 use crate::{identity, sockopt, tls, upstream};
 
 /// Bytes requested per read while peeking the CONNECT: a typical CONNECT (client ID, user name, token) fits in

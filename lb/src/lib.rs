@@ -35,6 +35,7 @@
 //! - `reload`: what a (re)load reads from a config besides the snapshot (discovery source, files to watch).
 //! - `tls`: rustls server configs from the listener config (SNI certificates, client-cert verification, CRLs).
 //! - `identity`: the client's TLS identity (version, cipher, CN, SANs) for the PROXY v2 TLVs ([`CertFields`]).
+//! - `stream`: the client's stream (plain or TLS) and readiness without a buffer, what the relay waits on.
 //! - `sockopt`: TCP options for long-lived mobile connections.
 //! - `metrics`: metric names and the few helpers that record them.
 
@@ -58,6 +59,7 @@ mod server;
 mod shared;
 mod snapshot;
 mod sockopt;
+mod stream;
 mod tls;
 mod upstream;
 

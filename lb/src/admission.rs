@@ -16,15 +16,15 @@ use std::time::Instant;
 
 use parking_lot::Mutex;
 
-use crate::stats;
+use crate::metrics::CONNECTIONS_OPEN;
 
 /// Most source addresses (IPv4 addresses and IPv6 /64s) the per-IP limiter tracks at once: about 100 bytes each
 /// with the LRU queue, so ~7 MB at the cap, and an attacker cycling source addresses cannot grow it further.
-pub const PER_IP_MAX_TRACKED: usize = 65_536;
+const PER_IP_MAX_TRACKED: usize = 65_536;
 
 /// Why admission refused a connection (the metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refused {
+pub(crate) enum Refused {
     /// The listener's `max_connections` is reached.
     ListenerFull,
     /// The total `max_connections` is reached.
@@ -37,7 +37,7 @@ pub enum Refused {
 
 impl Refused {
     /// Label for metrics and logs.
-    pub fn reason(self) -> &'static str {
+    pub(crate) fn reason(self) -> &'static str {
         match self {
             Refused::ListenerFull => "listener_full",
             Refused::TotalFull => "total_full",
@@ -50,7 +50,7 @@ impl Refused {
 /// An open-connection counter. It is live state that outlives reloads (carried by listener name); its cap
 /// comes from the snapshot at each acquire, so a reload that changes `max_connections` applies at once.
 #[derive(Debug)]
-pub struct Gauge {
+pub(crate) struct Gauge {
     open: AtomicUsize,
     /// `listener` label of `fleetgate_lb_connections_open`; `None` for gauges that are not a listener's.
     label: Option<String>,
@@ -58,7 +58,7 @@ pub struct Gauge {
 
 impl Gauge {
     /// A counter, recorded as `fleetgate_lb_connections_open{listener}` when `listener` is given.
-    pub fn new(listener: Option<&str>) -> Arc<Self> {
+    pub(crate) fn new(listener: Option<&str>) -> Arc<Self> {
         Arc::new(Self {
             open: AtomicUsize::new(0),
             label: listener.map(str::to_owned),
@@ -66,11 +66,12 @@ impl Gauge {
     }
 
     /// Connections open now.
-    pub fn open(&self) -> usize {
+    pub(crate) fn open(&self) -> usize {
         self.open.load(Ordering::Relaxed)
     }
 
-    fn try_acquire(self: &Arc<Self>, max: Option<usize>) -> Option<Slot> {
+    /// Takes one slot if fewer than `max` are open (`None`: no cap); released when the slot drops.
+    pub(crate) fn try_acquire(self: &Arc<Self>, max: Option<usize>) -> Option<Slot> {
         let max = max.unwrap_or(usize::MAX);
         self.open
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -79,8 +80,7 @@ impl Gauge {
             .ok()
             .map(|_| {
                 if let Some(l) = &self.label {
-                    metrics::gauge!(stats::CONNECTIONS_OPEN, "listener" => l.clone())
-                        .increment(1.0);
+                    metrics::gauge!(CONNECTIONS_OPEN, "listener" => l.clone()).increment(1.0);
                 }
                 Slot(self.clone())
             })
@@ -89,26 +89,26 @@ impl Gauge {
 
 /// One open connection counted in a [`Gauge`]; released on drop.
 #[derive(Debug)]
-pub struct Slot(Arc<Gauge>);
+pub(crate) struct Slot(Arc<Gauge>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
         self.0.open.fetch_sub(1, Ordering::AcqRel);
         if let Some(l) = &self.0.label {
-            metrics::gauge!(stats::CONNECTIONS_OPEN, "listener" => l.clone()).decrement(1.0);
+            metrics::gauge!(CONNECTIONS_OPEN, "listener" => l.clone()).decrement(1.0);
         }
     }
 }
 
 /// The slots a connection holds (its listener's and the total); released together on drop.
 #[derive(Debug)]
-pub struct Permit {
+pub(crate) struct Permit {
     _listener: Slot,
     _total: Slot,
 }
 
 /// Takes a slot in both the listener's and the total gauge (each under its cap), or says which is full.
-pub fn acquire(
+pub(crate) fn acquire(
     (listener, listener_max): (&Arc<Gauge>, Option<usize>),
     (total, total_max): (&Arc<Gauge>, Option<usize>),
 ) -> Result<Permit, Refused> {
@@ -200,7 +200,7 @@ impl Buckets {
 
 /// Token buckets per source address (IPv6 per /64), at most `max_tracked` of them.
 #[derive(Debug)]
-pub struct PerIpLimiter {
+pub(crate) struct PerIpLimiter {
     rate: f64,
     burst: f64,
     max_tracked: usize,
@@ -209,12 +209,12 @@ pub struct PerIpLimiter {
 
 impl PerIpLimiter {
     /// `rate` new connections per second per source, bursts up to `burst`.
-    pub fn new(rate: f64, burst: u32) -> Self {
+    pub(crate) fn new(rate: f64, burst: u32) -> Self {
         Self::with_max_tracked(rate, burst, PER_IP_MAX_TRACKED)
     }
 
     /// Like [`PerIpLimiter::new`], tracking at most `max_tracked` sources.
-    pub fn with_max_tracked(rate: f64, burst: u32, max_tracked: usize) -> Self {
+    fn with_max_tracked(rate: f64, burst: u32, max_tracked: usize) -> Self {
         Self {
             rate,
             burst: f64::from(burst.max(1)),
@@ -224,7 +224,7 @@ impl PerIpLimiter {
     }
 
     /// Takes one token for `ip`'s source key; false when its bucket is empty.
-    pub fn allow(&self, ip: IpAddr, now: Instant) -> bool {
+    pub(crate) fn allow(&self, ip: IpAddr, now: Instant) -> bool {
         let key = source_key(ip);
         let mut b = self.buckets.lock();
         b.next_stamp += 1;
@@ -247,21 +247,22 @@ impl PerIpLimiter {
     }
 
     /// Sources tracked now.
-    pub fn tracked(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn tracked(&self) -> usize {
         self.buckets.lock().map.len()
     }
 }
 
 /// A global budget of TLS handshakes per second.
 #[derive(Debug)]
-pub struct HandshakeBudget {
+pub(crate) struct HandshakeBudget {
     rate: f64,
     bucket: Mutex<Bucket>,
 }
 
 impl HandshakeBudget {
     /// `per_second` handshakes per second, bursting to one second's worth.
-    pub fn new(per_second: u32) -> Self {
+    pub(crate) fn new(per_second: u32) -> Self {
         let rate = f64::from(per_second.max(1));
         Self {
             rate,
@@ -273,7 +274,7 @@ impl HandshakeBudget {
     }
 
     /// Takes one handshake from the budget.
-    pub fn allow(&self, now: Instant) -> bool {
+    pub(crate) fn allow(&self, now: Instant) -> bool {
         self.bucket.lock().take(now, self.rate, self.rate)
     }
 }

@@ -1,13 +1,13 @@
 //! Backends and their selection: the rendezvous ring over the backends' stable names and each backend's live
-//! state — open connections (bounded load), health (flipped by [`crate::health`] after N consecutive results)
-//! and a short passive "suspect" mark (set when a connect fails or the backend resets a relay).
+//! state — open connections (bounded load) and a short passive "suspect" mark (set when a connect fails or the
+//! backend resets a relay) in [`Live`], and beside it the backend's [`Health`] (flipped by
+//! [`crate::health_check`] after N consecutive results).
 //!
-//! Health lives beside selection, not inside it: the ring only asks [`BackendState::is_usable`]. The live state
-//! ([`Live`]) is carried across reloads and discovery refreshes by the backend's stable name, so a backend whose
-//! address changes (a pod rescheduled with a new IP) keeps its health, its load and its clients' pinning.
+//! Health lives beside selection, not inside it: the ring only asks [`BackendState::is_healthy`]. Both are
+//! carried across reloads and discovery refreshes by the backend's stable name, so a backend whose address
+//! changes (a pod rescheduled with a new IP) keeps its health, its load and its clients' pinning.
 
 use std::collections::HashMap;
-use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -15,59 +15,48 @@ use std::time::{Duration, Instant};
 use fleetgate_config::lb::BackendConfig;
 use fleetgate_protocol::ring::{Ring, RingNode};
 use parking_lot::Mutex;
-use tokio::net::TcpStream;
 
 use crate::health::Health;
-use crate::stats;
+use crate::metrics::{BACKEND_CONNECT_FAILURES, BACKEND_CONNECTIONS, BACKEND_CONNECTIONS_TOTAL};
 
 /// How long a backend whose connect failed is skipped by new connections: long enough that a reconnect storm
 /// does not pay the connect timeout on every client, short enough that a restarted broker gets its clients back
 /// within seconds; active health checks decide beyond that.
-pub const SUSPECT_TTL: Duration = Duration::from_secs(5);
+const SUSPECT_TTL: Duration = Duration::from_secs(5);
 
-/// What outlives a snapshot: carried by backend name.
-#[derive(Debug)]
-pub struct Live {
+/// Load and passive state that outlives a snapshot: carried by backend name.
+#[derive(Debug, Default)]
+pub(crate) struct Live {
     active: AtomicU64,
     suspect_until: Mutex<Option<Instant>>,
-    /// Active health, flipped by the checker.
-    pub health: Health,
 }
 
-impl Live {
-    fn new(name: &str) -> Arc<Self> {
-        Arc::new(Self {
-            active: AtomicU64::new(0),
-            suspect_until: Mutex::new(None),
-            health: Health::new(name),
-        })
-    }
-}
-
-/// One backend of a snapshot: its configuration and its (shared) live state.
+/// One backend of a snapshot: its configuration and its (shared) live state and health, side by side.
 #[derive(Debug)]
-pub struct BackendState {
+pub(crate) struct BackendState {
     /// Its configuration.
-    pub config: BackendConfig,
+    pub(crate) config: BackendConfig,
     /// Where it came from: `static` or the discovery source label.
-    pub source: String,
-    /// Live state, shared with earlier and later snapshots.
-    pub live: Arc<Live>,
+    pub(crate) source: String,
+    /// Load and suspect mark, shared with earlier and later snapshots.
+    pub(crate) live: Arc<Live>,
+    /// Active health, flipped by [`crate::health_check`]; shared likewise.
+    pub(crate) health: Arc<Health>,
 }
 
 impl BackendState {
     /// The stable name (ring key).
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.config.name
     }
 
     /// What the health checker last decided (up while unchecked or not yet checked).
-    pub fn is_healthy(&self) -> bool {
-        self.live.health.is_up()
+    pub(crate) fn is_healthy(&self) -> bool {
+        self.health.is_up()
     }
 
     /// True while a recent connect failure or reset marks the backend.
-    pub fn is_suspect(&self, now: Instant) -> bool {
+    pub(crate) fn is_suspect(&self, now: Instant) -> bool {
         self.live
             .suspect_until
             .lock()
@@ -75,46 +64,46 @@ impl BackendState {
     }
 
     /// Marks a connect failure or a reset (passive detection).
-    pub fn mark_failed(&self, now: Instant) {
+    pub(crate) fn mark_failed(&self, now: Instant) {
         *self.live.suspect_until.lock() = Some(now + SUSPECT_TTL);
-        metrics::counter!(stats::BACKEND_CONNECT_FAILURES, "backend" => self.config.name.clone())
+        metrics::counter!(BACKEND_CONNECT_FAILURES, "backend" => self.config.name.clone())
             .increment(1);
     }
 
     /// Clears the mark after a successful connect.
-    pub fn mark_ok(&self) {
+    pub(crate) fn mark_ok(&self) {
         *self.live.suspect_until.lock() = None;
     }
 
     /// Connections relayed to it now.
-    pub fn active(&self) -> u64 {
+    pub(crate) fn active(&self) -> u64 {
         self.live.active.load(Ordering::Relaxed)
     }
 
     /// Counts a relayed connection until the returned guard drops.
-    pub fn track(&self) -> ActiveGuard {
+    pub(crate) fn track(&self) -> ActiveGuard {
         self.live.active.fetch_add(1, Ordering::Relaxed);
         let name = self.config.name.clone();
-        metrics::gauge!(stats::BACKEND_CONNECTIONS, "backend" => name.clone()).increment(1.0);
-        metrics::counter!(stats::BACKEND_CONNECTIONS_TOTAL, "backend" => name.clone()).increment(1);
+        metrics::gauge!(BACKEND_CONNECTIONS, "backend" => name.clone()).increment(1.0);
+        metrics::counter!(BACKEND_CONNECTIONS_TOTAL, "backend" => name.clone()).increment(1);
         ActiveGuard(self.live.clone(), name)
     }
 }
 
 /// One relayed connection counted against a backend.
 #[derive(Debug)]
-pub struct ActiveGuard(Arc<Live>, String);
+pub(crate) struct ActiveGuard(Arc<Live>, String);
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
         self.0.active.fetch_sub(1, Ordering::Relaxed);
-        metrics::gauge!(stats::BACKEND_CONNECTIONS, "backend" => self.1.clone()).decrement(1.0);
+        metrics::gauge!(BACKEND_CONNECTIONS, "backend" => self.1.clone()).decrement(1.0);
     }
 }
 
 /// The backends and the ring over their names.
 #[derive(Debug)]
-pub struct Backends {
+pub(crate) struct Backends {
     states: Vec<Arc<BackendState>>,
     by_name: HashMap<String, usize>,
     ring: Ring,
@@ -125,7 +114,7 @@ pub struct Backends {
 
 impl Backends {
     /// Builds the set from `(config, source)` pairs; live state of backends already known by name is kept.
-    pub fn new(
+    pub(crate) fn new(
         configs: Vec<(BackendConfig, String)>,
         previous: Option<&Backends>,
         bounded_load_factor: Option<f64>,
@@ -137,13 +126,18 @@ impl Backends {
         let states: Vec<Arc<BackendState>> = configs
             .into_iter()
             .map(|(config, source)| {
-                let live = previous
-                    .and_then(|p| p.get(&config.name))
-                    .map_or_else(|| Live::new(&config.name), |old| old.live.clone());
+                let (live, health) = match previous.and_then(|p| p.get(&config.name)) {
+                    Some(old) => (old.live.clone(), old.health.clone()),
+                    None => (
+                        Arc::new(Live::default()),
+                        Arc::new(Health::new(&config.name)),
+                    ),
+                };
                 Arc::new(BackendState {
                     config,
                     source,
                     live,
+                    health,
                 })
             })
             .collect();
@@ -163,23 +157,28 @@ impl Backends {
     }
 
     /// True when some backend wants the client certificate (so a handshake keeps its DER).
-    pub fn any_sends_client_cert(&self) -> bool {
+    pub(crate) fn any_sends_client_cert(&self) -> bool {
         self.any_sends_client_cert
     }
 
     /// The backend named `name`.
-    pub fn get(&self, name: &str) -> Option<&Arc<BackendState>> {
+    pub(crate) fn get(&self, name: &str) -> Option<&Arc<BackendState>> {
         self.by_name.get(name).and_then(|&i| self.states.get(i))
     }
 
     /// All backends, in config order (static ones first, then discovered ones by name).
-    pub fn all(&self) -> &[Arc<BackendState>] {
+    pub(crate) fn all(&self) -> &[Arc<BackendState>] {
         &self.states
     }
 
     /// The backend `key` goes to now, skipping unhealthy ones, ones in `tried`, and suspect ones unless every
     /// remaining one is suspect (then a suspect one is tried rather than refusing the client).
-    pub fn pick(&self, key: &[u8], tried: &[&str], now: Instant) -> Option<&Arc<BackendState>> {
+    pub(crate) fn pick(
+        &self,
+        key: &[u8],
+        tried: &[&str],
+        now: Instant,
+    ) -> Option<&Arc<BackendState>> {
         let usable = |name: &str, skip_suspect: bool| {
             self.get(name).is_some_and(|b| {
                 b.is_healthy() && !tried.contains(&name) && !(skip_suspect && b.is_suspect(now))
@@ -206,35 +205,6 @@ impl Backends {
         }?;
         self.get(name)
     }
-}
-
-/// Connects to `backend` within `timeout` (name resolution included); the first resolved address is used.
-pub async fn connect(backend: &BackendState, timeout: Duration) -> io::Result<TcpStream> {
-    connect_addr(&backend.config.address, timeout).await
-}
-
-/// Connects to `address` (`host:port`) within `timeout`, name resolution included.
-pub async fn connect_addr(address: &str, timeout: Duration) -> io::Result<TcpStream> {
-    let attempt = async {
-        let addr = tokio::net::lookup_host(address)
-            .await?
-            .next()
-            .ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::NotFound,
-                    "backend address resolved to nothing",
-                )
-            })?;
-        TcpStream::connect(addr).await
-    };
-    tokio::time::timeout(timeout, attempt)
-        .await
-        .unwrap_or_else(|_| {
-            Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "backend connect timed out",
-            ))
-        })
 }
 
 #[cfg(test)]
@@ -298,7 +268,7 @@ mod tests {
     fn reload_keeps_live_state_by_name_even_when_the_address_changes() {
         let old = Backends::new(vec![cfg("a"), cfg("b")], None, None);
         let _guard = old.get("a").unwrap().track();
-        old.get("a").unwrap().live.health.force(false);
+        old.get("a").unwrap().health.force(false);
         let mut moved = cfg("a");
         moved.0.address = "127.0.0.2:1".into();
         let new = Backends::new(vec![moved, cfg("c")], Some(&old), None);

@@ -1,7 +1,19 @@
-//! One client connection, end to end: accept → admission → [incoming PROXY] → TLS → peek CONNECT → select
-//! backend → PROXY header → relay. Each stage is a call into its own module under its own time and size limit;
-//! this file is the order and the bookkeeping (one span per connection, the `accepted` / `routed` / `closed`
-//! events, the outcome metric, the registration that `/clients/{id}` and draining use).
+//! One client connection, end to end — the file to read first. The stages, each a call into its own module under
+//! its own time and size limit:
+//!
+//! 1. accept ([`crate::listener`] spawns [`handle`] at once per socket);
+//! 2. admission: connection caps, and the per-IP rate for direct clients ([`crate::admission`]);
+//! 3. incoming PROXY header, from a trusted proxy in front (`fleetgate_protocol::proxy::read_header`);
+//! 4. TLS, under the handshake budget and timeout ([`crate::tls`], identity by [`crate::identity`]);
+//! 5. peek CONNECT: a whole CONNECT within the peek timeout and size cap (`fleetgate_protocol::peek`);
+//! 6. select a backend by client ID and connect, failing over to the next-ranked one ([`crate::backend`]);
+//! 7. PROXY header and the CONNECT to the backend, in one write;
+//! 8. relay both ways until either side ends it, the idle timeout, a drain or an abort ([`crate::relay`]).
+//!
+//! This file is the order and the bookkeeping: one span per connection, the `accepted` / `routed` / `closed`
+//! events, the registration that `/clients/{id}` and draining use, and one typed [`Outcome`] per connection
+//! (the `outcome` label of `fleetgate_lb_connections_total`, and the side it is put down to). A client turned
+//! away is answered in one place ([`Conn::answer_refusal`]).
 //!
 //! The connection loads the snapshot once, at accept, and keeps that `Arc` to its end: a reload swaps what new
 //! connections see and never touches an established one, even when its backend or listener left the config.
@@ -10,30 +22,77 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fleetgate_config::lb::ProxyVersion;
 use fleetgate_protocol::peek::{self, ConnectSummary, PeekError, Refusal};
-use fleetgate_protocol::proxy::{self, HeaderSpec, PeerIdentity};
+use fleetgate_protocol::proxy::{self, HeaderSpec, PeerIdentity, ProxyPolicy};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::{Instrument, field};
 
 use crate::admission::{self, Gauge, Permit, Refused};
-use crate::backend::{self, BackendState};
-use crate::relay::{self, ClientStream, RelayControl, Side};
-use crate::server::Shared;
+use crate::backend::BackendState;
+use crate::relay::{self, RelayControl, RelayEnd, RelayOutcome, Side};
+use crate::shared::Shared;
 use crate::snapshot::{ListenerRuntime, Snapshot};
-use crate::{identity, sockopt, stats, tls};
+use crate::stream::ClientStream;
+use crate::{identity, sockopt, tls, upstream};
 
 /// Bytes requested per read while peeking the CONNECT: a typical CONNECT (client ID, user name, token) fits in
 /// one read; the buffer grows up to `max_connect_size` only for clients that send more.
 const PEEK_READ_CHUNK: usize = 1024;
 
+/// Clients answered "server busy" at the same time on plain listeners (each holds a socket until its CONNECT
+/// arrives or the peek timeout passes); beyond this, refused clients are simply closed.
+pub(crate) const MAX_CONCURRENT_REFUSALS: usize = 1024;
+
 /// Deadline for closing a client we turned away: a TLS close_notify (or a FIN behind unread data) waits on a client
 /// that does not read, and such a client must not hold the task and its slot.
-pub const CLIENT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
+const CLIENT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How one connection ended: the `outcome` label of `fleetgate_lb_connections_total`, and the side it is put
+/// down to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Relayed to a backend until the relay ended.
+    Routed(RelayEnd),
+    /// Turned away by admission control (answered "server busy" on a plain listener when a slot is free).
+    Refused(Refused),
+    /// The trusted proxy in front sent no valid PROXY header.
+    ProxyFailed,
+    /// The TLS handshake failed or timed out.
+    TlsFailed,
+    /// No whole, valid CONNECT within the peek timeout and size cap.
+    PeekFailed,
+    /// No backend could be reached; the client was answered "server unavailable".
+    BackendUnavailable,
+}
+
+impl Outcome {
+    /// `routed`, `refused`, `proxy_failed`, `tls_failed`, `peek_failed` or `backend_unavailable`.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Outcome::Routed(_) => "routed",
+            Outcome::Refused(_) => "refused",
+            Outcome::ProxyFailed => "proxy_failed",
+            Outcome::TlsFailed => "tls_failed",
+            Outcome::PeekFailed => "peek_failed",
+            Outcome::BackendUnavailable => "backend_unavailable",
+        }
+    }
+
+    /// The side that ended a relay; for a connection that never reached one, the side at fault (the LB's own
+    /// limits count as internal).
+    pub(crate) fn side(self) -> Side {
+        match self {
+            Outcome::Routed(end) => end.side(),
+            Outcome::Refused(_) => Side::Internal,
+            Outcome::ProxyFailed | Outcome::TlsFailed | Outcome::PeekFailed => Side::Client,
+            Outcome::BackendUnavailable => Side::Backend,
+        }
+    }
+}
 
 /// Handles one accepted socket until it closes. Never fails: every outcome is logged and counted.
-pub async fn handle(
+pub(crate) async fn handle(
     shared: Arc<Shared>,
     listener_name: Arc<str>,
     gauge: Arc<Gauge>,
@@ -64,7 +123,7 @@ pub async fn handle(
         peer,
     };
     let outcome = conn.run(stream).instrument(span).await;
-    stats::connection_outcome(&listener.name, outcome);
+    crate::metrics::connection_outcome(&listener.name, outcome.label());
 }
 
 /// What one connection carries through the stages.
@@ -78,14 +137,13 @@ struct Conn<'a> {
 }
 
 impl Conn<'_> {
-    /// Runs the pipeline; returns the outcome label.
-    async fn run(&self, mut stream: TcpStream) -> &'static str {
+    /// Runs the stages in order; returns how the connection ended.
+    async fn run(&self, mut stream: TcpStream) -> Outcome {
         let started = Instant::now();
-        let limits = &self.snapshot.config.limits;
         let local = stream.local_addr().unwrap_or(self.peer);
         tracing::info!(event = "accepted", tls = self.listener.tls.is_some());
 
-        // Admission, before any byte is read: connection caps and, for direct clients, the per-IP rate.
+        // 2. Admission, before any byte is read: connection caps and, for direct clients, the per-IP rate.
         let proxied_peer = self
             .listener
             .proxy_policy
@@ -97,28 +155,22 @@ impl Conn<'_> {
         };
         sockopt::tune(&stream);
 
-        // A cloud LB in front of us tells us who the client is.
-        let (mut source, mut destination) = (self.peer, local);
-        if let Some(policy) = proxied_peer {
-            match proxy::read_header(&mut stream, self.peer, policy).await {
-                Ok(header) => {
-                    source = header.source.unwrap_or(self.peer);
-                    destination = header.destination.unwrap_or(local);
-                    tracing::Span::current().record("client.addr", field::display(source));
+        // 3. A cloud LB in front of us tells us who the client is; the per-IP rate is then that client's.
+        let (source, destination) = match proxied_peer {
+            None => (self.peer, local),
+            Some(policy) => {
+                let Some(addrs) = self.read_proxy_header(&mut stream, policy, local).await else {
+                    return Outcome::ProxyFailed;
+                };
+                if let Err(refused) = self.admit_ip(addrs.0) {
+                    return self.refuse(stream, refused).await;
                 }
-                Err(e) => {
-                    stats::admission_refused("proxy_header");
-                    tracing::info!(event = "refused", reason = "proxy_header", error = %e);
-                    return "proxy_failed";
-                }
+                addrs
             }
-            if let Err(refused) = self.admit_ip(source) {
-                return self.refuse(stream, refused).await;
-            }
-        }
+        };
 
-        // TLS, under the handshake budget and timeout.
-        let (mut client, identity) = match self.listener.tls.as_ref() {
+        // 4. TLS, under the handshake budget and timeout.
+        let (mut client, mut identity) = match self.listener.tls.as_ref() {
             None => (ClientStream::Plain(stream), PeerIdentity::default()),
             Some(acceptor) => {
                 if let Some(budget) = &self.snapshot.handshakes
@@ -128,14 +180,14 @@ impl Conn<'_> {
                 }
                 match self.handshake(acceptor, stream).await {
                     Some(done) => done,
-                    None => return "tls_failed",
+                    None => return Outcome::TlsFailed,
                 }
             }
         };
 
-        // The first packet: a complete CONNECT within the peek timeout and size cap.
+        // 5. The first packet: a complete CONNECT within the peek timeout and size cap.
         let Some((summary, first_bytes)) = self.peek(&mut client).await else {
-            return "peek_failed";
+            return Outcome::PeekFailed;
         };
         let ip_key;
         let key = if summary.client_id.is_empty() {
@@ -146,8 +198,7 @@ impl Conn<'_> {
         };
         tracing::Span::current().record("mqtt.client_id", summary.client_id.as_str());
 
-        // A backend, then the PROXY header and the CONNECT, in one write.
-        let mut identity = identity;
+        // 6, 7. A backend, then the PROXY header and the CONNECT, in one write.
         identity.unique_id = Some(self.conn_id.clone().into_bytes());
         identity.lb_client_id = Some(summary.client_id.clone());
         let mut spec = HeaderSpec {
@@ -156,15 +207,19 @@ impl Conn<'_> {
             identity,
             crc32c: false,
         };
+        let backends = &self.snapshot.backends;
+        let timeout = self.snapshot.config.limits.backend_connect_timeout;
         let Some((backend, mut upstream)) =
-            self.connect_backend(key, &mut spec, &first_bytes).await
+            upstream::connect(backends, key, &mut spec, &first_bytes, timeout).await
         else {
-            let refusal = peek::connack_refusal(summary.protocol_level, Refusal::ServerUnavailable);
-            let _ =
-                tokio::time::timeout(limits.connect_peek_timeout, client.write_all(&refusal)).await;
-            let _ = tokio::time::timeout(CLIENT_SHUTDOWN_TIMEOUT, client.shutdown()).await;
+            self.answer_refusal(
+                &mut client,
+                summary.protocol_level,
+                Refusal::ServerUnavailable,
+            )
+            .await;
             tracing::warn!(event = "refused", reason = "no_backend", mqtt.client_id = %summary.client_id);
-            return "backend_unavailable";
+            return Outcome::BackendUnavailable;
         };
         // Only what the client pipelined behind its CONNECT is kept (usually nothing: no allocation), to start the
         // packet tracking of the relay; the peek buffer itself is freed before the long idle life of the relay.
@@ -186,11 +241,13 @@ impl Conn<'_> {
         );
         drop(spec);
 
+        // 8. The relay, counted against the backend and registered for `/clients/{id}` and drains.
         let _active = backend.track();
         let (_registration, drain) = self
             .shared
             .registry
             .register(&summary.client_id, backend.name());
+        let limits = &self.snapshot.config.limits;
         let ctl = RelayControl {
             idle: Some(relay::idle_timeout(
                 summary.keep_alive,
@@ -203,27 +260,9 @@ impl Conn<'_> {
             sent_after_connect: &pipelined,
         };
         let out = relay::relay(&mut client, &mut upstream, ctl).await;
-        if (out.closed_by, out.reason) == (Side::Backend, "error") {
-            // Passive detection: a backend that resets relays is skipped by new connections for a while.
-            backend.mark_failed(Instant::now());
-        }
-        metrics::counter!(stats::RELAYS_ENDED, "reason" => out.reason).increment(1);
-        let name = backend.name().to_owned();
-        let connect_len = summary.packet_len as u64;
-        metrics::counter!(stats::BACKEND_BYTES, "backend" => name.clone(), "direction" => "to_backend")
-            .increment(out.to_backend + connect_len);
-        metrics::counter!(stats::BACKEND_BYTES, "backend" => name, "direction" => "to_client")
-            .increment(out.to_client);
-        tracing::info!(
-            event = "closed",
-            duration_ms = started.elapsed().as_millis() as u64,
-            bytes_to_backend = out.to_backend + connect_len,
-            bytes_to_client = out.to_client,
-            closed_by = out.closed_by.as_str(),
-            reason = out.reason,
-        );
+        let outcome = relay_ended(&backend, summary.packet_len as u64, started, out);
         drop(permit);
-        "routed"
+        outcome
     }
 
     /// Connection caps, then the per-IP bucket for `direct` (a client not behind a trusted proxy).
@@ -248,32 +287,69 @@ impl Conn<'_> {
         }
     }
 
+    /// Reads the PROXY header of a trusted proxy in front: the client's source and destination addresses
+    /// (`local` and the peer when the header has none). `None` when it is missing or invalid (counted and logged
+    /// as the refusal `proxy_header`).
+    async fn read_proxy_header(
+        &self,
+        stream: &mut TcpStream,
+        policy: &ProxyPolicy,
+        local: SocketAddr,
+    ) -> Option<(SocketAddr, SocketAddr)> {
+        match proxy::read_header(stream, self.peer, policy).await {
+            Ok(header) => {
+                let source = header.source.unwrap_or(self.peer);
+                tracing::Span::current().record("client.addr", field::display(source));
+                Some((source, header.destination.unwrap_or(local)))
+            }
+            Err(e) => {
+                crate::metrics::admission_refused("proxy_header");
+                tracing::info!(event = "refused", reason = "proxy_header", error = %e);
+                None
+            }
+        }
+    }
+
     /// Turns a client away: on a TLS listener by closing at once (cheaper than a handshake we would only use to
     /// say "busy"); on a plain one by reading its CONNECT and answering "server busy", so a well-behaved device
-    /// backs off instead of retrying at once. Those answers are themselves capped ([`Shared::refusing`]).
-    async fn refuse(&self, stream: TcpStream, refused: Refused) -> &'static str {
-        stats::admission_refused(refused.reason());
+    /// backs off instead of retrying at once. Those answers are themselves capped ([`MAX_CONCURRENT_REFUSALS`]).
+    async fn refuse(&self, stream: TcpStream, refused: Refused) -> Outcome {
+        crate::metrics::admission_refused(refused.reason());
         tracing::info!(event = "refused", reason = refused.reason());
         if self.listener.tls.is_some() {
-            return "refused";
+            return Outcome::Refused(refused);
         }
-        let cap = Some(crate::server::MAX_CONCURRENT_REFUSALS);
-        let Ok(_slot) =
-            admission::acquire((&self.shared.refusing, cap), (&self.shared.refusing, cap))
+        // One slot per answer (taking it twice from the same gauge halved the cap).
+        let Some(_slot) = self
+            .shared
+            .refusing
+            .try_acquire(Some(MAX_CONCURRENT_REFUSALS))
         else {
-            return "refused";
+            return Outcome::Refused(refused);
         };
         let mut client = ClientStream::Plain(stream);
         if let Some((summary, _)) = self.peek(&mut client).await {
-            let refusal = peek::connack_refusal(summary.protocol_level, Refusal::ServerBusy);
-            let _ = tokio::time::timeout(
-                self.snapshot.config.limits.connect_peek_timeout,
-                client.write_all(&refusal),
-            )
-            .await;
-            let _ = tokio::time::timeout(CLIENT_SHUTDOWN_TIMEOUT, client.shutdown()).await;
+            self.answer_refusal(&mut client, summary.protocol_level, Refusal::ServerBusy)
+                .await;
         }
-        "refused"
+        Outcome::Refused(refused)
+    }
+
+    /// The one way a client whose CONNECT was read is turned away: a refusing CONNACK in its protocol version,
+    /// then the close, each under its deadline (a client that does not read must not hold the task).
+    async fn answer_refusal(
+        &self,
+        client: &mut ClientStream,
+        protocol_level: u8,
+        refusal: Refusal,
+    ) {
+        let connack = peek::connack_refusal(protocol_level, refusal);
+        let _ = tokio::time::timeout(
+            self.snapshot.config.limits.connect_peek_timeout,
+            client.write_all(&connack),
+        )
+        .await;
+        let _ = tokio::time::timeout(CLIENT_SHUTDOWN_TIMEOUT, client.shutdown()).await;
     }
 
     /// The TLS handshake under the listener's timeout; the client's identity when it succeeds.
@@ -289,7 +365,7 @@ impl Conn<'_> {
         let (result, sig_scheme) = tls::with_sig_scheme(accept).await;
         match result {
             Ok(Ok(tls)) => {
-                stats::tls_handshake(name, started.elapsed());
+                crate::metrics::tls_handshake(name, started.elapsed());
                 let send_cert = self.snapshot.backends.any_sends_client_cert();
                 let identity = identity::from_tls(
                     tls.get_ref().1,
@@ -303,12 +379,12 @@ impl Conn<'_> {
                 Some((ClientStream::Tls(Box::new(tls)), identity))
             }
             Ok(Err(e)) => {
-                stats::tls_failure(name, "error");
+                crate::metrics::tls_failure(name, "error");
                 tracing::info!(event = "tls_failed", reason = "error", error = %e);
                 None
             }
             Err(_) => {
-                stats::tls_failure(name, "timeout");
+                crate::metrics::tls_failure(name, "timeout");
                 tracing::info!(event = "tls_failed", reason = "timeout");
                 None
             }
@@ -331,7 +407,7 @@ impl Conn<'_> {
             Ok(Err(ReadError::Closed)) => "closed",
             Err(_) => "timeout",
         };
-        stats::peek_outcome(outcome);
+        crate::metrics::peek_outcome(outcome);
         match result {
             Ok(Ok(done)) => {
                 tracing::debug!(event = "connect_peek", outcome);
@@ -343,70 +419,32 @@ impl Conn<'_> {
             }
         }
     }
-
-    /// Picks a backend for `key` and connects; a backend that fails before any byte of the client was delivered
-    /// is marked suspect and the next-ranked one is tried. Sends the PROXY header (from `spec`, whose `crc32c` is
-    /// set per backend) and the first bytes.
-    async fn connect_backend(
-        &self,
-        key: &[u8],
-        spec: &mut HeaderSpec,
-        first_bytes: &[u8],
-    ) -> Option<(Arc<BackendState>, TcpStream)> {
-        let backends = &self.snapshot.backends;
-        let timeout = self.snapshot.config.limits.backend_connect_timeout;
-        // Names borrowed from the snapshot; allocated only when a first attempt fails.
-        let mut tried: Vec<&str> = Vec::new();
-        while tried.len() < backends.all().len() {
-            let backend = backends.pick(key, &tried, Instant::now())?;
-            tried.push(backend.name());
-            let head = header(backend, spec, first_bytes);
-            let attempt = async {
-                let mut upstream = backend::connect(backend, timeout).await?;
-                tokio::time::timeout(timeout, upstream.write_all(&head))
-                    .await
-                    .map_err(|_| {
-                        std::io::Error::new(std::io::ErrorKind::TimedOut, "backend write timed out")
-                    })??;
-                Ok::<_, std::io::Error>(upstream)
-            };
-            match attempt.await {
-                Ok(upstream) => {
-                    backend.mark_ok();
-                    return Some((backend.clone(), upstream));
-                }
-                Err(e) => {
-                    backend.mark_failed(Instant::now());
-                    tracing::warn!(event = "backend_failed", backend = %backend.name(), error = %e);
-                }
-            }
-        }
-        None
-    }
 }
 
-/// The PROXY header for `backend` (per its `proxy_protocol`) followed by the client's first bytes.
-fn header(backend: &BackendState, spec: &mut HeaderSpec, first_bytes: &[u8]) -> Vec<u8> {
-    let mut out = match backend.config.proxy_protocol {
-        ProxyVersion::Off => Vec::with_capacity(first_bytes.len()),
-        ProxyVersion::V1 => proxy::encode_v1(spec.source, spec.destination),
-        ProxyVersion::V2 => {
-            // The certificate goes only to backends that asked for it: lent out of the identity for this
-            // encoding and put back (the next backend tried may want it), never copied.
-            let withheld = match backend.config.send_client_cert {
-                true => None,
-                false => spec.identity.client_cert_der.take(),
-            };
-            spec.crc32c = backend.config.crc32c;
-            let out = proxy::encode_v2(spec);
-            if withheld.is_some() {
-                spec.identity.client_cert_der = withheld;
-            }
-            out
-        }
-    };
-    out.extend_from_slice(first_bytes);
-    out
+/// End-of-relay bookkeeping, in one place: passive detection (a backend that failed a relay is skipped by new
+/// connections for a while), the relay and byte counters (the CONNECT, sent before the relay, counted too) and
+/// the `closed` event.
+fn relay_ended(
+    backend: &BackendState,
+    connect_len: u64,
+    started: Instant,
+    out: RelayOutcome,
+) -> Outcome {
+    if out.end == RelayEnd::Error(Side::Backend) {
+        backend.mark_failed(Instant::now());
+    }
+    let to_backend = out.to_backend + connect_len;
+    crate::metrics::relay_ended(backend.name(), out.end.reason(), to_backend, out.to_client);
+    let outcome = Outcome::Routed(out.end);
+    tracing::info!(
+        event = "closed",
+        duration_ms = started.elapsed().as_millis() as u64,
+        bytes_to_backend = to_backend,
+        bytes_to_client = out.to_client,
+        closed_by = outcome.side().as_str(),
+        reason = out.end.reason(),
+    );
+    outcome
 }
 
 /// Why no CONNECT could be read.
@@ -430,5 +468,110 @@ async fn read_connect<S: AsyncRead + Unpin>(
             Ok(0) | Err(_) => return Err(ReadError::Closed),
             Ok(_) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use fleetgate_config::lb::LbConfig;
+    use tokio::net::TcpListener;
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::snapshot::STATIC_SOURCE;
+
+    const PLAIN: &str = "[lb]\nname = \"a\"\n[[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\n[[backends]]\nname = \"b0\"\naddress = \"127.0.0.1:1\"\n";
+
+    /// An MQTT 3.1.1 CONNECT, client ID `a`.
+    const CONNECT: [u8; 15] = [
+        0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60, 0, 1, b'a',
+    ];
+
+    async fn pair() -> (TcpStream, TcpStream, SocketAddr) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (server, peer) = l.accept().await.unwrap();
+        (client, server, peer)
+    }
+
+    #[test]
+    fn outcomes_have_a_label_and_a_side() {
+        let table = [
+            (
+                Outcome::Routed(RelayEnd::Eof(Side::Client)),
+                "routed",
+                Side::Client,
+            ),
+            (
+                Outcome::Routed(RelayEnd::Error(Side::Backend)),
+                "routed",
+                Side::Backend,
+            ),
+            (Outcome::Routed(RelayEnd::Drained), "routed", Side::Internal),
+            (
+                Outcome::Refused(Refused::PerIpRate),
+                "refused",
+                Side::Internal,
+            ),
+            (Outcome::ProxyFailed, "proxy_failed", Side::Client),
+            (Outcome::TlsFailed, "tls_failed", Side::Client),
+            (Outcome::PeekFailed, "peek_failed", Side::Client),
+            (
+                Outcome::BackendUnavailable,
+                "backend_unavailable",
+                Side::Backend,
+            ),
+        ];
+        for (outcome, label, side) in table {
+            assert_eq!(
+                (outcome.label(), outcome.side()),
+                (label, side),
+                "{outcome:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn every_refusal_slot_answers_busy() {
+        let config = LbConfig::parse(Path::new("lb.toml"), PLAIN).unwrap();
+        let snapshot = Snapshot::build(config, &[], STATIC_SOURCE, None).unwrap();
+        let (control, _commands) = mpsc::channel(1);
+        let shared = Shared::new(snapshot.clone(), control);
+        let listener = snapshot.listener("l").unwrap().clone();
+        let gauge = Gauge::new(None);
+        // Every "server busy" slot but the last is taken by refusals in progress.
+        let elsewhere = Gauge::new(None);
+        let _held: Vec<Permit> = (1..MAX_CONCURRENT_REFUSALS)
+            .map(|_| admission::acquire((&elsewhere, None), (&shared.refusing, None)).unwrap())
+            .collect();
+        assert_eq!(shared.refusing.open(), MAX_CONCURRENT_REFUSALS - 1);
+
+        let (mut client, server, peer) = pair().await;
+        client.write_all(&CONNECT).await.unwrap();
+        let conn = Conn {
+            shared: &shared,
+            snapshot: &snapshot,
+            listener: &listener,
+            gauge: &gauge,
+            conn_id: "test-1".into(),
+            peer,
+        };
+        let outcome = conn.refuse(server, Refused::TotalFull).await;
+        assert_eq!(outcome, Outcome::Refused(Refused::TotalFull));
+        assert_eq!(
+            (outcome.label(), outcome.side()),
+            ("refused", Side::Internal)
+        );
+        // A client closed without an answer may see a reset (its CONNECT was never read): no bytes either way.
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut answer)).await;
+        assert_eq!(
+            answer,
+            peek::connack_refusal(4, Refusal::ServerBusy),
+            "the {MAX_CONCURRENT_REFUSALS}th concurrent refusal is answered, not dropped"
+        );
+        assert_eq!(shared.refusing.open(), MAX_CONCURRENT_REFUSALS - 1);
     }
 }

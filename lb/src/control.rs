@@ -12,37 +12,32 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use fleetgate_config::discovery::DiscoveryConfig;
+use fleetgate_config::lb::LbConfig;
 use fleetgate_config::watch::ConfigWatcher;
 use fleetgate_discovery::{Discovery, Endpoint, EndpointSet, Source};
-use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::admission::Gauge;
-use crate::health::Checkers;
-use crate::listener::{self, accept_loop};
-use crate::reload::{self, Loaded};
-use crate::server::{LbError, Shared};
+use crate::drain::{self, Tasks};
+use crate::error::LbError;
+use crate::health_check::Checkers;
+use crate::listener::{self, Bound, accept_loop};
+use crate::metrics::{BACKENDS, CONFIG_RELOADS, SNAPSHOT_GENERATION};
+use crate::reload;
+use crate::shared::{Command, Shared};
 use crate::snapshot::{STATIC_SOURCE, Snapshot};
-use crate::{drain, stats};
 
 /// Quiet time after a file change before reloading: an editor save or a ConfigMap swap is several events.
-pub const WATCH_DEBOUNCE: Duration = Duration::from_millis(200);
+const WATCH_DEBOUNCE: Duration = Duration::from_millis(200);
 
-/// Commands queued to the controller; a handful is plenty (each reload reads the latest file anyway).
-pub const COMMAND_QUEUE: usize = 8;
-
-/// A request to the controller.
-#[derive(Debug)]
-pub enum Command {
-    /// Reload the config file; the answer is the new snapshot generation or the error text.
-    Reload(oneshot::Sender<Result<u64, String>>),
-}
+/// How long start-up (or a reload that changes the discovery source) waits for the first discovered set: a DNS
+/// round normally takes milliseconds; an LB that starts with an empty set refuses every client until it has one.
+pub(crate) const DISCOVERY_STARTUP_WAIT: Duration = Duration::from_secs(5);
 
 /// A running accept loop.
 #[derive(Debug)]
@@ -61,7 +56,7 @@ struct RunningDiscovery {
 }
 
 /// The controller's state.
-pub struct Controller {
+pub(crate) struct Controller {
     shared: Arc<Shared>,
     path: Option<PathBuf>,
     running: HashMap<String, Running>,
@@ -69,27 +64,13 @@ pub struct Controller {
     checkers: Checkers,
     discovery: Option<RunningDiscovery>,
     watcher: Option<ConfigWatcher>,
-    conns: TaskTracker,
-    accepts: TaskTracker,
-    stop_accepting: CancellationToken,
-    background: CancellationToken,
+    tasks: Tasks,
 }
 
-/// Bound addresses of the listeners in force, by name (for tests and the handle).
-pub type BoundAddrs = Arc<Mutex<Vec<(String, SocketAddr)>>>;
-
 impl Controller {
-    /// A controller for `shared`, reading `path` on reloads (none: reloads are refused). `conns` tracks
-    /// connection tasks, `accepts` the accept loops (both stopped by `stop_accepting`); `background` stops the
-    /// health checks and discovery at the very end.
-    pub fn new(
-        shared: Arc<Shared>,
-        path: Option<PathBuf>,
-        conns: TaskTracker,
-        accepts: TaskTracker,
-        stop_accepting: CancellationToken,
-        background: CancellationToken,
-    ) -> Self {
+    /// A controller for `shared`, reading `path` on reloads (none: reloads are refused); accept loops,
+    /// connections, health checks and discovery run in `tasks`, which the drain stops.
+    pub(crate) fn new(shared: Arc<Shared>, path: Option<PathBuf>, tasks: Tasks) -> Self {
         Self {
             shared,
             path,
@@ -98,15 +79,12 @@ impl Controller {
             checkers: Checkers::default(),
             discovery: None,
             watcher: None,
-            conns,
-            accepts,
-            stop_accepting,
-            background,
+            tasks,
         }
     }
 
     /// Starts discovery for `config` (if any) and waits up to `wait` for its first set; returns the set.
-    pub async fn start_discovery(
+    pub(crate) async fn start_discovery(
         &mut self,
         config: Option<&DiscoveryConfig>,
         wait: Duration,
@@ -115,7 +93,7 @@ impl Controller {
             self.discovery = None;
             return Ok(Arc::default());
         };
-        let stop = self.background.child_token();
+        let stop = self.tasks.background.child_token();
         let handle = Discovery::spawn_from_config(config, stop.clone())
             .map_err(|e| LbError::Discovery(e.to_string()))?;
         let mut rx = handle.subscribe();
@@ -135,7 +113,7 @@ impl Controller {
     }
 
     /// The discovery label of backends found now.
-    fn source_label(&self) -> String {
+    pub(crate) fn source_label(&self) -> String {
         self.discovery
             .as_ref()
             .map_or_else(|| STATIC_SOURCE.to_owned(), |d| d.label.clone())
@@ -149,32 +127,32 @@ impl Controller {
     }
 
     /// Starts accept loops for sockets already bound (at start-up).
-    pub fn adopt(&mut self, bound: Vec<(String, SocketAddr, SocketAddr, TcpListener)>) {
-        for (name, bind, addr, socket) in bound {
-            self.start_loop(name, bind, addr, socket);
+    pub(crate) fn adopt(&mut self, bound: Vec<Bound>) {
+        for socket in bound {
+            self.start_loop(socket);
         }
         self.publish_addrs();
     }
 
-    fn start_loop(
-        &mut self,
-        name: String,
-        bind: SocketAddr,
-        addr: SocketAddr,
-        socket: TcpListener,
-    ) {
+    fn start_loop(&mut self, bound: Bound) {
+        let Bound {
+            name,
+            bind,
+            addr,
+            socket,
+        } = bound;
         let gauge = self
             .gauges
             .entry(name.clone())
             .or_insert_with(|| Gauge::new(Some(&name)))
             .clone();
-        let stop = self.stop_accepting.child_token();
-        self.accepts.spawn(accept_loop(
+        let stop = self.tasks.stop_accepting.child_token();
+        self.tasks.accepts.spawn(accept_loop(
             self.shared.clone(),
             Arc::from(name.as_str()),
             gauge,
             socket,
-            self.conns.clone(),
+            self.tasks.conns.clone(),
             stop.clone(),
         ));
         let mut addrs = self
@@ -206,7 +184,7 @@ impl Controller {
     }
 
     /// Starts watching the config file and the files it references.
-    pub fn watch_files(&mut self) {
+    pub(crate) fn watch_files(&mut self) {
         let Some(path) = self.path.clone() else {
             return;
         };
@@ -231,14 +209,14 @@ impl Controller {
     }
 
     /// Health checks for the snapshot in force.
-    pub fn reconcile_health(&mut self) {
+    pub(crate) fn reconcile_health(&mut self) {
         let snapshot = self.shared.snapshot.load_full();
         self.checkers
-            .reconcile(&snapshot.backends, &self.background);
+            .reconcile(&snapshot.backends, &self.tasks.background);
     }
 
     /// Serves triggers until `stop` (the drain has begun: no more changes).
-    pub async fn run(
+    pub(crate) async fn run(
         mut self,
         mut sighup: Option<mpsc::Receiver<()>>,
         mut commands: mpsc::Receiver<Command>,
@@ -272,11 +250,11 @@ impl Controller {
     }
 
     /// One reload; the new generation or the error text.
-    pub async fn reload(&mut self, trigger: &'static str) -> Result<u64, String> {
+    async fn reload(&mut self, trigger: &'static str) -> Result<u64, String> {
         let result = self.try_reload().await;
         match &result {
             Ok(generation) => {
-                metrics::counter!(stats::CONFIG_RELOADS, "result" => "ok").increment(1);
+                metrics::counter!(CONFIG_RELOADS, "result" => "ok").increment(1);
                 tracing::info!(
                     event = "config_reload",
                     result = "ok",
@@ -286,7 +264,7 @@ impl Controller {
                 );
             }
             Err(e) => {
-                metrics::counter!(stats::CONFIG_RELOADS, "result" => "error").increment(1);
+                metrics::counter!(CONFIG_RELOADS, "result" => "error").increment(1);
                 tracing::error!(event = "config_reload", result = "error", trigger, error = %e, "config reload rejected; the previous config stays in force");
             }
         }
@@ -297,7 +275,8 @@ impl Controller {
         let Some(path) = self.path.clone() else {
             return Err("this LB was started without a config file".into());
         };
-        let Loaded { config, discovery } = reload::load(&path).map_err(|e| e.to_string())?;
+        let config = LbConfig::load(&path).map_err(|e| e.to_string())?;
+        let discovery = reload::discovery_source(&config);
         if config.admin_bind != self.shared.snapshot.load().config.admin_bind {
             tracing::warn!(
                 event = "config_reload_partial",
@@ -305,13 +284,13 @@ impl Controller {
             );
         }
         // Discovery first (a changed source is restarted; its first set is waited for briefly).
-        let same_discovery = match (&self.discovery, &discovery) {
+        let same_discovery = match (&self.discovery, discovery) {
             (Some(d), Some(new)) => d.config == *new,
             (None, None) => true,
             _ => false,
         };
         if !same_discovery {
-            self.start_discovery(discovery.as_ref(), crate::server::DISCOVERY_STARTUP_WAIT)
+            self.start_discovery(discovery, DISCOVERY_STARTUP_WAIT)
                 .await
                 .map_err(|e| e.to_string())?;
         }
@@ -329,10 +308,10 @@ impl Controller {
         for l in &next.config.listeners {
             let keep = self.running.get(&l.name).is_some_and(|r| r.bind == l.bind);
             if !keep {
-                let (socket, addr) = listener::bind(&l.name, l.bind)
+                let socket = listener::bind(&l.name, l.bind)
                     .await
                     .map_err(|e| format!("cannot bind {} on {}: {e}", l.name, l.bind))?;
-                fresh.push((l.name.clone(), l.bind, addr, socket));
+                fresh.push(socket);
             }
         }
         let generation = next.generation;
@@ -347,11 +326,11 @@ impl Controller {
             .iter()
             .map(|l| l.name.clone())
             .collect();
-        for (name, bind, addr, socket) in fresh {
-            if let Some(old) = self.running.remove(&name) {
+        for socket in fresh {
+            if let Some(old) = self.running.remove(&socket.name) {
                 old.stop.cancel();
             }
-            self.start_loop(name, bind, addr, socket);
+            self.start_loop(socket);
         }
         let gone: Vec<String> = self
             .running
@@ -388,8 +367,8 @@ impl Controller {
             .map(|b| b.name().to_owned())
             .collect();
         let drain_cfg = next.config.drain.clone();
-        metrics::gauge!(stats::BACKENDS).set(next.backends.all().len() as f64);
-        metrics::gauge!(stats::SNAPSHOT_GENERATION).set(next.generation as f64);
+        metrics::gauge!(BACKENDS).set(next.backends.all().len() as f64);
+        metrics::gauge!(SNAPSHOT_GENERATION).set(next.generation as f64);
         tracing::info!(event = "snapshot_swapped", why, generation = next.generation, backends = next.backends.all().len(), added = ?added, removed = ?removed.iter().map(|(n, _)| n).collect::<Vec<_>>());
         self.shared.snapshot.store(next);
         self.reconcile_health();

@@ -3,18 +3,18 @@
 //! a direction exactly between two packets and inject a DISCONNECT there instead of cutting a packet in half.
 
 /// The DISCONNECT a v5 client gets when the LB moves it: reason 0x8B "server shutting down", no properties.
-pub const DISCONNECT_V5_SERVER_SHUTTING_DOWN: [u8; 4] = [0xE0, 0x02, 0x8B, 0x00];
+pub(crate) const DISCONNECT_V5_SERVER_SHUTTING_DOWN: [u8; 4] = [0xE0, 0x02, 0x8B, 0x00];
 
 /// The DISCONNECT the backend gets for a drained client: a normal disconnection (0x00, valid in 3.1.1 and 5.0),
 /// so the node publishes no will and keeps a persistent session for the client's prompt reconnect.
-pub const DISCONNECT_NORMAL: [u8; 2] = [0xE0, 0x00];
+pub(crate) const DISCONNECT_NORMAL: [u8; 2] = [0xE0, 0x00];
 
 /// Longest remaining-length field (MQTT: four bytes).
 const MAX_LENGTH_BYTES: u8 = 4;
 
 /// Where a byte stream stands relative to MQTT packet boundaries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum PacketTracker {
+pub(crate) enum PacketTracker {
     /// Between two packets.
     #[default]
     Boundary,
@@ -33,7 +33,7 @@ pub enum PacketTracker {
 
 impl PacketTracker {
     /// Advances over `data`.
-    pub fn feed(&mut self, mut data: &[u8]) {
+    pub(crate) fn feed(&mut self, mut data: &[u8]) {
         while !data.is_empty() {
             match *self {
                 PacketTracker::Broken => return,
@@ -75,7 +75,7 @@ impl PacketTracker {
 
     /// Bytes to read before the next boundary can be known: `Some(0)` at a boundary, the body left inside a
     /// body, 1 inside a header (its length is only known byte by byte); `None` when the framing is broken.
-    pub fn until_boundary(&self) -> Option<usize> {
+    pub(crate) fn until_boundary(&self) -> Option<usize> {
         match *self {
             PacketTracker::Boundary => Some(0),
             PacketTracker::Header { .. } => Some(1),

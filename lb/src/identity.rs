@@ -10,7 +10,7 @@ use x509_parser::public_key::PublicKey;
 /// Fills the TLS part of a [`PeerIdentity`] from a finished handshake. `verified` is true when the listener's
 /// verifier checked client certificates (it fails the handshake otherwise, so a presented one is verified).
 /// `sig_scheme` is the scheme the LB signed the handshake with ([`crate::tls::with_sig_scheme`]).
-pub fn from_tls(
+pub(crate) fn from_tls(
     conn: &ServerConnection,
     verified: bool,
     send_client_cert: bool,

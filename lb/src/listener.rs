@@ -12,22 +12,40 @@ use tokio_util::task::TaskTracker;
 
 use crate::admission::Gauge;
 use crate::conn;
-use crate::server::Shared;
+use crate::shared::Shared;
 
 /// Pause after an accept error (typically EMFILE: out of file descriptors) so the loop does not spin while
 /// connections close and free descriptors.
-pub const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// A listener's bound socket, not yet accepting.
+#[derive(Debug)]
+pub(crate) struct Bound {
+    /// The listener's name.
+    pub(crate) name: String,
+    /// The configured address (a reload keeps a loop whose address is unchanged).
+    pub(crate) bind: SocketAddr,
+    /// The address bound (the port chosen for port 0).
+    pub(crate) addr: SocketAddr,
+    /// The socket.
+    pub(crate) socket: TcpListener,
+}
 
 /// Binds `bind` for listener `name` and logs the `listening` event with the bound address.
-pub async fn bind(name: &str, bind: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)> {
+pub(crate) async fn bind(name: &str, bind: SocketAddr) -> std::io::Result<Bound> {
     let socket = TcpListener::bind(bind).await?;
     let addr = socket.local_addr().unwrap_or(bind);
     tracing::info!(event = "listening", role = %name, addr = %addr, "listening on {name} {addr}");
-    Ok((socket, addr))
+    Ok(Bound {
+        name: name.to_owned(),
+        bind,
+        addr,
+        socket,
+    })
 }
 
 /// Accepts on `listener` until `stop` is cancelled; connection tasks are tracked by `tracker`.
-pub async fn accept_loop(
+pub(crate) async fn accept_loop(
     shared: Arc<Shared>,
     name: Arc<str>,
     gauge: Arc<Gauge>,

@@ -12,11 +12,11 @@ use tokio_util::sync::CancellationToken;
 
 /// Shards of the registry: a connect or disconnect locks one shard (picked by client ID), so a reconnect storm
 /// spreads over 16 locks instead of one. A power of two well above the worker count of a small LB.
-pub const REGISTRY_SHARDS: usize = 16;
+const REGISTRY_SHARDS: usize = 16;
 
 /// Live relays.
 #[derive(Debug)]
-pub struct Registry {
+pub(crate) struct Registry {
     next: AtomicU64,
     /// Random per process, so client IDs cannot be chosen to pile into one shard.
     hasher: RandomState,
@@ -50,16 +50,16 @@ struct Entry {
 
 /// What the LB knows of a client ID now.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClientEntry {
+pub(crate) struct ClientEntry {
     /// Its relays open through this LB (more than one during a takeover).
-    pub connections: usize,
+    pub(crate) connections: usize,
     /// The backend of its latest relay.
-    pub backend: String,
+    pub(crate) backend: String,
 }
 
 /// One registered relay; unregisters on drop.
 #[derive(Debug)]
-pub struct Registration {
+pub(crate) struct Registration {
     registry: Arc<Registry>,
     shard: usize,
     key: u64,
@@ -71,7 +71,7 @@ impl Registry {
     }
 
     /// Registers a relay of `client_id` to `backend`; returns its registration and its drain switch.
-    pub fn register(
+    pub(crate) fn register(
         self: &Arc<Self>,
         client_id: &str,
         backend: &str,
@@ -114,7 +114,7 @@ impl Registry {
     }
 
     /// What is known of `client_id` now (`None`: not connected through this LB).
-    pub fn client(&self, client_id: &str) -> Option<ClientEntry> {
+    pub(crate) fn client(&self, client_id: &str) -> Option<ClientEntry> {
         self.shards[self.shard_of(client_id)]
             .lock()
             .clients
@@ -123,17 +123,18 @@ impl Registry {
     }
 
     /// Relays open now.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.shards.iter().map(|s| s.lock().conns.len()).sum()
     }
 
     /// True when no relay is open.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// The drain switches of the relays to `backend` (all relays when `None`) not yet being drained; marks them.
-    pub fn take_for_drain(&self, backend: Option<&str>) -> Vec<CancellationToken> {
+    pub(crate) fn take_for_drain(&self, backend: Option<&str>) -> Vec<CancellationToken> {
         let mut out = Vec::new();
         for shard in &self.shards {
             out.extend(

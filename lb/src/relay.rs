@@ -30,158 +30,121 @@ use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
-use tokio_rustls::server::TlsStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::frames::{DISCONNECT_NORMAL, DISCONNECT_V5_SERVER_SHUTTING_DOWN, PacketTracker};
+use crate::stream::{ClientStream, ReadReady};
 
 /// How long a draining relay waits for the packets in flight to complete before it closes anyway: a whole MQTT
 /// packet arrives within a few round trips from any live peer.
-pub const DRAIN_BOUNDARY_TIMEOUT: Duration = Duration::from_secs(5);
+const DRAIN_BOUNDARY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Deadline for writing the DISCONNECTs of a drained relay: a peer that does not take four bytes is gone.
-pub const DRAIN_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+const DRAIN_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Largest buffer a direction uses while its source is readable: large enough to move a burst of publishes in a
 /// few syscalls, and only held while bytes are flowing.
-pub const RELAY_BUFFER: usize = 16 * 1024;
+const RELAY_BUFFER: usize = 16 * 1024;
 
 /// First buffer of a direction: a PINGREQ, a PUBACK or a small PUBLISH fits many times over; a direction whose
 /// read fills it doubles up to [`RELAY_BUFFER`] (and keeps that size).
-pub const RELAY_BUFFER_MIN: usize = 4 * 1024;
+const RELAY_BUFFER_MIN: usize = 4 * 1024;
 
-/// A stream that can say it is readable without being handed a buffer.
-pub trait ReadReady {
-    /// Ready when a read may make progress (it can still return `Pending` after a spurious wake-up).
-    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
-}
-
-impl ReadReady for TcpStream {
-    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        TcpStream::poll_read_ready(self, cx)
-    }
-}
-
-/// The client side of a connection: plain TCP or TLS over TCP.
-#[derive(Debug)]
-pub enum ClientStream {
-    /// Plain TCP.
-    Plain(TcpStream),
-    /// TLS terminated here (boxed: the rustls connection is large and this keeps the plain variant small).
-    Tls(Box<TlsStream<TcpStream>>),
-}
-
-impl ClientStream {
-    /// The TCP socket underneath.
-    pub fn tcp(&self) -> &TcpStream {
-        match self {
-            ClientStream::Plain(s) => s,
-            ClientStream::Tls(s) => s.get_ref().0,
-        }
-    }
-}
-
-impl ReadReady for ClientStream {
-    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.tcp().poll_read_ready(cx)
-    }
-}
-
-impl AsyncRead for ClientStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for ClientStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_flush(cx),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
-}
-
-/// Which side of the relay.
+/// Which side of a connection: the one that closed it, or the one a failure is put down to (pingora's
+/// `ErrorSource`: downstream, upstream, internal).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
+pub(crate) enum Side {
     /// The MQTT client.
     Client,
     /// The broker node.
     Backend,
-    /// Neither: the LB ended it (idle timeout, shutdown).
-    Lb,
+    /// Neither: the LB itself (its limits, idle timeout, drain, shutdown).
+    Internal,
 }
 
 impl Side {
-    /// Label for logs.
-    pub fn as_str(self) -> &'static str {
+    /// Label for logs (`closed_by`): `client`, `backend`, or `lb` for the LB itself.
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Side::Client => "client",
             Side::Backend => "backend",
-            Side::Lb => "lb",
+            Side::Internal => "lb",
         }
     }
 }
 
-/// How a relay ended.
+/// How a relay ended: the `reason` label of `fleetgate_lb_relays_ended_total` and the side that ended it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RelayOutcome {
-    /// Bytes copied client → backend.
-    pub to_backend: u64,
-    /// Bytes copied backend → client.
-    pub to_client: u64,
-    /// Who closed (or failed) first.
-    pub closed_by: Side,
+pub(crate) enum RelayEnd {
+    /// Both directions reached EOF; the side that closed first.
+    Eof(Side),
+    /// A read or write failed on this side's socket.
+    Error(Side),
+    /// Nothing flowed for the idle timeout.
+    IdleTimeout,
+    /// The grace period of a shutdown ran out: cut at once.
+    Shutdown,
+    /// The drain switch flipped: both directions stopped at packet boundaries, DISCONNECTs sent.
+    Drained,
+    /// The drain switch flipped, but a direction did not reach a packet boundary in time.
+    DrainTimeout,
+}
+
+impl RelayEnd {
     /// `eof`, `error`, `idle_timeout`, `shutdown`, `drained` or `drain_timeout`.
-    pub reason: &'static str,
+    pub(crate) fn reason(self) -> &'static str {
+        match self {
+            RelayEnd::Eof(_) => "eof",
+            RelayEnd::Error(_) => "error",
+            RelayEnd::IdleTimeout => "idle_timeout",
+            RelayEnd::Shutdown => "shutdown",
+            RelayEnd::Drained => "drained",
+            RelayEnd::DrainTimeout => "drain_timeout",
+        }
+    }
+
+    /// Who closed (or failed) first.
+    pub(crate) fn side(self) -> Side {
+        match self {
+            RelayEnd::Eof(side) | RelayEnd::Error(side) => side,
+            RelayEnd::IdleTimeout
+            | RelayEnd::Shutdown
+            | RelayEnd::Drained
+            | RelayEnd::DrainTimeout => Side::Internal,
+        }
+    }
+}
+
+/// What a relay moved and how it ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RelayOutcome {
+    /// Bytes copied client → backend.
+    pub(crate) to_backend: u64,
+    /// Bytes copied backend → client.
+    pub(crate) to_client: u64,
+    /// How it ended, and who ended it.
+    pub(crate) end: RelayEnd,
 }
 
 /// What a relay obeys besides its two streams.
 #[derive(Debug, Clone, Copy)]
-pub struct RelayControl<'a> {
+pub(crate) struct RelayControl<'a> {
     /// Idle timeout (`None` = never).
-    pub idle: Option<Duration>,
+    pub(crate) idle: Option<Duration>,
     /// Cancelled when the grace period is over: end at once.
-    pub abort: &'a CancellationToken,
+    pub(crate) abort: &'a CancellationToken,
     /// This connection's drain switch: end at packet boundaries with DISCONNECTs.
-    pub drain: &'a CancellationToken,
+    pub(crate) drain: &'a CancellationToken,
     /// The client's MQTT protocol level (5 gets the DISCONNECT 0x8B).
-    pub protocol_level: u8,
+    pub(crate) protocol_level: u8,
     /// Bytes the client pipelined behind its CONNECT, already sent to the backend (they start the
     /// client → backend packet tracking).
-    pub sent_after_connect: &'a [u8],
+    pub(crate) sent_after_connect: &'a [u8],
 }
 
-/// Who ended a relay, why, and — for a drain — where both directions stopped (up, down).
-type Ending = (Side, &'static str, Option<(Flow, Flow)>);
+/// How a relay ended and — for a drain — where both directions stopped (up, down).
+type Ending = (RelayEnd, Option<(Flow, Flow)>);
 
 /// Where a direction stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -348,7 +311,7 @@ impl Direction {
 /// Relays between `client` and `backend` until both directions reach EOF, one fails, the connection is idle
 /// for `ctl.idle`, `ctl.abort` is cancelled, or `ctl.drain` is cancelled (then it ends at packet boundaries with
 /// DISCONNECTs, see the module docs). Any bytes already forwarded (the CONNECT) are not counted here.
-pub async fn relay<B>(
+pub(crate) async fn relay<B>(
     client: &mut ClientStream,
     backend: &mut B,
     ctl: RelayControl<'_>,
@@ -374,7 +337,7 @@ where
 
     let ended: Result<Ending, Fault> = poll_fn(|cx| {
         if cancelled.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Ok((Side::Lb, "shutdown", None)));
+            return Poll::Ready(Ok((RelayEnd::Shutdown, None)));
         }
         if !draining && drain.as_mut().poll(cx).is_ready() {
             draining = true;
@@ -404,19 +367,19 @@ where
         }
         if let (Poll::Ready(u), Poll::Ready(d)) = (up_flow, down_flow) {
             if u == Flow::Done && d == Flow::Done {
-                return Poll::Ready(Ok((first_eof.unwrap_or(Side::Client), "eof", None)));
+                return Poll::Ready(Ok((RelayEnd::Eof(first_eof.unwrap_or(Side::Client)), None)));
             }
-            return Poll::Ready(Ok((Side::Lb, "drained", Some((u, d)))));
+            return Poll::Ready(Ok((RelayEnd::Drained, Some((u, d)))));
         }
         if draining && drain_deadline.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Ok((Side::Lb, "drain_timeout", None)));
+            return Poll::Ready(Ok((RelayEnd::DrainTimeout, None)));
         }
         if let Some(idle) = idle {
             // The timer is only re-armed when it fires, not on every packet: cheap for chatty connections.
             while sleep.as_mut().poll(cx).is_ready() {
                 let deadline = last_activity + idle;
                 if Instant::now() >= deadline {
-                    return Poll::Ready(Ok((Side::Lb, "idle_timeout", None)));
+                    return Poll::Ready(Ok((RelayEnd::IdleTimeout, None)));
                 }
                 sleep.as_mut().reset(deadline.into());
             }
@@ -425,20 +388,19 @@ where
     })
     .await;
 
-    let (closed_by, reason) = match ended {
-        Ok((side, reason, parked)) => {
+    let end = match ended {
+        Ok((end, parked)) => {
             if let Some((u, d)) = parked {
                 finish_drain(client, backend, ctl.protocol_level, u, d).await;
             }
-            (side, reason)
+            end
         }
-        Err(fault) => (fault.side, "error"),
+        Err(fault) => RelayEnd::Error(fault.side),
     };
     RelayOutcome {
         to_backend: up.bytes,
         to_client: down.bytes,
-        closed_by,
-        reason,
+        end,
     }
 }
 
@@ -476,7 +438,7 @@ async fn finish_drain<B>(
 /// The idle timeout for a client keep-alive: 1.5 × keep-alive (what MQTT allows a server) plus `grace`.
 /// Keep-alive 0 (the client asked for none) gets `max_idle`: a silent client must not hold a slot forever (a dead
 /// peer is caught sooner by TCP keep-alive and `TCP_USER_TIMEOUT`, see [`crate::sockopt`]).
-pub fn idle_timeout(keep_alive: u16, grace: Duration, max_idle: Duration) -> Duration {
+pub(crate) fn idle_timeout(keep_alive: u16, grace: Duration, max_idle: Duration) -> Duration {
     match keep_alive {
         0 => max_idle,
         k => Duration::from_millis(u64::from(k) * 1500) + grace,
@@ -486,7 +448,7 @@ pub fn idle_timeout(keep_alive: u16, grace: Duration, max_idle: Duration) -> Dur
 #[cfg(test)]
 mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
+    use tokio::net::{TcpListener, TcpStream};
 
     use super::*;
 
@@ -538,7 +500,7 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!((out.closed_by, out.reason), (Side::Lb, "drained"));
+        assert_eq!(out.end, RelayEnd::Drained);
         let mut to_backend = Vec::new();
         backend_end.read_to_end(&mut to_backend).await.unwrap();
         assert_eq!(to_backend, [&publish[6..], &DISCONNECT_NORMAL[..]].concat());
@@ -598,7 +560,7 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!((out.to_backend, out.to_client), (100_000, 35));
-        assert_eq!((out.closed_by, out.reason), (Side::Client, "eof"));
+        assert_eq!(out.end, RelayEnd::Eof(Side::Client));
     }
 
     #[tokio::test]
@@ -623,6 +585,6 @@ mod tests {
         )
         .await
         .unwrap();
-        assert_eq!((out.closed_by, out.reason), (Side::Lb, "idle_timeout"));
+        assert_eq!(out.end, RelayEnd::IdleTimeout);
     }
 }

@@ -1,37 +1,20 @@
-//! Reading a config for a (re)load: the file is read once and validated by `fleetgate_config::lb` (the
-//! `[discovery]` table included, every problem with `file:line:column`), and the files the snapshot will load
-//! (certificates, keys, CAs, CRLs) are listed for the watcher.
+//! What a (re)load takes from a config besides the snapshot: the file itself is read once and validated by
+//! `LbConfig::load` (the `[discovery]` table included, every problem with `file:line:column`); here its discovery
+//! source is picked out for the controller, and the files the snapshot will load (certificates, keys, CAs, CRLs)
+//! are listed for the watcher.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use fleetgate_config::ConfigError;
 use fleetgate_config::discovery::DiscoveryConfig;
 use fleetgate_config::lb::LbConfig;
 
-/// A validated config and its discovery source.
-#[derive(Debug, Clone)]
-pub struct Loaded {
-    /// The LB config.
-    pub config: LbConfig,
-    /// Where discovered backends come from, when `[discovery]` is set.
-    pub discovery: Option<DiscoveryConfig>,
-}
-
-impl Loaded {
-    /// A loaded config (its discovery source taken from its `[discovery]` table).
-    pub fn new(config: LbConfig) -> Self {
-        let discovery = config.discovery.as_ref().map(|d| d.endpoints.clone());
-        Self { config, discovery }
-    }
-}
-
-/// Reads and validates `path`.
-pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
-    LbConfig::load(path).map(Loaded::new)
+/// Where discovered backends come from, when `[discovery]` is set.
+pub(crate) fn discovery_source(config: &LbConfig) -> Option<&DiscoveryConfig> {
+    config.discovery.as_ref().map(|d| &d.endpoints)
 }
 
 /// Every file a snapshot of `config` loads: watched, so that a rotated certificate or CRL reloads too.
-pub fn referenced_files(config: &LbConfig) -> Vec<PathBuf> {
+pub(crate) fn referenced_files(config: &LbConfig) -> Vec<PathBuf> {
     let mut files = Vec::new();
     for l in &config.listeners {
         if let Some(t) = &l.tls {
@@ -50,6 +33,8 @@ pub fn referenced_files(config: &LbConfig) -> Vec<PathBuf> {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     const BASE: &str = "[lb]\nname = \"a\"\n[[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\n";
@@ -59,9 +44,9 @@ mod tests {
         let ok = format!(
             "{BASE}[discovery]\nendpoints = {{ static = [{{ name = \"b0\", address = \"127.0.0.1:1883\" }}] }}\ndrain = true\n"
         );
-        let loaded = Loaded::new(LbConfig::parse(Path::new("lb.toml"), &ok).unwrap());
-        assert!(loaded.discovery.is_some());
-        assert!(loaded.config.discovery.unwrap().template.drain);
+        let config = LbConfig::parse(Path::new("lb.toml"), &ok).unwrap();
+        assert!(discovery_source(&config).is_some());
+        assert!(config.discovery.unwrap().template.drain);
 
         let bad =
             format!("{BASE}[discovery]\nendpoints = {{ static = [{{ address = \"nope\" }}] }}\n");

@@ -16,22 +16,22 @@ use crate::backend::Backends;
 use crate::tls::{self, TlsError};
 
 /// `source` of backends listed in `[[backends]]`.
-pub const STATIC_SOURCE: &str = "static";
+pub(crate) const STATIC_SOURCE: &str = "static";
 
 /// A listener's per-connection settings.
-pub struct ListenerRuntime {
+pub(crate) struct ListenerRuntime {
     /// Listener name (logs, metric labels).
-    pub name: String,
+    pub(crate) name: String,
     /// TLS termination, if any.
-    pub tls: Option<TlsAcceptor>,
+    pub(crate) tls: Option<TlsAcceptor>,
     /// TLS handshake deadline.
-    pub handshake_timeout: Duration,
+    pub(crate) handshake_timeout: Duration,
     /// True when client certificates are verified (`optional` or `required`).
-    pub verifies_clients: bool,
+    pub(crate) verifies_clients: bool,
     /// Incoming PROXY header policy (peers in `accept_proxy_from`), if any.
-    pub proxy_policy: Option<ProxyPolicy>,
+    pub(crate) proxy_policy: Option<ProxyPolicy>,
     /// Open connections allowed on this listener.
-    pub max_connections: Option<usize>,
+    pub(crate) max_connections: Option<usize>,
 }
 
 impl std::fmt::Debug for ListenerRuntime {
@@ -46,25 +46,25 @@ impl std::fmt::Debug for ListenerRuntime {
 
 /// One consistent view of the config for the connections that start while it is current.
 #[derive(Debug)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     /// 1 for the first snapshot, +1 for each one swapped in after it.
-    pub generation: u64,
+    pub(crate) generation: u64,
     /// The validated config it was built from.
-    pub config: LbConfig,
+    pub(crate) config: LbConfig,
     /// Listeners, in config order.
-    pub listeners: Vec<Arc<ListenerRuntime>>,
+    pub(crate) listeners: Vec<Arc<ListenerRuntime>>,
     /// Backends and the ring.
-    pub backends: Backends,
+    pub(crate) backends: Backends,
     /// Per-source-IP rate limit (carried across snapshots while its settings are unchanged).
-    pub per_ip: Option<Arc<PerIpLimiter>>,
+    pub(crate) per_ip: Option<Arc<PerIpLimiter>>,
     /// TLS handshake budget (carried likewise).
-    pub handshakes: Option<Arc<HandshakeBudget>>,
+    pub(crate) handshakes: Option<Arc<HandshakeBudget>>,
 }
 
 impl Snapshot {
     /// Builds a snapshot from `config` and the discovered `endpoints` (labelled `source`), loading every
     /// certificate again; `previous` carries backend live state by name and the limiters when unchanged.
-    pub fn build(
+    pub(crate) fn build(
         config: LbConfig,
         endpoints: &[Endpoint],
         source: &str,
@@ -131,7 +131,7 @@ impl Snapshot {
     }
 
     /// The same snapshot with a new discovered set (no certificate is reloaded).
-    pub fn with_endpoints(&self, endpoints: &[Endpoint], source: &str) -> Arc<Snapshot> {
+    pub(crate) fn with_endpoints(&self, endpoints: &[Endpoint], source: &str) -> Arc<Snapshot> {
         Arc::new(Snapshot {
             generation: self.generation + 1,
             config: self.config.clone(),
@@ -147,14 +147,14 @@ impl Snapshot {
     }
 
     /// The listener called `name`.
-    pub fn listener(&self, name: &str) -> Option<&Arc<ListenerRuntime>> {
+    pub(crate) fn listener(&self, name: &str) -> Option<&Arc<ListenerRuntime>> {
         self.listeners.iter().find(|l| l.name == name)
     }
 }
 
 /// The backend set: `[[backends]]` first, then each discovered endpoint with the `[discovery]` settings. A
 /// discovered name that a static backend already uses is skipped (the static entry wins).
-pub fn backend_configs(
+fn backend_configs(
     config: &LbConfig,
     endpoints: &[Endpoint],
     source: &str,

@@ -8,17 +8,17 @@ use tokio::net::TcpStream;
 
 /// Idle time before the first keep-alive probe: shorter than typical carrier NAT timeouts (often 2–5 min), so
 /// probes also keep the NAT mapping alive.
-pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
 /// Interval between unanswered probes.
-pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
 /// Unanswered probes before the kernel drops the connection.
-pub const KEEPALIVE_RETRIES: u32 = 4;
+const KEEPALIVE_RETRIES: u32 = 4;
 /// TCP_USER_TIMEOUT: how long sent data may stay unacknowledged before the kernel gives up; without it a
 /// half-open link with data queued retransmits for ~15 minutes.
-pub const USER_TIMEOUT: Duration = Duration::from_secs(120);
+const USER_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Sets TCP_NODELAY, keep-alive probes and TCP_USER_TIMEOUT; failures are logged, never fatal.
-pub fn tune(stream: &TcpStream) {
+pub(crate) fn tune(stream: &TcpStream) {
     let sock = SockRef::from(stream);
     if let Err(e) = sock.set_tcp_nodelay(true) {
         tracing::debug!(event = "sockopt", option = "nodelay", error = %e);

@@ -22,7 +22,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateRevocationListDer, SubjectPublicKeyInfoDer};
 
 /// ALPN protocol offered to clients ("mqtt", the IANA-registered ID); clients without ALPN are accepted too.
-pub const ALPN_MQTT: &[u8] = b"mqtt";
+const ALPN_MQTT: &[u8] = b"mqtt";
 
 /// Why a TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -57,12 +57,12 @@ fn file_error(path: &Path, message: impl fmt::Display) -> TlsError {
 }
 
 /// The crypto provider used everywhere in the LB: aws-lc-rs only.
-pub fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 /// Builds the server config of one TLS listener.
-pub fn server_config(cfg: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
+pub(crate) fn server_config(cfg: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = provider();
     let resolver = SniResolver::load(cfg, &provider)?;
     let verifier = client_verifier(cfg, &provider)?;
@@ -120,14 +120,14 @@ fn client_verifier(
 /// matched case-insensitively: stored lowercased here, and rustls lowercases the client's SNI before it reaches
 /// [`ResolvesServerCert::resolve`], so a handshake looks its name up without allocating.
 #[derive(Debug)]
-pub struct SniResolver {
+struct SniResolver {
     default: Arc<CertifiedKey>,
     by_name: HashMap<String, Arc<CertifiedKey>>,
 }
 
 impl SniResolver {
     /// Loads every certificate and key of `cfg`.
-    pub fn load(cfg: &TlsConfig, provider: &CryptoProvider) -> Result<Self, TlsError> {
+    fn load(cfg: &TlsConfig, provider: &CryptoProvider) -> Result<Self, TlsError> {
         let mut default = None;
         let mut by_name = HashMap::new();
         for entry in &cfg.certificates {
@@ -174,7 +174,9 @@ tokio::task_local! {
 /// rustls is sans-IO: it picks the scheme ([`SigningKey::choose_scheme`]) synchronously inside the poll that
 /// feeds it the ClientHello, so a task-local scoped to this future's polls ties the choice to this connection and
 /// no other. No allocation, nothing shared between connections, nothing kept after the handshake.
-pub async fn with_sig_scheme<F: Future>(handshake: F) -> (F::Output, Option<SignatureScheme>) {
+pub(crate) async fn with_sig_scheme<F: Future>(
+    handshake: F,
+) -> (F::Output, Option<SignatureScheme>) {
     SIG_SCHEME
         .scope(Cell::new(None), async move {
             let out = handshake.await;

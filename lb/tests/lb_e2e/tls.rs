@@ -214,7 +214,7 @@ async fn sni_selects_the_certificate_and_is_sent_as_authority() {
         .await
         .unwrap();
     let peer_cert = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
-    let fields = fleetgate_lb::identity::CertFields::parse(peer_cert.as_ref());
+    let fields = fleetgate_lb::CertFields::parse(peer_cert.as_ref());
     assert_eq!(fields.cn.as_deref(), Some("iot.test"));
     tls.write_all(&raw_connect(5, "sni-client", 30))
         .await
@@ -230,9 +230,8 @@ async fn sni_selects_the_certificate_and_is_sent_as_authority() {
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
         .unwrap();
-    let fields = fleetgate_lb::identity::CertFields::parse(
-        tls.get_ref().1.peer_certificates().unwrap()[0].as_ref(),
-    );
+    let fields =
+        fleetgate_lb::CertFields::parse(tls.get_ref().1.peer_certificates().unwrap()[0].as_ref());
     assert_eq!(fields.cn.as_deref(), Some("lb.test"));
 }
 

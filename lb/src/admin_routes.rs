@@ -11,16 +11,16 @@ use std::time::Instant;
 
 use fleetgate_ops::admin::{AdminRequest, AdminResponse, AdminRoutes, RouteFuture, percent_decode};
 
-use crate::server::Shared;
+use crate::shared::Shared;
 
 /// Routes backed by the LB's shared state.
-pub struct LbRoutes {
+pub(crate) struct LbRoutes {
     shared: Arc<Shared>,
 }
 
 impl LbRoutes {
     /// Routes reading `shared`.
-    pub fn new(shared: Arc<Shared>) -> Self {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
         Self { shared }
     }
 
@@ -40,7 +40,7 @@ impl LbRoutes {
                     "backend": backend.name(),
                     "address": backend.config.address,
                     "suspect": backend.is_suspect(now),
-                    "health": backend.live.health.label(),
+                    "health": backend.health.label(),
                 });
                 merge(&mut body, connection);
                 AdminResponse::json(200, body)
@@ -67,7 +67,7 @@ impl LbRoutes {
                     "source": b.source,
                     "weight": b.config.weight,
                     "check": b.config.health.kind.as_str(),
-                    "health": b.live.health.label(),
+                    "health": b.health.label(),
                     "healthy": b.is_healthy(),
                     "suspect": b.is_suspect(now),
                     "connections": b.active(),

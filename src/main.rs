@@ -186,30 +186,19 @@ async fn run_lb(
         .with_context(|| format!("fleetgate lb --config {}", config.display()))
 }
 
-/// `fleetgate check FILE`: `FILE: ok (node config)` on stdout, or every problem on stderr and exit code 64. A file
-/// with neither a `[node]` nor an `[lb]` table is tried as an ACL file (`[auth] acl_file`), so every file an
-/// operator edits can be checked.
+/// `fleetgate check FILE`: `FILE: ok (node config)` on stdout, or every problem on stderr and exit code 64. The
+/// config crate validates the file, whatever its kind (a file with neither a `[node]` nor an `[lb]` table is tried
+/// as an ACL file); for a node config with `[auth]`, the auth crate then reads the password and ACL files it names,
+/// as the node would at start-up.
 fn check(file: &Path) -> ExitCode {
     let checked = fleetgate_config::check::check(file).and_then(|config| {
-        // A node's `[auth]` section and the password and ACL files it names are validated by the auth crate.
-        if let fleetgate_config::check::AnyConfig::Node(node) = &config {
-            fleetgate_broker::check_access(file, node)?;
+        if let fleetgate_config::check::AnyConfig::Node(node) = &config
+            && let Some(auth) = &node.auth
+        {
+            fleetgate_auth::AuthSnapshot::load(auth)?;
         }
         Ok(config.kind().describe())
     });
-    let checked = match checked {
-        Err(e) if is_unknown_kind(file, &e) => match fleetgate_auth::Acl::load(file) {
-            Ok(_) => Ok("acl file"),
-            // Not an ACL file either: what makes it neither, then why it is not an ACL.
-            Err(acl) => Err(fleetgate_config::ConfigError::from(
-                e.problems
-                    .into_iter()
-                    .chain(acl.problems)
-                    .collect::<Vec<_>>(),
-            )),
-        },
-        other => other,
-    };
     match checked {
         Ok(kind) => {
             println!("{}: ok ({kind})", file.display());
@@ -222,13 +211,4 @@ fn check(file: &Path) -> ExitCode {
             ExitCode::from(EXIT_CONFIG_INVALID)
         }
     }
-}
-
-/// Whether `error` says only that the file is neither a node nor an LB config (valid TOML otherwise).
-fn is_unknown_kind(file: &Path, error: &fleetgate_config::ConfigError) -> bool {
-    fleetgate_config::check::kind(file).is_err()
-        && error.problems.len() == 1
-        && error.problems[0]
-            .message
-            .starts_with("neither a [node] nor an [lb] table")
 }

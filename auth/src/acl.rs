@@ -1,5 +1,6 @@
-//! Authorization: the ACL file (ordered allow/deny rules, deny by default), bound once per client at CONNECT
-//! into a [`ClientAcl`] that PUBLISH and SUBSCRIBE checks run against without allocating.
+//! Authorization: the rules of the ACL file (ordered allow/deny rules, deny by default; read and validated by
+//! `fleetgate_config::acl` into an `AclConfig`), bound once per client at CONNECT into a [`ClientAcl`] that PUBLISH
+//! and SUBSCRIBE checks run against without allocating.
 //!
 //! # Semantics
 //! Rules are tried in file order; a rule *applies* to a client when its `match` selects the client and its
@@ -19,109 +20,29 @@
 //! contains `+`, `#`, `/` or NUL, an allow rule is skipped for that client, and a deny rule applies with that
 //! level widened to `+` (skipping a deny would grant access).
 
-use std::path::Path;
-
-use fleetgate_config::load::{ConfigError, Problem, parse_toml, read_file};
-use serde::Deserialize;
-use toml::Spanned;
+use fleetgate_config::acl::{Access, AclConfig, Action, Match, RuleConfig};
 
 use crate::decision::Principal;
-use crate::template::{Rendered, TopicTemplate, Values};
+use crate::template::{Rendered, Values, render};
 use crate::topic::Filter;
 
-/// Most rules an ACL file may hold: every PUBLISH walks the client's applicable rules, so a runaway generated file
-/// must not turn each message into a long scan.
-pub const MAX_RULES: usize = 10_000;
-
-/// Raw ACL file.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AclFile {
-    #[serde(default)]
-    rules: Vec<RuleFile>,
+/// Does `access` cover operation `op`?
+fn includes(access: Access, op: Op) -> bool {
+    matches!(
+        (access, op),
+        (Access::Both, _) | (Access::Publish, Op::Publish) | (Access::Subscribe, Op::Subscribe)
+    )
 }
 
-/// Raw `[[rules]]` entry.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RuleFile {
-    action: Action,
-    access: Access,
-    #[serde(rename = "match")]
-    matcher: Spanned<Match>,
-    topics: Spanned<Vec<Spanned<String>>>,
-}
-
-/// Whether a rule grants or refuses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Action {
-    /// Grant.
-    Allow,
-    /// Refuse.
-    Deny,
-}
-
-/// Which operations a rule is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Access {
-    /// PUBLISH only.
-    Publish,
-    /// SUBSCRIBE only.
-    Subscribe,
-    /// Both.
-    Both,
-}
-
-impl Access {
-    fn includes(self, op: Op) -> bool {
-        matches!(
-            (self, op),
-            (Access::Both, _) | (Access::Publish, Op::Publish) | (Access::Subscribe, Op::Subscribe)
-        )
+/// Does `matcher` select the client admitted as `p`?
+fn selects(matcher: &Match, p: &Principal) -> bool {
+    match matcher {
+        Match::Username(u) => p.username.as_deref() == Some(u.as_str()),
+        Match::Cn(c) => p.cn.as_deref() == Some(c.as_str()),
+        Match::ClientId(c) => p.client_id == *c,
+        Match::AnyAuthenticated(on) => *on && p.is_authenticated(),
+        Match::Anyone(on) => *on,
     }
-}
-
-/// Which clients a rule is about (exactly one key in the `match` table).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub enum Match {
-    /// The authenticated username equals this.
-    Username(String),
-    /// The verified certificate CN equals this.
-    Cn(String),
-    /// The client ID equals this.
-    ClientId(String),
-    /// Any client that authenticated (not anonymous); must be `true`.
-    AnyAuthenticated(bool),
-    /// Every client, anonymous included; must be `true`.
-    Anyone(bool),
-}
-
-impl Match {
-    fn selects(&self, p: &Principal) -> bool {
-        match self {
-            Match::Username(u) => p.username.as_deref() == Some(u.as_str()),
-            Match::Cn(c) => p.cn.as_deref() == Some(c.as_str()),
-            Match::ClientId(c) => p.client_id == *c,
-            Match::AnyAuthenticated(on) => *on && p.is_authenticated(),
-            Match::Anyone(on) => *on,
-        }
-    }
-}
-
-/// One validated rule.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rule {
-    /// Allow or deny.
-    pub action: Action,
-    /// Publish, subscribe or both.
-    pub access: Access,
-    /// Which clients.
-    pub matcher: Match,
-    /// Topic filters, possibly with placeholders.
-    pub topics: Vec<TopicTemplate>,
 }
 
 /// The outcome of an ACL check.
@@ -137,101 +58,23 @@ pub enum AclDecision {
     },
 }
 
-/// A parsed ACL: ordered rules, deny by default.
+/// The ACL of one configuration generation: ordered rules, deny by default.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Acl {
-    rules: Vec<Rule>,
+    rules: Vec<RuleConfig>,
 }
 
 impl Acl {
-    /// An ACL from rules already built (tests, embedders).
-    pub fn from_rules(rules: Vec<Rule>) -> Self {
-        Self { rules }
-    }
-
-    /// The ACL used when no `acl_file` is configured: every client may publish and subscribe to every topic
-    /// except `$` topics (`#` never matches those).
-    pub fn allow_all() -> Self {
-        let all = TopicTemplate::parse("#")
-            .map(|t| vec![t])
-            .unwrap_or_default();
+    /// The ACL of a validated ACL file.
+    pub fn new(config: AclConfig) -> Self {
         Self {
-            rules: vec![Rule {
-                action: Action::Allow,
-                access: Access::Both,
-                matcher: Match::Anyone(true),
-                topics: all,
-            }],
+            rules: config.rules,
         }
     }
 
     /// The rules, in order.
-    pub fn rules(&self) -> &[Rule] {
+    pub fn rules(&self) -> &[RuleConfig] {
         &self.rules
-    }
-
-    /// Reads and validates an ACL file.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = read_file(path)?;
-        Self::parse(path, &text)
-    }
-
-    /// Parses ACL TOML `text` read from `file`, reporting every problem with its line and column.
-    pub fn parse(file: &Path, text: &str) -> Result<Self, ConfigError> {
-        let raw: AclFile = parse_toml(file, text)?;
-        let mut problems = Vec::new();
-        if raw.rules.len() > MAX_RULES {
-            problems.push(Problem::whole_file(
-                file,
-                format!("more than {MAX_RULES} rules"),
-            ));
-        }
-        let mut rules = Vec::with_capacity(raw.rules.len());
-        for r in raw.rules {
-            let matcher = r.matcher.get_ref().clone();
-            if matches!(
-                matcher,
-                Match::AnyAuthenticated(false) | Match::Anyone(false)
-            ) {
-                problems.push(Problem::at(
-                    file,
-                    text,
-                    Some(r.matcher.span()),
-                    "only `true` is meaningful here",
-                ));
-            }
-            if r.topics.get_ref().is_empty() {
-                problems.push(Problem::at(
-                    file,
-                    text,
-                    Some(r.topics.span()),
-                    "a rule needs at least one topic",
-                ));
-            }
-            let mut topics = Vec::new();
-            for t in r.topics.into_inner() {
-                match TopicTemplate::parse(t.get_ref()) {
-                    Ok(tt) => topics.push(tt),
-                    Err(e) => problems.push(Problem::at(
-                        file,
-                        text,
-                        Some(t.span()),
-                        format!("invalid topic: {e}"),
-                    )),
-                }
-            }
-            rules.push(Rule {
-                action: r.action,
-                access: r.access,
-                matcher,
-                topics,
-            });
-        }
-        if problems.is_empty() {
-            Ok(Self { rules })
-        } else {
-            Err(ConfigError::from(problems))
-        }
     }
 
     /// Prepares the ACL for one client: keeps the rules that select `principal`, with placeholders rendered.
@@ -244,13 +87,13 @@ impl Acl {
         };
         let mut rules = Vec::new();
         for (index, rule) in self.rules.iter().enumerate() {
-            if !rule.matcher.selects(principal) {
+            if !selects(&rule.matcher, principal) {
                 continue;
             }
             let mut filters = Vec::with_capacity(rule.topics.len());
             let mut skip = false;
             for t in &rule.topics {
-                match (t.render(&values), rule.action) {
+                match (render(t, &values), rule.action) {
                     (Rendered::Exact(f), _) | (Rendered::Unsafe(f), Action::Deny) => {
                         filters.push(f)
                     }
@@ -309,7 +152,7 @@ impl ClientAcl {
     }
 
     fn first_decision(&self, op: Op, decides: impl Fn(Action, &Filter) -> bool) -> AclDecision {
-        for rule in self.rules.iter().filter(|r| r.access.includes(op)) {
+        for rule in self.rules.iter().filter(|r| includes(r.access, op)) {
             if rule.filters.iter().any(|f| decides(rule.action, f)) {
                 return match rule.action {
                     Action::Allow => AclDecision::Allow,

@@ -6,14 +6,17 @@ use std::net::IpAddr;
 use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
+use fleetgate_config::node::{
+    AuthConfig, BruteForceConfig, DEFAULT_MAX_CONCURRENT_VERIFICATIONS,
+    DEFAULT_MAX_WAITING_VERIFICATIONS,
+};
 use fleetgate_protocol::proxy::PeerIdentity;
 
-use crate::config::AuthConfig;
 use crate::decision::{AuthDecision, AuthFailure};
-use crate::failures::{FailureLimits, FailureTracker};
+use crate::failures::FailureTracker;
 use crate::policy::{Credentials, Evaluation};
 use crate::snapshot::AuthSnapshot;
-use crate::verify::{DEFAULT_MAX_CONCURRENT, DEFAULT_MAX_WAITING, PasswordVerifier, Verified};
+use crate::verify::{PasswordVerifier, Verified};
 
 /// Process-wide authentication state: the password verifier and the brute-force tracker.
 #[derive(Debug)]
@@ -25,16 +28,16 @@ pub struct Authenticator {
 impl Default for Authenticator {
     fn default() -> Self {
         Self::new(
-            FailureLimits::default(),
-            DEFAULT_MAX_CONCURRENT,
-            DEFAULT_MAX_WAITING,
+            BruteForceConfig::default(),
+            DEFAULT_MAX_CONCURRENT_VERIFICATIONS,
+            DEFAULT_MAX_WAITING_VERIFICATIONS,
         )
     }
 }
 
 impl Authenticator {
     /// An authenticator with these limits.
-    pub fn new(limits: FailureLimits, max_concurrent: usize, max_waiting: usize) -> Self {
+    pub fn new(limits: BruteForceConfig, max_concurrent: usize, max_waiting: usize) -> Self {
         Self {
             verifier: PasswordVerifier::new(max_concurrent, max_waiting),
             failures: Mutex::new(FailureTracker::new(limits)),
@@ -44,14 +47,14 @@ impl Authenticator {
     /// An authenticator with the limits of `config`.
     pub fn from_config(config: &AuthConfig) -> Self {
         Self::new(
-            config.failure_limits,
+            config.brute_force,
             config.max_concurrent_verifications,
             config.max_waiting_verifications,
         )
     }
 
     /// Applies reloaded brute-force limits (the verifier's concurrency needs a restart).
-    pub fn set_failure_limits(&self, limits: FailureLimits) {
+    pub fn set_failure_limits(&self, limits: BruteForceConfig) {
         self.tracker().set_limits(limits);
     }
 

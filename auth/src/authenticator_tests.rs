@@ -2,23 +2,30 @@
 
 use std::time::Duration;
 
+use fleetgate_config::acl::AclConfig;
+use fleetgate_config::node::PolicyConfig;
+
 use super::*;
 use crate::acl::Acl;
 use crate::decision::AuthMethod;
 use crate::passwd::PasswordFile;
 use crate::policy::ListenerPolicy;
 
-fn snapshot(policy: ListenerPolicy) -> AuthSnapshot {
+fn snapshot(policy: PolicyConfig) -> AuthSnapshot {
     let mut pw = PasswordFile::empty();
     pw.set_with_cost_for_tests("alice", "s3cret");
-    AuthSnapshot::from_parts(policy, Acl::allow_all(), pw)
+    AuthSnapshot::from_parts(
+        ListenerPolicy::from(policy),
+        Acl::new(AclConfig::allow_all()),
+        pw,
+    )
 }
 
-fn password_policy() -> ListenerPolicy {
-    ListenerPolicy {
+fn password_policy() -> PolicyConfig {
+    PolicyConfig {
         password: true,
         anonymous: false,
-        ..ListenerPolicy::anonymous_only()
+        ..PolicyConfig::anonymous_only()
     }
 }
 
@@ -30,8 +37,8 @@ fn creds<'a>(user: &'a str, password: &'a [u8]) -> Credentials<'a> {
     }
 }
 
-fn limits() -> FailureLimits {
-    FailureLimits {
+fn limits() -> BruteForceConfig {
+    BruteForceConfig {
         max_failures: 3,
         window: Duration::from_secs(60),
         ban: Duration::from_secs(300),
@@ -106,10 +113,10 @@ async fn ban_after_repeated_failures_then_right_password_is_refused() {
 async fn certificate_failures_do_not_ban_and_bans_do_not_block_certificates() {
     let auth = Authenticator::new(limits(), 2, 8);
     let ip = Some("203.0.113.5".parse().unwrap());
-    let cert_policy = ListenerPolicy {
+    let cert_policy = PolicyConfig {
         require_certificate: true,
         anonymous: false,
-        ..ListenerPolicy::anonymous_only()
+        ..PolicyConfig::anonymous_only()
     };
     let cert_snap = snapshot(cert_policy);
     let no_cert = Credentials {

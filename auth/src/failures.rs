@@ -1,46 +1,16 @@
 //! Brute-force protection: password failures counted per source address, and a short ban after too many in a
-//! window. Pure (the caller passes the time) and bounded in memory (at most `max_entries` addresses; the oldest
-//! tracked address is forgotten first). Lives across reloads in the broker, outside the auth snapshot.
+//! window (limits: `[auth.brute_force]`, validated as a `BruteForceConfig`). Pure (the caller passes the time) and
+//! bounded in memory (at most `max_entries` addresses; the oldest tracked address is forgotten first). Lives
+//! across reloads in the broker, outside the auth snapshot.
 //!
 //! IPv6 sources are counted per /64, because one host can rotate through a whole /64 for free. IPv4-mapped IPv6
 //! addresses count as the IPv4 address.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv6Addr};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-/// Default failures that trigger a ban: enough for a device with a stale password to retry a few times.
-pub const DEFAULT_MAX_FAILURES: u32 = 5;
-/// Default window failures are counted in.
-pub const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
-/// Default ban length: short, because a carrier-grade NAT can put many honest devices behind one address.
-pub const DEFAULT_BAN: Duration = Duration::from_secs(300);
-/// Default number of addresses tracked (about 100 bytes each, so ~10 MB at the cap).
-pub const DEFAULT_MAX_ENTRIES: usize = 100_000;
-
-/// Limits of the tracker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FailureLimits {
-    /// Failures within `window` that trigger a ban (≥ 1).
-    pub max_failures: u32,
-    /// How long failures are remembered.
-    pub window: Duration,
-    /// How long a ban lasts.
-    pub ban: Duration,
-    /// Most addresses tracked at once (≥ 1).
-    pub max_entries: usize,
-}
-
-impl Default for FailureLimits {
-    fn default() -> Self {
-        Self {
-            max_failures: DEFAULT_MAX_FAILURES,
-            window: DEFAULT_WINDOW,
-            ban: DEFAULT_BAN,
-            max_entries: DEFAULT_MAX_ENTRIES,
-        }
-    }
-}
+use fleetgate_config::node::BruteForceConfig;
 
 #[derive(Debug, Clone, Copy)]
 struct Entry {
@@ -53,7 +23,7 @@ struct Entry {
 
 impl Entry {
     /// True when the entry carries no information any more at `now`.
-    fn expired(&self, now: Instant, limits: &FailureLimits) -> bool {
+    fn expired(&self, now: Instant, limits: &BruteForceConfig) -> bool {
         let ban_over = self.banned_until.is_none_or(|t| t <= now);
         let window_over = now.saturating_duration_since(self.window_start) >= limits.window;
         ban_over && window_over
@@ -63,7 +33,7 @@ impl Entry {
 /// Password-failure counters per source address.
 #[derive(Debug)]
 pub struct FailureTracker {
-    limits: FailureLimits,
+    limits: BruteForceConfig,
     entries: HashMap<IpAddr, Entry>,
     /// Insertion order (key, generation), oldest first; stale slots are skipped and compacted.
     order: VecDeque<(IpAddr, u64)>,
@@ -83,8 +53,8 @@ fn key(ip: IpAddr) -> IpAddr {
 
 impl FailureTracker {
     /// An empty tracker.
-    pub fn new(limits: FailureLimits) -> Self {
-        let limits = FailureLimits {
+    pub fn new(limits: BruteForceConfig) -> Self {
+        let limits = BruteForceConfig {
             max_failures: limits.max_failures.max(1),
             max_entries: limits.max_entries.max(1),
             ..limits
@@ -98,12 +68,12 @@ impl FailureTracker {
     }
 
     /// The limits in force.
-    pub fn limits(&self) -> FailureLimits {
+    pub fn limits(&self) -> BruteForceConfig {
         self.limits
     }
 
     /// Replaces the limits (after a config reload); existing counters and bans stay.
-    pub fn set_limits(&mut self, limits: FailureLimits) {
+    pub fn set_limits(&mut self, limits: BruteForceConfig) {
         self.limits = Self::new(limits).limits;
         while self.entries.len() > self.limits.max_entries {
             self.evict_oldest();
@@ -222,10 +192,12 @@ impl FailureTracker {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
-    fn limits(max_failures: u32, max_entries: usize) -> FailureLimits {
-        FailureLimits {
+    fn limits(max_failures: u32, max_entries: usize) -> BruteForceConfig {
+        BruteForceConfig {
             max_failures,
             window: Duration::from_secs(60),
             ban: Duration::from_secs(300),

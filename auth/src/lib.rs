@@ -1,7 +1,6 @@
 //! Authentication and authorization decisions of the Fleetgate broker node: pure logic, except password
 //! verification, which runs argon2 on the blocking pool behind a bounded semaphore.
 //!
-//! - [`config`]: the `[auth]` section → validated [`AuthConfig`].
 //! - [`snapshot`]: policies + ACL + password file of one generation ([`AuthSnapshot`]), swapped whole on reload.
 //! - [`policy`]: a listener's authentication policy and its pure evaluation at CONNECT.
 //! - [`decision`]: [`AuthDecision`], [`Principal`], [`AuthFailure`] and its CONNACK reason codes.
@@ -16,7 +15,6 @@
 
 pub mod acl;
 pub mod authenticator;
-pub mod config;
 pub mod decision;
 pub mod error;
 pub mod failures;
@@ -29,10 +27,9 @@ pub mod verify;
 
 pub use acl::{Acl, AclDecision, ClientAcl};
 pub use authenticator::Authenticator;
-pub use config::AuthConfig;
 pub use decision::{AuthDecision, AuthFailure, AuthMethod, Principal};
 pub use error::AuthError;
-pub use failures::{FailureLimits, FailureTracker};
+pub use failures::FailureTracker;
 pub use passwd::{PasswordFile, set_password};
 pub use policy::{Credentials, Evaluation, ListenerPolicy};
 pub use snapshot::AuthSnapshot;

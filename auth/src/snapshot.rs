@@ -1,13 +1,15 @@
-//! Everything authentication and authorization read per connection, built from the files in one go so that a
-//! reload is one `ArcSwap::store` of an `Arc<AuthSnapshot>`: a connection never sees a new ACL with an old password
-//! file. Built off the hot path; a reload that fails keeps the old snapshot.
+//! Everything authentication and authorization read per connection, built from a validated `[auth]` section
+//! (`fleetgate_config::node::AuthConfig`) and the files it names in one go, so that a reload is one
+//! `ArcSwap::store` of an `Arc<AuthSnapshot>`: a connection never sees a new ACL with an old password file. Built
+//! off the hot path; a reload that fails keeps the old snapshot.
 
 use std::collections::BTreeMap;
 
+use fleetgate_config::acl::AclConfig;
 use fleetgate_config::load::{ConfigError, Problem};
+use fleetgate_config::node::AuthConfig;
 
 use crate::acl::Acl;
-use crate::config::AuthConfig;
 use crate::passwd::PasswordFile;
 use crate::policy::ListenerPolicy;
 
@@ -21,7 +23,8 @@ pub struct AuthSnapshot {
 }
 
 impl AuthSnapshot {
-    /// Reads the password and ACL files of `config`, reporting the problems of both at once.
+    /// Reads the password and ACL files of `config` (the ACL through its schema in `fleetgate_config::acl`),
+    /// reporting the problems of both at once. What `fleetgate check` runs for a node config's `[auth]`.
     pub fn load(config: &AuthConfig) -> Result<Self, ConfigError> {
         let mut problems: Vec<Problem> = Vec::new();
         let passwords = match &config.password_file {
@@ -32,18 +35,25 @@ impl AuthSnapshot {
             None => PasswordFile::empty(),
         };
         let acl = match &config.acl_file {
-            Some(path) => Acl::load(path).unwrap_or_else(|e| {
-                problems.extend(e.problems);
-                Acl::default()
-            }),
-            None => Acl::allow_all(),
+            Some(path) => AclConfig::load(path).map_or_else(
+                |e| {
+                    problems.extend(e.problems);
+                    Acl::default()
+                },
+                Acl::new,
+            ),
+            None => Acl::new(AclConfig::allow_all()),
         };
         if !problems.is_empty() {
             return Err(ConfigError::from(problems));
         }
         Ok(Self {
-            default_policy: config.default_policy.clone(),
-            listeners: config.listeners.clone(),
+            default_policy: ListenerPolicy::from(config.default_policy.clone()),
+            listeners: config
+                .listeners
+                .iter()
+                .map(|(name, policy)| (name.clone(), ListenerPolicy::from(policy.clone())))
+                .collect(),
             acl,
             passwords,
         })
@@ -54,7 +64,7 @@ impl AuthSnapshot {
         Self {
             default_policy: ListenerPolicy::anonymous_only(),
             listeners: BTreeMap::new(),
-            acl: Acl::allow_all(),
+            acl: Acl::new(AclConfig::allow_all()),
             passwords: PasswordFile::empty(),
         }
     }
@@ -82,5 +92,52 @@ impl AuthSnapshot {
     /// The password file.
     pub fn passwords(&self) -> &PasswordFile {
         &self.passwords
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_loads_files_and_reports_problems_of_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = dir.path().join("node.toml");
+        std::fs::write(
+            &node,
+            "[auth]\npolicies = [\"password\"]\npassword_file = \"passwd\"\nacl_file = \"acl.toml\"\n[auth.listeners.edge]\npolicies = [\"certificate\"]\n",
+        )
+        .unwrap();
+        let mut pw = crate::passwd::PasswordFile::empty();
+        pw.set_with_cost_for_tests("alice", "pw");
+        pw.save(&dir.path().join("passwd")).unwrap();
+        std::fs::write(
+            dir.path().join("acl.toml"),
+            "[[rules]]\naction = \"allow\"\naccess = \"both\"\nmatch = { username = \"alice\" }\ntopics = [\"u/%u/#\"]\n",
+        )
+        .unwrap();
+        let config = AuthConfig::load(&node, &["edge".to_string()])
+            .unwrap()
+            .unwrap();
+        let snap = AuthSnapshot::load(&config).unwrap();
+        assert!(snap.passwords().contains("alice"));
+        assert_eq!(snap.acl().rules().len(), 1);
+        assert!(snap.policy("edge").config().require_certificate);
+        assert!(snap.policy("other").config().password);
+
+        std::fs::write(dir.path().join("passwd"), "broken\n").unwrap();
+        std::fs::write(
+            dir.path().join("acl.toml"),
+            "[[rules]]\naction = \"maybe\"\n",
+        )
+        .unwrap();
+        let err = AuthSnapshot::load(&config).unwrap_err();
+        assert_eq!(err.problems.len(), 2, "{err}");
+        assert!(err.to_string().contains("passwd:1:1:"), "{err}");
+        assert!(err.to_string().contains("acl.toml:2:"), "{err}");
+
+        std::fs::remove_file(dir.path().join("passwd")).unwrap();
+        let err = AuthSnapshot::load(&config).unwrap_err();
+        assert!(err.to_string().contains("cannot read"), "{err}");
     }
 }

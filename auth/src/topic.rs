@@ -1,6 +1,6 @@
-//! Topic filters as authorization sees them: parsing, matching a concrete topic, and the two relations between
-//! filters that subscription checks need — `covers` (every topic of one is a topic of the other) and `intersects`
-//! (some topic is matched by both).
+//! Topic filters as authorization sees them: parsed with the ACL file's syntax (`fleetgate_config::acl::topic`),
+//! matching a concrete topic, and the two relations between filters that subscription checks need — `covers`
+//! (every topic of one is a topic of the other) and `intersects` (some topic is matched by both).
 //!
 //! Matching follows MQTT 5 §4.7 exactly, including the two rules that are easy to forget:
 //! - `#` also matches its parent level (`a/#` matches `a`), and `+` matches an empty level;
@@ -12,45 +12,7 @@
 
 use std::fmt;
 
-/// Longest filter or topic accepted, in bytes: the MQTT UTF-8 string limit.
-pub const MAX_FILTER_LEN: usize = 65_535;
-
-/// One level of a filter.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Level {
-    /// A level that must equal this text (may be empty).
-    Literal(String),
-    /// `+`: any single level.
-    Plus,
-    /// `#`: any number of levels, including none; always last.
-    Hash,
-}
-
-impl Level {
-    fn is_wildcard(&self) -> bool {
-        !matches!(self, Level::Literal(_))
-    }
-}
-
-/// Why a filter is not valid.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum FilterError {
-    /// The filter is the empty string.
-    #[error("topic filter is empty")]
-    Empty,
-    /// Longer than [`MAX_FILTER_LEN`].
-    #[error("topic filter is longer than 65535 bytes")]
-    TooLong,
-    /// Contains U+0000.
-    #[error("topic filter contains U+0000")]
-    Nul,
-    /// `#` somewhere other than as the whole last level.
-    #[error("`#` must be the whole last level of a topic filter")]
-    MisplacedHash,
-    /// `+` sharing a level with other characters.
-    #[error("`+` must be a whole level of a topic filter")]
-    MisplacedPlus,
-}
+use fleetgate_config::acl::topic::{FilterError, Level, parse_filter};
 
 /// A valid MQTT topic filter (a concrete topic is a filter without wildcards).
 #[derive(Clone, PartialEq, Eq)]
@@ -81,31 +43,9 @@ impl fmt::Display for Filter {
 }
 
 impl Filter {
-    /// Parses and validates a topic filter.
+    /// Parses and validates a topic filter (the syntax is the config crate's, the same for ACL rules).
     pub fn parse(text: &str) -> Result<Self, FilterError> {
-        if text.is_empty() {
-            return Err(FilterError::Empty);
-        }
-        if text.len() > MAX_FILTER_LEN {
-            return Err(FilterError::TooLong);
-        }
-        if text.contains('\0') {
-            return Err(FilterError::Nul);
-        }
-        let parts: Vec<&str> = text.split('/').collect();
-        let last = parts.len() - 1;
-        let mut levels = Vec::with_capacity(parts.len());
-        for (i, part) in parts.into_iter().enumerate() {
-            levels.push(match part {
-                "#" if i == last => Level::Hash,
-                "#" => return Err(FilterError::MisplacedHash),
-                "+" => Level::Plus,
-                p if p.contains('#') => return Err(FilterError::MisplacedHash),
-                p if p.contains('+') => return Err(FilterError::MisplacedPlus),
-                p => Level::Literal(p.to_string()),
-            });
-        }
-        Ok(Self { levels })
+        parse_filter(text).map(|levels| Self { levels })
     }
 
     /// Builds a filter from levels already checked by the caller (`#` only last, literals free of `/+#` and NUL).
@@ -232,6 +172,8 @@ impl Filter {
 
 #[cfg(test)]
 mod tests {
+    use fleetgate_config::acl::topic::MAX_FILTER_LEN;
+
     use super::*;
 
     fn f(s: &str) -> Filter {

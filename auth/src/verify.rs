@@ -9,11 +9,6 @@ use tokio::sync::Semaphore;
 
 use crate::passwd::{PasswordFile, verify_hash};
 
-/// Default checks run at once: one per core of a small node, leaving the runtime threads room.
-pub const DEFAULT_MAX_CONCURRENT: usize = 2;
-/// Default CONNECTs waiting for a slot: ~1 s of queue at ~25 ms per check and two slots.
-pub const DEFAULT_MAX_WAITING: usize = 64;
-
 /// The outcome of a password check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verified {

@@ -49,4 +49,4 @@ mod wakeup;
 pub use broker::{Broker, ClientInfo};
 pub use cluster::tls::TlsError;
 pub use error::BrokerError;
-pub use server::{Node, NodeHandle, check_access, run};
+pub use server::{Node, NodeHandle, run};

@@ -285,12 +285,3 @@ pub async fn run(
     let _ = reloader.await;
     Ok(())
 }
-
-/// Loads the `[auth]` section of the node config at `config_path` and the password and ACL files it names, as
-/// [`run`] would at start (`fleetgate check`).
-pub fn check_access(
-    config_path: &Path,
-    config: &NodeConfig,
-) -> Result<(), fleetgate_config::ConfigError> {
-    Access::load(config_path, config).map(drop)
-}

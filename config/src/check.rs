@@ -1,8 +1,10 @@
-//! `fleetgate check`: decides which kind of config a file is (a top-level `[node]` or `[lb]` table) and runs that
-//! kind's full loader, so every problem is reported the same way the running binary would report it.
+//! `fleetgate check`: decides which kind of config a file is (a top-level `[node]` or `[lb]` table, else an ACL
+//! file) and runs that kind's full loader, so every problem is reported the same way the running binary would
+//! report it. The files a node's `[auth]` names are read by `fleetgate_auth` when it builds the node's snapshot.
 
 use std::path::Path;
 
+use crate::acl::AclConfig;
 use crate::lb::LbConfig;
 use crate::load::{ConfigError, Problem, parse_toml, read_file};
 use crate::node::NodeConfig;
@@ -14,6 +16,8 @@ pub enum ConfigKind {
     Node,
     /// A load balancer config (`[lb]`).
     Lb,
+    /// An ACL file (`[auth] acl_file`): neither table.
+    Acl,
 }
 
 impl ConfigKind {
@@ -22,6 +26,7 @@ impl ConfigKind {
         match self {
             ConfigKind::Node => "node config",
             ConfigKind::Lb => "lb config",
+            ConfigKind::Acl => "acl file",
         }
     }
 }
@@ -33,6 +38,8 @@ pub enum AnyConfig {
     Node(Box<NodeConfig>),
     /// A load balancer config.
     Lb(Box<LbConfig>),
+    /// An ACL file.
+    Acl(AclConfig),
 }
 
 impl AnyConfig {
@@ -41,34 +48,64 @@ impl AnyConfig {
         match self {
             AnyConfig::Node(_) => ConfigKind::Node,
             AnyConfig::Lb(_) => ConfigKind::Lb,
+            AnyConfig::Acl(_) => ConfigKind::Acl,
         }
     }
 }
 
-/// Validates the config file at `path`, whatever its kind, reporting every problem found.
+/// Validates the config file at `path`, whatever its kind, reporting every problem found. A file with neither a
+/// `[node]` nor an `[lb]` table is tried as an ACL file, so every file an operator edits can be checked; when it
+/// is not one either, the problems say what makes it neither, then why it is not an ACL.
 pub fn check(path: &Path) -> Result<AnyConfig, ConfigError> {
-    match kind(path)? {
-        ConfigKind::Node => NodeConfig::load(path).map(|c| AnyConfig::Node(Box::new(c))),
-        ConfigKind::Lb => LbConfig::load(path).map(|c| AnyConfig::Lb(Box::new(c))),
+    match tables(path)? {
+        Tables::Node => NodeConfig::load(path).map(|c| AnyConfig::Node(Box::new(c))),
+        Tables::Lb => LbConfig::load(path).map(|c| AnyConfig::Lb(Box::new(c))),
+        Tables::Neither(neither) => AclConfig::load(path).map(AnyConfig::Acl).map_err(|acl| {
+            ConfigError::from(
+                std::iter::once(neither)
+                    .chain(acl.problems)
+                    .collect::<Vec<_>>(),
+            )
+        }),
     }
 }
 
-/// Decides the kind of the config file at `path` from its top-level tables (TOML syntax errors are reported).
+/// Decides the kind of the config file at `path` from its top-level tables (TOML syntax errors are reported);
+/// neither table is an error here, since nothing in such a file says it is an ACL.
 pub fn kind(path: &Path) -> Result<ConfigKind, ConfigError> {
+    match tables(path)? {
+        Tables::Node => Ok(ConfigKind::Node),
+        Tables::Lb => Ok(ConfigKind::Lb),
+        Tables::Neither(problem) => Err(ConfigError::single(problem)),
+    }
+}
+
+/// What the top-level tables of a file say it is.
+enum Tables {
+    /// A `[node]` table.
+    Node,
+    /// An `[lb]` table.
+    Lb,
+    /// Neither: the problem that says so, for when the file is no ACL either.
+    Neither(Problem),
+}
+
+/// Reads the top-level tables of the file at `path`; an unreadable file, invalid TOML and both tables are errors.
+fn tables(path: &Path) -> Result<Tables, ConfigError> {
     let source = read_file(path)?;
     let table: toml::Table = parse_toml(path, &source)?;
     let is_table = |key: &str| table.get(key).is_some_and(toml::Value::is_table);
     let start = Some(0..0);
     match (is_table("node"), is_table("lb")) {
-        (true, false) => Ok(ConfigKind::Node),
-        (false, true) => Ok(ConfigKind::Lb),
+        (true, false) => Ok(Tables::Node),
+        (false, true) => Ok(Tables::Lb),
         (true, true) => Err(ConfigError::single(Problem::at(
             path,
             &source,
             start,
             "both a [node] and an [lb] table: a config file is for one binary",
         ))),
-        (false, false) => Err(ConfigError::single(Problem::at(
+        (false, false) => Ok(Tables::Neither(Problem::at(
             path,
             &source,
             start,
@@ -131,6 +168,24 @@ mod tests {
                 .to_string()
                 .contains("cannot read")
         );
+    }
+
+    #[test]
+    fn a_file_with_neither_table_is_checked_as_an_acl() {
+        let acl = write(
+            "acl.toml",
+            "[[rules]]\naction = \"allow\"\naccess = \"both\"\nmatch = { anyone = true }\ntopics = [\"#\"]\n",
+        );
+        let config = check(&acl).unwrap();
+        assert_eq!(config.kind().describe(), "acl file");
+        let neither = write("neither-acl.toml", "x = 1\n");
+        let err = check(&neither).unwrap_err();
+        assert_eq!(err.problems.len(), 2, "{err}");
+        assert!(
+            err.problems[0].message.starts_with("neither a [node]"),
+            "{err}"
+        );
+        assert!(err.problems[1].message.contains('x'), "{err}");
     }
 
     #[test]

@@ -1,7 +1,11 @@
-//! Fleetgate's configuration: schema, validation with located errors, and hot-reload watching.
+//! Fleetgate's configuration: every file an operator writes — schema, validation with located errors — and
+//! hot-reload watching. Each file goes TOML → raw `*File` serde structs (`deny_unknown_fields`) → validated
+//! `*Config` types; the binaries and `fleetgate_auth` build their runtime state from the validated types.
 //!
-//! - [`load`]: TOML → raw `*File` structs; [`Problem`]/[`ConfigError`] with `file:line:column`.
-//! - [`node`]: the broker node's config (`[node]` table).
+//! - [`load`]: TOML → raw `*File` structs; [`Problem`]/[`ConfigError`] with `file:line:column`; `Secret`.
+//! - [`node`]: the broker node's config (`[node]` table), its `[auth]` section included ([`node::AuthConfig`]).
+//! - [`acl`]: the ACL file named by `[auth] acl_file` ([`acl::AclConfig`]); [`acl::topic`]: topic filter and
+//!   placeholder syntax.
 //! - [`lb`]: the load balancer's config (`[lb]` table).
 //! - [`discovery`]: the embeddable discovery table (`static = [...]` or `dns = {...}`) that `lb` and `node` use
 //!   for backends and cluster peers; `fleetgate-discovery` runs what it validates to.
@@ -9,6 +13,7 @@
 //! - [`check`]: validate any config file (what `fleetgate check` runs).
 //! - [`watch`]: watch a config file's directory and report debounced changes.
 
+pub mod acl;
 pub mod check;
 pub mod discovery;
 pub mod duration;

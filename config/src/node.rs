@@ -18,7 +18,7 @@
 //! [limits]
 //! max_packet_size = 1048576
 //!
-//! [auth]                               # optional (absent: anonymous access); schema in `fleetgate_auth::config`
+//! [auth]                               # optional (absent: anonymous access); schema in `auth`
 //! policies = ["certificate", "client_id_from_cert"]
 //! acl_file = "acl.toml"
 //!
@@ -37,10 +37,19 @@ use toml::Spanned;
 use crate::duration::ConfigDuration;
 use crate::load::{ConfigError, Problem, parse_toml, read_file};
 
+mod auth;
 mod cluster;
 mod limits;
 mod listeners;
 
+use auth::validate_auth;
+pub use auth::{
+    AuthConfig, AuthSectionFile, BruteForceConfig, BruteForceFile, CertField, ClientIdTemplate,
+    ClientIdTemplateError, DEFAULT_BAN, DEFAULT_CLIENT_ID_TEMPLATE, DEFAULT_FAILURE_WINDOW,
+    DEFAULT_MAX_CONCURRENT_VERIFICATIONS, DEFAULT_MAX_FAILURES, DEFAULT_MAX_TRACKED,
+    DEFAULT_MAX_WAITING_VERIFICATIONS, MAX_CONCURRENT_VERIFICATIONS, PolicyConfig, PolicyFile,
+    SanKind, TemplatePiece,
+};
 pub use cluster::*;
 use limits::validate_limits;
 pub use limits::{
@@ -70,9 +79,8 @@ pub struct NodeFile {
     pub limits: LimitsFile,
     /// `[cluster]`: node-to-node links.
     pub cluster: Option<ClusterFile>,
-    /// `[auth]`: authentication and ACL. Passed through here and validated by `fleetgate_auth::AuthConfig`, which
-    /// depends on this crate (so this crate cannot name its types); `None` keeps anonymous access.
-    pub auth: Option<toml::Table>,
+    /// `[auth]`: authentication and ACL; `None` keeps anonymous access.
+    pub auth: Option<AuthSectionFile>,
 }
 
 /// Raw `[node]` table.
@@ -108,6 +116,8 @@ pub struct NodeConfig {
     pub shutdown_grace: Duration,
     /// Cluster links, when the node is part of a cluster.
     pub cluster: Option<ClusterConfig>,
+    /// Authentication and ACL; `None`: every client admitted anonymously, nothing checked.
+    pub auth: Option<AuthConfig>,
 }
 
 impl NodeConfig {
@@ -138,6 +148,7 @@ impl NodeConfig {
             limits: LimitsConfig::default(),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             cluster: None,
+            auth: None,
         }
     }
 }
@@ -241,6 +252,24 @@ fn validate(file: &Path, source: &str, raw: NodeFile) -> Result<NodeConfig, Conf
         None => None,
     };
 
+    let auth = match raw.auth.as_ref() {
+        Some(a) => {
+            let names: Vec<&str> = raw
+                .listeners
+                .iter()
+                .filter_map(|l| l.name.as_ref().map(|n| n.get_ref().as_str()))
+                .collect();
+            match validate_auth(file, source, a, &names) {
+                Ok(a) => Some(a),
+                Err(p) => {
+                    problems.extend(p);
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+
     if raw.listeners.is_empty() {
         problems.push(Problem::whole_file(
             file,
@@ -260,6 +289,7 @@ fn validate(file: &Path, source: &str, raw: NodeFile) -> Result<NodeConfig, Conf
             .shutdown_grace
             .map_or(DEFAULT_SHUTDOWN_GRACE, ConfigDuration::get),
         cluster,
+        auth,
     })
 }
 
@@ -415,11 +445,13 @@ server_keep_alive = "30s"
     }
 
     #[test]
-    fn auth_section_passes_through_and_listener_names_are_unique() {
+    fn auth_overrides_name_listeners_and_listener_names_are_unique() {
         let ok = "[node]\nname = \"n\"\n[[listeners]]\nname = \"lb\"\nbind = \"127.0.0.1:0\"\n\
-                  [auth]\npolicies = [\"certificate\"]\n[auth.listeners.lb]\nanonymous = true\n";
+                  [auth]\npolicies = [\"certificate\"]\n[auth.listeners.lb]\nanonymous = true\npolicies = []\n";
         let cfg = NodeConfig::parse(Path::new("n.toml"), ok).unwrap();
         assert_eq!(cfg.listeners[0].name.as_deref(), Some("lb"));
+        let auth = cfg.auth.as_ref().expect("the [auth] section");
+        assert!(auth.listeners["lb"].anonymous);
         let dup = "[node]\nname = \"n\"\n[[listeners]]\nname = \"a\"\nbind = \"127.0.0.1:0\"\n\
                    [[listeners]]\nname = \"a\"\nbind = \"127.0.0.1:0\"\n";
         let err = NodeConfig::parse(Path::new("n.toml"), dup).unwrap_err();

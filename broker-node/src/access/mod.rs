@@ -16,11 +16,11 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use fleetgate_auth::{
-    AclDecision, AuthConfig, AuthDecision, AuthFailure, AuthMethod, AuthSnapshot, Authenticator,
-    ClientAcl, Credentials, Principal,
+    AclDecision, AuthDecision, AuthFailure, AuthMethod, AuthSnapshot, Authenticator, ClientAcl,
+    Credentials, Principal,
 };
-use fleetgate_config::load::{ConfigError, Problem};
-use fleetgate_config::node::NodeConfig;
+use fleetgate_config::load::ConfigError;
+use fleetgate_config::node::{AuthConfig, NodeConfig};
 use fleetgate_protocol::mqtt::{Connect, ConnectAckReason, ProtocolLevel, topic};
 use fleetgate_protocol::proxy::PeerIdentity;
 
@@ -75,16 +75,17 @@ impl Access {
         })
     }
 
-    /// Reads the `[auth]` section of the node config at `path` (already validated as `node`) and the files it
-    /// names; reloads re-read the same path.
+    /// Reads the files named by the `[auth]` section of `node` (the config loaded from `path`); reloads re-read
+    /// that section of the same path.
     pub(crate) fn load(path: &Path, node: &NodeConfig) -> Result<Arc<Access>, ConfigError> {
         let listener_names: Vec<String> = node
             .listeners
             .iter()
             .filter_map(|l| l.name.clone())
             .collect();
-        let (generation, config) = build(path, &listener_names)?;
-        let authenticator = config
+        let generation = build(path, node.auth.as_ref())?;
+        let authenticator = node
+            .auth
             .as_ref()
             .map_or_else(Authenticator::default, Authenticator::from_config);
         Ok(Arc::new(Access {
@@ -105,9 +106,10 @@ impl Access {
         let Some(path) = &self.config_path else {
             return Ok(self.current());
         };
-        let (generation, config) = build(path, &self.listener_names)?;
+        let config = AuthConfig::load(path, &self.listener_names)?;
+        let generation = build(path, config.as_ref())?;
         if let Some(c) = &config {
-            self.authenticator.set_failure_limits(c.failure_limits);
+            self.authenticator.set_failure_limits(c.brute_force);
         }
         let generation = Arc::new(generation);
         self.current.store(generation.clone());
@@ -171,40 +173,22 @@ impl Access {
     }
 }
 
-/// Reads the `[auth]` section at `path` and the files it names, reporting every problem at once.
-fn build(
-    path: &Path,
-    listener_names: &[String],
-) -> Result<(AccessGeneration, Option<AuthConfig>), ConfigError> {
-    let Some(config) = AuthConfig::load(path)? else {
-        return Ok((AccessGeneration::disabled(vec![path.to_path_buf()]), None));
+/// The generation of the `[auth]` section `config` of the node config at `path`: reads the files it names,
+/// reporting the problems of both at once.
+fn build(path: &Path, config: Option<&AuthConfig>) -> Result<AccessGeneration, ConfigError> {
+    let Some(config) = config else {
+        return Ok(AccessGeneration::disabled(vec![path.to_path_buf()]));
     };
-    let mut problems: Vec<Problem> = config
-        .listeners
-        .keys()
-        .filter(|name| !listener_names.contains(name))
-        .map(|name| {
-            Problem::whole_file(
-                path,
-                format!("[auth.listeners.{name}]: no [[listeners]] entry has name = {name:?}"),
-            )
-        })
-        .collect();
-    let snapshot = AuthSnapshot::load(&config).map_err(|e| problems.extend(e.problems));
-    let snapshot = match snapshot {
-        Ok(s) if problems.is_empty() => s,
-        _ => return Err(ConfigError::from(problems)),
-    };
+    let snapshot = AuthSnapshot::load(config)?;
     let mut files = vec![path.to_path_buf()];
     files.extend(config.password_file.iter().cloned());
     files.extend(config.acl_file.iter().cloned());
-    let generation = AccessGeneration {
+    Ok(AccessGeneration {
         snapshot,
         enabled: true,
         v3_disconnect_on_denied_publish: config.v3_disconnect_on_denied_publish,
         files,
-    };
-    Ok((generation, Some(config)))
+    })
 }
 
 /// The CONNACK reason for a refused CONNECT. MQTT 3.1.1 codes come from [`AuthFailure::v3_code`]: the v5 reason

@@ -145,12 +145,18 @@ async fn reload_swaps_the_acl_of_live_connections_and_a_broken_file_keeps_the_ol
 
 #[test]
 fn unknown_listener_override_is_reported() {
+    // At start-up the node config reports it with its other problems; on reload, the re-read section does.
     let f = files(
         &format!("{AUTH}[auth.listeners.nope]\nanonymous = true\npolicies = []\n"),
         ACL,
     );
-    let config = NodeConfig::load(&f.node).unwrap();
-    let err = Access::load(&f.node, &config).unwrap_err().to_string();
+    let err = NodeConfig::load(&f.node).unwrap_err().to_string();
+    assert!(err.contains("[auth.listeners.nope]"), "{err}");
+    let f = files(AUTH, ACL);
+    let state = state(&f);
+    let broken = format!("{NODE}{AUTH}[auth.listeners.nope]\nanonymous = true\npolicies = []\n");
+    std::fs::write(&f.node, broken).unwrap();
+    let err = state.reload().unwrap_err().to_string();
     assert!(err.contains("[auth.listeners.nope]"), "{err}");
 }
 

@@ -1,6 +1,8 @@
-//! The `[auth]` section: TOML → raw [`AuthSectionFile`] (serde, `deny_unknown_fields`) → validated
-//! [`AuthConfig`], every problem located as `file:line:column`. The section is read from whatever file holds it
-//! (the node's `node.toml`, or a separate file); other top-level tables of that file are ignored here.
+//! The `[auth]` section of a node config: raw [`AuthSectionFile`] (serde, `deny_unknown_fields`) → validated
+//! [`AuthConfig`] (a policy per listener, the password and ACL file paths, brute-force limits, password-check
+//! bounds), every problem located as `file:line:column`. Validated with the rest of `node.toml` by
+//! [`NodeConfig`](super::NodeConfig); a hot reload re-reads this section alone ([`AuthConfig::load`]).
+//! `fleetgate_auth` builds the running policies, ACL engine and password store from the result.
 //!
 //! ```toml
 //! [auth]
@@ -20,29 +22,46 @@
 //! ban = "5m"
 //! max_tracked = 100000
 //!
-//! # Per-listener override, keyed by the listener's name as the broker passes it; unset fields inherit [auth].
+//! # Per-listener override, keyed by a `[[listeners]]` entry's `name`; unset fields inherit [auth].
 //! [auth.listeners.internal]
 //! policies = ["password"]
 //! ```
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use fleetgate_config::duration::ConfigDuration;
-use fleetgate_config::load::{ConfigError, Problem, parse_toml, read_file};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::failures::FailureLimits;
-use crate::policy::{CertField, ClientIdTemplate, ListenerPolicy};
-use crate::verify::{DEFAULT_MAX_CONCURRENT, DEFAULT_MAX_WAITING};
+use crate::duration::ConfigDuration;
+use crate::load::{ConfigError, Problem, parse_toml, read_file};
+
+mod policy;
+
+pub use policy::{
+    CertField, ClientIdTemplate, ClientIdTemplateError, PolicyConfig, SanKind, TemplatePiece,
+};
 
 /// Upper bound on `max_concurrent_verifications`: each check holds ~19 MiB while it runs.
 pub const MAX_CONCURRENT_VERIFICATIONS: usize = 64;
+/// Default password checks run at once: one per core of a small node, leaving the runtime threads room.
+pub const DEFAULT_MAX_CONCURRENT_VERIFICATIONS: usize = 2;
+/// Default CONNECTs waiting for a password check: ~1 s of queue at ~25 ms per check and two slots.
+pub const DEFAULT_MAX_WAITING_VERIFICATIONS: usize = 64;
 /// Default client ID template for `client_id_from_cert`.
 pub const DEFAULT_CLIENT_ID_TEMPLATE: &str = "{cn}";
+/// Default failures that trigger a ban: enough for a device with a stale password to retry a few times.
+pub const DEFAULT_MAX_FAILURES: u32 = 5;
+/// Default window failures are counted in.
+pub const DEFAULT_FAILURE_WINDOW: Duration = Duration::from_secs(60);
+/// Default ban length: short, because a carrier-grade NAT can put many honest devices behind one address.
+pub const DEFAULT_BAN: Duration = Duration::from_secs(300);
+/// Default number of addresses tracked (about 100 bytes each, so ~10 MB at the cap).
+pub const DEFAULT_MAX_TRACKED: usize = 100_000;
 
-/// The file around the section; every other table is someone else's.
+/// The file around the section when the section is read alone (a hot reload): every other table belongs to the
+/// rest of the node config, which is not reloaded.
 #[derive(Debug, Deserialize)]
 struct HostFile {
     auth: Option<AuthSectionFile>,
@@ -74,7 +93,7 @@ pub struct AuthSectionFile {
     pub brute_force: Option<BruteForceFile>,
     /// `[auth.listeners.<name>]` overrides.
     #[serde(default)]
-    pub listeners: BTreeMap<String, PolicyFile>,
+    pub listeners: BTreeMap<Spanned<String>, PolicyFile>,
 }
 
 /// Raw per-listener override.
@@ -105,21 +124,43 @@ pub struct BruteForceFile {
     pub max_tracked: Option<Spanned<usize>>,
 }
 
+/// The validated `[auth.brute_force]`: password failures per source address that earn a short ban.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BruteForceConfig {
+    /// Failures within `window` that trigger a ban (≥ 1).
+    pub max_failures: u32,
+    /// How long failures are remembered.
+    pub window: Duration,
+    /// How long a ban lasts.
+    pub ban: Duration,
+    /// Most addresses tracked at once (≥ 1).
+    pub max_entries: usize,
+}
+
+impl Default for BruteForceConfig {
+    fn default() -> Self {
+        Self {
+            max_failures: DEFAULT_MAX_FAILURES,
+            window: DEFAULT_FAILURE_WINDOW,
+            ban: DEFAULT_BAN,
+            max_entries: DEFAULT_MAX_TRACKED,
+        }
+    }
+}
+
 /// The validated `[auth]` section.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthConfig {
-    /// The file the section was read from.
-    pub source: PathBuf,
     /// Policy of listeners without an override.
-    pub default_policy: ListenerPolicy,
-    /// Overrides by listener name.
-    pub listeners: BTreeMap<String, ListenerPolicy>,
+    pub default_policy: PolicyConfig,
+    /// Overrides by listener name (each names a `[[listeners]]` entry).
+    pub listeners: BTreeMap<String, PolicyConfig>,
     /// Password file (resolved against the config file's directory).
     pub password_file: Option<PathBuf>,
     /// ACL file (resolved likewise); `None` allows every non-`$` topic.
     pub acl_file: Option<PathBuf>,
     /// Brute-force limits.
-    pub failure_limits: FailureLimits,
+    pub brute_force: BruteForceConfig,
     /// Password checks at once.
     pub max_concurrent_verifications: usize,
     /// CONNECTs queued for a password check.
@@ -138,20 +179,36 @@ struct PolicyFields<'a> {
 }
 
 impl AuthConfig {
-    /// Reads the `[auth]` section of the file at `path`; `Ok(None)` when it has none.
-    pub fn load(path: &Path) -> Result<Option<Self>, ConfigError> {
-        let text = read_file(path)?;
-        Self::parse(path, &text)
+    /// Reads the `[auth]` section of the node config at `path` alone — what a hot reload applies: the rest of the
+    /// file is not reloaded, so a mistake elsewhere in it does not hold the auth files back. `listeners` are the
+    /// running node's listener names, which `[auth.listeners.<name>]` must name. `Ok(None)` without a section.
+    pub fn load(path: &Path, listeners: &[String]) -> Result<Option<AuthConfig>, ConfigError> {
+        let source = read_file(path)?;
+        Self::parse(path, &source, listeners)
     }
 
-    /// Parses the `[auth]` section of `text` (read from `file`).
-    pub fn parse(file: &Path, text: &str) -> Result<Option<Self>, ConfigError> {
-        let host: HostFile = parse_toml(file, text)?;
-        host.auth.map(|raw| validate(file, text, &raw)).transpose()
+    /// Like [`Self::load`], for text `source` read from `file`.
+    pub fn parse(
+        file: &Path,
+        source: &str,
+        listeners: &[String],
+    ) -> Result<Option<AuthConfig>, ConfigError> {
+        let host: HostFile = parse_toml(file, source)?;
+        let names: Vec<&str> = listeners.iter().map(String::as_str).collect();
+        host.auth
+            .map(|raw| validate_auth(file, source, &raw, &names).map_err(ConfigError::from))
+            .transpose()
     }
 }
 
-fn validate(file: &Path, text: &str, raw: &AuthSectionFile) -> Result<AuthConfig, ConfigError> {
+/// Validates a raw `[auth]` table of `file` (text `source`) for a node whose listeners are named `listeners`,
+/// collecting every problem.
+pub(crate) fn validate_auth(
+    file: &Path,
+    source: &str,
+    raw: &AuthSectionFile,
+    listeners: &[&str],
+) -> Result<AuthConfig, Vec<Problem>> {
     let mut problems = Vec::new();
     let top = PolicyFields {
         policies: raw.policies.as_ref(),
@@ -160,99 +217,122 @@ fn validate(file: &Path, text: &str, raw: &AuthSectionFile) -> Result<AuthConfig
         anonymous: raw.anonymous.as_ref(),
     };
     let has_password_file = raw.password_file.is_some();
-    let default_policy = policy(file, text, &top, has_password_file, &mut problems);
-    let mut listeners = BTreeMap::new();
+    let default_policy = validate_policy(file, source, &top, has_password_file, &mut problems);
+    let mut overrides = BTreeMap::new();
     for (name, l) in &raw.listeners {
+        if !listeners.contains(&name.get_ref().as_str()) {
+            let text = name.get_ref();
+            problems.push(Problem::at(
+                file,
+                source,
+                Some(name.span()),
+                format!("[auth.listeners.{text}]: no [[listeners]] entry has name = {text:?}"),
+            ));
+        }
         let fields = PolicyFields {
             policies: l.policies.as_ref().or(top.policies),
             template: l.client_id_template.as_ref().or(top.template),
             username_from: l.username_from.as_ref().or(top.username_from),
             anonymous: l.anonymous.as_ref().or(top.anonymous),
         };
-        listeners.insert(
-            name.clone(),
-            policy(file, text, &fields, has_password_file, &mut problems),
+        overrides.insert(
+            name.get_ref().clone(),
+            validate_policy(file, source, &fields, has_password_file, &mut problems),
         );
     }
     let base = file.parent().unwrap_or(Path::new(""));
     let resolve = |p: &Spanned<String>| base.join(p.get_ref());
-
-    let mut limits = FailureLimits::default();
-    if let Some(bf) = &raw.brute_force {
-        if let Some(n) = &bf.max_failures {
-            if *n.get_ref() == 0 {
-                problems.push(Problem::at(
-                    file,
-                    text,
-                    Some(n.span()),
-                    "max_failures must be at least 1",
-                ));
-            }
-            limits.max_failures = *n.get_ref();
-        }
-        if let Some(w) = bf.window {
-            limits.window = w.get();
-        }
-        if let Some(b) = bf.ban {
-            limits.ban = b.get();
-        }
-        if let Some(m) = &bf.max_tracked {
-            if *m.get_ref() == 0 {
-                problems.push(Problem::at(
-                    file,
-                    text,
-                    Some(m.span()),
-                    "max_tracked must be at least 1",
-                ));
-            }
-            limits.max_entries = *m.get_ref();
-        }
-    }
+    let brute_force = raw
+        .brute_force
+        .as_ref()
+        .map_or_else(BruteForceConfig::default, |bf| {
+            validate_brute_force(file, source, bf, &mut problems)
+        });
     let max_concurrent = match &raw.max_concurrent_verifications {
         Some(n) if *n.get_ref() == 0 || *n.get_ref() > MAX_CONCURRENT_VERIFICATIONS => {
             problems.push(Problem::at(
                 file,
-                text,
+                source,
                 Some(n.span()),
                 format!("max_concurrent_verifications must be between 1 and {MAX_CONCURRENT_VERIFICATIONS}"),
             ));
-            DEFAULT_MAX_CONCURRENT
+            DEFAULT_MAX_CONCURRENT_VERIFICATIONS
         }
         Some(n) => *n.get_ref(),
-        None => DEFAULT_MAX_CONCURRENT,
+        None => DEFAULT_MAX_CONCURRENT_VERIFICATIONS,
     };
     if !problems.is_empty() {
-        return Err(ConfigError::from(problems));
+        return Err(problems);
     }
     Ok(AuthConfig {
-        source: file.to_path_buf(),
         default_policy,
-        listeners,
+        listeners: overrides,
         password_file: raw.password_file.as_ref().map(resolve),
         acl_file: raw.acl_file.as_ref().map(resolve),
-        failure_limits: limits,
+        brute_force,
         max_concurrent_verifications: max_concurrent,
-        max_waiting_verifications: raw.max_waiting_verifications.unwrap_or(DEFAULT_MAX_WAITING),
+        max_waiting_verifications: raw
+            .max_waiting_verifications
+            .unwrap_or(DEFAULT_MAX_WAITING_VERIFICATIONS),
         v3_disconnect_on_denied_publish: raw.v3_disconnect_on_denied_publish.unwrap_or(false),
     })
 }
 
-/// Validates one policy, pushing its problems.
-fn policy(
+/// Validates `[auth.brute_force]`, pushing its problems.
+fn validate_brute_force(
     file: &Path,
-    text: &str,
+    source: &str,
+    bf: &BruteForceFile,
+    problems: &mut Vec<Problem>,
+) -> BruteForceConfig {
+    let mut limits = BruteForceConfig::default();
+    if let Some(n) = &bf.max_failures {
+        if *n.get_ref() == 0 {
+            problems.push(Problem::at(
+                file,
+                source,
+                Some(n.span()),
+                "max_failures must be at least 1",
+            ));
+        }
+        limits.max_failures = *n.get_ref();
+    }
+    if let Some(w) = bf.window {
+        limits.window = w.get();
+    }
+    if let Some(b) = bf.ban {
+        limits.ban = b.get();
+    }
+    if let Some(m) = &bf.max_tracked {
+        if *m.get_ref() == 0 {
+            problems.push(Problem::at(
+                file,
+                source,
+                Some(m.span()),
+                "max_tracked must be at least 1",
+            ));
+        }
+        limits.max_entries = *m.get_ref();
+    }
+    limits
+}
+
+/// Validates one policy, pushing its problems.
+fn validate_policy(
+    file: &Path,
+    source: &str,
     f: &PolicyFields<'_>,
     has_password_file: bool,
     problems: &mut Vec<Problem>,
-) -> ListenerPolicy {
-    let mut p = ListenerPolicy {
+) -> PolicyConfig {
+    let mut p = PolicyConfig {
         require_certificate: false,
         client_id_from_cert: None,
         username_from_cert: None,
         password: false,
         anonymous: f.anonymous.is_some_and(|a| *a.get_ref()),
     };
-    let at = |span, msg: String| Problem::at(file, text, Some(span), msg);
+    let at = |span, msg: String| Problem::at(file, source, Some(span), msg);
     let names = f
         .policies
         .map(|p| p.get_ref().as_slice())
@@ -306,7 +386,7 @@ fn policy(
         .map(Spanned::span)
         .or(f.anonymous.map(Spanned::span));
     let locate = |msg: &str| match whole.clone() {
-        Some(span) => Problem::at(file, text, Some(span), msg),
+        Some(span) => Problem::at(file, source, Some(span), msg),
         None => Problem::whole_file(file, format!("[auth]: {msg}")),
     };
     if p.anonymous && p.needs_certificate() {
@@ -323,5 +403,4 @@ fn policy(
 }
 
 #[cfg(test)]
-#[path = "config_tests.rs"]
 mod tests;

@@ -1,12 +1,17 @@
-//! Unit tests of the `[auth]` section and of loading a whole snapshot from files.
+//! Unit tests of the `[auth]` section: validation, inheritance, located problems, and its checks against the
+//! node's listeners.
 
 use std::time::Duration;
 
 use super::*;
-use crate::snapshot::AuthSnapshot;
+use crate::node::NodeConfig;
+
+/// Listener names the sections below may override.
+const LISTENERS: [&str; 3] = ["internal", "a", "b"];
 
 fn parse(text: &str) -> Result<Option<AuthConfig>, ConfigError> {
-    AuthConfig::parse(Path::new("/etc/fleetgate/node.toml"), text)
+    let names: Vec<String> = LISTENERS.iter().map(|n| n.to_string()).collect();
+    AuthConfig::parse(Path::new("/etc/fleetgate/node.toml"), text, &names)
 }
 
 #[test]
@@ -62,8 +67,8 @@ anonymous = true
     );
     assert_eq!(c.acl_file.as_deref(), Some(Path::new("/abs/acl.toml")));
     assert_eq!(
-        c.failure_limits,
-        FailureLimits {
+        c.brute_force,
+        BruteForceConfig {
             max_failures: 3,
             window: Duration::from_secs(30),
             ban: Duration::from_secs(120),
@@ -86,7 +91,7 @@ fn defaults_for_template_and_username_field() {
         "{cn}"
     );
     assert_eq!(c.default_policy.username_from_cert, Some(CertField::Cn));
-    assert_eq!(c.failure_limits, FailureLimits::default());
+    assert_eq!(c.brute_force, BruteForceConfig::default());
     assert!(c.acl_file.is_none());
 }
 
@@ -144,41 +149,45 @@ fn listener_overrides_inherit_unset_fields() {
 }
 
 #[test]
-fn snapshot_loads_files_and_reports_problems_of_both() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = dir.path().join("node.toml");
-    std::fs::write(
-        &node,
-        "[auth]\npolicies = [\"password\"]\npassword_file = \"passwd\"\nacl_file = \"acl.toml\"\n[auth.listeners.edge]\npolicies = [\"certificate\"]\n",
-    )
-    .unwrap();
-    let mut pw = crate::passwd::PasswordFile::empty();
-    pw.set_with_cost_for_tests("alice", "pw");
-    pw.save(&dir.path().join("passwd")).unwrap();
-    std::fs::write(
-        dir.path().join("acl.toml"),
-        "[[rules]]\naction = \"allow\"\naccess = \"both\"\nmatch = { username = \"alice\" }\ntopics = [\"u/%u/#\"]\n",
-    )
-    .unwrap();
-    let config = AuthConfig::load(&node).unwrap().unwrap();
-    let snap = AuthSnapshot::load(&config).unwrap();
-    assert!(snap.passwords().contains("alice"));
-    assert_eq!(snap.acl().rules().len(), 1);
-    assert!(snap.policy("edge").require_certificate);
-    assert!(snap.policy("other").password);
+fn overrides_must_name_a_listener() {
+    let err =
+        parse("[auth]\nanonymous = true\n[auth.listeners.nope]\npolicies = []\n").unwrap_err();
+    assert_eq!(err.problems.len(), 1, "{err}");
+    assert!(
+        err.to_string().contains(
+            "node.toml:3:17: [auth.listeners.nope]: no [[listeners]] entry has name = \"nope\""
+        ),
+        "{err}"
+    );
+}
 
-    std::fs::write(dir.path().join("passwd"), "broken\n").unwrap();
-    std::fs::write(
-        dir.path().join("acl.toml"),
-        "[[rules]]\naction = \"maybe\"\n",
-    )
-    .unwrap();
-    let err = AuthSnapshot::load(&config).unwrap_err();
-    assert_eq!(err.problems.len(), 2, "{err}");
-    assert!(err.to_string().contains("passwd:1:1:"), "{err}");
-    assert!(err.to_string().contains("acl.toml:2:"), "{err}");
-
-    std::fs::remove_file(dir.path().join("passwd")).unwrap();
-    let err = AuthSnapshot::load(&config).unwrap_err();
-    assert!(err.to_string().contains("cannot read"), "{err}");
+#[test]
+fn the_node_config_validates_its_section_with_the_rest() {
+    let file = Path::new("/etc/fleetgate/node.toml");
+    let ok = "[node]\nname = \"n\"\n[[listeners]]\nname = \"lb\"\nbind = \"127.0.0.1:0\"\n\
+              [auth]\npolicies = [\"password\"]\npassword_file = \"passwd\"\n[auth.listeners.lb]\npolicies = [\"certificate\"]\n";
+    let auth = NodeConfig::parse(file, ok).unwrap().auth.unwrap();
+    assert!(auth.default_policy.password);
+    assert!(auth.listeners["lb"].require_certificate);
+    assert_eq!(
+        auth.password_file.as_deref(),
+        Some(Path::new("/etc/fleetgate/passwd"))
+    );
+    assert_eq!(
+        NodeConfig::parse(
+            file,
+            "[node]\nname = \"n\"\n[[listeners]]\nbind = \"127.0.0.1:0\"\n"
+        )
+        .unwrap()
+        .auth,
+        None
+    );
+    // One report for every problem: a listener's, the section's, and an override of a listener that is not there.
+    let bad = "[node]\nname = \"n\"\n[[listeners]]\nbind = \"nowhere\"\n\
+               [auth]\npolicies = [\"pasword\"]\n[auth.listeners.x]\nanonymous = true\n";
+    let err = NodeConfig::parse(file, bad).unwrap_err();
+    let lines: Vec<usize> = err.problems.iter().map(|p| p.line).collect();
+    for line in [4, 6, 7] {
+        assert!(lines.contains(&line), "line {line}: {err}");
+    }
 }

@@ -66,14 +66,15 @@ pub struct Acl {
 
 impl Acl {
     /// The ACL of a validated ACL file.
-    pub fn new(config: AclConfig) -> Self {
+    pub(crate) fn new(config: AclConfig) -> Self {
         Self {
             rules: config.rules,
         }
     }
 
     /// The rules, in order.
-    pub fn rules(&self) -> &[RuleConfig] {
+    #[cfg(test)]
+    pub(crate) fn rules(&self) -> &[RuleConfig] {
         &self.rules
     }
 

@@ -37,7 +37,7 @@ impl Default for Authenticator {
 
 impl Authenticator {
     /// An authenticator with these limits.
-    pub fn new(limits: BruteForceConfig, max_concurrent: usize, max_waiting: usize) -> Self {
+    pub(crate) fn new(limits: BruteForceConfig, max_concurrent: usize, max_waiting: usize) -> Self {
         Self {
             verifier: PasswordVerifier::new(max_concurrent, max_waiting),
             failures: Mutex::new(FailureTracker::new(limits)),

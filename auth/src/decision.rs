@@ -16,7 +16,7 @@ pub enum AuthMethod {
 
 impl AuthMethod {
     /// Label for logs and metrics.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             AuthMethod::Certificate => "certificate",
             AuthMethod::Password => "password",
@@ -44,7 +44,7 @@ pub struct Principal {
 
 impl Principal {
     /// True unless the client came in anonymously.
-    pub fn is_authenticated(&self) -> bool {
+    pub(crate) fn is_authenticated(&self) -> bool {
         self.method != AuthMethod::Anonymous
     }
 }
@@ -114,7 +114,7 @@ impl AuthFailure {
 
     /// True for failures that count towards a brute-force ban (guessable credentials only; certificate
     /// failures are not guessable, and counting them would let one misconfigured device ban a whole NAT).
-    pub fn counts_towards_ban(self) -> bool {
+    pub(crate) fn counts_towards_ban(self) -> bool {
         self == AuthFailure::BadCredentials
     }
 }
@@ -133,7 +133,7 @@ pub enum AuthDecision {
 
 impl AuthDecision {
     /// Shorthand for a refusal.
-    pub fn refuse(reason: AuthFailure) -> Self {
+    pub(crate) fn refuse(reason: AuthFailure) -> Self {
         AuthDecision::Refuse { reason }
     }
 }

@@ -32,7 +32,7 @@ impl Entry {
 
 /// Password-failure counters per source address.
 #[derive(Debug)]
-pub struct FailureTracker {
+pub(crate) struct FailureTracker {
     limits: BruteForceConfig,
     entries: HashMap<IpAddr, Entry>,
     /// Insertion order (key, generation), oldest first; stale slots are skipped and compacted.
@@ -53,7 +53,7 @@ fn key(ip: IpAddr) -> IpAddr {
 
 impl FailureTracker {
     /// An empty tracker.
-    pub fn new(limits: BruteForceConfig) -> Self {
+    pub(crate) fn new(limits: BruteForceConfig) -> Self {
         let limits = BruteForceConfig {
             max_failures: limits.max_failures.max(1),
             max_entries: limits.max_entries.max(1),
@@ -67,13 +67,8 @@ impl FailureTracker {
         }
     }
 
-    /// The limits in force.
-    pub fn limits(&self) -> BruteForceConfig {
-        self.limits
-    }
-
     /// Replaces the limits (after a config reload); existing counters and bans stay.
-    pub fn set_limits(&mut self, limits: BruteForceConfig) {
+    pub(crate) fn set_limits(&mut self, limits: BruteForceConfig) {
         self.limits = Self::new(limits).limits;
         while self.entries.len() > self.limits.max_entries {
             self.evict_oldest();
@@ -81,17 +76,13 @@ impl FailureTracker {
     }
 
     /// Number of addresses tracked.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }
 
-    /// True when nothing is tracked.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
     /// Is `ip` banned at `now`?
-    pub fn is_banned(&self, ip: IpAddr, now: Instant) -> bool {
+    pub(crate) fn is_banned(&self, ip: IpAddr, now: Instant) -> bool {
         self.entries
             .get(&key(ip))
             .and_then(|e| e.banned_until)
@@ -99,7 +90,7 @@ impl FailureTracker {
     }
 
     /// Counts a failed password check from `ip` at `now`; returns true when this failure started a ban.
-    pub fn record_failure(&mut self, ip: IpAddr, now: Instant) -> bool {
+    pub(crate) fn record_failure(&mut self, ip: IpAddr, now: Instant) -> bool {
         let k = key(ip);
         let limits = self.limits;
         if let Some(e) = self.entries.get_mut(&k) {
@@ -144,7 +135,7 @@ impl FailureTracker {
     }
 
     /// Forgets `ip`'s failures after a successful password check.
-    pub fn record_success(&mut self, ip: IpAddr) {
+    pub(crate) fn record_success(&mut self, ip: IpAddr) {
         self.entries.remove(&key(ip));
     }
 

@@ -1,36 +1,37 @@
 //! Authentication and authorization decisions of the Fleetgate broker node: pure logic, except password
-//! verification, which runs argon2 on the blocking pool behind a bounded semaphore.
+//! verification, which runs argon2 on the blocking pool behind a bounded semaphore. The `[auth]` section and the
+//! ACL file are read and validated by `fleetgate_config` (`node::AuthConfig`, `acl::AclConfig`); this crate builds
+//! the running state from them and owns the password file.
 //!
-//! - [`snapshot`]: policies + ACL + password file of one generation ([`AuthSnapshot`]), swapped whole on reload.
-//! - [`policy`]: a listener's authentication policy and its pure evaluation at CONNECT.
-//! - [`decision`]: [`AuthDecision`], [`Principal`], [`AuthFailure`] and its CONNACK reason codes.
-//! - [`authenticator`]: the CONNECT entry point ([`Authenticator::authenticate`]) with ban accounting and metrics.
-//! - [`verify`]: argon2 checks on `spawn_blocking`, bounded in concurrency and queue length.
-//! - [`failures`]: brute-force protection, failures per source address and short bans.
-//! - [`passwd`]: the argon2id password file; [`set_password`] for `fleetgate passwd`.
-//! - [`acl`]: ACL rules, bound per client ([`ClientAcl`]) for PUBLISH and SUBSCRIBE checks.
-//! - [`template`]: `%c` / `%u` / `%cn` placeholders in ACL topics and their safe substitution.
-//! - [`topic`]: topic filters: matching, `covers`, `intersects`.
-//! - [`error`]: [`AuthError`] for password-file editing.
+//! - `snapshot`: policies + ACL + password file of one generation ([`AuthSnapshot`], built from an `AuthConfig`),
+//!   swapped whole on reload.
+//! - `policy`: a listener's authentication policy and its pure evaluation at CONNECT.
+//! - `decision`: [`AuthDecision`], [`Principal`], [`AuthFailure`] and its CONNACK reason codes.
+//! - `authenticator`: the CONNECT entry point ([`Authenticator::authenticate`]) with ban accounting and metrics.
+//! - `verify`: argon2 checks on `spawn_blocking`, bounded in concurrency and queue length.
+//! - `failures`: brute-force protection, failures per source address and short bans.
+//! - `passwd`: the argon2id password file; [`set_password`] for `fleetgate passwd`.
+//! - `acl`: the ACL's rules ([`Acl`]), bound per client ([`ClientAcl`]) for PUBLISH and SUBSCRIBE checks.
+//! - `template`: `%c` / `%u` / `%cn` placeholders in ACL topics, rendered safely for one client.
+//! - `topic`: topic filters: matching, `covers`, `intersects`.
+//! - `error`: [`AuthError`] for password-file editing.
 
-pub mod acl;
-pub mod authenticator;
-pub mod decision;
-pub mod error;
-pub mod failures;
-pub mod passwd;
-pub mod policy;
-pub mod snapshot;
-pub mod template;
-pub mod topic;
-pub mod verify;
+mod acl;
+mod authenticator;
+mod decision;
+mod error;
+mod failures;
+mod passwd;
+mod policy;
+mod snapshot;
+mod template;
+mod topic;
+mod verify;
 
 pub use acl::{Acl, AclDecision, ClientAcl};
 pub use authenticator::Authenticator;
 pub use decision::{AuthDecision, AuthFailure, AuthMethod, Principal};
 pub use error::AuthError;
-pub use failures::FailureTracker;
-pub use passwd::{PasswordFile, set_password};
-pub use policy::{Credentials, Evaluation, ListenerPolicy};
+pub use passwd::set_password;
+pub use policy::Credentials;
 pub use snapshot::AuthSnapshot;
-pub use verify::PasswordVerifier;

@@ -18,21 +18,21 @@ use crate::error::AuthError;
 /// ran: 21 ms minimum, 33 ms median per verify (46 MiB/t=1 was ~60 ms, too slow for a reconnect storm). An
 /// unoptimized (debug) build takes ~1.2 s per hash. The CONNECT-storm cost is bounded by the verifier's
 /// concurrency limit, not by this constant.
-pub const HASH_M_COST_KIB: u32 = 19 * 1024;
+pub(crate) const HASH_M_COST_KIB: u32 = 19 * 1024;
 /// Passes over memory for new hashes; see [`HASH_M_COST_KIB`].
-pub const HASH_T_COST: u32 = 2;
+pub(crate) const HASH_T_COST: u32 = 2;
 /// Lanes for new hashes; one, because the verifier already runs several checks in parallel.
-pub const HASH_P_COST: u32 = 1;
+pub(crate) const HASH_P_COST: u32 = 1;
 
 /// Largest memory cost accepted in a loaded hash (64 MiB): a hand-edited `m=4194304` would make every CONNECT for
 /// that user allocate 4 GiB.
-pub const MAX_M_COST_KIB: u32 = 64 * 1024;
+pub(crate) const MAX_M_COST_KIB: u32 = 64 * 1024;
 /// Largest time cost accepted in a loaded hash; beyond this one CONNECT costs seconds of CPU.
-pub const MAX_T_COST: u32 = 10;
+pub(crate) const MAX_T_COST: u32 = 10;
 /// Largest parallelism accepted in a loaded hash.
-pub const MAX_P_COST: u32 = 4;
+pub(crate) const MAX_P_COST: u32 = 4;
 /// Longest username accepted (the MQTT string limit).
-pub const MAX_USERNAME_LEN: usize = 65_535;
+pub(crate) const MAX_USERNAME_LEN: usize = 65_535;
 
 /// A hash with the default cost of a password nobody knows: verified against when the username is unknown and the
 /// file has no entry to borrow parameters from, so "no such user" costs as much as "wrong password".
@@ -48,7 +48,7 @@ enum Line {
 
 /// A parsed password file.
 #[derive(Clone, PartialEq, Eq, Default)]
-pub struct PasswordFile {
+pub(crate) struct PasswordFile {
     lines: Vec<Line>,
     hashes: BTreeMap<String, String>,
 }
@@ -71,7 +71,7 @@ fn hasher() -> Result<Argon2<'static>, AuthError> {
 
 /// Why a stored hash is refused. The messages name the problem, never the hash.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum HashError {
+pub(crate) enum HashError {
     /// Not a PHC string (`$alg$v=..$params$salt$hash`); holds the parser's description.
     #[error("not a PHC hash string: {0}")]
     NotPhc(String),
@@ -155,18 +155,18 @@ pub(crate) struct HashMaterial {
 
 impl PasswordFile {
     /// An empty file.
-    pub fn empty() -> Self {
+    pub(crate) fn empty() -> Self {
         Self::default()
     }
 
     /// Reads and parses a password file.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+    pub(crate) fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = read_file(path)?;
         Self::parse(path, &text)
     }
 
     /// Parses password-file `text` read from `file`; every bad line is reported with its line number.
-    pub fn parse(file: &Path, text: &str) -> Result<Self, ConfigError> {
+    pub(crate) fn parse(file: &Path, text: &str) -> Result<Self, ConfigError> {
         let mut out = Self::default();
         let mut problems = Vec::new();
         for (i, raw) in text.lines().enumerate() {
@@ -213,22 +213,19 @@ impl PasswordFile {
     }
 
     /// Number of users.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.hashes.len()
     }
 
-    /// True when the file has no users.
-    pub fn is_empty(&self) -> bool {
-        self.hashes.is_empty()
-    }
-
     /// True when `user` has an entry.
-    pub fn contains(&self, user: &str) -> bool {
+    #[cfg(test)]
+    pub(crate) fn contains(&self, user: &str) -> bool {
         self.hashes.contains_key(user)
     }
 
     /// Sets (adds or replaces) `user`'s password, hashed with argon2id at the default bounded cost. Blocking.
-    pub fn set(&mut self, user: &str, password: &str) -> Result<(), AuthError> {
+    pub(crate) fn set(&mut self, user: &str, password: &str) -> Result<(), AuthError> {
         self.set_with(&hasher()?, user, password)
     }
 
@@ -264,17 +261,10 @@ impl PasswordFile {
         Ok(())
     }
 
-    /// Removes `user`; true if it existed.
-    pub fn remove(&mut self, user: &str) -> bool {
-        let existed = self.hashes.remove(user).is_some();
-        self.lines
-            .retain(|l| !matches!(l, Line::Entry(u) if u == user));
-        existed
-    }
-
     /// Checks `password` for `user`, synchronously (tens of milliseconds; the broker uses
     /// [`crate::verify::PasswordVerifier`] instead). An unknown user costs the same as a wrong password.
-    pub fn verify_blocking(&self, user: &str, password: &[u8]) -> bool {
+    #[cfg(test)]
+    pub(crate) fn verify_blocking(&self, user: &str, password: &[u8]) -> bool {
         let material = self.material(user);
         verify_hash(&material.phc, password) && material.known
     }
@@ -320,7 +310,7 @@ impl PasswordFile {
 
     /// Writes the file atomically: a temporary file (mode 0600) in the same directory, synced, then renamed over
     /// `path`, so a reader (the broker's reload) never sees half a file.
-    pub fn save(&self, path: &Path) -> Result<(), AuthError> {
+    pub(crate) fn save(&self, path: &Path) -> Result<(), AuthError> {
         let io = |source| AuthError::Io {
             path: path.to_path_buf(),
             source,

@@ -24,16 +24,16 @@ use crate::decision::{AuthDecision, AuthFailure, AuthMethod, Principal};
 
 /// The certificate fields of a PROXY identity, available only when the LB verified the certificate.
 #[derive(Debug, Clone, Copy)]
-pub struct VerifiedCert<'a> {
+pub(crate) struct VerifiedCert<'a> {
     /// Subject CN.
-    pub cn: Option<&'a str>,
+    pub(crate) cn: Option<&'a str>,
     /// SANs, kind-prefixed (`DNS:`, `URI:`, `EMAIL:`, `IP:`).
-    pub sans: &'a [String],
+    pub(crate) sans: &'a [String],
 }
 
 impl<'a> VerifiedCert<'a> {
     /// The verified certificate of `identity`, or `None` when it was not verified (whatever else it claims).
-    pub fn from_identity(identity: &'a PeerIdentity) -> Option<Self> {
+    pub(crate) fn from_identity(identity: &'a PeerIdentity) -> Option<Self> {
         identity.cert_verified.then(|| VerifiedCert {
             cn: identity.cn.as_deref(),
             sans: &identity.sans,
@@ -41,7 +41,7 @@ impl<'a> VerifiedCert<'a> {
     }
 
     /// The value of `field` in this certificate; `None` when absent or empty.
-    pub fn field(&self, field: CertField) -> Option<&'a str> {
+    pub(crate) fn field(&self, field: CertField) -> Option<&'a str> {
         let value = match field {
             CertField::Cn => self.cn?,
             CertField::San(kind) => {
@@ -58,7 +58,7 @@ impl<'a> VerifiedCert<'a> {
     }
 
     /// The client ID `template` gives for this certificate; `None` when a field it needs is missing.
-    pub fn client_id(&self, template: &ClientIdTemplate) -> Option<String> {
+    pub(crate) fn client_id(&self, template: &ClientIdTemplate) -> Option<String> {
         let mut out = String::new();
         for piece in template.pieces() {
             match piece {
@@ -72,7 +72,7 @@ impl<'a> VerifiedCert<'a> {
 
 /// The authentication policy of a listener as the authenticator runs it, built from its validated config.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListenerPolicy {
+pub(crate) struct ListenerPolicy {
     config: PolicyConfig,
 }
 
@@ -84,17 +84,18 @@ impl From<PolicyConfig> for ListenerPolicy {
 
 impl ListenerPolicy {
     /// Anonymous access and nothing else (what a node without an `[auth]` section runs).
-    pub fn anonymous_only() -> Self {
+    pub(crate) fn anonymous_only() -> Self {
         Self::from(PolicyConfig::anonymous_only())
     }
 
     /// The policies this runs.
-    pub fn config(&self) -> &PolicyConfig {
+    #[cfg(test)]
+    pub(crate) fn config(&self) -> &PolicyConfig {
         &self.config
     }
 
     /// Evaluates a CONNECT against this policy without checking a password.
-    pub fn evaluate(&self, creds: &Credentials<'_>, identity: &PeerIdentity) -> Evaluation {
+    pub(crate) fn evaluate(&self, creds: &Credentials<'_>, identity: &PeerIdentity) -> Evaluation {
         let policy = &self.config;
         let cert = VerifiedCert::from_identity(identity);
         let refuse = |f| Evaluation::Decided(AuthDecision::refuse(f));
@@ -181,7 +182,7 @@ impl fmt::Debug for Credentials<'_> {
 
 /// The outcome of [`ListenerPolicy::evaluate`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Evaluation {
+pub(crate) enum Evaluation {
     /// Decided without a password.
     Decided(AuthDecision),
     /// Everything else passed; the password of [`PasswordCheck::username`] must be checked.
@@ -190,18 +191,18 @@ pub enum Evaluation {
 
 /// A password check still to do, and the principal it admits.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PasswordCheck {
+pub(crate) struct PasswordCheck {
     principal: Principal,
 }
 
 impl PasswordCheck {
     /// The username to look up in the password file.
-    pub fn username(&self) -> &str {
+    pub(crate) fn username(&self) -> &str {
         self.principal.username.as_deref().unwrap_or_default()
     }
 
     /// The decision once the password was checked.
-    pub fn finish(self, password_ok: bool) -> AuthDecision {
+    pub(crate) fn finish(self, password_ok: bool) -> AuthDecision {
         if password_ok {
             AuthDecision::Allow(self.principal)
         } else {

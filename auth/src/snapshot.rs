@@ -69,8 +69,9 @@ impl AuthSnapshot {
         }
     }
 
-    /// A snapshot from parts already built (tests, embedders).
-    pub fn from_parts(policy: ListenerPolicy, acl: Acl, passwords: PasswordFile) -> Self {
+    /// A snapshot from parts already built (tests).
+    #[cfg(test)]
+    pub(crate) fn from_parts(policy: ListenerPolicy, acl: Acl, passwords: PasswordFile) -> Self {
         Self {
             default_policy: policy,
             listeners: BTreeMap::new(),
@@ -80,7 +81,7 @@ impl AuthSnapshot {
     }
 
     /// The policy of the listener named `listener` (its `[auth.listeners.<name>]` override, else `[auth]`).
-    pub fn policy(&self, listener: &str) -> &ListenerPolicy {
+    pub(crate) fn policy(&self, listener: &str) -> &ListenerPolicy {
         self.listeners.get(listener).unwrap_or(&self.default_policy)
     }
 
@@ -90,7 +91,7 @@ impl AuthSnapshot {
     }
 
     /// The password file.
-    pub fn passwords(&self) -> &PasswordFile {
+    pub(crate) fn passwords(&self) -> &PasswordFile {
         &self.passwords
     }
 }

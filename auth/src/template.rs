@@ -12,13 +12,13 @@ use crate::topic::Filter;
 
 /// The values a template is rendered with; `None` when the client has no such (authenticated) value.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Values<'a> {
+pub(crate) struct Values<'a> {
     /// Client ID.
-    pub client_id: Option<&'a str>,
+    pub(crate) client_id: Option<&'a str>,
     /// Authenticated username.
-    pub username: Option<&'a str>,
+    pub(crate) username: Option<&'a str>,
     /// Verified certificate CN.
-    pub cn: Option<&'a str>,
+    pub(crate) cn: Option<&'a str>,
 }
 
 impl<'a> Values<'a> {
@@ -32,13 +32,13 @@ impl<'a> Values<'a> {
 }
 
 /// Is `value` safe to put inside a topic level?
-pub fn is_safe_value(value: &str) -> bool {
+pub(crate) fn is_safe_value(value: &str) -> bool {
     !value.is_empty() && !value.contains(['+', '#', '/', '\0'])
 }
 
 /// The result of rendering a template for one client.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Rendered {
+pub(crate) enum Rendered {
     /// Every placeholder had a safe value (or there were none).
     Exact(Filter),
     /// Some placeholder was missing or unsafe; this is the filter with each such level replaced by `+` (a
@@ -47,7 +47,7 @@ pub enum Rendered {
 }
 
 /// Renders `template` with `values`.
-pub fn render(template: &TopicTemplate, values: &Values<'_>) -> Rendered {
+pub(crate) fn render(template: &TopicTemplate, values: &Values<'_>) -> Rendered {
     let mut safe = true;
     let mut out = Vec::with_capacity(template.levels().len());
     for (i, level) in template.levels().iter().enumerate() {

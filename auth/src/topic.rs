@@ -16,7 +16,7 @@ use fleetgate_config::acl::topic::{FilterError, Level, parse_filter};
 
 /// A valid MQTT topic filter (a concrete topic is a filter without wildcards).
 #[derive(Clone, PartialEq, Eq)]
-pub struct Filter {
+pub(crate) struct Filter {
     levels: Vec<Level>,
 }
 
@@ -44,23 +44,13 @@ impl fmt::Display for Filter {
 
 impl Filter {
     /// Parses and validates a topic filter (the syntax is the config crate's, the same for ACL rules).
-    pub fn parse(text: &str) -> Result<Self, FilterError> {
+    pub(crate) fn parse(text: &str) -> Result<Self, FilterError> {
         parse_filter(text).map(|levels| Self { levels })
     }
 
     /// Builds a filter from levels already checked by the caller (`#` only last, literals free of `/+#` and NUL).
     pub(crate) fn from_levels(levels: Vec<Level>) -> Self {
         Self { levels }
-    }
-
-    /// The levels of the filter.
-    pub fn levels(&self) -> &[Level] {
-        &self.levels
-    }
-
-    /// True when the filter has no wildcard (it is a concrete topic name).
-    pub fn is_topic(&self) -> bool {
-        !self.levels.iter().any(Level::is_wildcard)
     }
 
     /// The levels with a lone `#` written as `+/#`: the same topics (every topic has at least one level), but
@@ -86,7 +76,7 @@ impl Filter {
 
     /// Does this filter match the concrete topic `topic`? A "topic" containing `+`, `#` or NUL, or an empty one,
     /// matches nothing (the broker rejects such a PUBLISH; refusing here too keeps a codec bug from widening access).
-    pub fn matches(&self, topic: &str) -> bool {
+    pub(crate) fn matches(&self, topic: &str) -> bool {
         if topic.is_empty() || topic.contains(['+', '#', '\0']) {
             return false;
         }
@@ -112,7 +102,7 @@ impl Filter {
     }
 
     /// True when every topic matched by `other` is also matched by `self`.
-    pub fn covers(&self, other: &Filter) -> bool {
+    pub(crate) fn covers(&self, other: &Filter) -> bool {
         // `other` matches some `$` topics that `self` cannot (a leading wildcard never matches `$`).
         if self.leading_wildcard() && other.names_dollar() {
             return false;
@@ -144,7 +134,7 @@ impl Filter {
     }
 
     /// True when at least one topic is matched by both filters.
-    pub fn intersects(&self, other: &Filter) -> bool {
+    pub(crate) fn intersects(&self, other: &Filter) -> bool {
         // One matches only `$` topics, the other none.
         if (self.leading_wildcard() && other.names_dollar())
             || (other.leading_wildcard() && self.names_dollar())
@@ -194,8 +184,6 @@ mod tests {
         for ok in ["#", "+", "a//b", "/", "+/+/#", "$SYS/#", "a/+/c"] {
             assert_eq!(f(ok).to_string(), ok);
         }
-        assert!(f("a/b").is_topic());
-        assert!(!f("a/+").is_topic());
     }
 
     #[test]

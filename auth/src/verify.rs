@@ -11,7 +11,7 @@ use crate::passwd::{PasswordFile, verify_hash};
 
 /// The outcome of a password check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verified {
+pub(crate) enum Verified {
     /// The user exists and the password is right.
     Match,
     /// Unknown user or wrong password (indistinguishable by design).
@@ -24,7 +24,7 @@ pub enum Verified {
 
 /// Runs password checks with bounded concurrency; one per process, shared by every connection.
 #[derive(Debug, Clone)]
-pub struct PasswordVerifier {
+pub(crate) struct PasswordVerifier {
     permits: Arc<Semaphore>,
     waiting: Arc<AtomicUsize>,
     max_waiting: usize,
@@ -42,7 +42,7 @@ impl Drop for WaitingGuard<'_> {
 
 impl PasswordVerifier {
     /// A verifier running at most `max_concurrent` (≥ 1) checks, with at most `max_waiting` queued.
-    pub fn new(max_concurrent: usize, max_waiting: usize) -> Self {
+    pub(crate) fn new(max_concurrent: usize, max_waiting: usize) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(max_concurrent.max(1))),
             waiting: Arc::new(AtomicUsize::new(0)),
@@ -51,7 +51,7 @@ impl PasswordVerifier {
     }
 
     /// Checks `password` for `username` in `passwords`. An unknown user runs the same argon2 work as a known one.
-    pub async fn verify(
+    pub(crate) async fn verify(
         &self,
         passwords: &PasswordFile,
         username: &str,

@@ -24,7 +24,7 @@ use topic::TopicTemplate;
 
 /// Most rules an ACL file may hold: every PUBLISH walks the client's applicable rules, so a runaway generated file
 /// must not turn each message into a long scan.
-pub const MAX_RULES: usize = 10_000;
+pub(crate) const MAX_RULES: usize = 10_000;
 
 /// Raw ACL file.
 #[derive(Debug, Deserialize)]

@@ -70,16 +70,6 @@ pub fn check(path: &Path) -> Result<AnyConfig, ConfigError> {
     }
 }
 
-/// Decides the kind of the config file at `path` from its top-level tables (TOML syntax errors are reported);
-/// neither table is an error here, since nothing in such a file says it is an ACL.
-pub fn kind(path: &Path) -> Result<ConfigKind, ConfigError> {
-    match tables(path)? {
-        Tables::Node => Ok(ConfigKind::Node),
-        Tables::Lb => Ok(ConfigKind::Lb),
-        Tables::Neither(problem) => Err(ConfigError::single(problem)),
-    }
-}
-
 /// What the top-level tables of a file say it is.
 enum Tables {
     /// A `[node]` table.
@@ -119,6 +109,15 @@ fn tables(path: &Path) -> Result<Tables, ConfigError> {
 mod tests {
     use super::*;
     use std::path::PathBuf;
+
+    /// The kind of the file at `path` from its top-level tables; neither table is an error here.
+    fn kind(path: &Path) -> Result<ConfigKind, ConfigError> {
+        match tables(path)? {
+            Tables::Node => Ok(ConfigKind::Node),
+            Tables::Lb => Ok(ConfigKind::Lb),
+            Tables::Neither(problem) => Err(ConfigError::single(problem)),
+        }
+    }
 
     fn write(name: &str, text: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("fleetgate-check-{}", std::process::id()));

@@ -26,7 +26,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::ConfigDuration;
+use crate::duration::ConfigDuration;
 use crate::load::{ConfigError, Problem, parse_toml};
 
 /// Default time between refreshes when TTLs are longer: a rescheduled pod is noticed within this.
@@ -36,14 +36,14 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
 pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest accepted `interval`: beyond a day a moved member would stay unreachable for longer than anyone
 /// would wait; it is almost certainly a typo.
-pub const MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 /// Default deadline of one DNS query attempt: cluster DNS answers in milliseconds; two seconds covers a loaded
 /// CoreDNS without letting a dead one stall a round for long.
 pub const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest accepted per-query `timeout`: a round must stay well inside any refresh interval.
-pub const MAX_QUERY_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const MAX_QUERY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Port of a `nameserver` given without one.
-pub const DNS_PORT: u16 = 53;
+pub(crate) const DNS_PORT: u16 = 53;
 /// Longest DNS label in octets (RFC 1035 §2.3.4).
 const MAX_LABEL_LEN: usize = 63;
 /// Longest absolute name as text, trailing dot included: 255 octets on the wire (RFC 1035 §2.3.4) is the text
@@ -53,43 +53,43 @@ const MAX_NAME_LEN: usize = 254;
 /// Raw discovery table as written: exactly one of `static` or `dns`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DiscoveryFile {
+pub(crate) struct DiscoveryFile {
     /// `static = [...]`: a fixed list.
     #[serde(rename = "static")]
-    pub static_list: Option<Spanned<Vec<StaticEndpointFile>>>,
+    pub(crate) static_list: Option<Spanned<Vec<StaticEndpointFile>>>,
     /// `dns = { ... }`: DNS discovery.
-    pub dns: Option<Spanned<DnsFile>>,
+    pub(crate) dns: Option<Spanned<DnsFile>>,
 }
 
 /// Raw entry of a static list.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct StaticEndpointFile {
+pub(crate) struct StaticEndpointFile {
     /// Stable name; defaults to the address text.
-    pub name: Option<Spanned<String>>,
+    pub(crate) name: Option<Spanned<String>>,
     /// `"ip:port"`.
-    pub address: Spanned<String>,
+    pub(crate) address: Spanned<String>,
 }
 
 /// Raw `dns = { ... }` table.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DnsFile {
+pub(crate) struct DnsFile {
     /// Name to look up (A/AAAA owner or SRV owner).
-    pub name: Spanned<String>,
+    pub(crate) name: Spanned<String>,
     /// `"a"` (A and AAAA, the default) or `"srv"`.
     #[serde(rename = "type")]
-    pub record_type: Option<Spanned<String>>,
+    pub(crate) record_type: Option<Spanned<String>>,
     /// Port of every address (`type = "a"` only; SRV records carry their own).
-    pub port: Option<Spanned<u16>>,
+    pub(crate) port: Option<Spanned<u16>>,
     /// `"first_label"` (default) or `"target"` (`type = "srv"` only).
-    pub name_from: Option<Spanned<String>>,
+    pub(crate) name_from: Option<Spanned<String>>,
     /// Longest time between refreshes (default 10 s, at least 1 s).
-    pub interval: Option<Spanned<ConfigDuration>>,
+    pub(crate) interval: Option<Spanned<ConfigDuration>>,
     /// Deadline of one query attempt (default 2 s).
-    pub timeout: Option<Spanned<ConfigDuration>>,
+    pub(crate) timeout: Option<Spanned<ConfigDuration>>,
     /// `"ip:port"` or `"ip"` (port 53) of the nameserver; default: the system configuration.
-    pub nameserver: Option<Spanned<String>>,
+    pub(crate) nameserver: Option<Spanned<String>>,
 }
 
 /// A validated discovery table; `fleetgate_discovery::from_config` turns it into a running discovery.
@@ -156,7 +156,7 @@ impl DiscoveryConfig {
 impl DiscoveryFile {
     /// Validates this table, read from `file` whose text is `source`. `at` is the span of the table itself (from
     /// the embedding config's `Spanned<DiscoveryFile>`), used when a problem concerns the table as a whole.
-    pub fn validate(
+    pub(crate) fn validate(
         &self,
         file: &Path,
         source: &str,
@@ -194,7 +194,7 @@ impl DiscoveryFile {
 /// Checks a configured DNS name and makes it absolute and lowercase: a trailing dot is added when missing, so
 /// no search domain applies. Rejects IP addresses, empty labels, labels over 63 octets or starting with `-`,
 /// and characters other than ASCII letters, digits, `-` and `_`.
-pub fn absolute_dns_name(name: &str) -> Result<String, String> {
+pub(crate) fn absolute_dns_name(name: &str) -> Result<String, String> {
     let invalid = |message: &str| format!("invalid DNS name {name:?}: {message}");
     if name.is_empty() || name == "." {
         return Err(invalid("empty name"));

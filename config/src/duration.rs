@@ -40,17 +40,17 @@ pub enum DurationError {
 
 /// A [`Duration`] read from a string such as `"10s"` (units: `ms`, `s`, `m`, `h`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct ConfigDuration(pub Duration);
+pub(crate) struct ConfigDuration(pub Duration);
 
 impl ConfigDuration {
     /// The wrapped duration.
-    pub fn get(self) -> Duration {
+    pub(crate) fn get(self) -> Duration {
         self.0
     }
 
     /// The duration, or [`DurationError::TooShort`] when it is below `min` (a `"0s"` timeout fails every attempt
     /// at once; a `"0s"` interval spins).
-    pub fn at_least(self, min: Duration) -> Result<Duration, DurationError> {
+    pub(crate) fn at_least(self, min: Duration) -> Result<Duration, DurationError> {
         if self.0 < min {
             Err(DurationError::TooShort { min })
         } else {

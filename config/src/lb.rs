@@ -72,77 +72,67 @@ mod tls;
 #[cfg(test)]
 mod tests;
 
-pub use backends::{BackendConfig, BackendFile, ProxyVersion};
-pub use control::{
-    DEFAULT_DRAIN_JITTER, DEFAULT_DRAIN_RATE, DEFAULT_FALL, DEFAULT_HEALTH_INTERVAL,
-    DEFAULT_HEALTH_TIMEOUT, DEFAULT_HTTP_PATH, DEFAULT_RISE, DiscoverySectionFile,
-    DiscoverySettings, DrainConfig, DrainFile, HealthConfig, HealthFile, HealthKind,
-    default_probe_client_id,
-};
-pub use limits::{
-    DEFAULT_BACKEND_CONNECT_TIMEOUT, DEFAULT_CONNECT_PEEK_TIMEOUT, DEFAULT_IDLE_GRACE,
-    DEFAULT_MAX_CONNECT_SIZE, DEFAULT_MAX_IDLE, LimitsConfig, LimitsFile, MAX_MQTT_PACKET,
-    MIN_MAX_CONNECT_SIZE,
-};
-pub use listeners::{DEFAULT_PROXY_HEADER_TIMEOUT, ListenerConfig, ListenerFile};
-pub use tls::{
-    CertificateConfig, CertificateFile, ClientAuth, DEFAULT_HANDSHAKE_TIMEOUT, TlsConfig, TlsFile,
-};
+pub use backends::{BackendConfig, ProxyVersion};
+pub use control::{DiscoverySettings, DrainConfig, HealthConfig, HealthKind};
+pub use limits::LimitsConfig;
+pub use listeners::ListenerConfig;
+pub use tls::{CertificateConfig, ClientAuth, DEFAULT_HANDSHAKE_TIMEOUT, TlsConfig};
 
-use backends::{validate_backend, validate_discovery};
-use limits::validate_limits;
-use listeners::validate_listener;
+use backends::{BackendFile, validate_backend, validate_discovery};
+use control::{DiscoverySectionFile, DrainFile, HealthFile};
+use limits::{LimitsFile, validate_limits};
+use listeners::{ListenerFile, validate_listener};
 
 /// Default time to wait for connections to drain after shutdown starts.
-pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Shortest accepted timeout (`handshake_timeout`, `connect_peek_timeout`, `backend_connect_timeout`, health
 /// `timeout`): a `"0s"` deadline fails every attempt at once, which is never what an operator meant.
-pub const MIN_TIMEOUT: Duration = Duration::from_millis(1);
+pub(crate) const MIN_TIMEOUT: Duration = Duration::from_millis(1);
 
 /// Raw `lb.toml` as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct LbFile {
+pub(crate) struct LbFile {
     /// `[lb]`: identity and process-wide settings.
-    pub lb: LbSectionFile,
+    pub(crate) lb: LbSectionFile,
     /// `[admin]`: the admin HTTP server.
-    pub admin: Option<AdminFile>,
+    pub(crate) admin: Option<AdminFile>,
     /// `[[listeners]]`: client-facing listeners.
     #[serde(default)]
-    pub listeners: Vec<ListenerFile>,
+    pub(crate) listeners: Vec<ListenerFile>,
     /// `[[backends]]`: broker nodes.
     #[serde(default)]
-    pub backends: Vec<BackendFile>,
+    pub(crate) backends: Vec<BackendFile>,
     /// `[limits]`: time, size and admission limits.
     #[serde(default)]
-    pub limits: LimitsFile,
+    pub(crate) limits: LimitsFile,
     /// `[health]`: the default health check of every backend.
-    pub health: Option<HealthFile>,
+    pub(crate) health: Option<HealthFile>,
     /// `[drain]`: how connections are moved off at shutdown or when a draining backend leaves.
-    pub drain: Option<DrainFile>,
+    pub(crate) drain: Option<DrainFile>,
     /// `[discovery]`: backends found by fleetgate-discovery.
-    pub discovery: Option<DiscoverySectionFile>,
+    pub(crate) discovery: Option<DiscoverySectionFile>,
 }
 
 /// Raw `[lb]` table.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct LbSectionFile {
+pub(crate) struct LbSectionFile {
     /// Name of this LB instance (logs).
-    pub name: Spanned<String>,
+    pub(crate) name: Spanned<String>,
     /// How long shutdown waits for connections to close.
-    pub shutdown_grace: Option<ConfigDuration>,
+    pub(crate) shutdown_grace: Option<ConfigDuration>,
 }
 
 /// Raw `[admin]` table.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct AdminFile {
+pub(crate) struct AdminFile {
     /// Socket address of the admin HTTP server.
-    pub bind: Spanned<String>,
+    pub(crate) bind: Spanned<String>,
     /// File holding the bearer token that mutating admin requests (`POST /reload`, `POST /drain`) must carry.
-    pub token_file: Option<Spanned<String>>,
+    pub(crate) token_file: Option<Spanned<String>>,
 }
 
 /// A validated load balancer config.

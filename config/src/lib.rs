@@ -22,5 +22,4 @@ pub mod load;
 pub mod node;
 pub mod watch;
 
-pub use duration::ConfigDuration;
 pub use load::{ConfigError, Problem};

@@ -71,7 +71,7 @@ pub struct Problem {
 
 impl Problem {
     /// A problem at byte offset range `span` of `source`.
-    pub fn at(
+    pub(crate) fn at(
         file: &Path,
         source: &str,
         span: Option<Range<usize>>,
@@ -87,7 +87,7 @@ impl Problem {
     }
 
     /// A problem with the file as a whole.
-    pub fn whole_file(file: &Path, message: impl Into<String>) -> Self {
+    pub(crate) fn whole_file(file: &Path, message: impl Into<String>) -> Self {
         Self {
             file: file.to_path_buf(),
             line: 0,
@@ -159,7 +159,7 @@ pub fn read_file(path: &Path) -> Result<String, ConfigError> {
 }
 
 /// Parses TOML `source` (read from `file`) into the raw serde type `T`.
-pub fn parse_toml<T: DeserializeOwned>(file: &Path, source: &str) -> Result<T, ConfigError> {
+pub(crate) fn parse_toml<T: DeserializeOwned>(file: &Path, source: &str) -> Result<T, ConfigError> {
     toml::from_str(source).map_err(|e| {
         let message = e.message().trim().to_string();
         ConfigError::single(Problem::at(file, source, e.span(), message))
@@ -167,7 +167,7 @@ pub fn parse_toml<T: DeserializeOwned>(file: &Path, source: &str) -> Result<T, C
 }
 
 /// 1-based line and column (in characters) of byte `offset` in `source`.
-pub fn line_column(source: &str, offset: usize) -> (usize, usize) {
+pub(crate) fn line_column(source: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(source.len());
     let before = source.get(..offset).unwrap_or(source);
     let line = before.matches('\n').count() + 1;

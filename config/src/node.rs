@@ -42,63 +42,58 @@ mod cluster;
 mod limits;
 mod listeners;
 
-use auth::validate_auth;
 pub use auth::{
-    AuthConfig, AuthSectionFile, BruteForceConfig, BruteForceFile, CertField, ClientIdTemplate,
-    ClientIdTemplateError, DEFAULT_BAN, DEFAULT_CLIENT_ID_TEMPLATE, DEFAULT_FAILURE_WINDOW,
-    DEFAULT_MAX_CONCURRENT_VERIFICATIONS, DEFAULT_MAX_FAILURES, DEFAULT_MAX_TRACKED,
-    DEFAULT_MAX_WAITING_VERIFICATIONS, MAX_CONCURRENT_VERIFICATIONS, PolicyConfig, PolicyFile,
-    SanKind, TemplatePiece,
+    AuthConfig, BruteForceConfig, CertField, ClientIdTemplate, ClientIdTemplateError,
+    DEFAULT_MAX_CONCURRENT_VERIFICATIONS, DEFAULT_MAX_WAITING_VERIFICATIONS, PolicyConfig, SanKind,
+    TemplatePiece,
 };
-pub use cluster::*;
-use limits::validate_limits;
-pub use limits::{
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_PACKET_SIZE, DEFAULT_MAX_QUEUED_MESSAGES,
-    DEFAULT_RECEIVE_MAXIMUM, DEFAULT_SESSION_EXPIRY_MAXIMUM, DEFAULT_TOPIC_ALIAS_MAXIMUM,
-    LimitsConfig, LimitsFile, MIN_MAX_PACKET_SIZE,
-};
-use listeners::validate_listeners;
-pub use listeners::{DEFAULT_PROXY_TIMEOUT, ListenerConfig, ListenerFile, ProxyMode};
+use auth::{AuthSectionFile, validate_auth};
+pub use cluster::{ClusterConfig, ClusterTlsConfig, PeerConfig};
+use cluster::{ClusterFile, validate_cluster};
+pub use limits::LimitsConfig;
+use limits::{LimitsFile, validate_limits};
+use listeners::{DEFAULT_PROXY_TIMEOUT, ListenerFile, validate_listeners};
+pub use listeners::{ListenerConfig, ProxyMode};
 
 /// Default time to wait for connections to close after shutdown starts.
-pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Raw `node.toml` as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct NodeFile {
+pub(crate) struct NodeFile {
     /// `[node]`: identity and process-wide settings.
-    pub node: NodeSectionFile,
+    pub(crate) node: NodeSectionFile,
     /// `[[listeners]]`: MQTT listeners.
     #[serde(default)]
-    pub listeners: Vec<ListenerFile>,
+    pub(crate) listeners: Vec<ListenerFile>,
     /// `[admin]`: the admin HTTP server.
-    pub admin: Option<AdminFile>,
+    pub(crate) admin: Option<AdminFile>,
     /// `[limits]`: protocol and resource limits.
     #[serde(default)]
-    pub limits: LimitsFile,
+    pub(crate) limits: LimitsFile,
     /// `[cluster]`: node-to-node links.
-    pub cluster: Option<ClusterFile>,
+    pub(crate) cluster: Option<ClusterFile>,
     /// `[auth]`: authentication and ACL; `None` keeps anonymous access.
-    pub auth: Option<AuthSectionFile>,
+    pub(crate) auth: Option<AuthSectionFile>,
 }
 
 /// Raw `[node]` table.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct NodeSectionFile {
+pub(crate) struct NodeSectionFile {
     /// Stable node name (used by the cluster ring and in logs).
-    pub name: Spanned<String>,
+    pub(crate) name: Spanned<String>,
     /// How long shutdown waits for connections to close.
-    pub shutdown_grace: Option<ConfigDuration>,
+    pub(crate) shutdown_grace: Option<ConfigDuration>,
 }
 
 /// Raw `[admin]` table.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct AdminFile {
+pub(crate) struct AdminFile {
     /// Socket address of the admin HTTP server.
-    pub bind: Spanned<String>,
+    pub(crate) bind: Spanned<String>,
 }
 
 /// A validated broker node config.
@@ -315,6 +310,7 @@ pub(crate) fn parse_addr(
 
 #[cfg(test)]
 mod tests {
+    use super::limits::DEFAULT_MAX_QUEUED_MESSAGES;
     use super::*;
 
     const VALID: &str = r#"

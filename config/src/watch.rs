@@ -17,7 +17,7 @@ use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 /// Name of the symlink Kubernetes swaps atomically when a mounted ConfigMap or Secret changes.
-pub const CONFIGMAP_DATA_LINK: &str = "..data";
+pub(crate) const CONFIGMAP_DATA_LINK: &str = "..data";
 
 /// Notifications buffered for the reader: one pending change is enough, since a reload reads the latest state.
 const CHANGED_QUEUE: usize = 1;

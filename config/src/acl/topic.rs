@@ -177,13 +177,6 @@ impl TopicTemplate {
     pub fn levels(&self) -> &[TemplateLevel] {
         &self.levels
     }
-
-    /// True when the template has a placeholder.
-    pub fn has_placeholders(&self) -> bool {
-        self.levels
-            .iter()
-            .any(|l| matches!(l, TemplateLevel::Substituted(_)))
-    }
 }
 
 /// Splits one level into text and placeholders; `offset` is the level's byte offset in the whole topic.
@@ -280,7 +273,5 @@ mod tests {
             TopicTemplate::parse("a/%c+"),
             Err(TemplateError::Filter(FilterError::MisplacedPlus))
         ));
-        assert!(TopicTemplate::parse("a/%c").unwrap().has_placeholders());
-        assert!(!TopicTemplate::parse("a/b").unwrap().has_placeholders());
     }
 }

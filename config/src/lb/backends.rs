@@ -12,26 +12,26 @@ use super::control::{self, DiscoverySectionFile, DiscoverySettings, HealthConfig
 /// Raw `[[backends]]` entry.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct BackendFile {
+pub(crate) struct BackendFile {
     /// Stable ring key (e.g. `broker-0`).
-    pub name: Spanned<String>,
+    pub(crate) name: Spanned<String>,
     /// `host:port` of the broker node's listener.
-    pub address: Spanned<String>,
+    pub(crate) address: Spanned<String>,
     /// Relative weight (default 1; 0 = drained).
-    pub weight: Option<u32>,
+    pub(crate) weight: Option<u32>,
     /// `"off"`, `"v1"` or `"v2"` (default).
-    pub proxy_protocol: Option<Spanned<String>>,
+    pub(crate) proxy_protocol: Option<Spanned<String>>,
     /// Send the client certificate (DER) in the PROXY v2 SSL TLV.
     #[serde(default)]
-    pub send_client_cert: Option<Spanned<bool>>,
+    pub(crate) send_client_cert: Option<Spanned<bool>>,
     /// Add a CRC32C TLV to PROXY v2 headers.
     #[serde(default)]
-    pub crc32c: Option<Spanned<bool>>,
+    pub(crate) crc32c: Option<Spanned<bool>>,
     /// When this backend leaves the config, move its clients off at the drain pace (default: they stay until
     /// they close).
-    pub drain: Option<bool>,
+    pub(crate) drain: Option<bool>,
     /// Overrides of the `[health]` fields for this backend.
-    pub health: Option<HealthFile>,
+    pub(crate) health: Option<HealthFile>,
 }
 
 /// PROXY protocol version sent to a backend.

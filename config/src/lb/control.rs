@@ -40,53 +40,53 @@ use crate::duration::ConfigDuration;
 use crate::load::Secret;
 
 /// Default time between two health checks of a backend.
-pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+pub(crate) const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(2);
 /// Default deadline of one check: a broker that takes longer than this to answer a CONNECT is not serving.
-pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
 /// Default consecutive successes to mark a down backend up (one lucky answer must not bring back a flapping node).
-pub const DEFAULT_RISE: u32 = 2;
+pub(crate) const DEFAULT_RISE: u32 = 2;
 /// Default consecutive failures to mark an up backend down (one lost probe must not move its clients).
-pub const DEFAULT_FALL: u32 = 3;
+pub(crate) const DEFAULT_FALL: u32 = 3;
 /// Default readiness path of the `http` check (the node's admin `/readyz`).
-pub const DEFAULT_HTTP_PATH: &str = "/readyz";
+pub(crate) const DEFAULT_HTTP_PATH: &str = "/readyz";
 /// Shortest accepted check interval: probes are real MQTT sessions on the broker; more often is a load test.
-pub const MIN_HEALTH_INTERVAL: Duration = Duration::from_millis(100);
+pub(crate) const MIN_HEALTH_INTERVAL: Duration = Duration::from_millis(100);
 /// Longest accepted `rise`/`fall`: beyond this a backend would take minutes to flip at any sensible interval.
-pub const MAX_THRESHOLD: u32 = 100;
+pub(crate) const MAX_THRESHOLD: u32 = 100;
 /// Default drain pace: a thousand reconnects a second is what a single broker node absorbs comfortably.
-pub const DEFAULT_DRAIN_RATE: f64 = 1000.0;
+pub(crate) const DEFAULT_DRAIN_RATE: f64 = 1000.0;
 /// Default jitter of the drain pace (fraction of each gap).
-pub const DEFAULT_DRAIN_JITTER: f64 = 0.25;
+pub(crate) const DEFAULT_DRAIN_JITTER: f64 = 0.25;
 
 /// Raw `[health]` table, or a backend's `health = { ... }` override.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct HealthFile {
+pub(crate) struct HealthFile {
     /// `"none"`, `"tcp"`, `"mqtt"` or `"http"`.
-    pub kind: Option<Spanned<String>>,
+    pub(crate) kind: Option<Spanned<String>>,
     /// Time between checks.
-    pub interval: Option<Spanned<ConfigDuration>>,
+    pub(crate) interval: Option<Spanned<ConfigDuration>>,
     /// Deadline of one check.
-    pub timeout: Option<Spanned<ConfigDuration>>,
+    pub(crate) timeout: Option<Spanned<ConfigDuration>>,
     /// Consecutive successes to go up.
-    pub rise: Option<Spanned<u32>>,
+    pub(crate) rise: Option<Spanned<u32>>,
     /// Consecutive failures to go down.
-    pub fall: Option<Spanned<u32>>,
+    pub(crate) fall: Option<Spanned<u32>>,
     /// MQTT probe client ID.
-    pub client_id: Option<Spanned<String>>,
+    pub(crate) client_id: Option<Spanned<String>>,
     /// MQTT probe user name.
-    pub username: Option<Spanned<String>>,
+    pub(crate) username: Option<Spanned<String>>,
     /// MQTT probe password (redacted in `Debug`).
-    pub password: Option<Spanned<Secret>>,
+    pub(crate) password: Option<Spanned<Secret>>,
     /// Port of the HTTP readiness endpoint.
-    pub http_port: Option<Spanned<u16>>,
+    pub(crate) http_port: Option<Spanned<u16>>,
     /// Path of the HTTP readiness endpoint.
-    pub http_path: Option<Spanned<String>>,
+    pub(crate) http_path: Option<Spanned<String>>,
 }
 
 impl HealthFile {
     /// This table with every field it leaves out taken from `base`.
-    pub fn over(&self, base: &HealthFile) -> HealthFile {
+    pub(crate) fn over(&self, base: &HealthFile) -> HealthFile {
         HealthFile {
             kind: self.kind.clone().or_else(|| base.kind.clone()),
             interval: self.interval.clone().or_else(|| base.interval.clone()),
@@ -105,33 +105,33 @@ impl HealthFile {
 /// Raw `[drain]` table.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DrainFile {
+pub(crate) struct DrainFile {
     /// Time to keep accepting after readiness turns false.
-    pub delay: Option<ConfigDuration>,
+    pub(crate) delay: Option<ConfigDuration>,
     /// Connections closed per second.
-    pub rate: Option<Spanned<f64>>,
+    pub(crate) rate: Option<Spanned<f64>>,
     /// Fraction by which each gap varies.
-    pub jitter: Option<Spanned<f64>>,
+    pub(crate) jitter: Option<Spanned<f64>>,
 }
 
 /// Raw `[discovery]` table.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DiscoverySectionFile {
+pub(crate) struct DiscoverySectionFile {
     /// The discovery table (`static = [...]` or `dns = { ... }`).
-    pub endpoints: Spanned<DiscoveryFile>,
+    pub(crate) endpoints: Spanned<DiscoveryFile>,
     /// Ring weight of every discovered backend.
-    pub weight: Option<u32>,
+    pub(crate) weight: Option<u32>,
     /// PROXY header version sent to them.
-    pub proxy_protocol: Option<Spanned<String>>,
+    pub(crate) proxy_protocol: Option<Spanned<String>>,
     /// Send the client certificate in the PROXY v2 SSL TLV.
-    pub send_client_cert: Option<Spanned<bool>>,
+    pub(crate) send_client_cert: Option<Spanned<bool>>,
     /// Add a CRC32C TLV.
-    pub crc32c: Option<Spanned<bool>>,
+    pub(crate) crc32c: Option<Spanned<bool>>,
     /// Move clients off a discovered backend that disappears, at the drain pace.
-    pub drain: Option<bool>,
+    pub(crate) drain: Option<bool>,
     /// Health check override for discovered backends.
-    pub health: Option<HealthFile>,
+    pub(crate) health: Option<HealthFile>,
 }
 
 /// How a backend's health is checked.
@@ -201,7 +201,7 @@ impl HealthConfig {
 
 /// The probe's client ID when none is configured: one per LB replica, so two LBs' probes never take over each
 /// other's session on the broker.
-pub fn default_probe_client_id(lb_name: &str) -> String {
+pub(crate) fn default_probe_client_id(lb_name: &str) -> String {
     format!("fleetgate-probe-{lb_name}")
 }
 

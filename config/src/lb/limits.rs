@@ -10,46 +10,46 @@ use crate::duration::ConfigDuration;
 
 /// Default time a client gets from accept (or TLS handshake end) to a complete CONNECT: a slow-loris guard that
 /// still lets a GSM modem on a bad link finish a few hundred bytes.
-pub const DEFAULT_CONNECT_PEEK_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_CONNECT_PEEK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default largest first packet the LB buffers: a CONNECT with a will message and v5 properties fits easily;
 /// anything larger is not a device's CONNECT and would let a client make the LB hold memory.
-pub const DEFAULT_MAX_CONNECT_SIZE: usize = 64 * 1024;
+pub(crate) const DEFAULT_MAX_CONNECT_SIZE: usize = 64 * 1024;
 /// Smallest accepted `max_connect_size`: below this a CONNECT with a modest client ID and credentials does not fit.
-pub const MIN_MAX_CONNECT_SIZE: usize = 128;
+pub(crate) const MIN_MAX_CONNECT_SIZE: usize = 128;
 /// Largest MQTT packet the remaining-length varint can describe, plus its 5-byte fixed header.
-pub const MAX_MQTT_PACKET: usize = 268_435_455 + 5;
+pub(crate) const MAX_MQTT_PACKET: usize = 268_435_455 + 5;
 /// Default time added to 1.5 × keep-alive before an idle connection is closed (MQTT itself allows 1.5 ×).
-pub const DEFAULT_IDLE_GRACE: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_IDLE_GRACE: Duration = Duration::from_secs(30);
 /// Default idle timeout of a client with keep-alive 0 (which asked for none): long enough for a device that only
 /// speaks when it has data, short enough that a silent client cannot hold a connection slot forever.
-pub const DEFAULT_MAX_IDLE: Duration = Duration::from_secs(30 * 60);
+pub(crate) const DEFAULT_MAX_IDLE: Duration = Duration::from_secs(30 * 60);
 /// Default deadline for the TCP connect to a backend; a dead backend is skipped after this.
-pub const DEFAULT_BACKEND_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+pub(crate) const DEFAULT_BACKEND_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Raw `[limits]` table; every field optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct LimitsFile {
+pub(crate) struct LimitsFile {
     /// Deadline for the first packet.
-    pub connect_peek_timeout: Option<Spanned<ConfigDuration>>,
+    pub(crate) connect_peek_timeout: Option<Spanned<ConfigDuration>>,
     /// Largest first packet in bytes.
-    pub max_connect_size: Option<Spanned<usize>>,
+    pub(crate) max_connect_size: Option<Spanned<usize>>,
     /// Open connections allowed in total.
-    pub max_connections: Option<Spanned<usize>>,
+    pub(crate) max_connections: Option<Spanned<usize>>,
     /// New connections per second per source IP (token bucket refill rate).
-    pub per_ip_rate: Option<Spanned<f64>>,
+    pub(crate) per_ip_rate: Option<Spanned<f64>>,
     /// Token bucket size per source IP.
-    pub per_ip_burst: Option<Spanned<u32>>,
+    pub(crate) per_ip_burst: Option<Spanned<u32>>,
     /// TLS handshakes started per second, all listeners.
-    pub tls_handshakes_per_second: Option<Spanned<u32>>,
+    pub(crate) tls_handshakes_per_second: Option<Spanned<u32>>,
     /// Added to 1.5 × keep-alive for the idle timeout.
-    pub idle_grace: Option<ConfigDuration>,
+    pub(crate) idle_grace: Option<ConfigDuration>,
     /// Idle timeout of a keep-alive 0 client.
-    pub max_idle: Option<Spanned<ConfigDuration>>,
+    pub(crate) max_idle: Option<Spanned<ConfigDuration>>,
     /// Bounded-load factor (> 1.0): no backend takes more than factor × average connections.
-    pub bounded_load_factor: Option<Spanned<f64>>,
+    pub(crate) bounded_load_factor: Option<Spanned<f64>>,
     /// Deadline for the TCP connect to a backend.
-    pub backend_connect_timeout: Option<Spanned<ConfigDuration>>,
+    pub(crate) backend_connect_timeout: Option<Spanned<ConfigDuration>>,
 }
 
 /// Validated limits, defaults filled in.

@@ -13,22 +13,22 @@ use super::Checker;
 use super::tls::{TlsConfig, TlsFile, validate_tls};
 
 /// Default deadline for an incoming PROXY header from a trusted cloud LB.
-pub const DEFAULT_PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Raw `[[listeners]]` entry.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ListenerFile {
+pub(crate) struct ListenerFile {
     /// Listener name (logs and metric labels).
-    pub name: Spanned<String>,
+    pub(crate) name: Spanned<String>,
     /// Socket address to bind (port 0 picks a free port).
-    pub bind: Spanned<String>,
+    pub(crate) bind: Spanned<String>,
     /// TLS termination; absent = plain TCP.
-    pub tls: Option<TlsFile>,
+    pub(crate) tls: Option<TlsFile>,
     /// CIDRs whose connections start with a PROXY header (a cloud LB in front).
     #[serde(default)]
-    pub accept_proxy_from: Vec<Spanned<String>>,
+    pub(crate) accept_proxy_from: Vec<Spanned<String>>,
     /// Open connections allowed on this listener.
-    pub max_connections: Option<Spanned<usize>>,
+    pub(crate) max_connections: Option<Spanned<usize>>,
 }
 
 /// A validated listener.

@@ -1,5 +1,6 @@
 //! Tests of the LB config: the whole file, located problems, the control tables, the example file.
 
+use super::limits::DEFAULT_IDLE_GRACE;
 use super::*;
 
 const VALID: &str = r#"

@@ -16,31 +16,31 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Raw `[listeners.tls]` table.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TlsFile {
+pub(crate) struct TlsFile {
     /// Server certificates; the first is the default for unknown or absent SNI.
-    pub certificates: Spanned<Vec<CertificateFile>>,
+    pub(crate) certificates: Spanned<Vec<CertificateFile>>,
     /// `"none"` (default), `"optional"` or `"required"`.
-    pub client_auth: Option<Spanned<String>>,
+    pub(crate) client_auth: Option<Spanned<String>>,
     /// PEM bundle of CAs that sign client certificates.
-    pub client_ca: Option<Spanned<String>>,
+    pub(crate) client_ca: Option<Spanned<String>>,
     /// PEM or DER CRL files.
     #[serde(default)]
-    pub crls: Vec<Spanned<String>>,
+    pub(crate) crls: Vec<Spanned<String>>,
     /// Deadline for the handshake.
-    pub handshake_timeout: Option<Spanned<ConfigDuration>>,
+    pub(crate) handshake_timeout: Option<Spanned<ConfigDuration>>,
 }
 
 /// Raw certificate entry.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CertificateFile {
+pub(crate) struct CertificateFile {
     /// PEM certificate chain, leaf first.
-    pub cert: Spanned<String>,
+    pub(crate) cert: Spanned<String>,
     /// PEM private key.
-    pub key: Spanned<String>,
+    pub(crate) key: Spanned<String>,
     /// Server names this certificate answers for.
     #[serde(default)]
-    pub sni: Vec<Spanned<String>>,
+    pub(crate) sni: Vec<Spanned<String>>,
 }
 
 /// Which client certificates a TLS listener asks for.

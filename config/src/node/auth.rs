@@ -44,21 +44,21 @@ pub use policy::{
 };
 
 /// Upper bound on `max_concurrent_verifications`: each check holds ~19 MiB while it runs.
-pub const MAX_CONCURRENT_VERIFICATIONS: usize = 64;
+pub(crate) const MAX_CONCURRENT_VERIFICATIONS: usize = 64;
 /// Default password checks run at once: one per core of a small node, leaving the runtime threads room.
 pub const DEFAULT_MAX_CONCURRENT_VERIFICATIONS: usize = 2;
 /// Default CONNECTs waiting for a password check: ~1 s of queue at ~25 ms per check and two slots.
 pub const DEFAULT_MAX_WAITING_VERIFICATIONS: usize = 64;
 /// Default client ID template for `client_id_from_cert`.
-pub const DEFAULT_CLIENT_ID_TEMPLATE: &str = "{cn}";
+pub(crate) const DEFAULT_CLIENT_ID_TEMPLATE: &str = "{cn}";
 /// Default failures that trigger a ban: enough for a device with a stale password to retry a few times.
-pub const DEFAULT_MAX_FAILURES: u32 = 5;
+pub(crate) const DEFAULT_MAX_FAILURES: u32 = 5;
 /// Default window failures are counted in.
-pub const DEFAULT_FAILURE_WINDOW: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_FAILURE_WINDOW: Duration = Duration::from_secs(60);
 /// Default ban length: short, because a carrier-grade NAT can put many honest devices behind one address.
-pub const DEFAULT_BAN: Duration = Duration::from_secs(300);
+pub(crate) const DEFAULT_BAN: Duration = Duration::from_secs(300);
 /// Default number of addresses tracked (about 100 bytes each, so ~10 MB at the cap).
-pub const DEFAULT_MAX_TRACKED: usize = 100_000;
+pub(crate) const DEFAULT_MAX_TRACKED: usize = 100_000;
 
 /// The file around the section when the section is read alone (a hot reload): every other table belongs to the
 /// rest of the node config, which is not reloaded.
@@ -70,58 +70,58 @@ struct HostFile {
 /// Raw `[auth]` table.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct AuthSectionFile {
+pub(crate) struct AuthSectionFile {
     /// Policies of every listener without an override.
-    pub policies: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(crate) policies: Option<Spanned<Vec<Spanned<String>>>>,
     /// Template for `client_id_from_cert`.
-    pub client_id_template: Option<Spanned<String>>,
+    pub(crate) client_id_template: Option<Spanned<String>>,
     /// Certificate field for `username_from_cert`.
-    pub username_from: Option<Spanned<String>>,
+    pub(crate) username_from: Option<Spanned<String>>,
     /// Admit clients without credentials.
-    pub anonymous: Option<Spanned<bool>>,
+    pub(crate) anonymous: Option<Spanned<bool>>,
     /// Password file path.
-    pub password_file: Option<Spanned<String>>,
+    pub(crate) password_file: Option<Spanned<String>>,
     /// ACL file path.
-    pub acl_file: Option<Spanned<String>>,
+    pub(crate) acl_file: Option<Spanned<String>>,
     /// Password checks at once.
-    pub max_concurrent_verifications: Option<Spanned<usize>>,
+    pub(crate) max_concurrent_verifications: Option<Spanned<usize>>,
     /// CONNECTs queued for a password check.
-    pub max_waiting_verifications: Option<usize>,
+    pub(crate) max_waiting_verifications: Option<usize>,
     /// Close a 3.1.1 connection whose PUBLISH the ACL denies (instead of dropping the message).
-    pub v3_disconnect_on_denied_publish: Option<bool>,
+    pub(crate) v3_disconnect_on_denied_publish: Option<bool>,
     /// `[auth.brute_force]`.
-    pub brute_force: Option<BruteForceFile>,
+    pub(crate) brute_force: Option<BruteForceFile>,
     /// `[auth.listeners.<name>]` overrides.
     #[serde(default)]
-    pub listeners: BTreeMap<Spanned<String>, PolicyFile>,
+    pub(crate) listeners: BTreeMap<Spanned<String>, PolicyFile>,
 }
 
 /// Raw per-listener override.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PolicyFile {
+pub(crate) struct PolicyFile {
     /// Policies.
-    pub policies: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(crate) policies: Option<Spanned<Vec<Spanned<String>>>>,
     /// Template for `client_id_from_cert`.
-    pub client_id_template: Option<Spanned<String>>,
+    pub(crate) client_id_template: Option<Spanned<String>>,
     /// Certificate field for `username_from_cert`.
-    pub username_from: Option<Spanned<String>>,
+    pub(crate) username_from: Option<Spanned<String>>,
     /// Admit clients without credentials.
-    pub anonymous: Option<Spanned<bool>>,
+    pub(crate) anonymous: Option<Spanned<bool>>,
 }
 
 /// Raw `[auth.brute_force]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct BruteForceFile {
+pub(crate) struct BruteForceFile {
     /// Failures in `window` that trigger a ban.
-    pub max_failures: Option<Spanned<u32>>,
+    pub(crate) max_failures: Option<Spanned<u32>>,
     /// Window failures are counted in.
-    pub window: Option<ConfigDuration>,
+    pub(crate) window: Option<ConfigDuration>,
     /// Ban length.
-    pub ban: Option<ConfigDuration>,
+    pub(crate) ban: Option<ConfigDuration>,
     /// Addresses tracked at most.
-    pub max_tracked: Option<Spanned<usize>>,
+    pub(crate) max_tracked: Option<Spanned<usize>>,
 }
 
 /// The validated `[auth.brute_force]`: password failures per source address that earn a short ban.

@@ -31,60 +31,60 @@ const UNSPECIFIED: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPE
 
 /// Default frames queued per cluster peer link: about a second of a busy node's cross-node traffic; beyond it a
 /// slow or stuck peer costs dropped QoS 0/1 forwards (counted) instead of unbounded memory.
-pub const DEFAULT_CLUSTER_QUEUE_CAPACITY: usize = 10_000;
+pub(crate) const DEFAULT_CLUSTER_QUEUE_CAPACITY: usize = 10_000;
 /// Default heartbeat period on cluster links.
-pub const DEFAULT_CLUSTER_HEARTBEAT: Duration = Duration::from_millis(500);
+pub(crate) const DEFAULT_CLUSTER_HEARTBEAT: Duration = Duration::from_millis(500);
 /// Default silence after which a peer is declared dead: five missed heartbeats, inside the 3 s the issue allows.
-pub const DEFAULT_CLUSTER_DEAD_AFTER: Duration = Duration::from_millis(2500);
+pub(crate) const DEFAULT_CLUSTER_DEAD_AFTER: Duration = Duration::from_millis(2500);
 /// Default bound on waiting for a peer to hand a session over on CONNECT.
-pub const DEFAULT_CLUSTER_TAKEOVER_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const DEFAULT_CLUSTER_TAKEOVER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Raw `[cluster]` table.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ClusterFile {
+pub(crate) struct ClusterFile {
     /// Address of the cluster port (`"0.0.0.0:7001"`; port 0 picks a free port).
-    pub bind: Spanned<String>,
+    pub(crate) bind: Spanned<String>,
     /// Address peers dial to reach us; defaults to the bound address.
-    pub advertise: Option<Spanned<String>>,
+    pub(crate) advertise: Option<Spanned<String>>,
     /// Peers to dial (any subset of the cluster is enough: peers that dial us are learned).
     #[serde(default)]
-    pub peers: Vec<PeerFile>,
+    pub(crate) peers: Vec<PeerFile>,
     /// Peers discovered instead of listed: `{ static = [...] }` or `{ dns = { ... } }` (a headless Service's
     /// SRV records name each peer by its pod name, the ring key), refreshed.
-    pub peers_from: Option<Spanned<DiscoveryFile>>,
+    pub(crate) peers_from: Option<Spanned<DiscoveryFile>>,
     /// `[cluster.tls]`: mutual TLS on every cluster link.
-    pub tls: Option<ClusterTlsFile>,
+    pub(crate) tls: Option<ClusterTlsFile>,
     /// Frames queued per peer link.
-    pub queue_capacity: Option<Spanned<usize>>,
+    pub(crate) queue_capacity: Option<Spanned<usize>>,
     /// Heartbeat period.
-    pub heartbeat_interval: Option<ConfigDuration>,
+    pub(crate) heartbeat_interval: Option<ConfigDuration>,
     /// Silence after which a peer is dead.
-    pub dead_after: Option<ConfigDuration>,
+    pub(crate) dead_after: Option<ConfigDuration>,
     /// Bound on a session takeover round trip.
-    pub takeover_timeout: Option<ConfigDuration>,
+    pub(crate) takeover_timeout: Option<ConfigDuration>,
 }
 
 /// Raw entry of `[cluster] peers`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PeerFile {
+pub(crate) struct PeerFile {
     /// The peer's node name (its `[node] name`).
-    pub name: Spanned<String>,
+    pub(crate) name: Spanned<String>,
     /// Its cluster address.
-    pub addr: Spanned<String>,
+    pub(crate) addr: Spanned<String>,
 }
 
 /// Raw `[cluster.tls]` table: PEM files, relative paths from the config file's directory.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ClusterTlsFile {
+pub(crate) struct ClusterTlsFile {
     /// This node's certificate chain, issued by the cluster CA.
-    pub cert: Spanned<String>,
+    pub(crate) cert: Spanned<String>,
     /// Its private key.
-    pub key: Spanned<String>,
+    pub(crate) key: Spanned<String>,
     /// The cluster CA: a peer must present a certificate it issued, both ways.
-    pub ca: Spanned<String>,
+    pub(crate) ca: Spanned<String>,
 }
 
 /// A configured cluster peer.
@@ -120,8 +120,8 @@ pub struct ClusterConfig {
 }
 
 impl ClusterConfig {
-    /// A cluster section on `bind` with `peers` and defaults elsewhere (tests).
-    pub fn new(bind: SocketAddr, peers: Vec<PeerConfig>) -> ClusterConfig {
+    /// A cluster section on `bind` with `peers` and defaults elsewhere.
+    pub(crate) fn new(bind: SocketAddr, peers: Vec<PeerConfig>) -> ClusterConfig {
         ClusterConfig {
             bind,
             advertise: None,

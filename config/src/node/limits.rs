@@ -18,38 +18,38 @@ use crate::duration::ConfigDuration;
 
 /// Default largest MQTT packet either side may send: 1 MiB is far above telemetry payloads and small enough
 /// that one connection cannot make the node buffer much.
-pub const DEFAULT_MAX_PACKET_SIZE: u32 = 1024 * 1024;
+pub(crate) const DEFAULT_MAX_PACKET_SIZE: u32 = 1024 * 1024;
 /// Smallest accepted `max_packet_size`: below this a CONNECT with a modest client ID and will does not fit.
-pub const MIN_MAX_PACKET_SIZE: u32 = 128;
+pub(crate) const MIN_MAX_PACKET_SIZE: u32 = 128;
 /// Default receive maximum (our inbound window and the cap on unacknowledged QoS 1/2 messages per client).
-pub const DEFAULT_RECEIVE_MAXIMUM: u16 = 32;
+pub(crate) const DEFAULT_RECEIVE_MAXIMUM: u16 = 32;
 /// Default bound on messages queued per session (online backlog or offline persistent session).
-pub const DEFAULT_MAX_QUEUED_MESSAGES: usize = 1000;
+pub(crate) const DEFAULT_MAX_QUEUED_MESSAGES: usize = 1000;
 /// Default time a client gets from TCP accept to a complete CONNECT; a slow-loris guard.
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default topic alias maximum we announce to v5 clients (inbound aliases).
-pub const DEFAULT_TOPIC_ALIAS_MAXIMUM: u16 = 16;
+pub(crate) const DEFAULT_TOPIC_ALIAS_MAXIMUM: u16 = 16;
 /// Default cap on the session expiry interval a client may ask for: one day of offline queueing.
-pub const DEFAULT_SESSION_EXPIRY_MAXIMUM: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const DEFAULT_SESSION_EXPIRY_MAXIMUM: Duration = Duration::from_secs(24 * 3600);
 
 /// Raw `[limits]` table; every field optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct LimitsFile {
+pub(crate) struct LimitsFile {
     /// Largest MQTT packet in bytes, both directions.
-    pub max_packet_size: Option<Spanned<u32>>,
+    pub(crate) max_packet_size: Option<Spanned<u32>>,
     /// Receive maximum / inflight window.
-    pub receive_maximum: Option<Spanned<u16>>,
+    pub(crate) receive_maximum: Option<Spanned<u16>>,
     /// Messages queued per session.
-    pub max_queued_messages: Option<Spanned<usize>>,
+    pub(crate) max_queued_messages: Option<Spanned<usize>>,
     /// Deadline for the CONNECT packet.
-    pub connect_timeout: Option<ConfigDuration>,
+    pub(crate) connect_timeout: Option<ConfigDuration>,
     /// Topic alias maximum announced to v5 clients (0 disables inbound aliases).
-    pub topic_alias_maximum: Option<u16>,
+    pub(crate) topic_alias_maximum: Option<u16>,
     /// Cap on the session expiry interval clients ask for.
-    pub session_expiry_maximum: Option<ConfigDuration>,
+    pub(crate) session_expiry_maximum: Option<ConfigDuration>,
     /// When set, overrides the client's keep alive and is announced in CONNACK.
-    pub server_keep_alive: Option<Spanned<ConfigDuration>>,
+    pub(crate) server_keep_alive: Option<Spanned<ConfigDuration>>,
 }
 
 /// Validated limits, defaults filled in.

@@ -20,24 +20,24 @@ use super::parse_addr;
 use crate::duration::ConfigDuration;
 
 /// Default time a trusted proxy gets to deliver its PROXY header.
-pub const DEFAULT_PROXY_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_PROXY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Raw `[[listeners]]` entry.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ListenerFile {
+pub(crate) struct ListenerFile {
     /// Name for per-listener settings (`[auth.listeners.<name>]`); unique within the file.
-    pub name: Option<Spanned<String>>,
+    pub(crate) name: Option<Spanned<String>>,
     /// Socket address to bind (`"0.0.0.0:1883"`; port 0 picks a free port).
-    pub bind: Spanned<String>,
+    pub(crate) bind: Spanned<String>,
     /// `"off"` (default) or `"required"`.
     #[serde(default)]
-    pub proxy_protocol: Option<Spanned<String>>,
+    pub(crate) proxy_protocol: Option<Spanned<String>>,
     /// CIDRs allowed to send a PROXY header.
     #[serde(default)]
-    pub trusted_proxies: Vec<Spanned<String>>,
+    pub(crate) trusted_proxies: Vec<Spanned<String>>,
     /// Deadline for the PROXY header.
-    pub proxy_timeout: Option<ConfigDuration>,
+    pub(crate) proxy_timeout: Option<ConfigDuration>,
 }
 
 /// Whether a listener expects a PROXY protocol header before MQTT.

@@ -188,7 +188,7 @@ impl AuthConfig {
     }
 
     /// Like [`Self::load`], for text `source` read from `file`.
-    pub fn parse(
+    pub(crate) fn parse(
         file: &Path,
         source: &str,
         listeners: &[String],

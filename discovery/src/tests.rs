@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     Discovery, DiscoveryOptions, Endpoint, EndpointSet, FailureReason, NameFrom, Nameserver, Source,
 };
-use fleetgate_tests::dns::{Mode, StubDns};
+use fleetgate_testkit::dns::{Mode, StubDns};
 
 /// Longest any test waits for something that should happen within a refresh or two (floor: 1 s).
 const DEADLINE: Duration = Duration::from_secs(8);

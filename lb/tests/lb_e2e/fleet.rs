@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-pub use fleetgate_tests::raw::{packet, publish};
+pub use fleetgate_testkit::raw::{packet, publish};
 
 use crate::harness::{STEP, admin_request, raw_connect};
 

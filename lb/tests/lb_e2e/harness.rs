@@ -415,11 +415,11 @@ pub async fn rumqttc_connect(
 }
 
 /// The one admin HTTP client of these tests: `method path` on `addr`; (status, body). `GET` goes through the
-/// workspace's canonical client (`fleetgate_tests::http`, chunked bodies decoded); it has no other methods yet, so
+/// workspace's canonical client (`fleetgate_testkit::http`, chunked bodies decoded); it has no other methods yet, so
 /// a `POST` is written here with the same framing (`Connection: close`, read to EOF).
 pub async fn admin_request(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
     if method == "GET" {
-        let r = fleetgate_tests::http::get(addr, path).await;
+        let r = fleetgate_testkit::http::get(addr, path).await;
         return (r.status, r.body);
     }
     let request = async {
@@ -447,9 +447,9 @@ pub async fn admin_request(addr: SocketAddr, method: &str, path: &str) -> (u16, 
 
 /// A raw MQTT CONNECT (3.1.1 when `level` is 4, 5.0 when 5, clean session) with the given client ID.
 pub fn raw_connect(level: u8, client_id: &str, keep_alive: u16) -> Vec<u8> {
-    fleetgate_tests::raw::Connect {
+    fleetgate_testkit::raw::Connect {
         keep_alive,
-        ..fleetgate_tests::raw::Connect::new(level, client_id)
+        ..fleetgate_testkit::raw::Connect::new(level, client_id)
     }
     .encode()
 }

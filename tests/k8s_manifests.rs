@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use fleetgate_config::discovery::{DiscoverySource, SrvNaming};
 use fleetgate_config::lb::LbConfig;
 use fleetgate_config::node::{NodeConfig, NodeOverrides};
-use fleetgate_tests::auth::scratch_dir;
+use fleetgate_testkit::auth::scratch_dir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_fleetgate");
 

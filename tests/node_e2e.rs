@@ -10,9 +10,9 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::{BIN, BOTH, PASSWORD, WAIT, assert_no_password, msg, start, tag};
-use fleetgate_tests::clients::{mosquitto_pub, mosquitto_sub, paho};
-use fleetgate_tests::raw::{Connect, RawClient};
-use fleetgate_tests::{MqttVersion, Node, NodeSpec, ProxySender, eventually, http};
+use fleetgate_testkit::clients::{mosquitto_pub, mosquitto_sub, paho};
+use fleetgate_testkit::raw::{Connect, RawClient};
+use fleetgate_testkit::{MqttVersion, Node, NodeSpec, ProxySender, eventually, http};
 
 #[tokio::test]
 async fn admin_endpoints_answer() {

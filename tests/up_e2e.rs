@@ -13,12 +13,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use fleetgate_tests::ServerProcess;
-use fleetgate_tests::auth::scratch_dir;
-use fleetgate_tests::clients::{self, MqttVersion, RunningCommand};
-use fleetgate_tests::cluster::id_owned_by;
-use fleetgate_tests::raw::{Connect, RawClient};
-use fleetgate_tests::{eventually, http};
+use fleetgate_testkit::ServerProcess;
+use fleetgate_testkit::auth::scratch_dir;
+use fleetgate_testkit::clients::{self, MqttVersion, RunningCommand};
+use fleetgate_testkit::cluster::id_owned_by;
+use fleetgate_testkit::raw::{Connect, RawClient};
+use fleetgate_testkit::{eventually, http};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_fleetgate");

@@ -8,9 +8,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::{BOTH, PASSWORD, WAIT, assert_no_password, msg, start, tag};
-use fleetgate_tests::MqttVersion;
-use fleetgate_tests::clients::{mosquitto_pub, mosquitto_sub, paho};
-use fleetgate_tests::raw::{self, Closed, Connect, RawClient};
+use fleetgate_testkit::MqttVersion;
+use fleetgate_testkit::clients::{mosquitto_pub, mosquitto_sub, paho};
+use fleetgate_testkit::raw::{self, Closed, Connect, RawClient};
 use serde_json::Value;
 
 #[tokio::test]

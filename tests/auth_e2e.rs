@@ -10,13 +10,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use fleetgate_protocol::proxy::{HeaderSpec, PeerIdentity, encode_v2};
-use fleetgate_tests::auth::{
+use fleetgate_testkit::auth::{
     AuthNode, Mqtt, TlsLb, assert_no_secrets, passwd, proxy_v2_verify_zero_without_cert,
     scratch_dir, tls_config,
 };
-use fleetgate_tests::clients::mosquitto_pub;
-use fleetgate_tests::raw::Connect;
-use fleetgate_tests::{MqttVersion, Pki, eventually};
+use fleetgate_testkit::clients::mosquitto_pub;
+use fleetgate_testkit::raw::Connect;
+use fleetgate_testkit::{MqttVersion, Pki, eventually};
 
 const BIN: &str = env!("CARGO_BIN_EXE_fleetgate");
 /// Bound on each whole test.

@@ -5,9 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use fleetgate_tests::clients::mosquitto_pub;
-use fleetgate_tests::raw::{self, Closed, Connect, RawClient};
-use fleetgate_tests::{MqttVersion, Node, NodeSpec, ProxySender};
+use fleetgate_testkit::clients::mosquitto_pub;
+use fleetgate_testkit::raw::{self, Closed, Connect, RawClient};
+use fleetgate_testkit::{MqttVersion, Node, NodeSpec, ProxySender};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_fleetgate");

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use fleetgate_tests::clients::MosquittoMessage;
-use fleetgate_tests::{MqttVersion, Node, NodeSpec, ProxySender};
+use fleetgate_testkit::clients::MosquittoMessage;
+use fleetgate_testkit::{MqttVersion, Node, NodeSpec, ProxySender};
 
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_fleetgate");

@@ -5,9 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use fleetgate_tests::lb::{LbProcess, Stopped};
-use fleetgate_tests::raw::{Closed, Connect, RawClient, subscribe};
-use fleetgate_tests::{Node, NodeSpec};
+use fleetgate_testkit::lb::{LbProcess, Stopped};
+use fleetgate_testkit::raw::{Closed, Connect, RawClient, subscribe};
+use fleetgate_testkit::{Node, NodeSpec};
 
 const BIN: &str = env!("CARGO_BIN_EXE_fleetgate");
 /// Bound on every wait here.
@@ -123,7 +123,7 @@ async fn drained_clients_reconnect_through_another_lb_without_a_will_and_keep_th
         Closed::After(bytes) => panic!("watcher closed: {bytes:?}"),
     }
     // The drained LB exits by itself once its relays are closed.
-    let exited = fleetgate_tests::eventually(WAIT, || {
+    let exited = fleetgate_testkit::eventually(WAIT, || {
         let status = lb_a.process.try_status();
         async move { status }
     })

@@ -11,9 +11,9 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use fleetgate_tests::cluster::{ClusterNode, id_owned_by, ring_owner};
-use fleetgate_tests::dns::StubDns;
-use fleetgate_tests::{CertFiles, Pki, eventually};
+use fleetgate_testkit::cluster::{ClusterNode, id_owned_by, ring_owner};
+use fleetgate_testkit::dns::StubDns;
+use fleetgate_testkit::{CertFiles, Pki, eventually};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -360,7 +360,7 @@ async fn takeover_moves_a_persistent_session_with_its_queued_messages() {
                 .await;
         }
         let ok = eventually(WAIT, || async {
-            let r = fleetgate_tests::http::get(nodes[0].admin, &format!("/clients/{id}")).await;
+            let r = fleetgate_testkit::http::get(nodes[0].admin, &format!("/clients/{id}")).await;
             r.body.contains("\"queued\":5").then_some(())
         })
         .await;

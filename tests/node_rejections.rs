@@ -3,17 +3,17 @@
 //! that never completes CONNECT. Each must close the connection without a CONNACK (or with a v5 DISCONNECT once
 //! connected), and show up in `/metrics` and as a JSON log event.
 
+mod common;
+
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use common::BIN;
 use fleetgate_testkit::clients::mosquitto_pub;
-use fleetgate_testkit::raw::{self, Closed, Connect, RawClient};
-use fleetgate_testkit::{MqttVersion, Node, NodeSpec, ProxySender};
+use fleetgate_testkit::proxy::proxy_v2;
+use fleetgate_testkit::raw::{self, Connect};
+use fleetgate_testkit::{Closed, MqttVersion, Node, NodeSpec, ProxySender, RawClient, WAIT};
 use serde_json::Value;
-
-const BIN: &str = env!("CARGO_BIN_EXE_fleetgate");
-
-/// Bound on waits for a rejection, a metric or a log line.
-const WAIT: Duration = Duration::from_secs(15);
 
 /// Asserts the server closed the connection without sending a byte.
 async fn assert_closed_silently(client: &mut RawClient, what: &str) {
@@ -34,73 +34,107 @@ async fn wait_for_event(node: &Node, event: &str, reason: &str) -> Value {
         .await
 }
 
-#[tokio::test]
-async fn proxy_header_from_an_untrusted_peer_is_rejected() {
-    let node = Node::start(BIN, &NodeSpec::with_proxy(&["10.0.0.0/8"])).await;
-    let mut client = RawClient::connect_proxied(node.mqtt).await;
-    client.send(&Connect::new(4, "untrusted").encode()).await;
-    assert_closed_silently(&mut client, "untrusted peer").await;
-    node.wait_for_metric(
-        "fleetgate_proxy_rejected_total",
-        &[("reason", "untrusted_peer")],
-        1.0,
-        WAIT,
-    )
-    .await;
-    node.wait_for_metric(
-        "fleetgate_connections_total",
-        &[("result", "proxy_rejected")],
-        1.0,
-        WAIT,
-    )
-    .await;
-    wait_for_event(&node, "proxy_rejected", "untrusted_peer").await;
+/// Waits until `name{key=value}` reaches `at_least` for every `(value, at_least)` of `table`.
+async fn wait_counts(node: &Node, name: &str, key: &str, table: &[(&str, f64)]) {
+    for (value, at_least) in table {
+        node.admin
+            .wait_metric(name, &[(key, value)], WAIT, |v| v >= *at_least)
+            .await;
+    }
+}
 
-    // A real client through a (well-formed) PROXY sender on an untrusted address gets nowhere either.
-    let px = ProxySender::start(node.mqtt).await;
-    let out = mosquitto_pub(px.addr(), MqttVersion::V311, &["-t", "t", "-m", "x"]).await;
-    assert!(
-        !out.success(),
-        "publish through an untrusted proxy succeeded: {out:?}"
-    );
+/// A CONNECT `client` sends is refused before any MQTT byte is read: closed silently, counted and logged as
+/// `proxy_rejected` with `reason`.
+async fn assert_proxy_rejected(node: &Node, mut client: RawClient, reason: &str, what: &str) {
+    client.send(&Connect::new(4, what).encode()).await;
+    assert_closed_silently(&mut client, what).await;
+    wait_counts(
+        node,
+        "fleetgate_proxy_rejected_total",
+        "reason",
+        &[(reason, 1.0)],
+    )
+    .await;
+    wait_for_event(node, "proxy_rejected", reason).await;
+}
+
+/// `mosquitto_pub` to `addr` gets nowhere: it fails, and the node accepted no connection at all.
+async fn assert_mosquitto_gets_nowhere(node: &Node, addr: SocketAddr, v: MqttVersion, what: &str) {
+    let out = mosquitto_pub(addr, v, &["-t", "t", "-m", "x"]).await;
+    assert!(!out.success(), "{what} succeeded: {out:?}");
     assert_eq!(
-        node.metric("fleetgate_connections_total", &[("result", "accepted")])
+        node.admin
+            .metric("fleetgate_connections_total", &[("result", "accepted")])
             .await,
         0.0
     );
+}
+
+/// A connection ended before CONNECT is counted as `connections_total{result}` and logged as a `disconnect` with
+/// that reason.
+async fn assert_ended_before_connect(node: &Node, result: &str, at_least: f64) {
+    let counts = [(result, at_least)];
+    wait_counts(node, "fleetgate_connections_total", "result", &counts).await;
+    wait_for_event(node, "disconnect", result).await;
+}
+
+/// A client connected at `level` (CONNACK 0) sends `bytes`: MQTT 5 gets a DISCONNECT with one of `v5_reasons`
+/// before the close, 3.1.1 a silent close.
+async fn assert_disconnected_after(node: &Node, level: u8, bytes: &[u8], v5_reasons: &[u8]) {
+    let id = format!("bad-packet-{level}-{}", bytes.len());
+    let mut client = RawClient::connect_proxied(node.mqtt).await;
+    let connack = client.mqtt_connect(&Connect::new(level, &id)).await;
+    assert_eq!(connack, Some(0), "{id}: CONNACK");
+    client.send(bytes).await;
+    match client.closed_within(WAIT).await {
+        Closed::After(got) if level == 5 => {
+            assert_eq!(
+                got.first(),
+                Some(&0xE0),
+                "{id}: expected a DISCONNECT, got {got:?}"
+            );
+            assert!(
+                got.get(2).is_some_and(|r| v5_reasons.contains(r)),
+                "{id}: DISCONNECT reason {got:?}"
+            );
+        }
+        Closed::After(got) => assert!(got.is_empty(), "{id}: 3.1.1 got {got:?}"),
+        Closed::StillOpen(got) => panic!("{id}: still open ({got:?})"),
+    }
+}
+
+#[tokio::test]
+async fn proxy_header_from_an_untrusted_peer_is_rejected() {
+    let node = Node::start(BIN, &NodeSpec::with_proxy(&["10.0.0.0/8"])).await;
+    let client = RawClient::connect_proxied(node.mqtt).await;
+    assert_proxy_rejected(&node, client, "untrusted_peer", "untrusted").await;
+    wait_counts(
+        &node,
+        "fleetgate_connections_total",
+        "result",
+        &[("proxy_rejected", 1.0)],
+    )
+    .await;
+
+    // A real client through a (well-formed) PROXY sender on an untrusted address gets nowhere either.
+    let px = ProxySender::start(node.mqtt).await;
+    let what = "publish through an untrusted proxy";
+    assert_mosquitto_gets_nowhere(&node, px.addr(), MqttVersion::V311, what).await;
 }
 
 #[tokio::test]
 async fn missing_proxy_header_is_rejected() {
     let node = Node::start(BIN, &NodeSpec::behind_local_proxy()).await;
-    let mut client = RawClient::connect(node.mqtt).await;
-    client.send(&Connect::new(4, "no-header").encode()).await;
-    assert_closed_silently(&mut client, "CONNECT without PROXY header").await;
-    node.wait_for_metric(
-        "fleetgate_proxy_rejected_total",
-        &[("reason", "missing")],
-        1.0,
-        WAIT,
-    )
-    .await;
-    wait_for_event(&node, "proxy_rejected", "missing").await;
-
-    let out = mosquitto_pub(node.mqtt, MqttVersion::V5, &["-t", "t", "-m", "x"]).await;
-    assert!(
-        !out.success(),
-        "mosquitto_pub straight to a PROXY-required listener succeeded: {out:?}"
-    );
-    assert_eq!(
-        node.metric("fleetgate_connections_total", &[("result", "accepted")])
-            .await,
-        0.0
-    );
+    let client = RawClient::connect(node.mqtt).await;
+    assert_proxy_rejected(&node, client, "missing", "no-header").await;
+    let what = "mosquitto_pub straight to a PROXY-required listener";
+    assert_mosquitto_gets_nowhere(&node, node.mqtt, MqttVersion::V5, what).await;
 }
 
 #[tokio::test]
 async fn garbage_truncated_and_late_proxy_headers_are_rejected() {
     let node = Node::start(BIN, &NodeSpec::behind_local_proxy()).await;
-    let valid = raw::proxy_v2("192.0.2.1:4242".parse().unwrap(), node.mqtt);
+    let valid = proxy_v2("192.0.2.1:4242".parse().unwrap(), node.mqtt);
 
     // v2 signature with an unknown version nibble (3).
     let mut bad_version = valid.clone();
@@ -134,32 +168,13 @@ async fn garbage_truncated_and_late_proxy_headers_are_rejected() {
     );
     wait_for_event(&node, "proxy_rejected", "timeout").await;
 
-    node.wait_for_metric(
-        "fleetgate_proxy_rejected_total",
-        &[("reason", "malformed")],
-        2.0,
-        WAIT,
-    )
-    .await;
-    node.wait_for_metric(
-        "fleetgate_proxy_rejected_total",
-        &[("reason", "truncated")],
-        1.0,
-        WAIT,
-    )
-    .await;
-    node.wait_for_metric(
-        "fleetgate_proxy_rejected_total",
-        &[("reason", "timeout")],
-        1.0,
-        WAIT,
-    )
-    .await;
-    node.wait_for_metric(
+    let rejected = [("malformed", 2.0), ("truncated", 1.0), ("timeout", 1.0)];
+    wait_counts(&node, "fleetgate_proxy_rejected_total", "reason", &rejected).await;
+    wait_counts(
+        &node,
         "fleetgate_connections_total",
-        &[("result", "proxy_rejected")],
-        4.0,
-        WAIT,
+        "result",
+        &[("proxy_rejected", 4.0)],
     )
     .await;
 }
@@ -171,47 +186,18 @@ async fn garbage_mqtt_after_a_good_header_is_rejected() {
     let mut client = RawClient::connect_proxied(node.mqtt).await;
     client.send(b"GET / HTTP/1.1\r\nHost: broker\r\n\r\n").await;
     assert_closed_silently(&mut client, "HTTP instead of CONNECT").await;
-    node.wait_for_metric(
-        "fleetgate_connections_total",
-        &[("result", "protocol_error")],
-        1.0,
-        WAIT,
-    )
-    .await;
-    wait_for_event(&node, "disconnect", "protocol_error").await;
+    assert_ended_before_connect(&node, "protocol_error", 1.0).await;
 
     // A good v5 CONNECT, then a reserved packet type: DISCONNECT (0x81 malformed or 0x82 protocol error), close.
-    let mut client = RawClient::connect_proxied(node.mqtt).await;
-    client
-        .send(&Connect::new(5, "garbage-later").encode())
+    assert_disconnected_after(&node, 5, &[0x00, 0x00], &[0x81, 0x82]).await;
+    node.admin
+        .wait_metric(
+            "fleetgate_disconnects_total",
+            &[("reason", "protocol_error")],
+            WAIT,
+            |v| v >= 2.0,
+        )
         .await;
-    assert_eq!(
-        client.read_packet(WAIT).await.map(|p| p.0),
-        Some(0x20),
-        "CONNACK"
-    );
-    client.send(&[0x00, 0x00]).await;
-    match client.closed_within(WAIT).await {
-        Closed::After(bytes) => {
-            assert_eq!(
-                bytes.first(),
-                Some(&0xE0),
-                "expected a v5 DISCONNECT, got {bytes:?}"
-            );
-            assert!(
-                matches!(bytes.get(2), Some(0x81 | 0x82)),
-                "DISCONNECT reason {bytes:?}"
-            );
-        }
-        Closed::StillOpen(bytes) => panic!("still open after a reserved packet type ({bytes:?})"),
-    }
-    node.wait_for_metric(
-        "fleetgate_disconnects_total",
-        &[("reason", "protocol_error")],
-        2.0,
-        WAIT,
-    )
-    .await;
 }
 
 #[tokio::test]
@@ -227,51 +213,21 @@ async fn oversized_packets_are_rejected() {
     huge.extend_from_slice(&[0; 64]);
     client.send(&huge).await;
     assert_closed_silently(&mut client, "1 MB CONNECT").await;
-    node.wait_for_metric(
-        "fleetgate_connections_total",
-        &[("result", "too_large")],
-        1.0,
-        WAIT,
-    )
-    .await;
-    wait_for_event(&node, "disconnect", "too_large").await;
+    assert_ended_before_connect(&node, "too_large", 1.0).await;
 
     // Connected clients sending a 4 KiB PUBLISH: v5 gets DISCONNECT 0x95 Packet too large, 3.1.1 a close.
     for level in [5u8, 4] {
-        let mut client = RawClient::connect_proxied(node.mqtt).await;
-        client
-            .send(&Connect::new(level, &format!("big-{level}")).encode())
-            .await;
-        let (kind, connack) = client.read_packet(WAIT).await.expect("CONNACK");
-        assert_eq!(
-            (kind, connack.get(1)),
-            (0x20, Some(&0)),
-            "level {level} CONNACK {connack:?}"
-        );
-        client
-            .send(&raw::publish(level, "big", &[b'x'; 4096]))
-            .await;
-        match client.closed_within(WAIT).await {
-            Closed::After(bytes) if level == 5 => {
-                assert_eq!(
-                    (bytes.first(), bytes.get(2)),
-                    (Some(&0xE0), Some(&0x95)),
-                    "v5 DISCONNECT {bytes:?}"
-                )
-            }
-            Closed::After(bytes) => assert!(bytes.is_empty(), "3.1.1 got {bytes:?}"),
-            Closed::StillOpen(bytes) => {
-                panic!("level {level}: still open after a 4 KiB packet ({bytes:?})")
-            }
-        }
+        let big = raw::publish(level, "big", &[b'x'; 4096]);
+        assert_disconnected_after(&node, level, &big, &[0x95]).await;
     }
-    node.wait_for_metric(
-        "fleetgate_disconnects_total",
-        &[("reason", "too_large")],
-        3.0,
-        WAIT,
-    )
-    .await;
+    node.admin
+        .wait_metric(
+            "fleetgate_disconnects_total",
+            &[("reason", "too_large")],
+            WAIT,
+            |v| v >= 3.0,
+        )
+        .await;
 }
 
 #[tokio::test]
@@ -314,12 +270,5 @@ async fn a_client_that_never_completes_connect_is_dropped() {
         "slow loris dropped after {elapsed:?}"
     );
 
-    node.wait_for_metric(
-        "fleetgate_connections_total",
-        &[("result", "connect_timeout")],
-        2.0,
-        WAIT,
-    )
-    .await;
-    wait_for_event(&node, "disconnect", "connect_timeout").await;
+    assert_ended_before_connect(&node, "connect_timeout", 2.0).await;
 }

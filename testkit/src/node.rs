@@ -1,22 +1,25 @@
-//! A broker node under test: [`NodeSpec`] writes a node config (schema: `config/src/node.rs`) into a tempdir,
-//! [`Node::start`] runs `fleetgate node --config FILE` on port 0 and discovers its MQTT and admin addresses from the
-//! `listening` log events; admin helpers read `/metrics` and `/clients/{id}` as an operator would.
+//! A broker node under test as a child process: [`NodeSpec`] writes a node config (schema: `config/src/node.rs`),
+//! alone or in a cluster, into a tempdir; [`Node::start`] runs `fleetgate node --config FILE` on port 0 and
+//! discovers its MQTT, admin and cluster addresses from the `listening` log events ([`Node::start_in`] does the same
+//! for a config text the test wrote beside its side files). [`ring_owner`] / [`id_owned_by`] pick client IDs by
+//! the rendezvous ring the LB and the nodes use, so a cluster test knows which node owns which client.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use serde_json::Value;
+use fleetgate_protocol::ring::{Ring, RingNode};
 use tempfile::TempDir;
 
-use crate::http::{self, Sample};
-use crate::process::ServerProcess;
+use crate::admin::Admin;
+use crate::process::{ServerProcess, listening_addr};
 
 /// The `role` of the MQTT listener's `listening` log line.
 pub const MQTT_ROLE: &str = "mqtt";
 /// The `role` of the admin server's `listening` log line.
 pub const ADMIN_ROLE: &str = "admin";
+/// The `role` of the cluster port's `listening` log line.
+pub const CLUSTER_ROLE: &str = "cluster";
 
 /// A node config to write: one MQTT listener on `127.0.0.1:0`, the admin server on `127.0.0.1:0`.
 #[derive(Debug, Clone)]
@@ -41,6 +44,8 @@ pub struct NodeSpec {
     pub rust_log: Option<String>,
     /// `--worker-threads` for the node process (default: one per CPU).
     pub worker_threads: Option<usize>,
+    /// The body of a `[cluster]` section (see [`NodeSpec::clustered`]); `None` for a single node.
+    pub cluster: Option<String>,
 }
 
 impl NodeSpec {
@@ -62,6 +67,7 @@ impl NodeSpec {
             extra_limits: Vec::new(),
             rust_log: None,
             worker_threads: None,
+            cluster: None,
         }
     }
 
@@ -72,6 +78,24 @@ impl NodeSpec {
             trusted_proxies: Vec::new(),
             proxy_timeout: None,
             ..Self::behind_local_proxy()
+        }
+    }
+
+    /// A plain node named `name` in a cluster: its cluster port on `127.0.0.1:0`, dialing `peers` (name, cluster
+    /// address); `extra` is appended to `[cluster]` (discovery, `[cluster.tls]`).
+    pub fn clustered(name: &str, peers: &[(&str, SocketAddr)], extra: &str) -> Self {
+        let list: Vec<String> = peers
+            .iter()
+            .map(|(n, a)| format!("{{ name = {n:?}, addr = \"{a}\" }}"))
+            .collect();
+        Self {
+            name: name.to_string(),
+            shutdown_grace: Some("10s".into()),
+            cluster: Some(format!(
+                "bind = \"127.0.0.1:0\"\npeers = [{}]\n{extra}\n",
+                list.join(", ")
+            )),
+            ..Self::plain()
         }
     }
 
@@ -108,6 +132,9 @@ impl NodeSpec {
         for line in &self.extra_limits {
             let _ = writeln!(t, "{line}");
         }
+        if let Some(cluster) = &self.cluster {
+            let _ = writeln!(t, "\n[cluster]\n{cluster}");
+        }
         t
     }
 
@@ -119,112 +146,119 @@ impl NodeSpec {
     }
 }
 
-/// A running `fleetgate node` with its discovered addresses; stopped when dropped.
+/// A running `fleetgate node` with its discovered addresses; stopped (SIGTERM, then SIGKILL) when dropped.
 pub struct Node {
-    /// The child process (logs, terminate).
+    /// Node name (`[node] name`).
+    pub name: String,
+    /// The child process (logs, signals, terminate).
     pub process: ServerProcess,
-    /// The MQTT listener's address.
+    /// The first MQTT listener's address.
     pub mqtt: SocketAddr,
-    /// The admin HTTP server's address.
-    pub admin: SocketAddr,
+    /// Every MQTT listener's address, in config order.
+    pub listeners: Vec<SocketAddr>,
+    /// The admin HTTP server.
+    pub admin: Admin,
     /// The config file.
     pub config: PathBuf,
-    _dir: TempDir,
+    cluster: Option<SocketAddr>,
+    _dir: Option<TempDir>,
 }
 
 impl Node {
-    /// Writes `spec` and starts `bin node --config FILE` (pass `env!("CARGO_BIN_EXE_fleetgate")`), waiting for both
-    /// `listening` lines.
+    /// Writes `spec` and starts `bin node --config FILE` (pass `env!("CARGO_BIN_EXE_fleetgate")`), waiting for every
+    /// `listening` line.
     pub async fn start(bin: &str, spec: &NodeSpec) -> Self {
         let dir = tempfile::tempdir().expect("tempdir for the node config");
         let config = spec.write(dir.path());
+        let mut args: Vec<String> = Vec::new();
+        if let Some(n) = spec.worker_threads {
+            args.extend(["--worker-threads".into(), n.to_string()]);
+        }
         let env: Vec<(&str, &str)> = spec
             .rust_log
             .iter()
             .map(|f| ("RUST_LOG", f.as_str()))
             .collect();
-        let mut args: Vec<std::ffi::OsString> =
-            vec!["node".into(), "--config".into(), config.clone().into()];
-        if let Some(n) = spec.worker_threads {
-            args.extend(["--worker-threads".into(), n.to_string().into()]);
-        }
-        let mut process = ServerProcess::spawn_with_env(bin, args, env);
+        let process = spawn(bin, &config, &args, env);
+        Self::discover(
+            process,
+            &spec.name,
+            config,
+            Some(dir),
+            spec.cluster.is_some(),
+        )
+        .await
+    }
+
+    /// Writes `config` as `dir/node.toml` and starts `bin node --config dir/node.toml`: for configs with side files
+    /// (ACL, password file) the test keeps writing into `dir`. No cluster.
+    pub async fn start_in(bin: &str, dir: &Path, config: &str) -> Self {
+        let path = dir.join("node.toml");
+        std::fs::write(&path, config).expect("write node.toml");
+        let process = spawn(bin, &path, &[], Vec::new());
+        Self::discover(process, "", path, None, false).await
+    }
+
+    /// Waits for the `listening` lines: the MQTT listeners are bound (and logged) in config order before the admin
+    /// server, the cluster port after it.
+    async fn discover(
+        mut process: ServerProcess,
+        name: &str,
+        config: PathBuf,
+        dir: Option<TempDir>,
+        clustered: bool,
+    ) -> Self {
         let mqtt = process.wait_for_listening(MQTT_ROLE).await;
-        let admin = process.wait_for_listening(ADMIN_ROLE).await;
+        let admin = Admin::new(process.wait_for_listening(ADMIN_ROLE).await);
+        let listeners = process
+            .logs()
+            .iter()
+            .filter_map(|l| listening_addr(l, MQTT_ROLE))
+            .collect();
+        let cluster = match clustered {
+            true => Some(process.wait_for_listening(CLUSTER_ROLE).await),
+            false => None,
+        };
         Self {
+            name: name.to_string(),
             process,
             mqtt,
+            listeners,
             admin,
             config,
+            cluster,
             _dir: dir,
         }
     }
 
-    /// The parsed `/metrics` of the admin port.
-    pub async fn metrics(&self) -> Vec<Sample> {
-        let r = http::get(self.admin, "/metrics").await;
-        assert_eq!(r.status, 200, "/metrics: {}", r.body);
-        http::parse_metrics(&r.body)
+    /// The cluster port; panics for a node started without a `[cluster]` section.
+    pub fn cluster(&self) -> SocketAddr {
+        self.cluster
+            .unwrap_or_else(|| panic!("node {:?} has no cluster port", self.name))
     }
+}
 
-    /// Sum of `name` samples whose labels include `labels`.
-    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        http::metric_sum(&self.metrics().await, name, labels)
-    }
+/// `bin node --config FILE ARGS` with `env`.
+fn spawn(bin: &str, config: &Path, args: &[String], env: Vec<(&str, &str)>) -> ServerProcess {
+    let mut all: Vec<std::ffi::OsString> = vec!["node".into(), "--config".into(), config.into()];
+    all.extend(args.iter().map(Into::into));
+    ServerProcess::spawn_with_env(bin, all, env)
+}
 
-    /// Waits until `name{labels}` reaches at least `at_least`; panics with the metrics text otherwise.
-    pub async fn wait_for_metric(
-        &self,
-        name: &str,
-        labels: &[(&str, &str)],
-        at_least: f64,
-        deadline: Duration,
-    ) {
-        let reached = crate::wait::eventually(deadline, || async {
-            (self.metric(name, labels).await >= at_least).then_some(())
-        })
-        .await;
-        if reached.is_err() {
-            let body = http::get(self.admin, "/metrics").await.body;
-            panic!(
-                "{name}{labels:?} did not reach {at_least} within {deadline:?}; /metrics:\n{body}"
-            );
-        }
-    }
+/// The node the ring assigns `client_id` to among `names`.
+pub fn ring_owner(names: &[&str], client_id: &str) -> String {
+    let ring = Ring::new(names.iter().map(|n| RingNode::new(*n)));
+    ring.select(client_id.as_bytes(), |_| true)
+        .expect("a non-empty ring")
+        .to_string()
+}
 
-    /// `GET /clients/{id}`: `None` on 404, else the JSON body.
-    pub async fn client(&self, client_id: &str) -> Option<Value> {
-        let r = http::get(self.admin, &format!("/clients/{client_id}")).await;
-        match r.status {
-            404 => None,
-            200 => Some(
-                serde_json::from_str(&r.body)
-                    .unwrap_or_else(|e| panic!("/clients/{client_id}: {e}: {}", r.body)),
-            ),
-            other => panic!("/clients/{client_id}: HTTP {other}: {}", r.body),
-        }
-    }
-
-    /// Whether `/clients/{id}` says the client is connected.
-    pub async fn is_connected(&self, client_id: &str) -> bool {
-        self.client(client_id)
-            .await
-            .is_some_and(|c| c["connected"] == Value::Bool(true))
-    }
-
-    /// Waits until `/clients/{id}` reports `connected == want`.
-    pub async fn wait_connected(&self, client_id: &str, want: bool, deadline: Duration) {
-        let ok = crate::wait::eventually(deadline, || async {
-            (self.is_connected(client_id).await == want).then_some(())
-        })
-        .await;
-        if ok.is_err() {
-            let state = self.client(client_id).await;
-            panic!(
-                "client {client_id:?}: connected != {want} within {deadline:?}; /clients says {state:?}"
-            );
-        }
-    }
+/// The first `{prefix}-{i}` the ring over `names` assigns to `owner`.
+pub fn id_owned_by(names: &[&str], owner: &str, prefix: &str) -> String {
+    (0..10_000)
+        .map(|i| format!("{prefix}-{i}"))
+        .find(|id| ring_owner(names, id) == owner)
+        .expect("some id maps to every node")
 }
 
 #[cfg(test)]
@@ -246,5 +280,11 @@ mod tests {
         assert_eq!(parsed.limits.max_packet_size, 4096);
         let plain = NodeSpec::plain().to_toml();
         assert!(plain.contains("proxy_protocol = \"off\"") && !plain.contains("trusted_proxies"));
+        let peer: SocketAddr = "127.0.0.1:7000".parse().unwrap();
+        let clustered = NodeSpec::clustered("broker-1", &[("broker-0", peer)], "").to_toml();
+        let parsed = fleetgate_config::node::NodeConfig::parse(&path, &clustered).unwrap();
+        assert_eq!(parsed.name, "broker-1");
+        assert!(parsed.cluster.is_some());
+        assert!(clustered.contains("peers = [{ name = \"broker-0\", addr = \"127.0.0.1:7000\" }]"));
     }
 }

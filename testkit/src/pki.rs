@@ -1,16 +1,26 @@
-//! A throwaway PKI made with rcgen and written as PEM files into a tempdir: a CA, a server certificate for
-//! `localhost`/`127.0.0.1`, client certificates with a chosen CN, an expired client certificate and a client
-//! certificate from another CA (the ones a TLS listener must refuse).
+//! The one throwaway PKI of the workspace, made with rcgen and written as PEM files into a tempdir: a CA, a server
+//! certificate for `localhost`/`127.0.0.1`, client certificates with a chosen CN (and SANs), an expired one, one
+//! from another CA, a revoked one with its CRL, cluster node certificates, extra server certificates for SNI; and
+//! the rustls client configs that trust it. Used by the tests of every crate and by `fleetgate-bench gen-certs`.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, date_time_ymd,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, CertifiedIssuer,
+    DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyPair,
+    KeyUsagePurpose, RevocationReason, RevokedCertParams, SerialNumber, date_time_ymd,
 };
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tempfile::TempDir;
 
-/// A certificate and its private key, as PEM text and as files.
+/// Common name of the default CA.
+pub const CA_NAME: &str = "Fleetgate Test CA";
+
+/// Common name of the default server certificate (also a DNS SAN, beside the IP SAN `127.0.0.1`).
+pub const SERVER_CN: &str = "localhost";
+
+/// A certificate and its private key, as PEM text, as DER and as files.
 #[derive(Debug, Clone)]
 pub struct CertFiles {
     /// Certificate PEM.
@@ -19,6 +29,8 @@ pub struct CertFiles {
     pub key_pem: String,
     /// Certificate DER.
     pub cert_der: Vec<u8>,
+    /// Private key DER (PKCS#8).
+    pub key_der: Vec<u8>,
     /// Path of the certificate PEM file.
     pub cert: PathBuf,
     /// Path of the key PEM file.
@@ -34,15 +46,18 @@ pub struct Pki {
 }
 
 impl Pki {
-    /// Makes a CA named "Fleetgate Test CA" and a server certificate for `localhost` and `127.0.0.1`.
+    /// Makes a CA named [`CA_NAME`] and a server certificate for `localhost` and `127.0.0.1`.
     pub fn new() -> Self {
+        Self::with_ca_name(CA_NAME)
+    }
+
+    /// Like [`Pki::new`] with another CA common name.
+    pub fn with_ca_name(ca_name: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir for the test PKI");
-        let ca = new_ca("Fleetgate Test CA");
+        let ca = new_ca(ca_name);
         let ca_cert = dir.path().join("ca.pem");
         std::fs::write(&ca_cert, ca.pem()).expect("write ca.pem");
-        let mut params = leaf_params("localhost", &["localhost", "127.0.0.1"]);
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let server = issue(dir.path(), "server", params, &ca);
+        let server = issue(dir.path(), "server", server_params(SERVER_CN), &ca);
         Self {
             dir,
             ca,
@@ -71,9 +86,19 @@ impl Pki {
         self.ca.der().to_vec()
     }
 
-    /// The server certificate (`localhost`, `127.0.0.1`).
+    /// The server certificate ([`SERVER_CN`], `127.0.0.1`).
     pub fn server(&self) -> &CertFiles {
         &self.server
+    }
+
+    /// Another server certificate, for `name` only (SNI tests, certificate rotation).
+    pub fn server_for(&self, name: &str) -> CertFiles {
+        issue(
+            self.dir.path(),
+            &file_stem(name, "server"),
+            server_params(name),
+            &self.ca,
+        )
     }
 
     /// A valid client certificate with common name `cn` (also a DNS SAN when `cn` is a valid DNS name).
@@ -82,6 +107,18 @@ impl Pki {
             self.dir.path(),
             &file_stem(cn, "client"),
             client_params(cn),
+            &self.ca,
+        )
+    }
+
+    /// A valid client certificate with common name `cn` and exactly the DNS SANs `sans`.
+    pub fn client_with_sans(&self, cn: &str, sans: &[&str]) -> CertFiles {
+        let mut params = leaf_params(cn, sans);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        issue(
+            self.dir.path(),
+            &file_stem(cn, "client-sans"),
+            params,
             &self.ca,
         )
     }
@@ -96,17 +133,39 @@ impl Pki {
 
     /// A client certificate with common name `cn` issued by another CA, which nobody trusts.
     pub fn foreign_client(&self, cn: &str) -> CertFiles {
-        let other = new_ca("Some Other CA");
         issue(
             self.dir.path(),
             &file_stem(cn, "foreign"),
             client_params(cn),
-            &other,
+            &new_ca("Some Other CA"),
         )
     }
-}
 
-impl Pki {
+    /// A client certificate with serial number `serial`, and the path of a CRL of the CA that revokes it.
+    pub fn revoked_client(&self, cn: &str, serial: u64) -> (CertFiles, PathBuf) {
+        let mut params = client_params(cn);
+        params.serial_number = Some(SerialNumber::from(serial));
+        let cert = issue(self.dir.path(), &file_stem(cn, "revoked"), params, &self.ca);
+        let crl = CertificateRevocationListParams {
+            this_update: date_time_ymd(2024, 1, 1),
+            next_update: date_time_ymd(4000, 1, 1),
+            crl_number: SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: vec![RevokedCertParams {
+                serial_number: SerialNumber::from(serial),
+                revocation_time: date_time_ymd(2024, 1, 1),
+                reason_code: Some(RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            }],
+            key_identifier_method: KeyIdMethod::Sha256,
+        }
+        .signed_by(&self.ca)
+        .expect("sign the CRL");
+        let path = self.dir.path().join(format!("{}.crl", file_stem(cn, "ca")));
+        std::fs::write(&path, crl.pem().expect("CRL PEM")).expect("write the CRL");
+        (cert, path)
+    }
+
     /// A cluster node certificate for node `name` (DNS SAN `name`, both server and client use, as a cluster link
     /// needs both ways).
     pub fn cluster_node(&self, name: &str) -> CertFiles {
@@ -120,23 +179,45 @@ impl Pki {
 
     /// A cluster node certificate for `name` from another CA, which the cluster must refuse.
     pub fn foreign_cluster_node(&self, name: &str) -> CertFiles {
-        let other = new_ca("Some Other CA");
         issue(
             self.dir.path(),
             &file_stem(name, "foreign-node"),
             node_params(name),
-            &other,
+            &new_ca("Some Other CA"),
         )
     }
-}
 
-fn node_params(name: &str) -> CertificateParams {
-    let mut params = leaf_params(name, &[name]);
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    params
+    /// A rustls client config trusting this CA, presenting `client` when given (TLS 1.2 and 1.3).
+    pub fn client_config(&self, client: Option<&CertFiles>) -> Arc<rustls::ClientConfig> {
+        self.client_config_with_versions(rustls::DEFAULT_VERSIONS, client)
+    }
+
+    /// Like [`Pki::client_config`], limited to the protocol `versions` (e.g. `&[&rustls::version::TLS12]`).
+    pub fn client_config_with_versions(
+        &self,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+        client: Option<&CertFiles>,
+    ) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from(self.ca_der()))
+            .expect("add the test CA");
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(versions)
+            .expect("TLS versions")
+            .with_root_certificates(roots);
+        let config = match client {
+            Some(c) => {
+                let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(c.key_der.clone()));
+                builder
+                    .with_client_auth_cert(vec![CertificateDer::from(c.cert_der.clone())], key)
+                    .expect("client certificate")
+            }
+            None => builder.with_no_client_auth(),
+        };
+        Arc::new(config)
+    }
 }
 
 impl Default for Pki {
@@ -159,6 +240,7 @@ fn new_ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
     CertifiedIssuer::self_signed(params, key).expect("self-sign CA")
 }
 
+/// `sans` that parse as IP addresses become IP SANs, the others DNS SANs (rcgen's rule).
 fn leaf_params(cn: &str, sans: &[&str]) -> CertificateParams {
     let sans: Vec<String> = sans.iter().map(|s| s.to_string()).collect();
     let mut params = CertificateParams::new(sans).expect("certificate SANs");
@@ -171,6 +253,17 @@ fn leaf_params(cn: &str, sans: &[&str]) -> CertificateParams {
     params
 }
 
+fn server_params(name: &str) -> CertificateParams {
+    let sans: &[&str] = if name == SERVER_CN {
+        &[SERVER_CN, "127.0.0.1"]
+    } else {
+        &[name]
+    };
+    let mut params = leaf_params(name, sans);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params
+}
+
 fn client_params(cn: &str) -> CertificateParams {
     let is_dns = !cn.is_empty()
         && cn
@@ -179,6 +272,15 @@ fn client_params(cn: &str) -> CertificateParams {
     let sans: &[&str] = if is_dns { &[cn] } else { &[] };
     let mut params = leaf_params(cn, sans);
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params
+}
+
+fn node_params(name: &str) -> CertificateParams {
+    let mut params = leaf_params(name, &[name]);
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
     params
 }
 
@@ -194,6 +296,7 @@ fn issue(
         cert_pem: cert.pem(),
         key_pem: key.serialize_pem(),
         cert_der: cert.der().to_vec(),
+        key_der: key.serialize_der(),
         cert: dir.join(format!("{stem}.pem")),
         key: dir.join(format!("{stem}-key.pem")),
     };

@@ -1,23 +1,15 @@
-//! Helpers shared by the node end-to-end test files (`node_e2e.rs`, `node_sessions.rs`).
+//! What only the root package's process tests share: the binary under test (`CARGO_BIN_EXE_fleetgate` exists only
+//! in this package's own tests) and a node behind a PROXY v2 sender. Everything else is in `fleetgate-testkit`.
 // Each test target uses its own subset of these.
 #![allow(dead_code)]
 
-use std::time::Duration;
-
-use fleetgate_testkit::clients::MosquittoMessage;
-use fleetgate_testkit::{MqttVersion, Node, NodeSpec, ProxySender};
+use fleetgate_testkit::{Node, NodeSpec, ProxySender, assert_no_secrets};
 
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_fleetgate");
 
-/// A password every client here sends; no log line may ever contain it.
+/// A password the node tests' clients send; no log line may ever contain it.
 pub const PASSWORD: &str = "e2e-S3cret-pa55word";
-
-/// Bound on waits for a client to be connected/subscribed/delivered.
-pub const WAIT: Duration = Duration::from_secs(15);
-
-/// Both protocol versions, for tests that run once per version.
-pub const BOTH: [MqttVersion; 2] = [MqttVersion::V311, MqttVersion::V5];
 
 /// A node behind a PROXY v2 sender, as the LB would put it.
 pub async fn start() -> (Node, ProxySender) {
@@ -26,27 +18,7 @@ pub async fn start() -> (Node, ProxySender) {
     (node, sender)
 }
 
+/// Panics when a log line of `node` contains [`PASSWORD`], a password hash or a certificate.
 pub fn assert_no_password(node: &Node) {
-    for line in node.process.logs() {
-        assert!(
-            !line.contains(PASSWORD),
-            "a log line contains the password: {line}"
-        );
-    }
-}
-
-pub fn tag(v: MqttVersion) -> &'static str {
-    match v {
-        MqttVersion::V311 => "v311",
-        MqttVersion::V5 => "v5",
-    }
-}
-
-pub fn msg(retain: bool, qos: u8, topic: &str, payload: &str) -> MosquittoMessage {
-    MosquittoMessage {
-        retain,
-        qos,
-        topic: topic.into(),
-        payload: payload.into(),
-    }
+    assert_no_secrets(&node.process.logs(), &[PASSWORD]);
 }

@@ -263,11 +263,10 @@ async fn takeover_sends_v5_disconnect_0x8e() {
         }
     }
     node.admin
-        .wait_metric(
+        .wait_count(
             "fleetgate_disconnects_total",
             &[("reason", "takeover")],
-            WAIT,
-            |v| v >= 1.0,
+            1.0,
         )
         .await;
     assert!(
@@ -302,11 +301,10 @@ async fn takeover_disconnects_the_first_client() {
         }
     }
     node.admin
-        .wait_metric(
+        .wait_count(
             "fleetgate_disconnects_total",
             &[("reason", "takeover")],
-            WAIT,
-            |v| v >= 2.0,
+            2.0,
         )
         .await;
 }
@@ -359,11 +357,10 @@ async fn keep_alive_expiry_disconnects_a_silent_client_and_fires_its_will() {
         );
     }
     node.admin
-        .wait_metric(
+        .wait_count(
             "fleetgate_disconnects_total",
             &[("reason", "keepalive_timeout")],
-            WAIT,
-            |v| v >= 2.0,
+            2.0,
         )
         .await;
 }

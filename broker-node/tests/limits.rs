@@ -12,19 +12,12 @@ use bytes::Bytes;
 use common::*;
 use fleetgate_config::node::LimitsConfig;
 use fleetgate_protocol::mqtt::{Connect, ConnectAckReason, Packet, ProtocolLevel, Publish, QoS};
+use fleetgate_testkit::WAIT;
 
 fn disconnect_code(seen: &[Packet]) -> Option<u8> {
     match seen.last() {
         Some(Packet::Disconnect(d)) => Some(u8::from(d.reason_code)),
         _ => None,
-    }
-}
-
-fn connect(id: &str) -> Connect {
-    Connect {
-        client_id: id.into(),
-        clean_start: true,
-        ..Connect::default()
     }
 }
 
@@ -44,12 +37,15 @@ fn publish(topic: &str, qos: QoS, id: u16, payload: Bytes) -> Packet {
 async fn keep_alive_expiry() {
     bounded(async {
         let node = TestNode::start(LimitsConfig::default()).await;
-        let mut raw = RawClient::connect(node.addr, ProtocolLevel::V5).await;
-        raw.mqtt_connect(Connect {
-            keep_alive: 1,
-            ..connect("sleepy")
-        })
-        .await;
+        let mut raw = node
+            .client(
+                ProtocolLevel::V5,
+                Connect {
+                    keep_alive: 1,
+                    ..connect("sleepy")
+                },
+            )
+            .await;
         let started = tokio::time::Instant::now();
         let seen = raw.until_closed().await;
         assert_eq!(disconnect_code(&seen), Some(0x8D), "{seen:?}");
@@ -70,7 +66,7 @@ async fn no_connect_within_timeout() {
             ..LimitsConfig::default()
         };
         let node = TestNode::start(limits).await;
-        let mut raw = RawClient::connect(node.addr, ProtocolLevel::V311).await;
+        let mut raw = CodecClient::connect(node.addr, ProtocolLevel::V311).await;
         assert!(raw.until_closed().await.is_empty());
     })
     .await;
@@ -84,8 +80,7 @@ async fn oversized_packet_disconnects() {
             ..LimitsConfig::default()
         };
         let node = TestNode::start(limits).await;
-        let mut raw = RawClient::connect(node.addr, ProtocolLevel::V5).await;
-        raw.mqtt_connect(connect("big")).await;
+        let mut raw = node.client(ProtocolLevel::V5, connect("big")).await;
         raw.send(publish(
             "t",
             QoS::AtMostOnce,
@@ -103,23 +98,17 @@ async fn oversized_packet_disconnects() {
 async fn outbound_too_large_is_dropped_not_sent() {
     bounded(async {
         let node = TestNode::start(LimitsConfig::default()).await;
-        let mut small = RawClient::connect(node.addr, ProtocolLevel::V5).await;
-        small
-            .mqtt_connect(Connect {
-                max_packet_size: std::num::NonZeroU32::new(100),
-                ..connect("small")
-            })
+        let mut small = node
+            .client(
+                ProtocolLevel::V5,
+                Connect {
+                    max_packet_size: std::num::NonZeroU32::new(100),
+                    ..connect("small")
+                },
+            )
             .await;
-        let sub = fleetgate_protocol::mqtt::Subscribe {
-            packet_id: NonZeroU16::MIN,
-            id: None,
-            user_properties: Vec::new(),
-            topic_filters: vec![("t".into(), Default::default())],
-        };
-        small.send(Packet::Subscribe(sub)).await;
-        assert!(matches!(small.recv().await, Some(Packet::SubscribeAck(_))));
-        let mut publ = RawClient::connect(node.addr, ProtocolLevel::V5).await;
-        publ.mqtt_connect(connect("pub")).await;
+        small.subscribe("t", QoS::AtMostOnce).await;
+        let mut publ = node.client(ProtocolLevel::V5, connect("pub")).await;
         publ.send(publish(
             "t",
             QoS::AtMostOnce,
@@ -146,8 +135,7 @@ async fn outbound_too_large_is_dropped_not_sent() {
 async fn malformed_packet_closes() {
     bounded(async {
         let node = TestNode::start(LimitsConfig::default()).await;
-        let mut raw = RawClient::connect(node.addr, ProtocolLevel::V311).await;
-        raw.mqtt_connect(connect("garbage")).await;
+        let mut raw = node.client(ProtocolLevel::V311, connect("garbage")).await;
         // SUBSCRIBE with reserved flags 0000 (must be 0010).
         raw.send_raw(&[0x80, 0x06, 0x00, 0x01, 0x00, 0x01, b'a', 0x00])
             .await;
@@ -164,8 +152,7 @@ async fn malformed_packet_closes() {
 async fn second_connect_is_a_protocol_error() {
     bounded(async {
         let node = TestNode::start(LimitsConfig::default()).await;
-        let mut raw = RawClient::connect(node.addr, ProtocolLevel::V5).await;
-        raw.mqtt_connect(connect("twice")).await;
+        let mut raw = node.client(ProtocolLevel::V5, connect("twice")).await;
         raw.send(Packet::Connect(Box::new(connect("twice")))).await;
         let seen = raw.until_closed().await;
         assert!(
@@ -180,10 +167,10 @@ async fn second_connect_is_a_protocol_error() {
 async fn v311_empty_client_id_needs_clean_session() {
     bounded(async {
         let node = TestNode::start(LimitsConfig::default()).await;
-        let mut raw = RawClient::connect(node.addr, ProtocolLevel::V311).await;
+        let mut raw = CodecClient::connect(node.addr, ProtocolLevel::V311).await;
         let ack = raw.mqtt_connect(Connect { clean_start: false, ..Connect::default() }).await;
         assert!(matches!(&ack, Packet::ConnectAck(a) if a.reason_code == ConnectAckReason::ClientIdentifierNotValid), "{ack:?}");
-        let mut raw = RawClient::connect(node.addr, ProtocolLevel::V311).await;
+        let mut raw = CodecClient::connect(node.addr, ProtocolLevel::V311).await;
         let ack = raw.mqtt_connect(Connect { clean_start: true, ..Connect::default() }).await;
         assert!(matches!(&ack, Packet::ConnectAck(a) if a.reason_code == ConnectAckReason::Success), "{ack:?}");
     })
@@ -194,13 +181,10 @@ async fn v311_empty_client_id_needs_clean_session() {
 async fn takeover_and_shutdown_reason_codes() {
     bounded(async {
         let node = TestNode::start(LimitsConfig::default()).await;
-        let mut first = RawClient::connect(node.addr, ProtocolLevel::V5).await;
-        first.mqtt_connect(connect("same")).await;
-        let mut second = RawClient::connect(node.addr, ProtocolLevel::V5).await;
-        second.mqtt_connect(connect("same")).await;
+        let mut first = node.client(ProtocolLevel::V5, connect("same")).await;
+        let mut second = node.client(ProtocolLevel::V5, connect("same")).await;
         assert_eq!(disconnect_code(&first.until_closed().await), Some(0x8E));
-        let mut v3 = RawClient::connect(node.addr, ProtocolLevel::V311).await;
-        v3.mqtt_connect(connect("old-style")).await;
+        let mut v3 = node.client(ProtocolLevel::V311, connect("old-style")).await;
         node.shutdown.cancel();
         assert_eq!(disconnect_code(&second.until_closed().await), Some(0x8B));
         assert!(v3.until_closed().await.is_empty());
@@ -221,8 +205,7 @@ async fn inbound_receive_maximum_exceeded() {
             ..LimitsConfig::default()
         };
         let node = TestNode::start(limits).await;
-        let mut raw = RawClient::connect(node.addr, ProtocolLevel::V5).await;
-        raw.mqtt_connect(connect("flood")).await;
+        let mut raw = node.client(ProtocolLevel::V5, connect("flood")).await;
         for id in 1..=3 {
             raw.send(publish("t", QoS::ExactlyOnce, id, Bytes::from_static(b"x")))
                 .await;
@@ -241,22 +224,9 @@ async fn outbound_window_limits_unacked_messages() {
             ..LimitsConfig::default()
         };
         let node = TestNode::start(limits).await;
-        let mut sub = RawClient::connect(node.addr, ProtocolLevel::V5).await;
-        sub.mqtt_connect(connect("windowed")).await;
-        let opts = fleetgate_protocol::mqtt::SubscriptionOptions {
-            qos: QoS::AtLeastOnce,
-            ..Default::default()
-        };
-        let s = fleetgate_protocol::mqtt::Subscribe {
-            packet_id: NonZeroU16::MIN,
-            id: None,
-            user_properties: Vec::new(),
-            topic_filters: vec![("w".into(), opts)],
-        };
-        sub.send(Packet::Subscribe(s)).await;
-        assert!(matches!(sub.recv().await, Some(Packet::SubscribeAck(_))));
-        let mut publ = RawClient::connect(node.addr, ProtocolLevel::V5).await;
-        publ.mqtt_connect(connect("pub")).await;
+        let mut sub = node.client(ProtocolLevel::V5, connect("windowed")).await;
+        sub.subscribe("w", QoS::AtLeastOnce).await;
+        let mut publ = node.client(ProtocolLevel::V5, connect("pub")).await;
         for id in 1..=4 {
             publ.send(publish("w", QoS::AtLeastOnce, id, Bytes::from_static(b"m")))
                 .await;

@@ -10,6 +10,9 @@ use bytes::Bytes;
 use common::*;
 use fleetgate_config::node::LimitsConfig;
 use fleetgate_protocol::mqtt::{self, Connect, Packet, ProtocolLevel, PublishProperties};
+use fleetgate_testkit::rumqttc_client::{
+    v3_client, v3_publish, v3_subscribe, v5_client, v5_publish, v5_suback, v5_subscribe,
+};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{
     Filter, PublishProperties as RPublishProperties, SubscribeProperties,
@@ -100,8 +103,7 @@ async fn messages_with_and_without_properties_keep_their_order() {
     bounded(async {
         let node = TestNode::start(LimitsConfig::default()).await;
         let (sub, mut ev, _) = v5_client(node.addr, "mixed-sub", |_| {}).await;
-        sub.subscribe("mix/#", QoS::AtLeastOnce).await.unwrap();
-        ev.next_matching("SUBACK", v5_suback).await;
+        v5_subscribe(&sub, &mut ev, "mix/#", QoS::AtLeastOnce).await;
         let (publ, _pe, _) = v5_client(node.addr, "mixed-pub", |_| {}).await;
         const N: usize = 300;
         for i in 0..N {
@@ -148,8 +150,7 @@ async fn outbound_topic_alias() {
             o.set_topic_alias_max(Some(2));
         })
         .await;
-        sub.subscribe("a/#", QoS::AtMostOnce).await.unwrap();
-        ev.next_matching("SUBACK", v5_suback).await;
+        v5_subscribe(&sub, &mut ev, "a/#", QoS::AtMostOnce).await;
         let (publ, _pe, _) = v5_client(node.addr, "pub", |_| {}).await;
         for _ in 0..2 {
             publ.publish("a/long/topic", QoS::AtMostOnce, false, "x")
@@ -171,13 +172,10 @@ async fn outbound_topic_alias() {
 async fn inbound_topic_alias_and_assigned_client_id() {
     bounded(async {
         let node = TestNode::start(LimitsConfig::default()).await;
-        let (sub, mut ev) = v3_client(node.addr, "watch", |_| {}).await;
-        sub.subscribe("alias/#", rumqttc::QoS::AtMostOnce)
-            .await
-            .unwrap();
-        ev.next_matching("SUBACK", v3_suback).await;
+        let (sub, mut ev, _) = v3_client(node.addr, "watch", |_| {}).await;
+        v3_subscribe(&sub, &mut ev, "alias/#", rumqttc::QoS::AtMostOnce).await;
 
-        let mut raw = RawClient::connect(node.addr, ProtocolLevel::V5).await;
+        let mut raw = CodecClient::connect(node.addr, ProtocolLevel::V5).await;
         let ack = raw
             .mqtt_connect(Connect {
                 clean_start: true,
@@ -233,8 +231,7 @@ async fn message_expiry_drops_and_forwards_the_rest() {
             o.set_session_expiry_interval(Some(60));
         };
         let (sub, mut ev, _) = v5_client(node.addr, "late", durable).await;
-        sub.subscribe("exp/#", QoS::AtLeastOnce).await.unwrap();
-        ev.next_matching("SUBACK", v5_suback).await;
+        v5_subscribe(&sub, &mut ev, "exp/#", QoS::AtLeastOnce).await;
         sub.disconnect().await.unwrap();
         node.eventually("late offline", |h| {
             h.broker().client_info("late").is_some_and(|i| !i.connected)
@@ -327,11 +324,10 @@ async fn will_delay_and_disconnect_with_will() {
     bounded(async {
         let node = TestNode::start(LimitsConfig::default()).await;
         let (watch, mut ev, _) = v5_client(node.addr, "watch", |_| {}).await;
-        watch.subscribe("w/#", QoS::AtLeastOnce).await.unwrap();
-        ev.next_matching("SUBACK", v5_suback).await;
+        v5_subscribe(&watch, &mut ev, "w/#", QoS::AtLeastOnce).await;
 
         // DISCONNECT 0x04: the will is sent although the client disconnected normally.
-        let mut raw = RawClient::connect(node.addr, ProtocolLevel::V5).await;
+        let mut raw = CodecClient::connect(node.addr, ProtocolLevel::V5).await;
         let will = |topic: &str, delay| mqtt::LastWill {
             qos: mqtt::QoS::AtLeastOnce,
             retain: false,
@@ -366,19 +362,21 @@ async fn will_delay_and_disconnect_with_will() {
             last_will: Some(will("w/2", Some(30))),
             ..Connect::default()
         };
-        let mut raw = RawClient::connect(node.addr, ProtocolLevel::V5).await;
-        raw.mqtt_connect(c.clone()).await;
+        let raw = node.client(ProtocolLevel::V5, c.clone()).await;
         drop(raw);
         node.eventually("w2 offline", |h| {
             h.broker().client_info("w2").is_some_and(|i| !i.connected)
         })
         .await;
-        let mut raw = RawClient::connect(node.addr, ProtocolLevel::V5).await;
-        raw.mqtt_connect(Connect {
-            last_will: None,
-            ..c
-        })
-        .await;
+        let raw = node
+            .client(
+                ProtocolLevel::V5,
+                Connect {
+                    last_will: None,
+                    ..c
+                },
+            )
+            .await;
         // Will delay 30 s but session expiry 0: the will goes out when the session ends, i.e. now.
         let c = Connect {
             client_id: "w3".into(),
@@ -386,8 +384,7 @@ async fn will_delay_and_disconnect_with_will() {
             last_will: Some(will("w/3", Some(30))),
             ..Connect::default()
         };
-        let mut raw3 = RawClient::connect(node.addr, ProtocolLevel::V5).await;
-        raw3.mqtt_connect(c).await;
+        let raw3 = node.client(ProtocolLevel::V5, c).await;
         drop(raw3);
         assert_eq!(ev.next_matching("will w/3", v5_publish).await.topic, "w/3");
         ev.assert_none(Duration::from_millis(200), |e| v5_publish(e).is_some())

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::http::{self, Response, Sample};
-use crate::wait::eventually;
+use crate::wait::{WAIT, eventually};
 
 /// The admin HTTP server at `addr`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +79,12 @@ impl Admin {
                 panic!("{name}{labels:?} on {}: {e}; /metrics:\n{body}", self.addr)
             }
         }
+    }
+
+    /// Waits (up to [`WAIT`]) until counter `name{labels}` reaches `at_least`; returns its value.
+    pub async fn wait_count(&self, name: &str, labels: &[(&str, &str)], at_least: f64) -> f64 {
+        self.wait_metric(name, labels, WAIT, |v| v >= at_least)
+            .await
     }
 
     /// `GET /clients/{id}`: `None` on 404, else the JSON body.

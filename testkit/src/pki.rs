@@ -17,6 +17,9 @@ use tempfile::TempDir;
 /// Common name of the default CA.
 pub const CA_NAME: &str = "Fleetgate Test CA";
 
+/// Common name of the CA nobody trusts (foreign certificates).
+const OTHER_CA_NAME: &str = "Some Other CA";
+
 /// Common name of the default server certificate (also a DNS SAN, beside the IP SAN `127.0.0.1`).
 pub const SERVER_CN: &str = "localhost";
 
@@ -93,34 +96,19 @@ impl Pki {
 
     /// Another server certificate, for `name` only (SNI tests, certificate rotation).
     pub fn server_for(&self, name: &str) -> CertFiles {
-        issue(
-            self.dir.path(),
-            &file_stem(name, "server"),
-            server_params(name),
-            &self.ca,
-        )
+        self.issue(name, "server", server_params(name))
     }
 
     /// A valid client certificate with common name `cn` (also a DNS SAN when `cn` is a valid DNS name).
     pub fn client(&self, cn: &str) -> CertFiles {
-        issue(
-            self.dir.path(),
-            &file_stem(cn, "client"),
-            client_params(cn),
-            &self.ca,
-        )
+        self.issue(cn, "client", client_params(cn))
     }
 
     /// A valid client certificate with common name `cn` and exactly the DNS SANs `sans`.
     pub fn client_with_sans(&self, cn: &str, sans: &[&str]) -> CertFiles {
         let mut params = leaf_params(cn, sans);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        issue(
-            self.dir.path(),
-            &file_stem(cn, "client-sans"),
-            params,
-            &self.ca,
-        )
+        self.issue(cn, "client-sans", params)
     }
 
     /// A client certificate with common name `cn` whose validity ended in 2001.
@@ -128,24 +116,19 @@ impl Pki {
         let mut params = client_params(cn);
         params.not_before = date_time_ymd(2000, 1, 1);
         params.not_after = date_time_ymd(2001, 1, 1);
-        issue(self.dir.path(), &file_stem(cn, "expired"), params, &self.ca)
+        self.issue(cn, "expired", params)
     }
 
     /// A client certificate with common name `cn` issued by another CA, which nobody trusts.
     pub fn foreign_client(&self, cn: &str) -> CertFiles {
-        issue(
-            self.dir.path(),
-            &file_stem(cn, "foreign"),
-            client_params(cn),
-            &new_ca("Some Other CA"),
-        )
+        self.issue_foreign(cn, "foreign", client_params(cn))
     }
 
     /// A client certificate with serial number `serial`, and the path of a CRL of the CA that revokes it.
     pub fn revoked_client(&self, cn: &str, serial: u64) -> (CertFiles, PathBuf) {
         let mut params = client_params(cn);
         params.serial_number = Some(SerialNumber::from(serial));
-        let cert = issue(self.dir.path(), &file_stem(cn, "revoked"), params, &self.ca);
+        let cert = self.issue(cn, "revoked", params);
         let crl = CertificateRevocationListParams {
             this_update: date_time_ymd(2024, 1, 1),
             next_update: date_time_ymd(4000, 1, 1),
@@ -169,22 +152,12 @@ impl Pki {
     /// A cluster node certificate for node `name` (DNS SAN `name`, both server and client use, as a cluster link
     /// needs both ways).
     pub fn cluster_node(&self, name: &str) -> CertFiles {
-        issue(
-            self.dir.path(),
-            &file_stem(name, "node"),
-            node_params(name),
-            &self.ca,
-        )
+        self.issue(name, "node", node_params(name))
     }
 
     /// A cluster node certificate for `name` from another CA, which the cluster must refuse.
     pub fn foreign_cluster_node(&self, name: &str) -> CertFiles {
-        issue(
-            self.dir.path(),
-            &file_stem(name, "foreign-node"),
-            node_params(name),
-            &new_ca("Some Other CA"),
-        )
+        self.issue_foreign(name, "foreign-node", node_params(name))
     }
 
     /// A rustls client config trusting this CA, presenting `client` when given (TLS 1.2 and 1.3).
@@ -217,6 +190,23 @@ impl Pki {
             None => builder.with_no_client_auth(),
         };
         Arc::new(config)
+    }
+}
+
+impl Pki {
+    /// Issues a certificate from `params` signed by this CA, written as files named after `cn` and `kind`.
+    fn issue(&self, cn: &str, kind: &str, params: CertificateParams) -> CertFiles {
+        issue(self.dir.path(), &file_stem(cn, kind), params, &self.ca)
+    }
+
+    /// Like [`Pki::issue`], signed by a fresh CA nobody trusts.
+    fn issue_foreign(&self, cn: &str, kind: &str, params: CertificateParams) -> CertFiles {
+        issue(
+            self.dir.path(),
+            &file_stem(cn, kind),
+            params,
+            &new_ca(OTHER_CA_NAME),
+        )
     }
 }
 

@@ -256,6 +256,35 @@ pub async fn v5_client(
     (client, events, connack)
 }
 
+/// Subscribes `client` to `filter` and waits for the SUBACK on its `events` (skipping events before it, so only
+/// where no message can come first).
+pub async fn v3_subscribe(
+    client: &rumqttc::AsyncClient,
+    events: &mut Events<rumqttc::Event>,
+    filter: &str,
+    qos: rumqttc::QoS,
+) -> rumqttc::SubAck {
+    client
+        .subscribe(filter, qos)
+        .await
+        .unwrap_or_else(|e| panic!("queue SUBSCRIBE {filter}: {e}"));
+    events.next_matching("SUBACK", v3_suback).await
+}
+
+/// [`v3_subscribe`] for an MQTT 5 client.
+pub async fn v5_subscribe(
+    client: &rumqttc::v5::AsyncClient,
+    events: &mut Events<rumqttc::v5::Event>,
+    filter: &str,
+    qos: rumqttc::v5::mqttbytes::QoS,
+) {
+    client
+        .subscribe(filter, qos)
+        .await
+        .unwrap_or_else(|e| panic!("queue SUBSCRIBE {filter}: {e}"));
+    events.next_matching("SUBACK", v5_suback).await;
+}
+
 fn v3_connack(e: &rumqttc::Event) -> Option<rumqttc::ConnAck> {
     match e {
         rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(ack)) => Some(ack.clone()),

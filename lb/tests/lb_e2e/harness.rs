@@ -58,14 +58,6 @@ impl TestLb {
     pub fn addr(&self, listener: &str) -> SocketAddr {
         self.handle.listener_addr(listener).unwrap()
     }
-
-    /// Waits until counter `name{labels}` reaches `at_least` (counters are recorded just after the client saw the
-    /// effect); returns its value.
-    pub async fn wait_count(&self, name: &str, labels: &[(&str, &str)], at_least: f64) -> f64 {
-        self.admin
-            .wait_metric(name, labels, WAIT, |v| v >= at_least)
-            .await
-    }
 }
 
 /// A fake backend `broker-0` behind an LB with the one listener `listener` and `[limits]` `limits`.

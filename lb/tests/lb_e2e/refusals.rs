@@ -12,12 +12,13 @@ async fn garbage_first_packet_is_closed() {
     let garbage = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
     let sent = sent_before_close(lb.addr("plain-garbage"), garbage).await;
     assert_eq!(sent, b"");
-    lb.wait_count(
-        "fleetgate_lb_connect_peek_total",
-        &[("outcome", "not_mqtt")],
-        1.0,
-    )
-    .await;
+    lb.admin
+        .wait_count(
+            "fleetgate_lb_connect_peek_total",
+            &[("outcome", "not_mqtt")],
+            1.0,
+        )
+        .await;
     assert!(b.nothing_yet());
 }
 
@@ -29,12 +30,13 @@ async fn keep_alive_zero_client_is_closed_after_max_idle() {
     let sent = sent_before_close(lb.addr("plain-ka0"), &raw_connect(4, "silent-ka0", 0)).await;
     assert_eq!(sent, [0x20, 0x02, 0, 0]);
     assert!(started.elapsed() < WAIT);
-    lb.wait_count(
-        "fleetgate_lb_relays_ended_total",
-        &[("reason", "idle_timeout")],
-        1.0,
-    )
-    .await;
+    lb.admin
+        .wait_count(
+            "fleetgate_lb_relays_ended_total",
+            &[("reason", "idle_timeout")],
+            1.0,
+        )
+        .await;
 }
 
 #[tokio::test]
@@ -51,12 +53,13 @@ async fn slowloris_connect_times_out() {
         b""
     );
     assert!(started.elapsed() < WAIT);
-    lb.wait_count(
-        "fleetgate_lb_connect_peek_total",
-        &[("outcome", "timeout")],
-        1.0,
-    )
-    .await;
+    lb.admin
+        .wait_count(
+            "fleetgate_lb_connect_peek_total",
+            &[("outcome", "timeout")],
+            1.0,
+        )
+        .await;
 }
 
 #[tokio::test]
@@ -65,12 +68,13 @@ async fn oversized_connect_is_refused_from_its_header() {
     // Announces 10 000 bytes; only the fixed header is sent.
     let sent = sent_before_close(lb.addr("plain-big"), &[0x10, 0x90, 0x4E]).await;
     assert_eq!(sent, b"");
-    lb.wait_count(
-        "fleetgate_lb_connect_peek_total",
-        &[("outcome", "too_large")],
-        1.0,
-    )
-    .await;
+    lb.admin
+        .wait_count(
+            "fleetgate_lb_connect_peek_total",
+            &[("outcome", "too_large")],
+            1.0,
+        )
+        .await;
 }
 
 #[tokio::test]
@@ -92,15 +96,16 @@ async fn all_backends_down_gives_server_unavailable() {
 
     let sent = sent_before_close(addr, &raw_connect(5, "lonely-v5", 30)).await;
     assert_eq!(sent, [0x20, 0x03, 0x00, 0x88, 0x00]);
-    lb.wait_count(
-        "fleetgate_lb_connections_total",
-        &[
-            ("listener", "plain-down"),
-            ("outcome", "backend_unavailable"),
-        ],
-        2.0,
-    )
-    .await;
+    lb.admin
+        .wait_count(
+            "fleetgate_lb_connections_total",
+            &[
+                ("listener", "plain-down"),
+                ("outcome", "backend_unavailable"),
+            ],
+            2.0,
+        )
+        .await;
 }
 
 #[tokio::test]
@@ -116,12 +121,13 @@ async fn listener_cap_answers_server_busy() {
 
     let sent = sent_before_close(addr, &raw_connect(5, "second", 30)).await;
     assert_eq!(sent, [0x20, 0x03, 0x00, 0x89, 0x00]);
-    lb.wait_count(
-        "fleetgate_lb_admission_refused_total",
-        &[("reason", "listener_full")],
-        1.0,
-    )
-    .await;
+    lb.admin
+        .wait_count(
+            "fleetgate_lb_admission_refused_total",
+            &[("reason", "listener_full")],
+            1.0,
+        )
+        .await;
 
     // The slot comes back when the first client leaves.
     drop(first);
@@ -155,12 +161,13 @@ async fn per_ip_rate_closes_before_the_tls_handshake() {
             .await
             .is_err()
     );
-    lb.wait_count(
-        "fleetgate_lb_admission_refused_total",
-        &[("reason", "per_ip_rate")],
-        1.0,
-    )
-    .await;
+    lb.admin
+        .wait_count(
+            "fleetgate_lb_admission_refused_total",
+            &[("reason", "per_ip_rate")],
+            1.0,
+        )
+        .await;
 }
 
 #[tokio::test]
@@ -182,10 +189,11 @@ async fn tls_handshake_budget_refuses_before_the_handshake() {
     }
     assert!(results[0], "{results:?}");
     assert!(results.iter().any(|ok| !ok), "{results:?}");
-    lb.wait_count(
-        "fleetgate_lb_admission_refused_total",
-        &[("reason", "tls_budget")],
-        1.0,
-    )
-    .await;
+    lb.admin
+        .wait_count(
+            "fleetgate_lb_admission_refused_total",
+            &[("reason", "tls_budget")],
+            1.0,
+        )
+        .await;
 }

@@ -59,12 +59,13 @@ async fn plain_connect_is_routed_with_proxy_v2_and_pinned() {
         "{body}"
     );
 
-    lb.wait_count(
-        "fleetgate_lb_connections_total",
-        &[("listener", "plain-route"), ("outcome", "routed")],
-        4.0,
-    )
-    .await;
+    lb.admin
+        .wait_count(
+            "fleetgate_lb_connections_total",
+            &[("listener", "plain-route"), ("outcome", "routed")],
+            4.0,
+        )
+        .await;
     assert!(
         lb.admin
             .metric("fleetgate_lb_connect_peek_total", &[("outcome", "valid")])

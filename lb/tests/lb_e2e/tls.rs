@@ -47,12 +47,13 @@ async fn mtls_identity_reaches_the_backend() {
     );
     assert_eq!(id.lb_client_id.as_deref(), Some("device-7"));
     assert_eq!(seen.header.source.unwrap().ip().to_string(), "127.0.0.1");
-    lb.wait_count(
-        "fleetgate_lb_tls_handshake_duration_seconds_count",
-        &[("listener", "tls-mtls")],
-        1.0,
-    )
-    .await;
+    lb.admin
+        .wait_count(
+            "fleetgate_lb_tls_handshake_duration_seconds_count",
+            &[("listener", "tls-mtls")],
+            1.0,
+        )
+        .await;
 
     // TLS 1.2: the scheme is the one of the ServerKeyExchange signature.
     rumqttc_connect(
@@ -107,6 +108,7 @@ async fn expired_and_foreign_client_certificates_are_refused() {
             .is_err()
     );
     let failures = lb
+        .admin
         .wait_count(
             "fleetgate_lb_tls_handshake_failures_total",
             &[("listener", "tls-refuse")],
@@ -126,12 +128,13 @@ async fn plaintext_client_on_tls_port_is_refused() {
         !got.starts_with(&[0x20]),
         "no CONNACK on a TLS port: {got:?}"
     );
-    lb.wait_count(
-        "fleetgate_lb_tls_handshake_failures_total",
-        &[("listener", "tls-plain")],
-        1.0,
-    )
-    .await;
+    lb.admin
+        .wait_count(
+            "fleetgate_lb_tls_handshake_failures_total",
+            &[("listener", "tls-plain")],
+            1.0,
+        )
+        .await;
     assert!(b.nothing_yet());
 }
 
@@ -227,10 +230,11 @@ async fn revoked_client_certificate_is_refused() {
         b.next().await.header.identity.cn.as_deref(),
         Some("good-device")
     );
-    lb.wait_count(
-        "fleetgate_lb_tls_handshake_failures_total",
-        &[("listener", "tls-crl")],
-        1.0,
-    )
-    .await;
+    lb.admin
+        .wait_count(
+            "fleetgate_lb_tls_handshake_failures_total",
+            &[("listener", "tls-crl")],
+            1.0,
+        )
+        .await;
 }

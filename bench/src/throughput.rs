@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use crate::load::{DRAIN_POLL, Flow, PubConfig, STAMP_LEN, Tally, publisher, subscriber};
 use crate::mqtt::Version;
 use crate::net::{self, Target, TlsArgs};
-use crate::probe;
+use crate::placement;
 use crate::stats::{self, Latency};
 
 /// Keep-alive announced by load clients: longer than any run, so no PINGREQ traffic is needed.
@@ -214,7 +214,7 @@ pub async fn run(args: ThroughputArgs) -> anyhow::Result<serde_json::Value> {
         if args.pattern != Pattern::Pairs || args.sub_target.is_some() {
             bail!("--colocate works with --pattern pairs and without --sub-target only");
         }
-        (subs, pubs, colocate_tries) = probe::colocate(&target, &run_id, &plan, subs).await?;
+        (subs, pubs, colocate_tries) = placement::colocate(&target, &run_id, &plan, subs).await?;
     } else {
         let pub_ids = (0..args.publishers)
             .map(|i| format!("fgb-{run_id}-p{i}"))
@@ -227,8 +227,8 @@ pub async fn run(args: ThroughputArgs) -> anyhow::Result<serde_json::Value> {
             pubs.push(session.with_context(|| format!("publisher {i}"))?);
         }
     }
-    let route_probes = match args.sub_target {
-        Some(_) => Some(probe::await_routes(&plan, &mut pubs, &mut subs, args.mqtt).await?),
+    let route_markers = match args.sub_target {
+        Some(_) => Some(placement::await_routes(&plan, &mut pubs, &mut subs, args.mqtt).await?),
         None => None,
     };
 
@@ -376,7 +376,7 @@ pub async fn run(args: ThroughputArgs) -> anyhow::Result<serde_json::Value> {
         "delivered_per_s": received_total as f64 / secs,
         "foreign": foreign,
         "colocate_tries": colocate_tries,
-        "route_probes": route_probes,
+        "route_probes": route_markers,
         "flow_groups": flows.as_ref().map(Vec::len),
         "outstanding_limit": flows.as_ref().map(|f| f.iter().map(|f| f.limit).sum::<u64>()),
         "written_off": flows.as_ref().map(|f| f.iter().map(|f| f.write_offs().0).sum::<u64>()),

@@ -532,27 +532,16 @@ async fn passwords_bans_and_hot_reload() {
         .expect("the new password works after the file changed");
 
         // Brute force: 3 failures from one address ban it; then even the right password is refused.
-        assert_eq!(
-            login(5, "a", "alice", PW_ALICE).await.1,
-            Some(0x86),
-            "old password"
-        );
-        assert_eq!(
-            login(5, "a", "mallory", PW_WRONG).await.1,
-            Some(0x86),
-            "unknown user"
-        );
-        assert_eq!(login(4, "a", "alice", PW_WRONG).await.1, Some(0x04));
-        assert_eq!(
-            login(5, "a", "alice", PW_ALICE_NEW).await.1,
-            Some(0x8A),
-            "banned v5"
-        );
-        assert_eq!(
-            login(4, "a", "alice", PW_ALICE_NEW).await.1,
-            Some(0x05),
-            "banned v3"
-        );
+        for (level, user, password, code, what) in [
+            (5, "alice", PW_ALICE, 0x86, "old password"),
+            (5, "mallory", PW_WRONG, 0x86, "unknown user"),
+            (4, "alice", PW_WRONG, 0x04, "wrong password"),
+            (5, "alice", PW_ALICE_NEW, 0x8A, "banned v5"),
+            (4, "alice", PW_ALICE_NEW, 0x05, "banned v3"),
+        ] {
+            let code_seen = login(level, "a", user, password).await.1;
+            assert_eq!(code_seen, Some(code), "{what}");
+        }
         node.process
             .wait_for_log(WAIT, "auth_ban", |v| v["event"] == "auth_ban")
             .await;

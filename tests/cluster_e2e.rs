@@ -38,7 +38,7 @@ async fn start_node(name: &str, peers: &[(&str, SocketAddr)], extra: &str) -> No
 async fn wait_linked(nodes: &[&Node], peers: f64, ready: bool) {
     for n in nodes {
         n.admin
-            .wait_metric("fleetgate_cluster_peers_up", &[], WAIT, |v| v == peers)
+            .wait_gauge("fleetgate_cluster_peers_up", &[], peers)
             .await;
         if ready {
             n.admin.wait_ready(true, WAIT).await;
@@ -82,6 +82,11 @@ async fn try_connect(addr: SocketAddr, id: &str, clean: bool) -> Result<Client, 
         events,
         present: ack.session_present,
     })
+}
+
+/// A clean-session client of `node` whose ID (`{prefix}-{i}`) the ring of [`NAMES`] gives that node.
+async fn owned_client(node: &Node, prefix: &str) -> Client {
+    connect(node.mqtt, &id_owned_by(&NAMES, &node.name, prefix), true).await
 }
 
 async fn connect(addr: SocketAddr, id: &str, clean: bool) -> Client {
@@ -132,7 +137,7 @@ fn text(p: &rumqttc::Publish) -> String {
 /// Waits until `node` has at least `n` routes from its peers.
 async fn wait_routes(node: &Node, n: f64) {
     node.admin
-        .wait_metric("fleetgate_cluster_remote_routes", &[], WAIT, |v| v >= n)
+        .wait_count("fleetgate_cluster_remote_routes", &[], n)
         .await;
 }
 
@@ -227,7 +232,7 @@ async fn cross_node_qos_levels_order_and_wildcards() {
 async fn a_repeated_topic_follows_subscribers_joining_and_leaving_other_nodes() {
     bounded(TEST_LIMIT, async {
         let nodes = start3().await;
-        let publisher = connect(nodes[0].mqtt, &id_owned_by(&NAMES, NAMES[0], "rpub"), true).await;
+        let publisher = owned_client(&nodes[0], "rpub").await;
         // Nobody subscribes yet: the publisher's topic goes nowhere (counted as received once it is handled).
         publisher
             .publish("fleet/7", QoS::AtLeastOnce, false, "m0")
@@ -237,7 +242,7 @@ async fn a_repeated_topic_follows_subscribers_joining_and_leaving_other_nodes() 
             .wait_count("fleetgate_messages_received_total", &[], 1.0)
             .await;
 
-        let mut b = connect(nodes[1].mqtt, &id_owned_by(&NAMES, NAMES[1], "rsub"), true).await;
+        let mut b = owned_client(&nodes[1], "rsub").await;
         b.subscribe("fleet/7", QoS::AtLeastOnce).await;
         wait_routes(&nodes[0], 1.0).await;
         publisher
@@ -245,7 +250,7 @@ async fn a_repeated_topic_follows_subscribers_joining_and_leaving_other_nodes() 
             .await;
         assert_eq!(text(&b.take(1).await[0]), "m1");
 
-        let mut c = connect(nodes[2].mqtt, &id_owned_by(&NAMES, NAMES[2], "rsub"), true).await;
+        let mut c = owned_client(&nodes[2], "rsub").await;
         c.subscribe("fleet/+", QoS::AtLeastOnce).await;
         wait_routes(&nodes[0], 2.0).await;
         publisher
@@ -257,7 +262,7 @@ async fn a_repeated_topic_follows_subscribers_joining_and_leaving_other_nodes() 
         b.client.unsubscribe("fleet/7").await.unwrap();
         nodes[0]
             .admin
-            .wait_metric("fleetgate_cluster_remote_routes", &[], WAIT, |v| v == 1.0)
+            .wait_gauge("fleetgate_cluster_remote_routes", &[], 1.0)
             .await;
         publisher
             .publish("fleet/7", QoS::AtLeastOnce, false, "m3")
@@ -288,7 +293,7 @@ async fn shared_subscriptions_deliver_once_cluster_wide_preferring_local() {
         a.subscribe("$share/g/job/#", QoS::AtLeastOnce).await;
         b.subscribe("$share/g/job/#", QoS::AtLeastOnce).await;
         wait_routes(&nodes[0], 2.0).await;
-        let publisher = connect(nodes[0].mqtt, &id_owned_by(&NAMES, NAMES[0], "sp"), true).await;
+        let publisher = owned_client(&nodes[0], "sp").await;
         for i in 0..20 {
             publisher
                 .publish(&format!("job/{i}"), QoS::AtLeastOnce, false, &i.to_string())
@@ -312,12 +317,7 @@ async fn shared_subscriptions_deliver_once_cluster_wide_preferring_local() {
         assert_eq!(got, want, "each message to exactly one member");
 
         // A member on the publisher's node is preferred.
-        let mut local = connect(
-            nodes[0].mqtt,
-            &id_owned_by(&NAMES, NAMES[0], "share-c"),
-            true,
-        )
-        .await;
+        let mut local = owned_client(&nodes[0], "share-c").await;
         local.subscribed("$share/g/job/#", QoS::AtLeastOnce).await;
         for i in 0..10 {
             publisher
@@ -336,37 +336,37 @@ async fn shared_subscriptions_deliver_once_cluster_wide_preferring_local() {
 async fn retained_message_set_on_one_node_reaches_a_subscriber_on_another() {
     bounded(TEST_LIMIT, async {
         let nodes = start3().await;
-        let publisher = connect(nodes[0].mqtt, &id_owned_by(&NAMES, NAMES[0], "rp"), true).await;
+        let publisher = owned_client(&nodes[0], "rp").await;
         publisher
             .publish("ret/1", QoS::AtLeastOnce, true, "kept")
             .await;
         nodes[2]
             .admin
-            .wait_metric("fleetgate_retained_messages", &[], WAIT, |v| v == 1.0)
+            .wait_gauge("fleetgate_retained_messages", &[], 1.0)
             .await;
-        let mut sub = connect(nodes[2].mqtt, &id_owned_by(&NAMES, NAMES[2], "rs"), true).await;
+        let mut sub = owned_client(&nodes[2], "rs").await;
         sub.subscribe("ret/#", QoS::AtLeastOnce).await;
         let got = sub.take(1).await;
         assert_eq!(text(&got[0]), "kept");
         assert!(got[0].retain);
 
         // Cleared on another node: gone everywhere. A node started later gets the state in its sync.
-        let other = connect(nodes[1].mqtt, &id_owned_by(&NAMES, NAMES[1], "rc"), true).await;
+        let other = owned_client(&nodes[1], "rc").await;
         other.publish("ret/1", QoS::AtLeastOnce, true, "").await;
         for n in &nodes {
             n.admin
-                .wait_metric("fleetgate_retained_messages", &[], WAIT, |v| v == 0.0)
+                .wait_gauge("fleetgate_retained_messages", &[], 0.0)
                 .await;
         }
         other.publish("ret/2", QoS::AtLeastOnce, true, "late").await;
         nodes[0]
             .admin
-            .wait_metric("fleetgate_retained_messages", &[], WAIT, |v| v == 1.0)
+            .wait_gauge("fleetgate_retained_messages", &[], 1.0)
             .await;
         let n3 = start_node("broker-3", &[(NAMES[0], nodes[0].cluster())], "").await;
         n3.admin.wait_ready(true, WAIT).await;
         n3.admin
-            .wait_metric("fleetgate_retained_messages", &[], WAIT, |v| v == 1.0)
+            .wait_gauge("fleetgate_retained_messages", &[], 1.0)
             .await;
     })
     .await;
@@ -382,7 +382,7 @@ async fn takeover_moves_a_persistent_session_with_its_queued_messages() {
         wait_routes(&nodes[1], 1.0).await;
         first.disconnect().await;
 
-        let publisher = connect(nodes[1].mqtt, &id_owned_by(&NAMES, NAMES[1], "tp"), true).await;
+        let publisher = owned_client(&nodes[1], "tp").await;
         for i in 0..5 {
             publisher
                 .publish("inbox/x", QoS::AtLeastOnce, false, &i.to_string())
@@ -662,7 +662,7 @@ async fn peers_discovered_through_dns_srv_records_form_one_cluster() {
         wait_linked(&nodes.iter().collect::<Vec<_>>(), 2.0, true).await;
         // broker-0 saw the later pods in DNS (itself included), not only through their dial-back.
         nodes[0]
-            .admin.wait_metric("fleetgate_discovery_endpoints", &[], WAIT, |v| v == 3.0)
+            .admin.wait_gauge("fleetgate_discovery_endpoints", &[], 3.0)
             .await;
         let sub_id = id_owned_by(&NAMES, NAMES[2], "dns-sub");
         assert_delivered(&nodes[2], &sub_id, &nodes[0], &NAMES, "dns").await;

@@ -9,7 +9,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{BIN, PASSWORD, assert_no_password, start};
+use common::{BIN, PASSWORD, assert_no_password, start, wait_disconnects};
 use fleetgate_testkit::clients::{RunningCommand, mosquitto_pub, mosquitto_sub, paho};
 use fleetgate_testkit::raw::Connect;
 use fleetgate_testkit::rumqttc_client::v3_client;
@@ -91,7 +91,7 @@ async fn retained_messages_with_mosquitto() {
     }
     // Every retained message was deleted.
     node.admin
-        .wait_metric("fleetgate_retained_messages", &[], WAIT, |v| v == 0.0)
+        .wait_gauge("fleetgate_retained_messages", &[], 0.0)
         .await;
     assert_no_password(&node);
 }
@@ -235,13 +235,7 @@ async fn will_fires_on_ungraceful_disconnect_only() {
             "{v:?}: {got:?}"
         );
     }
-    node.admin
-        .wait_count(
-            "fleetgate_disconnects_total",
-            &[("reason", "ungraceful")],
-            2.0,
-        )
-        .await;
+    wait_disconnects(&node, "ungraceful", 2.0).await;
 }
 
 #[tokio::test]

@@ -8,7 +8,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::BIN;
+use common::{BIN, wait_disconnects};
 use fleetgate_testkit::clients::mosquitto_pub;
 use fleetgate_testkit::proxy::proxy_v2;
 use fleetgate_testkit::raw::{self, Connect};
@@ -38,7 +38,7 @@ async fn wait_for_event(node: &Node, event: &str, reason: &str) -> Value {
 async fn wait_counts(node: &Node, name: &str, key: &str, table: &[(&str, f64)]) {
     for (value, at_least) in table {
         node.admin
-            .wait_metric(name, &[(key, value)], WAIT, |v| v >= *at_least)
+            .wait_count(name, &[(key, value)], *at_least)
             .await;
     }
 }
@@ -190,13 +190,7 @@ async fn garbage_mqtt_after_a_good_header_is_rejected() {
 
     // A good v5 CONNECT, then a reserved packet type: DISCONNECT (0x81 malformed or 0x82 protocol error), close.
     assert_disconnected_after(&node, 5, &[0x00, 0x00], &[0x81, 0x82]).await;
-    node.admin
-        .wait_count(
-            "fleetgate_disconnects_total",
-            &[("reason", "protocol_error")],
-            2.0,
-        )
-        .await;
+    wait_disconnects(&node, "protocol_error", 2.0).await;
 }
 
 #[tokio::test]
@@ -219,13 +213,7 @@ async fn oversized_packets_are_rejected() {
         let big = raw::publish(level, "big", &[b'x'; 4096]);
         assert_disconnected_after(&node, level, &big, &[0x95]).await;
     }
-    node.admin
-        .wait_count(
-            "fleetgate_disconnects_total",
-            &[("reason", "too_large")],
-            3.0,
-        )
-        .await;
+    wait_disconnects(&node, "too_large", 3.0).await;
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{PASSWORD, assert_no_password, start};
+use common::{PASSWORD, assert_no_password, start, wait_disconnects};
 use fleetgate_testkit::clients::{mosquitto_pub, mosquitto_sub, paho};
 use fleetgate_testkit::raw::{self, Connect};
 use fleetgate_testkit::rumqttc_client::{
@@ -262,13 +262,7 @@ async fn takeover_sends_v5_disconnect_0x8e() {
             panic!("the first connection stays open after a takeover ({bytes:?})")
         }
     }
-    node.admin
-        .wait_count(
-            "fleetgate_disconnects_total",
-            &[("reason", "takeover")],
-            1.0,
-        )
-        .await;
+    wait_disconnects(&node, "takeover", 1.0).await;
     assert!(
         node.admin.is_connected("taken-raw").await,
         "the second connection holds the session"
@@ -300,13 +294,7 @@ async fn takeover_disconnects_the_first_client() {
             MqttVersion::V311 => assert_ne!(disconnect["rc"], 0, "{first:?}"),
         }
     }
-    node.admin
-        .wait_count(
-            "fleetgate_disconnects_total",
-            &[("reason", "takeover")],
-            2.0,
-        )
-        .await;
+    wait_disconnects(&node, "takeover", 2.0).await;
 }
 
 #[tokio::test]
@@ -356,11 +344,5 @@ async fn keep_alive_expiry_disconnects_a_silent_client_and_fires_its_will() {
             "level {level}: {got:?}"
         );
     }
-    node.admin
-        .wait_count(
-            "fleetgate_disconnects_total",
-            &[("reason", "keepalive_timeout")],
-            2.0,
-        )
-        .await;
+    wait_disconnects(&node, "keepalive_timeout", 2.0).await;
 }

@@ -133,18 +133,10 @@ async fn will_on_ungraceful_close_not_on_disconnect() {
 async fn persistent_session_queues_and_redelivers() {
     bounded(async {
         let node = TestNode::start(LimitsConfig::default()).await;
-        let persistent = |o: &mut rumqttc::MqttOptions| {
-            o.set_clean_session(false);
-        };
         let (sub, mut ev, _) = v3_client(node.addr, "durable", persistent).await;
         v3_subscribe(&sub, &mut ev, "jobs/#", QoS::AtLeastOnce).await;
         sub.disconnect().await.unwrap();
-        node.eventually("durable offline", |h| {
-            h.broker()
-                .client_info("durable")
-                .is_some_and(|i| !i.connected)
-        })
-        .await;
+        node.wait_offline("durable").await;
 
         let (publ, _pe, _) = v3_client(node.addr, "pub", |_| {}).await;
         for i in 0..3 {
@@ -192,10 +184,7 @@ async fn unacked_messages_are_resent_with_dup() {
         // Never acked; the client goes away and comes back.
         ev.kill();
         drop(sub);
-        node.eventually("slow offline", |h| {
-            h.broker().client_info("slow").is_some_and(|i| !i.connected)
-        })
-        .await;
+        node.wait_offline("slow").await;
         let (sub, mut ev, _) = v3_client(node.addr, "slow", opts).await;
         let again = ev.next_matching("resent PUBLISH", v3_publish).await;
         assert!(again.dup);
@@ -215,9 +204,6 @@ async fn unacked_messages_are_resent_with_dup() {
 async fn takeover_kicks_the_old_connection() {
     bounded(async {
         let node = TestNode::start(LimitsConfig::default()).await;
-        let persistent = |o: &mut rumqttc::MqttOptions| {
-            o.set_clean_session(false);
-        };
         let (first, mut first_ev, _) = v3_client(node.addr, "dup", persistent).await;
         v3_subscribe(&first, &mut first_ev, "t", QoS::AtLeastOnce).await;
         let (_second, mut second_ev, _) = v3_client(node.addr, "dup", persistent).await;

@@ -233,10 +233,7 @@ async fn message_expiry_drops_and_forwards_the_rest() {
         let (sub, mut ev, _) = v5_client(node.addr, "late", durable).await;
         v5_subscribe(&sub, &mut ev, "exp/#", QoS::AtLeastOnce).await;
         sub.disconnect().await.unwrap();
-        node.eventually("late offline", |h| {
-            h.broker().client_info("late").is_some_and(|i| !i.connected)
-        })
-        .await;
+        node.wait_offline("late").await;
 
         let (publ, _pe, _) = v5_client(node.addr, "pub", |_| {}).await;
         let expiring = |secs| RPublishProperties {
@@ -364,10 +361,7 @@ async fn will_delay_and_disconnect_with_will() {
         };
         let raw = node.client(ProtocolLevel::V5, c.clone()).await;
         drop(raw);
-        node.eventually("w2 offline", |h| {
-            h.broker().client_info("w2").is_some_and(|i| !i.connected)
-        })
-        .await;
+        node.wait_offline("w2").await;
         let raw = node
             .client(
                 ProtocolLevel::V5,

@@ -87,6 +87,11 @@ impl Admin {
             .await
     }
 
+    /// Waits (up to [`WAIT`]) until gauge `name{labels}` is `value`.
+    pub async fn wait_gauge(&self, name: &str, labels: &[(&str, &str)], value: f64) {
+        self.wait_metric(name, labels, WAIT, |v| v == value).await;
+    }
+
     /// `GET /clients/{id}`: `None` on 404, else the JSON body.
     pub async fn client(&self, client_id: &str) -> Option<Value> {
         let r = self.get(&format!("/clients/{client_id}")).await;

@@ -18,6 +18,14 @@ pub async fn start() -> (Node, ProxySender) {
     (node, sender)
 }
 
+/// Waits until `node` counted `at_least` disconnects for `reason`.
+pub async fn wait_disconnects(node: &Node, reason: &str, at_least: f64) {
+    let disconnects = "fleetgate_disconnects_total";
+    node.admin
+        .wait_count(disconnects, &[("reason", reason)], at_least)
+        .await;
+}
+
 /// Panics when a log line of `node` contains [`PASSWORD`], a password hash or a certificate.
 pub fn assert_no_password(node: &Node) {
     assert_no_secrets(&node.process.logs(), &[PASSWORD]);

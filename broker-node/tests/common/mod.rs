@@ -61,6 +61,14 @@ impl TestNode {
         client
     }
 
+    /// Waits until the session of `id` is offline (kept, not connected).
+    pub async fn wait_offline(&self, id: &str) {
+        self.eventually(&format!("{id} offline"), |h| {
+            h.broker().client_info(id).is_some_and(|i| !i.connected)
+        })
+        .await;
+    }
+
     pub fn handle(&self) -> &NodeHandle {
         self.handle.as_ref().unwrap()
     }
@@ -76,6 +84,11 @@ impl Drop for TestNode {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// rumqttc 3.1.1 options for a persistent session.
+pub fn persistent(o: &mut rumqttc::MqttOptions) {
+    o.set_clean_session(false);
 }
 
 /// A clean-start CONNECT for client `id`.

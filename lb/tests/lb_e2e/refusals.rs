@@ -1,80 +1,75 @@
 //! Refusals: garbage, slow-loris, oversize, no backend (CONNACK 0x03 / 0x88), admission limits.
 
+use std::time::{Duration, Instant};
+
 use fleetgate_testkit::{Pki, WAIT, eventually};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::harness::*;
 
+/// First-packet outcomes, by `outcome`.
+const PEEK: &str = "fleetgate_lb_connect_peek_total";
+
+/// A client of a plain listener (with `[limits]` `limits`) sends `bytes`: what the LB sent before closing and how
+/// long the whole exchange took, once `counter{label}` counted the refusal; the fake backend behind it.
+async fn refused(
+    limits: &str,
+    bytes: &[u8],
+    counter: &str,
+    label: (&str, &str),
+) -> (Vec<u8>, Duration, FakeBackend) {
+    let (b, lb) = lb_with_backend(plain_listener("plain", ""), limits).await;
+    let started = Instant::now();
+    let sent = sent_before_close(lb.addr("plain"), bytes).await;
+    let took = started.elapsed();
+    lb.admin.wait_count(counter, &[label], 1.0).await;
+    (sent, took, b)
+}
+
+/// Waits until admission control counted a refusal for `reason`.
+async fn wait_refused(lb: &TestLb, reason: &str) {
+    let admission = "fleetgate_lb_admission_refused_total";
+    lb.admin
+        .wait_count(admission, &[("reason", reason)], 1.0)
+        .await;
+}
+
 #[tokio::test]
 async fn garbage_first_packet_is_closed() {
-    let (mut b, lb) = lb_with_backend(plain_listener("plain-garbage", ""), "").await;
     let garbage = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
-    let sent = sent_before_close(lb.addr("plain-garbage"), garbage).await;
+    let (sent, _, mut b) = refused("", garbage, PEEK, ("outcome", "not_mqtt")).await;
     assert_eq!(sent, b"");
-    lb.admin
-        .wait_count(
-            "fleetgate_lb_connect_peek_total",
-            &[("outcome", "not_mqtt")],
-            1.0,
-        )
-        .await;
     assert!(b.nothing_yet());
 }
 
 #[tokio::test]
 async fn keep_alive_zero_client_is_closed_after_max_idle() {
-    let (_b, lb) = lb_with_backend(plain_listener("plain-ka0", ""), "max_idle = \"300ms\"").await;
-    let started = std::time::Instant::now();
+    let connect = raw_connect(4, "silent-ka0", 0);
+    let ended = "fleetgate_lb_relays_ended_total";
+    let idle = ("reason", "idle_timeout");
+    let (sent, took, _) = refused("max_idle = \"300ms\"", &connect, ended, idle).await;
     // The CONNACK, then nothing until the LB closes the silent relay.
-    let sent = sent_before_close(lb.addr("plain-ka0"), &raw_connect(4, "silent-ka0", 0)).await;
     assert_eq!(sent, [0x20, 0x02, 0, 0]);
-    assert!(started.elapsed() < WAIT);
-    lb.admin
-        .wait_count(
-            "fleetgate_lb_relays_ended_total",
-            &[("reason", "idle_timeout")],
-            1.0,
-        )
-        .await;
+    assert!(took < WAIT);
 }
 
 #[tokio::test]
 async fn slowloris_connect_times_out() {
-    let (_b, lb) = lb_with_backend(
-        plain_listener("plain-slow", ""),
-        "connect_peek_timeout = \"300ms\"",
-    )
-    .await;
     let connect = raw_connect(4, "slow", 30);
-    let started = std::time::Instant::now();
-    assert_eq!(
-        sent_before_close(lb.addr("plain-slow"), &connect[..5]).await,
-        b""
-    );
-    assert!(started.elapsed() < WAIT);
-    lb.admin
-        .wait_count(
-            "fleetgate_lb_connect_peek_total",
-            &[("outcome", "timeout")],
-            1.0,
-        )
-        .await;
+    let limits = "connect_peek_timeout = \"300ms\"";
+    let (sent, took, _) = refused(limits, &connect[..5], PEEK, ("outcome", "timeout")).await;
+    assert_eq!(sent, b"");
+    assert!(took < WAIT);
 }
 
 #[tokio::test]
 async fn oversized_connect_is_refused_from_its_header() {
-    let (_b, lb) = lb_with_backend(plain_listener("plain-big", ""), "max_connect_size = 256").await;
     // Announces 10 000 bytes; only the fixed header is sent.
-    let sent = sent_before_close(lb.addr("plain-big"), &[0x10, 0x90, 0x4E]).await;
+    let header = [0x10, 0x90, 0x4E];
+    let limits = "max_connect_size = 256";
+    let (sent, _, _) = refused(limits, &header, PEEK, ("outcome", "too_large")).await;
     assert_eq!(sent, b"");
-    lb.admin
-        .wait_count(
-            "fleetgate_lb_connect_peek_total",
-            &[("outcome", "too_large")],
-            1.0,
-        )
-        .await;
 }
 
 #[tokio::test]
@@ -121,13 +116,7 @@ async fn listener_cap_answers_server_busy() {
 
     let sent = sent_before_close(addr, &raw_connect(5, "second", 30)).await;
     assert_eq!(sent, [0x20, 0x03, 0x00, 0x89, 0x00]);
-    lb.admin
-        .wait_count(
-            "fleetgate_lb_admission_refused_total",
-            &[("reason", "listener_full")],
-            1.0,
-        )
-        .await;
+    wait_refused(&lb, "listener_full").await;
 
     // The slot comes back when the first client leaves.
     drop(first);
@@ -161,13 +150,7 @@ async fn per_ip_rate_closes_before_the_tls_handshake() {
             .await
             .is_err()
     );
-    lb.admin
-        .wait_count(
-            "fleetgate_lb_admission_refused_total",
-            &[("reason", "per_ip_rate")],
-            1.0,
-        )
-        .await;
+    wait_refused(&lb, "per_ip_rate").await;
 }
 
 #[tokio::test]
@@ -189,11 +172,5 @@ async fn tls_handshake_budget_refuses_before_the_handshake() {
     }
     assert!(results[0], "{results:?}");
     assert!(results.iter().any(|ok| !ok), "{results:?}");
-    lb.admin
-        .wait_count(
-            "fleetgate_lb_admission_refused_total",
-            &[("reason", "tls_budget")],
-            1.0,
-        )
-        .await;
+    wait_refused(&lb, "tls_budget").await;
 }

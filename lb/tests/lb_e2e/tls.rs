@@ -10,6 +10,14 @@ use tokio::net::TcpStream;
 
 use crate::harness::*;
 
+/// Waits until listener `listener` counted `at_least` failed TLS handshakes.
+async fn wait_tls_failures(lb: &TestLb, listener: &str, at_least: f64) {
+    let failures = "fleetgate_lb_tls_handshake_failures_total";
+    lb.admin
+        .wait_count(failures, &[("listener", listener)], at_least)
+        .await;
+}
+
 #[tokio::test]
 async fn mtls_identity_reaches_the_backend() {
     let pki = Pki::new();
@@ -107,15 +115,7 @@ async fn expired_and_foreign_client_certificates_are_refused() {
             .await
             .is_err()
     );
-    let failures = lb
-        .admin
-        .wait_count(
-            "fleetgate_lb_tls_handshake_failures_total",
-            &[("listener", "tls-refuse")],
-            3.0,
-        )
-        .await;
-    assert!(failures >= 3.0, "{failures}");
+    wait_tls_failures(&lb, "tls-refuse", 3.0).await;
     assert!(b.nothing_yet());
 }
 
@@ -128,13 +128,7 @@ async fn plaintext_client_on_tls_port_is_refused() {
         !got.starts_with(&[0x20]),
         "no CONNACK on a TLS port: {got:?}"
     );
-    lb.admin
-        .wait_count(
-            "fleetgate_lb_tls_handshake_failures_total",
-            &[("listener", "tls-plain")],
-            1.0,
-        )
-        .await;
+    wait_tls_failures(&lb, "tls-plain", 1.0).await;
     assert!(b.nothing_yet());
 }
 
@@ -230,11 +224,5 @@ async fn revoked_client_certificate_is_refused() {
         b.next().await.header.identity.cn.as_deref(),
         Some("good-device")
     );
-    lb.admin
-        .wait_count(
-            "fleetgate_lb_tls_handshake_failures_total",
-            &[("listener", "tls-crl")],
-            1.0,
-        )
-        .await;
+    wait_tls_failures(&lb, "tls-crl", 1.0).await;
 }

@@ -61,6 +61,12 @@ async fn start3() -> Vec<Node> {
     nodes
 }
 
+/// Runs `test` on a fresh three-node cluster ([`start3`]) under [`TEST_LIMIT`]. An async closure, so that the
+/// nodes are moved into the test's future whole and live until it ends.
+async fn with_cluster(test: impl AsyncFnOnce(Vec<Node>)) {
+    bounded(TEST_LIMIT, async { test(start3().await).await }).await;
+}
+
 /// A connected rumqttc client and its events; dropping it closes the connection without DISCONNECT.
 struct Client {
     client: AsyncClient,
@@ -107,6 +113,11 @@ impl Client {
         self.events.next_matching("SUBACK", v3_suback).await;
     }
 
+    /// A QoS 1 PUBLISH, not retained.
+    async fn publish1(&self, topic: &str, payload: &str) {
+        self.publish(topic, QoS::AtLeastOnce, false, payload).await;
+    }
+
     async fn publish(&self, topic: &str, qos: QoS, retain: bool, payload: &str) {
         self.client
             .publish(topic, qos, retain, payload.as_bytes().to_vec())
@@ -132,6 +143,11 @@ impl Client {
 
 fn text(p: &rumqttc::Publish) -> String {
     String::from_utf8_lossy(&p.payload).into_owned()
+}
+
+/// How many of `node`'s cluster links are up.
+async fn peers_up(node: &Node) -> f64 {
+    node.admin.metric("fleetgate_cluster_peers_up", &[]).await
 }
 
 /// Waits until `node` has at least `n` routes from its peers.
@@ -170,16 +186,13 @@ async fn assert_delivered(
     wait_routes(pub_node, 1.0).await;
     let pub_id = id_owned_by(names, &pub_node.name, &format!("{prefix}-pub"));
     let publisher = connect(pub_node.mqtt, &pub_id, true).await;
-    publisher
-        .publish(&format!("{prefix}/1"), QoS::AtLeastOnce, false, prefix)
-        .await;
+    publisher.publish1(&format!("{prefix}/1"), prefix).await;
     assert_eq!(text(&sub.take(1).await[0]), prefix);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cross_node_qos_levels_order_and_wildcards() {
-    bounded(TEST_LIMIT, async {
-        let nodes = start3().await;
+    with_cluster(async |nodes| {
         let sub_id = id_owned_by(&NAMES, NAMES[1], "sub");
         let pub_id = id_owned_by(&NAMES, NAMES[0], "pub");
         let mut sub = connect(nodes[1].mqtt, &sub_id, true).await;
@@ -201,14 +214,10 @@ async fn cross_node_qos_levels_order_and_wildcards() {
             assert_eq!(got[0].topic, "sensors/a/temp");
         }
         // Not matching the wildcard: not forwarded.
-        publisher
-            .publish("sensors/a/b/temp", QoS::AtLeastOnce, false, "no")
-            .await;
+        publisher.publish1("sensors/a/b/temp", "no").await;
         // Per-publisher order across the link.
         for i in 0..100 {
-            publisher
-                .publish("order/x", QoS::AtLeastOnce, false, &i.to_string())
-                .await;
+            publisher.publish1("order/x", &i.to_string()).await;
         }
         let got: Vec<String> = sub.take(100).await.iter().map(text).collect();
         let want: Vec<String> = (0..100).map(|i| i.to_string()).collect();
@@ -230,13 +239,10 @@ async fn cross_node_qos_levels_order_and_wildcards() {
 /// last topic went; route changes must void that).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repeated_topic_follows_subscribers_joining_and_leaving_other_nodes() {
-    bounded(TEST_LIMIT, async {
-        let nodes = start3().await;
+    with_cluster(async |nodes| {
         let publisher = owned_client(&nodes[0], "rpub").await;
         // Nobody subscribes yet: the publisher's topic goes nowhere (counted as received once it is handled).
-        publisher
-            .publish("fleet/7", QoS::AtLeastOnce, false, "m0")
-            .await;
+        publisher.publish1("fleet/7", "m0").await;
         nodes[0]
             .admin
             .wait_count("fleetgate_messages_received_total", &[], 1.0)
@@ -245,17 +251,13 @@ async fn a_repeated_topic_follows_subscribers_joining_and_leaving_other_nodes() 
         let mut b = owned_client(&nodes[1], "rsub").await;
         b.subscribe("fleet/7", QoS::AtLeastOnce).await;
         wait_routes(&nodes[0], 1.0).await;
-        publisher
-            .publish("fleet/7", QoS::AtLeastOnce, false, "m1")
-            .await;
+        publisher.publish1("fleet/7", "m1").await;
         assert_eq!(text(&b.take(1).await[0]), "m1");
 
         let mut c = owned_client(&nodes[2], "rsub").await;
         c.subscribe("fleet/+", QoS::AtLeastOnce).await;
         wait_routes(&nodes[0], 2.0).await;
-        publisher
-            .publish("fleet/7", QoS::AtLeastOnce, false, "m2")
-            .await;
+        publisher.publish1("fleet/7", "m2").await;
         assert_eq!(text(&b.take(1).await[0]), "m2");
         assert_eq!(text(&c.take(1).await[0]), "m2");
 
@@ -264,9 +266,7 @@ async fn a_repeated_topic_follows_subscribers_joining_and_leaving_other_nodes() 
             .admin
             .wait_gauge("fleetgate_cluster_remote_routes", &[], 1.0)
             .await;
-        publisher
-            .publish("fleet/7", QoS::AtLeastOnce, false, "m3")
-            .await;
+        publisher.publish1("fleet/7", "m3").await;
         assert_eq!(text(&c.take(1).await[0]), "m3");
         assert!(b.drain(Duration::from_millis(300)).await.is_empty());
         assert!(c.drain(Duration::from_millis(300)).await.is_empty());
@@ -284,8 +284,7 @@ async fn a_repeated_topic_follows_subscribers_joining_and_leaving_other_nodes() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_subscriptions_deliver_once_cluster_wide_preferring_local() {
-    bounded(TEST_LIMIT, async {
-        let nodes = start3().await;
+    with_cluster(async |nodes| {
         let a_id = id_owned_by(&NAMES, NAMES[1], "share-a");
         let b_id = id_owned_by(&NAMES, NAMES[2], "share-b");
         let mut a = connect(nodes[1].mqtt, &a_id, true).await;
@@ -296,7 +295,7 @@ async fn shared_subscriptions_deliver_once_cluster_wide_preferring_local() {
         let publisher = owned_client(&nodes[0], "sp").await;
         for i in 0..20 {
             publisher
-                .publish(&format!("job/{i}"), QoS::AtLeastOnce, false, &i.to_string())
+                .publish1(&format!("job/{i}"), &i.to_string())
                 .await;
         }
         // The 20 messages, wherever they land (an extra copy would show in the drains at the end).
@@ -320,9 +319,7 @@ async fn shared_subscriptions_deliver_once_cluster_wide_preferring_local() {
         let mut local = owned_client(&nodes[0], "share-c").await;
         local.subscribed("$share/g/job/#", QoS::AtLeastOnce).await;
         for i in 0..10 {
-            publisher
-                .publish(&format!("job/{i}"), QoS::AtLeastOnce, false, "local")
-                .await;
+            publisher.publish1(&format!("job/{i}"), "local").await;
         }
         assert_eq!(local.take(10).await.len(), 10);
         // Nothing more reaches the remote members: the quiet period is the check.
@@ -334,8 +331,7 @@ async fn shared_subscriptions_deliver_once_cluster_wide_preferring_local() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retained_message_set_on_one_node_reaches_a_subscriber_on_another() {
-    bounded(TEST_LIMIT, async {
-        let nodes = start3().await;
+    with_cluster(async |nodes| {
         let publisher = owned_client(&nodes[0], "rp").await;
         publisher
             .publish("ret/1", QoS::AtLeastOnce, true, "kept")
@@ -374,8 +370,7 @@ async fn retained_message_set_on_one_node_reaches_a_subscriber_on_another() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn takeover_moves_a_persistent_session_with_its_queued_messages() {
-    bounded(TEST_LIMIT, async {
-        let nodes = start3().await;
+    with_cluster(async |nodes| {
         let id = id_owned_by(&NAMES, NAMES[0], "persist");
         let first = connect(nodes[0].mqtt, &id, false).await;
         first.subscribe("inbox/#", QoS::AtLeastOnce).await;
@@ -384,9 +379,7 @@ async fn takeover_moves_a_persistent_session_with_its_queued_messages() {
 
         let publisher = owned_client(&nodes[1], "tp").await;
         for i in 0..5 {
-            publisher
-                .publish("inbox/x", QoS::AtLeastOnce, false, &i.to_string())
-                .await;
+            publisher.publish1("inbox/x", &i.to_string()).await;
         }
         wait_queued(&nodes[0], &id, 5).await;
 
@@ -416,16 +409,12 @@ async fn takeover_moves_a_persistent_session_with_its_queued_messages() {
                 >= 1.0
         );
         // New messages follow the session to broker-2.
-        publisher
-            .publish("inbox/y", QoS::AtLeastOnce, false, "after")
-            .await;
+        publisher.publish1("inbox/y", "after").await;
         assert_eq!(text(&again.take(1).await[0]), "after");
 
         // And back on broker-0, its owner, which finds it through broker-2's claim.
         again.disconnect().await;
-        publisher
-            .publish("inbox/z", QoS::AtLeastOnce, false, "queued-on-2")
-            .await;
+        publisher.publish1("inbox/z", "queued-on-2").await;
         wait_queued(&nodes[2], &id, 1).await;
         let mut home = connect(nodes[0].mqtt, &id, false).await;
         assert!(home.present);
@@ -436,8 +425,7 @@ async fn takeover_moves_a_persistent_session_with_its_queued_messages() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_peer_routes_dropped_within_3s_and_clients_served_by_the_next_node() {
-    bounded(TEST_LIMIT, async {
-        let mut nodes = start3().await;
+    with_cluster(async |mut nodes| {
         let id = id_owned_by(&NAMES, NAMES[2], "victim");
         let sub = connect(nodes[2].mqtt, &id, true).await;
         sub.subscribe("k/#", QoS::AtLeastOnce).await;
@@ -445,23 +433,14 @@ async fn kill_9_peer_routes_dropped_within_3s_and_clients_served_by_the_next_nod
 
         let killed_at = Instant::now();
         nodes[2].process.signal(Signal::KILL);
+        let gone = Duration::from_secs(5);
         for n in &nodes[..2] {
-            n.admin
-                .wait_metric(
-                    "fleetgate_cluster_remote_routes",
-                    &[],
-                    Duration::from_secs(5),
-                    |v| v == 0.0,
-                )
-                .await;
-            n.admin
-                .wait_metric(
-                    "fleetgate_cluster_peers_up",
-                    &[],
-                    Duration::from_secs(5),
-                    |v| v == 1.0,
-                )
-                .await;
+            for (gauge, left) in [
+                ("fleetgate_cluster_remote_routes", 0.0),
+                ("fleetgate_cluster_peers_up", 1.0),
+            ] {
+                n.admin.wait_metric(gauge, &[], gone, |v| v == left).await;
+            }
         }
         let took = killed_at.elapsed();
         assert!(
@@ -723,17 +702,8 @@ async fn mutual_tls_links_refuse_a_node_of_another_ca() {
                 })
                 .await;
         }
-        assert_eq!(
-            intruder
-                .admin
-                .metric("fleetgate_cluster_peers_up", &[])
-                .await,
-            0.0
-        );
-        assert_eq!(
-            n0.admin.metric("fleetgate_cluster_peers_up", &[]).await,
-            1.0
-        );
+        assert_eq!(peers_up(&intruder).await, 0.0);
+        assert_eq!(peers_up(&n0).await, 1.0);
         let linked = n0
             .process
             .json_logs()
@@ -773,22 +743,10 @@ async fn mutual_tls_refuses_a_node_claiming_a_name_its_certificate_lacks() {
                 1.0,
             )
             .await;
-        assert_eq!(
-            impostor
-                .admin
-                .metric("fleetgate_cluster_peers_up", &[])
-                .await,
-            0.0
-        );
-        assert_eq!(
-            n0.admin.metric("fleetgate_cluster_peers_up", &[]).await,
-            1.0
-        );
+        assert_eq!(peers_up(&impostor).await, 0.0);
+        assert_eq!(peers_up(&n0).await, 1.0);
         // The real broker-1 keeps its link both ways.
-        assert_eq!(
-            n1.admin.metric("fleetgate_cluster_peers_up", &[]).await,
-            1.0
-        );
+        assert_eq!(peers_up(&n1).await, 1.0);
     })
     .await;
 }

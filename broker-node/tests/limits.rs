@@ -35,8 +35,7 @@ fn publish(topic: &str, qos: QoS, id: u16, payload: Bytes) -> Packet {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alive_expiry() {
-    bounded(async {
-        let node = TestNode::start(LimitsConfig::default()).await;
+    with_node(LimitsConfig::default(), async |node| {
         let mut raw = node
             .client(
                 ProtocolLevel::V5,
@@ -60,12 +59,11 @@ async fn keep_alive_expiry() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_connect_within_timeout() {
-    bounded(async {
-        let limits = LimitsConfig {
-            connect_timeout: Duration::from_millis(300),
-            ..LimitsConfig::default()
-        };
-        let node = TestNode::start(limits).await;
+    let limits = LimitsConfig {
+        connect_timeout: Duration::from_millis(300),
+        ..LimitsConfig::default()
+    };
+    with_node(limits, async |node| {
         let mut raw = CodecClient::connect(node.addr, ProtocolLevel::V311).await;
         assert!(raw.until_closed().await.is_empty());
     })
@@ -74,12 +72,11 @@ async fn no_connect_within_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_packet_disconnects() {
-    bounded(async {
-        let limits = LimitsConfig {
-            max_packet_size: 1024,
-            ..LimitsConfig::default()
-        };
-        let node = TestNode::start(limits).await;
+    let limits = LimitsConfig {
+        max_packet_size: 1024,
+        ..LimitsConfig::default()
+    };
+    with_node(limits, async |node| {
         let mut raw = node.client(ProtocolLevel::V5, connect("big")).await;
         raw.send(publish(
             "t",
@@ -96,8 +93,7 @@ async fn oversized_packet_disconnects() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbound_too_large_is_dropped_not_sent() {
-    bounded(async {
-        let node = TestNode::start(LimitsConfig::default()).await;
+    with_node(LimitsConfig::default(), async |node| {
         let mut small = node
             .client(
                 ProtocolLevel::V5,
@@ -133,8 +129,7 @@ async fn outbound_too_large_is_dropped_not_sent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_packet_closes() {
-    bounded(async {
-        let node = TestNode::start(LimitsConfig::default()).await;
+    with_node(LimitsConfig::default(), async |node| {
         let mut raw = node.client(ProtocolLevel::V311, connect("garbage")).await;
         // SUBSCRIBE with reserved flags 0000 (must be 0010).
         raw.send_raw(&[0x80, 0x06, 0x00, 0x01, 0x00, 0x01, b'a', 0x00])
@@ -150,8 +145,7 @@ async fn malformed_packet_closes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_connect_is_a_protocol_error() {
-    bounded(async {
-        let node = TestNode::start(LimitsConfig::default()).await;
+    with_node(LimitsConfig::default(), async |node| {
         let mut raw = node.client(ProtocolLevel::V5, connect("twice")).await;
         raw.send(Packet::Connect(Box::new(connect("twice")))).await;
         let seen = raw.until_closed().await;
@@ -165,8 +159,7 @@ async fn second_connect_is_a_protocol_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v311_empty_client_id_needs_clean_session() {
-    bounded(async {
-        let node = TestNode::start(LimitsConfig::default()).await;
+    with_node(LimitsConfig::default(), async |node| {
         let mut raw = CodecClient::connect(node.addr, ProtocolLevel::V311).await;
         let ack = raw.mqtt_connect(Connect { clean_start: false, ..Connect::default() }).await;
         assert!(matches!(&ack, Packet::ConnectAck(a) if a.reason_code == ConnectAckReason::ClientIdentifierNotValid), "{ack:?}");
@@ -179,8 +172,7 @@ async fn v311_empty_client_id_needs_clean_session() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn takeover_and_shutdown_reason_codes() {
-    bounded(async {
-        let node = TestNode::start(LimitsConfig::default()).await;
+    with_node(LimitsConfig::default(), async |node| {
         let mut first = node.client(ProtocolLevel::V5, connect("same")).await;
         let mut second = node.client(ProtocolLevel::V5, connect("same")).await;
         assert_eq!(disconnect_code(&first.until_closed().await), Some(0x8E));
@@ -199,12 +191,11 @@ async fn takeover_and_shutdown_reason_codes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inbound_receive_maximum_exceeded() {
-    bounded(async {
-        let limits = LimitsConfig {
-            receive_maximum: 2,
-            ..LimitsConfig::default()
-        };
-        let node = TestNode::start(limits).await;
+    let limits = LimitsConfig {
+        receive_maximum: 2,
+        ..LimitsConfig::default()
+    };
+    with_node(limits, async |node| {
         let mut raw = node.client(ProtocolLevel::V5, connect("flood")).await;
         for id in 1..=3 {
             raw.send(publish("t", QoS::ExactlyOnce, id, Bytes::from_static(b"x")))
@@ -218,12 +209,11 @@ async fn inbound_receive_maximum_exceeded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbound_window_limits_unacked_messages() {
-    bounded(async {
-        let limits = LimitsConfig {
-            receive_maximum: 2,
-            ..LimitsConfig::default()
-        };
-        let node = TestNode::start(limits).await;
+    let limits = LimitsConfig {
+        receive_maximum: 2,
+        ..LimitsConfig::default()
+    };
+    with_node(limits, async |node| {
         let mut sub = node.client(ProtocolLevel::V5, connect("windowed")).await;
         sub.subscribe("w", QoS::AtLeastOnce).await;
         let mut publ = node.client(ProtocolLevel::V5, connect("pub")).await;

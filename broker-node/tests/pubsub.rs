@@ -13,8 +13,7 @@ use rumqttc::{LastWill, QoS};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_subscribe_each_qos() {
-    bounded(async {
-        let node = TestNode::start(LimitsConfig::default()).await;
+    with_node(LimitsConfig::default(), async |node| {
         let (sub, mut sub_ev, _) = v3_client(node.addr, "sub", |_| {}).await;
         v3_subscribe(&sub, &mut sub_ev, "sensors/+/temp", QoS::ExactlyOnce).await;
         let (publ, mut pub_ev, _) = v3_client(node.addr, "pub", |_| {}).await;
@@ -56,14 +55,12 @@ async fn publish_subscribe_each_qos() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retained_set_get_delete() {
-    bounded(async {
-        let node = TestNode::start(LimitsConfig::default()).await;
+    with_node(LimitsConfig::default(), async |node| {
         let (publ, _pe, _) = v3_client(node.addr, "pub", |_| {}).await;
         publ.publish("state/a", QoS::AtLeastOnce, true, "on")
             .await
             .unwrap();
-        node.eventually("retained stored", |h| !h.broker().retained.is_empty())
-            .await;
+        node.wait_retained(true).await;
         let (sub, mut ev, _) = v3_client(node.addr, "sub", |_| {}).await;
         sub.subscribe("state/#", QoS::AtLeastOnce).await.unwrap();
         let p = ev.next_matching("retained PUBLISH", v3_publish).await;
@@ -82,8 +79,7 @@ async fn retained_set_get_delete() {
             .await
             .unwrap();
         ev.next_matching("delete PUBLISH", v3_publish).await;
-        node.eventually("retained deleted", |h| h.broker().retained.is_empty())
-            .await;
+        node.wait_retained(false).await;
         let (sub2, mut ev2, _) = v3_client(node.addr, "sub2", |_| {}).await;
         v3_subscribe(&sub2, &mut ev2, "state/#", QoS::AtLeastOnce).await;
         ev2.assert_none(Duration::from_millis(200), |e| v3_publish(e).is_some())
@@ -94,8 +90,7 @@ async fn retained_set_get_delete() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn will_on_ungraceful_close_not_on_disconnect() {
-    bounded(async {
-        let node = TestNode::start(LimitsConfig::default()).await;
+    with_node(LimitsConfig::default(), async |node| {
         let (sub, mut ev, _) = v3_client(node.addr, "watcher", |_| {}).await;
         v3_subscribe(&sub, &mut ev, "wills/#", QoS::AtLeastOnce).await;
 
@@ -131,8 +126,7 @@ async fn will_on_ungraceful_close_not_on_disconnect() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn persistent_session_queues_and_redelivers() {
-    bounded(async {
-        let node = TestNode::start(LimitsConfig::default()).await;
+    with_node(LimitsConfig::default(), async |node| {
         let (sub, mut ev, _) = v3_client(node.addr, "durable", persistent).await;
         v3_subscribe(&sub, &mut ev, "jobs/#", QoS::AtLeastOnce).await;
         sub.disconnect().await.unwrap();
@@ -167,8 +161,7 @@ async fn persistent_session_queues_and_redelivers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unacked_messages_are_resent_with_dup() {
-    bounded(async {
-        let node = TestNode::start(LimitsConfig::default()).await;
+    with_node(LimitsConfig::default(), async |node| {
         let opts = |o: &mut rumqttc::MqttOptions| {
             o.set_clean_session(false);
             o.set_manual_acks(true);
@@ -202,8 +195,7 @@ async fn unacked_messages_are_resent_with_dup() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn takeover_kicks_the_old_connection() {
-    bounded(async {
-        let node = TestNode::start(LimitsConfig::default()).await;
+    with_node(LimitsConfig::default(), async |node| {
         let (first, mut first_ev, _) = v3_client(node.addr, "dup", persistent).await;
         v3_subscribe(&first, &mut first_ev, "t", QoS::AtLeastOnce).await;
         let (_second, mut second_ev, _) = v3_client(node.addr, "dup", persistent).await;
@@ -222,8 +214,7 @@ async fn takeover_kicks_the_old_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_subscription_round_robin() {
-    bounded(async {
-        let node = TestNode::start(LimitsConfig::default()).await;
+    with_node(LimitsConfig::default(), async |node| {
         let (a, mut a_ev, _) = v3_client(node.addr, "a", |_| {}).await;
         let (b, mut b_ev, _) = v3_client(node.addr, "b", |_| {}).await;
         for (client, events) in [(&a, &mut a_ev), (&b, &mut b_ev)] {

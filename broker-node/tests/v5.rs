@@ -20,14 +20,13 @@ use rumqttc::v5::mqttbytes::v5::{
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connack_announces_our_limits() {
-    bounded(async {
-        let limits = LimitsConfig {
-            receive_maximum: 7,
-            topic_alias_maximum: 3,
-            server_keep_alive: Some(20),
-            ..LimitsConfig::default()
-        };
-        let node = TestNode::start(limits).await;
+    let limits = LimitsConfig {
+        receive_maximum: 7,
+        topic_alias_maximum: 3,
+        server_keep_alive: Some(20),
+        ..LimitsConfig::default()
+    };
+    with_node(limits, async |node| {
         let (_c, _ev, connack) = v5_client(node.addr, "props", |_| {}).await;
         let props = connack.properties.unwrap();
         assert_eq!(props.receive_max, Some(7));
@@ -40,8 +39,7 @@ async fn connack_announces_our_limits() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscription_identifier_no_local_and_properties() {
-    bounded(async {
-        let node = TestNode::start(LimitsConfig::default()).await;
+    with_node(LimitsConfig::default(), async |node| {
         let (me, mut my_ev, _) = v5_client(node.addr, "me", |_| {}).await;
         let props = SubscribeProperties {
             id: Some(42),
@@ -100,8 +98,7 @@ async fn subscription_identifier_no_local_and_properties() {
 /// queue): interleaved, they still reach the subscriber in publish order, each with its own properties.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_with_and_without_properties_keep_their_order() {
-    bounded(async {
-        let node = TestNode::start(LimitsConfig::default()).await;
+    with_node(LimitsConfig::default(), async |node| {
         let (sub, mut ev, _) = v5_client(node.addr, "mixed-sub", |_| {}).await;
         v5_subscribe(&sub, &mut ev, "mix/#", QoS::AtLeastOnce).await;
         let (publ, _pe, _) = v5_client(node.addr, "mixed-pub", |_| {}).await;
@@ -144,8 +141,7 @@ async fn messages_with_and_without_properties_keep_their_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbound_topic_alias() {
-    bounded(async {
-        let node = TestNode::start(LimitsConfig::default()).await;
+    with_node(LimitsConfig::default(), async |node| {
         let (sub, mut ev, _) = v5_client(node.addr, "aliased", |o| {
             o.set_topic_alias_max(Some(2));
         })
@@ -170,8 +166,7 @@ async fn outbound_topic_alias() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inbound_topic_alias_and_assigned_client_id() {
-    bounded(async {
-        let node = TestNode::start(LimitsConfig::default()).await;
+    with_node(LimitsConfig::default(), async |node| {
         let (sub, mut ev, _) = v3_client(node.addr, "watch", |_| {}).await;
         v3_subscribe(&sub, &mut ev, "alias/#", rumqttc::QoS::AtMostOnce).await;
 
@@ -224,8 +219,7 @@ async fn inbound_topic_alias_and_assigned_client_id() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn message_expiry_drops_and_forwards_the_rest() {
-    bounded(async {
-        let node = TestNode::start(LimitsConfig::default()).await;
+    with_node(LimitsConfig::default(), async |node| {
         let durable = |o: &mut rumqttc::v5::MqttOptions| {
             o.set_clean_start(false);
             o.set_session_expiry_interval(Some(60));
@@ -269,14 +263,12 @@ async fn message_expiry_drops_and_forwards_the_rest() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retain_handling_and_retain_as_published() {
-    bounded(async {
-        let node = TestNode::start(LimitsConfig::default()).await;
+    with_node(LimitsConfig::default(), async |node| {
         let (publ, _pe, _) = v5_client(node.addr, "pub", |_| {}).await;
         publ.publish("r/t", QoS::AtLeastOnce, true, "kept")
             .await
             .unwrap();
-        node.eventually("retained", |h| !h.broker().retained.is_empty())
-            .await;
+        node.wait_retained(true).await;
 
         let (sub, mut ev, _) = v5_client(node.addr, "sub", |_| {}).await;
         let filter = |rh, rap| {
@@ -318,8 +310,7 @@ async fn retain_handling_and_retain_as_published() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn will_delay_and_disconnect_with_will() {
-    bounded(async {
-        let node = TestNode::start(LimitsConfig::default()).await;
+    with_node(LimitsConfig::default(), async |node| {
         let (watch, mut ev, _) = v5_client(node.addr, "watch", |_| {}).await;
         v5_subscribe(&watch, &mut ev, "w/#", QoS::AtLeastOnce).await;
 

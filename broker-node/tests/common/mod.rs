@@ -29,6 +29,13 @@ pub async fn bounded<F: Future<Output = ()>>(f: F) {
     fleetgate_testkit::bounded(TEST_DEADLINE, f).await;
 }
 
+/// Runs `test` on a fresh node with `limits` under [`TEST_DEADLINE`]. An async closure, so that the node is moved
+/// into the test's future whole and lives until it ends (a closure returning `async move` would capture only the
+/// fields it reads, and the node would stop at once).
+pub async fn with_node(limits: LimitsConfig, test: impl AsyncFnOnce(TestNode)) {
+    bounded(async { test(TestNode::start(limits).await).await }).await;
+}
+
 /// A running node and its shutdown token (cancelled on drop).
 pub struct TestNode {
     pub handle: Option<NodeHandle>,
@@ -59,6 +66,14 @@ impl TestNode {
         let mut client = CodecClient::connect(self.addr, level).await;
         client.mqtt_connect(connect).await;
         client
+    }
+
+    /// Waits until the node holds a retained message (`true`) or none (`false`).
+    pub async fn wait_retained(&self, any: bool) {
+        self.eventually("retained messages", |h| {
+            h.broker().retained.is_empty() != any
+        })
+        .await;
     }
 
     /// Waits until the session of `id` is offline (kept, not connected).

@@ -368,7 +368,7 @@ pub fn py_script(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// Starts `tests/py/paho_client.py` against `addr` (see the script for its flags; it prints one JSON object per
+/// Starts `testkit/py/paho_client.py` against `addr` (see the script for its flags; it prints one JSON object per
 /// event: `connack`, `suback`, `ready`, `published`, `msg`, `disconnect`, `done`).
 pub fn paho(addr: SocketAddr, version: MqttVersion, extra: &[&str]) -> RunningCommand {
     let mut args = vec![

@@ -14,7 +14,7 @@ use fleetgate_protocol::peek::{ConnectSummary, peek_connect};
 use fleetgate_protocol::proxy::{ProxiedConnection, ProxyPolicy, TrustedProxies, read_header};
 use fleetgate_testkit::raw::{self, Connect, read_packet};
 use fleetgate_testkit::rumqttc_client::try_v3_client;
-use fleetgate_testkit::{Admin, Pki, WAIT};
+use fleetgate_testkit::{Admin, CertFiles, Pki, WAIT};
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -341,6 +341,16 @@ pub async fn rumqttc_connect(
     .await?;
     let _ = client.try_disconnect();
     Ok(())
+}
+
+/// [`rumqttc_connect`] over TLS trusting `pki`, presenting `cert` when given.
+pub async fn tls_connect(
+    addr: SocketAddr,
+    client_id: &str,
+    pki: &Pki,
+    cert: Option<&CertFiles>,
+) -> Result<(), String> {
+    rumqttc_connect(addr, client_id, Some(pki.client_config(cert))).await
 }
 
 /// A raw MQTT CONNECT (3.1.1 when `level` is 4, 5.0 when 5, clean session) with the given client ID.

@@ -142,14 +142,8 @@ async fn per_ip_rate_closes_before_the_tls_handshake() {
     )
     .await;
     let addr = lb.addr("tls-rate");
-    rumqttc_connect(addr, "first", Some(pki.client_config(None)))
-        .await
-        .unwrap();
-    assert!(
-        rumqttc_connect(addr, "second", Some(pki.client_config(None)))
-            .await
-            .is_err()
-    );
+    tls_connect(addr, "first", &pki, None).await.unwrap();
+    assert!(tls_connect(addr, "second", &pki, None).await.is_err());
     wait_refused(&lb, "per_ip_rate").await;
 }
 
@@ -165,7 +159,7 @@ async fn tls_handshake_budget_refuses_before_the_handshake() {
     let mut results = Vec::new();
     for i in 0..3 {
         results.push(
-            rumqttc_connect(addr, &format!("storm-{i}"), Some(pki.client_config(None)))
+            tls_connect(addr, &format!("storm-{i}"), &pki, None)
                 .await
                 .is_ok(),
         );

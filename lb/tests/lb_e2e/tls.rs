@@ -31,13 +31,9 @@ async fn mtls_identity_reaches_the_backend() {
     );
     let lb = TestLb::start(cfg).await;
     let cert = pki.client_with_sans("device-7", &["device-7.devices.test"]);
-    rumqttc_connect(
-        lb.addr("tls-mtls"),
-        "device-7",
-        Some(pki.client_config(Some(&cert))),
-    )
-    .await
-    .unwrap();
+    tls_connect(lb.addr("tls-mtls"), "device-7", &pki, Some(&cert))
+        .await
+        .unwrap();
     let seen = b.next().await;
     let id = &seen.header.identity;
     assert!(id.tls && id.cert_presented && id.cert_verified, "{id:?}");
@@ -81,13 +77,9 @@ async fn mtls_identity_reaches_the_backend() {
 async fn optional_client_auth_without_certificate() {
     let pki = Pki::new();
     let (mut b, lb) = lb_with_backend(tls_listener("tls-optional", &pki, "optional", ""), "").await;
-    rumqttc_connect(
-        lb.addr("tls-optional"),
-        "anon",
-        Some(pki.client_config(None)),
-    )
-    .await
-    .unwrap();
+    tls_connect(lb.addr("tls-optional"), "anon", &pki, None)
+        .await
+        .unwrap();
     let id = b.next().await.header.identity;
     assert!(id.tls && !id.cert_presented && !id.cert_verified, "{id:?}");
     assert_eq!(id.cn, None);
@@ -100,21 +92,17 @@ async fn expired_and_foreign_client_certificates_are_refused() {
     let addr = lb.addr("tls-refuse");
     let expired = pki.expired_client("old-device");
     assert!(
-        rumqttc_connect(addr, "old-device", Some(pki.client_config(Some(&expired))))
+        tls_connect(addr, "old-device", &pki, Some(&expired))
             .await
             .is_err()
     );
     let foreign = pki.foreign_client("intruder");
     assert!(
-        rumqttc_connect(addr, "intruder", Some(pki.client_config(Some(&foreign))))
+        tls_connect(addr, "intruder", &pki, Some(&foreign))
             .await
             .is_err()
     );
-    assert!(
-        rumqttc_connect(addr, "no-cert", Some(pki.client_config(None)))
-            .await
-            .is_err()
-    );
+    assert!(tls_connect(addr, "no-cert", &pki, None).await.is_err());
     wait_tls_failures(&lb, "tls-refuse", 3.0).await;
     assert!(b.nothing_yet());
 }
@@ -200,26 +188,20 @@ async fn revoked_client_certificate_is_refused() {
     let lb = TestLb::start(cfg).await;
     let addr = lb.addr("tls-crl");
     assert!(
-        rumqttc_connect(addr, "stolen", Some(pki.client_config(Some(&revoked))))
+        tls_connect(addr, "stolen", &pki, Some(&revoked))
             .await
             .is_err()
     );
     // The same certificate passes where the CRL is not loaded: the CRL is what refused it.
-    rumqttc_connect(
-        lb.addr("tls-no-crl"),
-        "stolen",
-        Some(pki.client_config(Some(&revoked))),
-    )
-    .await
-    .unwrap();
+    tls_connect(lb.addr("tls-no-crl"), "stolen", &pki, Some(&revoked))
+        .await
+        .unwrap();
     assert_eq!(
         b.next().await.header.identity.cn.as_deref(),
         Some("stolen-device")
     );
     let good = pki.client("good-device");
-    rumqttc_connect(addr, "good", Some(pki.client_config(Some(&good))))
-        .await
-        .unwrap();
+    tls_connect(addr, "good", &pki, Some(&good)).await.unwrap();
     assert_eq!(
         b.next().await.header.identity.cn.as_deref(),
         Some("good-device")

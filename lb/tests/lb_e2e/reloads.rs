@@ -69,8 +69,7 @@ async fn thousand_clients_survive_twenty_reloads() {
                 let mut s = mqtt_connect(addr, level, &format!("load-{n}")).await?;
                 let _ = connected_tx.send(());
                 let msg = publish(level, "telemetry/load", b"21.5C");
-                // Spread the publishes over the period.
-                // Pacing, not a wait for state.
+                // Spread the publishes over the period (pacing, not a wait for state).
                 tokio::time::sleep(PUBLISH_EVERY.mul_f64((n % 100) as f64 / 100.0)).await;
                 while !stop.load(Ordering::SeqCst) {
                     s.write_all(&msg)

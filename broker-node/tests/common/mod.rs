@@ -38,18 +38,23 @@ pub async fn with_node(limits: LimitsConfig, test: impl AsyncFnOnce(TestNode)) {
 
 /// A running node and its shutdown token (cancelled on drop).
 pub struct TestNode {
+    /// The node (taken by a test that waits for its end).
     pub handle: Option<NodeHandle>,
+    /// Its first MQTT listener.
     pub addr: SocketAddr,
+    /// Cancelled on drop, or by a test to shut the node down.
     pub shutdown: CancellationToken,
 }
 
 impl TestNode {
+    /// A local node with `limits`.
     pub async fn start(limits: LimitsConfig) -> TestNode {
         let mut config = NodeConfig::local("test-node", "127.0.0.1:0".parse().unwrap());
         config.limits = limits;
         TestNode::start_config(config).await
     }
 
+    /// A node from `config`.
     pub async fn start_config(config: NodeConfig) -> TestNode {
         let shutdown = CancellationToken::new();
         let handle = Node::start(config, shutdown.clone()).await.unwrap();
@@ -84,6 +89,7 @@ impl TestNode {
         .await;
     }
 
+    /// The running node.
     pub fn handle(&self) -> &NodeHandle {
         self.handle.as_ref().unwrap()
     }
@@ -118,17 +124,21 @@ pub fn connect(id: &str) -> Connect {
 /// A client on a raw socket speaking through our codec, for what rumqttc will not do (stop pinging, send garbage,
 /// skip CONNECT) with packets built as our types.
 pub struct CodecClient {
+    /// The socket.
     pub stream: TcpStream,
+    /// Our codec, in client mode.
     pub codec: Codec,
     buf: BytesMut,
 }
 
 impl CodecClient {
+    /// Connects to `addr`; nothing sent yet.
     pub async fn connect(addr: SocketAddr, level: ProtocolLevel) -> CodecClient {
         let stream = TcpStream::connect(addr).await.unwrap();
         CodecClient::over(stream, level)
     }
 
+    /// A client over an open `stream` (after a PROXY header, say).
     pub fn over(stream: TcpStream, level: ProtocolLevel) -> CodecClient {
         CodecClient {
             stream,
@@ -137,12 +147,14 @@ impl CodecClient {
         }
     }
 
+    /// Encodes and sends `packet`.
     pub async fn send(&mut self, packet: Packet) {
         let mut out = BytesMut::new();
         self.codec.encode(packet, &mut out).unwrap();
         self.stream.write_all(&out).await.unwrap();
     }
 
+    /// Sends `bytes` as they are.
     pub async fn send_raw(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).await.unwrap();
     }

@@ -182,17 +182,24 @@ pub struct FakeStats {
 /// What the fake backend saw on one client connection.
 #[derive(Debug)]
 pub struct Seen {
+    /// The name of the backend that saw it.
     pub backend: String,
+    /// The PROXY header the LB sent.
     pub header: ProxiedConnection,
+    /// The client's CONNECT.
     pub connect: ConnectSummary,
 }
 
 /// A fake broker node: PROXY header, CONNECT → CONNACK 0, PINGREQ → PINGRESP, the rest swallowed and counted.
 /// While `frozen`, it accepts TCP connections and then answers nothing (like a SIGSTOPped process).
 pub struct FakeBackend {
+    /// Its backend name in configs.
     pub name: String,
+    /// Where it listens.
     pub addr: SocketAddr,
+    /// What it counted.
     pub stats: Arc<FakeStats>,
+    /// Set to answer nothing (a SIGSTOPped node).
     pub frozen: Arc<AtomicBool>,
     /// Client ID → how many times it connected here.
     clients: Arc<Mutex<HashMap<String, usize>>>,
@@ -210,6 +217,7 @@ struct Record {
 }
 
 impl FakeBackend {
+    /// Listens on 127.0.0.1:0 as backend `name`.
     pub async fn start(name: &str) -> FakeBackend {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (tx, seen) = mpsc::unbounded_channel();

@@ -8,8 +8,7 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 
-use crate::mqtt::Version;
-use crate::net::{self, Target, TlsArgs};
+use crate::net::{self, LinkArgs, Target};
 use crate::stats::{self, Latency};
 
 /// Keep-alive of the short-lived connections.
@@ -21,14 +20,8 @@ pub struct ConnectRateArgs {
     /// Broker or balancer address.
     #[arg(long)]
     pub target: SocketAddr,
-    /// Send a PROXY v2 header first.
-    #[arg(long)]
-    pub proxy_v2: bool,
     #[command(flatten)]
-    pub tls: TlsArgs,
-    /// MQTT version.
-    #[arg(long, value_enum, default_value = "5")]
-    pub mqtt: Version,
+    pub link: LinkArgs,
     /// Connections to open in total.
     #[arg(long, default_value_t = 2000)]
     pub connections: usize,
@@ -50,12 +43,7 @@ struct WorkerResult {
 /// Runs `connect-rate` and returns its JSON line.
 pub async fn run(args: ConnectRateArgs) -> anyhow::Result<serde_json::Value> {
     let cpu_before = stats::own_cpu_seconds();
-    let target = Arc::new(Target::new(
-        args.target,
-        args.proxy_v2,
-        &args.tls,
-        args.mqtt,
-    )?);
+    let target = Arc::new(Target::new(args.target, &args.link)?);
     let run_id = format!("{:x}", std::process::id() as u64 ^ stats::now_ns());
     let next = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
@@ -104,8 +92,8 @@ pub async fn run(args: ConnectRateArgs) -> anyhow::Result<serde_json::Value> {
         "cmd": "connect-rate",
         "label": args.label,
         "target": args.target.to_string(),
-        "tls": args.tls.tls,
-        "mqtt": args.mqtt,
+        "tls": args.link.tls.tls,
+        "mqtt": args.link.mqtt,
         "connections": args.connections,
         "concurrency": args.concurrency,
         "ok": ok,
@@ -115,11 +103,6 @@ pub async fn run(args: ConnectRateArgs) -> anyhow::Result<serde_json::Value> {
         "per_s": ok as f64 / elapsed.max(1e-9),
     });
     stats::extend(&mut out, latency.summary());
-    if let (Some(before), Some(after)) = (cpu_before, stats::own_cpu_seconds()) {
-        stats::extend(
-            &mut out,
-            serde_json::json!({ "generator_cpu_s": after - before }),
-        );
-    }
+    stats::extend_generator_cpu(&mut out, cpu_before);
     Ok(out)
 }

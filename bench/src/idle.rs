@@ -7,8 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::mqtt::Version;
-use crate::net::{self, Target, TlsArgs};
+use crate::net::{self, LinkArgs, Target};
 use crate::stats;
 
 /// Keep-alive announced by idle clients: longer than any hold, so they stay silent.
@@ -22,14 +21,8 @@ pub struct IdleArgs {
     /// Broker or balancer address.
     #[arg(long)]
     pub target: SocketAddr,
-    /// Send a PROXY v2 header first.
-    #[arg(long)]
-    pub proxy_v2: bool,
     #[command(flatten)]
-    pub tls: TlsArgs,
-    /// MQTT version.
-    #[arg(long, value_enum, default_value = "5")]
-    pub mqtt: Version,
+    pub link: LinkArgs,
     /// Sessions to open. Each needs one file descriptor here (the process limit is 20,000).
     #[arg(long, default_value_t = 9000)]
     pub connections: usize,
@@ -52,12 +45,7 @@ pub struct IdleArgs {
 
 /// Runs `idle` and returns its final JSON line.
 pub async fn run(args: IdleArgs) -> anyhow::Result<serde_json::Value> {
-    let target = Arc::new(Target::new(
-        args.target,
-        args.proxy_v2,
-        &args.tls,
-        args.mqtt,
-    )?);
+    let target = Arc::new(Target::new(args.target, &args.link)?);
     let run_id = format!("{:x}", std::process::id() as u64 ^ stats::now_ns());
     let ids = (0..args.connections)
         .map(|i| format!("fgb-{}-{run_id}-{i}", args.id_prefix))
@@ -91,7 +79,7 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<serde_json::Value> {
 
     let permits = Arc::new(tokio::sync::Semaphore::new(CLOSE_CONCURRENCY));
     let mut closing = tokio::task::JoinSet::new();
-    let version = args.mqtt;
+    let version = args.link.mqtt;
     for mut s in sessions {
         let permits = Arc::clone(&permits);
         closing.spawn(async move {
@@ -109,7 +97,7 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<serde_json::Value> {
         "cmd": "idle",
         "label": args.label,
         "target": args.target.to_string(),
-        "tls": args.tls.tls,
+        "tls": args.link.tls.tls,
         "connections": args.connections,
         "ok": ok,
         "failed": failed,

@@ -4,7 +4,7 @@
 //! - [`mqtt`]: the generator's own minimal MQTT client codec.
 //! - [`net`]: connect → PROXY → TLS → CONNECT/CONNACK, plain or TLS stream.
 //! - [`throughput`]: publishers → broker → subscribers, paced or unbounded, with end-to-end latency.
-//! - [`probe`]: probes before measuring (`--colocate`, `--sub-target` routes).
+//! - [`placement`]: markers before measuring that place publishers (`--colocate`) or await routes (`--sub-target`).
 //! - [`load`]: the per-connection loops of `throughput` (subscriber, publisher, PUBACK reader, flow control).
 //! - [`connect_rate`]: full TLS + MQTT connection set-ups per second.
 //! - [`idle`]: many idle sessions held open while the script samples server memory.
@@ -17,7 +17,7 @@ mod idle;
 mod load;
 mod mqtt;
 mod net;
-mod probe;
+mod placement;
 mod stats;
 mod throughput;
 

@@ -42,6 +42,19 @@ pub struct TlsArgs {
     pub server_name: String,
 }
 
+/// How every subcommand talks to its target: PROXY header, TLS, MQTT version (flattened into each one's options).
+#[derive(Debug, Clone, clap::Args)]
+pub struct LinkArgs {
+    /// Send a PROXY v2 header first.
+    #[arg(long)]
+    pub proxy_v2: bool,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    /// MQTT version.
+    #[arg(long, value_enum, default_value = "5")]
+    pub mqtt: Version,
+}
+
 /// Where and how to connect.
 #[derive(Clone)]
 pub struct Target {
@@ -56,24 +69,19 @@ pub struct Target {
 }
 
 impl Target {
-    /// Builds a target; the TLS client config has session resumption disabled so every connection pays a full
-    /// handshake.
-    pub fn new(
-        addr: SocketAddr,
-        proxy_v2: bool,
-        tls: &TlsArgs,
-        version: Version,
-    ) -> anyhow::Result<Self> {
-        let tls = if tls.tls {
-            Some(tls_connector(tls)?)
+    /// Builds a target at `addr` reached as `link` says; the TLS client config has session resumption disabled so
+    /// every connection pays a full handshake.
+    pub fn new(addr: SocketAddr, link: &LinkArgs) -> anyhow::Result<Self> {
+        let tls = if link.tls.tls {
+            Some(tls_connector(&link.tls)?)
         } else {
             None
         };
         Ok(Self {
             addr,
-            proxy_v2,
+            proxy_v2: link.proxy_v2,
             tls,
-            version,
+            version: link.mqtt,
         })
     }
 }

@@ -89,6 +89,17 @@ impl Latency {
     }
 }
 
+/// Adds `generator_cpu_s`, the CPU seconds used since `before` (an [`own_cpu_seconds`] reading), when both readings
+/// exist.
+pub fn extend_generator_cpu(out: &mut serde_json::Value, before: Option<f64>) {
+    if let (Some(before), Some(after)) = (before, own_cpu_seconds()) {
+        extend(
+            out,
+            serde_json::json!({ "generator_cpu_s": after - before }),
+        );
+    }
+}
+
 /// CPU seconds (user + system) this process has used so far; `None` if /proc is unreadable.
 pub fn own_cpu_seconds() -> Option<f64> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;

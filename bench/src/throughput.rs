@@ -15,9 +15,8 @@ use anyhow::{Context as _, bail};
 use tokio::sync::watch;
 
 use crate::load::{DRAIN_POLL, Flow, PubConfig, STAMP_LEN, Tally, publisher, subscriber};
-use crate::mqtt::Version;
-use crate::net::{self, Target, TlsArgs};
-use crate::probe;
+use crate::net::{self, LinkArgs, Target};
+use crate::placement;
 use crate::stats::{self, Latency};
 
 /// Keep-alive announced by load clients: longer than any run, so no PINGREQ traffic is needed.
@@ -74,14 +73,8 @@ pub struct ThroughputArgs {
     /// subscriptions known cluster-wide.
     #[arg(long)]
     pub sub_target: Option<SocketAddr>,
-    /// Send a PROXY v2 header first.
-    #[arg(long)]
-    pub proxy_v2: bool,
     #[command(flatten)]
-    pub tls: TlsArgs,
-    /// MQTT version.
-    #[arg(long, value_enum, default_value = "5")]
-    pub mqtt: Version,
+    pub link: LinkArgs,
     /// Topic pattern.
     #[arg(long, value_enum)]
     pub pattern: Pattern,
@@ -181,14 +174,9 @@ pub async fn run(args: ThroughputArgs) -> anyhow::Result<serde_json::Value> {
         stats::now_ns() ^ wall_nanos()
     );
     let plan = plan(&args, &run_id)?;
-    let target = Arc::new(Target::new(
-        args.target,
-        args.proxy_v2,
-        &args.tls,
-        args.mqtt,
-    )?);
+    let target = Arc::new(Target::new(args.target, &args.link)?);
     let sub_target = match args.sub_target {
-        Some(addr) => Arc::new(Target::new(addr, args.proxy_v2, &args.tls, args.mqtt)?),
+        Some(addr) => Arc::new(Target::new(addr, &args.link)?),
         None => Arc::clone(&target),
     };
 
@@ -203,7 +191,7 @@ pub async fn run(args: ThroughputArgs) -> anyhow::Result<serde_json::Value> {
         .enumerate()
     {
         let mut session = session.with_context(|| format!("subscriber {i}"))?;
-        net::subscribe(&mut session, args.mqtt, &plan.filters[i], args.qos)
+        net::subscribe(&mut session, args.link.mqtt, &plan.filters[i], args.qos)
             .await
             .with_context(|| format!("subscriber {i}"))?;
         subs.push(session);
@@ -214,7 +202,7 @@ pub async fn run(args: ThroughputArgs) -> anyhow::Result<serde_json::Value> {
         if args.pattern != Pattern::Pairs || args.sub_target.is_some() {
             bail!("--colocate works with --pattern pairs and without --sub-target only");
         }
-        (subs, pubs, colocate_tries) = probe::colocate(&target, &run_id, &plan, subs).await?;
+        (subs, pubs, colocate_tries) = placement::colocate(&target, &run_id, &plan, subs).await?;
     } else {
         let pub_ids = (0..args.publishers)
             .map(|i| format!("fgb-{run_id}-p{i}"))
@@ -227,8 +215,10 @@ pub async fn run(args: ThroughputArgs) -> anyhow::Result<serde_json::Value> {
             pubs.push(session.with_context(|| format!("publisher {i}"))?);
         }
     }
-    let route_probes = match args.sub_target {
-        Some(_) => Some(probe::await_routes(&plan, &mut pubs, &mut subs, args.mqtt).await?),
+    let route_markers = match args.sub_target {
+        Some(_) => {
+            Some(placement::await_routes(&plan, &mut pubs, &mut subs, args.link.mqtt).await?)
+        }
         None => None,
     };
 
@@ -254,7 +244,7 @@ pub async fn run(args: ThroughputArgs) -> anyhow::Result<serde_json::Value> {
         .map(|(i, s)| {
             tokio::spawn(subscriber(
                 s,
-                args.mqtt,
+                args.link.mqtt,
                 Arc::clone(&tallies[i % groups]),
                 stop_rx.clone(),
             ))
@@ -284,7 +274,7 @@ pub async fn run(args: ThroughputArgs) -> anyhow::Result<serde_json::Value> {
             let cfg = PubConfig {
                 index: i as u64,
                 topic: plan.topics[i].clone(),
-                version: args.mqtt,
+                version: args.link.mqtt,
                 qos: args.qos,
                 payload: args.payload,
                 inflight: args.inflight.max(1),
@@ -356,8 +346,8 @@ pub async fn run(args: ThroughputArgs) -> anyhow::Result<serde_json::Value> {
         "label": args.label,
         "target": args.target.to_string(),
         "sub_target": args.sub_target.map(|a| a.to_string()),
-        "mqtt": args.mqtt,
-        "tls": args.tls.tls,
+        "mqtt": args.link.mqtt,
+        "tls": args.link.tls.tls,
         "pattern": args.pattern,
         "publishers": args.publishers,
         "subscribers": args.subscribers,
@@ -376,7 +366,7 @@ pub async fn run(args: ThroughputArgs) -> anyhow::Result<serde_json::Value> {
         "delivered_per_s": received_total as f64 / secs,
         "foreign": foreign,
         "colocate_tries": colocate_tries,
-        "route_probes": route_probes,
+        "route_probes": route_markers,
         "flow_groups": flows.as_ref().map(Vec::len),
         "outstanding_limit": flows.as_ref().map(|f| f.iter().map(|f| f.limit).sum::<u64>()),
         "written_off": flows.as_ref().map(|f| f.iter().map(|f| f.write_offs().0).sum::<u64>()),
@@ -386,12 +376,7 @@ pub async fn run(args: ThroughputArgs) -> anyhow::Result<serde_json::Value> {
         "error_count": errors.len(),
     });
     stats::extend(&mut out, latency.summary());
-    if let (Some(before), Some(after)) = (cpu_before, stats::own_cpu_seconds()) {
-        stats::extend(
-            &mut out,
-            serde_json::json!({ "generator_cpu_s": after - before }),
-        );
-    }
+    stats::extend_generator_cpu(&mut out, cpu_before);
     Ok(out)
 }
 

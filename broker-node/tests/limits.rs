@@ -12,19 +12,12 @@ use bytes::Bytes;
 use common::*;
 use fleetgate_config::node::LimitsConfig;
 use fleetgate_protocol::mqtt::{Connect, ConnectAckReason, Packet, ProtocolLevel, Publish, QoS};
+use fleetgate_testkit::WAIT;
 
 fn disconnect_code(seen: &[Packet]) -> Option<u8> {
     match seen.last() {
         Some(Packet::Disconnect(d)) => Some(u8::from(d.reason_code)),
         _ => None,
-    }
-}
-
-fn connect(id: &str) -> Connect {
-    Connect {
-        client_id: id.into(),
-        clean_start: true,
-        ..Connect::default()
     }
 }
 
@@ -42,14 +35,16 @@ fn publish(topic: &str, qos: QoS, id: u16, payload: Bytes) -> Packet {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alive_expiry() {
-    bounded(async {
-        let node = TestNode::start(LimitsConfig::default()).await;
-        let mut raw = RawClient::connect(node.addr, ProtocolLevel::V5).await;
-        raw.mqtt_connect(Connect {
-            keep_alive: 1,
-            ..connect("sleepy")
-        })
-        .await;
+    with_node(LimitsConfig::default(), async |node| {
+        let mut raw = node
+            .client(
+                ProtocolLevel::V5,
+                Connect {
+                    keep_alive: 1,
+                    ..connect("sleepy")
+                },
+            )
+            .await;
         let started = tokio::time::Instant::now();
         let seen = raw.until_closed().await;
         assert_eq!(disconnect_code(&seen), Some(0x8D), "{seen:?}");
@@ -64,13 +59,12 @@ async fn keep_alive_expiry() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_connect_within_timeout() {
-    bounded(async {
-        let limits = LimitsConfig {
-            connect_timeout: Duration::from_millis(300),
-            ..LimitsConfig::default()
-        };
-        let node = TestNode::start(limits).await;
-        let mut raw = RawClient::connect(node.addr, ProtocolLevel::V311).await;
+    let limits = LimitsConfig {
+        connect_timeout: Duration::from_millis(300),
+        ..LimitsConfig::default()
+    };
+    with_node(limits, async |node| {
+        let mut raw = CodecClient::connect(node.addr, ProtocolLevel::V311).await;
         assert!(raw.until_closed().await.is_empty());
     })
     .await;
@@ -78,14 +72,12 @@ async fn no_connect_within_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_packet_disconnects() {
-    bounded(async {
-        let limits = LimitsConfig {
-            max_packet_size: 1024,
-            ..LimitsConfig::default()
-        };
-        let node = TestNode::start(limits).await;
-        let mut raw = RawClient::connect(node.addr, ProtocolLevel::V5).await;
-        raw.mqtt_connect(connect("big")).await;
+    let limits = LimitsConfig {
+        max_packet_size: 1024,
+        ..LimitsConfig::default()
+    };
+    with_node(limits, async |node| {
+        let mut raw = node.client(ProtocolLevel::V5, connect("big")).await;
         raw.send(publish(
             "t",
             QoS::AtMostOnce,
@@ -101,25 +93,18 @@ async fn oversized_packet_disconnects() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbound_too_large_is_dropped_not_sent() {
-    bounded(async {
-        let node = TestNode::start(LimitsConfig::default()).await;
-        let mut small = RawClient::connect(node.addr, ProtocolLevel::V5).await;
-        small
-            .mqtt_connect(Connect {
-                max_packet_size: std::num::NonZeroU32::new(100),
-                ..connect("small")
-            })
+    with_node(LimitsConfig::default(), async |node| {
+        let mut small = node
+            .client(
+                ProtocolLevel::V5,
+                Connect {
+                    max_packet_size: std::num::NonZeroU32::new(100),
+                    ..connect("small")
+                },
+            )
             .await;
-        let sub = fleetgate_protocol::mqtt::Subscribe {
-            packet_id: NonZeroU16::MIN,
-            id: None,
-            user_properties: Vec::new(),
-            topic_filters: vec![("t".into(), Default::default())],
-        };
-        small.send(Packet::Subscribe(sub)).await;
-        assert!(matches!(small.recv().await, Some(Packet::SubscribeAck(_))));
-        let mut publ = RawClient::connect(node.addr, ProtocolLevel::V5).await;
-        publ.mqtt_connect(connect("pub")).await;
+        small.subscribe("t", QoS::AtMostOnce).await;
+        let mut publ = node.client(ProtocolLevel::V5, connect("pub")).await;
         publ.send(publish(
             "t",
             QoS::AtMostOnce,
@@ -144,10 +129,8 @@ async fn outbound_too_large_is_dropped_not_sent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_packet_closes() {
-    bounded(async {
-        let node = TestNode::start(LimitsConfig::default()).await;
-        let mut raw = RawClient::connect(node.addr, ProtocolLevel::V311).await;
-        raw.mqtt_connect(connect("garbage")).await;
+    with_node(LimitsConfig::default(), async |node| {
+        let mut raw = node.client(ProtocolLevel::V311, connect("garbage")).await;
         // SUBSCRIBE with reserved flags 0000 (must be 0010).
         raw.send_raw(&[0x80, 0x06, 0x00, 0x01, 0x00, 0x01, b'a', 0x00])
             .await;
@@ -162,10 +145,8 @@ async fn malformed_packet_closes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_connect_is_a_protocol_error() {
-    bounded(async {
-        let node = TestNode::start(LimitsConfig::default()).await;
-        let mut raw = RawClient::connect(node.addr, ProtocolLevel::V5).await;
-        raw.mqtt_connect(connect("twice")).await;
+    with_node(LimitsConfig::default(), async |node| {
+        let mut raw = node.client(ProtocolLevel::V5, connect("twice")).await;
         raw.send(Packet::Connect(Box::new(connect("twice")))).await;
         let seen = raw.until_closed().await;
         assert!(
@@ -178,12 +159,11 @@ async fn second_connect_is_a_protocol_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v311_empty_client_id_needs_clean_session() {
-    bounded(async {
-        let node = TestNode::start(LimitsConfig::default()).await;
-        let mut raw = RawClient::connect(node.addr, ProtocolLevel::V311).await;
+    with_node(LimitsConfig::default(), async |node| {
+        let mut raw = CodecClient::connect(node.addr, ProtocolLevel::V311).await;
         let ack = raw.mqtt_connect(Connect { clean_start: false, ..Connect::default() }).await;
         assert!(matches!(&ack, Packet::ConnectAck(a) if a.reason_code == ConnectAckReason::ClientIdentifierNotValid), "{ack:?}");
-        let mut raw = RawClient::connect(node.addr, ProtocolLevel::V311).await;
+        let mut raw = CodecClient::connect(node.addr, ProtocolLevel::V311).await;
         let ack = raw.mqtt_connect(Connect { clean_start: true, ..Connect::default() }).await;
         assert!(matches!(&ack, Packet::ConnectAck(a) if a.reason_code == ConnectAckReason::Success), "{ack:?}");
     })
@@ -192,15 +172,11 @@ async fn v311_empty_client_id_needs_clean_session() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn takeover_and_shutdown_reason_codes() {
-    bounded(async {
-        let node = TestNode::start(LimitsConfig::default()).await;
-        let mut first = RawClient::connect(node.addr, ProtocolLevel::V5).await;
-        first.mqtt_connect(connect("same")).await;
-        let mut second = RawClient::connect(node.addr, ProtocolLevel::V5).await;
-        second.mqtt_connect(connect("same")).await;
+    with_node(LimitsConfig::default(), async |node| {
+        let mut first = node.client(ProtocolLevel::V5, connect("same")).await;
+        let mut second = node.client(ProtocolLevel::V5, connect("same")).await;
         assert_eq!(disconnect_code(&first.until_closed().await), Some(0x8E));
-        let mut v3 = RawClient::connect(node.addr, ProtocolLevel::V311).await;
-        v3.mqtt_connect(connect("old-style")).await;
+        let mut v3 = node.client(ProtocolLevel::V311, connect("old-style")).await;
         node.shutdown.cancel();
         assert_eq!(disconnect_code(&second.until_closed().await), Some(0x8B));
         assert!(v3.until_closed().await.is_empty());
@@ -215,14 +191,12 @@ async fn takeover_and_shutdown_reason_codes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inbound_receive_maximum_exceeded() {
-    bounded(async {
-        let limits = LimitsConfig {
-            receive_maximum: 2,
-            ..LimitsConfig::default()
-        };
-        let node = TestNode::start(limits).await;
-        let mut raw = RawClient::connect(node.addr, ProtocolLevel::V5).await;
-        raw.mqtt_connect(connect("flood")).await;
+    let limits = LimitsConfig {
+        receive_maximum: 2,
+        ..LimitsConfig::default()
+    };
+    with_node(limits, async |node| {
+        let mut raw = node.client(ProtocolLevel::V5, connect("flood")).await;
         for id in 1..=3 {
             raw.send(publish("t", QoS::ExactlyOnce, id, Bytes::from_static(b"x")))
                 .await;
@@ -235,28 +209,14 @@ async fn inbound_receive_maximum_exceeded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbound_window_limits_unacked_messages() {
-    bounded(async {
-        let limits = LimitsConfig {
-            receive_maximum: 2,
-            ..LimitsConfig::default()
-        };
-        let node = TestNode::start(limits).await;
-        let mut sub = RawClient::connect(node.addr, ProtocolLevel::V5).await;
-        sub.mqtt_connect(connect("windowed")).await;
-        let opts = fleetgate_protocol::mqtt::SubscriptionOptions {
-            qos: QoS::AtLeastOnce,
-            ..Default::default()
-        };
-        let s = fleetgate_protocol::mqtt::Subscribe {
-            packet_id: NonZeroU16::MIN,
-            id: None,
-            user_properties: Vec::new(),
-            topic_filters: vec![("w".into(), opts)],
-        };
-        sub.send(Packet::Subscribe(s)).await;
-        assert!(matches!(sub.recv().await, Some(Packet::SubscribeAck(_))));
-        let mut publ = RawClient::connect(node.addr, ProtocolLevel::V5).await;
-        publ.mqtt_connect(connect("pub")).await;
+    let limits = LimitsConfig {
+        receive_maximum: 2,
+        ..LimitsConfig::default()
+    };
+    with_node(limits, async |node| {
+        let mut sub = node.client(ProtocolLevel::V5, connect("windowed")).await;
+        sub.subscribe("w", QoS::AtLeastOnce).await;
+        let mut publ = node.client(ProtocolLevel::V5, connect("pub")).await;
         for id in 1..=4 {
             publ.send(publish("w", QoS::AtLeastOnce, id, Bytes::from_static(b"m")))
                 .await;

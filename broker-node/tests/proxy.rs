@@ -5,13 +5,12 @@
 
 mod common;
 
-use std::net::SocketAddr;
-
 use common::*;
 use fleetgate_config::node::{NodeConfig, ProxyMode};
-use fleetgate_protocol::mqtt::{Connect, Packet, ProtocolLevel};
+use fleetgate_protocol::mqtt::{Packet, ProtocolLevel};
 use fleetgate_protocol::proxy::{HeaderSpec, PeerIdentity, encode_v2, encode_v2_local};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use fleetgate_testkit::http::{self, Response};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 async fn proxied_node(trusted: &str) -> TestNode {
@@ -20,27 +19,6 @@ async fn proxied_node(trusted: &str) -> TestNode {
     config.listeners[0].trusted_proxies = vec![trusted.parse().unwrap()];
     config.admin_bind = Some("127.0.0.1:0".parse().unwrap());
     TestNode::start_config(config).await
-}
-
-async fn http_get(addr: SocketAddr, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = String::new();
-    tokio::time::timeout(WAIT, s.read_to_string(&mut out))
-        .await
-        .unwrap()
-        .unwrap();
-    out
-}
-
-fn connect(id: &str) -> Connect {
-    Connect {
-        client_id: id.into(),
-        clean_start: true,
-        ..Connect::default()
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -55,32 +33,28 @@ async fn v2_header_then_connect() {
             crc32c: true,
         };
         stream.write_all(&encode_v2(&spec)).await.unwrap();
-        let mut raw = RawClient::over(stream, ProtocolLevel::V311);
+        let mut raw = CodecClient::over(stream, ProtocolLevel::V311);
         let ack = raw.mqtt_connect(connect("behind-lb")).await;
         assert!(matches!(ack, Packet::ConnectAck(_)), "{ack:?}");
         let info = node.handle().broker().client_info("behind-lb").unwrap();
         assert_eq!(info.source, Some(spec.source));
 
         let admin = node.handle().admin_addr().unwrap();
-        let body = http_get(admin, "/clients/behind-lb").await;
-        assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+        let Response { status, body } = http::get(admin, "/clients/behind-lb").await;
+        assert_eq!(status, 200, "{body}");
         assert!(
             body.contains("\"connected\":true") && body.contains("203.0.113.7:5555"),
             "{body}"
         );
         assert!(body.contains("\"node\":\"proxy-node\""), "{body}");
-        assert!(
-            http_get(admin, "/clients/nobody")
-                .await
-                .starts_with("HTTP/1.1 404")
-        );
-        assert!(http_get(admin, "/readyz").await.starts_with("HTTP/1.1 200"));
+        assert_eq!(http::get(admin, "/clients/nobody").await.status, 404);
+        assert_eq!(http::get(admin, "/readyz").await.status, 200);
 
         // A LOCAL header (LB health check) proceeds with the peer's own address.
         let mut stream = TcpStream::connect(node.addr).await.unwrap();
         let local_addr = stream.local_addr().unwrap();
         stream.write_all(&encode_v2_local()).await.unwrap();
-        let mut raw = RawClient::over(stream, ProtocolLevel::V311);
+        let mut raw = CodecClient::over(stream, ProtocolLevel::V311);
         assert!(matches!(
             raw.mqtt_connect(connect("probe")).await,
             Packet::ConnectAck(_)
@@ -98,17 +72,17 @@ async fn rejections() {
     bounded(async {
         let node = proxied_node("127.0.0.1/32").await;
         // Missing header: MQTT straight away.
-        let mut raw = RawClient::connect(node.addr, ProtocolLevel::V311).await;
+        let mut raw = CodecClient::connect(node.addr, ProtocolLevel::V311).await;
         raw.send(Packet::Connect(Box::new(connect("no-header"))))
             .await;
         assert!(raw.until_closed().await.is_empty());
         // Garbage, and a truncated v2 header.
-        let mut raw = RawClient::connect(node.addr, ProtocolLevel::V311).await;
+        let mut raw = CodecClient::connect(node.addr, ProtocolLevel::V311).await;
         raw.send_raw(b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c\x01")
             .await;
         raw.stream.shutdown().await.unwrap();
         assert!(raw.until_closed().await.is_empty());
-        let mut raw = RawClient::connect(node.addr, ProtocolLevel::V311).await;
+        let mut raw = CodecClient::connect(node.addr, ProtocolLevel::V311).await;
         raw.send_raw(b"GET / HTTP/1.1\r\n\r\n").await;
         assert!(raw.until_closed().await.is_empty());
         assert!(node.handle().broker().client_info("no-header").is_none());
@@ -117,11 +91,11 @@ async fn rejections() {
         let strict = proxied_node("10.0.0.0/8").await;
         let mut stream = TcpStream::connect(strict.addr).await.unwrap();
         let _ = stream.write_all(&encode_v2_local()).await;
-        let mut raw = RawClient::over(stream, ProtocolLevel::V311);
+        let mut raw = CodecClient::over(stream, ProtocolLevel::V311);
         assert!(raw.until_closed().await.is_empty());
 
         let admin = strict.handle().admin_addr().unwrap();
-        let metrics = http_get(admin, "/metrics").await;
+        let metrics = http::get(admin, "/metrics").await.body;
         for reason in ["untrusted_peer", "missing"] {
             let line = format!("fleetgate_proxy_rejected_total{{reason=\"{reason}\"}}");
             assert!(metrics.contains(&line), "{line} not in {metrics}");

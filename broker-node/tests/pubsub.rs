@@ -8,18 +8,15 @@ use std::time::Duration;
 
 use common::*;
 use fleetgate_config::node::LimitsConfig;
+use fleetgate_testkit::rumqttc_client::{v3_client, v3_publish, v3_subscribe};
 use rumqttc::{LastWill, QoS};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_subscribe_each_qos() {
-    bounded(async {
-        let node = TestNode::start(LimitsConfig::default()).await;
-        let (sub, mut sub_ev) = v3_client(node.addr, "sub", |_| {}).await;
-        sub.subscribe("sensors/+/temp", QoS::ExactlyOnce)
-            .await
-            .unwrap();
-        sub_ev.next_matching("SUBACK", v3_suback).await;
-        let (publ, mut pub_ev) = v3_client(node.addr, "pub", |_| {}).await;
+    with_node(LimitsConfig::default(), async |node| {
+        let (sub, mut sub_ev, _) = v3_client(node.addr, "sub", |_| {}).await;
+        v3_subscribe(&sub, &mut sub_ev, "sensors/+/temp", QoS::ExactlyOnce).await;
+        let (publ, mut pub_ev, _) = v3_client(node.addr, "pub", |_| {}).await;
         for (i, qos) in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce]
             .into_iter()
             .enumerate()
@@ -40,8 +37,7 @@ async fn publish_subscribe_each_qos() {
             })
             .await;
         // Not matching: another level, and `$` topics for a leading wildcard.
-        sub.subscribe("#", QoS::AtMostOnce).await.unwrap();
-        sub_ev.next_matching("SUBACK", v3_suback).await;
+        v3_subscribe(&sub, &mut sub_ev, "#", QoS::AtMostOnce).await;
         publ.publish("$SYS/x", QoS::AtMostOnce, false, "no")
             .await
             .unwrap();
@@ -59,15 +55,13 @@ async fn publish_subscribe_each_qos() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retained_set_get_delete() {
-    bounded(async {
-        let node = TestNode::start(LimitsConfig::default()).await;
-        let (publ, _pe) = v3_client(node.addr, "pub", |_| {}).await;
+    with_node(LimitsConfig::default(), async |node| {
+        let (publ, _pe, _) = v3_client(node.addr, "pub", |_| {}).await;
         publ.publish("state/a", QoS::AtLeastOnce, true, "on")
             .await
             .unwrap();
-        node.eventually("retained stored", |h| h.broker().retained_count() > 0)
-            .await;
-        let (sub, mut ev) = v3_client(node.addr, "sub", |_| {}).await;
+        node.wait_retained(true).await;
+        let (sub, mut ev, _) = v3_client(node.addr, "sub", |_| {}).await;
         sub.subscribe("state/#", QoS::AtLeastOnce).await.unwrap();
         let p = ev.next_matching("retained PUBLISH", v3_publish).await;
         assert_eq!(
@@ -85,11 +79,9 @@ async fn retained_set_get_delete() {
             .await
             .unwrap();
         ev.next_matching("delete PUBLISH", v3_publish).await;
-        node.eventually("retained deleted", |h| h.broker().retained_count() == 0)
-            .await;
-        let (sub2, mut ev2) = v3_client(node.addr, "sub2", |_| {}).await;
-        sub2.subscribe("state/#", QoS::AtLeastOnce).await.unwrap();
-        ev2.next_matching("SUBACK", v3_suback).await;
+        node.wait_retained(false).await;
+        let (sub2, mut ev2, _) = v3_client(node.addr, "sub2", |_| {}).await;
+        v3_subscribe(&sub2, &mut ev2, "state/#", QoS::AtLeastOnce).await;
         ev2.assert_none(Duration::from_millis(200), |e| v3_publish(e).is_some())
             .await;
     })
@@ -98,14 +90,12 @@ async fn retained_set_get_delete() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn will_on_ungraceful_close_not_on_disconnect() {
-    bounded(async {
-        let node = TestNode::start(LimitsConfig::default()).await;
-        let (sub, mut ev) = v3_client(node.addr, "watcher", |_| {}).await;
-        sub.subscribe("wills/#", QoS::AtLeastOnce).await.unwrap();
-        ev.next_matching("SUBACK", v3_suback).await;
+    with_node(LimitsConfig::default(), async |node| {
+        let (sub, mut ev, _) = v3_client(node.addr, "watcher", |_| {}).await;
+        v3_subscribe(&sub, &mut ev, "wills/#", QoS::AtLeastOnce).await;
 
         // Graceful DISCONNECT: no will.
-        let (polite, _pe) = v3_client(node.addr, "polite", |o| {
+        let (polite, _pe, _) = v3_client(node.addr, "polite", |o| {
             o.set_last_will(LastWill::new(
                 "wills/polite",
                 "gone",
@@ -121,7 +111,7 @@ async fn will_on_ungraceful_close_not_on_disconnect() {
         .await;
 
         // Socket dropped without DISCONNECT: the will is published.
-        let (rude, rude_ev) = v3_client(node.addr, "rude", |o| {
+        let (rude, rude_ev, _) = v3_client(node.addr, "rude", |o| {
             o.set_last_will(LastWill::new("wills/rude", "gone", QoS::AtLeastOnce, false));
         })
         .await;
@@ -136,23 +126,13 @@ async fn will_on_ungraceful_close_not_on_disconnect() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn persistent_session_queues_and_redelivers() {
-    bounded(async {
-        let node = TestNode::start(LimitsConfig::default()).await;
-        let persistent = |o: &mut rumqttc::MqttOptions| {
-            o.set_clean_session(false);
-        };
-        let (sub, mut ev) = v3_client(node.addr, "durable", persistent).await;
-        sub.subscribe("jobs/#", QoS::AtLeastOnce).await.unwrap();
-        ev.next_matching("SUBACK", v3_suback).await;
+    with_node(LimitsConfig::default(), async |node| {
+        let (sub, mut ev, _) = v3_client(node.addr, "durable", persistent).await;
+        v3_subscribe(&sub, &mut ev, "jobs/#", QoS::AtLeastOnce).await;
         sub.disconnect().await.unwrap();
-        node.eventually("durable offline", |h| {
-            h.broker()
-                .client_info("durable")
-                .is_some_and(|i| !i.connected)
-        })
-        .await;
+        node.wait_offline("durable").await;
 
-        let (publ, _pe) = v3_client(node.addr, "pub", |_| {}).await;
+        let (publ, _pe, _) = v3_client(node.addr, "pub", |_| {}).await;
         for i in 0..3 {
             publ.publish("jobs/x", QoS::AtLeastOnce, false, format!("{i}"))
                 .await
@@ -168,7 +148,7 @@ async fn persistent_session_queues_and_redelivers() {
         })
         .await;
 
-        let (_sub, mut ev) = v3_client(node.addr, "durable", persistent).await;
+        let (_sub, mut ev, _) = v3_client(node.addr, "durable", persistent).await;
         for i in 0..3 {
             let p = ev.next_matching("queued PUBLISH", v3_publish).await;
             assert_eq!(&p.payload[..], format!("{i}").as_bytes());
@@ -181,16 +161,14 @@ async fn persistent_session_queues_and_redelivers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unacked_messages_are_resent_with_dup() {
-    bounded(async {
-        let node = TestNode::start(LimitsConfig::default()).await;
+    with_node(LimitsConfig::default(), async |node| {
         let opts = |o: &mut rumqttc::MqttOptions| {
             o.set_clean_session(false);
             o.set_manual_acks(true);
         };
-        let (sub, mut ev) = v3_client(node.addr, "slow", opts).await;
-        sub.subscribe("q", QoS::AtLeastOnce).await.unwrap();
-        ev.next_matching("SUBACK", v3_suback).await;
-        let (publ, _pe) = v3_client(node.addr, "pub", |_| {}).await;
+        let (sub, mut ev, _) = v3_client(node.addr, "slow", opts).await;
+        v3_subscribe(&sub, &mut ev, "q", QoS::AtLeastOnce).await;
+        let (publ, _pe, _) = v3_client(node.addr, "pub", |_| {}).await;
         publ.publish("q", QoS::AtLeastOnce, false, "m")
             .await
             .unwrap();
@@ -199,11 +177,8 @@ async fn unacked_messages_are_resent_with_dup() {
         // Never acked; the client goes away and comes back.
         ev.kill();
         drop(sub);
-        node.eventually("slow offline", |h| {
-            h.broker().client_info("slow").is_some_and(|i| !i.connected)
-        })
-        .await;
-        let (sub, mut ev) = v3_client(node.addr, "slow", opts).await;
+        node.wait_offline("slow").await;
+        let (sub, mut ev, _) = v3_client(node.addr, "slow", opts).await;
         let again = ev.next_matching("resent PUBLISH", v3_publish).await;
         assert!(again.dup);
         assert_eq!(again.pkid, first.pkid);
@@ -220,18 +195,13 @@ async fn unacked_messages_are_resent_with_dup() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn takeover_kicks_the_old_connection() {
-    bounded(async {
-        let node = TestNode::start(LimitsConfig::default()).await;
-        let persistent = |o: &mut rumqttc::MqttOptions| {
-            o.set_clean_session(false);
-        };
-        let (first, mut first_ev) = v3_client(node.addr, "dup", persistent).await;
-        first.subscribe("t", QoS::AtLeastOnce).await.unwrap();
-        first_ev.next_matching("SUBACK", v3_suback).await;
-        let (_second, mut second_ev) = v3_client(node.addr, "dup", persistent).await;
+    with_node(LimitsConfig::default(), async |node| {
+        let (first, mut first_ev, _) = v3_client(node.addr, "dup", persistent).await;
+        v3_subscribe(&first, &mut first_ev, "t", QoS::AtLeastOnce).await;
+        let (_second, mut second_ev, _) = v3_client(node.addr, "dup", persistent).await;
         first_ev.error().await;
         // The subscription came along with the session.
-        let (publ, _pe) = v3_client(node.addr, "pub", |_| {}).await;
+        let (publ, _pe, _) = v3_client(node.addr, "pub", |_| {}).await;
         publ.publish("t", QoS::AtLeastOnce, false, "x")
             .await
             .unwrap();
@@ -244,19 +214,13 @@ async fn takeover_kicks_the_old_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_subscription_round_robin() {
-    bounded(async {
-        let node = TestNode::start(LimitsConfig::default()).await;
-        let (a, mut a_ev) = v3_client(node.addr, "a", |_| {}).await;
-        let (b, mut b_ev) = v3_client(node.addr, "b", |_| {}).await;
-        a.subscribe("$share/workers/job/+", QoS::AtLeastOnce)
-            .await
-            .unwrap();
-        b.subscribe("$share/workers/job/+", QoS::AtLeastOnce)
-            .await
-            .unwrap();
-        a_ev.next_matching("SUBACK", v3_suback).await;
-        b_ev.next_matching("SUBACK", v3_suback).await;
-        let (publ, _pe) = v3_client(node.addr, "pub", |_| {}).await;
+    with_node(LimitsConfig::default(), async |node| {
+        let (a, mut a_ev, _) = v3_client(node.addr, "a", |_| {}).await;
+        let (b, mut b_ev, _) = v3_client(node.addr, "b", |_| {}).await;
+        for (client, events) in [(&a, &mut a_ev), (&b, &mut b_ev)] {
+            v3_subscribe(client, events, "$share/workers/job/+", QoS::AtLeastOnce).await;
+        }
+        let (publ, _pe, _) = v3_client(node.addr, "pub", |_| {}).await;
         for i in 0..4 {
             publ.publish(format!("job/{i}"), QoS::AtLeastOnce, false, "w")
                 .await

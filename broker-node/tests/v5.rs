@@ -10,6 +10,9 @@ use bytes::Bytes;
 use common::*;
 use fleetgate_config::node::LimitsConfig;
 use fleetgate_protocol::mqtt::{self, Connect, Packet, ProtocolLevel, PublishProperties};
+use fleetgate_testkit::rumqttc_client::{
+    v3_client, v3_publish, v3_subscribe, v5_client, v5_publish, v5_suback, v5_subscribe,
+};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{
     Filter, PublishProperties as RPublishProperties, SubscribeProperties,
@@ -17,14 +20,13 @@ use rumqttc::v5::mqttbytes::v5::{
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connack_announces_our_limits() {
-    bounded(async {
-        let limits = LimitsConfig {
-            receive_maximum: 7,
-            topic_alias_maximum: 3,
-            server_keep_alive: Some(20),
-            ..LimitsConfig::default()
-        };
-        let node = TestNode::start(limits).await;
+    let limits = LimitsConfig {
+        receive_maximum: 7,
+        topic_alias_maximum: 3,
+        server_keep_alive: Some(20),
+        ..LimitsConfig::default()
+    };
+    with_node(limits, async |node| {
         let (_c, _ev, connack) = v5_client(node.addr, "props", |_| {}).await;
         let props = connack.properties.unwrap();
         assert_eq!(props.receive_max, Some(7));
@@ -37,8 +39,7 @@ async fn connack_announces_our_limits() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscription_identifier_no_local_and_properties() {
-    bounded(async {
-        let node = TestNode::start(LimitsConfig::default()).await;
+    with_node(LimitsConfig::default(), async |node| {
         let (me, mut my_ev, _) = v5_client(node.addr, "me", |_| {}).await;
         let props = SubscribeProperties {
             id: Some(42),
@@ -97,11 +98,9 @@ async fn subscription_identifier_no_local_and_properties() {
 /// queue): interleaved, they still reach the subscriber in publish order, each with its own properties.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_with_and_without_properties_keep_their_order() {
-    bounded(async {
-        let node = TestNode::start(LimitsConfig::default()).await;
+    with_node(LimitsConfig::default(), async |node| {
         let (sub, mut ev, _) = v5_client(node.addr, "mixed-sub", |_| {}).await;
-        sub.subscribe("mix/#", QoS::AtLeastOnce).await.unwrap();
-        ev.next_matching("SUBACK", v5_suback).await;
+        v5_subscribe(&sub, &mut ev, "mix/#", QoS::AtLeastOnce).await;
         let (publ, _pe, _) = v5_client(node.addr, "mixed-pub", |_| {}).await;
         const N: usize = 300;
         for i in 0..N {
@@ -142,14 +141,12 @@ async fn messages_with_and_without_properties_keep_their_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbound_topic_alias() {
-    bounded(async {
-        let node = TestNode::start(LimitsConfig::default()).await;
+    with_node(LimitsConfig::default(), async |node| {
         let (sub, mut ev, _) = v5_client(node.addr, "aliased", |o| {
             o.set_topic_alias_max(Some(2));
         })
         .await;
-        sub.subscribe("a/#", QoS::AtMostOnce).await.unwrap();
-        ev.next_matching("SUBACK", v5_suback).await;
+        v5_subscribe(&sub, &mut ev, "a/#", QoS::AtMostOnce).await;
         let (publ, _pe, _) = v5_client(node.addr, "pub", |_| {}).await;
         for _ in 0..2 {
             publ.publish("a/long/topic", QoS::AtMostOnce, false, "x")
@@ -169,15 +166,11 @@ async fn outbound_topic_alias() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inbound_topic_alias_and_assigned_client_id() {
-    bounded(async {
-        let node = TestNode::start(LimitsConfig::default()).await;
-        let (sub, mut ev) = v3_client(node.addr, "watch", |_| {}).await;
-        sub.subscribe("alias/#", rumqttc::QoS::AtMostOnce)
-            .await
-            .unwrap();
-        ev.next_matching("SUBACK", v3_suback).await;
+    with_node(LimitsConfig::default(), async |node| {
+        let (sub, mut ev, _) = v3_client(node.addr, "watch", |_| {}).await;
+        v3_subscribe(&sub, &mut ev, "alias/#", rumqttc::QoS::AtMostOnce).await;
 
-        let mut raw = RawClient::connect(node.addr, ProtocolLevel::V5).await;
+        let mut raw = CodecClient::connect(node.addr, ProtocolLevel::V5).await;
         let ack = raw
             .mqtt_connect(Connect {
                 clean_start: true,
@@ -226,20 +219,15 @@ async fn inbound_topic_alias_and_assigned_client_id() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn message_expiry_drops_and_forwards_the_rest() {
-    bounded(async {
-        let node = TestNode::start(LimitsConfig::default()).await;
+    with_node(LimitsConfig::default(), async |node| {
         let durable = |o: &mut rumqttc::v5::MqttOptions| {
             o.set_clean_start(false);
             o.set_session_expiry_interval(Some(60));
         };
         let (sub, mut ev, _) = v5_client(node.addr, "late", durable).await;
-        sub.subscribe("exp/#", QoS::AtLeastOnce).await.unwrap();
-        ev.next_matching("SUBACK", v5_suback).await;
+        v5_subscribe(&sub, &mut ev, "exp/#", QoS::AtLeastOnce).await;
         sub.disconnect().await.unwrap();
-        node.eventually("late offline", |h| {
-            h.broker().client_info("late").is_some_and(|i| !i.connected)
-        })
-        .await;
+        node.wait_offline("late").await;
 
         let (publ, _pe, _) = v5_client(node.addr, "pub", |_| {}).await;
         let expiring = |secs| RPublishProperties {
@@ -275,14 +263,12 @@ async fn message_expiry_drops_and_forwards_the_rest() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retain_handling_and_retain_as_published() {
-    bounded(async {
-        let node = TestNode::start(LimitsConfig::default()).await;
+    with_node(LimitsConfig::default(), async |node| {
         let (publ, _pe, _) = v5_client(node.addr, "pub", |_| {}).await;
         publ.publish("r/t", QoS::AtLeastOnce, true, "kept")
             .await
             .unwrap();
-        node.eventually("retained", |h| h.broker().retained_count() > 0)
-            .await;
+        node.wait_retained(true).await;
 
         let (sub, mut ev, _) = v5_client(node.addr, "sub", |_| {}).await;
         let filter = |rh, rap| {
@@ -324,14 +310,12 @@ async fn retain_handling_and_retain_as_published() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn will_delay_and_disconnect_with_will() {
-    bounded(async {
-        let node = TestNode::start(LimitsConfig::default()).await;
+    with_node(LimitsConfig::default(), async |node| {
         let (watch, mut ev, _) = v5_client(node.addr, "watch", |_| {}).await;
-        watch.subscribe("w/#", QoS::AtLeastOnce).await.unwrap();
-        ev.next_matching("SUBACK", v5_suback).await;
+        v5_subscribe(&watch, &mut ev, "w/#", QoS::AtLeastOnce).await;
 
         // DISCONNECT 0x04: the will is sent although the client disconnected normally.
-        let mut raw = RawClient::connect(node.addr, ProtocolLevel::V5).await;
+        let mut raw = CodecClient::connect(node.addr, ProtocolLevel::V5).await;
         let will = |topic: &str, delay| mqtt::LastWill {
             qos: mqtt::QoS::AtLeastOnce,
             retain: false,
@@ -366,19 +350,18 @@ async fn will_delay_and_disconnect_with_will() {
             last_will: Some(will("w/2", Some(30))),
             ..Connect::default()
         };
-        let mut raw = RawClient::connect(node.addr, ProtocolLevel::V5).await;
-        raw.mqtt_connect(c.clone()).await;
+        let raw = node.client(ProtocolLevel::V5, c.clone()).await;
         drop(raw);
-        node.eventually("w2 offline", |h| {
-            h.broker().client_info("w2").is_some_and(|i| !i.connected)
-        })
-        .await;
-        let mut raw = RawClient::connect(node.addr, ProtocolLevel::V5).await;
-        raw.mqtt_connect(Connect {
-            last_will: None,
-            ..c
-        })
-        .await;
+        node.wait_offline("w2").await;
+        let raw = node
+            .client(
+                ProtocolLevel::V5,
+                Connect {
+                    last_will: None,
+                    ..c
+                },
+            )
+            .await;
         // Will delay 30 s but session expiry 0: the will goes out when the session ends, i.e. now.
         let c = Connect {
             client_id: "w3".into(),
@@ -386,8 +369,7 @@ async fn will_delay_and_disconnect_with_will() {
             last_will: Some(will("w/3", Some(30))),
             ..Connect::default()
         };
-        let mut raw3 = RawClient::connect(node.addr, ProtocolLevel::V5).await;
-        raw3.mqtt_connect(c).await;
+        let raw3 = node.client(ProtocolLevel::V5, c).await;
         drop(raw3);
         assert_eq!(ev.next_matching("will w/3", v5_publish).await.topic, "w/3");
         ev.assert_none(Duration::from_millis(200), |e| v5_publish(e).is_some())

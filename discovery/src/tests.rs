@@ -11,7 +11,8 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     Discovery, DiscoveryOptions, Endpoint, EndpointSet, FailureReason, NameFrom, Nameserver, Source,
 };
-use fleetgate_tests::dns::{Mode, StubDns};
+use fleetgate_testkit::dns::{Mode, StubDns};
+use fleetgate_testkit::wait_until;
 
 /// Longest any test waits for something that should happen within a refresh or two (floor: 1 s).
 const DEADLINE: Duration = Duration::from_secs(8);
@@ -56,14 +57,19 @@ async fn wait_set(
         .clone()
 }
 
-/// Polls `cond` every 20 ms until it holds.
-async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    within(what, async {
-        while !cond() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+/// Polls `cond` until it holds, up to [`DEADLINE`].
+async fn eventually(what: &str, cond: impl FnMut() -> bool) {
+    wait_until(DEADLINE, what, cond).await;
+}
+
+/// The first set published for the SRV records of `_mqtt._tcp.broker.test.`, members named by `name_from`.
+async fn srv_set(stub: &StubDns, name_from: NameFrom) -> EndpointSet {
+    let source = Source::DnsSrv {
+        name: "_mqtt._tcp.broker.test.".into(),
+        name_from,
+    };
+    let d = Discovery::spawn(source, options(stub), CancellationToken::new()).unwrap();
+    wait_set(&mut d.subscribe(), "SRV endpoints", |s| !s.is_empty()).await
 }
 
 fn a_source(name: &str) -> Source {
@@ -126,12 +132,7 @@ async fn srv_targets_are_named_by_first_label_at_their_addresses() {
     );
     stub.set_addresses("broker-0.broker.test.", &["10.0.0.10"], 60);
     stub.set_addresses("broker-1.broker.test.", &["10.0.0.11", "fd00::11"], 60);
-    let source = Source::DnsSrv {
-        name: "_mqtt._tcp.broker.test.".into(),
-        name_from: NameFrom::FirstLabel,
-    };
-    let d = Discovery::spawn(source, options(&stub), CancellationToken::new()).unwrap();
-    let set = wait_set(&mut d.subscribe(), "SRV endpoints", |s| !s.is_empty()).await;
+    let set = srv_set(&stub, NameFrom::FirstLabel).await;
     // broker-1 is dual-stack: one ring member, at its IPv4 address.
     assert_eq!(
         pairs(&set),
@@ -152,12 +153,7 @@ async fn srv_uses_the_additional_section_and_full_target_names() {
         true,
     );
     stub.set_addresses("broker-0.broker.test.", &["10.0.0.10"], 60);
-    let source = Source::DnsSrv {
-        name: "_mqtt._tcp.broker.test.".into(),
-        name_from: NameFrom::Target,
-    };
-    let d = Discovery::spawn(source, options(&stub), CancellationToken::new()).unwrap();
-    let set = wait_set(&mut d.subscribe(), "SRV endpoints", |s| !s.is_empty()).await;
+    let set = srv_set(&stub, NameFrom::Target).await;
     assert_eq!(
         pairs(&set),
         vec![pair("broker-0.broker.test", "10.0.0.10:1883")]

@@ -1,6 +1,7 @@
 //! Tests of the admin server: built-ins, routes, body limits in size and time, the token, the connection cap.
 
 use super::*;
+use fleetgate_testkit::eventually;
 use metrics_exporter_prometheus::PrometheusBuilder;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -207,20 +208,17 @@ async fn connections_beyond_the_cap_are_closed() {
     assert!(read.is_err() || raw.is_empty(), "{raw:?}");
     // Once the holder leaves, its slot is free again.
     drop(holder);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
+    let freed = eventually(Duration::from_secs(5), || async {
         let mut s = TcpStream::connect(addr).await.unwrap();
         let _ = s
             .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
             .await;
         let mut raw = Vec::new();
         let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut raw)).await;
-        if raw.starts_with(b"HTTP/1.1 200") {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "slot never freed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        raw.starts_with(b"HTTP/1.1 200").then_some(())
+    })
+    .await;
+    assert!(freed.is_ok(), "slot never freed");
     shutdown.cancel();
 }
 

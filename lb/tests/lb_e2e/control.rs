@@ -2,27 +2,33 @@
 //! relays), health checks steering new clients, paced drains (1,000 relays at 200/s onto another LB), and
 //! clients moved off a removed `drain = true` backend.
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use fleetgate_testkit::http::Response;
+use fleetgate_testkit::raw::read_packet;
+use fleetgate_testkit::{WAIT, eventually, wait_until};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::fleet::*;
-use crate::harness::STEP;
+use crate::harness::*;
 
-fn write(path: &std::path::Path, text: &str) {
-    // Write then rename, like an editor or a ConfigMap swap: the watcher never sees a half-written file.
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
+/// An LB named `lb-test` with one listener `mqtt` on `listener_bind` before `parts`, then `extra`.
+fn lb_toml(listener_bind: &str, parts: &[String], extra: &str) -> String {
+    let mut all = vec![listener("mqtt", listener_bind)];
+    all.extend_from_slice(parts);
+    lb_text("name = \"lb-test\"\nshutdown_grace = \"30s\"", &all, extra)
 }
 
-fn lb_toml(listener_bind: &str, parts: &[String], extra: &str) -> String {
-    format!(
-        "[lb]\nname = \"lb-test\"\nshutdown_grace = \"30s\"\n[admin]\nbind = \"127.0.0.1:0\"\n\
-         [[listeners]]\nname = \"mqtt\"\nbind = \"{listener_bind}\"\n{}\n{extra}\n",
-        parts.concat()
-    )
+/// The first of `dev-0`, `dev-1`, ... that the LB pins to `backend`.
+async fn id_pinned_to(lb: &TestLb, backend: &str) -> String {
+    for i in 0..64 {
+        let id = format!("dev-{i}");
+        if lb.admin.pinned(&id).await == backend {
+            return id;
+        }
+    }
+    panic!("no client ID pinned to {backend}");
 }
 
 async fn ping(s: &mut TcpStream) -> bool {
@@ -30,128 +36,94 @@ async fn ping(s: &mut TcpStream) -> bool {
         return false;
     }
     matches!(
-        tokio::time::timeout(STEP, read_packet(s)).await,
+        tokio::time::timeout(WAIT, read_packet(s)).await,
         Ok(Some((0xD0, _)))
     )
 }
 
 #[tokio::test]
 async fn broken_reload_is_rejected_and_listener_moves_without_dropping_relays() {
-    let b0 = MqttFake::start("b0").await;
-    let b1 = MqttFake::start("b1").await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("lb.toml");
-    write(&path, &lb_toml("127.0.0.1:0", &[backend(&b0, "")], ""));
-    let lb = FileLb::start(&path).await;
+    let b0 = FakeBackend::start("b0").await;
+    let b1 = FakeBackend::start("b1").await;
+    let file = ConfigFile::new("lb.toml", &lb_toml("127.0.0.1:0", &[backend(&b0, "")], ""));
+    let lb = TestLb::start_file(&file.path).await;
     let old_addr = lb.addr("mqtt");
     let mut held = mqtt_connect(old_addr, 4, "held").await.unwrap();
 
     // A file with an unknown field: rejected with file:line:column, old config in force, still ready.
-    write(
-        &path,
-        &lb_toml("127.0.0.1:0", &[backend(&b0, "colour = \"red\"")], ""),
-    );
-    let (status, body) = lb.admin("POST", "/reload").await;
+    file.write(&lb_toml(
+        "127.0.0.1:0",
+        &[backend(&b0, "colour = \"red\"")],
+        "",
+    ));
+    let Response { status, body } = lb.admin.post("/reload").await;
     assert_eq!(status, 400, "{body}");
     assert!(
         body.contains("lb.toml:12:1: unknown field `colour`"),
         "{body}"
     );
     assert!(
-        lb.metric("fleetgate_config_reloads_total", &["result=\"error\""])
+        lb.admin
+            .metric("fleetgate_config_reloads_total", &[("result", "error")])
             .await
             >= 1.0
     );
-    assert_eq!(lb.admin("GET", "/readyz").await.0, 200);
-    assert_eq!(
-        lb.json("/backends").await["backends"]
-            .as_array()
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(lb.admin.get("/readyz").await.status, 200);
+    assert_eq!(lb.admin.backends().await.len(), 1);
     assert!(ping(&mut held).await);
 
     // A valid change: another backend and the listener on another address.
-    write(
-        &path,
-        &lb_toml("127.0.0.2:0", &[backend(&b0, ""), backend(&b1, "")], ""),
-    );
-    let (status, body) = lb.admin("POST", "/reload").await;
+    file.write(&lb_toml(
+        "127.0.0.2:0",
+        &[backend(&b0, ""), backend(&b1, "")],
+        "",
+    ));
+    let Response { status, body } = lb.admin.post("/reload").await;
     assert_eq!(status, 200, "{body}");
     assert!(
-        lb.metric("fleetgate_config_reloads_total", &["result=\"ok\""])
+        lb.admin
+            .metric("fleetgate_config_reloads_total", &[("result", "ok")])
             .await
             >= 1.0
     );
     let new_addr = lb.addr("mqtt");
     assert_eq!(new_addr.ip().to_string(), "127.0.0.2");
-    assert_eq!(
-        lb.json("/backends").await["backends"]
-            .as_array()
-            .unwrap()
-            .len(),
-        2
-    );
+    assert_eq!(lb.admin.backends().await.len(), 2);
     mqtt_connect(new_addr, 5, "fresh").await.unwrap();
     assert!(
-        eventually(STEP, || async {
-            TcpStream::connect(old_addr).await.is_err()
+        eventually(WAIT, || async {
+            (TcpStream::connect(old_addr).await.is_err()).then_some(())
         })
-        .await,
+        .await
+        .is_ok(),
         "the old socket must be closed"
     );
     assert!(
         ping(&mut held).await,
         "a relay on the old listener survives"
     );
-    let client = lb.json("/clients/held").await;
+    let client = lb.admin.json("/clients/held").await;
     assert_eq!(client["connected"], true, "{client}");
     assert_eq!(client["connections"], 1, "{client}");
 }
 
 #[tokio::test]
 async fn mqtt_health_check_marks_a_frozen_backend_down_and_moves_new_clients() {
-    let b0 = MqttFake::start("b0").await;
-    let b1 = MqttFake::start("b1").await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("lb.toml");
+    let b0 = FakeBackend::start("b0").await;
+    let b1 = FakeBackend::start("b1").await;
     let health = "[health]\nkind = \"mqtt\"\ninterval = \"100ms\"\ntimeout = \"100ms\"\nrise = 2\nfall = 2\n";
-    write(
-        &path,
+    let file = ConfigFile::new(
+        "lb.toml",
         &lb_toml("127.0.0.1:0", &[backend(&b0, ""), backend(&b1, "")], health),
     );
-    let lb = FileLb::start(&path).await;
-    let health_of = |name: &'static str| {
-        let lb = &lb;
-        async move {
-            let v = lb.json("/backends").await;
-            v["backends"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|b| b["name"] == name)
-                .unwrap()["health"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        }
-    };
-    assert!(eventually(STEP, || async { health_of("b0").await == "up" }).await);
-    assert!(b0.stats.probes.load(std::sync::atomic::Ordering::SeqCst) >= 1);
-    let mut on_b0 = None;
-    for i in 0..64 {
-        let id = format!("dev-{i}");
-        if lb.pinned(&id).await == "b0" {
-            on_b0 = Some(id);
-            break;
-        }
-    }
-    let id = on_b0.unwrap();
+    let lb = TestLb::start_file(&file.path).await;
+    lb.admin.wait_health("b0", "up", WAIT).await;
+    assert!(b0.stats.probes.load(Ordering::SeqCst) >= 1);
+    let id = id_pinned_to(&lb, "b0").await;
 
-    b0.frozen.store(true, std::sync::atomic::Ordering::SeqCst);
+    b0.frozen.store(true, Ordering::SeqCst);
     let frozen_at = Instant::now();
-    assert!(eventually(STEP, || async { health_of("b0").await == "down" }).await);
+    lb.admin.wait_health("b0", "down", WAIT).await;
     // fall × interval plus the probe timeout, with room for a loaded machine.
     assert!(
         frozen_at.elapsed() < Duration::from_secs(3),
@@ -159,56 +131,56 @@ async fn mqtt_health_check_marks_a_frozen_backend_down_and_moves_new_clients() {
         frozen_at.elapsed()
     );
     assert_eq!(
-        lb.metric("fleetgate_lb_backend_up", &["backend=\"b0\""])
+        lb.admin
+            .metric("fleetgate_lb_backend_up", &[("backend", "b0")])
             .await,
         0.0
     );
-    assert_eq!(lb.pinned(&id).await, "b1");
+    assert_eq!(lb.admin.pinned(&id).await, "b1");
     mqtt_connect(lb.addr("mqtt"), 4, &id).await.unwrap();
     assert_eq!(b1.count(&id), 1);
 
-    b0.frozen.store(false, std::sync::atomic::Ordering::SeqCst);
-    assert!(eventually(STEP, || async { health_of("b0").await == "up" }).await);
-    assert_eq!(lb.pinned(&id).await, "b0");
+    b0.frozen.store(false, Ordering::SeqCst);
+    lb.admin.wait_health("b0", "up", WAIT).await;
+    assert_eq!(lb.admin.pinned(&id).await, "b0");
     assert!(
-        lb.metric(
-            "fleetgate_lb_backend_health_transitions_total",
-            &["backend=\"b0\""]
-        )
-        .await
+        lb.admin
+            .metric(
+                "fleetgate_lb_backend_health_transitions_total",
+                &[("backend", "b0")]
+            )
+            .await
             >= 2.0
     );
 }
 
 #[tokio::test]
 async fn removed_backend_with_drain_has_its_clients_moved() {
-    let b0 = MqttFake::start("b0").await;
-    let b1 = MqttFake::start("b1").await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("lb.toml");
+    let b0 = FakeBackend::start("b0").await;
+    let b1 = FakeBackend::start("b1").await;
     let drain = "[drain]\nrate = 100.0\n";
-    write(
-        &path,
+    let file = ConfigFile::new(
+        "lb.toml",
         &lb_toml(
             "127.0.0.1:0",
             &[backend(&b0, "drain = true"), backend(&b1, "")],
             drain,
         ),
     );
-    let lb = FileLb::start(&path).await;
+    let lb = TestLb::start_file(&file.path).await;
     let mut clients = Vec::new();
     for i in 0..20 {
         let id = format!("dev-{i}");
-        let pinned = lb.pinned(&id).await;
+        let pinned = lb.admin.pinned(&id).await;
         let s = mqtt_connect(lb.addr("mqtt"), 5, &id).await.unwrap();
         clients.push((id, pinned, s));
     }
     assert!(clients.iter().any(|c| c.1 == "b0") && clients.iter().any(|c| c.1 == "b1"));
-    write(&path, &lb_toml("127.0.0.1:0", &[backend(&b1, "")], drain));
-    assert_eq!(lb.admin("POST", "/reload").await.0, 200);
+    file.write(&lb_toml("127.0.0.1:0", &[backend(&b1, "")], drain));
+    assert_eq!(lb.admin.post("/reload").await.status, 200);
     for (id, pinned, mut s) in clients {
         if pinned == "b0" {
-            let got = tokio::time::timeout(STEP, read_packet(&mut s))
+            let got = tokio::time::timeout(WAIT, read_packet(&mut s))
                 .await
                 .unwrap();
             assert_eq!(got, Some((0xE0, vec![0x8B, 0x00])), "{id}");
@@ -219,14 +191,11 @@ async fn removed_backend_with_drain_has_its_clients_moved() {
             assert!(ping(&mut s).await, "{id} on b1 must stay");
         }
     }
-    assert!(
-        eventually(STEP, || async {
-            b0.stats.graceful.load(std::sync::atomic::Ordering::SeqCst)
-                == b0.stats.connects.load(std::sync::atomic::Ordering::SeqCst)
-        })
-        .await,
-        "b0 must see a normal DISCONNECT for every moved client"
-    );
+    let what = "b0 to see a normal DISCONNECT for every moved client";
+    wait_until(WAIT, what, || {
+        b0.stats.graceful.load(Ordering::SeqCst) == b0.stats.connects.load(Ordering::SeqCst)
+    })
+    .await;
 }
 
 /// What one drained client saw.
@@ -240,17 +209,14 @@ struct Drained {
 #[tokio::test]
 async fn drain_moves_1000_connections_at_200_per_second_onto_the_other_lb() {
     const CLIENTS: usize = 1000;
-    let b0 = MqttFake::start("b0").await;
-    let b1 = MqttFake::start("b1").await;
-    let dir = tempfile::tempdir().unwrap();
+    let b0 = FakeBackend::start("b0").await;
+    let b1 = FakeBackend::start("b1").await;
     let drain = "[drain]\nrate = 200.0\njitter = 0.2\ndelay = \"200ms\"\n";
     let parts = [backend(&b0, ""), backend(&b1, "")];
-    let path_a = dir.path().join("a.toml");
-    let path_b = dir.path().join("b.toml");
-    write(&path_a, &lb_toml("127.0.0.1:0", &parts, drain));
-    write(&path_b, &lb_toml("127.0.0.1:0", &parts, drain));
-    let lb_a = FileLb::start(&path_a).await;
-    let lb_b = FileLb::start(&path_b).await;
+    let file_a = ConfigFile::new("a.toml", &lb_toml("127.0.0.1:0", &parts, drain));
+    let file_b = ConfigFile::new("b.toml", &lb_toml("127.0.0.1:0", &parts, drain));
+    let lb_a = TestLb::start_file(&file_a.path).await;
+    let lb_b = TestLb::start_file(&file_b.path).await;
     let (addr_a, addr_b) = (lb_a.addr("mqtt"), lb_b.addr("mqtt"));
 
     let (connected_tx, mut connected) = tokio::sync::mpsc::unbounded_channel();
@@ -281,20 +247,24 @@ async fn drain_moves_1000_connections_at_200_per_second_onto_the_other_lb() {
         })
         .collect();
     for _ in 0..CLIENTS {
-        tokio::time::timeout(STEP, connected.recv())
+        tokio::time::timeout(WAIT, connected.recv())
             .await
             .unwrap()
             .unwrap();
     }
-    assert!(eventually(STEP, || async { lb_a.handle.open_relays() == CLIENTS }).await);
+    wait_until(WAIT, "every relay registered", || {
+        lb_a.handle.open_relays() == CLIENTS
+    })
+    .await;
 
     let started = Instant::now();
     lb_a.handle.drain();
     assert!(
         eventually(Duration::from_millis(150), || async {
-            lb_a.admin("GET", "/readyz").await.0 == 503
+            (lb_a.admin.get("/readyz").await.status == 503).then_some(())
         })
-        .await,
+        .await
+        .is_ok(),
         "/readyz must turn false at once"
     );
     let mut results = Vec::new();
@@ -326,8 +296,8 @@ async fn drain_moves_1000_connections_at_200_per_second_onto_the_other_lb() {
         "{first_second} closed in the first second"
     );
     // The node saw a normal DISCONNECT for every drained relay (no will, session kept) ...
-    let graceful = b0.stats.graceful.load(std::sync::atomic::Ordering::SeqCst)
-        + b1.stats.graceful.load(std::sync::atomic::Ordering::SeqCst);
+    let graceful =
+        b0.stats.graceful.load(Ordering::SeqCst) + b1.stats.graceful.load(Ordering::SeqCst);
     assert_eq!(graceful, CLIENTS);
     // ... and every reconnect landed on the backend the client had before (same hash, other LB).
     for n in 0..CLIENTS {
@@ -335,58 +305,42 @@ async fn drain_moves_1000_connections_at_200_per_second_onto_the_other_lb() {
         assert!(b0.count(&id) == 2 || b1.count(&id) == 2, "{id}");
     }
     // The drained LB exits as soon as everything is closed.
-    assert!(eventually(STEP, || async { lb_a.handle.is_finished() }).await);
+    wait_until(WAIT, "the drained LB to exit", || lb_a.handle.is_finished()).await;
 }
 
 #[tokio::test]
 async fn discovered_backends_join_the_ring_with_the_discovery_settings() {
-    let b0 = MqttFake::start("b0").await;
-    let b1 = MqttFake::start("pod-1").await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("lb.toml");
+    let b0 = FakeBackend::start("b0").await;
+    let b1 = FakeBackend::start("pod-1").await;
     let discovery = |addr: std::net::SocketAddr| {
         format!(
             "[discovery]\nendpoints = {{ static = [{{ name = \"pod-1\", address = \"{addr}\" }}] }}\n\
              drain = true\nhealth = {{ kind = \"tcp\", interval = \"100ms\" }}\n"
         )
     };
-    write(
-        &path,
+    let file = ConfigFile::new(
+        "lb.toml",
         &lb_toml("127.0.0.1:0", &[backend(&b0, "")], &discovery(b1.addr)),
     );
-    let lb = FileLb::start(&path).await;
-    let v = lb.json("/backends").await;
-    let pod = v["backends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["name"] == "pod-1")
-        .cloned()
-        .unwrap();
+    let lb = TestLb::start_file(&file.path).await;
+    let pod = lb.admin.backend("pod-1").await;
     assert_eq!(pod["source"], "static", "{pod}");
     assert_eq!(pod["check"], "tcp", "{pod}");
     assert_eq!(pod["drain_on_removal"], true, "{pod}");
-    let mut on_pod = None;
-    for i in 0..64 {
-        let id = format!("dev-{i}");
-        if lb.pinned(&id).await == "pod-1" {
-            on_pod = Some(id);
-            break;
-        }
-    }
-    let id = on_pod.unwrap();
+    let id = id_pinned_to(&lb, "pod-1").await;
     let mut held = mqtt_connect(lb.addr("mqtt"), 4, &id).await.unwrap();
     assert_eq!(b1.count(&id), 1);
 
     // The pod comes back with a new address under the same name: its clients stay pinned to it, and the
     // relay on the old address is not touched.
-    let moved = MqttFake::start("pod-1").await;
-    write(
-        &path,
-        &lb_toml("127.0.0.1:0", &[backend(&b0, "")], &discovery(moved.addr)),
-    );
-    assert_eq!(lb.admin("POST", "/reload").await.0, 200);
-    assert_eq!(lb.pinned(&id).await, "pod-1");
+    let moved = FakeBackend::start("pod-1").await;
+    file.write(&lb_toml(
+        "127.0.0.1:0",
+        &[backend(&b0, "")],
+        &discovery(moved.addr),
+    ));
+    assert_eq!(lb.admin.post("/reload").await.status, 200);
+    assert_eq!(lb.admin.pinned(&id).await, "pod-1");
     mqtt_connect(lb.addr("mqtt"), 4, &id).await.unwrap();
     assert_eq!(moved.count(&id), 1, "new connections go to the new address");
     assert!(ping(&mut held).await, "the relay to the old address stays");

@@ -1,376 +1,77 @@
-//! Test harness: a dev PKI (rcgen), a fake backend that decodes the PROXY header and answers CONNACK, an LB
-//! started in-process on 127.0.0.1:0, MQTT clients (rumqttc and raw bytes), and a `/metrics` reader.
+//! What only the LB's in-process tests need (the rest is `fleetgate-testkit`): an LB started in process on
+//! 127.0.0.1:0 from a parsed config or a reloadable file ([`TestLb`]), the config text builders, and one fake
+//! backend ([`FakeBackend`]) that decodes the PROXY header, answers CONNACK and PINGRESP, and records what it saw
+//! per connection and per client ID — or, frozen, accepts and answers nothing like a SIGSTOPped node.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use fleetgate_lb::{Lb, LbConfig, LbHandle};
 use fleetgate_protocol::peek::{ConnectSummary, peek_connect};
 use fleetgate_protocol::proxy::{ProxiedConnection, ProxyPolicy, TrustedProxies, read_header};
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose, date_time_ymd,
-};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use fleetgate_testkit::raw::{self, Connect, read_packet};
+use fleetgate_testkit::rumqttc_client::try_v3_client;
+use fleetgate_testkit::{Admin, CertFiles, Pki, WAIT};
+use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// Every test step is bounded by this.
-pub const STEP: Duration = Duration::from_secs(10);
-
-/// A CA, a server certificate for 127.0.0.1 and client certificates, written as PEM files.
-pub struct Pki {
-    pub dir: tempfile::TempDir,
-    pub ca_pem: String,
-    pub server_cert: PathBuf,
-    pub server_key: PathBuf,
-    pub ca_file: PathBuf,
-}
-
-/// A client certificate and its key, PEM.
-pub struct ClientCert {
-    pub cert_pem: String,
-    pub key_pem: String,
-}
-
-type Ca = CertifiedIssuer<'static, KeyPair>;
-
-fn ca(name: &str) -> Ca {
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
-}
-
-fn leaf(ca: &Ca, cn: &str, sans: Vec<String>, client: bool, expired: bool) -> ClientCert {
-    let mut params = CertificateParams::new(sans).unwrap();
-    params.distinguished_name.push(DnType::CommonName, cn);
-    params.extended_key_usages = vec![if client {
-        ExtendedKeyUsagePurpose::ClientAuth
-    } else {
-        ExtendedKeyUsagePurpose::ServerAuth
-    }];
-    if expired {
-        params.not_before = date_time_ymd(2019, 1, 1);
-        params.not_after = date_time_ymd(2020, 1, 1);
-    }
-    let key = KeyPair::generate().unwrap();
-    let cert = params.signed_by(&key, ca).unwrap();
-    ClientCert {
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-    }
-}
-
-/// The test PKI: one trusted CA and one unrelated CA.
-pub struct TestPki {
-    pub files: Pki,
-    ca: Ca,
-    other_ca: Ca,
-}
-
-impl TestPki {
-    pub fn new() -> TestPki {
-        let dir = tempfile::tempdir().unwrap();
-        let ca = ca("Fleetgate Test CA");
-        let other_ca = ca_other();
-        let server = leaf(
-            &ca,
-            "lb.test",
-            vec!["127.0.0.1".into(), "localhost".into()],
-            false,
-            false,
-        );
-        let server_cert = dir.path().join("server.pem");
-        let server_key = dir.path().join("server.key");
-        let ca_file = dir.path().join("ca.pem");
-        std::fs::write(&server_cert, &server.cert_pem).unwrap();
-        std::fs::write(&server_key, &server.key_pem).unwrap();
-        std::fs::write(&ca_file, ca.pem()).unwrap();
-        let files = Pki {
-            ca_pem: ca.pem(),
-            dir,
-            server_cert,
-            server_key,
-            ca_file,
-        };
-        TestPki {
-            files,
-            ca,
-            other_ca,
-        }
-    }
-
-    pub fn client(&self, cn: &str) -> ClientCert {
-        leaf(
-            &self.ca,
-            cn,
-            vec![format!("{cn}.devices.test")],
-            true,
-            false,
-        )
-    }
-
-    pub fn expired_client(&self, cn: &str) -> ClientCert {
-        leaf(&self.ca, cn, vec![], true, true)
-    }
-
-    /// A client certificate with serial `serial`, and a CRL of the test CA that revokes it, written to a file.
-    pub fn revoked_client(&self, cn: &str, serial: u64) -> (ClientCert, PathBuf) {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, cn);
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        params.serial_number = Some(rcgen::SerialNumber::from(serial));
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.ca).unwrap();
-        let crl = rcgen::CertificateRevocationListParams {
-            this_update: date_time_ymd(2024, 1, 1),
-            next_update: date_time_ymd(4000, 1, 1),
-            crl_number: rcgen::SerialNumber::from(1u64),
-            issuing_distribution_point: None,
-            revoked_certs: vec![rcgen::RevokedCertParams {
-                serial_number: rcgen::SerialNumber::from(serial),
-                revocation_time: date_time_ymd(2024, 1, 1),
-                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
-                invalidity_date: None,
-            }],
-            key_identifier_method: rcgen::KeyIdMethod::Sha256,
-        }
-        .signed_by(&self.ca)
-        .unwrap();
-        let crl_file = self.files.dir.path().join("ca.crl");
-        std::fs::write(&crl_file, crl.pem().unwrap()).unwrap();
-        (
-            ClientCert {
-                cert_pem: cert.pem(),
-                key_pem: key.serialize_pem(),
-            },
-            crl_file,
-        )
-    }
-
-    pub fn foreign_client(&self, cn: &str) -> ClientCert {
-        leaf(&self.other_ca, cn, vec![], true, false)
-    }
-
-    /// Writes an extra server certificate for SNI tests; returns (cert, key) paths.
-    pub fn server_cert_for(&self, name: &str) -> (PathBuf, PathBuf) {
-        let c = leaf(&self.ca, name, vec![name.into()], false, false);
-        let cert = self.files.dir.path().join(format!("{name}.pem"));
-        let key = self.files.dir.path().join(format!("{name}.key"));
-        std::fs::write(&cert, c.cert_pem).unwrap();
-        std::fs::write(&key, c.key_pem).unwrap();
-        (cert, key)
-    }
-
-    /// A rustls client config trusting the test CA, with an optional client certificate.
-    pub fn client_config(&self, cert: Option<&ClientCert>) -> Arc<rustls::ClientConfig> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(CertificateDer::from_pem_slice(self.files.ca_pem.as_bytes()).unwrap())
-            .unwrap();
-        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
-        let config = match cert {
-            Some(c) => {
-                let chain = vec![CertificateDer::from_pem_slice(c.cert_pem.as_bytes()).unwrap()];
-                let key = PrivateKeyDer::from_pem_slice(c.key_pem.as_bytes()).unwrap();
-                builder.with_client_auth_cert(chain, key).unwrap()
-            }
-            None => builder.with_no_client_auth(),
-        };
-        Arc::new(config)
-    }
-}
-
-fn ca_other() -> Ca {
-    ca("Some Other CA")
-}
-
-/// What the fake backend saw on one connection.
-#[derive(Debug)]
-pub struct Seen {
-    pub backend: String,
-    pub header: ProxiedConnection,
-    pub connect: ConnectSummary,
-}
-
-/// A fake broker node: decodes the PROXY header, reads the CONNECT, answers CONNACK 0 and PINGRESPs.
-pub struct FakeBackend {
-    pub addr: SocketAddr,
-    pub seen: mpsc::UnboundedReceiver<Seen>,
-}
-
-impl FakeBackend {
-    pub async fn start(name: &str) -> FakeBackend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, seen) = mpsc::unbounded_channel();
-        let backend = name.to_string();
-        tokio::spawn(async move {
-            while let Ok((stream, peer)) = listener.accept().await {
-                tokio::spawn(serve_backend_conn(
-                    stream,
-                    peer,
-                    backend.clone(),
-                    tx.clone(),
-                ));
-            }
-        });
-        FakeBackend { addr, seen }
-    }
-
-    /// The next connection this backend saw.
-    pub async fn next(&mut self) -> Seen {
-        tokio::time::timeout(STEP, self.seen.recv())
-            .await
-            .expect("backend saw nothing in time")
-            .unwrap()
-    }
-
-    /// True if no connection arrives within a short while.
-    pub fn nothing_yet(&mut self) -> bool {
-        self.seen.try_recv().is_err()
-    }
-}
-
-async fn serve_backend_conn(
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    name: String,
-    tx: mpsc::UnboundedSender<Seen>,
-) {
-    let policy = ProxyPolicy::new(TrustedProxies::new(vec!["127.0.0.0/8".parse().unwrap()]));
-    let Ok(header) = read_header(&mut stream, peer, &policy).await else {
-        return;
-    };
-    let mut buf = Vec::new();
-    let connect = loop {
-        if let Ok(Some(c)) = peek_connect(&buf, 1 << 20) {
-            break c;
-        }
-        let mut chunk = [0u8; 1024];
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    };
-    let connack: &[u8] = if connect.protocol_level == 5 {
-        &[0x20, 0x03, 0, 0, 0]
-    } else {
-        &[0x20, 0x02, 0, 0]
-    };
-    if stream.write_all(connack).await.is_err() {
-        return;
-    }
-    let _ = tx.send(Seen {
-        backend: name,
-        header,
-        connect,
-    });
-    let mut chunk = [0u8; 1024];
-    loop {
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => {
-                // PINGREQ → PINGRESP; everything else is swallowed.
-                if chunk[..n].windows(2).any(|w| w == [0xC0, 0x00])
-                    && stream.write_all(&[0xD0, 0x00]).await.is_err()
-                {
-                    return;
-                }
-            }
-        }
-    }
-}
-
-/// A `[[backends]]` entry.
-pub fn backend_toml(name: &str, addr: SocketAddr, extra: &str) -> String {
-    format!("[[backends]]\nname = \"{name}\"\naddress = \"{addr}\"\n{extra}\n")
-}
-
-/// A plain `[[listeners]]` entry.
-pub fn plain_listener(name: &str, extra: &str) -> String {
-    format!("[[listeners]]\nname = \"{name}\"\nbind = \"127.0.0.1:0\"\n{extra}\n")
-}
-
-/// A TLS `[[listeners]]` entry using the test PKI.
-pub fn tls_listener(name: &str, pki: &TestPki, client_auth: &str, extra_tls: &str) -> String {
-    let f = &pki.files;
-    format!(
-        "[[listeners]]\nname = \"{name}\"\nbind = \"127.0.0.1:0\"\n[listeners.tls]\ncertificates = [{{ cert = {:?}, key = {:?} }}]\nclient_auth = \"{client_auth}\"\nclient_ca = {:?}\n{extra_tls}\n",
-        f.server_cert.display().to_string(),
-        f.server_key.display().to_string(),
-        f.ca_file.display().to_string(),
-    )
-}
-
-/// Parses a full config made of the given parts plus an admin server.
-pub fn config(parts: &[String], limits: &str) -> LbConfig {
-    let src = format!(
-        "[lb]\nname = \"test-lb\"\n[admin]\nbind = \"127.0.0.1:0\"\n{}\n[limits]\n{limits}\n",
-        parts.concat()
-    );
-    LbConfig::parse(Path::new("/nonexistent/lb.toml"), &src)
-        .unwrap_or_else(|e| panic!("{e}\n---\n{src}"))
-}
-
 /// A running LB that shuts down on drop.
 pub struct TestLb {
+    /// The LB (listener addresses, drain, shared state).
     pub handle: LbHandle,
+    /// Its admin server.
+    pub admin: Admin,
     shutdown: CancellationToken,
 }
 
 impl TestLb {
+    /// Starts the LB from a parsed config.
     pub async fn start(config: LbConfig) -> TestLb {
         let shutdown = CancellationToken::new();
         let handle = Lb::start(config, shutdown.clone()).await.unwrap();
-        TestLb { handle, shutdown }
+        Self::running(handle, shutdown)
     }
 
+    /// Starts the LB from a config file, so that it can be reloaded (`POST /reload`, the file watcher).
+    pub async fn start_file(path: &Path) -> TestLb {
+        let shutdown = CancellationToken::new();
+        let handle = Lb::start_file(path, None, shutdown.clone()).await.unwrap();
+        Self::running(handle, shutdown)
+    }
+
+    fn running(handle: LbHandle, shutdown: CancellationToken) -> TestLb {
+        let admin = Admin::new(handle.admin_addr().expect("an [admin] section"));
+        TestLb {
+            handle,
+            admin,
+            shutdown,
+        }
+    }
+
+    /// The address of listener `listener`.
     pub fn addr(&self, listener: &str) -> SocketAddr {
         self.handle.listener_addr(listener).unwrap()
     }
+}
 
-    /// `GET path` on the admin port; (status, body).
-    pub async fn admin_get(&self, path: &str) -> (u16, String) {
-        admin_request(self.handle.admin_addr().unwrap(), "GET", path).await
-    }
+/// A fake backend `broker-0` behind an LB with the one listener `listener` and `[limits]` `limits`.
+pub async fn lb_with_backend(listener: String, limits: &str) -> (FakeBackend, TestLb) {
+    let b = FakeBackend::start("broker-0").await;
+    let lb = TestLb::start(config(&[listener, backend(&b, "")], limits)).await;
+    (b, lb)
+}
 
-    /// The value of a metric line that starts with `name{` and contains every label in `labels`.
-    pub async fn metric(&self, name: &str, labels: &[&str]) -> f64 {
-        let (_, body) = self.admin_get("/metrics").await;
-        body.lines()
-            .filter(|l| l.starts_with(name) && labels.iter().all(|lab| l.contains(lab)))
-            .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
-            .sum()
-    }
-
-    /// Polls a metric until it reaches `at_least` (metrics are recorded after the client sees the close).
-    pub async fn eventually_metric(&self, name: &str, labels: &[&str], at_least: f64) -> f64 {
-        let deadline = tokio::time::Instant::now() + STEP;
-        loop {
-            let v = self.metric(name, labels).await;
-            if v >= at_least || tokio::time::Instant::now() > deadline {
-                return v;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
+/// Connects to `addr`, sends `bytes`, and returns what the LB sent before it closed the connection.
+pub async fn sent_before_close(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    read_until_close(&mut s).await
 }
 
 impl Drop for TestLb {
@@ -379,85 +80,330 @@ impl Drop for TestLb {
     }
 }
 
-/// Connects with rumqttc (MQTT 3.1.1) and returns the outcome of the first CONNACK.
+/// A whole config: `[lb]` with `lb_lines`, an admin server on 127.0.0.1:0, the `parts` (listeners, backends) and
+/// `tail` (`[limits]`, `[health]`, `[drain]`, ...). Line numbers of a part are stable: the tests assert the
+/// `file:line:column` of a rejected reload.
+pub fn lb_text(lb_lines: &str, parts: &[String], tail: &str) -> String {
+    format!(
+        "[lb]\n{lb_lines}\n[admin]\nbind = \"127.0.0.1:0\"\n{}\n{tail}\n",
+        parts.concat()
+    )
+}
+
+/// Parses a whole config made of `parts` and a `[limits]` table with `limits`.
+pub fn config(parts: &[String], limits: &str) -> LbConfig {
+    let src = lb_text("name = \"test-lb\"", parts, &format!("[limits]\n{limits}"));
+    LbConfig::parse(Path::new("/nonexistent/lb.toml"), &src)
+        .unwrap_or_else(|e| panic!("{e}\n---\n{src}"))
+}
+
+/// A config file a test rewrites, alone in its own directory (removed when dropped).
+pub struct ConfigFile {
+    /// The file.
+    pub path: PathBuf,
+    _dir: TempDir,
+}
+
+impl ConfigFile {
+    /// Writes `text` as `name` into a fresh directory.
+    pub fn new(name: &str, text: &str) -> ConfigFile {
+        let dir = tempfile::tempdir().unwrap();
+        let file = ConfigFile {
+            path: dir.path().join(name),
+            _dir: dir,
+        };
+        file.write(text);
+        file
+    }
+
+    /// Replaces the file like an editor or a ConfigMap swap does (write, then rename): the watcher never sees a
+    /// half-written file.
+    pub fn write(&self, text: &str) {
+        let tmp = self.path.with_extension("tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &self.path).unwrap();
+    }
+}
+
+/// A `[[listeners]]` entry named `name` on `bind`.
+pub fn listener(name: &str, bind: &str) -> String {
+    format!("[[listeners]]\nname = \"{name}\"\nbind = \"{bind}\"\n")
+}
+
+/// A plain `[[listeners]]` entry on 127.0.0.1:0 with extra lines.
+pub fn plain_listener(name: &str, extra: &str) -> String {
+    format!("{}{extra}\n", listener(name, "127.0.0.1:0"))
+}
+
+/// A TLS `[[listeners]]` entry on 127.0.0.1:0 serving `pki`'s server certificate.
+pub fn tls_listener(name: &str, pki: &Pki, client_auth: &str, extra_tls: &str) -> String {
+    format!(
+        "{}[listeners.tls]\ncertificates = [{{ cert = {:?}, key = {:?} }}]\nclient_auth = \"{client_auth}\"\nclient_ca = {:?}\n{extra_tls}\n",
+        listener(name, "127.0.0.1:0"),
+        pki.server().cert.display().to_string(),
+        pki.server().key.display().to_string(),
+        pki.ca_cert().display().to_string(),
+    )
+}
+
+/// A `[[backends]]` entry.
+pub fn backend_toml(name: &str, addr: SocketAddr, extra: &str) -> String {
+    format!("[[backends]]\nname = \"{name}\"\naddress = \"{addr}\"\n{extra}\n")
+}
+
+/// The `[[backends]]` entry of `fake`, with extra lines.
+pub fn backend(fake: &FakeBackend, extra: &str) -> String {
+    backend_toml(&fake.name, fake.addr, extra)
+}
+
+/// A port that refuses connections (bound, then closed).
+pub async fn dead_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    addr
+}
+
+/// What a [`FakeBackend`] counts.
+#[derive(Debug, Default)]
+pub struct FakeStats {
+    /// Client CONNECTs answered (not counting health probes).
+    pub connects: AtomicUsize,
+    /// Connections that ended with a DISCONNECT from the LB (graceful for the node).
+    pub graceful: AtomicUsize,
+    /// Connections that ended without a DISCONNECT.
+    pub ungraceful: AtomicUsize,
+    /// PUBLISH packets received.
+    pub publishes: AtomicUsize,
+    /// Probe CONNECTs (client IDs starting with `fleetgate-probe-`).
+    pub probes: AtomicUsize,
+}
+
+/// What the fake backend saw on one client connection.
+#[derive(Debug)]
+pub struct Seen {
+    /// The name of the backend that saw it.
+    pub backend: String,
+    /// The PROXY header the LB sent.
+    pub header: ProxiedConnection,
+    /// The client's CONNECT.
+    pub connect: ConnectSummary,
+}
+
+/// A fake broker node: PROXY header, CONNECT → CONNACK 0, PINGREQ → PINGRESP, the rest swallowed and counted.
+/// While `frozen`, it accepts TCP connections and then answers nothing (like a SIGSTOPped process).
+pub struct FakeBackend {
+    /// Its backend name in configs.
+    pub name: String,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// What it counted.
+    pub stats: Arc<FakeStats>,
+    /// Set to answer nothing (a SIGSTOPped node).
+    pub frozen: Arc<AtomicBool>,
+    /// Client ID → how many times it connected here.
+    clients: Arc<Mutex<HashMap<String, usize>>>,
+    seen: mpsc::UnboundedReceiver<Seen>,
+}
+
+/// What a connection task of a [`FakeBackend`] records into.
+#[derive(Clone)]
+struct Record {
+    name: String,
+    stats: Arc<FakeStats>,
+    frozen: Arc<AtomicBool>,
+    clients: Arc<Mutex<HashMap<String, usize>>>,
+    seen: mpsc::UnboundedSender<Seen>,
+}
+
+impl FakeBackend {
+    /// Listens on 127.0.0.1:0 as backend `name`.
+    pub async fn start(name: &str) -> FakeBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (tx, seen) = mpsc::unbounded_channel();
+        let fake = FakeBackend {
+            name: name.into(),
+            addr: listener.local_addr().unwrap(),
+            stats: Arc::default(),
+            frozen: Arc::default(),
+            clients: Arc::default(),
+            seen,
+        };
+        let record = Record {
+            name: fake.name.clone(),
+            stats: fake.stats.clone(),
+            frozen: fake.frozen.clone(),
+            clients: fake.clients.clone(),
+            seen: tx,
+        };
+        tokio::spawn(async move {
+            while let Ok((stream, peer)) = listener.accept().await {
+                tokio::spawn(record.clone().serve(stream, peer));
+            }
+        });
+        fake
+    }
+
+    /// How many times `client_id` connected here.
+    pub fn count(&self, client_id: &str) -> usize {
+        self.clients
+            .lock()
+            .unwrap()
+            .get(client_id)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The next client connection this backend saw.
+    pub async fn next(&mut self) -> Seen {
+        tokio::time::timeout(WAIT, self.seen.recv())
+            .await
+            .expect("backend saw nothing in time")
+            .unwrap()
+    }
+
+    /// True if no client connection has arrived (yet).
+    pub fn nothing_yet(&mut self) -> bool {
+        self.seen.try_recv().is_err()
+    }
+}
+
+impl Record {
+    async fn serve(self, mut stream: TcpStream, peer: SocketAddr) {
+        if self.frozen.load(Ordering::SeqCst) {
+            // Hold the socket, answer nothing.
+            let mut sink = [0u8; 1024];
+            while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+            return;
+        }
+        let policy = ProxyPolicy::new(TrustedProxies::new(vec!["127.0.0.0/8".parse().unwrap()]));
+        let Ok(header) = read_header(&mut stream, peer, &policy).await else {
+            return;
+        };
+        let Some((first, body)) = read_packet(&mut stream).await else {
+            return;
+        };
+        let whole = raw::packet(first, &body);
+        let Ok(Some(connect)) = peek_connect(&whole, 1 << 20) else {
+            return;
+        };
+        let connack: &[u8] = if connect.protocol_level == 5 {
+            &[0x20, 0x03, 0, 0, 0]
+        } else {
+            &[0x20, 0x02, 0, 0]
+        };
+        let probe = connect.client_id.starts_with("fleetgate-probe-");
+        // Recorded before the CONNACK, so a client that has its CONNACK finds itself counted.
+        if probe {
+            self.stats.probes.fetch_add(1, Ordering::SeqCst);
+        } else {
+            self.stats.connects.fetch_add(1, Ordering::SeqCst);
+            *self
+                .clients
+                .lock()
+                .unwrap()
+                .entry(connect.client_id.clone())
+                .or_default() += 1;
+            let _ = self.seen.send(Seen {
+                backend: self.name.clone(),
+                header,
+                connect,
+            });
+        }
+        if stream.write_all(connack).await.is_err() {
+            return;
+        }
+        let ended = loop {
+            match read_packet(&mut stream).await {
+                None => break &self.stats.ungraceful,
+                Some((0xE0, _)) => break &self.stats.graceful,
+                Some((0xC0, _)) => {
+                    if stream.write_all(&[0xD0, 0x00]).await.is_err() {
+                        return;
+                    }
+                }
+                Some((first, _)) if first & 0xF0 == 0x30 => {
+                    self.stats.publishes.fetch_add(1, Ordering::SeqCst);
+                }
+                Some(_) => {}
+            }
+        };
+        if !probe {
+            ended.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Connects with rumqttc (MQTT 3.1.1), over TLS with `tls`, and returns the outcome of the first CONNACK.
 pub async fn rumqttc_connect(
     addr: SocketAddr,
     client_id: &str,
     tls: Option<Arc<rustls::ClientConfig>>,
 ) -> Result<(), String> {
-    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, TlsConfiguration, Transport};
-    let mut opts = MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
-    opts.set_keep_alive(Duration::from_secs(30));
-    if let Some(config) = tls {
-        opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(config)));
-    }
-    let (client, mut eventloop) = AsyncClient::new(opts, 10);
-    let result = tokio::time::timeout(STEP, async {
-        loop {
-            match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                    return if ack.code == rumqttc::ConnectReturnCode::Success {
-                        Ok(())
-                    } else {
-                        Err(format!("refused: {:?}", ack.code))
-                    };
-                }
-                Ok(_) => continue,
-                Err(e) => return Err(e.to_string()),
-            }
+    use rumqttc::{TlsConfiguration, Transport};
+    let (client, _events, _) = try_v3_client(addr, client_id, |o| {
+        if let Some(config) = tls {
+            o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(config)));
         }
     })
-    .await
-    .unwrap_or_else(|_| Err("timed out".into()));
+    .await?;
     let _ = client.try_disconnect();
-    drop(eventloop);
-    result
+    Ok(())
 }
 
-/// The one admin HTTP client of these tests: `method path` on `addr`; (status, body). `GET` goes through the
-/// workspace's canonical client (`fleetgate_tests::http`, chunked bodies decoded); it has no other methods yet, so
-/// a `POST` is written here with the same framing (`Connection: close`, read to EOF).
-pub async fn admin_request(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
-    if method == "GET" {
-        let r = fleetgate_tests::http::get(addr, path).await;
-        return (r.status, r.body);
-    }
-    let request = async {
-        let mut s = TcpStream::connect(addr).await?;
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
-        );
-        s.write_all(head.as_bytes()).await?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).await?;
-        Ok::<_, std::io::Error>(out)
-    };
-    let out = tokio::time::timeout(STEP, request)
-        .await
-        .unwrap_or_else(|_| panic!("{method} {path}: timed out"))
-        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((out.as_str(), ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, body.to_string())
+/// [`rumqttc_connect`] over TLS trusting `pki`, presenting `cert` when given.
+pub async fn tls_connect(
+    addr: SocketAddr,
+    client_id: &str,
+    pki: &Pki,
+    cert: Option<&CertFiles>,
+) -> Result<(), String> {
+    rumqttc_connect(addr, client_id, Some(pki.client_config(cert))).await
 }
 
 /// A raw MQTT CONNECT (3.1.1 when `level` is 4, 5.0 when 5, clean session) with the given client ID.
 pub fn raw_connect(level: u8, client_id: &str, keep_alive: u16) -> Vec<u8> {
-    fleetgate_tests::raw::Connect {
+    Connect {
         keep_alive,
-        ..fleetgate_tests::raw::Connect::new(level, client_id)
+        ..Connect::new(level, client_id)
     }
     .encode()
+}
+
+/// Connects to `addr`, sends CONNECT (keep alive 0), returns the stream once CONNACK 0 arrived.
+pub async fn mqtt_connect(
+    addr: SocketAddr,
+    level: u8,
+    client_id: &str,
+) -> Result<TcpStream, String> {
+    let attempt = async {
+        let mut s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        s.set_nodelay(true).ok();
+        s.write_all(&raw_connect(level, client_id, 0))
+            .await
+            .map_err(|e| e.to_string())?;
+        match read_packet(&mut s).await {
+            Some((0x20, body)) if body.get(1) == Some(&0) => Ok(s),
+            other => Err(format!("{client_id}: no CONNACK 0: {other:?}")),
+        }
+    };
+    tokio::time::timeout(WAIT, attempt)
+        .await
+        .unwrap_or_else(|_| Err(format!("{client_id}: CONNACK timed out")))
+}
+
+/// Fills `buf` from `stream` within [`WAIT`]; panics otherwise.
+pub async fn read_exactly(stream: &mut TcpStream, buf: &mut [u8]) {
+    tokio::time::timeout(WAIT, stream.read_exact(buf))
+        .await
+        .expect("read in time")
+        .expect("read");
 }
 
 /// Reads until EOF (bounded); what the LB sent before closing.
 pub async fn read_until_close(stream: &mut TcpStream) -> Vec<u8> {
     let mut out = Vec::new();
-    let _ = tokio::time::timeout(STEP, stream.read_to_end(&mut out))
+    let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut out))
         .await
         .expect("LB did not close in time");
     out

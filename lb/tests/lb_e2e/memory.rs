@@ -10,6 +10,8 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use fleetgate_testkit::Pki;
+
 use crate::harness::*;
 
 const CHILD_ENV: &str = "FLEETGATE_LB_MEMORY_CHILD_CONFIG";
@@ -36,21 +38,21 @@ async fn lb_child_process() {
         lb.addr("tls").port()
     );
     // Runs until the parent kills it.
-    tokio::time::sleep(Duration::from_secs(600)).await;
+    std::future::pending::<()>().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "measurement, run by hand: cargo test -p fleetgate-lb --test lb_e2e rss -- --ignored --nocapture"]
 async fn rss_per_idle_connection() {
-    let pki = TestPki::new();
-    let mut backend = FakeBackend::start("broker-0").await;
-    let src = format!(
-        "[lb]\nname = \"mem\"\n{}{}{}",
+    let pki = Pki::new();
+    let mut b = FakeBackend::start("broker-0").await;
+    let parts = [
         plain_listener("plain", ""),
         tls_listener("tls", &pki, "none", ""),
-        backend_toml("broker-0", backend.addr, "")
-    );
-    let path = pki.files.dir.path().join("lb.toml");
+        backend(&b, ""),
+    ];
+    let src = lb_text("name = \"mem\"", &parts, "");
+    let path = pki.dir().join("lb.toml");
     std::fs::write(&path, src).unwrap();
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
@@ -82,14 +84,15 @@ async fn rss_per_idle_connection() {
     let mut keep: Vec<Box<dyn std::any::Any + Send>> = Vec::new();
     for kind in ["warmup-plain", "warmup-tls"] {
         keep.push(open(kind, 0, plain, tls, &connector).await);
-        backend.next().await;
+        b.next().await;
     }
     for kind in ["plain", "tls"] {
         let before = rss_kib(pid);
         for i in 0..CONNECTIONS {
             keep.push(open(kind, i, plain, tls, &connector).await);
-            backend.next().await;
+            b.next().await;
         }
+        // Lets the LB's last allocations settle before the reading: part of the measurement, not a wait for state.
         tokio::time::sleep(Duration::from_millis(500)).await;
         let after = rss_kib(pid);
         println!(

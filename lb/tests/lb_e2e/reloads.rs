@@ -6,42 +6,38 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use fleetgate_testkit::http::Response;
+use fleetgate_testkit::raw::{publish, read_packet};
+use fleetgate_testkit::{Pki, WAIT, eventually, wait_until};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::AsyncWriteExt;
 
-use crate::fleet::*;
-use crate::harness::{STEP, TestPki, tls_listener};
+use crate::harness::*;
 
 const CLIENTS: usize = 1000;
 const RELOADS: usize = 20;
 /// Each client publishes this often: 1,000 clients → 2,000 publishes per second through the LB.
 const PUBLISH_EVERY: Duration = Duration::from_millis(500);
 
-fn write(path: &std::path::Path, text: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
-fn config(pki: &TestPki, backends: &[&MqttFake]) -> String {
-    let parts: Vec<String> = backends.iter().map(|b| backend(b, "")).collect();
-    format!(
-        "[lb]\nname = \"lb-reload\"\n[admin]\nbind = \"127.0.0.1:0\"\n\
-         [[listeners]]\nname = \"mqtt\"\nbind = \"127.0.0.1:0\"\n{}\n{}",
+/// The LB `lb-reload`: a plain listener `mqtt`, a TLS listener `mqtts`, and `backends`.
+fn reload_config(pki: &Pki, backends: &[&FakeBackend]) -> String {
+    let mut parts = vec![
+        listener("mqtt", "127.0.0.1:0"),
         tls_listener("mqtts", pki, "none", ""),
-        parts.concat()
-    )
+    ];
+    parts.extend(backends.iter().map(|b| backend(b, "")));
+    lb_text("name = \"lb-reload\"", &parts, "")
 }
 
 /// The DER of the certificate the LB serves to a handshake for `name`.
-async fn served_cert(lb: &FileLb, pki: &TestPki, name: &str) -> Vec<u8> {
+async fn served_cert(lb: &TestLb, pki: &Pki, name: &str) -> Vec<u8> {
     let connector = tokio_rustls::TlsConnector::from(pki.client_config(None));
     let tcp = tokio::net::TcpStream::connect(lb.addr("mqtts"))
         .await
         .unwrap();
     let tls = tokio::time::timeout(
-        STEP,
+        WAIT,
         connector.connect(ServerName::try_from(name.to_string()).unwrap(), tcp),
     )
     .await
@@ -53,12 +49,11 @@ async fn served_cert(lb: &FileLb, pki: &TestPki, name: &str) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_clients_survive_twenty_reloads() {
     let started = Instant::now();
-    let pki = TestPki::new();
-    let fakes: Vec<MqttFake> = futures_all(5).await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("lb.toml");
-    write(&path, &config(&pki, &[&fakes[0], &fakes[1], &fakes[2]]));
-    let lb = FileLb::start(&path).await;
+    let pki = Pki::new();
+    let fakes: Vec<FakeBackend> = futures_all(5).await;
+    let first = reload_config(&pki, &[&fakes[0], &fakes[1], &fakes[2]]);
+    let file = ConfigFile::new("lb.toml", &first);
+    let lb = TestLb::start_file(&file.path).await;
     let addr = lb.addr("mqtt");
 
     // 1,000 clients: connect, then publish every PUBLISH_EVERY until told to stop; then a PINGREQ must still
@@ -74,7 +69,7 @@ async fn thousand_clients_survive_twenty_reloads() {
                 let mut s = mqtt_connect(addr, level, &format!("load-{n}")).await?;
                 let _ = connected_tx.send(());
                 let msg = publish(level, "telemetry/load", b"21.5C");
-                // Spread the publishes over the period.
+                // Spread the publishes over the period (pacing, not a wait for state).
                 tokio::time::sleep(PUBLISH_EVERY.mul_f64((n % 100) as f64 / 100.0)).await;
                 while !stop.load(Ordering::SeqCst) {
                     s.write_all(&msg)
@@ -91,7 +86,7 @@ async fn thousand_clients_survive_twenty_reloads() {
                 s.write_all(&[0xC0, 0x00])
                     .await
                     .map_err(|e| e.to_string())?;
-                match tokio::time::timeout(STEP, read_packet(&mut s)).await {
+                match tokio::time::timeout(WAIT, read_packet(&mut s)).await {
                     Ok(Some((0xD0, _))) => Ok(()),
                     other => Err(format!("load-{n}: no PINGRESP at the end: {other:?}")),
                 }
@@ -105,49 +100,58 @@ async fn thousand_clients_survive_twenty_reloads() {
             .unwrap();
     }
 
-    let mut generation = lb.json("/backends").await["generation"].as_u64().unwrap();
+    let mut generation = lb.admin.json("/backends").await["generation"]
+        .as_u64()
+        .unwrap();
     let mut rotated = 0;
     for r in 0..RELOADS {
         if r == 7 {
             // A broken file: rejected, located, the old snapshot stays, readiness untouched.
-            write(&path, "[lb]\nname = \"lb-reload\"\n[[backends]\n");
-            let (status, body) = lb.admin("POST", "/reload").await;
+            file.write("[lb]\nname = \"lb-reload\"\n[[backends]\n");
+            let Response { status, body } = lb.admin.post("/reload").await;
             assert_eq!(status, 400, "{body}");
             assert!(body.contains("lb.toml:3:"), "{body}");
-            assert_eq!(lb.admin("GET", "/readyz").await.0, 200);
+            assert_eq!(lb.admin.get("/readyz").await.status, 200);
             assert_eq!(
-                lb.json("/backends").await["generation"].as_u64().unwrap(),
+                lb.admin.json("/backends").await["generation"]
+                    .as_u64()
+                    .unwrap(),
                 generation
             );
             continue;
         }
-        let set: Vec<&MqttFake> = vec![&fakes[0], &fakes[1], &fakes[2 + r % 3]];
+        let set: Vec<&FakeBackend> = vec![&fakes[0], &fakes[1], &fakes[2 + r % 3]];
         if r % 5 == 2 {
             // Rotate the server certificate in place (same file names, new key and name).
             let name = format!("rot{r}.test");
-            let (cert, key) = pki.server_cert_for(&name);
-            std::fs::copy(&cert, dir.path().join("staged.pem")).unwrap();
-            std::fs::rename(dir.path().join("staged.pem"), &pki.files.server_cert).unwrap();
-            std::fs::copy(&key, dir.path().join("staged.key")).unwrap();
-            std::fs::rename(dir.path().join("staged.key"), &pki.files.server_key).unwrap();
+            let rotated_in = pki.server_for(&name);
+            std::fs::copy(&rotated_in.cert, pki.dir().join("staged.pem")).unwrap();
+            std::fs::rename(pki.dir().join("staged.pem"), &pki.server().cert).unwrap();
+            std::fs::copy(&rotated_in.key, pki.dir().join("staged.key")).unwrap();
+            std::fs::rename(pki.dir().join("staged.key"), &pki.server().key).unwrap();
             rotated += 1;
         }
-        write(&path, &config(&pki, &set));
+        file.write(&reload_config(&pki, &set));
         if r % 4 == 3 {
             // Let the file watcher do it.
             let before = generation;
             assert!(
-                eventually(STEP, || async {
-                    lb.json("/backends").await["generation"].as_u64().unwrap() > before
+                eventually(WAIT, || async {
+                    (lb.admin.json("/backends").await["generation"]
+                        .as_u64()
+                        .unwrap()
+                        > before)
+                        .then_some(())
                 })
-                .await,
+                .await
+                .is_ok(),
                 "the watcher did not reload after reload {r}"
             );
         } else {
-            let (status, body) = lb.admin("POST", "/reload").await;
+            let Response { status, body } = lb.admin.post("/reload").await;
             assert_eq!(status, 200, "reload {r}: {body}");
         }
-        let backends = lb.json("/backends").await;
+        let backends = lb.admin.json("/backends").await;
         generation = backends["generation"].as_u64().unwrap();
         let mut names: Vec<String> = backends["backends"]
             .as_array()
@@ -161,25 +165,27 @@ async fn thousand_clients_survive_twenty_reloads() {
         assert_eq!(names, want, "reload {r}");
         // A new connection follows the new config at once.
         let id = format!("fresh-{r}");
-        let pinned = lb.pinned(&id).await;
+        let pinned = lb.admin.pinned(&id).await;
         mqtt_connect(addr, 4, &id).await.unwrap();
         let fake = fakes.iter().find(|f| f.name == pinned).unwrap();
         assert_eq!(fake.count(&id), 1, "reload {r}: {id} must reach {pinned}");
         if r % 5 == 2 {
             let name = format!("rot{r}.test");
             let served = served_cert(&lb, &pki, &name).await;
-            let on_disk = CertificateDer::from_pem_file(&pki.files.server_cert).unwrap();
+            let on_disk = CertificateDer::from_pem_file(&pki.server().cert).unwrap();
             assert_eq!(served, on_disk.to_vec(), "reload {r}: rotated certificate");
         }
     }
     assert!(rotated >= 3);
     assert!(
-        lb.metric("fleetgate_config_reloads_total", &["result=\"error\""])
+        lb.admin
+            .metric("fleetgate_config_reloads_total", &[("result", "error")])
             .await
             >= 1.0
     );
     assert!(
-        lb.metric("fleetgate_config_reloads_total", &["result=\"ok\""])
+        lb.admin
+            .metric("fleetgate_config_reloads_total", &[("result", "ok")])
             .await
             >= 19.0
     );
@@ -192,11 +198,10 @@ async fn thousand_clients_survive_twenty_reloads() {
             .sum::<usize>()
     };
     let target = total() + CLIENTS;
-    assert!(
-        eventually(STEP, || async { total() >= target }).await,
-        "publishes stalled at {}",
-        total()
-    );
+    wait_until(WAIT, &format!("{target} publishes (they stall?)"), || {
+        total() >= target
+    })
+    .await;
     // No backend connection ended while the reloads ran (the fresh probe clients close later, at the end).
     let ungraceful: usize = fakes
         .iter()
@@ -226,10 +231,10 @@ async fn thousand_clients_survive_twenty_reloads() {
     );
 }
 
-async fn futures_all(n: usize) -> Vec<MqttFake> {
+async fn futures_all(n: usize) -> Vec<FakeBackend> {
     let mut out = Vec::new();
     for i in 0..n {
-        out.push(MqttFake::start(&format!("b{i}")).await);
+        out.push(FakeBackend::start(&format!("b{i}")).await);
     }
     out
 }

@@ -4,8 +4,10 @@
 use std::time::Duration;
 
 use fleetgate_protocol::proxy::ProxyCommand;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use fleetgate_testkit::http::Response;
+use fleetgate_testkit::proxy::proxy_v2;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 
 use crate::harness::*;
 
@@ -16,8 +18,8 @@ async fn plain_connect_is_routed_with_proxy_v2_and_pinned() {
     let cfg = config(
         &[
             plain_listener("plain-route", ""),
-            backend_toml("broker-0", b0.addr, ""),
-            backend_toml("broker-1", b1.addr, ""),
+            backend(&b0, ""),
+            backend(&b1, ""),
         ],
         "",
     );
@@ -50,35 +52,26 @@ async fn plain_connect_is_routed_with_proxy_v2_and_pinned() {
         };
         assert_eq!(again.backend, backend_name);
     }
-    let (status, body) = lb.admin_get("/clients/sensor-1").await;
+    let Response { status, body } = lb.admin.get("/clients/sensor-1").await;
     assert_eq!(status, 200, "{body}");
     assert!(
         body.contains(&format!("\"backend\":\"{backend_name}\"")),
         "{body}"
     );
 
-    assert!(
-        lb.eventually_metric(
+    lb.admin
+        .wait_count(
             "fleetgate_lb_connections_total",
-            &["plain-route", "routed"],
-            4.0
+            &[("listener", "plain-route"), ("outcome", "routed")],
+            4.0,
         )
-        .await
-            >= 4.0
-    );
+        .await;
     assert!(
-        lb.metric("fleetgate_lb_connect_peek_total", &["outcome=\"valid\""])
+        lb.admin
+            .metric("fleetgate_lb_connect_peek_total", &[("outcome", "valid")])
             .await
             >= 4.0
     );
-}
-
-/// A port that refuses connections (bound, then closed).
-async fn dead_addr() -> std::net::SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    drop(l);
-    addr
 }
 
 #[tokio::test]
@@ -89,7 +82,7 @@ async fn dead_backend_is_skipped() {
         &[
             plain_listener("plain-dead", ""),
             backend_toml("dead", dead, ""),
-            backend_toml("alive", alive.addr, ""),
+            backend(&alive, ""),
         ],
         "backend_connect_timeout = \"2s\"",
     );
@@ -103,11 +96,12 @@ async fn dead_backend_is_skipped() {
         assert_eq!(alive.next().await.connect.client_id, id);
     }
     assert!(
-        lb.metric(
-            "fleetgate_lb_backend_connect_failures_total",
-            &["backend=\"dead\""]
-        )
-        .await
+        lb.admin
+            .metric(
+                "fleetgate_lb_backend_connect_failures_total",
+                &[("backend", "dead")]
+            )
+            .await
             >= 1.0
     );
 }
@@ -115,31 +109,27 @@ async fn dead_backend_is_skipped() {
 #[tokio::test]
 async fn byte_at_a_time_connect_works_and_empty_id_routes_by_ip() {
     let mut b = FakeBackend::start("only").await;
-    let cfg = config(
-        &[
-            plain_listener("plain-bytes", ""),
-            backend_toml("only", b.addr, ""),
-        ],
-        "",
-    );
+    let cfg = config(&[plain_listener("plain-bytes", ""), backend(&b, "")], "");
     let lb = TestLb::start(cfg).await;
     let mut s = TcpStream::connect(lb.addr("plain-bytes")).await.unwrap();
     s.set_nodelay(true).unwrap();
     for byte in raw_connect(4, "", 60) {
         s.write_all(&[byte]).await.unwrap();
+        // One segment per byte: the fragmentation is what this test is about, not a wait for state.
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let mut ack = [0u8; 4];
-    tokio::time::timeout(STEP, s.read_exact(&mut ack))
-        .await
-        .unwrap()
-        .unwrap();
+    read_exactly(&mut s, &mut ack).await;
     assert_eq!(ack, [0x20, 0x02, 0x00, 0x00]);
     let seen = b.next().await;
     assert_eq!(seen.connect.client_id, "");
     assert_eq!(seen.header.identity.lb_client_id.as_deref(), Some(""));
     assert!(
-        lb.metric("fleetgate_lb_connect_peek_total", &["outcome=\"empty_id\""])
+        lb.admin
+            .metric(
+                "fleetgate_lb_connect_peek_total",
+                &[("outcome", "empty_id")]
+            )
             .await
             >= 1.0
     );
@@ -147,10 +137,7 @@ async fn byte_at_a_time_connect_works_and_empty_id_routes_by_ip() {
     // Traffic after the CONNECT is relayed both ways.
     s.write_all(&[0xC0, 0x00]).await.unwrap();
     let mut pong = [0u8; 2];
-    tokio::time::timeout(STEP, s.read_exact(&mut pong))
-        .await
-        .unwrap()
-        .unwrap();
+    read_exactly(&mut s, &mut pong).await;
     assert_eq!(pong, [0xD0, 0x00]);
 }
 
@@ -160,7 +147,7 @@ async fn proxy_v1_and_off_backends() {
     let cfg = config(
         &[
             plain_listener("plain-v1", ""),
-            backend_toml("v1", v1.addr, "proxy_protocol = \"v1\""),
+            backend(&v1, "proxy_protocol = \"v1\""),
         ],
         "",
     );
@@ -175,7 +162,6 @@ async fn proxy_v1_and_off_backends() {
 
 #[tokio::test]
 async fn incoming_proxy_header_from_a_trusted_peer_sets_the_source() {
-    use fleetgate_protocol::proxy::{HeaderSpec, PeerIdentity, encode_v2};
     let mut b = FakeBackend::start("only").await;
     let cfg = config(
         &[
@@ -184,36 +170,29 @@ async fn incoming_proxy_header_from_a_trusted_peer_sets_the_source() {
                 "accept_proxy_from = [\"127.0.0.1/32\"]",
             ),
             plain_listener("plain-direct", ""),
-            backend_toml("only", b.addr, ""),
+            backend(&b, ""),
         ],
         "",
     );
     let lb = TestLb::start(cfg).await;
     let client: std::net::SocketAddr = "203.0.113.9:5555".parse().unwrap();
     let cloud_lb_dst: std::net::SocketAddr = "198.51.100.1:1883".parse().unwrap();
-    let mut bytes = encode_v2(&HeaderSpec {
-        source: client,
-        destination: cloud_lb_dst,
-        identity: PeerIdentity::default(),
-        crc32c: false,
-    });
+    let mut bytes = proxy_v2(client, cloud_lb_dst);
     bytes.extend_from_slice(&raw_connect(4, "behind-cloud", 30));
     let mut s = TcpStream::connect(lb.addr("plain-behind-cloud"))
         .await
         .unwrap();
     s.write_all(&bytes).await.unwrap();
     let mut ack = [0u8; 4];
-    tokio::time::timeout(STEP, s.read_exact(&mut ack))
-        .await
-        .unwrap()
-        .unwrap();
+    read_exactly(&mut s, &mut ack).await;
     let seen = b.next().await;
     assert_eq!(seen.header.source, Some(client));
     assert_eq!(seen.header.destination, Some(cloud_lb_dst));
 
     // The same header on a listener that does not expect one is not MQTT: closed, nothing routed.
-    let mut s = TcpStream::connect(lb.addr("plain-direct")).await.unwrap();
-    s.write_all(&bytes).await.unwrap();
-    assert_eq!(read_until_close(&mut s).await, b"");
+    assert_eq!(
+        sent_before_close(lb.addr("plain-direct"), &bytes).await,
+        b""
+    );
     assert!(b.nothing_yet());
 }

@@ -2,33 +2,38 @@
 
 use std::sync::Arc;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use fleetgate_testkit::Pki;
+use fleetgate_testkit::pki::SERVER_CN;
+use rustls::pki_types::ServerName;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::harness::*;
 
+/// Waits until listener `listener` counted `at_least` failed TLS handshakes.
+async fn wait_tls_failures(lb: &TestLb, listener: &str, at_least: f64) {
+    let failures = "fleetgate_lb_tls_handshake_failures_total";
+    lb.admin
+        .wait_count(failures, &[("listener", listener)], at_least)
+        .await;
+}
+
 #[tokio::test]
 async fn mtls_identity_reaches_the_backend() {
-    let pki = TestPki::new();
+    let pki = Pki::new();
     let mut b = FakeBackend::start("broker-0").await;
     let cfg = config(
         &[
             tls_listener("tls-mtls", &pki, "required", ""),
-            backend_toml("broker-0", b.addr, "send_client_cert = true"),
+            backend(&b, "send_client_cert = true"),
         ],
         "",
     );
     let lb = TestLb::start(cfg).await;
-    let cert = pki.client("device-7");
-    rumqttc_connect(
-        lb.addr("tls-mtls"),
-        "device-7",
-        Some(pki.client_config(Some(&cert))),
-    )
-    .await
-    .unwrap();
+    let cert = pki.client_with_sans("device-7", &["device-7.devices.test"]);
+    tls_connect(lb.addr("tls-mtls"), "device-7", &pki, Some(&cert))
+        .await
+        .unwrap();
     let seen = b.next().await;
     let id = &seen.header.identity;
     assert!(id.tls && id.cert_presented && id.cert_verified, "{id:?}");
@@ -46,21 +51,19 @@ async fn mtls_identity_reaches_the_backend() {
     );
     assert_eq!(id.lb_client_id.as_deref(), Some("device-7"));
     assert_eq!(seen.header.source.unwrap().ip().to_string(), "127.0.0.1");
-    assert!(
-        lb.eventually_metric(
+    lb.admin
+        .wait_count(
             "fleetgate_lb_tls_handshake_duration_seconds_count",
-            &["tls-mtls"],
-            1.0
+            &[("listener", "tls-mtls")],
+            1.0,
         )
-        .await
-            >= 1.0
-    );
+        .await;
 
     // TLS 1.2: the scheme is the one of the ServerKeyExchange signature.
     rumqttc_connect(
         lb.addr("tls-mtls"),
         "device-7",
-        Some(tls12_client_config(&pki, &cert)),
+        Some(pki.client_config_with_versions(&[&rustls::version::TLS12], Some(&cert))),
     )
     .await
     .unwrap();
@@ -70,44 +73,13 @@ async fn mtls_identity_reaches_the_backend() {
     assert_eq!(id.sig_scheme.as_deref(), Some("ecdsa_secp256r1_sha256"));
 }
 
-/// `pki.client_config(Some(cert))` limited to TLS 1.2.
-fn tls12_client_config(pki: &TestPki, cert: &ClientCert) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(pki.files.ca_pem.as_bytes()).unwrap())
-        .unwrap();
-    let chain = vec![CertificateDer::from_pem_slice(cert.cert_pem.as_bytes()).unwrap()];
-    let key = PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS12])
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_client_auth_cert(chain, key)
-    .unwrap();
-    Arc::new(config)
-}
-
 #[tokio::test]
 async fn optional_client_auth_without_certificate() {
-    let pki = TestPki::new();
-    let mut b = FakeBackend::start("broker-0").await;
-    let cfg = config(
-        &[
-            tls_listener("tls-optional", &pki, "optional", ""),
-            backend_toml("broker-0", b.addr, ""),
-        ],
-        "",
-    );
-    let lb = TestLb::start(cfg).await;
-    rumqttc_connect(
-        lb.addr("tls-optional"),
-        "anon",
-        Some(pki.client_config(None)),
-    )
-    .await
-    .unwrap();
+    let pki = Pki::new();
+    let (mut b, lb) = lb_with_backend(tls_listener("tls-optional", &pki, "optional", ""), "").await;
+    tls_connect(lb.addr("tls-optional"), "anon", &pki, None)
+        .await
+        .unwrap();
     let id = b.next().await.header.identity;
     assert!(id.tls && !id.cert_presented && !id.cert_verified, "{id:?}");
     assert_eq!(id.cn, None);
@@ -115,94 +87,57 @@ async fn optional_client_auth_without_certificate() {
 
 #[tokio::test]
 async fn expired_and_foreign_client_certificates_are_refused() {
-    let pki = TestPki::new();
-    let mut b = FakeBackend::start("broker-0").await;
-    let cfg = config(
-        &[
-            tls_listener("tls-refuse", &pki, "required", ""),
-            backend_toml("broker-0", b.addr, ""),
-        ],
-        "",
-    );
-    let lb = TestLb::start(cfg).await;
+    let pki = Pki::new();
+    let (mut b, lb) = lb_with_backend(tls_listener("tls-refuse", &pki, "required", ""), "").await;
     let addr = lb.addr("tls-refuse");
     let expired = pki.expired_client("old-device");
     assert!(
-        rumqttc_connect(addr, "old-device", Some(pki.client_config(Some(&expired))))
+        tls_connect(addr, "old-device", &pki, Some(&expired))
             .await
             .is_err()
     );
     let foreign = pki.foreign_client("intruder");
     assert!(
-        rumqttc_connect(addr, "intruder", Some(pki.client_config(Some(&foreign))))
+        tls_connect(addr, "intruder", &pki, Some(&foreign))
             .await
             .is_err()
     );
-    assert!(
-        rumqttc_connect(addr, "no-cert", Some(pki.client_config(None)))
-            .await
-            .is_err()
-    );
-    let failures = lb
-        .eventually_metric(
-            "fleetgate_lb_tls_handshake_failures_total",
-            &["listener=\"tls-refuse\""],
-            3.0,
-        )
-        .await;
-    assert!(failures >= 3.0, "{failures}");
+    assert!(tls_connect(addr, "no-cert", &pki, None).await.is_err());
+    wait_tls_failures(&lb, "tls-refuse", 3.0).await;
     assert!(b.nothing_yet());
 }
 
 #[tokio::test]
 async fn plaintext_client_on_tls_port_is_refused() {
-    let pki = TestPki::new();
-    let mut b = FakeBackend::start("broker-0").await;
-    let cfg = config(
-        &[
-            tls_listener("tls-plain", &pki, "none", ""),
-            backend_toml("broker-0", b.addr, ""),
-        ],
-        "",
-    );
-    let lb = TestLb::start(cfg).await;
-    let mut s = TcpStream::connect(lb.addr("tls-plain")).await.unwrap();
-    s.write_all(&raw_connect(4, "confused", 30)).await.unwrap();
-    let got = read_until_close(&mut s).await;
+    let pki = Pki::new();
+    let (mut b, lb) = lb_with_backend(tls_listener("tls-plain", &pki, "none", ""), "").await;
+    let got = sent_before_close(lb.addr("tls-plain"), &raw_connect(4, "confused", 30)).await;
     assert!(
         !got.starts_with(&[0x20]),
         "no CONNACK on a TLS port: {got:?}"
     );
-    assert!(
-        lb.eventually_metric(
-            "fleetgate_lb_tls_handshake_failures_total",
-            &["listener=\"tls-plain\""],
-            1.0
-        )
-        .await
-            >= 1.0
-    );
+    wait_tls_failures(&lb, "tls-plain", 1.0).await;
     assert!(b.nothing_yet());
 }
 
 #[tokio::test]
 async fn sni_selects_the_certificate_and_is_sent_as_authority() {
-    let pki = TestPki::new();
-    let (iot_cert, iot_key) = pki.server_cert_for("iot.test");
+    let pki = Pki::new();
+    let iot = pki.server_for("iot.test");
     let mut b = FakeBackend::start("broker-0").await;
     let extra = format!(
         "[[listeners.tls.certificates]]\ncert = {:?}\nkey = {:?}\nsni = [\"iot.test\"]\n",
-        iot_cert.display().to_string(),
-        iot_key.display().to_string()
+        iot.cert.display().to_string(),
+        iot.key.display().to_string()
     );
     // The listener's inline `certificates` array cannot be extended with a table array, so build it by hand.
-    let f = &pki.files;
-    let listener = format!(
-        "[[listeners]]\nname = \"tls-sni\"\nbind = \"127.0.0.1:0\"\n[listeners.tls]\nclient_auth = \"none\"\n[[listeners.tls.certificates]]\ncert = {:?}\nkey = {:?}\n{extra}",
-        f.server_cert.display().to_string(),
-        f.server_key.display().to_string(),
+    let tls = format!(
+        "{}[listeners.tls]\nclient_auth = \"none\"\n[[listeners.tls.certificates]]\ncert = {:?}\nkey = {:?}\n{extra}",
+        listener("tls-sni", "127.0.0.1:0"),
+        pki.server().cert.display().to_string(),
+        pki.server().key.display().to_string(),
     );
-    let cfg = config(&[listener, backend_toml("broker-0", b.addr, "")], "");
+    let cfg = config(&[tls, backend(&b, "")], "");
     let lb = TestLb::start(cfg).await;
 
     let mut client_config = (*pki.client_config(None)).clone();
@@ -230,14 +165,15 @@ async fn sni_selects_the_certificate_and_is_sent_as_authority() {
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
         .unwrap();
-    let fields =
-        fleetgate_lb::CertFields::parse(tls.get_ref().1.peer_certificates().unwrap()[0].as_ref());
-    assert_eq!(fields.cn.as_deref(), Some("lb.test"));
+    let fields = fleetgate_lb::CertFields::parse(
+        tls.get_ref().1.peer_certificates().unwrap()[0].as_ref(),
+    );
+    assert_eq!(fields.cn.as_deref(), Some(SERVER_CN));
 }
 
 #[tokio::test]
 async fn revoked_client_certificate_is_refused() {
-    let pki = TestPki::new();
+    let pki = Pki::new();
     let (revoked, crl_file) = pki.revoked_client("stolen-device", 4242);
     let mut b = FakeBackend::start("broker-0").await;
     let crls = format!("crls = [{:?}]", crl_file.display().to_string());
@@ -245,44 +181,30 @@ async fn revoked_client_certificate_is_refused() {
         &[
             tls_listener("tls-crl", &pki, "required", &crls),
             tls_listener("tls-no-crl", &pki, "required", ""),
-            backend_toml("broker-0", b.addr, ""),
+            backend(&b, ""),
         ],
         "",
     );
     let lb = TestLb::start(cfg).await;
     let addr = lb.addr("tls-crl");
     assert!(
-        rumqttc_connect(addr, "stolen", Some(pki.client_config(Some(&revoked))))
+        tls_connect(addr, "stolen", &pki, Some(&revoked))
             .await
             .is_err()
     );
     // The same certificate passes where the CRL is not loaded: the CRL is what refused it.
-    rumqttc_connect(
-        lb.addr("tls-no-crl"),
-        "stolen",
-        Some(pki.client_config(Some(&revoked))),
-    )
-    .await
-    .unwrap();
+    tls_connect(lb.addr("tls-no-crl"), "stolen", &pki, Some(&revoked))
+        .await
+        .unwrap();
     assert_eq!(
         b.next().await.header.identity.cn.as_deref(),
         Some("stolen-device")
     );
     let good = pki.client("good-device");
-    rumqttc_connect(addr, "good", Some(pki.client_config(Some(&good))))
-        .await
-        .unwrap();
+    tls_connect(addr, "good", &pki, Some(&good)).await.unwrap();
     assert_eq!(
         b.next().await.header.identity.cn.as_deref(),
         Some("good-device")
     );
-    assert!(
-        lb.eventually_metric(
-            "fleetgate_lb_tls_handshake_failures_total",
-            &["listener=\"tls-crl\""],
-            1.0
-        )
-        .await
-            >= 1.0
-    );
+    wait_tls_failures(&lb, "tls-crl", 1.0).await;
 }

@@ -1,6 +1,8 @@
-//! [`ProxySender`]: a TCP forwarder on `127.0.0.1:0` standing in for the LB in front of a broker listener that
-//! requires PROXY v2. Each accepted connection gets a header carrying the real client address as source, then
-//! bytes are relayed both ways — so mosquitto, paho and rumqttc can talk to such a listener unchanged.
+//! PROXY protocol v2 from the client side: [`ProxySender`], a TCP forwarder on `127.0.0.1:0` standing in for the LB
+//! in front of a broker listener that requires PROXY v2 (each accepted connection gets a header carrying the real
+//! client address as source, then bytes are relayed both ways, so mosquitto, paho and rumqttc talk to such a
+//! listener unchanged); [`proxy_v2`] headers made by our encoder, and one made by hand that our encoder would never
+//! write ([`proxy_v2_verify_zero_without_cert`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,6 +12,57 @@ use fleetgate_protocol::proxy::{HeaderSpec, PeerIdentity, encode_v2};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
+
+use crate::raw::put_bytes;
+
+/// A PROXY v2 header describing a plain TCP client at `source` that connected to `destination`.
+pub fn proxy_v2(source: SocketAddr, destination: SocketAddr) -> Vec<u8> {
+    proxy_v2_with_identity(source, destination, PeerIdentity::default())
+}
+
+/// A PROXY v2 header describing a client at `source` that connected to `destination`, with `identity` in its TLVs
+/// (e.g. a verified TLS client CN, as the LB would send it).
+pub fn proxy_v2_with_identity(
+    source: SocketAddr,
+    destination: SocketAddr,
+    identity: PeerIdentity,
+) -> Vec<u8> {
+    encode_v2(&HeaderSpec {
+        source,
+        destination,
+        identity,
+        crc32c: false,
+    })
+}
+
+/// A PROXY v2 header made by hand (not by our encoder) with an SSL TLV that claims TLS with `verify == 0` and a CN,
+/// but sets neither CERT_CONN nor CERT_SESS: a certificate that was never presented, so no identity at all.
+pub fn proxy_v2_verify_zero_without_cert(
+    source: SocketAddr,
+    dest: SocketAddr,
+    cn: &str,
+) -> Vec<u8> {
+    let (SocketAddr::V4(s), SocketAddr::V4(d)) = (source, dest) else {
+        panic!("IPv4 addresses only");
+    };
+    let mut ssl = vec![0x01]; // PP2_CLIENT_SSL only
+    ssl.extend_from_slice(&0u32.to_be_bytes()); // verify = 0 ("verified")
+    ssl.push(0x22); // PP2_SUBTYPE_SSL_CN
+    put_bytes(&mut ssl, cn.as_bytes());
+    let mut payload = Vec::new();
+    payload.extend_from_slice(&s.ip().octets());
+    payload.extend_from_slice(&d.ip().octets());
+    payload.extend_from_slice(&s.port().to_be_bytes());
+    payload.extend_from_slice(&d.port().to_be_bytes());
+    payload.push(0x20); // PP2_TYPE_SSL
+    put_bytes(&mut payload, &ssl);
+    let mut header = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    header.push(0x21); // v2, PROXY
+    header.push(0x11); // TCP over IPv4
+    header.extend_from_slice(&u16::try_from(payload.len()).expect("short").to_be_bytes());
+    header.extend_from_slice(&payload);
+    header
+}
 
 /// A running PROXY v2 forwarder; stops (and drops every relayed connection) when dropped.
 pub struct ProxySender {
@@ -83,12 +136,7 @@ async fn relay(
     };
     let _ = upstream.set_nodelay(true);
     let _ = client.set_nodelay(true);
-    let header = encode_v2(&HeaderSpec {
-        source: peer,
-        destination: local,
-        identity,
-        crc32c: false,
-    });
+    let header = proxy_v2_with_identity(peer, local, identity);
     if upstream.write_all(&header).await.is_err() {
         return;
     }
@@ -108,12 +156,7 @@ mod tests {
         let client_addr = client.local_addr().unwrap();
         client.write_all(b"ping").await.unwrap();
         let (mut server, _) = backend.accept().await.unwrap();
-        let expected = encode_v2(&HeaderSpec {
-            source: client_addr,
-            destination: sender.addr(),
-            identity: PeerIdentity::default(),
-            crc32c: false,
-        });
+        let expected = proxy_v2(client_addr, sender.addr());
         let mut got = vec![0; expected.len() + 4];
         server.read_exact(&mut got).await.unwrap();
         assert_eq!(&got[..expected.len()], &expected[..]);

@@ -1,7 +1,8 @@
-//! Probes sent before a `throughput` run measures: `--colocate` (find, for each pair, a publisher client ID that a
-//! balancer puts on its subscriber's node) and `--sub-target` (wait until every subscriber, connected to another
-//! cluster node, is reachable from its publisher). A probe is a QoS 0 PUBLISH with a payload shorter than a
-//! timestamp, so a late one is counted as foreign by the subscriber loop, never as a latency sample.
+//! Placement before a `throughput` run measures (not the LB's health probe): `--colocate` (find, for each pair, a
+//! publisher client ID that a balancer puts on its subscriber's node) and `--sub-target` (wait until every
+//! subscriber, connected to another cluster node, is reachable from its publisher). Both send markers: a marker is
+//! a QoS 0 PUBLISH with a payload shorter than a timestamp, so a late one is counted as foreign by the subscriber
+//! loop, never as a latency sample.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,31 +18,31 @@ use crate::throughput::{KEEP_ALIVE_S, Pattern, Plan};
 /// `--colocate`: publisher client IDs tried per pair before giving up; with k backends one try misses with
 /// probability (k-1)/k, so 24 tries fail with 3 backends about once in 16,000 pairs.
 const COLOCATE_TRIES: u32 = 24;
-/// `--colocate`: how long a probe may take to reach the pair's subscriber when both sit on the same node.
+/// `--colocate`: how long a marker may take to reach the pair's subscriber when both sit on the same node.
 const COLOCATE_WAIT: Duration = Duration::from_millis(300);
-/// `--sub-target`: how long one probe may take to cross to the subscriber's node before another is sent.
-const ROUTE_PROBE_WAIT: Duration = Duration::from_millis(50);
+/// `--sub-target`: how long one marker may take to cross to the subscriber's node before another is sent.
+const ROUTE_MARKER_WAIT: Duration = Duration::from_millis(50);
 /// `--sub-target`: bound on waiting for one subscriber's route; a cluster whose nodes see each other learns a
 /// subscription in milliseconds, so this only trips when the nodes are not (yet) linked.
 const ROUTE_WAIT: Duration = Duration::from_secs(10);
-/// Probe payload: shorter than a timestamp.
-const PROBE: &[u8] = b"fgb-probe";
+/// Marker payload: shorter than a timestamp (the bytes predate the module's name).
+const MARKER: &[u8] = b"fgb-probe";
 
-/// Publishes one probe on `topic`.
-async fn send_probe(publisher: &mut Session, version: Version, topic: &str) -> anyhow::Result<()> {
-    let mut probe = BytesMut::with_capacity(64);
-    mqtt::encode_publish(&mut probe, version, topic, 0, 0, PROBE.len(), |b| {
-        b.put_slice(PROBE)
+/// Publishes one marker on `topic`.
+async fn send_marker(publisher: &mut Session, version: Version, topic: &str) -> anyhow::Result<()> {
+    let mut marker = BytesMut::with_capacity(64);
+    mqtt::encode_publish(&mut marker, version, topic, 0, 0, MARKER.len(), |b| {
+        b.put_slice(MARKER)
     });
     publisher
         .stream
-        .write_all(&probe)
+        .write_all(&marker)
         .await
-        .context("writing probe")
+        .context("writing marker")
 }
 
-/// Waits until every subscriber receives a probe from a publisher whose messages it is to get (its pair's
-/// publisher, or publisher 0 for fan-in and fan-out); returns the probes sent.
+/// Waits until every subscriber receives a marker from a publisher whose messages it is to get (its pair's
+/// publisher, or publisher 0 for fan-in and fan-out); returns the markers sent.
 pub(crate) async fn await_routes(
     plan: &Plan,
     pubs: &mut [Session],
@@ -54,11 +55,11 @@ pub(crate) async fn await_routes(
         let publisher = pubs.get_mut(k).context("no publisher for a subscriber")?;
         let deadline = Instant::now() + ROUTE_WAIT;
         loop {
-            send_probe(publisher, version, &plan.topics[k])
+            send_marker(publisher, version, &plan.topics[k])
                 .await
                 .with_context(|| format!("publisher {k}"))?;
             sent += 1;
-            if net::await_publish(sub, version, ROUTE_PROBE_WAIT)
+            if net::await_publish(sub, version, ROUTE_MARKER_WAIT)
                 .await
                 .with_context(|| format!("subscriber {j}"))?
             {
@@ -118,7 +119,7 @@ async fn colocate_pair(
             KEEP_ALIVE_S,
         )
         .await?;
-        send_probe(&mut publisher, version, topic).await?;
+        send_marker(&mut publisher, version, topic).await?;
         if net::await_publish(&mut sub, version, COLOCATE_WAIT).await? {
             return Ok((sub, publisher, attempt + 1));
         }

@@ -7,18 +7,21 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{BOTH, PASSWORD, WAIT, assert_no_password, msg, start, tag};
-use fleetgate_tests::MqttVersion;
-use fleetgate_tests::clients::{mosquitto_pub, mosquitto_sub, paho};
-use fleetgate_tests::raw::{self, Closed, Connect, RawClient};
+use common::{PASSWORD, assert_no_password, start, wait_disconnects};
+use fleetgate_testkit::clients::{mosquitto_pub, mosquitto_sub, paho};
+use fleetgate_testkit::raw::{self, Connect};
+use fleetgate_testkit::rumqttc_client::{
+    Events, v3_client, v3_publish, v3_suback, v5_client, v5_publish, v5_suback,
+};
+use fleetgate_testkit::{Closed, MosquittoMessage, MqttVersion, RawClient, WAIT};
 use serde_json::Value;
 
 #[tokio::test]
 async fn persistent_session_queues_qos1_and_qos2_for_mosquitto() {
     let (node, px) = start().await;
-    for v in BOTH {
-        let id = format!("mosq-persist-{}", tag(v));
-        let topic = format!("persist/{}", tag(v));
+    for v in MqttVersion::ALL {
+        let id = format!("mosq-persist-{}", v.tag());
+        let topic = format!("persist/{}", v.tag());
         // v5 needs a session expiry for the session to outlive the connection.
         let mut session = vec!["-c", "-i", &id, "-q", "2", "-t", &topic];
         if v == MqttVersion::V5 {
@@ -28,7 +31,7 @@ async fn persistent_session_queues_qos1_and_qos2_for_mosquitto() {
             .finish()
             .await;
         assert!(first.success(), "{v:?} subscribe and leave: {first:?}");
-        node.wait_connected(&id, false, WAIT).await;
+        node.admin.wait_connected(&id, false, WAIT).await;
 
         for (qos, payload) in [("1", "one"), ("2", "two"), ("1", "three")] {
             let out = mosquitto_pub(px.addr(), v, &["-t", &topic, "-q", qos, "-m", payload]).await;
@@ -41,9 +44,9 @@ async fn persistent_session_queues_qos1_and_qos2_for_mosquitto() {
         let mut got = back.mosquitto_messages();
         got.sort_by(|a, b| a.payload.cmp(&b.payload));
         let want = vec![
-            msg(false, 1, &topic, "one"),
-            msg(false, 1, &topic, "three"),
-            msg(false, 2, &topic, "two"),
+            MosquittoMessage::new(false, 1, &topic, "one"),
+            MosquittoMessage::new(false, 1, &topic, "three"),
+            MosquittoMessage::new(false, 2, &topic, "two"),
         ];
         assert_eq!(got, want, "{v:?}: {back:?}");
     }
@@ -52,9 +55,9 @@ async fn persistent_session_queues_qos1_and_qos2_for_mosquitto() {
 #[tokio::test]
 async fn persistent_session_queues_for_paho() {
     let (node, px) = start().await;
-    for v in BOTH {
-        let id = format!("paho-persist-{}", tag(v));
-        let filter = format!("ppersist/{}@2", tag(v));
+    for v in MqttVersion::ALL {
+        let id = format!("paho-persist-{}", v.tag());
+        let filter = format!("ppersist/{}@2", v.tag());
         let session = [
             "--id",
             &id,
@@ -66,10 +69,10 @@ async fn persistent_session_queues_for_paho() {
             &filter,
         ];
         assert!(paho(px.addr(), v, &session).finish().await.success());
-        node.wait_connected(&id, false, WAIT).await;
+        node.admin.wait_connected(&id, false, WAIT).await;
 
-        let p1 = format!("1,0,ppersist/{},q1", tag(v));
-        let p2 = format!("2,0,ppersist/{},q2", tag(v));
+        let p1 = format!("1,0,ppersist/{},q1", v.tag());
+        let p2 = format!("2,0,ppersist/{},q2", v.tag());
         assert!(
             paho(px.addr(), v, &["--pub", &p1, "--pub", &p2])
                 .finish()
@@ -103,20 +106,9 @@ async fn qos1_unacknowledged_is_redelivered_with_dup_after_reconnect() {
     let connect = Connect {
         clean: false,
         ..Connect::new(4, "raw-redeliver")
-    }
-    .encode();
-    first.send(&connect).await;
-    assert_eq!(
-        first.read_packet(WAIT).await.map(|p| p.0),
-        Some(0x20),
-        "CONNACK"
-    );
-    first.send(&raw::subscribe(4, 1, "redeliver/t", 1)).await;
-    assert_eq!(
-        first.read_packet(WAIT).await.map(|p| p.0),
-        Some(0x90),
-        "SUBACK"
-    );
+    };
+    assert!(first.mqtt_connect(&connect).await.is_some(), "CONNACK");
+    first.subscribe(1, "redeliver/t").await;
 
     let out = mosquitto_pub(
         px.addr(),
@@ -128,16 +120,14 @@ async fn qos1_unacknowledged_is_redelivered_with_dup_after_reconnect() {
     let (header, _) = first.read_packet(WAIT).await.expect("PUBLISH");
     assert_eq!(header & 0xF6, 0x32, "a QoS 1 PUBLISH, got {header:#x}");
     drop(first); // never acknowledged
-    node.wait_connected("raw-redeliver", false, WAIT).await;
+    node.admin
+        .wait_connected("raw-redeliver", false, WAIT)
+        .await;
 
     let mut second = RawClient::connect(px.addr()).await;
-    second.send(&connect).await;
-    let (kind, connack) = second.read_packet(WAIT).await.expect("CONNACK");
-    assert_eq!(
-        (kind, connack.first().map(|f| f & 1)),
-        (0x20, Some(1)),
-        "CONNACK with session present"
-    );
+    second.send(&connect.encode()).await;
+    let (present, _) = second.read_connack().await.expect("CONNACK");
+    assert!(present, "CONNACK with session present");
     let (header, body) = second.read_packet(WAIT).await.expect("redelivered PUBLISH");
     assert_eq!(header, 0x3A, "QoS 1 PUBLISH with DUP set, got {header:#x}");
     assert!(body.ends_with(b"m1"));
@@ -146,100 +136,94 @@ async fn qos1_unacknowledged_is_redelivered_with_dup_after_reconnect() {
     second.send(&raw::puback(packet_id)).await;
 }
 
-/// Drives a rumqttc 3.1.1 client until `want` messages arrived; returns (session_present, payloads).
-async fn rumqttc_v4_session(
-    addr: SocketAddr,
-    id: &str,
-    topic: &str,
-    want: usize,
-) -> (bool, Vec<String>) {
-    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-    let mut opts = MqttOptions::new(id, addr.ip().to_string(), addr.port());
-    opts.set_clean_session(false)
-        .set_keep_alive(Duration::from_secs(10));
-    opts.set_credentials("carol", PASSWORD);
-    let (client, mut events) = AsyncClient::new(opts, 16);
-    client
-        .subscribe(topic, QoS::ExactlyOnce)
-        .await
-        .expect("queue SUBSCRIBE");
-    let run = async {
-        let (mut present, mut got, mut subscribed) = (false, Vec::new(), false);
-        while !(subscribed && got.len() >= want) {
-            match events.poll().await.expect("rumqttc v4 connection") {
-                Event::Incoming(Packet::ConnAck(ack)) => present = ack.session_present,
-                Event::Incoming(Packet::SubAck(_)) => subscribed = true,
-                Event::Incoming(Packet::Publish(p)) => {
-                    got.push(String::from_utf8_lossy(&p.payload).into_owned())
-                }
-                _ => {}
-            }
-        }
-        client.disconnect().await.expect("queue DISCONNECT");
-        while events.poll().await.is_ok() {}
-        (present, got)
-    };
-    tokio::time::timeout(WAIT, run)
-        .await
-        .expect("rumqttc v4 session timed out")
+/// What a persistent rumqttc session waits for after its CONNACK.
+enum Seen {
+    SubAck,
+    Message(String),
 }
 
-/// The same with rumqttc's MQTT 5 client and a session expiry.
-async fn rumqttc_v5_session(
+/// Connects rumqttc (3.1.1 with a password, or 5 with a session expiry) with a persistent session, subscribes to
+/// `topic` at QoS 2 and reads until its SUBACK and `want` messages arrived (queued ones may come before the
+/// SUBACK), then disconnects; returns (session_present, payloads).
+async fn rumqttc_session(
+    v: MqttVersion,
     addr: SocketAddr,
     id: &str,
     topic: &str,
     want: usize,
 ) -> (bool, Vec<String>) {
-    use rumqttc::v5::mqttbytes::QoS;
-    use rumqttc::v5::mqttbytes::v5::Packet;
-    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
-    let mut opts = MqttOptions::new(id, addr.ip().to_string(), addr.port());
-    opts.set_clean_start(false)
-        .set_keep_alive(Duration::from_secs(10))
-        .set_session_expiry_interval(Some(300));
-    let (client, mut events) = AsyncClient::new(opts, 16);
-    client
-        .subscribe(topic, QoS::ExactlyOnce)
-        .await
-        .expect("queue SUBSCRIBE");
-    let run = async {
-        let (mut present, mut got, mut subscribed) = (false, Vec::new(), false);
-        while !(subscribed && got.len() >= want) {
-            match events.poll().await.expect("rumqttc v5 connection") {
-                Event::Incoming(Packet::ConnAck(ack)) => present = ack.session_present,
-                Event::Incoming(Packet::SubAck(_)) => subscribed = true,
-                Event::Incoming(Packet::Publish(p)) => {
-                    got.push(String::from_utf8_lossy(&p.payload).into_owned())
-                }
-                _ => {}
-            }
+    let text = |payload: &[u8]| String::from_utf8_lossy(payload).into_owned();
+    match v {
+        MqttVersion::V311 => {
+            use rumqttc::QoS;
+            let (client, mut events, ack) = v3_client(addr, id, |o| {
+                o.set_clean_session(false)
+                    .set_keep_alive(Duration::from_secs(10));
+                o.set_credentials("carol", PASSWORD);
+            })
+            .await;
+            client
+                .subscribe(topic, QoS::ExactlyOnce)
+                .await
+                .expect("queue SUBSCRIBE");
+            let got = read_session(&mut events, want, |e| match v3_suback(e) {
+                Some(_) => Some(Seen::SubAck),
+                None => v3_publish(e).map(|p| Seen::Message(text(&p.payload))),
+            })
+            .await;
+            client.disconnect().await.expect("queue DISCONNECT");
+            events.closed(WAIT).await;
+            (ack.session_present, got)
         }
-        client.disconnect().await.expect("queue DISCONNECT");
-        while events.poll().await.is_ok() {}
-        (present, got)
-    };
-    tokio::time::timeout(WAIT, run)
-        .await
-        .expect("rumqttc v5 session timed out")
+        MqttVersion::V5 => {
+            use rumqttc::v5::mqttbytes::QoS;
+            let (client, mut events, ack) = v5_client(addr, id, |o| {
+                o.set_clean_start(false)
+                    .set_keep_alive(Duration::from_secs(10))
+                    .set_session_expiry_interval(Some(300));
+            })
+            .await;
+            client
+                .subscribe(topic, QoS::ExactlyOnce)
+                .await
+                .expect("queue SUBSCRIBE");
+            let got = read_session(&mut events, want, |e| match v5_suback(e) {
+                Some(()) => Some(Seen::SubAck),
+                None => v5_publish(e).map(|p| Seen::Message(text(&p.payload))),
+            })
+            .await;
+            client.disconnect().await.expect("queue DISCONNECT");
+            events.closed(WAIT).await;
+            (ack.session_present, got)
+        }
+    }
+}
+
+/// The payloads of a session's first `want` messages, read until its SUBACK too.
+async fn read_session<E: std::fmt::Debug>(
+    events: &mut Events<E>,
+    want: usize,
+    seen: impl Fn(&E) -> Option<Seen>,
+) -> Vec<String> {
+    let (mut subscribed, mut got) = (false, Vec::new());
+    while !(subscribed && got.len() >= want) {
+        match events.next_matching("SUBACK and messages", &seen).await {
+            Seen::SubAck => subscribed = true,
+            Seen::Message(payload) => got.push(payload),
+        }
+    }
+    got
 }
 
 #[tokio::test]
 async fn persistent_session_queues_for_rumqttc() {
     let (node, px) = start().await;
-    for v in BOTH {
-        let id = format!("rumqttc-persist-{}", tag(v));
-        let topic = format!("rq/{}", tag(v));
-        let (addr, id_ref, topic_ref) = (px.addr(), id.as_str(), topic.as_str());
-        let session = |want| async move {
-            match v {
-                MqttVersion::V311 => rumqttc_v4_session(addr, id_ref, topic_ref, want).await,
-                MqttVersion::V5 => rumqttc_v5_session(addr, id_ref, topic_ref, want).await,
-            }
-        };
-        let (present, _) = session(0).await;
+    for v in MqttVersion::ALL {
+        let id = format!("rumqttc-persist-{}", v.tag());
+        let topic = format!("rq/{}", v.tag());
+        let (present, _) = rumqttc_session(v, px.addr(), &id, &topic, 0).await;
         assert!(!present, "{v:?}: a fresh session is not present");
-        node.wait_connected(&id, false, WAIT).await;
+        node.admin.wait_connected(&id, false, WAIT).await;
         for (qos, payload) in [("1", "r1"), ("2", "r2")] {
             assert!(
                 mosquitto_pub(px.addr(), v, &["-t", &topic, "-q", qos, "-m", payload])
@@ -247,7 +231,7 @@ async fn persistent_session_queues_for_rumqttc() {
                     .success()
             );
         }
-        let (present, got) = session(2).await;
+        let (present, got) = rumqttc_session(v, px.addr(), &id, &topic, 2).await;
         assert!(present, "{v:?}: the session survived the disconnect");
         assert_eq!(got, vec!["r1", "r2"], "{v:?}");
     }
@@ -257,19 +241,15 @@ async fn persistent_session_queues_for_rumqttc() {
 #[tokio::test]
 async fn takeover_sends_v5_disconnect_0x8e() {
     let (node, px) = start().await;
-    let connect = Connect::new(5, "taken-raw").encode();
+    let connect = Connect::new(5, "taken-raw");
     let mut first = RawClient::connect(px.addr()).await;
-    first.send(&connect).await;
-    assert_eq!(
-        first.read_packet(WAIT).await.map(|p| p.0),
-        Some(0x20),
+    assert!(
+        first.mqtt_connect(&connect).await.is_some(),
         "first CONNACK"
     );
     let mut second = RawClient::connect(px.addr()).await;
-    second.send(&connect).await;
-    assert_eq!(
-        second.read_packet(WAIT).await.map(|p| p.0),
-        Some(0x20),
+    assert!(
+        second.mqtt_connect(&connect).await.is_some(),
         "second CONNACK"
     );
     match first.closed_within(WAIT).await {
@@ -282,15 +262,9 @@ async fn takeover_sends_v5_disconnect_0x8e() {
             panic!("the first connection stays open after a takeover ({bytes:?})")
         }
     }
-    node.wait_for_metric(
-        "fleetgate_disconnects_total",
-        &[("reason", "takeover")],
-        1.0,
-        WAIT,
-    )
-    .await;
+    wait_disconnects(&node, "takeover", 1.0).await;
     assert!(
-        node.is_connected("taken-raw").await,
+        node.admin.is_connected("taken-raw").await,
         "the second connection holds the session"
     );
 }
@@ -298,8 +272,8 @@ async fn takeover_sends_v5_disconnect_0x8e() {
 #[tokio::test]
 async fn takeover_disconnects_the_first_client() {
     let (node, px) = start().await;
-    for v in BOTH {
-        let id = format!("taken-{}", tag(v));
+    for v in MqttVersion::ALL {
+        let id = format!("taken-{}", v.tag());
         let first = paho(px.addr(), v, &["--id", &id, "--hold", "--timeout", "20"]);
         first.wait_for_line("\"ready\"", WAIT).await;
         let second = paho(px.addr(), v, &["--id", &id]).finish().await;
@@ -320,13 +294,7 @@ async fn takeover_disconnects_the_first_client() {
             MqttVersion::V311 => assert_ne!(disconnect["rc"], 0, "{first:?}"),
         }
     }
-    node.wait_for_metric(
-        "fleetgate_disconnects_total",
-        &[("reason", "takeover")],
-        2.0,
-        WAIT,
-    )
-    .await;
+    wait_disconnects(&node, "takeover", 2.0).await;
 }
 
 #[tokio::test]
@@ -344,12 +312,7 @@ async fn keep_alive_expiry_disconnects_a_silent_client_and_fires_its_will() {
             will: Some((&topic, b"gone")),
             ..Connect::new(level, &id)
         };
-        silent.send(&connect.encode()).await;
-        assert_eq!(
-            silent.read_packet(WAIT).await.map(|p| p.0),
-            Some(0x20),
-            "CONNACK"
-        );
+        assert!(silent.mqtt_connect(&connect).await.is_some(), "CONNACK");
         let start = Instant::now();
         // Keep alive 1 s: the server may wait 1.5 × keep alive [MQTT-3.1.2-24]; the slack is for a loaded machine.
         let closed = silent.closed_within(Duration::from_secs(5)).await;
@@ -377,15 +340,9 @@ async fn keep_alive_expiry_disconnects_a_silent_client_and_fires_its_will() {
         let got = watcher.finish().await;
         assert_eq!(
             got.mosquitto_messages(),
-            vec![msg(false, 0, &topic, "gone")],
+            vec![MosquittoMessage::new(false, 0, &topic, "gone")],
             "level {level}: {got:?}"
         );
     }
-    node.wait_for_metric(
-        "fleetgate_disconnects_total",
-        &[("reason", "keepalive_timeout")],
-        2.0,
-        WAIT,
-    )
-    .await;
+    wait_disconnects(&node, "keepalive_timeout", 2.0).await;
 }

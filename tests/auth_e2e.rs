@@ -5,24 +5,25 @@
 //! headers, passwords set with `fleetgate passwd`, brute-force bans, hot reload, and no secret in any log line.
 //! The README "Security" table lists each bad input tried here and its outcome.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use fleetgate_protocol::proxy::{HeaderSpec, PeerIdentity, encode_v2};
-use fleetgate_tests::auth::{
-    AuthNode, Mqtt, TlsLb, assert_no_secrets, passwd, proxy_v2_verify_zero_without_cert,
-    scratch_dir, tls_config,
+use common::BIN;
+use fleetgate_protocol::proxy::PeerIdentity;
+use fleetgate_testkit::clients::{self, CmdOutput, mosquitto_pub};
+use fleetgate_testkit::proxy::{proxy_v2_verify_zero_without_cert, proxy_v2_with_identity};
+use fleetgate_testkit::raw::Connect;
+use fleetgate_testkit::rumqttc_client::{Events, v3_client, v3_publish, v3_suback};
+use fleetgate_testkit::{
+    LbProcess, MqttVersion, Node, Pki, Poll, RawClient, Signal, WAIT, assert_no_secrets, bounded,
+    eventually, scratch_dir,
 };
-use fleetgate_tests::clients::mosquitto_pub;
-use fleetgate_tests::raw::Connect;
-use fleetgate_tests::{MqttVersion, Pki, eventually};
 
-const BIN: &str = env!("CARGO_BIN_EXE_fleetgate");
 /// Bound on each whole test.
 const TEST_DEADLINE: Duration = Duration::from_secs(120);
-/// Bound on one polled condition.
-const WAIT: Duration = Duration::from_secs(10);
 
 const CERT_NODE: &str = "[node]\nname = \"auth-node\"\nshutdown_grace = \"2s\"\n\n\
 [[listeners]]\nname = \"lb\"\nbind = \"127.0.0.1:0\"\nproxy_protocol = \"required\"\n\
@@ -44,85 +45,77 @@ match = { cn = "monitor" }
 topics = ["fleet/#"]
 "#;
 
-async fn bounded<F: std::future::Future<Output = ()>>(f: F) {
-    tokio::time::timeout(TEST_DEADLINE, f)
-        .await
-        .expect("test exceeded its deadline");
-}
-
 fn write(dir: &Path, name: &str, text: &str) {
     std::fs::write(dir.join(name), text).expect("write a test file");
 }
 
-/// rumqttc (3.1.1) over TLS through the LB as `monitor`, subscribed to `fleet/#`; messages arrive on the channel.
-async fn monitor(
-    lb: SocketAddr,
-    pki: &Pki,
-) -> (
-    rumqttc::AsyncClient,
-    tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
-) {
-    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
-    let mut opts = MqttOptions::new("monitor", lb.ip().to_string(), lb.port());
-    opts.set_keep_alive(Duration::from_secs(30));
+/// A `fleetgate lb` with one TLS listener (`mqtts`, `client_auth` `"optional"` or `"required"`, trusting `pki`'s
+/// CA) in front of one backend that gets PROXY v2.
+async fn tls_lb(pki: &Pki, client_auth: &str, backend: SocketAddr) -> LbProcess {
+    let server = pki.server();
+    let config = format!(
+        "[lb]\nname = \"lb-auth\"\nshutdown_grace = \"2s\"\n\n[admin]\nbind = \"127.0.0.1:0\"\n\n\
+         [[listeners]]\nname = \"mqtts\"\nbind = \"127.0.0.1:0\"\n[listeners.tls]\n\
+         certificates = [{{ cert = {:?}, key = {:?} }}]\nclient_auth = {client_auth:?}\nclient_ca = {:?}\n\n\
+         [[backends]]\nname = \"node\"\naddress = \"{backend}\"\nproxy_protocol = \"v2\"\n\n\
+         [limits]\nper_ip_rate = 1000.0\nper_ip_burst = 1000\n",
+        server.cert.display().to_string(),
+        server.key.display().to_string(),
+        pki.ca_cert().display().to_string(),
+    );
+    LbProcess::start_text(BIN, &config, "mqtts").await
+}
+
+/// rumqttc (3.1.1) over TLS through the LB as `monitor`, subscribed to `fleet/#`.
+async fn monitor(lb: SocketAddr, pki: &Pki) -> (rumqttc::AsyncClient, Events<rumqttc::Event>) {
+    use rumqttc::{QoS, TlsConfiguration, Transport};
     let cert = pki.client("monitor");
-    opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-        tls_config(pki, Some(&cert)),
-    )));
-    let (client, mut eventloop) = AsyncClient::new(opts, 16);
+    let tls = pki.client_config(Some(&cert));
+    let (client, mut events, _) = v3_client(lb, "monitor", |o| {
+        o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
+    })
+    .await;
     client
         .subscribe("fleet/#", QoS::AtLeastOnce)
         .await
         .expect("queue the monitor SUBSCRIBE");
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        let mut ready = Some(ready_tx);
-        loop {
-            match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                    if let Some(r) = ready.take() {
-                        let _ = r.send(format!("{:?}", ack.return_codes));
-                    }
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let payload = String::from_utf8_lossy(&p.payload).to_string();
-                    let _ = tx.send((p.topic, payload));
-                }
-                Ok(_) => {}
-                Err(_) => return,
-            }
-        }
-    });
-    let codes = tokio::time::timeout(WAIT, ready_rx)
-        .await
-        .expect("monitor SUBACK in time")
-        .expect("monitor event loop alive");
+    let ack = events.next_matching("monitor SUBACK", v3_suback).await;
+    let codes = format!("{:?}", ack.return_codes);
     assert!(codes.contains("Success"), "monitor SUBACK {codes}");
-    (client, rx)
+    (client, events)
 }
 
-/// Drains the monitor channel for `quiet` and returns the payloads seen.
-async fn seen(
-    rx: &mut tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
-    quiet: Duration,
-) -> Vec<String> {
-    let mut out = Vec::new();
-    while let Ok(Some((_, payload))) = tokio::time::timeout(quiet, rx.recv()).await {
-        out.push(payload);
-    }
-    out
+/// The payloads the monitor receives until none has come for `quiet` (what must not arrive is part of the check).
+async fn seen(monitor: &mut Events<rumqttc::Event>, quiet: Duration) -> Vec<String> {
+    monitor
+        .collect(quiet, |e| {
+            v3_publish(e).map(|p| String::from_utf8_lossy(&p.payload).to_string())
+        })
+        .await
+}
+
+/// `echo PASSWORD | bin passwd FILE USER` (the password reaches the shell through the environment, never argv).
+async fn passwd(file: &Path, user: &str, password: &str) -> CmdOutput {
+    let script = "printf '%s\\n' \"$FG_PW\" | \"$FG_BIN\" passwd \"$FG_FILE\" \"$FG_USER\"";
+    let file = file.display().to_string();
+    let env = [
+        ("FG_PW", password),
+        ("FG_BIN", BIN),
+        ("FG_FILE", file.as_str()),
+        ("FG_USER", user),
+    ];
+    clients::run_with_env("sh", &["-c".into(), script.into()], &env).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificates_through_the_lb_bind_the_client_id_and_the_acl_confines_it() {
-    bounded(async {
+    bounded(TEST_DEADLINE, async {
         let pki = Pki::new();
         let dir = scratch_dir();
         write(dir.path(), "acl.toml", CERT_ACL);
-        let node = AuthNode::start(BIN, dir.path(), CERT_NODE).await;
-        let lb = TlsLb::start(BIN, &pki, "optional", node.mqtt[0]).await;
-        let (_mon, mut rx) = monitor(lb.addr, &pki).await;
+        let node = Node::start_in(BIN, dir.path(), CERT_NODE).await;
+        let lb = tls_lb(&pki, "optional", node.mqtt).await;
+        let (_mon, mut rx) = monitor(lb.mqtt, &pki).await;
         let dev1 = pki.client("dev-1");
         let ca = pki.ca_cert().display().to_string();
         let (cert, key) = (
@@ -130,65 +123,34 @@ async fn certificates_through_the_lb_bind_the_client_id_and_the_acl_confines_it(
             dev1.key.display().to_string(),
         );
 
+        let dev1_publish = |v, topic: &'static str, payload: &'static str| {
+            let args = [
+                "--cafile", &ca, "--cert", &cert, "--key", &key, "-i", "dev-1", "-q", "1", "-t",
+                topic, "-m", payload,
+            ];
+            let addr = lb.mqtt;
+            async move { mosquitto_pub(addr, v, &args).await }
+        };
+
         // mosquitto_pub with the device certificate, both protocol versions: allowed on its own subtree.
         for (v, payload) in [
             (MqttVersion::V5, "allowed-v5"),
             (MqttVersion::V311, "allowed-v3"),
         ] {
-            let out = mosquitto_pub(
-                lb.addr,
-                v,
-                &[
-                    "--cafile",
-                    &ca,
-                    "--cert",
-                    &cert,
-                    "--key",
-                    &key,
-                    "-i",
-                    "dev-1",
-                    "-q",
-                    "1",
-                    "-t",
-                    "fleet/dev-1/telemetry",
-                    "-m",
-                    payload,
-                ],
-            )
-            .await;
+            let out = dev1_publish(v, "fleet/dev-1/telemetry", payload).await;
             assert!(out.success(), "{v:?} mosquitto_pub dev-1: {out:?}");
         }
         // ... and another device's subtree is denied (mosquitto does not fail on a PUBACK 0x87; the monitor
         // must not see the message).
-        let _ = mosquitto_pub(
-            lb.addr,
-            MqttVersion::V5,
-            &[
-                "--cafile",
-                &ca,
-                "--cert",
-                &cert,
-                "--key",
-                &key,
-                "-i",
-                "dev-1",
-                "-q",
-                "1",
-                "-t",
-                "fleet/dev-2/telemetry",
-                "-m",
-                "denied-mosquitto",
-            ],
-        )
-        .await;
+        let _ = dev1_publish(MqttVersion::V5, "fleet/dev-2/telemetry", "denied-mosquitto").await;
         let got = seen(&mut rx, Duration::from_millis(700)).await;
         assert!(got.contains(&"allowed-v5".to_string()), "{got:?}");
         assert!(got.contains(&"allowed-v3".to_string()), "{got:?}");
         assert!(!got.contains(&"denied-mosquitto".to_string()), "{got:?}");
 
         // Exact codes with a raw client, MQTT 5.
-        let mut c = Mqtt::tls(lb.addr, &pki, Some(&dev1), 5).await;
-        assert_eq!(c.connect(&Connect::new(5, "dev-1")).await, Some(0x00));
+        let mut c = RawClient::connect_tls(lb.mqtt, &pki, Some(&dev1)).await;
+        assert_eq!(c.mqtt_connect(&Connect::new(5, "dev-1")).await, Some(0x00));
         assert_eq!(c.publish_qos1(1, "fleet/dev-1/a", b"raw-ok").await, 0x00);
         assert_eq!(
             c.publish_qos1(2, "fleet/dev-2/a", b"raw-denied").await,
@@ -215,14 +177,15 @@ async fn certificates_through_the_lb_bind_the_client_id_and_the_acl_confines_it(
             );
         }
         // MQTT 3.1.1: SUBACK failure 0x80; a denied PUBLISH is acknowledged and dropped.
-        let mut c3 = Mqtt::tls(lb.addr, &pki, Some(&dev1), 4).await;
-        assert_eq!(c3.connect(&Connect::new(4, "dev-1")).await, Some(0x00));
+        let mut c3 = RawClient::connect_tls(lb.mqtt, &pki, Some(&dev1)).await;
+        assert_eq!(c3.mqtt_connect(&Connect::new(4, "dev-1")).await, Some(0x00));
         assert!(c.closed().await, "the v5 connection was taken over");
         for wide in ["fleet/#", "+/+/#", "#"] {
             assert_eq!(c3.subscribe(20, wide).await, 0x80, "v3 SUBSCRIBE {wide}");
         }
         assert_eq!(c3.subscribe(21, "fleet/dev-1/cmd").await, 0x01);
         let dropped = node
+            .admin
             .metric("fleetgate_dropped_messages_total", &[("reason", "acl")])
             .await;
         assert_eq!(
@@ -231,6 +194,7 @@ async fn certificates_through_the_lb_bind_the_client_id_and_the_acl_confines_it(
         );
         eventually(WAIT, || async {
             let now = node
+                .admin
                 .metric("fleetgate_dropped_messages_total", &[("reason", "acl")])
                 .await;
             (now > dropped).then_some(())
@@ -246,18 +210,18 @@ async fn certificates_through_the_lb_bind_the_client_id_and_the_acl_confines_it(
 
         // The certificate's CN is the only acceptable client ID.
         for (level, code) in [(5, 0x85), (4, 0x02)] {
-            let mut c = Mqtt::tls(lb.addr, &pki, Some(&dev1), level).await;
+            let mut c = RawClient::connect_tls(lb.mqtt, &pki, Some(&dev1)).await;
             assert_eq!(
-                c.connect(&Connect::new(level, "dev-2")).await,
+                c.mqtt_connect(&Connect::new(level, "dev-2")).await,
                 Some(code),
                 "level {level}"
             );
         }
         // No certificate on a `certificate` listener (the LB's client_auth is optional).
         for (level, code) in [(5, 0x87), (4, 0x05)] {
-            let mut c = Mqtt::tls(lb.addr, &pki, None, level).await;
+            let mut c = RawClient::connect_tls(lb.mqtt, &pki, None).await;
             assert_eq!(
-                c.connect(&Connect::new(level, "dev-1")).await,
+                c.mqtt_connect(&Connect::new(level, "dev-1")).await,
                 Some(code),
                 "level {level}"
             );
@@ -265,9 +229,9 @@ async fn certificates_through_the_lb_bind_the_client_id_and_the_acl_confines_it(
         // `+` and `#` in the client ID (and CN) never widen `fleet/%c/#`.
         for id in ["+", "#"] {
             let cert = pki.client(id);
-            let mut c = Mqtt::tls(lb.addr, &pki, Some(&cert), 5).await;
+            let mut c = RawClient::connect_tls(lb.mqtt, &pki, Some(&cert)).await;
             assert_eq!(
-                c.connect(&Connect::new(5, id)).await,
+                c.mqtt_connect(&Connect::new(5, id)).await,
                 Some(0x00),
                 "client ID {id}"
             );
@@ -291,10 +255,10 @@ async fn certificates_through_the_lb_bind_the_client_id_and_the_acl_confines_it(
             ("fleet/dev-2/will", "will-denied"),
             ("fleet/dev-9/will", "will-allowed"),
         ] {
-            let mut c = Mqtt::tls(lb.addr, &pki, Some(&dev9), 5).await;
+            let mut c = RawClient::connect_tls(lb.mqtt, &pki, Some(&dev9)).await;
             let mut connect = Connect::new(5, "dev-9");
             connect.will = Some((topic, payload.as_bytes()));
-            assert_eq!(c.connect(&connect).await, Some(0x00));
+            assert_eq!(c.mqtt_connect(&connect).await, Some(0x00));
             drop(c); // no DISCONNECT: the will is due
         }
         let got = seen(&mut rx, Duration::from_millis(1500)).await;
@@ -302,7 +266,7 @@ async fn certificates_through_the_lb_bind_the_client_id_and_the_acl_confines_it(
         assert!(!got.contains(&"will-denied".to_string()), "{got:?}");
 
         // Events and metrics.
-        let failed = node.events("auth_failed");
+        let failed = node.process.events("auth_failed");
         for reason in ["client_id_mismatch", "certificate_required"] {
             let e = failed
                 .iter()
@@ -316,7 +280,7 @@ async fn certificates_through_the_lb_bind_the_client_id_and_the_acl_confines_it(
                 "{e}"
             );
         }
-        let denied = node.events("acl_denied");
+        let denied = node.process.events("acl_denied");
         for (topic, access) in [
             ("fleet/dev-2/a", "publish"),
             ("+/+/#", "subscribe"),
@@ -330,15 +294,17 @@ async fn certificates_through_the_lb_bind_the_client_id_and_the_acl_confines_it(
             );
         }
         assert!(
-            node.metric(
-                "fleetgate_auth_refusals_total",
-                &[("reason", "client_id_mismatch")]
-            )
-            .await
+            node.admin
+                .metric(
+                    "fleetgate_auth_refusals_total",
+                    &[("reason", "client_id_mismatch")]
+                )
+                .await
                 >= 2.0
         );
         assert!(
-            node.metric("fleetgate_acl_denied_total", &[("access", "subscribe")])
+            node.admin
+                .metric("fleetgate_acl_denied_total", &[("access", "subscribe")])
                 .await
                 >= 9.0
         );
@@ -351,11 +317,11 @@ async fn certificates_through_the_lb_bind_the_client_id_and_the_acl_confines_it(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spoofed_proxy_headers_give_no_identity() {
-    bounded(async {
+    bounded(TEST_DEADLINE, async {
         let dir = scratch_dir();
         write(dir.path(), "acl.toml", CERT_ACL);
-        let node = AuthNode::start(BIN, dir.path(), CERT_NODE).await;
-        let target = node.mqtt[0];
+        let node = Node::start_in(BIN, dir.path(), CERT_NODE).await;
+        let target = node.mqtt;
         let verified = PeerIdentity {
             tls: true,
             cert_presented: true,
@@ -364,18 +330,17 @@ async fn spoofed_proxy_headers_give_no_identity() {
             ..PeerIdentity::default()
         };
         let header = |identity: &PeerIdentity| {
-            encode_v2(&HeaderSpec {
-                source: "198.51.100.7:4000".parse().unwrap(),
-                destination: target,
-                identity: identity.clone(),
-                crc32c: false,
-            })
+            proxy_v2_with_identity(
+                "198.51.100.7:4000".parse().unwrap(),
+                target,
+                identity.clone(),
+            )
         };
         // From an untrusted address (127.0.0.2; only 127.0.0.1/32 is trusted): closed before any MQTT byte.
         let from: SocketAddr = "127.0.0.2:0".parse().unwrap();
-        let mut c = Mqtt::tcp(target, Some(from), &header(&verified), 5).await;
+        let mut c = RawClient::connect_from(target, Some(from), &header(&verified)).await;
         assert_eq!(
-            c.connect(&Connect::new(5, "dev-1")).await,
+            c.mqtt_connect(&Connect::new(5, "dev-1")).await,
             None,
             "no CONNACK for a spoofer"
         );
@@ -391,16 +356,16 @@ async fn spoofed_proxy_headers_give_no_identity() {
                 target,
                 "dev-1",
             );
-            let mut c = Mqtt::tcp(target, None, &spoof, level).await;
+            let mut c = RawClient::connect_from(target, None, &spoof).await;
             assert_eq!(
-                c.connect(&Connect::new(level, "dev-1")).await,
+                c.mqtt_connect(&Connect::new(level, "dev-1")).await,
                 Some(code),
                 "level {level}"
             );
         }
         // Control: the same CN with the flags set, from the trusted address, is accepted.
-        let mut c = Mqtt::tcp(target, None, &header(&verified), 5).await;
-        assert_eq!(c.connect(&Connect::new(5, "dev-1")).await, Some(0x00));
+        let mut c = RawClient::connect_from(target, None, &header(&verified)).await;
+        assert_eq!(c.mqtt_connect(&Connect::new(5, "dev-1")).await, Some(0x00));
 
         // The node logs the refusal as it sends the CONNACK; the line reaches our log reader a moment later.
         node.process
@@ -436,22 +401,22 @@ topics = ["ops/%u/#"]
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passwords_bans_and_hot_reload() {
-    bounded(async {
+    bounded(TEST_DEADLINE, async {
         let dir = scratch_dir();
         let file = dir.path().join("passwd");
-        let out = passwd(BIN, &file, "alice", PW_ALICE).await;
+        let out = passwd(&file, "alice", PW_ALICE).await;
         assert_eq!(out.code, Some(0), "fleetgate passwd: {out:?}");
         let text = std::fs::read_to_string(&file).unwrap();
         assert!(text.starts_with("alice:$argon2id$"), "{text}");
         assert!(!text.contains(PW_ALICE));
         write(dir.path(), "acl.toml", PW_ACL);
-        let node = AuthNode::start(BIN, dir.path(), PW_NODE).await;
-        let addr = node.mqtt[0];
+        let node = Node::start_in(BIN, dir.path(), PW_NODE).await;
+        let addr = node.mqtt;
         let login = |level: u8, id: &'static str, user: &'static str, pw: &'static str| async move {
-            let mut c = Mqtt::tcp(addr, None, &[], level).await;
+            let mut c = RawClient::connect_from(addr, None, &[]).await;
             let mut connect = Connect::new(level, id);
             connect.credentials = Some((user, pw));
-            let code = c.connect(&connect).await;
+            let code = c.mqtt_connect(&connect).await;
             (c, code)
         };
 
@@ -490,6 +455,7 @@ async fn passwords_bans_and_hot_reload() {
         // Hot reload of the ACL: a broken file keeps the old ACL (error located, counted); a valid one applies to
         // the live connection.
         let errors = node
+            .admin
             .metric("fleetgate_config_reloads_total", &[("result", "error")])
             .await;
         write(
@@ -511,7 +477,8 @@ async fn passwords_bans_and_hot_reload() {
             "{e}"
         );
         assert!(
-            node.metric("fleetgate_config_reloads_total", &[("result", "error")])
+            node.admin
+                .metric("fleetgate_config_reloads_total", &[("result", "error")])
                 .await
                 > errors
         );
@@ -525,29 +492,28 @@ async fn passwords_bans_and_hot_reload() {
             "acl.toml",
             &PW_ACL.replace("ops/%u/#", "ops/%u/read-only"),
         );
-        // Polled by hand under a deadline (like `eventually`): the check needs the live connection mutably.
-        let deadline = tokio::time::Instant::now() + WAIT;
+        // Polled with a deadline ticker rather than `eventually`: the check needs the live connection mutably.
+        let mut poll = Poll::new(WAIT);
         let mut packet_id = 10;
         loop {
             packet_id += 1;
             if c.publish_qos1(packet_id, "ops/alice/x", b"1").await == 0x87 {
                 break;
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the reloaded ACL applies to the live connection"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            poll.tick()
+                .await
+                .expect("the reloaded ACL applies to the live connection");
         }
 
         // SIGHUP reloads too.
         let ok = node
+            .admin
             .metric("fleetgate_config_reloads_total", &[("result", "ok")])
             .await;
-        let child = rustix::process::Pid::from_raw(node.process.pid() as i32).unwrap();
-        rustix::process::kill_process(child, rustix::process::Signal::HUP).unwrap();
+        node.process.signal(Signal::HUP);
         eventually(WAIT, || async {
             (node
+                .admin
                 .metric("fleetgate_config_reloads_total", &[("result", "ok")])
                 .await
                 > ok)
@@ -557,7 +523,7 @@ async fn passwords_bans_and_hot_reload() {
         .expect("SIGHUP reload counted");
 
         // `fleetgate passwd` changes the password; the node picks up the file by itself.
-        let out = passwd(BIN, &file, "alice", PW_ALICE_NEW).await;
+        let out = passwd(&file, "alice", PW_ALICE_NEW).await;
         assert_eq!(out.code, Some(0), "{out:?}");
         eventually(WAIT, || async {
             (login(5, "ops-2", "alice", PW_ALICE_NEW).await.1 == Some(0)).then_some(())
@@ -566,38 +532,28 @@ async fn passwords_bans_and_hot_reload() {
         .expect("the new password works after the file changed");
 
         // Brute force: 3 failures from one address ban it; then even the right password is refused.
-        assert_eq!(
-            login(5, "a", "alice", PW_ALICE).await.1,
-            Some(0x86),
-            "old password"
-        );
-        assert_eq!(
-            login(5, "a", "mallory", PW_WRONG).await.1,
-            Some(0x86),
-            "unknown user"
-        );
-        assert_eq!(login(4, "a", "alice", PW_WRONG).await.1, Some(0x04));
-        assert_eq!(
-            login(5, "a", "alice", PW_ALICE_NEW).await.1,
-            Some(0x8A),
-            "banned v5"
-        );
-        assert_eq!(
-            login(4, "a", "alice", PW_ALICE_NEW).await.1,
-            Some(0x05),
-            "banned v3"
-        );
+        for (level, user, password, code, what) in [
+            (5, "alice", PW_ALICE, 0x86, "old password"),
+            (5, "mallory", PW_WRONG, 0x86, "unknown user"),
+            (4, "alice", PW_WRONG, 0x04, "wrong password"),
+            (5, "alice", PW_ALICE_NEW, 0x8A, "banned v5"),
+            (4, "alice", PW_ALICE_NEW, 0x05, "banned v3"),
+        ] {
+            let code_seen = login(level, "a", user, password).await.1;
+            assert_eq!(code_seen, Some(code), "{what}");
+        }
         node.process
             .wait_for_log(WAIT, "auth_ban", |v| v["event"] == "auth_ban")
             .await;
-        assert!(node.metric("fleetgate_auth_bans_total", &[]).await >= 1.0);
+        assert!(node.admin.metric("fleetgate_auth_bans_total", &[]).await >= 1.0);
         eventually(WAIT, || async {
             (login(5, "ops-3", "alice", PW_ALICE_NEW).await.1 == Some(0)).then_some(())
         })
         .await
         .expect("the ban ends");
         assert!(
-            node.metric("fleetgate_auth_refusals_total", &[("reason", "banned")])
+            node.admin
+                .metric("fleetgate_auth_refusals_total", &[("reason", "banned")])
                 .await
                 >= 2.0
         );

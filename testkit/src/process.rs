@@ -1,5 +1,6 @@
 //! A running `fleetgate` child process: its stdout/stderr lines captured into a shared buffer, port discovery from
-//! the `listening` log events (servers are started on port 0), and SIGTERM then SIGKILL when dropped.
+//! the `listening on <role> <addr>` log events (servers are started on port 0), signals (SIGTERM, SIGHUP, SIGKILL,
+//! SIGSTOP with [`Frozen`]), SIGTERM then SIGKILL when dropped; and the scan of its logs for secrets.
 
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read};
@@ -7,12 +8,15 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rustix::process::{Pid, Signal, kill_process};
+/// The signals a test sends to a child ([`ServerProcess::signal`]).
+pub use rustix::process::Signal;
+use rustix::process::{Pid, kill_process};
 use serde_json::Value;
+use tempfile::TempDir;
 
-use crate::wait::{DEFAULT_DEADLINE, POLL_INTERVAL, eventually};
+use crate::wait::{WAIT, eventually, eventually_blocking};
 
 /// How long a dropped process gets to exit after SIGTERM before SIGKILL: the node drains connections on SIGTERM,
 /// and a test that did not wait for that must not leave a process behind.
@@ -84,6 +88,14 @@ impl ServerProcess {
         self.lines.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
+    /// The JSON log lines whose `event` field is `event`.
+    pub fn events(&self, event: &str) -> Vec<Value> {
+        self.json_logs()
+            .into_iter()
+            .filter(|v| v["event"] == event)
+            .collect()
+    }
+
     /// The lines printed so far that parse as JSON objects.
     pub fn json_logs(&self) -> Vec<Value> {
         self.logs()
@@ -104,9 +116,9 @@ impl ServerProcess {
     }
 
     /// Waits for the `"event":"listening"` line of `role` and returns its address; panics with the logs if the
-    /// process exits first or nothing comes within [`DEFAULT_DEADLINE`].
+    /// process exits first or nothing comes within [`WAIT`].
     pub async fn wait_for_listening(&mut self, role: &str) -> SocketAddr {
-        let found = eventually(DEFAULT_DEADLINE, || {
+        let found = eventually(WAIT, || {
             let exited = self.child.try_wait().ok().flatten();
             let addr = self
                 .logs()
@@ -179,12 +191,36 @@ impl ServerProcess {
         }
     }
 
-    fn signal(&self, signal: Signal) {
-        let pid = i32::try_from(self.child.id()).ok().and_then(Pid::from_raw);
-        if let Some(pid) = pid {
-            // ESRCH (already exited, not yet reaped) is fine.
-            let _ = kill_process(pid, signal);
+    /// Sends `signal` to the child (`HUP` reloads, `KILL` is a crash without any goodbye).
+    pub fn signal(&self, signal: Signal) {
+        send_signal(self.child.id(), signal);
+    }
+
+    /// Freezes the child with SIGSTOP (its sockets stay open, nothing answers) until the [`Frozen`] is dropped.
+    pub fn freeze(&self) -> Frozen {
+        self.signal(Signal::STOP);
+        Frozen {
+            pid: self.child.id(),
         }
+    }
+}
+
+/// A process frozen with SIGSTOP; SIGCONT when dropped, always (even when the test panics).
+#[derive(Debug)]
+pub struct Frozen {
+    pid: u32,
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        send_signal(self.pid, Signal::CONT);
+    }
+}
+
+/// Sends `signal` to `pid`; ESRCH (already exited, not yet reaped) is fine.
+pub(crate) fn send_signal(pid: u32, signal: Signal) {
+    if let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) {
+        let _ = kill_process(pid, signal);
     }
 }
 
@@ -204,15 +240,11 @@ impl Drop for ServerProcess {
             return;
         }
         self.signal(Signal::TERM);
-        let end = Instant::now() + DROP_GRACE;
-        while Instant::now() < end {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(POLL_INTERVAL);
+        let child = &mut self.child;
+        if eventually_blocking(DROP_GRACE, || child.try_wait().ok().flatten()).is_err() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -229,6 +261,28 @@ fn capture(stream: impl Read + Send + 'static, lines: Arc<Mutex<Vec<String>>>) {
             }
         }
     });
+}
+
+/// Panics when any of `lines` contains one of `secrets`, an argon2 hash or a certificate (no log line may).
+pub fn assert_no_secrets(lines: &[String], secrets: &[&str]) {
+    for line in lines {
+        for s in secrets {
+            assert!(!line.contains(s), "a log line contains a password: {line}");
+        }
+        assert!(
+            !line.contains("$argon2"),
+            "a log line contains a password hash: {line}"
+        );
+        assert!(
+            !line.contains("BEGIN CERTIFICATE"),
+            "a log line contains a certificate: {line}"
+        );
+    }
+}
+
+/// A fresh directory for the files a process under test reads (configs, ACL, password file); removed when dropped.
+pub fn scratch_dir() -> TempDir {
+    tempfile::tempdir().expect("tempdir for the test files")
 }
 
 /// The address of a `listening` line for `role`: the JSON event (`event`, `role`, `addr` fields), or the plain

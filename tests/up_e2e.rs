@@ -8,20 +8,19 @@
 
 #![allow(clippy::unwrap_used)] // tests may unwrap (CONTRIBUTING)
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use fleetgate_tests::ServerProcess;
-use fleetgate_tests::auth::scratch_dir;
-use fleetgate_tests::clients::{self, MqttVersion, RunningCommand};
-use fleetgate_tests::cluster::id_owned_by;
-use fleetgate_tests::raw::{Connect, RawClient};
-use fleetgate_tests::{eventually, http};
+use common::BIN;
+use fleetgate_testkit::clients::{self, MqttVersion, RunningCommand};
+use fleetgate_testkit::raw::Connect;
+use fleetgate_testkit::{Admin, RawClient, ServerProcess, eventually, id_owned_by, scratch_dir};
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_fleetgate");
 /// Bound of the whole `up` test: a debug build starting four processes one after another on two shared cores.
 const TEST_LIMIT: Duration = Duration::from_secs(60);
 /// Bound on `up` becoming ready (its banner printed).
@@ -77,9 +76,9 @@ async fn deliver(
     args.extend_from_slice(extra);
     let got = eventually(WAIT, || async {
         let seen = |sub: &RunningCommand| {
-            sub.stdout()
+            sub.mosquitto_messages()
                 .iter()
-                .any(|l| l.starts_with("MSG ") && l.ends_with(payload))
+                .any(|m| m.payload == payload)
         };
         if seen(sub) {
             return Some(());
@@ -98,11 +97,6 @@ async fn deliver(
         "{payload:?} on {topic} never reached the subscriber; its output: {:?}",
         sub.stdout()
     );
-}
-
-/// Whether `/clients/{id}` of a node's admin port knows the client.
-async fn node_has_client(admin: SocketAddr, id: &str) -> bool {
-    http::get(admin, &format!("/clients/{id}")).await.status == 200
 }
 
 /// Waits until `pid` is gone (not in `/proc`, or another program under a reused pid).
@@ -153,9 +147,10 @@ async fn up_runs_one_cluster_behind_the_lb_and_stops_cleanly() {
             text.contains(&format!("-p {} -t test -m hi", mqtts.port())),
             "{text}"
         );
-        let admins: Vec<SocketAddr> = NODES
+        let admins: Vec<Admin> = NODES
             .iter()
             .map(|n| listening(&logs, n, "admin").unwrap_or_else(|| panic!("{n}'s admin line")))
+            .map(Admin::new)
             .collect();
         for name in ["node-0.toml", "node-1.toml", "node-2.toml", "lb.toml"] {
             let file = dir.path().join(name);
@@ -163,12 +158,7 @@ async fn up_runs_one_cluster_behind_the_lb_and_stops_cleanly() {
             assert_eq!(code, Some(0), "generated {name}: {stdout}{stderr}");
         }
         for (node, admin) in NODES.iter().zip(&admins) {
-            let metrics = http::get(*admin, "/metrics").await;
-            let peers = http::metric_sum(
-                &http::parse_metrics(&metrics.body),
-                "fleetgate_cluster_peers_up",
-                &[],
-            );
+            let peers = admin.metric("fleetgate_cluster_peers_up", &[]).await;
             assert_eq!(peers, 2.0, "{node} is linked to both other nodes");
         }
 
@@ -234,19 +224,17 @@ async fn up_runs_one_cluster_behind_the_lb_and_stops_cleanly() {
         )
         .await;
         let pinned = eventually(WAIT, || async {
-            node_has_client(admins[0], &sub_id).await.then_some(())
+            admins[0].client(&sub_id).await.map(|_| ())
         })
         .await;
         assert!(pinned.is_ok(), "{sub_id} is not on {}", NODES[0]);
-        assert!(!node_has_client(admins[2], &sub_id).await);
+        assert!(admins[2].client(&sub_id).await.is_none());
         deliver(&sub, mqtt, "up/cross", "cross-node", &["-i", &pub_id]).await;
         let out = sub.finish().await;
         assert!(out.success(), "cross-node mosquitto_sub: {}", out.stderr);
-        let forwarded = http::metric_sum(
-            &http::parse_metrics(&http::get(admins[2], "/metrics").await.body),
-            "fleetgate_cluster_forwarded_total",
-            &[],
-        );
+        let forwarded = admins[2]
+            .metric("fleetgate_cluster_forwarded_total", &[])
+            .await;
         assert!(
             forwarded >= 1.0,
             "{} forwarded the message to {}",
@@ -257,10 +245,9 @@ async fn up_runs_one_cluster_behind_the_lb_and_stops_cleanly() {
         // (b2) The node sees the device's own address (from the LB's PROXY v2 header), not the LB's.
         let device_id = id_owned_by(&NODES, NODES[1], "up-device");
         let mut device = RawClient::connect(mqtt).await;
-        device.send(&Connect::new(4, &device_id).encode()).await;
-        let connack = device.read_packet(WAIT).await;
-        assert_eq!(connack.map(|(first, _)| first), Some(0x20), "CONNACK");
-        let info = http::get(admins[1], &format!("/clients/{device_id}")).await;
+        let connack = device.mqtt_connect(&Connect::new(4, &device_id)).await;
+        assert!(connack.is_some(), "CONNACK");
+        let info = admins[1].get(&format!("/clients/{device_id}")).await;
         assert_eq!(
             info.status, 200,
             "{device_id} on {}: {}",

@@ -1,5 +1,6 @@
-//! A tiny HTTP/1.1 client for the admin port (`/metrics`, `/healthz`, `/readyz`, `/clients/{id}`) and Prometheus
-//! text parsing, so that tests read what an operator would read.
+//! A tiny HTTP/1.1 client for the admin ports (`GET /metrics`, `/healthz`, `/clients/{id}`, `POST /reload`, ...)
+//! and Prometheus text parsing, so that tests read what an operator would read; [`crate::admin`] builds the
+//! questions tests ask on top of it.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -19,22 +20,39 @@ pub struct Response {
     pub body: String,
 }
 
-/// `GET path` on `addr` with `Connection: close`; panics on I/O errors or timeout.
+/// `GET path` on `addr`; panics on I/O errors or timeout.
 pub async fn get(addr: SocketAddr, path: &str) -> Response {
-    let request = async {
+    request(addr, "GET", path).await
+}
+
+/// `POST path` on `addr` with an empty body (`/reload`, `/drain`); panics on I/O errors or timeout.
+pub async fn post(addr: SocketAddr, path: &str) -> Response {
+    request(addr, "POST", path).await
+}
+
+/// `method path` on `addr` with `Connection: close`, read to EOF; panics on I/O errors or timeout.
+pub async fn request(addr: SocketAddr, method: &str, path: &str) -> Response {
+    let body_length = if method == "GET" {
+        ""
+    } else {
+        "Content-Length: 0\r\n"
+    };
+    let exchange = async {
         let mut stream = TcpStream::connect(addr).await?;
-        let head = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{body_length}\r\n"
+        );
         stream.write_all(head.as_bytes()).await?;
         let mut raw = Vec::new();
         stream.read_to_end(&mut raw).await?;
         Ok::<_, std::io::Error>(raw)
     };
-    let raw = tokio::time::timeout(HTTP_TIMEOUT, request)
+    let raw = tokio::time::timeout(HTTP_TIMEOUT, exchange)
         .await
-        .unwrap_or_else(|_| panic!("GET http://{addr}{path}: timed out"))
-        .unwrap_or_else(|e| panic!("GET http://{addr}{path}: {e}"));
+        .unwrap_or_else(|_| panic!("{method} http://{addr}{path}: timed out"))
+        .unwrap_or_else(|e| panic!("{method} http://{addr}{path}: {e}"));
     parse_response(&raw)
-        .unwrap_or_else(|| panic!("GET http://{addr}{path}: unparsable response {raw:?}"))
+        .unwrap_or_else(|| panic!("{method} http://{addr}{path}: unparsable response {raw:?}"))
 }
 
 fn parse_response(raw: &[u8]) -> Option<Response> {

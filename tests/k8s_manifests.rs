@@ -6,20 +6,21 @@
 //! `scripts/test`, required under `CI=true`). When `kubectl` is installed, the whole kustomization (`kubectl
 //! kustomize k8s/`, with the generated ConfigMaps) is validated too; kustomize alone is not needed.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::fs;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::BIN;
 use fleetgate_config::discovery::{DiscoverySource, SrvNaming};
 use fleetgate_config::lb::LbConfig;
 use fleetgate_config::node::{NodeConfig, NodeOverrides};
-use fleetgate_tests::auth::scratch_dir;
-
-const BIN: &str = env!("CARGO_BIN_EXE_fleetgate");
+use fleetgate_testkit::{eventually_blocking, scratch_dir};
 
 /// Bound on one external command (`sh`, `fleetgate check`, kubernetes-validate, kubectl): each takes well under
 /// a second here; this only stops a hung one from hanging the suite.
@@ -80,17 +81,13 @@ fn run(mut command: Command) -> Run {
         .stderr(fs::File::create(&stderr_path).expect("stderr file"))
         .spawn()
         .unwrap_or_else(|e| panic!("starting {what}: {e}"));
-    let deadline = Instant::now() + COMMAND_DEADLINE;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("waiting for the child") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what} still running after {COMMAND_DEADLINE:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let exited = eventually_blocking(COMMAND_DEADLINE, || {
+        child.try_wait().expect("waiting for the child")
+    });
+    let Ok(status) = exited else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{what} still running after {COMMAND_DEADLINE:?}");
     };
     Run {
         status,

@@ -9,19 +9,22 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{BIN, BOTH, PASSWORD, WAIT, assert_no_password, msg, start, tag};
-use fleetgate_tests::clients::{mosquitto_pub, mosquitto_sub, paho};
-use fleetgate_tests::raw::{Connect, RawClient};
-use fleetgate_tests::{MqttVersion, Node, NodeSpec, ProxySender, eventually, http};
+use common::{BIN, PASSWORD, assert_no_password, start, wait_disconnects};
+use fleetgate_testkit::clients::{RunningCommand, mosquitto_pub, mosquitto_sub, paho};
+use fleetgate_testkit::raw::Connect;
+use fleetgate_testkit::rumqttc_client::v3_client;
+use fleetgate_testkit::{
+    MosquittoMessage, MqttVersion, Node, NodeSpec, ProxySender, RawClient, WAIT, eventually,
+};
 
 #[tokio::test]
 async fn admin_endpoints_answer() {
     let (node, _px) = start().await;
-    assert_eq!(http::get(node.admin, "/healthz").await.status, 200);
-    assert_eq!(http::get(node.admin, "/readyz").await.status, 200);
-    let metrics = http::get(node.admin, "/metrics").await;
+    assert_eq!(node.admin.get("/healthz").await.status, 200);
+    assert_eq!(node.admin.get("/readyz").await.status, 200);
+    let metrics = node.admin.get("/metrics").await;
     assert!(metrics.body.contains("fleetgate_"), "{}", metrics.body);
-    assert_eq!(node.client("nobody-has-this-id").await, None);
+    assert_eq!(node.admin.client("nobody-has-this-id").await, None);
 }
 
 #[tokio::test]
@@ -33,7 +36,7 @@ async fn worker_threads_follow_the_command_line() {
         };
         let node = Node::start(BIN, &spec).await;
         assert_eq!(
-            node.metric("fleetgate_worker_threads", &[]).await,
+            node.admin.metric("fleetgate_worker_threads", &[]).await,
             n as f64,
             "--worker-threads {n}"
         );
@@ -51,8 +54,8 @@ async fn worker_threads_follow_the_command_line() {
 #[tokio::test]
 async fn retained_messages_with_mosquitto() {
     let (node, px) = start().await;
-    for v in BOTH {
-        let topic = format!("retained/{}", tag(v));
+    for v in MqttVersion::ALL {
+        let topic = format!("retained/{}", v.tag());
         let auth = ["-u", "alice", "-P", PASSWORD];
         let out = mosquitto_pub(
             px.addr(),
@@ -68,7 +71,7 @@ async fn retained_messages_with_mosquitto() {
             .await;
         assert_eq!(
             got.mosquitto_messages(),
-            vec![msg(true, 1, &topic, "kept")],
+            vec![MosquittoMessage::new(true, 1, &topic, "kept")],
             "{v:?}: {got:?}"
         );
 
@@ -82,26 +85,22 @@ async fn retained_messages_with_mosquitto() {
         let got = sub.finish().await;
         assert_eq!(
             got.mosquitto_messages(),
-            vec![msg(false, 0, &topic, "live")],
+            vec![MosquittoMessage::new(false, 0, &topic, "live")],
             "{v:?} after delete: {got:?}"
         );
     }
-    let gone = eventually(WAIT, || async {
-        (node.metric("fleetgate_retained_messages", &[]).await == 0.0).then_some(())
-    })
-    .await;
-    assert!(
-        gone.is_ok(),
-        "fleetgate_retained_messages stays above 0 after deleting every retained message"
-    );
+    // Every retained message was deleted.
+    node.admin
+        .wait_gauge("fleetgate_retained_messages", &[], 0.0)
+        .await;
     assert_no_password(&node);
 }
 
 #[tokio::test]
 async fn qos_levels_and_retained_with_paho() {
     let (node, px) = start().await;
-    for v in BOTH {
-        let t = tag(v);
+    for v in MqttVersion::ALL {
+        let t = v.tag();
         let id = format!("paho-sub-{t}");
         let filter = format!("paho/{t}/#@2");
         let sub = paho(
@@ -188,8 +187,8 @@ async fn qos_levels_and_retained_with_paho() {
 #[tokio::test]
 async fn will_fires_on_ungraceful_disconnect_only() {
     let (node, px) = start().await;
-    for v in BOTH {
-        let topic = format!("will/{}", tag(v));
+    for v in MqttVersion::ALL {
+        let topic = format!("will/{}", v.tag());
         let watcher = mosquitto_sub(px.addr(), MqttVersion::V5, 20, &["-t", &topic, "-C", "1"]);
         watcher.wait_for_line("SUBACK", WAIT).await;
 
@@ -209,7 +208,7 @@ async fn will_fires_on_ungraceful_disconnect_only() {
         assert!(graceful.finish().await.success());
 
         // Killing the client (no DISCONNECT) publishes it.
-        let id = format!("will-killed-{}", tag(v));
+        let id = format!("will-killed-{}", v.tag());
         let doomed = paho(
             px.addr(),
             v,
@@ -226,28 +225,22 @@ async fn will_fires_on_ungraceful_disconnect_only() {
             ],
         );
         doomed.wait_for_line("\"ready\"", WAIT).await;
-        node.wait_connected(&id, true, WAIT).await;
+        node.admin.wait_connected(&id, true, WAIT).await;
         doomed.kill().await;
 
         let got = watcher.finish().await;
         assert_eq!(
             got.mosquitto_messages(),
-            vec![msg(false, 0, &topic, "ungraceful")],
+            vec![MosquittoMessage::new(false, 0, &topic, "ungraceful")],
             "{v:?}: {got:?}"
         );
     }
-    node.wait_for_metric(
-        "fleetgate_disconnects_total",
-        &[("reason", "ungraceful")],
-        2.0,
-        WAIT,
-    )
-    .await;
+    wait_disconnects(&node, "ungraceful", 2.0).await;
 }
 
 #[tokio::test]
 async fn shared_subscription_splits_messages_between_members() {
-    use rumqttc::{AsyncClient, MqttOptions, QoS};
+    use rumqttc::QoS;
     const N: usize = 20;
     let (_node, px) = start().await;
     let filter = "$share/g/shared/t";
@@ -266,29 +259,25 @@ async fn shared_subscription_splits_messages_between_members() {
     a.wait_for_line("SUBACK", WAIT).await;
     b.wait_for_line("SUBACK", WAIT).await;
 
-    let opts = MqttOptions::new("share-pub", px.addr().ip().to_string(), px.addr().port());
-    let (client, mut events) = AsyncClient::new(opts, N + 4);
-    let driver = tokio::spawn(async move { while events.poll().await.is_ok() {} });
+    let (client, _events, _) = v3_client(px.addr(), "share-pub", |_| {}).await;
     for i in 0..N {
         client
             .publish("shared/t", QoS::AtLeastOnce, false, format!("m{i}"))
             .await
             .expect("queue PUBLISH");
     }
-    let payloads = |out: &[String]| -> Vec<String> {
-        out.iter()
-            .filter_map(|l| l.strip_prefix("MSG "))
-            .filter_map(|l| l.splitn(4, ' ').nth(3))
-            .map(str::to_string)
+    let payloads = |sub: &RunningCommand| -> Vec<String> {
+        sub.mosquitto_messages()
+            .into_iter()
+            .map(|m| m.payload)
             .collect()
     };
     let all = eventually(WAIT, || {
-        let (pa, pb) = (payloads(&a.stdout()), payloads(&b.stdout()));
+        let (pa, pb) = (payloads(&a), payloads(&b));
         async move { (pa.len() + pb.len() >= N).then_some((pa, pb)) }
     })
     .await;
     let _ = client.disconnect().await;
-    driver.abort();
     let (pa, pb) = all.unwrap_or_else(|_| {
         panic!(
             "shared subscribers got {:?} and {:?}",
@@ -315,7 +304,7 @@ async fn no_password_reaches_the_logs_even_at_debug() {
     spec.rust_log = Some("debug".into());
     let node = Node::start(BIN, &spec).await;
     let px = ProxySender::start(node.mqtt).await;
-    for v in BOTH {
+    for v in MqttVersion::ALL {
         let out = mosquitto_pub(
             px.addr(),
             v,

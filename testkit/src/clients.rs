@@ -1,5 +1,6 @@
 //! Third-party MQTT clients run as processes — `mosquitto_pub`/`mosquitto_sub` and python3 paho scripts from
-//! `tests/py/` — each under a hard timeout so a misbehaving broker fails a test instead of hanging it.
+//! `testkit/py/` — each under a hard timeout so a misbehaving broker fails a test instead of hanging it (rumqttc, the
+//! in-process one, is in [`crate::rumqttc_client`]).
 //!
 //! Python: the paho library comes from the Debian package `python3-paho-mqtt`, which installs into the system
 //! interpreter `/usr/bin/python3` (the `python3` first on PATH may be another one, e.g. pyenv's). [`python3`] picks
@@ -16,6 +17,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
+use crate::process::{Signal, send_signal};
 use crate::wait::eventually;
 
 /// Hard bound on one client command: every client is also given its own shorter timeout (`-W`, `--timeout`),
@@ -32,6 +34,17 @@ pub enum MqttVersion {
 }
 
 impl MqttVersion {
+    /// Both versions, for tests that run once per version.
+    pub const ALL: [MqttVersion; 2] = [MqttVersion::V311, MqttVersion::V5];
+
+    /// A short tag for client IDs and topics (`v311`, `v5`).
+    pub fn tag(self) -> &'static str {
+        match self {
+            Self::V311 => "v311",
+            Self::V5 => "v5",
+        }
+    }
+
     /// The value of mosquitto's `-V` flag.
     pub fn mosquitto_flag(self) -> &'static str {
         match self {
@@ -85,12 +98,9 @@ impl CmdOutput {
             .collect()
     }
 
-    /// Payloads of the `MSG ...` lines printed by [`mosquitto_sub`] (format [`MOSQUITTO_SUB_FORMAT`]).
+    /// The messages printed by [`mosquitto_sub`] (`MSG ...` lines, format [`MOSQUITTO_SUB_FORMAT`]).
     pub fn mosquitto_messages(&self) -> Vec<MosquittoMessage> {
-        self.stdout
-            .iter()
-            .filter_map(|l| MosquittoMessage::parse(l))
-            .collect()
+        MosquittoMessage::parse_all(&self.stdout)
     }
 }
 
@@ -106,10 +116,20 @@ pub struct RunningCommand {
 impl RunningCommand {
     /// Starts `program` with `args`; the process is killed if this value is dropped.
     pub fn spawn(program: impl Into<PathBuf>, args: &[String]) -> Self {
+        Self::spawn_with_env(program, args, &[])
+    }
+
+    /// Like [`RunningCommand::spawn`] with extra environment variables (a secret kept off the command line).
+    pub fn spawn_with_env(
+        program: impl Into<PathBuf>,
+        args: &[String],
+        env: &[(&str, &str)],
+    ) -> Self {
         let program = program.into();
         let what = format!("{} {}", program.display(), args.join(" "));
         let mut child = Command::new(&program)
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -139,6 +159,11 @@ impl RunningCommand {
     /// The stdout lines so far.
     pub fn stdout(&self) -> Vec<String> {
         self.stdout.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// The messages printed so far by a [`mosquitto_sub`].
+    pub fn mosquitto_messages(&self) -> Vec<MosquittoMessage> {
+        MosquittoMessage::parse_all(&self.stdout())
     }
 
     /// Waits until a stdout line contains `needle`; panics with the output so far after `deadline`.
@@ -189,13 +214,8 @@ impl RunningCommand {
 
     /// Sends SIGTERM, the signal an operator or init system would send.
     pub fn terminate(&self) {
-        if let Some(pid) = self
-            .child
-            .id()
-            .and_then(|id| i32::try_from(id).ok())
-            .and_then(rustix::process::Pid::from_raw)
-        {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        if let Some(pid) = self.child.id() {
+            send_signal(pid, Signal::TERM);
         }
     }
 }
@@ -212,6 +232,17 @@ async fn collect(stream: impl AsyncRead + Unpin, into: Arc<Mutex<Vec<String>>>) 
 /// Runs `program` to completion under [`COMMAND_TIMEOUT`].
 pub async fn run(program: impl Into<PathBuf>, args: &[String]) -> CmdOutput {
     RunningCommand::spawn(program, args).finish().await
+}
+
+/// [`run`] with extra environment variables.
+pub async fn run_with_env(
+    program: impl Into<PathBuf>,
+    args: &[String],
+    env: &[(&str, &str)],
+) -> CmdOutput {
+    RunningCommand::spawn_with_env(program, args, env)
+        .finish()
+        .await
 }
 
 /// `mosquitto_sub -F` format: one `MSG <retain> <qos> <topic> <payload>` line per message, easy to tell apart from
@@ -232,6 +263,21 @@ pub struct MosquittoMessage {
 }
 
 impl MosquittoMessage {
+    /// The message a test expects.
+    pub fn new(retain: bool, qos: u8, topic: &str, payload: &str) -> Self {
+        Self {
+            retain,
+            qos,
+            topic: topic.into(),
+            payload: payload.into(),
+        }
+    }
+
+    /// The messages among `lines` (the `-d` debug lines are skipped).
+    fn parse_all(lines: &[String]) -> Vec<Self> {
+        lines.iter().filter_map(|l| Self::parse(l)).collect()
+    }
+
     fn parse(line: &str) -> Option<Self> {
         let rest = line.strip_prefix("MSG ")?;
         let mut parts = rest.splitn(4, ' ');
@@ -315,14 +361,14 @@ pub fn python3() -> PathBuf {
         .clone()
 }
 
-/// Path of a script in `tests/py/`.
+/// Path of a script in `testkit/py/`.
 pub fn py_script(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("py")
         .join(name)
 }
 
-/// Starts `tests/py/paho_client.py` against `addr` (see the script for its flags; it prints one JSON object per
+/// Starts `testkit/py/paho_client.py` against `addr` (see the script for its flags; it prints one JSON object per
 /// event: `connack`, `suback`, `ready`, `published`, `msg`, `disconnect`, `done`).
 pub fn paho(addr: SocketAddr, version: MqttVersion, extra: &[&str]) -> RunningCommand {
     let mut args = vec![
@@ -345,15 +391,7 @@ mod tests {
     #[test]
     fn parses_mosquitto_lines() {
         let m = MosquittoMessage::parse("MSG 1 2 a/b hello world").unwrap();
-        assert_eq!(
-            m,
-            MosquittoMessage {
-                retain: true,
-                qos: 2,
-                topic: "a/b".into(),
-                payload: "hello world".into()
-            }
-        );
+        assert_eq!(m, MosquittoMessage::new(true, 2, "a/b", "hello world"));
         assert!(MosquittoMessage::parse("Client mosq-1 received PUBLISH").is_none());
     }
 

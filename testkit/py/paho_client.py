@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""One configurable paho-mqtt client for Fleetgate's end-to-end tests (tests/src/clients.rs runs it).
+"""One configurable paho-mqtt client for Fleetgate's end-to-end tests (testkit/src/clients.rs runs it).
 
 Connects, subscribes, publishes, waits for messages, and prints one JSON object per event on stdout:
   {"ev":"connack","rc":0,"session_present":false}   {"ev":"suback","mid":1,"codes":[1]}   {"ev":"ready"}

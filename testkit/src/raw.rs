@@ -1,13 +1,10 @@
-//! Hand-made MQTT bytes for the paths a well-behaved client never takes: garbage, oversized packets, a client that
-//! goes silent after CONNECT or never sends one. Encoders here are deliberately independent of our codec.
+//! Hand-made MQTT bytes for the paths a well-behaved client never takes (garbage, oversized packets, a client that
+//! goes silent after CONNECT or never sends one) and for exact reason codes, and the one raw packet reader
+//! ([`read_packet`]). Encoders here are deliberately independent of our codec; [`crate::RawClient`] sends them.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use fleetgate_protocol::proxy::{HeaderSpec, PeerIdentity, encode_v2};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::time::Instant;
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// A CONNECT to build by hand.
 #[derive(Debug, Clone)]
@@ -76,15 +73,29 @@ impl<'a> Connect<'a> {
     }
 }
 
-/// A QoS 0 PUBLISH of `payload` to `topic` (v3.1.1 layout; for level 5 an empty property length is added).
+/// A QoS 0 PUBLISH of `payload` to `topic` (for level 5 an empty property length is added).
 pub fn publish(level: u8, topic: &str, payload: &[u8]) -> Vec<u8> {
+    publish_packet(level, None, topic, payload)
+}
+
+/// A QoS 1 PUBLISH of `payload` to `topic` with `packet_id`.
+pub fn publish_qos1(level: u8, packet_id: u16, topic: &str, payload: &[u8]) -> Vec<u8> {
+    publish_packet(level, Some(packet_id), topic, payload)
+}
+
+/// A PUBLISH at QoS 0 (no packet ID) or QoS 1.
+fn publish_packet(level: u8, packet_id: Option<u16>, topic: &str, payload: &[u8]) -> Vec<u8> {
     let mut body = Vec::new();
     put_str(&mut body, topic);
+    if let Some(id) = packet_id {
+        body.extend_from_slice(&id.to_be_bytes());
+    }
     if level == 5 {
         body.push(0);
     }
     body.extend_from_slice(payload);
-    packet(0x30, &body)
+    let first = if packet_id.is_some() { 0x32 } else { 0x30 };
+    packet(first, &body)
 }
 
 /// A SUBSCRIBE of one `topic` at `qos` with `packet_id`.
@@ -134,112 +145,39 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     put_bytes(out, s.as_bytes());
 }
 
-fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+/// Appends `b` with its two-byte length prefix (an MQTT binary field; also a PROXY v2 TLV value).
+pub fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
     let len = u16::try_from(b.len()).expect("MQTT string longer than 65535 bytes");
     out.extend_from_slice(&len.to_be_bytes());
     out.extend_from_slice(b);
 }
 
-/// A PROXY v2 header describing a plain TCP client at `source` that connected to `destination`.
-pub fn proxy_v2(source: SocketAddr, destination: SocketAddr) -> Vec<u8> {
-    encode_v2(&HeaderSpec {
-        source,
-        destination,
-        identity: PeerIdentity::default(),
-        crc32c: false,
-    })
-}
-
-/// How a connection ended, as seen by a raw client.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Closed {
-    /// The server closed (EOF or reset) after sending these bytes.
-    After(Vec<u8>),
-    /// Still open when the wait ended; these bytes arrived meanwhile.
-    StillOpen(Vec<u8>),
-}
-
-/// A raw TCP connection to a listener, for sending arbitrary bytes.
-pub struct RawClient {
-    stream: TcpStream,
-}
-
-impl RawClient {
-    /// Connects to `addr`.
-    pub async fn connect(addr: SocketAddr) -> Self {
-        let stream = TcpStream::connect(addr)
-            .await
-            .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-        let _ = stream.set_nodelay(true);
-        Self { stream }
-    }
-
-    /// Connects to `addr` and sends a valid PROXY v2 header with this socket's own addresses.
-    pub async fn connect_proxied(addr: SocketAddr) -> Self {
-        let mut client = Self::connect(addr).await;
-        let header = proxy_v2(client.local_addr(), addr);
-        client.send(&header).await;
-        client
-    }
-
-    /// This end's address.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.stream
-            .local_addr()
-            .expect("local address of a connected socket")
-    }
-
-    /// Writes `bytes`; a write error (the server already closed) is ignored, [`RawClient::closed_within`] tells.
-    pub async fn send(&mut self, bytes: &[u8]) {
-        let _ = self.stream.write_all(bytes).await;
-    }
-
-    /// Half-closes the connection (sends FIN): the server sees EOF, we can still read its answer.
-    pub async fn shutdown_write(&mut self) {
-        let _ = self.stream.shutdown().await;
-    }
-
-    /// Reads one MQTT packet (first byte, body) within `deadline`; `None` on EOF, error, timeout or garbage.
-    pub async fn read_packet(&mut self, deadline: Duration) -> Option<(u8, Vec<u8>)> {
-        read_packet(&mut self.stream, deadline).await
-    }
-
-    /// Waits up to `deadline` for the server to close the connection, collecting what it sent meanwhile.
-    pub async fn closed_within(&mut self, deadline: Duration) -> Closed {
-        let end = Instant::now() + deadline;
-        let mut got = Vec::new();
-        let mut buf = [0u8; 4096];
-        loop {
-            match tokio::time::timeout_at(end, self.stream.read(&mut buf)).await {
-                Err(_) => return Closed::StillOpen(got),
-                Ok(Ok(0)) | Ok(Err(_)) => return Closed::After(got),
-                Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
-            }
+/// Reads one MQTT packet (first byte, body) from any stream (TCP, TLS); `None` on EOF, error or a remaining length
+/// longer than four bytes. Unbounded: wrap it in a timeout, or use [`read_packet_within`].
+pub async fn read_packet<S: AsyncRead + Unpin + ?Sized>(stream: &mut S) -> Option<(u8, Vec<u8>)> {
+    let first = stream.read_u8().await.ok()?;
+    let mut len = 0usize;
+    for shift in 0..4 {
+        let b = stream.read_u8().await.ok()?;
+        len |= usize::from(b & 0x7F) << (7 * shift);
+        if b & 0x80 == 0 {
+            let mut body = vec![0; len];
+            stream.read_exact(&mut body).await.ok()?;
+            return Some((first, body));
         }
     }
+    None
 }
 
-/// Reads one MQTT packet (first byte, body) from any stream (TCP, TLS) within `deadline`; `None` on EOF, error,
-/// timeout or a remaining length longer than four bytes.
-pub async fn read_packet<S: AsyncRead + Unpin>(
+/// [`read_packet`] within `deadline`; `None` on timeout too.
+pub async fn read_packet_within<S: AsyncRead + Unpin + ?Sized>(
     stream: &mut S,
     deadline: Duration,
 ) -> Option<(u8, Vec<u8>)> {
-    let read = async {
-        let first = stream.read_u8().await.ok()?;
-        let mut len = 0usize;
-        for shift in 0..4 {
-            let b = stream.read_u8().await.ok()?;
-            len |= usize::from(b & 0x7F) << (7 * shift);
-            if b & 0x80 == 0 {
-                let mut body = vec![0; len];
-                stream.read_exact(&mut body).await.ok()?;
-                return Some((first, body));
-            }
-        }
-        None
-    };
-    tokio::time::timeout(deadline, read).await.ok().flatten()
+    tokio::time::timeout(deadline, read_packet(stream))
+        .await
+        .ok()
+        .flatten()
 }
 
 #[cfg(test)]

@@ -165,9 +165,8 @@ async fn sni_selects_the_certificate_and_is_sent_as_authority() {
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
         .unwrap();
-    let fields = fleetgate_lb::CertFields::parse(
-        tls.get_ref().1.peer_certificates().unwrap()[0].as_ref(),
-    );
+    let fields =
+        fleetgate_lb::CertFields::parse(tls.get_ref().1.peer_certificates().unwrap()[0].as_ref());
     assert_eq!(fields.cn.as_deref(), Some(SERVER_CN));
 }
 

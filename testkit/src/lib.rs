@@ -8,6 +8,7 @@
 //! | [`wait`] | [`eventually`] (poll a condition under a deadline instead of sleeping), [`Poll`], [`wait_until`], [`bounded`] |
 //! | [`process`] | [`ServerProcess`]: a running `fleetgate` child, its captured log lines, port discovery from the `listening on <role> <addr>` events, signals ([`Frozen`] for SIGSTOP), SIGTERM/SIGKILL on drop; the log scan for secrets |
 //! | [`node`] | [`NodeSpec`] (a node config, alone or clustered, written into a tempdir) and [`Node`] (a started `fleetgate node` with its MQTT, admin and cluster addresses); the client ID ring helpers |
+//! | [`layers`] | [`layers::assert_layers`]: a crate's modules import only from their own layer or below, with no cycle |
 //! | [`lb`] | [`LbProcess`]: a started `fleetgate lb` with its listener and admin addresses |
 //! | [`admin`] | [`Admin`]: an admin port asked what an operator asks (`/metrics`, `/clients/{id}`, `/readyz`, `/backends`), and waited on |
 //! | [`http`] | a tiny HTTP/1.1 client (GET, POST) and Prometheus text parsing |
@@ -26,6 +27,7 @@ pub mod admin;
 pub mod clients;
 pub mod dns;
 pub mod http;
+pub mod layers;
 pub mod lb;
 pub mod node;
 pub mod pki;

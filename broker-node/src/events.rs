@@ -107,24 +107,28 @@ pub(crate) fn acl_denied(client_id: &str, topic: &str, access: &'static str, rul
     }
 }
 
-/// The auth configuration (`[auth]`, password file, ACL file) was reloaded, or a reload failed and the old one
-/// stays (`error` lists every problem as `file:line:column: message`).
-pub(crate) fn auth_reload(trigger: &'static str, error: Option<&dyn std::fmt::Display>) {
+/// A configuration was reloaded (`what`: `auth` for `[auth]` and its password and ACL files, `cluster_tls` for the
+/// cluster certificates), or a reload failed and the old one stays (`error` lists every problem).
+pub(crate) fn config_reload(
+    what: &'static str,
+    trigger: &'static str,
+    error: Option<&dyn std::fmt::Display>,
+) {
     match error {
         None => tracing::info!(
             event = "config_reload",
-            what = "auth",
+            what,
             trigger,
             result = "ok",
-            "auth configuration reloaded"
+            "{what} configuration reloaded"
         ),
         Some(e) => tracing::error!(
             event = "config_reload",
-            what = "auth",
+            what,
             trigger,
             result = "error",
             error = %e,
-            "auth configuration reload failed; keeping the previous one"
+            "{what} configuration reload failed; keeping the previous one"
         ),
     }
 }

@@ -15,6 +15,10 @@ pub(crate) const MESSAGES_DELIVERED: &str = "fleetgate_messages_delivered_total"
 pub(crate) const SESSIONS_CURRENT: &str = "fleetgate_sessions_current";
 /// Retained messages held.
 pub(crate) const RETAINED_MESSAGES: &str = "fleetgate_retained_messages";
+/// Bytes the retained messages hold (estimate, the one `max_retained_bytes` bounds).
+pub(crate) const RETAINED_BYTES: &str = "fleetgate_retained_bytes";
+/// Retained deletes kept as tombstones (cluster replication).
+pub(crate) const RETAINED_TOMBSTONES: &str = "fleetgate_retained_tombstones";
 /// Messages dropped, by `reason` ([`DropReason`]).
 pub(crate) const DROPPED_MESSAGES: &str = "fleetgate_dropped_messages_total";
 /// Disconnects by `reason` (graceful, ungraceful, keepalive_timeout, takeover, ...).
@@ -51,13 +55,16 @@ pub(crate) enum DropReason {
     SessionEnded,
     /// Relayed by a cluster peer to a session that is no longer on this node and was not passed on.
     ClusterSessionGone,
+    /// A retained message not kept: the retained store is at `max_retained_messages` or `max_retained_bytes`
+    /// (the message itself is still delivered).
+    RetainedFull,
     /// For a cluster peer (a forward, or a session handed over) whose link went down before it was queued.
     ClusterLinkDown,
 }
 
 impl DropReason {
     /// Every reason, for registration.
-    pub(crate) const ALL: [DropReason; 11] = [
+    pub(crate) const ALL: [DropReason; 12] = [
         DropReason::QueueFull,
         DropReason::InflightWindow,
         DropReason::NotConnected,
@@ -69,6 +76,7 @@ impl DropReason {
         DropReason::SessionEnded,
         DropReason::ClusterSessionGone,
         DropReason::ClusterLinkDown,
+        DropReason::RetainedFull,
     ];
 
     /// The metric label.
@@ -85,6 +93,30 @@ impl DropReason {
             DropReason::SessionEnded => "session_ended",
             DropReason::ClusterSessionGone => "cluster_session_gone",
             DropReason::ClusterLinkDown => "cluster_link_down",
+            DropReason::RetainedFull => "retained_full",
+        }
+    }
+}
+
+/// The retained store's gauges.
+#[derive(Debug, Clone)]
+pub(crate) struct RetainedGauges {
+    /// Retained messages held.
+    pub(crate) messages: Gauge,
+    /// Bytes held (the estimate the bound applies to).
+    pub(crate) bytes: Gauge,
+    /// Tombstones held.
+    pub(crate) tombstones: Gauge,
+}
+
+impl RetainedGauges {
+    /// Gauges that record nothing (unit tests).
+    #[cfg(test)]
+    pub(crate) fn noop() -> RetainedGauges {
+        RetainedGauges {
+            messages: Gauge::noop(),
+            bytes: Gauge::noop(),
+            tombstones: Gauge::noop(),
         }
     }
 }
@@ -96,8 +128,8 @@ pub(crate) struct Metrics {
     pub(crate) connections_current: Gauge,
     /// [`SESSIONS_CURRENT`].
     pub(crate) sessions_current: Gauge,
-    /// [`RETAINED_MESSAGES`].
-    pub(crate) retained: Gauge,
+    /// [`RETAINED_MESSAGES`], [`RETAINED_BYTES`], [`RETAINED_TOMBSTONES`].
+    pub(crate) retained: RetainedGauges,
     received: [Counter; 3],
     delivered: [Counter; 3],
     dropped: [Counter; DropReason::ALL.len()],
@@ -115,6 +147,14 @@ impl Metrics {
         describe_counter!(MESSAGES_DELIVERED, "PUBLISH packets sent to clients by QoS");
         describe_gauge!(SESSIONS_CURRENT, "MQTT sessions held, connected or not");
         describe_gauge!(RETAINED_MESSAGES, "Retained messages held");
+        describe_gauge!(
+            RETAINED_BYTES,
+            "Bytes the retained messages hold (estimate; bounded by max_retained_bytes)"
+        );
+        describe_gauge!(
+            RETAINED_TOMBSTONES,
+            "Retained deletes kept as tombstones until every peer has them"
+        );
         describe_counter!(DROPPED_MESSAGES, "Messages not delivered, by reason");
         describe_counter!(DISCONNECTS, "Client disconnects by reason");
         describe_counter!(PROXY_REJECTED, "PROXY protocol headers refused, by reason");
@@ -133,7 +173,11 @@ impl Metrics {
         Metrics {
             connections_current: gauge!(CONNECTIONS_CURRENT),
             sessions_current: gauge!(SESSIONS_CURRENT),
-            retained: gauge!(RETAINED_MESSAGES),
+            retained: RetainedGauges {
+                messages: gauge!(RETAINED_MESSAGES),
+                bytes: gauge!(RETAINED_BYTES),
+                tombstones: gauge!(RETAINED_TOMBSTONES),
+            },
             received: qos(MESSAGES_RECEIVED),
             delivered: qos(MESSAGES_DELIVERED),
             dropped: DropReason::ALL.map(|r| counter!(DROPPED_MESSAGES, "reason" => r.label())),

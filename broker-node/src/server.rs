@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::access::{self, Access};
 use crate::admin_routes::NodeRoutes;
-use crate::broker::{Broker, ClusterHooks, NoCluster};
+use crate::broker::{Broker, ClusterHooks};
 use crate::cluster::{self, Cluster};
 use crate::error::BrokerError;
 use crate::events;
@@ -80,17 +80,17 @@ impl Node {
                     &config.name,
                     c.clone(),
                     local,
-                    config.limits.max_packet_size,
+                    config.limits.clone(),
+                    access.clone(),
                     readiness.clone(),
                 )?);
                 Some((cluster, socket))
             }
             None => None,
         };
-        let hooks: Arc<dyn ClusterHooks> = match &cluster {
-            Some((c, _)) => c.clone(),
-            None => Arc::new(NoCluster),
-        };
+        let hooks = cluster
+            .as_ref()
+            .map(|(c, _)| c.clone() as Arc<dyn ClusterHooks>);
         let broker = Arc::new(Broker::new(
             config.name.clone(),
             config.limits.clone(),

@@ -9,11 +9,12 @@
 //! - [`lb`]: the load balancer's config (`[lb]` table).
 //! - [`discovery`]: the embeddable discovery table (`static = [...]` or `dns = {...}`) that `lb` and `node` use
 //!   for backends and cluster peers; `fleetgate-discovery` runs what it validates to.
-//! - [`duration`]: `"10s"`-style durations.
+//! - [`duration`]: `"10s"`-style durations; [`bytesize`]: `"512MiB"`-style sizes.
 //! - [`check`]: validate any config file (what `fleetgate check` runs).
 //! - [`watch`]: watch a config file's directory and report debounced changes.
 
 pub mod acl;
+pub mod bytesize;
 pub mod check;
 pub mod discovery;
 pub mod duration;
@@ -22,4 +23,5 @@ pub mod load;
 pub mod node;
 pub mod watch;
 
+pub use bytesize::ByteSize;
 pub use load::{ConfigError, Problem};

@@ -124,8 +124,10 @@ async fn mutual_tls_refuses_a_node_claiming_a_name_its_certificate_lacks() {
         .await;
         let refused = n0
             .process
-            .wait_for_log(WAIT, "cluster_tls_failed for the impostor", |v| {
-                v["event"] == "cluster_tls_failed" && v["peer"] == NAMES[1]
+            .wait_for_log(WAIT, "cluster_peer_rejected for the impostor", |v| {
+                v["event"] == "cluster_peer_rejected"
+                    && v["peer"] == NAMES[1]
+                    && v["reason"] == "name_mismatch"
             })
             .await;
         assert_eq!(refused["advertise"], impostor.cluster().to_string());

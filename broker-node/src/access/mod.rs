@@ -303,6 +303,27 @@ impl ClientAccess {
 }
 
 impl Access {
+    /// May `principal` hold a subscription to `filter` (a handed-over session's, checked again by this node's
+    /// ACL)? A denial is logged and counted.
+    pub(crate) fn subscription_allowed(&self, principal: &Principal, filter: &str) -> bool {
+        let generation = self.current();
+        if !generation.enabled {
+            return true;
+        }
+        let (_, plain) = topic::split_shared(filter);
+        let decision = generation
+            .snapshot
+            .acl()
+            .bind(principal)
+            .check_subscribe(plain);
+        allowed(
+            decision,
+            &principal.client_id,
+            filter,
+            AccessKind::Subscribe,
+        )
+    }
+
     /// May `principal`'s will go to `topic`, by the ACL current now (not the one of its CONNECT: the ACL may
     /// have been reloaded in between, and a delayed will may be published long after)? A denial is logged and
     /// counted.

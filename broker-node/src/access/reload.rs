@@ -41,7 +41,7 @@ async fn run(
         };
         match state.reload() {
             Ok(generation) => {
-                events::auth_reload(trigger, None);
+                events::config_reload("auth", trigger, None);
                 metrics::config_reload("ok");
                 // A reload may name new files (another ACL path); watch those too.
                 if let Some(w) = watcher.as_mut() {
@@ -53,7 +53,7 @@ async fn run(
                 }
             }
             Err(e) => {
-                events::auth_reload(trigger, Some(&e));
+                events::config_reload("auth", trigger, Some(&e));
                 metrics::config_reload("error");
             }
         }

@@ -13,7 +13,7 @@ use fleetgate_protocol::mqtt::topic::split_shared;
 use super::Broker;
 use crate::metrics::DropReason;
 use crate::state::message::Message;
-use crate::state::retained::{RetainedEntry, Stamp};
+use crate::state::retained::{RetainedEntry, Stamp, Written};
 use crate::state::router::Subscriber;
 use crate::state::session::{Session, SessionSnapshot};
 use crate::state::will::Will;
@@ -109,6 +109,7 @@ impl Broker {
                 next_packet_id: st.next_packet_id,
                 inbound_qos2: st.inbound_qos2.drain().collect(),
                 will: kept,
+                principal: st.principal.clone(),
                 subs: st.subscriptions.drain().collect(),
                 queue: std::mem::take(&mut st.queue).into(),
                 inflight: std::mem::take(&mut st.inflight).into(),
@@ -172,6 +173,7 @@ impl Broker {
                 st.inflight = VecDeque::from(snap.inflight);
                 st.inbound_qos2 = snap.inbound_qos2.into_iter().collect::<HashSet<u16>>();
                 st.next_packet_id = snap.next_packet_id;
+                st.principal = snap.principal.clone();
             }
             sessions.insert(snap.client_id.clone(), session.clone());
             for (filter, e) in &snap.subs {
@@ -207,18 +209,50 @@ impl Broker {
         }
     }
 
-    /// Every retained entry, tombstones included (the full sync to a new peer).
-    pub(crate) fn retained_snapshot(&self) -> Vec<RetainedEntry> {
-        self.retained.snapshot()
+    /// The retained store's last change number (what a peer that applied everything up to now has seen).
+    pub(crate) fn retained_seq(&self) -> u64 {
+        self.retained.seq()
     }
 
-    /// Applies a retained write replicated by a peer unless a later one is held; true when applied.
+    /// Whether the retained changes after `since` can still be listed (else a peer needs them all).
+    pub(crate) fn retained_resumable_from(&self, since: u64) -> bool {
+        self.retained.can_resume_from(since)
+    }
+
+    /// Up to `max` retained entries after topic `after`, those changed after `since` passed to `each` under the
+    /// store's lock (see [`RetainedStore::chunk`]); the topic to continue after, `None` at the end.
+    pub(crate) fn retained_chunk(
+        &self,
+        after: Option<&ByteString>,
+        since: u64,
+        max: usize,
+        each: impl FnMut(RetainedEntry),
+    ) -> Option<ByteString> {
+        self.retained.chunk(after, since, max, each)
+    }
+
+    /// Drops the retained tombstones every live peer has (change number at most `applied_by_all`) once older
+    /// than `min_age_ms`; returns how many went.
+    pub(crate) fn collect_retained_tombstones(
+        &self,
+        applied_by_all: u64,
+        min_age_ms: u64,
+    ) -> usize {
+        self.retained.collect_tombstones(applied_by_all, min_age_ms)
+    }
+
+    /// Applies a retained write replicated by a peer unless a later one is held; a write the store has no room
+    /// for is counted.
     pub(crate) fn apply_retained(
         &self,
         topic: ByteString,
         msg: Option<Arc<Message>>,
         stamp: Stamp,
-    ) -> bool {
-        self.retained.apply(topic, msg, stamp)
+    ) -> Written {
+        let written = self.retained.apply(topic, msg, stamp);
+        if written == Written::Full {
+            self.metrics.dropped(DropReason::RetainedFull);
+        }
+        written
     }
 }

@@ -32,8 +32,10 @@ pub(crate) trait ClusterHooks: Send + Sync + fmt::Debug {
     /// The session for `client_id` ended here or moved away.
     fn session_removed(&self, client_id: &ByteString);
 
-    /// A retained message was written here (`msg` with an empty payload clears the topic) at `stamp`.
-    fn retained_written(&self, msg: &Arc<Message>, stamp: &Stamp);
+    /// A retained message was written here (`msg` with an empty payload clears the topic) at `stamp`, as the
+    /// store's change `seq`. Called with the retained store locked, so what it queues is ordered with any sync
+    /// stream reading the store.
+    fn retained_written(&self, msg: &Arc<Message>, stamp: &Stamp, seq: u64);
 }
 
 /// A node on its own: nothing to tell anyone.
@@ -46,7 +48,7 @@ impl ClusterHooks for NoCluster {
     fn filter_removed(&self, _: &str) {}
     fn session_added(&self, _: &ByteString) {}
     fn session_removed(&self, _: &ByteString) {}
-    fn retained_written(&self, _: &Arc<Message>, _: &Stamp) {}
+    fn retained_written(&self, _: &Arc<Message>, _: &Stamp, _: u64) {}
 }
 
 /// What [`ClusterHooks::forward`] may remember per publishing connection between two of its messages (a device

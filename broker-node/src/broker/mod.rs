@@ -19,13 +19,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use fleetgate_auth::Principal;
 use fleetgate_config::node::LimitsConfig;
 use fleetgate_protocol::mqtt::{ByteString, ProtocolLevel};
 use parking_lot::{Mutex, RwLock};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{DropReason, Metrics};
-use crate::state::retained::RetainedStore;
+use crate::state::retained::{RetainedLimits, RetainedStore};
 use crate::state::router::Router;
 use crate::state::session::{ConnSlot, Session};
 use crate::state::will::Will;
@@ -57,6 +58,8 @@ pub(crate) struct AttachRequest {
     pub(crate) source: SocketAddr,
     /// Outbound inflight window.
     pub(crate) window: usize,
+    /// Who the client authenticated as.
+    pub(crate) principal: Arc<Principal>,
 }
 
 /// A connection's handle on its session.
@@ -110,15 +113,26 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// A broker with no sessions, telling `cluster` what changes.
+    /// A broker with no sessions, telling `cluster` what changes (`None`: a single node).
     pub(crate) fn new(
         node_name: String,
         limits: LimitsConfig,
         metrics: Metrics,
         timers: CancellationToken,
-        cluster: Arc<dyn ClusterHooks>,
+        cluster: Option<Arc<dyn ClusterHooks>>,
     ) -> Broker {
-        let retained = RetainedStore::for_node(metrics.retained.clone(), node_name.clone());
+        let retained_limits = RetainedLimits {
+            max_messages: limits.max_retained_messages,
+            max_bytes: limits.max_retained_bytes,
+        };
+        // Deletes are kept as tombstones only when peers replicate the store.
+        let retained = RetainedStore::new(
+            node_name.clone(),
+            retained_limits,
+            metrics.retained.clone(),
+            cluster.is_some(),
+        );
+        let cluster = cluster.unwrap_or_else(|| Arc::new(NoCluster));
         // Session IDs seeded from the clock: distinct from those of an earlier run of this node.
         let seed = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -219,6 +233,7 @@ impl Broker {
             st.will = req.will;
             st.protocol = req.protocol;
             st.source = Some(req.source);
+            st.principal = Some(req.principal);
             session.set_connected(true);
             st.generation
         };

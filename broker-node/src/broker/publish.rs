@@ -11,7 +11,9 @@ use parking_lot::RwLockReadGuard;
 
 use super::{Broker, ForwardMemo};
 use crate::events;
+use crate::metrics::DropReason;
 use crate::state::message::{Delivery, Message};
+use crate::state::retained::Written;
 use crate::state::router::{Router, Scope, Subscriber};
 use crate::state::session::Session;
 use crate::state::will::Will;
@@ -47,8 +49,12 @@ impl Broker {
     /// [`publish`](Self::publish) for a connection that keeps where its last message went to peers.
     pub(crate) fn publish_with(&self, msg: Arc<Message>, memo: &mut ForwardMemo) -> usize {
         if msg.retain {
-            let stamp = self.retained.store(&msg);
-            self.cluster.retained_written(&msg, &stamp);
+            let written = self.retained.store(&msg, |stamp, seq| {
+                self.cluster.retained_written(&msg, stamp, seq);
+            });
+            if written == Written::Full {
+                self.metrics.dropped(DropReason::RetainedFull);
+            }
         }
         let mut served = Vec::new();
         // The router stays read-locked until the forwards are queued: a session handed to this node is installed

@@ -1,4 +1,4 @@
-//! Frames from peers, applied in link order: routes, claims, sync, forwarded messages (with the redirects of a
+//! Frames from peers, applied in link order: sync, routes, claims, forwarded messages (with the redirects of a
 //! session that moved), retained writes, leaving, barriers; session handover frames go to [`super::handoff`].
 
 use std::sync::Arc;
@@ -8,51 +8,55 @@ use fleetgate_protocol::mqtt::ByteString;
 
 use super::frame::Frame;
 use super::routes::PeerName;
+use super::validate::{MAX_PEER_CLAIMS, MAX_PEER_ROUTES, Violation};
 use super::{Cluster, forward, handoff};
 use crate::broker::{Broker, LocalDelivery, Redirected};
 use crate::state::message::Message;
 use crate::state::router::Scope;
 
 impl Cluster {
-    /// Applies a frame received from `peer` (in link order).
+    /// Applies a frame received from `peer` (in link order), its fields already checked
+    /// ([`validate::check_frame`]); what it would make us hold beyond our bounds is refused.
     pub(crate) fn on_frame(
         self: &Arc<Self>,
         broker: &Arc<Broker>,
         peer: &PeerName,
         frame: Frame,
         sessions: &mut handoff::Incoming,
-    ) {
+    ) -> Result<(), Violation> {
         match frame {
-            Frame::Hello { .. } | Frame::Heartbeat => {}
-            Frame::RouteAdd(f) => {
-                let mut routes = self.routes.write();
-                routes.add(peer, &f);
-                self.route_generation.fetch_add(1, Ordering::AcqRel);
-                self.metrics.remote_routes.set(routes.len() as f64);
-            }
-            Frame::RouteRemove(f) => {
-                let mut routes = self.routes.write();
-                routes.remove(peer, &f);
-                self.route_generation.fetch_add(1, Ordering::AcqRel);
-                self.metrics.remote_routes.set(routes.len() as f64);
-            }
-            Frame::Claim { client_id, held } => {
-                let mut peers = self.peers.lock();
-                if let Some(p) = peers.map.get_mut(peer) {
-                    if held {
-                        p.claims.insert(client_id);
-                    } else {
-                        p.claims.remove(&client_id);
+            Frame::Hello { .. } | Frame::Heartbeat | Frame::Ack(_) => {}
+            Frame::SyncBegin { full } => self.on_sync_begin(peer, full),
+            Frame::RouteAdd { filter, seq } => {
+                {
+                    let mut routes = self.routes.write();
+                    if routes.peer_len(peer) >= MAX_PEER_ROUTES {
+                        return Err(Violation::TooManyRoutes);
                     }
+                    routes.add(peer, &filter);
+                    self.routes_changed(&routes);
                 }
+                self.on_route_seen(peer, &filter, seq);
             }
-            Frame::SyncDone => {
-                if let Some(p) = self.peers.lock().map.get_mut(peer) {
-                    p.synced = true;
+            Frame::RouteRemove { filter, seq } => {
+                {
+                    let mut routes = self.routes.write();
+                    routes.remove(peer, &filter);
+                    self.routes_changed(&routes);
                 }
-                tracing::info!(event = "cluster_synced", peer = %peer, "routes synced with {peer}");
-                self.update_readiness();
+                self.on_route_seen(peer, &filter, seq);
             }
+            Frame::Claim {
+                client_id,
+                held,
+                seq,
+            } => {
+                if held && self.peer_claims(peer) >= MAX_PEER_CLAIMS {
+                    return Err(Violation::TooManyClaims);
+                }
+                self.on_claim(peer, client_id, held, seq);
+            }
+            Frame::SyncDone { upto } => self.on_sync_done(peer, upto),
             Frame::Publish {
                 direct,
                 groups,
@@ -62,18 +66,20 @@ impl Cluster {
                 let local = broker.local_delivery();
                 self.on_publish(&local, peer, direct, &groups, &sessions, &msg);
             }
-            Frame::Retain { stamp, topic, msg } => {
+            Frame::Retain {
+                stamp,
+                topic,
+                msg,
+                seq,
+            } => {
                 broker.apply_retained(topic, msg, stamp);
+                self.on_retained_seen(peer, seq);
             }
             Frame::Leaving => {
-                {
-                    let mut peers = self.peers.lock();
-                    if let Some(p) = peers.map.get_mut(peer) {
-                        p.leaving = true;
-                        p.claims.clear();
-                    }
+                if let Some(p) = self.peers.lock().map.get_mut(peer) {
+                    p.leaving = true;
                 }
-                self.drop_routes(peer);
+                self.forget_peer(peer);
                 tracing::info!(event = "cluster_peer_leaving", peer = %peer, "{peer} is draining");
                 self.metrics.peers_up.set(self.up_peers().len() as f64);
                 self.recompute_claims(broker);
@@ -94,8 +100,18 @@ impl Cluster {
             | Frame::SessionBegin { .. }
             | Frame::SessionSub { .. }
             | Frame::SessionMsg { .. }
-            | Frame::SessionEnd { .. }) => handoff::on_frame(self, broker, peer, f, sessions),
+            | Frame::SessionEnd { .. }) => handoff::on_frame(self, broker, peer, f, sessions)?,
         }
+        Ok(())
+    }
+
+    /// Number of claims `peer` holds.
+    fn peer_claims(&self, peer: &str) -> usize {
+        self.peers
+            .lock()
+            .map
+            .get(peer)
+            .map_or(0, |p| p.claims.len())
     }
 
     /// Applies a Publish frame from `peer` with the router read-locked by the caller (the link applies a run of

@@ -1,26 +1,63 @@
-//! Peer lifecycle: our outbound link to a peer coming up (the full sync queued on it) or going down, a peer's
-//! inbound link opening or closing, and what each does to the peer's routes, claims and readiness.
+//! Peer lifecycle: our outbound link to a peer coming up (its sync started, see [`super::sync`]) or going down,
+//! a peer's inbound link opening (its identity checked, what we held of it restored or dropped) or closing (its
+//! routes and claims kept aside for a resume), and what each does to readiness.
+//!
+//! Lock order where several are taken: `local` → `routes` → `peers`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
-use super::Cluster;
-use super::frame::Frame;
+use super::frame::Watermarks;
 use super::outbox::LinkTx;
-use super::routes::PeerName;
+use super::routes::{PeerName, RouteTable};
+use super::sync::{InboundSync, Suspended};
+use super::{Cluster, Inbound, LinkIdentity};
 use crate::broker::Broker;
 
+/// An inbound link accepted after its Hello.
+#[derive(Debug)]
+pub(crate) struct Accepted {
+    /// What our Hello offers: how far we hold the peer's tables from its earlier link.
+    pub(crate) resume: Option<Watermarks>,
+    /// The peer's address was new to us (dial it back).
+    pub(crate) learned: bool,
+}
+
+/// Why an inbound link was refused after its Hello.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rejected {
+    /// Another identity holds a live link under the name the Hello claims.
+    NameInUse,
+}
+
+impl Rejected {
+    /// The `reason` of the log event and metric.
+    pub(crate) fn reason(self) -> &'static str {
+        match self {
+            Rejected::NameInUse => "name_in_use",
+        }
+    }
+}
+
 impl Cluster {
-    /// Registers our new outbound link to `peer` and queues the full sync on it (routes, claims, retained,
-    /// SyncDone) before any incremental frame can follow.
-    pub(crate) fn outbound_up(&self, broker: &Broker, peer: &PeerName, link: Arc<LinkTx>) {
+    /// Registers our new outbound link to `peer` (whose Hello offered `resume`) and starts its sync.
+    pub(crate) fn outbound_up(
+        self: &Arc<Self>,
+        broker: &Arc<Broker>,
+        peer: &PeerName,
+        link: Arc<LinkTx>,
+        resume: Option<Watermarks>,
+    ) {
         {
-            let local = self.local.lock();
+            // Under `local`: no change of our tables can be queued on the link before its SyncBegin.
+            let _local = self.local.lock();
             let old = {
                 let mut peers = self.peers.lock();
                 let p = peers.map.entry(peer.clone()).or_default();
                 p.leaving = false;
+                p.acked = None;
                 let old = p.out.replace(link.clone());
                 self.route_generation.fetch_add(1, Ordering::AcqRel);
                 old
@@ -28,21 +65,8 @@ impl Cluster {
             if let Some(old) = old {
                 old.cancel.cancel();
             }
-            for f in local.filters.keys() {
-                self.push(&link, &Frame::RouteAdd(f.clone()));
-            }
-            for c in &local.claims {
-                let claim = Frame::Claim {
-                    client_id: c.clone(),
-                    held: true,
-                };
-                self.push(&link, &claim);
-            }
         }
-        for (topic, msg, stamp) in broker.retained_snapshot() {
-            self.push(&link, &Frame::Retain { stamp, topic, msg });
-        }
-        self.push(&link, &Frame::SyncDone);
+        self.start_sync(broker, peer, &link, resume);
         self.metrics.peers_up.set(self.up_peers().len() as f64);
         tracing::info!(event = "cluster_peer_up", peer = %peer, "cluster link to {peer} up");
         self.recompute_claims(broker);
@@ -73,54 +97,133 @@ impl Cluster {
         self.update_readiness();
     }
 
-    /// A peer opened inbound connection `id`: whatever it advertised before is void until it syncs again.
-    pub(crate) fn inbound_up(&self, peer: &PeerName, id: u64, advertise: SocketAddr) -> bool {
-        let learned = {
-            let mut peers = self.peers.lock();
-            let p = peers.map.entry(peer.clone()).or_default();
-            p.inbound = Some(id);
-            p.synced = false;
-            p.claims.clear();
-            let old = peers.known.insert(peer.to_string(), advertise);
-            old != Some(advertise) && !peers.dialing.contains(&advertise)
+    /// A peer opened inbound connection `id` as process `incarnation` and proved `identity`. Refused when
+    /// another identity holds a live link under the name. What we held of the peer — from a connection it
+    /// replaces, or kept since its last one dropped — stays when it is the same process (our Hello then offers
+    /// a resume) and is dropped otherwise (it syncs in full).
+    pub(crate) fn inbound_up(
+        &self,
+        peer: &PeerName,
+        id: u64,
+        incarnation: u64,
+        identity: LinkIdentity,
+        advertise: SocketAddr,
+    ) -> Result<Accepted, Rejected> {
+        let mut routes = self.routes.write();
+        let mut peers = self.peers.lock();
+        let p = peers.map.entry(peer.clone()).or_default();
+        if p.inbound
+            .as_ref()
+            .is_some_and(|current| current.identity != identity)
+        {
+            return Err(Rejected::NameInUse);
+        }
+        // What we hold of it: (its process, how far applied, routes and claims kept aside) — the routes of a
+        // connection being replaced are still in the table.
+        let prior = match p.inbound.take() {
+            Some(current) => Some((
+                current.incarnation,
+                p.sync.synced.then_some(p.sync.applied),
+                None,
+            )),
+            None => p
+                .suspended
+                .take()
+                .filter(Suspended::is_fresh)
+                .map(|s| (s.incarnation, s.applied, Some((s.routes, s.claims)))),
         };
-        self.drop_routes(peer);
+        p.inbound = Some(Inbound {
+            id,
+            incarnation,
+            identity,
+        });
+        p.sync = InboundSync::default();
+        let resume = match prior {
+            Some((same, applied, kept)) if same == incarnation => {
+                if let Some((kept_routes, kept_claims)) = kept {
+                    p.claims = kept_claims;
+                    routes.restore_peer(peer, kept_routes);
+                }
+                applied
+            }
+            _ => {
+                p.claims.clear();
+                let n = routes.remove_peer(peer);
+                log_dropped(peer, n);
+                None
+            }
+        };
+        let old = peers.known.insert(peer.to_string(), advertise);
+        let learned = old != Some(advertise) && !peers.dialing.contains(&advertise);
+        drop(peers);
+        self.routes_changed(&routes);
+        drop(routes);
         self.update_readiness();
-        learned
+        Ok(Accepted { resume, learned })
     }
 
-    /// Inbound connection `id` from `peer` ended: drop what it advertised.
+    /// Inbound connection `id` from `peer` ended: its routes leave the route table and, unless it is leaving,
+    /// are kept aside with its claims for a resume.
     pub(crate) fn inbound_down(&self, peer: &str, id: u64) {
         {
+            let mut routes = self.routes.write();
             let mut peers = self.peers.lock();
             let Some(p) = peers.map.get_mut(peer) else {
                 return;
             };
-            if p.inbound != Some(id) {
+            if p.inbound.as_ref().is_none_or(|i| i.id != id) {
                 return;
             }
-            p.inbound = None;
-            p.synced = false;
-            p.claims.clear();
+            let Some(inbound) = p.inbound.take() else {
+                return;
+            };
+            let sync = std::mem::take(&mut p.sync);
+            let claims = std::mem::take(&mut p.claims);
+            let taken = routes.take_peer(peer);
+            log_dropped(peer, taken.len());
+            p.suspended = (!p.leaving).then(|| Suspended {
+                incarnation: inbound.incarnation,
+                applied: sync.synced.then_some(sync.applied),
+                routes: taken,
+                claims,
+                since: Instant::now(),
+            });
+            drop(peers);
+            self.routes_changed(&routes);
         }
-        self.drop_routes(peer);
         self.pending.lock().retain(|_, p| &*p.peer != peer);
         self.update_readiness();
     }
 
-    /// Forgets every route `peer` advertised.
-    pub(super) fn drop_routes(&self, peer: &str) {
+    /// Forgets every route and claim `peer` advertised, nothing kept for a resume (it leaves the cluster).
+    pub(super) fn forget_peer(&self, peer: &str) {
         let mut routes = self.routes.write();
+        {
+            let mut peers = self.peers.lock();
+            if let Some(p) = peers.map.get_mut(peer) {
+                p.claims.clear();
+                p.suspended = None;
+            }
+        }
         let n = routes.remove_peer(peer);
+        log_dropped(peer, n);
+        self.routes_changed(&routes);
+    }
+
+    /// The route table changed: cached forwards are stale, and the gauge follows.
+    pub(super) fn routes_changed(&self, routes: &RouteTable) {
         self.route_generation.fetch_add(1, Ordering::AcqRel);
         self.metrics.remote_routes.set(routes.len() as f64);
-        if n > 0 {
-            tracing::info!(
-                event = "cluster_routes_dropped",
-                peer,
-                routes = n,
-                "dropped routes of {peer}"
-            );
-        }
+    }
+}
+
+fn log_dropped(peer: &str, n: usize) {
+    if n > 0 {
+        tracing::info!(
+            event = "cluster_routes_dropped",
+            peer,
+            routes = n,
+            "dropped routes of {peer}"
+        );
     }
 }

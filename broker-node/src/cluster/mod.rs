@@ -54,6 +54,7 @@
 //! node asks the claimants and the ring owner (when that is not itself) for the session; the common case — this
 //! node is the owner and nobody claims the ID — costs no round trip. See [`handoff`].
 
+mod advertised;
 mod apply;
 mod discover;
 mod forward;
@@ -63,14 +64,17 @@ pub(crate) mod link;
 mod membership;
 mod outbox;
 mod routes;
+mod sync;
 pub(crate) mod tls;
+mod validate;
+mod versioned;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
-use fleetgate_config::node::ClusterConfig;
+use fleetgate_config::node::{ClusterConfig, LimitsConfig};
 use fleetgate_ops::admin::Readiness;
 use fleetgate_protocol::mqtt::ByteString;
 use fleetgate_protocol::ring::{Ring, RingNode};
@@ -79,7 +83,8 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{Broker, ClusterHooks, ForwardMemo};
+use crate::access::Access;
+use crate::broker::{ClusterHooks, ForwardMemo};
 use crate::metrics::DropReason;
 use crate::state::message::Message;
 use crate::state::retained::Stamp;
@@ -88,13 +93,37 @@ use handoff::Pending;
 use outbox::LinkTx;
 use routes::{PeerName, RouteTable};
 
+/// Who is at the other end of an inbound link: the certificate it presented (TLS), or its address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum LinkIdentity {
+    /// The end-entity certificate (DER), verified against the cluster CA.
+    Certificate(Vec<u8>),
+    /// The peer's IP address (plain TCP: loopback or `insecure_plaintext`).
+    Address(std::net::IpAddr),
+}
+
+/// The inbound connection a peer opened to us.
+#[derive(Debug)]
+pub(crate) struct Inbound {
+    /// Which connection (a reconnect gets a new one).
+    id: u64,
+    /// The peer's process (a restart is a new incarnation).
+    incarnation: u64,
+    /// Who it proved to be.
+    identity: LinkIdentity,
+}
+
 #[derive(Debug, Default)]
 struct Peer {
     out: Option<Arc<LinkTx>>,
-    /// Id of the current inbound connection from this peer.
-    inbound: Option<u64>,
-    /// Its full sync arrived on the current inbound connection.
-    synced: bool,
+    /// The current inbound connection from this peer.
+    inbound: Option<Inbound>,
+    /// The sync of its tables on that connection.
+    sync: sync::InboundSync,
+    /// Its routes and claims kept since its inbound link dropped, for a resume.
+    suspended: Option<sync::Suspended>,
+    /// How far it applied our tables (its `Ack`s on our outbound link).
+    acked: Option<frame::Watermarks>,
     /// It said Leaving.
     leaving: bool,
     claims: HashSet<ByteString>,
@@ -109,16 +138,6 @@ struct Peers {
     dialing: HashSet<SocketAddr>,
     /// The latest discovered peer addresses (`peers_from`).
     discovered: HashSet<SocketAddr>,
-}
-
-/// What this node advertises; locked while a new link's full sync is queued, so the sync and later
-/// incremental frames cannot be reordered.
-#[derive(Debug, Default)]
-struct Local {
-    /// Our subscriptions' filters, counted over sessions (and redirects).
-    filters: HashMap<ByteString, usize>,
-    /// Client IDs we hold sessions for while the ring assigns them elsewhere.
-    claims: HashSet<ByteString>,
 }
 
 /// Cluster metric handles.
@@ -137,6 +156,27 @@ struct ClusterMetrics {
     dropped_queue_full: Counter,
     /// `fleetgate_dropped_messages_total{reason="cluster_session_gone"}`.
     dropped_session_gone: Counter,
+    /// `fleetgate_cluster_sync_bytes_total{kind}`: bytes of syncs sent, full and incremental.
+    sync_bytes: [Counter; 2],
+    /// `fleetgate_cluster_sync_seconds{kind}`: time to stream a sync.
+    sync_seconds: [Histogram; 2],
+}
+
+impl ClusterMetrics {
+    /// Index of a sync kind in the per-kind handles.
+    fn sync_kind(kind: &str) -> usize {
+        usize::from(kind == "incremental")
+    }
+
+    /// Bytes of syncs sent, by kind (`full`, `incremental`).
+    fn sync_bytes(&self, kind: &str) -> &Counter {
+        &self.sync_bytes[Self::sync_kind(kind)]
+    }
+
+    /// Time to stream a sync, by kind.
+    fn sync_seconds(&self, kind: &str) -> &Histogram {
+        &self.sync_seconds[Self::sync_kind(kind)]
+    }
 }
 
 impl ClusterMetrics {
@@ -165,6 +205,26 @@ impl ClusterMetrics {
             "fleetgate_cluster_sessions_pushed_total",
             "Sessions handed to another node while draining"
         );
+        metrics::describe_counter!(
+            "fleetgate_cluster_sync_bytes_total",
+            "Bytes of table syncs sent to peers, by kind (full, incremental)"
+        );
+        metrics::describe_histogram!(
+            "fleetgate_cluster_sync_seconds",
+            "Time to stream a table sync to a peer, by kind (full, incremental)"
+        );
+        metrics::describe_counter!(
+            "fleetgate_cluster_link_resets_total",
+            "Cluster links that were up and ended, by reason and direction"
+        );
+        metrics::describe_counter!(
+            "fleetgate_cluster_links_refused_total",
+            "Inbound cluster links refused before they carried anything, by reason"
+        );
+        metrics::describe_counter!(
+            "fleetgate_cluster_peer_violations_total",
+            "Frames from peers against the rules for peer input, by reason (each closed its link)"
+        );
         ClusterMetrics {
             peers_up: metrics::gauge!("fleetgate_cluster_peers_up"),
             remote_routes: metrics::gauge!("fleetgate_cluster_remote_routes"),
@@ -176,6 +236,11 @@ impl ClusterMetrics {
             dropped_link_down: metrics::counter!(crate::metrics::DROPPED_MESSAGES, "reason" => DropReason::ClusterLinkDown.label()),
             dropped_queue_full: metrics::counter!(crate::metrics::DROPPED_MESSAGES, "reason" => DropReason::ClusterQueueFull.label()),
             dropped_session_gone: metrics::counter!(crate::metrics::DROPPED_MESSAGES, "reason" => DropReason::ClusterSessionGone.label()),
+            sync_bytes: ["full", "incremental"].map(
+                |kind| metrics::counter!("fleetgate_cluster_sync_bytes_total", "kind" => kind),
+            ),
+            sync_seconds: ["full", "incremental"]
+                .map(|kind| metrics::histogram!("fleetgate_cluster_sync_seconds", "kind" => kind)),
         }
     }
 }
@@ -191,7 +256,7 @@ pub(crate) struct Cluster {
     frame_limit: usize,
     peers: Mutex<Peers>,
     routes: RwLock<RouteTable>,
-    local: Mutex<Local>,
+    local: Mutex<advertised::Advertised>,
     redirects: Mutex<Vec<forward::Redirect>>,
     /// `redirects` is not empty (written under its lock): spares every publish the lock while there is none.
     has_redirects: AtomicBool,
@@ -213,6 +278,10 @@ pub(crate) struct Cluster {
     pub(crate) shutdown: CancellationToken,
     /// Mutual TLS on links, when configured.
     pub(crate) tls: Option<tls::LinkTls>,
+    /// This node's access control: what a handed-over session may keep.
+    access: Arc<Access>,
+    /// This node's limits: what a peer may send.
+    limits: LimitsConfig,
 }
 
 impl Cluster {
@@ -222,9 +291,18 @@ impl Cluster {
         name: &str,
         config: ClusterConfig,
         bound: SocketAddr,
-        max_packet_size: u32,
+        limits: LimitsConfig,
+        access: Arc<Access>,
         readiness: Readiness,
     ) -> Result<Cluster, tls::TlsError> {
+        if config.insecure_plaintext {
+            tracing::warn!(
+                event = "cluster_insecure_plaintext",
+                bind = %config.bind,
+                "cluster links are plain TCP off loopback (insecure_plaintext = true): anyone who reaches the \
+                 cluster port is a node; use [cluster.tls] outside a lab"
+            );
+        }
         let incarnation = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64);
@@ -236,10 +314,10 @@ impl Cluster {
             advertise: config.advertise.unwrap_or(bound),
             config,
             incarnation,
-            frame_limit: max_packet_size as usize + FRAME_OVERHEAD,
+            frame_limit: limits.max_packet_size as usize + FRAME_OVERHEAD,
             peers: Mutex::new(Peers::default()),
             routes: RwLock::new(RouteTable::new()),
-            local: Mutex::new(Local::default()),
+            local: Mutex::new(advertised::Advertised::default()),
             redirects: Mutex::new(Vec::new()),
             has_redirects: AtomicBool::new(false),
             route_generation: AtomicU64::new(0),
@@ -254,6 +332,8 @@ impl Cluster {
             metrics: ClusterMetrics::register(),
             shutdown: CancellationToken::new(),
             tls,
+            access,
+            limits,
         })
     }
 
@@ -296,7 +376,7 @@ impl Cluster {
         peers
             .map
             .values()
-            .all(|p| p.out.is_none() || p.leaving || p.synced)
+            .all(|p| p.out.is_none() || p.leaving || p.sync.synced)
     }
 
     /// True once the drain began: new CONNECTs go elsewhere.
@@ -347,98 +427,21 @@ impl Cluster {
         }
     }
 
-    // ---- what we advertise ---------------------------------------------------------------------------------
-
-    /// A local session subscribed to `filter` (full filter) where it had no subscription before.
-    pub(crate) fn filter_added(&self, filter: &ByteString) {
-        let mut local = self.local.lock();
-        let n = local.filters.entry(filter.clone()).or_insert(0);
-        *n += 1;
-        if *n == 1 {
-            self.broadcast(&Frame::RouteAdd(filter.clone()));
-        }
-    }
-
-    /// A local session dropped its subscription to `filter`.
-    pub(crate) fn filter_removed(&self, filter: &str) {
-        let mut local = self.local.lock();
-        let Some(n) = local.filters.get_mut(filter) else {
-            return;
-        };
-        *n -= 1;
-        if *n == 0 {
-            local.filters.remove(filter);
-            self.broadcast(&Frame::RouteRemove(filter.into()));
-        }
-    }
-
-    /// The ring owner of `client_id` as this node sees it.
-    fn owner(&self, client_id: &str) -> Option<String> {
-        self.ring(true)
-            .select(client_id.as_bytes(), |_| true)
-            .map(str::to_string)
-    }
-
-    /// A session for `client_id` now exists here: claim it when the ring assigns it elsewhere.
-    pub(crate) fn session_added(&self, client_id: &ByteString) {
-        if self.owner(client_id).as_deref() == Some(&*self.name) {
-            return;
-        }
-        let mut local = self.local.lock();
-        if local.claims.insert(client_id.clone()) {
-            self.broadcast(&Frame::Claim {
-                client_id: client_id.clone(),
-                held: true,
-            });
-        }
-    }
-
-    /// The session for `client_id` ended or moved away.
-    pub(crate) fn session_removed(&self, client_id: &ByteString) {
-        let mut local = self.local.lock();
-        if local.claims.remove(client_id) {
-            self.broadcast(&Frame::Claim {
-                client_id: client_id.clone(),
-                held: false,
-            });
-        }
-    }
-
-    /// Membership changed: claim exactly the sessions the new ring assigns elsewhere.
-    pub(crate) fn recompute_claims(&self, broker: &Broker) {
-        let ids = broker.client_ids();
-        let ring = self.ring(true);
-        let wanted: HashSet<ByteString> = ids
-            .into_iter()
-            .filter(|id| ring.select(id.as_bytes(), |_| true) != Some(&*self.name))
+    /// Replicates a retained write made here (change `seq` of the store) to every peer.
+    fn replicate_retained(&self, msg: &Message, stamp: &Stamp, seq: u64) {
+        let value = (!msg.payload.is_empty()).then_some(msg);
+        let links: Vec<Arc<LinkTx>> = self
+            .peers
+            .lock()
+            .map
+            .values()
+            .filter_map(|p| p.out.clone())
             .collect();
-        let mut local = self.local.lock();
-        let gone: Vec<ByteString> = local.claims.difference(&wanted).cloned().collect();
-        let new: Vec<ByteString> = wanted.difference(&local.claims).cloned().collect();
-        for id in gone {
-            local.claims.remove(&id);
-            self.broadcast(&Frame::Claim {
-                client_id: id,
-                held: false,
+        for l in links {
+            l.push(self.config.queue_capacity, false, |buf| {
+                frame::encode_retain(buf, stamp, &msg.topic, value, seq);
             });
         }
-        for id in new {
-            local.claims.insert(id.clone());
-            self.broadcast(&Frame::Claim {
-                client_id: id,
-                held: true,
-            });
-        }
-    }
-
-    /// Replicates a retained write made here to every peer.
-    fn replicate_retained(&self, msg: &Arc<Message>, stamp: &Stamp) {
-        let value = (!msg.payload.is_empty()).then(|| msg.clone());
-        self.broadcast(&Frame::Retain {
-            stamp: stamp.clone(),
-            topic: msg.topic.clone(),
-            msg: value,
-        });
     }
 
     /// One barrier round with every linked peer (bounded by `dead_after` each): everything queued to them so far
@@ -522,7 +525,7 @@ impl ClusterHooks for Cluster {
         Cluster::session_removed(self, client_id);
     }
 
-    fn retained_written(&self, msg: &Arc<Message>, stamp: &Stamp) {
-        self.replicate_retained(msg, stamp);
+    fn retained_written(&self, msg: &Arc<Message>, stamp: &Stamp, seq: u64) {
+        self.replicate_retained(msg, stamp, seq);
     }
 }

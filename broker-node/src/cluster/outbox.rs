@@ -5,6 +5,7 @@
 //! and at most one wake-up of the writer (only when it waits on an empty queue).
 
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use bytes::BytesMut;
 use futures::task::AtomicWaker;
 use parking_lot::Mutex;
 use tokio::io::AsyncWriteExt;
+use tokio::sync::Notify;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
@@ -54,6 +56,12 @@ pub(crate) struct LinkTx {
     wake: AtomicWaker,
     /// Ends the link (the peer then resyncs on a new one).
     pub(crate) cancel: CancellationToken,
+    /// The writer took a batch (or the link closed): a sync stream waiting for room looks again.
+    drained: Notify,
+    /// A sync stream waits on `drained` (spares the writer the notification otherwise).
+    room_wanted: AtomicBool,
+    /// The link was reset because a control frame found the queue at 4 × capacity.
+    overflowed: AtomicBool,
 }
 
 impl LinkTx {
@@ -64,7 +72,39 @@ impl LinkTx {
             queue: Mutex::new(Outbox::default()),
             wake: AtomicWaker::new(),
             cancel,
+            drained: Notify::new(),
+            room_wanted: AtomicBool::new(false),
+            overflowed: AtomicBool::new(false),
         }
+    }
+
+    /// Waits until at most `frames` are queued; false when the link ended first.
+    pub(crate) async fn wait_room(&self, frames: usize) -> bool {
+        loop {
+            // Created before the look, so a notification between the look and the wait is not missed.
+            let drained = self.drained.notified();
+            {
+                let q = self.queue.lock();
+                if q.closed {
+                    return false;
+                }
+                if q.frames <= frames {
+                    return true;
+                }
+                self.room_wanted.store(true, Ordering::Release);
+            }
+            drained.await;
+        }
+    }
+
+    /// True once the link ended.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.queue.lock().closed
+    }
+
+    /// True when the link was reset because its queue overflowed with control frames.
+    pub(crate) fn overflowed(&self) -> bool {
+        self.overflowed.load(Ordering::Acquire)
     }
 
     /// Queues the frame `encode` appends (exactly one). With `capacity` frames already waiting, a droppable
@@ -97,6 +137,7 @@ impl LinkTx {
             if q.frames >= capacity.saturating_mul(4) {
                 // A control frame that cannot be queued: the peer is stuck; a fresh link resyncs it.
                 drop(q);
+                self.overflowed.store(true, Ordering::Release);
                 self.cancel.cancel();
                 return Err(Refused::Full);
             }
@@ -113,10 +154,13 @@ impl LinkTx {
 
     /// The link ended: later pushes fail, and what is queued is dropped.
     pub(crate) fn close(&self) {
-        let mut q = self.queue.lock();
-        q.closed = true;
-        q.frames = 0;
-        q.buf = BytesMut::new();
+        {
+            let mut q = self.queue.lock();
+            q.closed = true;
+            q.frames = 0;
+            q.buf = BytesMut::new();
+        }
+        self.drained.notify_waiters();
     }
 
     /// Ready once the queued frames were swapped into `batch` (emptied by the caller); with nothing queued,
@@ -132,6 +176,10 @@ impl LinkTx {
         // The cleared buffer of the last write becomes the queue's: no allocation per batch.
         std::mem::swap(&mut q.buf, batch);
         q.frames = 0;
+        drop(q);
+        if self.room_wanted.swap(false, Ordering::AcqRel) {
+            self.drained.notify_waiters();
+        }
         Poll::Ready(())
     }
 

@@ -89,15 +89,40 @@ impl RouteTable {
         true
     }
 
-    /// Forgets every route of `peer` (link down); returns how many there were.
+    /// Forgets every route of `peer`; returns how many there were.
     pub(crate) fn remove_peer(&mut self, peer: &str) -> usize {
-        let Some(set) = self.by_peer.get(peer).cloned() else {
-            return 0;
+        self.take_peer(peer).len()
+    }
+
+    /// Takes every route of `peer` out of the table and returns their filters (kept aside for a resume).
+    pub(crate) fn take_peer(&mut self, peer: &str) -> HashSet<ByteString> {
+        let Some(set) = self.by_peer.remove(peer) else {
+            return HashSet::new();
         };
-        for f in &set {
-            self.remove(peer, f);
+        for full in &set {
+            let (_, plain) = split_shared(full);
+            self.trie.update(plain, |routes| {
+                routes.retain(|r| !(&*r.peer == peer && r.full == *full));
+            });
         }
-        set.len()
+        set
+    }
+
+    /// Puts routes taken by [`take_peer`](Self::take_peer) back.
+    pub(crate) fn restore_peer(&mut self, peer: &PeerName, filters: HashSet<ByteString>) {
+        for f in filters {
+            self.add(peer, &f);
+        }
+    }
+
+    /// The filters `peer` advertised.
+    pub(crate) fn peer_filters(&self, peer: &str) -> HashSet<ByteString> {
+        self.by_peer.get(peer).cloned().unwrap_or_default()
+    }
+
+    /// Number of routes of `peer`.
+    pub(crate) fn peer_len(&self, peer: &str) -> usize {
+        self.by_peer.get(peer).map_or(0, HashSet::len)
     }
 
     /// Number of (peer, filter) routes.

@@ -1,6 +1,7 @@
-//! Optional mutual TLS on cluster links (`[cluster.tls]`): both sides present a certificate issued by the
-//! cluster CA and verify the other's against it (rustls, aws-lc-rs). Sits at the start of every link, between
-//! the TCP connect/accept and the Hello ([`super::link`]).
+//! Mutual TLS on cluster links (`[cluster.tls]`, required off loopback): both sides present a certificate issued
+//! by the cluster CA and verify the other's against it (rustls, aws-lc-rs). Sits at the start of every link,
+//! between the TCP connect/accept and the Hello ([`super::link`]). The files are read again when they change
+//! (a rotated certificate needs no restart): new links use the new certificate, live ones keep theirs.
 //!
 //! The dialer verifies the peer's certificate for the peer's node name (a DNS SAN such as `broker-1`: the
 //! identity the ring uses), or for its IP address when the name is not a DNS name (A-record discovery names
@@ -11,6 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use fleetgate_config::node::ClusterTlsConfig;
 use fleetgate_ops::pem::{load_certs, load_key};
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -53,13 +55,18 @@ fn file_error(path: &Path, message: impl std::fmt::Display) -> TlsError {
     }
 }
 
-/// Both ends of cluster-link TLS, loaded once at start.
-#[derive(Clone)]
+/// The rustls configurations of both ends, built from the files together.
+#[derive(Debug)]
+struct Configs {
+    client: Arc<ClientConfig>,
+    server: Arc<ServerConfig>,
+}
+
+/// Both ends of cluster-link TLS: loaded at start, and again whenever the certificate, key or CA files change
+/// ([`LinkTls::reload`]); new links use what was loaded last, live links keep theirs.
 pub(crate) struct LinkTls {
-    /// For links we dial.
-    pub(crate) connector: TlsConnector,
-    /// For links peers open to us.
-    pub(crate) acceptor: TlsAcceptor,
+    files: ClusterTlsConfig,
+    current: ArcSwap<Configs>,
 }
 
 impl std::fmt::Debug for LinkTls {
@@ -71,36 +78,65 @@ impl std::fmt::Debug for LinkTls {
 impl LinkTls {
     /// Loads the certificate, key and CA of `cfg`.
     pub(crate) fn load(cfg: &ClusterTlsConfig) -> Result<LinkTls, TlsError> {
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let chain = load_certs(&cfg.cert)?;
-        let key = load_key(&cfg.key)?;
-        let mut roots = RootCertStore::empty();
-        for cert in load_certs(&cfg.ca)? {
-            roots.add(cert).map_err(|e| file_error(&cfg.ca, e))?;
-        }
-        let roots = Arc::new(roots);
-        let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
-            .build()
-            .map_err(|e| file_error(&cfg.ca, e))?;
-        let mut server = ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| TlsError::Config(e.to_string()))?
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(chain.clone(), key.clone_key())
-            .map_err(|e| file_error(&cfg.key, e))?;
-        server.alpn_protocols = vec![ALPN_CLUSTER.to_vec()];
-        let mut client = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| TlsError::Config(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_client_auth_cert(chain, key)
-            .map_err(|e| file_error(&cfg.key, e))?;
-        client.alpn_protocols = vec![ALPN_CLUSTER.to_vec()];
         Ok(LinkTls {
-            connector: TlsConnector::from(Arc::new(client)),
-            acceptor: TlsAcceptor::from(Arc::new(server)),
+            files: cfg.clone(),
+            current: ArcSwap::from_pointee(build(cfg)?),
         })
     }
+
+    /// Reads the files again; on error the configurations in use stay.
+    pub(crate) fn reload(&self) -> Result<(), TlsError> {
+        self.current.store(Arc::new(build(&self.files)?));
+        Ok(())
+    }
+
+    /// The certificate, key and CA files.
+    pub(crate) fn files(&self) -> [&Path; 3] {
+        [&self.files.cert, &self.files.key, &self.files.ca]
+    }
+
+    /// For a link we dial.
+    pub(crate) fn connector(&self) -> TlsConnector {
+        TlsConnector::from(self.current.load().client.clone())
+    }
+
+    /// For a link a peer opens to us.
+    pub(crate) fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(self.current.load().server.clone())
+    }
+}
+
+/// Both configurations from the files of `cfg`.
+fn build(cfg: &ClusterTlsConfig) -> Result<Configs, TlsError> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let chain = load_certs(&cfg.cert)?;
+    let key = load_key(&cfg.key)?;
+    let mut roots = RootCertStore::empty();
+    for cert in load_certs(&cfg.ca)? {
+        roots.add(cert).map_err(|e| file_error(&cfg.ca, e))?;
+    }
+    let roots = Arc::new(roots);
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+        .build()
+        .map_err(|e| file_error(&cfg.ca, e))?;
+    let mut server = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain.clone(), key.clone_key())
+        .map_err(|e| file_error(&cfg.key, e))?;
+    server.alpn_protocols = vec![ALPN_CLUSTER.to_vec()];
+    let mut client = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| file_error(&cfg.key, e))?;
+    client.alpn_protocols = vec![ALPN_CLUSTER.to_vec()];
+    Ok(Configs {
+        client: Arc::new(client),
+        server: Arc::new(server),
+    })
 }
 
 /// The name a dialed peer's certificate must carry: its node name when that is a DNS name, else its address.

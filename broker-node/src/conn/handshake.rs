@@ -160,6 +160,7 @@ pub(super) async fn establish(
         protocol: level,
         source: origin.source,
         window: limits.outbound_window,
+        principal: client_access.principal().clone(),
     });
     events::connect(
         &client_id,

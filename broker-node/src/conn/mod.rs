@@ -229,7 +229,7 @@ mod size_tests {
             LimitsConfig::default(),
             crate::metrics::Metrics::register(),
             CancellationToken::new(),
-            Arc::new(crate::broker::NoCluster),
+            None,
         ));
         let ctx = Arc::new(Context {
             proxy: None,

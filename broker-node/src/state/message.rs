@@ -127,6 +127,22 @@ impl Message {
         })
     }
 
+    /// Bytes the message holds, roughly: its shared allocation, topic, payload and properties (what a bound on
+    /// stored messages counts).
+    pub(crate) fn footprint(&self) -> usize {
+        let properties = self.properties.as_deref().map_or(0, |p| {
+            std::mem::size_of::<PublishProperties>()
+                + p.correlation_data.as_ref().map_or(0, |d| d.len())
+                + p.content_type.as_ref().map_or(0, |c| c.len())
+                + p.response_topic.as_ref().map_or(0, |r| r.len())
+                + p.user_properties
+                    .iter()
+                    .map(|(k, v)| k.len() + v.len())
+                    .sum::<usize>()
+        });
+        std::mem::size_of::<Message>() + self.topic.len() + self.payload.len() + properties
+    }
+
     /// True once the message expiry interval has run out.
     pub(crate) fn is_expired(&self, now: Instant) -> bool {
         self.expires_at.is_some_and(|at| at <= now)

@@ -1,18 +1,29 @@
 //! Retained messages: the last RETAIN=1 message per topic (an empty payload deletes it), handed to new
-//! subscribers whose filter matches. Every write carries a hybrid logical [`Stamp`] so that the copies on the
-//! nodes of a cluster converge (last writer wins); a delete is kept as a tombstone so a late older write cannot
-//! bring the message back.
+//! subscribers whose filter matches.
+//!
+//! In a cluster every write carries a hybrid logical [`Stamp`] so that the copies on the nodes converge (last
+//! writer wins), and a delete is kept as a tombstone so a late older write cannot bring the message back;
+//! tombstones are dropped once every live peer has them ([`RetainedStore::collect_tombstones`]) and bounded in
+//! number. Every change also takes a local sequence number: a peer that was linked before asks for what
+//! changed after the last one it applied ([`RetainedStore::chunk`]).
+//!
+//! The store is bounded by count and by bytes (`[limits] max_retained_messages`, `max_retained_bytes`): a write
+//! that would pass either is refused (the message is still delivered, just not retained) and counted; deletes
+//! and updates that shrink are always accepted.
+//!
+//! Topics are kept in order, so a filter that starts with literal levels (`devices/17/#`) reads only the range
+//! of topics under them.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use fleetgate_protocol::mqtt::{ByteString, topic};
-use metrics::Gauge;
 use parking_lot::{Mutex, RwLock};
 
 use super::message::Message;
+use crate::metrics::RetainedGauges;
 
 /// A hybrid logical timestamp: `(milliseconds << 16 | counter, node name)`; greater wins (last writer wins).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Default)]
@@ -26,35 +37,105 @@ pub(crate) struct Stamp {
 /// Bits of a stamp's `time` holding the logical counter (below the milliseconds).
 const COUNTER_BITS: u32 = 16;
 
+/// Bytes an entry costs beside its topic and payload (map node, entry, shared message, stamp): an estimate,
+/// so that a flood of tiny or empty writes is bounded too.
+const ENTRY_OVERHEAD: usize = 192;
+
+/// The store's bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RetainedLimits {
+    /// Retained messages held at most.
+    pub(crate) max_messages: usize,
+    /// Bytes held at most (topics, payloads, properties, tombstones, with a per-entry overhead).
+    pub(crate) max_bytes: usize,
+}
+
+/// What became of a write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Written {
+    /// Applied as the topic's newest write, with this stamp and local sequence number.
+    Applied(Stamp, u64),
+    /// A later write of the topic is already held.
+    Stale,
+    /// Refused: the store is at its bounds.
+    Full,
+}
+
 #[derive(Debug)]
 struct Entry {
     /// `None`: a tombstone.
     msg: Option<Arc<Message>>,
     stamp: Stamp,
+    /// Local sequence number of the change.
+    seq: u64,
+    /// Bytes it counts for.
+    size: usize,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    map: BTreeMap<ByteString, Entry>,
+    /// Entries holding a message.
+    live: usize,
+    /// Sum of the entries' sizes.
+    bytes: usize,
+    /// Last local sequence number issued.
+    seq: u64,
+    /// Tombstones by sequence number, oldest first.
+    tombstones: BTreeMap<u64, ByteString>,
+    /// Changes at or below this sequence number may be forgotten (their tombstones dropped).
+    forgotten: u64,
 }
 
 /// The retained-message store.
 #[derive(Debug)]
 pub(crate) struct RetainedStore {
-    messages: RwLock<HashMap<ByteString, Entry>>,
-    gauge: Gauge,
-    /// Entries holding a message (tombstones not counted); changed under the `messages` write lock.
-    live: AtomicUsize,
+    table: RwLock<Table>,
+    gauges: RetainedGauges,
+    limits: RetainedLimits,
+    /// Keep deletes as tombstones (in a cluster; a single node deletes outright).
+    keep_tombstones: bool,
     node: String,
     /// Hybrid logical clock: the last `time` issued or seen.
     clock: Mutex<u64>,
 }
 
-/// One retained entry as replicated: topic, message (`None` = deleted) and stamp.
-pub(crate) type RetainedEntry = (ByteString, Option<Arc<Message>>, Stamp);
+/// One retained entry as replicated: topic, message (`None` = deleted), stamp, local sequence number.
+pub(crate) type RetainedEntry = (ByteString, Option<Arc<Message>>, Stamp, u64);
+
+fn entry_size(topic: &str, msg: Option<&Arc<Message>>) -> usize {
+    ENTRY_OVERHEAD + topic.len() + msg.map_or(0, |m| m.footprint())
+}
+
+/// The literal levels a filter starts with, as a topic prefix every matching topic has (`""` when the filter
+/// starts with a wildcard).
+fn literal_prefix(filter: &str) -> &str {
+    let mut start: usize = 0;
+    for level in filter.split('/') {
+        match level {
+            // `a/b/#` also matches `a/b` itself: the prefix stops before the slash.
+            "#" => return &filter[..start.saturating_sub(1)],
+            "+" => return &filter[..start],
+            _ => start += level.len() + 1,
+        }
+    }
+    filter
+}
 
 impl RetainedStore {
-    /// An empty store whose writes are stamped with `node` (the tie-break between equal clocks).
-    pub(crate) fn for_node(gauge: Gauge, node: String) -> RetainedStore {
+    /// An empty store whose writes are stamped with `node` (the tie-break between equal clocks); deletes are
+    /// kept as tombstones when `keep_tombstones` (a cluster node).
+    pub(crate) fn new(
+        node: String,
+        limits: RetainedLimits,
+        gauges: RetainedGauges,
+        keep_tombstones: bool,
+    ) -> RetainedStore {
         RetainedStore {
-            messages: RwLock::new(HashMap::new()),
-            gauge,
-            live: AtomicUsize::new(0),
+            table: RwLock::new(Table::default()),
+            gauges,
+            limits,
+            keep_tombstones,
             node,
             clock: Mutex::new(0),
         }
@@ -62,10 +143,7 @@ impl RetainedStore {
 
     /// The next stamp of a local write: wall-clock milliseconds, or one more than anything seen.
     fn tick(&self) -> Stamp {
-        let wall = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-            << COUNTER_BITS;
+        let wall = wall_clock() << COUNTER_BITS;
         let mut clock = self.clock.lock();
         *clock = wall.max(*clock + 1);
         Stamp {
@@ -74,56 +152,176 @@ impl RetainedStore {
         }
     }
 
-    /// Stores `msg` as the topic's retained message, or deletes it when the payload is empty (a local write);
-    /// returns the write's stamp.
-    pub(crate) fn store(&self, msg: &Arc<Message>) -> Stamp {
+    /// Stores `msg` as the topic's retained message, or deletes it when the payload is empty (a local write).
+    /// `written` runs with the new stamp and sequence number while the store is still locked, so whatever it
+    /// queues for peers is ordered with any concurrent sync stream of the store.
+    pub(crate) fn store(&self, msg: &Arc<Message>, written: impl FnOnce(&Stamp, u64)) -> Written {
         let stamp = self.tick();
         let value = (!msg.payload.is_empty()).then(|| msg.clone());
-        self.apply(msg.topic.clone(), value, stamp.clone());
-        stamp
+        self.write(msg.topic.clone(), value, stamp, written)
     }
 
-    /// Applies a write (local or from a peer) unless a later one is already held; true when applied.
-    pub(crate) fn apply(&self, topic: ByteString, msg: Option<Arc<Message>>, stamp: Stamp) -> bool {
+    /// Applies a write replicated by a peer unless a later one is already held.
+    pub(crate) fn apply(
+        &self,
+        topic: ByteString,
+        msg: Option<Arc<Message>>,
+        stamp: Stamp,
+    ) -> Written {
         {
             let mut clock = self.clock.lock();
             *clock = (*clock).max(stamp.time);
         }
-        let mut map = self.messages.write();
-        if map.get(&topic).is_some_and(|e| e.stamp >= stamp) {
-            return false;
+        self.write(topic, msg, stamp, |_, _| {})
+    }
+
+    fn write(
+        &self,
+        topic: ByteString,
+        msg: Option<Arc<Message>>,
+        stamp: Stamp,
+        written: impl FnOnce(&Stamp, u64),
+    ) -> Written {
+        let mut t = self.table.write();
+        let old = t.map.get(&topic);
+        if old.is_some_and(|e| e.stamp >= stamp) {
+            return Written::Stale;
+        }
+        let old_size = old.map_or(0, |e| e.size);
+        let old_live = old.is_some_and(|e| e.msg.is_some());
+        let tombstone = msg.is_none();
+        if tombstone && !self.keep_tombstones {
+            // A single node deletes outright: nothing can bring an older write back.
+            if let Some(old) = t.map.remove(&topic) {
+                t.bytes -= old.size;
+                t.live -= usize::from(old_live);
+                remove_tombstone(&mut t, &old);
+            }
+            t.seq += 1;
+            let seq = t.seq;
+            written(&stamp, seq);
+            self.publish_gauges(&t);
+            return Written::Applied(stamp, seq);
+        }
+        let size = entry_size(&topic, msg.as_ref());
+        let grows = !tombstone && (!old_live || size > old_size);
+        let over_count = !old_live && !tombstone && t.live >= self.limits.max_messages;
+        let over_bytes = t.bytes - old_size + size > self.limits.max_bytes;
+        if grows && (over_count || over_bytes) {
+            return Written::Full;
         }
         // Kept for long: the topic and a small payload are copied out of the read buffer they were sliced from.
         let msg = msg.map(|m| m.compacted());
         let topic = ByteString::from(&*topic);
-        let adds = msg.is_some();
-        let removes = map
-            .insert(topic, Entry { msg, stamp })
-            .is_some_and(|old| old.msg.is_some());
-        let live = match (adds, removes) {
-            (true, false) => self.live.fetch_add(1, Ordering::Relaxed) + 1,
-            (false, true) => self.live.fetch_sub(1, Ordering::Relaxed) - 1,
-            _ => self.live.load(Ordering::Relaxed),
+        t.seq += 1;
+        let seq = t.seq;
+        if tombstone {
+            t.tombstones.insert(seq, topic.clone());
+        }
+        let entry = Entry {
+            msg,
+            stamp: stamp.clone(),
+            seq,
+            size,
         };
-        self.gauge.set(live as f64);
-        true
+        if let Some(old) = t.map.insert(topic, entry) {
+            remove_tombstone(&mut t, &old);
+        }
+        t.bytes = t.bytes - old_size + size;
+        t.live = t.live - usize::from(old_live) + usize::from(!tombstone);
+        self.bound_tombstones(&mut t);
+        written(&stamp, seq);
+        self.publish_gauges(&t);
+        Written::Applied(stamp, seq)
     }
 
-    /// Every entry, tombstones included (the full sync to a new peer).
-    pub(crate) fn snapshot(&self) -> Vec<RetainedEntry> {
-        self.messages
-            .read()
-            .iter()
-            .map(|(t, e)| (t.clone(), e.msg.clone(), e.stamp.clone()))
-            .collect()
+    /// Drops the oldest tombstones past the bound (as many as messages may be held): a peer that comes back
+    /// after that many deletes gets a full sync.
+    fn bound_tombstones(&self, t: &mut Table) {
+        while t.tombstones.len() > self.limits.max_messages.max(1) {
+            let Some((seq, topic)) = t.tombstones.pop_first() else {
+                break;
+            };
+            drop_tombstone(t, seq, &topic);
+        }
+    }
+
+    fn publish_gauges(&self, t: &Table) {
+        self.gauges.messages.set(t.live as f64);
+        self.gauges.bytes.set(t.bytes as f64);
+        self.gauges.tombstones.set(t.tombstones.len() as f64);
+    }
+
+    /// Drops the tombstones every live peer has applied (local sequence number at most `applied_by_all`) and
+    /// that are older than `min_age_ms` on the hybrid clock; returns how many went.
+    pub(crate) fn collect_tombstones(&self, applied_by_all: u64, min_age_ms: u64) -> usize {
+        // Milliseconds on the hybrid clock: a stamp's time without its logical counter.
+        let horizon = wall_clock().saturating_sub(min_age_ms);
+        let mut t = self.table.write();
+        let due: Vec<(u64, ByteString)> = t
+            .tombstones
+            .range(..=applied_by_all)
+            .filter(|(_, topic)| {
+                t.map
+                    .get(*topic)
+                    .is_some_and(|e| e.stamp.time >> COUNTER_BITS <= horizon)
+            })
+            .map(|(seq, topic)| (*seq, topic.clone()))
+            .collect();
+        for (seq, topic) in &due {
+            t.tombstones.remove(seq);
+            drop_tombstone(&mut t, *seq, topic);
+        }
+        self.publish_gauges(&t);
+        due.len()
+    }
+
+    /// Last local sequence number issued.
+    pub(crate) fn seq(&self) -> u64 {
+        self.table.read().seq
+    }
+
+    /// True when every change after `since` is still known (a resume from `since` is possible).
+    pub(crate) fn can_resume_from(&self, since: u64) -> bool {
+        since >= self.table.read().forgotten
+    }
+
+    /// Reads the entries after topic `after` in topic order, up to `max` of them, and calls `each` with those
+    /// changed after sequence number `since` (tombstones only when `since` > 0: a full sync has no use for
+    /// them), under the store's read lock. Returns the topic to continue after, `None` at the end.
+    pub(crate) fn chunk(
+        &self,
+        after: Option<&ByteString>,
+        since: u64,
+        max: usize,
+        mut each: impl FnMut(RetainedEntry),
+    ) -> Option<ByteString> {
+        let t = self.table.read();
+        let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut last = None;
+        for (n, (topic, e)) in t
+            .map
+            .range::<ByteString, _>((lower, Bound::Unbounded))
+            .enumerate()
+        {
+            if n == max {
+                return last;
+            }
+            last = Some(topic.clone());
+            if e.seq > since && (e.msg.is_some() || since > 0) {
+                each((topic.clone(), e.msg.clone(), e.stamp.clone(), e.seq));
+            }
+        }
+        None
     }
 
     /// Retained messages matching `filter` (a plain filter, `$share` prefix stripped), expired ones left out.
     pub(crate) fn matching(&self, filter: &str, now: Instant) -> Vec<Arc<Message>> {
-        let map = self.messages.read();
+        let t = self.table.read();
         let live = |m: &&Arc<Message>| !m.is_expired(now);
         if !filter.contains(['+', '#']) {
-            return map
+            return t
+                .map
                 .get(filter)
                 .and_then(|e| e.msg.as_ref())
                 .filter(live)
@@ -131,8 +329,11 @@ impl RetainedStore {
                 .into_iter()
                 .collect();
         }
-        map.iter()
-            .filter(|(t, _)| topic::matches(filter, t))
+        let prefix = literal_prefix(filter);
+        t.map
+            .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
+            .take_while(|(topic, _)| topic.starts_with(prefix))
+            .filter(|(topic, _)| topic::matches(filter, topic))
             .filter_map(|(_, e)| e.msg.as_ref())
             .filter(live)
             .cloned()
@@ -141,14 +342,45 @@ impl RetainedStore {
 
     /// Number of retained messages.
     pub(crate) fn len(&self) -> usize {
-        self.live.load(Ordering::Relaxed)
+        self.table.read().live
     }
+}
+
+/// Removes the tombstone index entry of `old` when it was one.
+fn remove_tombstone(t: &mut Table, old: &Entry) {
+    if old.msg.is_none() {
+        t.tombstones.remove(&old.seq);
+    }
+}
+
+/// Drops the tombstone of `topic` (sequence number `seq`) from the map; changes up to `seq` may now be missing.
+fn drop_tombstone(t: &mut Table, seq: u64, topic: &ByteString) {
+    if t.map
+        .get(topic)
+        .is_some_and(|e| e.msg.is_none() && e.seq == seq)
+        && let Some(e) = t.map.remove(topic)
+    {
+        t.bytes -= e.size;
+    }
+    t.forgotten = t.forgotten.max(seq);
+}
+
+/// Wall-clock milliseconds since the Unix epoch.
+fn wall_clock() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use fleetgate_protocol::mqtt::{Bytes, QoS};
+
+    const ROOMY: RetainedLimits = RetainedLimits {
+        max_messages: 1000,
+        max_bytes: 1 << 20,
+    };
 
     fn msg(topic: &str, payload: &'static [u8]) -> Arc<Message> {
         Arc::new(Message {
@@ -162,42 +394,195 @@ mod tests {
         })
     }
 
+    fn store(node: &str, limits: RetainedLimits, cluster: bool) -> RetainedStore {
+        RetainedStore::new(node.into(), limits, RetainedGauges::noop(), cluster)
+    }
+
+    fn entries(s: &RetainedStore, since: u64) -> Vec<(String, Option<String>)> {
+        let mut out = Vec::new();
+        let mut after = None;
+        loop {
+            after = s.chunk(after.as_ref(), since, 2, |(t, m, _, _)| {
+                out.push((
+                    t.to_string(),
+                    m.map(|m| String::from_utf8_lossy(&m.payload).into_owned()),
+                ))
+            });
+            if after.is_none() {
+                return out;
+            }
+        }
+    }
+
     #[test]
     fn set_match_delete() {
-        let store = RetainedStore::for_node(Gauge::noop(), String::new());
-        store.store(&msg("a/b", b"1"));
-        store.store(&msg("a/c", b"2"));
-        store.store(&msg("$SYS/x", b"3"));
+        let store = store("", ROOMY, false);
+        store.store(&msg("a/b", b"1"), |_, _| {});
+        store.store(&msg("a/c", b"2"), |_, _| {});
+        store.store(&msg("$SYS/x", b"3"), |_, _| {});
+        store.store(&msg("b/c", b"4"), |_, _| {});
         let now = Instant::now();
         assert_eq!(store.matching("a/b", now).len(), 1);
         assert_eq!(store.matching("a/+", now).len(), 2);
+        assert_eq!(store.matching("+/c", now).len(), 2);
         assert_eq!(
             store.matching("#", now).len(),
-            2,
+            3,
             "no $ topics for a leading wildcard"
         );
-        store.store(&msg("a/b", b""));
+        store.store(&msg("a/b", b""), |_, _| {});
         assert_eq!(store.matching("a/#", now).len(), 1);
-        assert_eq!(store.len(), 2);
+        assert_eq!(store.len(), 3);
+        assert_eq!(
+            entries(&store, 1).len(),
+            3,
+            "a single node keeps no tombstone"
+        );
+    }
+
+    #[test]
+    fn literal_prefixes() {
+        assert_eq!(literal_prefix("a/b/#"), "a/b");
+        assert_eq!(literal_prefix("a/+/c"), "a/");
+        assert_eq!(literal_prefix("#"), "");
+        assert_eq!(literal_prefix("+/x"), "");
+        assert_eq!(literal_prefix("a"), "a");
+        assert_eq!(literal_prefix("a//+"), "a//");
     }
 
     #[test]
     fn last_writer_wins_and_tombstones_hold() {
-        let store = RetainedStore::for_node(Gauge::noop(), "n1".into());
+        let store = store("n1", ROOMY, true);
         let at = |time: u64, node: &str| Stamp {
             time,
             node: node.into(),
         };
-        assert!(store.apply("t".into(), Some(msg("t", b"1")), at(10, "a")));
-        assert!(!store.apply("t".into(), Some(msg("t", b"0")), at(9, "z")));
-        assert!(store.apply("t".into(), Some(msg("t", b"2")), at(10, "b")));
-        assert!(store.apply("t".into(), None, at(11, "a")));
-        assert!(!store.apply("t".into(), Some(msg("t", b"3")), at(10, "c")));
+        let applied = |w: Written| matches!(w, Written::Applied(..));
+        assert!(applied(store.apply(
+            "t".into(),
+            Some(msg("t", b"1")),
+            at(10, "a")
+        )));
+        assert_eq!(
+            store.apply("t".into(), Some(msg("t", b"0")), at(9, "z")),
+            Written::Stale
+        );
+        assert!(applied(store.apply(
+            "t".into(),
+            Some(msg("t", b"2")),
+            at(10, "b")
+        )));
+        assert!(applied(store.apply("t".into(), None, at(11, "a"))));
+        assert_eq!(
+            store.apply("t".into(), Some(msg("t", b"3")), at(10, "c")),
+            Written::Stale
+        );
         assert_eq!(store.len(), 0);
-        assert_eq!(store.snapshot().len(), 1, "the tombstone is kept");
+        assert_eq!(
+            entries(&store, 1),
+            [("t".to_string(), None)],
+            "the tombstone is kept"
+        );
+        assert!(
+            entries(&store, 0).is_empty(),
+            "a full sync sends no tombstone"
+        );
         // A local write is stamped after everything seen.
-        let s = store.store(&msg("t", b"4"));
+        let Written::Applied(s, _) = store.store(&msg("t", b"4"), |_, _| {}) else {
+            panic!("not applied");
+        };
         assert!(s > at(11, "a") && s.node == "n1");
         assert_eq!(store.len(), 1);
+    }
+
+    #[test]
+    fn changes_since_a_sequence_number_and_resume_after_collection() {
+        let store = store("n", ROOMY, true);
+        store.store(&msg("a", b"1"), |_, _| {});
+        store.store(&msg("b", b"1"), |_, _| {});
+        let mark = store.seq();
+        store.store(&msg("c", b"1"), |_, _| {});
+        store.store(&msg("a", b""), |_, _| {});
+        assert_eq!(
+            entries(&store, mark),
+            [
+                ("a".to_string(), None),
+                ("c".to_string(), Some("1".to_string()))
+            ]
+        );
+        assert!(store.can_resume_from(mark));
+        // Applied by every peer, but younger than the minimum age: kept.
+        assert_eq!(store.collect_tombstones(store.seq(), 60_000), 0);
+        assert_eq!(
+            store.collect_tombstones(mark, 0),
+            0,
+            "not applied by every peer yet"
+        );
+        assert_eq!(store.collect_tombstones(store.seq(), 0), 1);
+        assert!(
+            !store.can_resume_from(mark),
+            "the delete of `a` is forgotten"
+        );
+        assert!(store.can_resume_from(store.seq()));
+    }
+
+    #[test]
+    fn bounded_by_count_and_bytes_and_tombstones() {
+        let store = store(
+            "n",
+            RetainedLimits {
+                max_messages: 2,
+                max_bytes: 1 << 20,
+            },
+            true,
+        );
+        let stored = |w: Written| matches!(w, Written::Applied(..));
+        assert!(stored(store.store(&msg("a", b"1"), |_, _| {})));
+        assert!(stored(store.store(&msg("b", b"1"), |_, _| {})));
+        assert_eq!(store.store(&msg("c", b"1"), |_, _| {}), Written::Full);
+        assert!(
+            stored(store.store(&msg("a", b"2"), |_, _| {})),
+            "an update is not a new message"
+        );
+        assert!(
+            stored(store.store(&msg("a", b""), |_, _| {})),
+            "a delete always"
+        );
+        assert!(stored(store.store(&msg("c", b"1"), |_, _| {})));
+        // Tombstones are bounded too (as many as messages): the oldest are forgotten.
+        for t in ["x", "y", "z"] {
+            store.store(&msg(t, b""), |_, _| {});
+        }
+        assert_eq!(
+            entries(&store, 1)
+                .iter()
+                .filter(|(_, m)| m.is_none())
+                .count(),
+            2
+        );
+        assert!(!store.can_resume_from(1));
+
+        let one = entry_size("a", Some(&msg("a", b"1")));
+        let small = store_with_bytes(2 * one + one / 2);
+        assert!(stored(small.store(&msg("a", b"1"), |_, _| {})));
+        assert!(stored(small.store(&msg("b", b"1"), |_, _| {})));
+        let big: &'static [u8] = &[b'x'; 1000];
+        assert_eq!(small.store(&msg("c", big), |_, _| {}), Written::Full);
+        assert_eq!(
+            small.store(&msg("a", big), |_, _| {}),
+            Written::Full,
+            "grows past the bytes"
+        );
+    }
+
+    fn store_with_bytes(max_bytes: usize) -> RetainedStore {
+        store(
+            "n",
+            RetainedLimits {
+                max_messages: 100,
+                max_bytes,
+            },
+            false,
+        )
     }
 }

@@ -8,6 +8,7 @@ use std::num::{NonZeroU16, NonZeroU32};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use fleetgate_auth::Principal;
 use fleetgate_protocol::mqtt::{ByteString, ProtocolLevel, QoS, SubscriptionOptions};
 use parking_lot::Mutex;
 
@@ -61,6 +62,8 @@ pub(crate) struct SessionSnapshot {
     pub(crate) inbound_qos2: Vec<u16>,
     /// A will waiting out its delay.
     pub(crate) will: Option<Will>,
+    /// Who the client authenticated as.
+    pub(crate) principal: Option<Arc<Principal>>,
     /// Subscriptions by full filter.
     pub(crate) subs: Vec<(ByteString, SubscriptionEntry)>,
     /// Messages waiting to be sent.
@@ -96,6 +99,8 @@ pub(crate) struct SessionState {
     pub(crate) protocol: ProtocolLevel,
     /// Client address of the last connection (admin).
     pub(crate) source: Option<SocketAddr>,
+    /// Who the client of the last connection authenticated as (moves with the session between nodes).
+    pub(crate) principal: Option<Arc<Principal>>,
     /// Last packet identifier handed out (moves with the session between nodes).
     pub(crate) next_packet_id: u16,
 }
@@ -207,6 +212,7 @@ impl Session {
                 ended: false,
                 protocol,
                 source: None,
+                principal: None,
                 next_packet_id: 0,
             }),
         }

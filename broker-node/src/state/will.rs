@@ -33,10 +33,12 @@ pub(crate) struct WillPermit {
 impl WillPermit {
     /// The permit of a connection's will: its client's identity, checked against the ACL of the moment.
     pub(crate) fn for_client(client: &ClientAccess) -> WillPermit {
-        WillPermit {
-            access: client.access().clone(),
-            principal: client.principal().clone(),
-        }
+        WillPermit::new(client.access().clone(), client.principal().clone())
+    }
+
+    /// The permit of a will of `principal`, checked against `access` (a session handed over from another node).
+    pub(crate) fn new(access: Arc<Access>, principal: Arc<Principal>) -> WillPermit {
+        WillPermit { access, principal }
     }
 
     /// May the will go to `topic`? A denial is logged as `acl_denied` with `access="will"` and counted as a

@@ -8,11 +8,15 @@
 //! # or, instead of `peers`, the SRV records of a headless Service (endpoint names = pod names = ring keys):
 //! # peers_from = { dns = { name = "_cluster._tcp.broker.ns.svc.cluster.local.", type = "srv" } }
 //!
-//! [cluster.tls]                        # optional: both sides present and verify certificates of this CA
-//! cert = "cluster.crt"
+//! [cluster.tls]                        # both sides present and verify certificates of this CA
+//! cert = "cluster.crt"                 # its DNS SAN is this node's name (or an IP SAN, its address)
 //! key = "cluster.key"
 //! ca = "cluster-ca.crt"
 //! ```
+//!
+//! A cluster port bound off loopback needs `[cluster.tls]`: without it anyone who reaches the port would be a
+//! node. `insecure_plaintext = true` allows plain TCP anyway (a lab behind its own network boundary); the node
+//! warns about it at every start.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
@@ -55,6 +59,8 @@ pub(crate) struct ClusterFile {
     pub(crate) peers_from: Option<Spanned<DiscoveryFile>>,
     /// `[cluster.tls]`: mutual TLS on every cluster link.
     pub(crate) tls: Option<ClusterTlsFile>,
+    /// Plain TCP links on a non-loopback address (labs only).
+    pub(crate) insecure_plaintext: Option<Spanned<bool>>,
     /// Frames queued per peer link.
     pub(crate) queue_capacity: Option<Spanned<usize>>,
     /// Heartbeat period.
@@ -109,6 +115,8 @@ pub struct ClusterConfig {
     pub peers_from: Option<DiscoveryConfig>,
     /// Mutual TLS on cluster links.
     pub tls: Option<ClusterTlsConfig>,
+    /// Plain TCP links allowed on a non-loopback address (`insecure_plaintext = true`).
+    pub insecure_plaintext: bool,
     /// Frames queued per peer link (≥ 1).
     pub queue_capacity: usize,
     /// Heartbeat period.
@@ -128,6 +136,7 @@ impl ClusterConfig {
             peers,
             peers_from: None,
             tls: None,
+            insecure_plaintext: false,
             queue_capacity: DEFAULT_CLUSTER_QUEUE_CAPACITY,
             heartbeat_interval: DEFAULT_CLUSTER_HEARTBEAT,
             dead_after: DEFAULT_CLUSTER_DEAD_AFTER,
@@ -213,10 +222,26 @@ pub(crate) fn validate_cluster(
             ca: path(&t.ca),
         }
     });
+    let insecure_plaintext = c.insecure_plaintext.as_ref().is_some_and(|i| *i.get_ref());
+    match (&c.insecure_plaintext, &tls, bind) {
+        (Some(i), Some(_), _) if *i.get_ref() => problem(
+            i.span(),
+            "insecure_plaintext = true and [cluster.tls] exclude each other".into(),
+        ),
+        (_, None, Some(addr)) if !insecure_plaintext && !addr.ip().is_loopback() => problem(
+            c.bind.span(),
+            format!(
+                "cluster port {addr} is off loopback without [cluster.tls]: anyone who reaches it would be a \
+                 node; add [cluster.tls] (or insecure_plaintext = true, for a lab only)"
+            ),
+        ),
+        _ => {}
+    }
     let mut config = ClusterConfig::new(bind.unwrap_or(UNSPECIFIED), peers);
     config.advertise = advertise;
     config.peers_from = peers_from;
     config.tls = tls;
+    config.insecure_plaintext = insecure_plaintext;
     if let Some(q) = &c.queue_capacity {
         if *q.get_ref() == 0 {
             problem(q.span(), "queue_capacity must be at least 1".into());
@@ -298,5 +323,32 @@ mod tests {
         assert_eq!(tls.ca, Path::new("/abs/ca.pem"));
         let missing = format!("{HEAD}[cluster.tls]\ncert = \"c.pem\"\n");
         assert!(NodeConfig::parse(Path::new("n.toml"), &missing).is_err());
+    }
+
+    #[test]
+    fn a_cluster_port_off_loopback_needs_tls_or_an_explicit_plaintext_opt_in() {
+        let head = "[node]\nname = \"b\"\n[[listeners]]\nbind = \"127.0.0.1:0\"\n[cluster]\n";
+        let parse =
+            |cluster: &str| NodeConfig::parse(Path::new("n.toml"), &format!("{head}{cluster}"));
+        let err = parse("bind = \"0.0.0.0:7000\"\n").unwrap_err();
+        assert!(err.to_string().contains("without [cluster.tls]"), "{err}");
+        assert_eq!(err.problems[0].line, 6, "{err}");
+        let lab = parse("bind = \"0.0.0.0:7000\"\ninsecure_plaintext = true\n").unwrap();
+        assert!(lab.cluster.unwrap().insecure_plaintext);
+        let tls = "[cluster.tls]\ncert = \"c\"\nkey = \"k\"\nca = \"a\"\n";
+        assert!(parse(&format!("bind = \"0.0.0.0:7000\"\n{tls}")).is_ok());
+        assert!(
+            parse("bind = \"127.0.0.1:7000\"\n").is_ok(),
+            "loopback may be plain"
+        );
+        assert!(
+            parse("bind = \"[::1]:7000\"\n").is_ok(),
+            "loopback may be plain"
+        );
+        let both = parse(&format!(
+            "bind = \"0.0.0.0:7000\"\ninsecure_plaintext = true\n{tls}"
+        ))
+        .unwrap_err();
+        assert!(both.to_string().contains("exclude each other"), "{both}");
     }
 }

@@ -7,6 +7,8 @@
 //! receive_maximum = 32
 //! max_queued_messages = 1000
 //! connect_timeout = "10s"
+//! max_retained_messages = 1000000   # retained messages held at most; more are refused (and counted)
+//! max_retained_bytes = "1GiB"       # bytes they may hold (topics, payloads, properties, tombstones)
 //! ```
 
 use std::time::Duration;
@@ -14,6 +16,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::bytesize::ByteSize;
 use crate::duration::ConfigDuration;
 
 /// Default largest MQTT packet either side may send: 1 MiB is far above telemetry payloads and small enough
@@ -31,6 +34,11 @@ pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) const DEFAULT_TOPIC_ALIAS_MAXIMUM: u16 = 16;
 /// Default cap on the session expiry interval a client may ask for: one day of offline queueing.
 pub(crate) const DEFAULT_SESSION_EXPIRY_MAXIMUM: Duration = Duration::from_secs(24 * 3600);
+/// Default bound on retained messages: a million devices each with a retained status topic.
+pub(crate) const DEFAULT_MAX_RETAINED_MESSAGES: usize = 1_000_000;
+/// Default bound on the bytes retained messages hold: room for a million small ones (~1 KiB each with
+/// overhead), and a ceiling on what a flood of retained publishes can make a node hold.
+pub(crate) const DEFAULT_MAX_RETAINED_BYTES: usize = 1 << 30;
 
 /// Raw `[limits]` table; every field optional.
 #[derive(Debug, Default, Deserialize)]
@@ -50,6 +58,10 @@ pub(crate) struct LimitsFile {
     pub(crate) session_expiry_maximum: Option<ConfigDuration>,
     /// When set, overrides the client's keep alive and is announced in CONNACK.
     pub(crate) server_keep_alive: Option<Spanned<ConfigDuration>>,
+    /// Retained messages held at most.
+    pub(crate) max_retained_messages: Option<Spanned<usize>>,
+    /// Bytes retained messages hold at most.
+    pub(crate) max_retained_bytes: Option<Spanned<ByteSize>>,
 }
 
 /// Validated limits, defaults filled in.
@@ -69,6 +81,10 @@ pub struct LimitsConfig {
     pub session_expiry_maximum: Duration,
     /// Keep alive imposed on clients, when set (whole seconds, 1..=65535).
     pub server_keep_alive: Option<u16>,
+    /// Retained messages held at most (≥ 1).
+    pub max_retained_messages: usize,
+    /// Bytes retained messages hold at most.
+    pub max_retained_bytes: usize,
 }
 
 impl Default for LimitsConfig {
@@ -81,6 +97,8 @@ impl Default for LimitsConfig {
             topic_alias_maximum: DEFAULT_TOPIC_ALIAS_MAXIMUM,
             session_expiry_maximum: DEFAULT_SESSION_EXPIRY_MAXIMUM,
             server_keep_alive: None,
+            max_retained_messages: DEFAULT_MAX_RETAINED_MESSAGES,
+            max_retained_bytes: DEFAULT_MAX_RETAINED_BYTES,
         }
     }
 }
@@ -131,6 +149,18 @@ pub(crate) fn validate_limits(
             );
         }
         limits.server_keep_alive = u16::try_from(secs).ok();
+    }
+    if let Some(v) = &l.max_retained_messages {
+        if *v.get_ref() == 0 {
+            problem(v.span(), "max_retained_messages must be at least 1".into());
+        }
+        limits.max_retained_messages = *v.get_ref();
+    }
+    if let Some(v) = &l.max_retained_bytes {
+        if v.get_ref().get() < 64 << 10 {
+            problem(v.span(), "max_retained_bytes must be at least 64KiB".into());
+        }
+        limits.max_retained_bytes = v.get_ref().get();
     }
     limits
 }

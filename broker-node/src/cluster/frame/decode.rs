@@ -11,7 +11,9 @@ use super::fields::{
     get_ids, get_qos, get_str, get_strs, get_u8, get_u16, get_u32, get_u64, qos_from,
 };
 use super::message::get_message;
-use super::{Frame, FrameError, LEN_PREFIX, SlotKind, Stamp, ty};
+use fleetgate_auth::AuthMethod;
+
+use super::{Frame, FrameError, HandoffPrincipal, LEN_PREFIX, SlotKind, Stamp, Watermarks, ty};
 
 impl Frame {
     /// Takes one complete frame off the front of `buf`: `Ok(None)` when more bytes are needed. Frames longer
@@ -44,21 +46,39 @@ impl Frame {
                     .parse()
                     .map_err(|_| FrameError::Malformed("advertise address"))?;
                 let incarnation = get_u64(r)?;
+                let resume = match get_u8(r)? {
+                    0 => None,
+                    _ => Some(get_watermarks(r)?),
+                };
                 Frame::Hello {
                     version,
                     name,
                     advertise,
                     incarnation,
+                    resume,
                 }
             }
             ty::HEARTBEAT => Frame::Heartbeat,
-            ty::ROUTE_ADD => Frame::RouteAdd(get_str(r)?),
-            ty::ROUTE_REMOVE => Frame::RouteRemove(get_str(r)?),
+            ty::ROUTE_ADD => Frame::RouteAdd {
+                filter: get_str(r)?,
+                seq: get_u64(r)?,
+            },
+            ty::ROUTE_REMOVE => Frame::RouteRemove {
+                filter: get_str(r)?,
+                seq: get_u64(r)?,
+            },
             ty::CLAIM => Frame::Claim {
                 client_id: get_str(r)?,
                 held: get_u8(r)? != 0,
+                seq: get_u64(r)?,
             },
-            ty::SYNC_DONE => Frame::SyncDone,
+            ty::SYNC_BEGIN => Frame::SyncBegin {
+                full: get_u8(r)? != 0,
+            },
+            ty::SYNC_DONE => Frame::SyncDone {
+                upto: get_watermarks(r)?,
+            },
+            ty::ACK => Frame::Ack(get_watermarks(r)?),
             ty::PUBLISH => {
                 let direct = get_u8(r)? != 0;
                 let groups = get_strs(r)?;
@@ -82,6 +102,7 @@ impl Frame {
                     stamp: Stamp { time, node },
                     topic,
                     msg,
+                    seq: get_u64(r)?,
                 }
             }
             ty::TAKEOVER_REQUEST => Frame::TakeoverRequest {
@@ -115,6 +136,10 @@ impl Frame {
                         Some((Arc::new(get_message(r)?), delay))
                     }
                 };
+                let principal = match get_u8(r)? {
+                    0 => None,
+                    _ => Some(get_principal(r)?),
+                };
                 Frame::SessionBegin {
                     req,
                     client_id,
@@ -123,6 +148,7 @@ impl Frame {
                     next_packet_id,
                     inbound_qos2,
                     will,
+                    principal,
                 }
             }
             ty::SESSION_SUB => Frame::SessionSub {
@@ -161,6 +187,42 @@ impl Frame {
             return Err(FrameError::Malformed("trailing bytes"));
         }
         Ok(frame)
+    }
+}
+
+/// Reads the three change numbers of [`Watermarks`].
+fn get_watermarks(r: &mut Bytes) -> Result<Watermarks, FrameError> {
+    Ok(Watermarks {
+        routes: get_u64(r)?,
+        claims: get_u64(r)?,
+        retained: get_u64(r)?,
+    })
+}
+
+/// Reads a client's identity written by the encoder.
+fn get_principal(r: &mut Bytes) -> Result<HandoffPrincipal, FrameError> {
+    let method = match get_u8(r)? {
+        0 => AuthMethod::Anonymous,
+        1 => AuthMethod::Certificate,
+        2 => AuthMethod::Password,
+        3 => AuthMethod::CertificateAndPassword,
+        _ => return Err(FrameError::Malformed("auth method")),
+    };
+    let client_id = get_str(r)?.to_string();
+    let username = get_opt_str(r)?;
+    let cn = get_opt_str(r)?;
+    Ok(HandoffPrincipal {
+        username,
+        cn,
+        client_id,
+        method,
+    })
+}
+
+fn get_opt_str(r: &mut Bytes) -> Result<Option<String>, FrameError> {
+    match get_u8(r)? {
+        0 => Ok(None),
+        _ => Ok(Some(get_str(r)?.to_string())),
     }
 }
 

@@ -8,7 +8,9 @@ use fleetgate_protocol::mqtt::{ByteString, SubscriptionOptions};
 
 use super::fields::{put_ids, put_str, put_strs};
 use super::message::{message_size_hint, put_message};
-use super::{Frame, LEN_PREFIX, SlotKind, ty};
+use fleetgate_auth::AuthMethod;
+
+use super::{Frame, HandoffPrincipal, LEN_PREFIX, SlotKind, Stamp, Watermarks, ty};
 use crate::state::message::Message;
 
 impl Frame {
@@ -24,47 +26,66 @@ impl Frame {
                 name,
                 advertise,
                 incarnation,
+                resume,
             } => {
                 out.put_u8(ty::HELLO);
                 out.put_u8(*version);
                 put_str(out, name);
                 put_str(out, &advertise.to_string());
                 out.put_u64(*incarnation);
+                match resume {
+                    Some(w) => {
+                        out.put_u8(1);
+                        put_watermarks(out, w);
+                    }
+                    None => out.put_u8(0),
+                }
             }
             Frame::Heartbeat => out.put_u8(ty::HEARTBEAT),
-            Frame::RouteAdd(f) => {
+            Frame::RouteAdd { filter, seq } => {
                 out.put_u8(ty::ROUTE_ADD);
-                put_str(out, f);
+                put_str(out, filter);
+                out.put_u64(*seq);
             }
-            Frame::RouteRemove(f) => {
+            Frame::RouteRemove { filter, seq } => {
                 out.put_u8(ty::ROUTE_REMOVE);
-                put_str(out, f);
+                put_str(out, filter);
+                out.put_u64(*seq);
             }
-            Frame::Claim { client_id, held } => {
+            Frame::Claim {
+                client_id,
+                held,
+                seq,
+            } => {
                 out.put_u8(ty::CLAIM);
                 put_str(out, client_id);
                 out.put_u8(u8::from(*held));
+                out.put_u64(*seq);
             }
-            Frame::SyncDone => out.put_u8(ty::SYNC_DONE),
+            Frame::SyncBegin { full } => {
+                out.put_u8(ty::SYNC_BEGIN);
+                out.put_u8(u8::from(*full));
+            }
+            Frame::SyncDone { upto } => {
+                out.put_u8(ty::SYNC_DONE);
+                put_watermarks(out, upto);
+            }
+            Frame::Ack(w) => {
+                out.put_u8(ty::ACK);
+                put_watermarks(out, w);
+            }
             Frame::Publish {
                 direct,
                 groups,
                 sessions,
                 msg,
             } => put_publish(out, *direct, groups, sessions, PublishBody::Message(msg)),
-            Frame::Retain { stamp, topic, msg } => {
-                out.put_u8(ty::RETAIN);
-                out.put_u64(stamp.time);
-                put_str(out, &stamp.node);
-                put_str(out, topic);
-                match msg {
-                    Some(m) => {
-                        out.put_u8(1);
-                        put_message(out, m);
-                    }
-                    None => out.put_u8(0),
-                }
-            }
+            Frame::Retain {
+                stamp,
+                topic,
+                msg,
+                seq,
+            } => put_retain(out, stamp, topic, msg.as_deref(), *seq),
             Frame::TakeoverRequest {
                 req,
                 client_id,
@@ -88,6 +109,7 @@ impl Frame {
                 next_packet_id,
                 inbound_qos2,
                 will,
+                principal,
             } => {
                 out.put_u8(ty::SESSION_BEGIN);
                 out.put_u64(*req);
@@ -104,6 +126,13 @@ impl Frame {
                         out.put_u8(1);
                         out.put_u32(*delay);
                         put_message(out, m);
+                    }
+                    None => out.put_u8(0),
+                }
+                match principal {
+                    Some(p) => {
+                        out.put_u8(1);
+                        put_principal(out, p);
                     }
                     None => out.put_u8(0),
                 }
@@ -165,6 +194,64 @@ impl Frame {
             }
         }
     }
+}
+
+/// Writes the three change numbers of [`Watermarks`].
+fn put_watermarks(out: &mut BytesMut, w: &Watermarks) {
+    out.put_u64(w.routes);
+    out.put_u64(w.claims);
+    out.put_u64(w.retained);
+}
+
+/// Writes a client's identity: how it authenticated, its client ID, username and certificate CN.
+fn put_principal(out: &mut BytesMut, p: &HandoffPrincipal) {
+    out.put_u8(match p.method {
+        AuthMethod::Anonymous => 0,
+        AuthMethod::Certificate => 1,
+        AuthMethod::Password => 2,
+        AuthMethod::CertificateAndPassword => 3,
+    });
+    put_str(out, &p.client_id);
+    put_opt_str(out, p.username.as_deref());
+    put_opt_str(out, p.cn.as_deref());
+}
+
+fn put_opt_str(out: &mut BytesMut, s: Option<&str>) {
+    match s {
+        Some(s) => {
+            out.put_u8(1);
+            put_str(out, s);
+        }
+        None => out.put_u8(0),
+    }
+}
+
+/// The body of a Retain frame.
+fn put_retain(out: &mut BytesMut, stamp: &Stamp, topic: &str, msg: Option<&Message>, seq: u64) {
+    out.put_u8(ty::RETAIN);
+    out.put_u64(stamp.time);
+    put_str(out, &stamp.node);
+    put_str(out, topic);
+    match msg {
+        Some(m) => {
+            out.put_u8(1);
+            put_message(out, m);
+        }
+        None => out.put_u8(0),
+    }
+    out.put_u64(seq);
+}
+
+/// Appends a [`Frame::Retain`] built from its parts (the sync stream and the retained hook send borrowed
+/// entries, without building a frame).
+pub(crate) fn encode_retain(
+    out: &mut BytesMut,
+    stamp: &Stamp,
+    topic: &str,
+    msg: Option<&Message>,
+    seq: u64,
+) {
+    framed(out, |out| put_retain(out, stamp, topic, msg, seq));
 }
 
 /// Appends what `body` writes, behind its `u32` length.

@@ -107,7 +107,19 @@ pub(super) fn get_message(r: &mut Bytes) -> Result<Message, FrameError> {
     let qos = get_qos(r)?;
     let retain = get_u8(r)? != 0;
     let left = get_u64(r)?;
-    let expires_at = (left > 0).then(|| Instant::now() + Duration::from_millis(left - 1));
+    // At most the largest Message Expiry Interval MQTT can carry: a peer's absurd value is an error, not an
+    // overflowing instant.
+    if left > u64::from(u32::MAX) * 1000 + 1 {
+        return Err(FrameError::Malformed("message expiry"));
+    }
+    let expires_at = match left {
+        0 => None,
+        left => Some(
+            Instant::now()
+                .checked_add(Duration::from_millis(left - 1))
+                .ok_or(FrameError::Malformed("message expiry"))?,
+        ),
+    };
     let bits = get_u8(r)?;
     let properties = if bits & P_PROPS == 0 {
         None

@@ -23,11 +23,13 @@ mod encode;
 mod fields;
 mod message;
 
-pub(crate) use encode::{PublishBody, encode_message, encode_publish};
+pub(crate) use encode::{PublishBody, encode_message, encode_publish, encode_retain};
 pub(crate) use message::{message_to_will, will_to_message};
 
-/// Version byte of [`Frame::Hello`]; a peer speaking another version is refused.
-pub(crate) const PROTOCOL_VERSION: u8 = 1;
+/// Version byte of [`Frame::Hello`]; a peer speaking another version is refused. Version 2: change numbers on
+/// route, claim and retained frames, SyncBegin/SyncDone with watermarks, resume in the Hello, Ack, the client's
+/// identity in a handed-over session.
+pub(crate) const PROTOCOL_VERSION: u8 = 2;
 
 /// Bytes of a frame beyond its MQTT message: topic, properties and session fields are bounded by the MQTT
 /// packet they came from, so a frame is at most one packet plus this slack for our own fields.
@@ -49,6 +51,22 @@ pub(crate) enum FrameError {
     #[error("unknown frame type {0:#04x}")]
     UnknownType(u8),
 }
+
+/// How far a receiver has applied a sender's three replicated tables (its subscription filters, its claims, its
+/// retained store), as the sender's change numbers: what a resumed link need not send again.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Watermarks {
+    /// Last route change applied.
+    pub(crate) routes: u64,
+    /// Last claim change applied.
+    pub(crate) claims: u64,
+    /// Last retained change applied.
+    pub(crate) retained: u64,
+}
+
+/// The identity a handed-over session's client authenticated with at its node: the receiving node checks the
+/// session's filters and will against its own ACL for it.
+pub(crate) type HandoffPrincipal = fleetgate_auth::Principal;
 
 /// What a [`Frame::SessionMsg`] is in the session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,22 +92,50 @@ pub(crate) enum Frame {
         advertise: SocketAddr,
         /// Random per process start: a restarted node is a new incarnation.
         incarnation: u64,
+        /// In the acceptor's Hello: how far it holds the dialer's tables from an earlier link of the same
+        /// incarnation (the dialer then sends only later changes).
+        resume: Option<Watermarks>,
     },
     /// Liveness, sent when the link is idle.
     Heartbeat,
-    /// The sender has a subscription on `filter` (full filter, `$share/...` included).
-    RouteAdd(ByteString),
-    /// The sender no longer has any subscription on `filter`.
-    RouteRemove(ByteString),
+    /// The sender has a subscription on `filter` (full filter, `$share/...` included), as its route change
+    /// `seq`.
+    RouteAdd {
+        /// Full filter.
+        filter: ByteString,
+        /// The sender's change number.
+        seq: u64,
+    },
+    /// The sender no longer has any subscription on `filter`, as its route change `seq`.
+    RouteRemove {
+        /// Full filter.
+        filter: ByteString,
+        /// The sender's change number.
+        seq: u64,
+    },
     /// The sender holds a session for a client ID the ring assigns elsewhere (`held`), or no longer does.
     Claim {
         /// Client ID.
         client_id: ByteString,
         /// Held (true) or released.
         held: bool,
+        /// The sender's claim change number.
+        seq: u64,
     },
-    /// End of the full sync (routes, claims, retained) that follows Hello.
-    SyncDone,
+    /// Start of the sync that follows Hello: everything (`full`; what the receiver held of the sender before is
+    /// void unless sent again) or only the changes after the watermarks of the acceptor's Hello.
+    SyncBegin {
+        /// A full sync.
+        full: bool,
+    },
+    /// End of the sync: the receiver now holds the sender's tables up to `upto`.
+    SyncDone {
+        /// The sender's change numbers at the end of the sync.
+        upto: Watermarks,
+    },
+    /// From the receiver of a link back to its sender: how far it applied the sender's tables (lets the sender
+    /// forget retained deletes every peer has).
+    Ack(Watermarks),
     /// A message for the receiver's local subscribers: the plain ones when `direct`, the members of the listed
     /// shared groups (full `$share/g/f` filters), and the listed sessions (redirected to a session just handed over).
     Publish {
@@ -110,6 +156,8 @@ pub(crate) enum Frame {
         topic: ByteString,
         /// The message; `None` clears.
         msg: Option<Arc<Message>>,
+        /// The sender's retained change number.
+        seq: u64,
     },
     /// Asks the receiver for its session of `client_id` (reply: SessionBegin.. SessionEnd, or TakeoverReply).
     TakeoverRequest {
@@ -143,6 +191,8 @@ pub(crate) enum Frame {
         inbound_qos2: Vec<u16>,
         /// A will to keep for the session (drain only), with its delay.
         will: Option<(Arc<Message>, u32)>,
+        /// Who the client authenticated as (`None`: a session of a node without authentication).
+        principal: Option<HandoffPrincipal>,
     },
     /// A subscription of the session being handed over.
     SessionSub {
@@ -199,6 +249,8 @@ mod ty {
     pub(crate) const ROUTE_REMOVE: u8 = 0x11;
     pub(crate) const CLAIM: u8 = 0x12;
     pub(crate) const SYNC_DONE: u8 = 0x13;
+    pub(crate) const SYNC_BEGIN: u8 = 0x14;
+    pub(crate) const ACK: u8 = 0x15;
     pub(crate) const PUBLISH: u8 = 0x20;
     pub(crate) const RETAIN: u8 = 0x21;
     pub(crate) const TAKEOVER_REQUEST: u8 = 0x30;

@@ -46,15 +46,33 @@ fn every_frame_round_trips() {
             name: "broker-0".into(),
             advertise: "127.0.0.1:7001".parse().unwrap(),
             incarnation: 42,
+            resume: Some(Watermarks {
+                routes: 1,
+                claims: 2,
+                retained: 3,
+            }),
         },
         Frame::Heartbeat,
-        Frame::RouteAdd("$share/g/a/#".into()),
-        Frame::RouteRemove("a/+".into()),
+        Frame::RouteAdd {
+            filter: "$share/g/a/#".into(),
+            seq: 4,
+        },
+        Frame::RouteRemove {
+            filter: "a/+".into(),
+            seq: 5,
+        },
         Frame::Claim {
             client_id: "c".into(),
             held: true,
+            seq: 6,
         },
-        Frame::SyncDone,
+        Frame::SyncDone {
+            upto: Watermarks {
+                routes: 7,
+                claims: 8,
+                retained: 9,
+            },
+        },
         Frame::Publish {
             direct: true,
             groups: vec!["$share/g/a/#".into()],
@@ -68,6 +86,7 @@ fn every_frame_round_trips() {
             },
             topic: "t".into(),
             msg: None,
+            seq: 10,
         },
         Frame::TakeoverRequest {
             req: 9,
@@ -86,6 +105,12 @@ fn every_frame_round_trips() {
             next_packet_id: 17,
             inbound_qos2: vec![3, 4],
             will: Some((msg(), 10)),
+            principal: Some(HandoffPrincipal {
+                username: Some("u".into()),
+                cn: None,
+                client_id: "c".into(),
+                method: fleetgate_auth::AuthMethod::CertificateAndPassword,
+            }),
         },
         Frame::SessionSub {
             req: 1,
@@ -113,6 +138,8 @@ fn every_frame_round_trips() {
         Frame::Leaving,
         Frame::Barrier(3),
         Frame::BarrierAck(3),
+        Frame::SyncBegin { full: true },
+        Frame::Ack(Watermarks::default()),
     ];
     for f in &frames {
         let back = round_trip(f);
@@ -157,6 +184,22 @@ fn partial_oversized_and_malformed() {
     assert!(matches!(
         Frame::decode(&mut unknown, 1000),
         Err(FrameError::UnknownType(0x7f))
+    ));
+    let mut expiry = BytesMut::new();
+    Frame::Publish {
+        direct: true,
+        groups: Vec::new(),
+        sessions: Vec::new(),
+        msg: msg(),
+    }
+    .encode(&mut expiry);
+    // The message's remaining expiry (u64 ms) sits after the 4-byte length, type, direct, two empty lists and
+    // the topic, QoS and retain: set it to u64::MAX, which no Instant can hold.
+    let at = 4 + 1 + 1 + 2 + 2 + 2 + 3 + 1 + 1;
+    expiry[at..at + 8].copy_from_slice(&u64::MAX.to_be_bytes());
+    assert!(matches!(
+        Frame::decode(&mut expiry, 1 << 20),
+        Err(FrameError::Malformed("message expiry"))
     ));
     let mut truncated = BytesMut::from(&[0u8, 0, 0, 3, ty::ROUTE_ADD, 0, 9][..]);
     assert!(matches!(

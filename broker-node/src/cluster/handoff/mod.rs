@@ -21,6 +21,7 @@ use std::sync::Arc;
 use super::Cluster;
 use super::frame::Frame;
 use super::routes::PeerName;
+use super::validate::Violation;
 use crate::broker::Broker;
 
 mod drain;
@@ -28,7 +29,9 @@ mod snapshot;
 mod takeover;
 mod transfer;
 
-pub(crate) use snapshot::Incoming;
+pub(crate) use snapshot::{
+    HandoverLimits, Incoming, MAX_SESSION_SUBSCRIPTIONS, MAX_SESSIONS_IN_TRANSIT,
+};
 pub(crate) use takeover::Pending;
 
 /// Request ids of pushed sessions have this bit set; our own requests never do.
@@ -41,7 +44,7 @@ pub(crate) fn on_frame(
     peer: &PeerName,
     f: Frame,
     incoming: &mut Incoming,
-) {
+) -> Result<(), Violation> {
     match f {
         Frame::TakeoverRequest {
             req,
@@ -51,7 +54,7 @@ pub(crate) fn on_frame(
         Frame::TakeoverReply { req, moved_to } => takeover::on_reply(cluster, req, moved_to),
         Frame::SessionEnd { req } => {
             let Some(snap) = incoming.finish(req) else {
-                return;
+                return Err(Violation::Session("end of a session that did not begin"));
             };
             let client_id = snap.client_id.clone();
             let pushed = req & PUSH_BIT != 0;
@@ -70,6 +73,7 @@ pub(crate) fn on_frame(
             }
         }
         // SessionBegin, SessionSub, SessionMsg: the parts of a session being received.
-        f => incoming.apply(f),
+        f => incoming.apply(f)?,
     }
+    Ok(())
 }

@@ -2,28 +2,63 @@
 //! ([`frames`]: SessionBegin, a SessionSub per subscription, a SessionMsg per inflight or queued message,
 //! SessionEnd) and rebuilt from them on the link they arrive on ([`Incoming`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use fleetgate_protocol::mqtt::ProtocolLevel;
+use fleetgate_protocol::mqtt::{ProtocolLevel, QoS};
 
 use crate::cluster::frame::{self, Frame, SlotKind};
+use crate::cluster::validate::Violation;
 use crate::state::message::Delivery;
 use crate::state::session::{Inflight, SessionSnapshot, SubscriptionEntry};
 use crate::state::will::Will;
 
+/// What one handed-over session may bring: the limits a local client's session has.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HandoverLimits {
+    /// Queued messages (`max_queued_messages`).
+    pub(crate) max_queued: usize,
+    /// QoS 2 packet IDs awaiting PUBREL, and messages in flight to the client (`receive_maximum`).
+    pub(crate) max_inflight: usize,
+    /// Subscriptions.
+    pub(crate) max_subscriptions: usize,
+    /// Sessions being received at once on one link.
+    pub(crate) max_in_transit: usize,
+}
+
+/// Subscriptions one handed-over session may bring (a client has no lower limit of its own yet).
+pub(crate) const MAX_SESSION_SUBSCRIPTIONS: usize = 100_000;
+/// Sessions received at once on one link: a drain pushes them one after another.
+pub(crate) const MAX_SESSIONS_IN_TRANSIT: usize = 1024;
+
 /// Sessions being received on one inbound link, by request id.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Incoming {
-    building: HashMap<u64, SessionSnapshot>,
+    building: HashMap<u64, Building>,
+    limits: HandoverLimits,
+}
+
+/// A session being received, with the packet IDs of its messages in flight so far.
+#[derive(Debug)]
+struct Building {
+    snap: SessionSnapshot,
+    inflight_ids: HashSet<u16>,
 }
 
 impl Incoming {
+    /// Nothing received yet; sessions are held to `limits`.
+    pub(crate) fn new(limits: HandoverLimits) -> Incoming {
+        Incoming {
+            building: HashMap::new(),
+            limits,
+        }
+    }
+
     /// The link these sessions arrived on closed mid-handover: they are lost; returns how many messages they
     /// owed their clients.
     pub(crate) fn abandon(self) -> usize {
         let mut owed = 0;
-        for snap in self.building.into_values() {
+        for Building { snap, .. } in self.building.into_values() {
             tracing::warn!(event = "cluster_handoff_lost", client_id = %snap.client_id, "link closed during handover");
             owed += snap.queue.len() + snap.inflight.len();
         }
@@ -31,8 +66,9 @@ impl Incoming {
     }
 
     /// Applies a SessionBegin, SessionSub or SessionMsg frame to the session it belongs to; other frames are
-    /// ignored.
-    pub(super) fn apply(&mut self, f: Frame) {
+    /// ignored. A session beyond our limits, or inconsistent, is a violation.
+    pub(super) fn apply(&mut self, f: Frame) -> Result<(), Violation> {
+        let limits = self.limits;
         match f {
             Frame::SessionBegin {
                 req,
@@ -42,27 +78,37 @@ impl Incoming {
                 next_packet_id,
                 inbound_qos2,
                 will,
+                principal,
             } => {
-                // The sending node checked the will against its ACL when the client connected.
+                if self.building.len() >= limits.max_in_transit || self.building.contains_key(&req)
+                {
+                    return Err(Violation::Session("too many sessions in transit"));
+                }
+                let protocol =
+                    ProtocolLevel::from_u8(protocol).ok_or(Violation::Session("protocol level"))?;
+                if inbound_qos2.len() > limits.max_inflight || inbound_qos2.contains(&0) {
+                    return Err(Violation::Session("QoS 2 packet ids"));
+                }
+                // The will's right to be published is decided by this node's ACL when it is due (see install).
                 let will = will.map(|(m, delay)| Will {
                     will: Box::new(frame::message_to_will(&m, delay)),
                     delay,
                     permit: None,
                 });
-                self.building.insert(
-                    req,
-                    SessionSnapshot {
-                        client_id,
-                        expiry_secs,
-                        protocol: ProtocolLevel::from_u8(protocol).unwrap_or(ProtocolLevel::V5),
-                        next_packet_id,
-                        inbound_qos2,
-                        will,
-                        subs: Vec::new(),
-                        queue: Vec::new(),
-                        inflight: Vec::new(),
-                    },
-                );
+                let snap = SessionSnapshot {
+                    client_id,
+                    expiry_secs,
+                    protocol,
+                    next_packet_id,
+                    inbound_qos2,
+                    will,
+                    principal: principal.map(Arc::new),
+                    subs: Vec::new(),
+                    queue: Vec::new(),
+                    inflight: Vec::new(),
+                };
+                let inflight_ids = HashSet::new();
+                self.building.insert(req, Building { snap, inflight_ids });
             }
             Frame::SessionSub {
                 req,
@@ -70,9 +116,11 @@ impl Incoming {
                 options,
                 id,
             } => {
-                if let Some(s) = self.building.get_mut(&req) {
-                    s.subs.push((filter, SubscriptionEntry { options, id }));
+                let s = &mut self.session(req)?.snap;
+                if s.subs.len() >= limits.max_subscriptions {
+                    return Err(Violation::Session("too many subscriptions"));
                 }
+                s.subs.push((filter, SubscriptionEntry { options, id }));
             }
             Frame::SessionMsg {
                 req,
@@ -83,31 +131,49 @@ impl Incoming {
                 sub_ids,
                 msg,
             } => {
-                let Some(s) = self.building.get_mut(&req) else {
-                    return;
-                };
+                let b = self.session(req)?;
                 let delivery = Delivery {
                     msg,
                     qos,
                     retain,
                     sub_ids,
                 };
-                match (kind, frame::packet_id(packet_id)) {
-                    (SlotKind::Queued, _) | (_, Err(_)) => s.queue.push(delivery),
-                    (kind, Ok(packet_id)) => s.inflight.push(Inflight {
-                        packet_id,
-                        delivery,
-                        released: kind == SlotKind::Released,
-                    }),
+                if kind == SlotKind::Queued {
+                    if b.snap.queue.len() >= limits.max_queued {
+                        return Err(Violation::Session("queue longer than max_queued_messages"));
+                    }
+                    b.snap.queue.push(delivery);
+                    return Ok(());
                 }
+                let packet_id =
+                    frame::packet_id(packet_id).map_err(|_| Violation::Session("packet id 0"))?;
+                if b.snap.inflight.len() >= limits.max_inflight
+                    || qos == QoS::AtMostOnce
+                    || (kind == SlotKind::Released && qos != QoS::ExactlyOnce)
+                    || !b.inflight_ids.insert(packet_id.get())
+                {
+                    return Err(Violation::Session("inflight message"));
+                }
+                b.snap.inflight.push(Inflight {
+                    packet_id,
+                    delivery,
+                    released: kind == SlotKind::Released,
+                });
             }
             _ => {}
         }
+        Ok(())
+    }
+
+    fn session(&mut self, req: u64) -> Result<&mut Building, Violation> {
+        self.building
+            .get_mut(&req)
+            .ok_or(Violation::Session("part of a session that did not begin"))
     }
 
     /// The session of handover `req`, complete at its SessionEnd; `None` when it never began here.
     pub(super) fn finish(&mut self, req: u64) -> Option<SessionSnapshot> {
-        self.building.remove(&req)
+        self.building.remove(&req).map(|b| b.snap)
     }
 }
 
@@ -125,6 +191,7 @@ pub(super) fn frames(snap: SessionSnapshot, req: u64) -> Vec<Frame> {
         will: snap
             .will
             .map(|w| (Arc::new(frame::will_to_message(&w.will)), w.delay)),
+        principal: snap.principal.as_deref().cloned(),
     });
     for (filter, e) in snap.subs {
         out.push(Frame::SessionSub {

@@ -13,6 +13,8 @@ use crate::cluster::Cluster;
 use crate::cluster::frame::Frame;
 use crate::cluster::routes::PeerName;
 use crate::state::session::SessionSnapshot;
+use crate::state::will::WillPermit;
+use fleetgate_auth::{AuthMethod, Principal};
 
 /// Takes `client_id`'s session out of this node and queues it to `to` as handover `req` (kicking its
 /// connection), or ends it for a clean start. False when nothing was handed over. The frames are queued before
@@ -45,13 +47,34 @@ pub(super) fn extract(
 /// Puts a session that arrived from `from` into this node (detached; the client attaches next, or it
 /// expires). A session that was to end with its connection waits the takeover timeout for its client when it
 /// was requested (the requester may have given up meanwhile), not at all when it was pushed at a drain.
+///
+/// It gets no more than a local client's session would: its expiry is capped by our `session_expiry_maximum`,
+/// its subscriptions are checked by our ACL for the identity it carries (denied ones dropped, logged and
+/// counted), and its will is published only if our ACL allows it when it is due.
 pub(super) fn install(
     cluster: &Cluster,
     broker: &Arc<Broker>,
     from: &PeerName,
-    snap: SessionSnapshot,
+    mut snap: SessionSnapshot,
     pushed: bool,
 ) {
+    let cap = u32::try_from(cluster.limits.session_expiry_maximum.as_secs()).unwrap_or(u32::MAX);
+    snap.expiry_secs = snap.expiry_secs.min(cap);
+    let principal = snap.principal.clone().unwrap_or_else(|| {
+        // From a node without authentication: as an anonymous client of this ID.
+        Arc::new(Principal {
+            username: None,
+            cn: None,
+            client_id: snap.client_id.to_string(),
+            method: AuthMethod::Anonymous,
+        })
+    });
+    snap.subs
+        .retain(|(filter, _)| cluster.access.subscription_allowed(&principal, filter));
+    if let Some(will) = &mut snap.will {
+        will.permit = Some(WillPermit::new(cluster.access.clone(), principal.clone()));
+    }
+    snap.principal = Some(principal);
     let keep_transient = if pushed {
         Duration::ZERO
     } else {

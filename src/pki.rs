@@ -1,5 +1,6 @@
 //! The development PKI for `fleetgate up`: a CA, a server certificate for `localhost`/`127.0.0.1`/`::1` and a
-//! client certificate (`CN=dev-client`), ECDSA P-256, written as PEM files and reused while still valid.
+//! client certificate (`CN=dev-client`), ECDSA P-256, written as PEM files and reused while still valid; and the
+//! cluster's own PKI ([`cluster`]): a CA and one certificate per node, made afresh at every start.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -173,6 +174,72 @@ fn generate(pki: &DevPki) -> Result<()> {
         write_file(cert_path, cert.pem().as_bytes(), 0o644)?;
     }
     Ok(())
+}
+
+/// The cluster's PEM files: its CA and each node's certificate and key.
+#[derive(Debug, Clone)]
+pub struct ClusterPki {
+    /// The cluster CA (every node trusts it, and only it, on cluster links).
+    pub ca: PathBuf,
+    /// Per node, in the order asked: (name, certificate, key).
+    pub nodes: Vec<(String, PathBuf, PathBuf)>,
+}
+
+/// Writes a fresh cluster PKI into `dir`: a CA whose key is never written (nothing can be issued after this
+/// run), and for each of `names` a certificate valid for that node name and 127.0.0.1 (what the nodes check of
+/// each other), for both ends of a link.
+pub fn cluster(dir: &Path, names: &[String]) -> Result<ClusterPki> {
+    let today = days_since_epoch();
+    let date = |days| {
+        let (y, m, d) = civil_from_days(days);
+        date_time_ymd(y, m, d)
+    };
+    let (not_before, not_after) = (date(today - 1), date(today + VALIDITY_DAYS));
+    let mut ca_params = CertificateParams::default();
+    ca_params.distinguished_name = name("Fleetgate Dev Cluster CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    ca_params.not_before = not_before;
+    ca_params.not_after = not_after;
+    let ca_key = KeyPair::generate().context("generating the dev cluster CA key")?;
+    let ca = CertifiedIssuer::self_signed(ca_params, ca_key)
+        .context("self-signing the dev cluster CA")?;
+    let pki = ClusterPki {
+        ca: dir.join("cluster-ca.pem"),
+        nodes: names
+            .iter()
+            .map(|n| {
+                (
+                    n.clone(),
+                    dir.join(format!("cluster-{n}.pem")),
+                    dir.join(format!("cluster-{n}-key.pem")),
+                )
+            })
+            .collect(),
+    };
+    write_file(&pki.ca, ca.pem().as_bytes(), 0o644)?;
+    for (node, cert_path, key_path) in &pki.nodes {
+        let mut params = CertificateParams::new(vec![node.clone(), "127.0.0.1".to_string()])
+            .context("cluster certificate names")?;
+        params.distinguished_name = name(node);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.not_before = not_before;
+        params.not_after = not_after;
+        let key = KeyPair::generate().context("generating a dev cluster key")?;
+        let cert = params
+            .signed_by(&key, &ca)
+            .context("signing a dev cluster certificate")?;
+        write_file(key_path, key.serialize_pem().as_bytes(), 0o600)?;
+        write_file(cert_path, cert.pem().as_bytes(), 0o644)?;
+    }
+    Ok(pki)
 }
 
 fn name(cn: &str) -> DistinguishedName {

@@ -79,11 +79,19 @@ async fn start_and_wait(
     // from its Hello and dial back), so no port is picked before it is bound.
     let mut peers: Vec<(String, SocketAddr)> = Vec::new();
     let mut nodes = Vec::new();
-    for i in 0..args.nodes {
-        let name = format!("broker-{i}");
+    let names: Vec<String> = (0..args.nodes).map(|i| format!("broker-{i}")).collect();
+    // Mutual TLS on the cluster links, from a cluster CA made for this run.
+    let cluster_pki = pki::cluster(dir, &names)?;
+    for (i, (name, cert, key)) in cluster_pki.nodes.iter().enumerate() {
+        let name = name.clone();
         let bind = if with_lb || i != 0 { 0 } else { args.mqtt_port };
         let path = dir.join(format!("node-{i}.toml"));
-        write_config(&path, &node_config(&name, bind, with_lb, &peers))?;
+        let tls = ClusterTls {
+            cert,
+            key,
+            ca: &cluster_pki.ca,
+        };
+        write_config(&path, &node_config(&name, bind, with_lb, &peers, &tls))?;
         NodeConfig::load(&path)
             .map_err(|e| anyhow::anyhow!("generated {} is invalid:\n{e}", path.display()))?;
         children.push(ChildProcess::spawn(&name, "node", &path)?);
@@ -189,15 +197,28 @@ fn quote_path(p: &Path) -> String {
     quote(&p.to_string_lossy())
 }
 
+/// The cluster certificate, key and CA of one node.
+struct ClusterTls<'a> {
+    cert: &'a Path,
+    key: &'a Path,
+    ca: &'a Path,
+}
+
 /// The config of one node: MQTT on 127.0.0.1 behind the LB (PROXY v2 required from 127.0.0.1) or, without the LB,
-/// plain MQTT on `port`; admin on a free port; a cluster port on a free port, dialing `peers` (name, cluster
-/// address) — the nodes started before it.
+/// plain MQTT on `port`; admin on a free port; a cluster port on a free port with mutual TLS (`tls`), dialing
+/// `peers` (name, cluster address) — the nodes started before it.
 ///
 /// Auth of the dev system: `anonymous = true` and no ACL file. Every client is admitted (a development system
 /// must work with a bare `mosquitto_pub`); a client certificate verified by the LB is still carried as the
 /// principal's CN, and the ACL is the crate's default without a file: every topic except `$` topics. A
 /// production node lists policies (`certificate`, `client_id_from_cert`, `password`) and an `acl_file` instead.
-fn node_config(name: &str, port: u16, behind_lb: bool, peers: &[(String, SocketAddr)]) -> String {
+fn node_config(
+    name: &str,
+    port: u16,
+    behind_lb: bool,
+    peers: &[(String, SocketAddr)],
+    tls: &ClusterTls<'_>,
+) -> String {
     let proxy = if behind_lb {
         "proxy_protocol = \"required\"\ntrusted_proxies = [\"127.0.0.1/32\"]\n"
     } else {
@@ -218,11 +239,16 @@ fn node_config(name: &str, port: u16, behind_lb: bool, peers: &[(String, SocketA
          [node]\nname = {}\n\n[[listeners]]\nbind = \"127.0.0.1:{port}\"\n{proxy}\n[admin]\nbind = \"127.0.0.1:0\"\n\n\
          # One broker of N nodes: the nodes started before this one are its peers (they dial back).\n\
          [cluster]\nbind = \"127.0.0.1:0\"\npeers = [{}]\n\n\
+         # Node-to-node links: mutual TLS with certificates of a cluster CA made for this run.\n\
+         [cluster.tls]\ncert = {}\nkey = {}\nca = {}\n\n\
          # Development: every client admitted (a verified certificate CN is still recorded); production\n\
          # nodes list policies (certificate, client_id_from_cert, password) and an acl_file.\n\
          [auth]\nanonymous = true\n",
         quote(name),
-        peers.join(", ")
+        peers.join(", "),
+        quote_path(tls.cert),
+        quote_path(tls.key),
+        quote_path(tls.ca),
     )
 }
 
@@ -353,11 +379,27 @@ mod tests {
         for (behind_lb, port) in [(true, 0), (false, 1883)] {
             let path = dir.join("node.toml");
             let peers = vec![("broker-0".to_string(), "127.0.0.1:7000".parse().unwrap())];
-            std::fs::write(&path, node_config("broker-1", port, behind_lb, &peers)).unwrap();
+            let cluster_pki = pki::cluster(&dir, &["broker-1".to_string()]).unwrap();
+            let (_, cert, key) = &cluster_pki.nodes[0];
+            let tls = ClusterTls {
+                cert,
+                key,
+                ca: &cluster_pki.ca,
+            };
+            std::fs::write(
+                &path,
+                node_config("broker-1", port, behind_lb, &peers, &tls),
+            )
+            .unwrap();
             let config = NodeConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(config.name, "broker-1");
             let cluster = config.cluster.as_ref().expect("a [cluster] section");
             assert_eq!(cluster.peers.len(), 1);
+            let tls = cluster
+                .tls
+                .as_ref()
+                .expect("mutual TLS on the cluster links");
+            assert_eq!(tls.ca, cluster_pki.ca);
             assert_eq!(cluster.peers[0].addr, "127.0.0.1:7000".parse().unwrap());
             assert_eq!(config.listeners[0].bind.port(), port);
             let auth = config.auth.as_ref().expect("an [auth] section");

@@ -277,6 +277,82 @@ fn node_config_checks_and_each_pod_gets_its_identity_from_its_arguments() {
     );
 }
 
+/// The cluster links are mutual TLS with a certificate per pod: node.toml reads it from the `cluster-tls` mount,
+/// the StatefulSet fills that mount from cert-manager's csi-driver with the pod name (the node name, `--name
+/// $(POD_NAME)`) as DNS SAN, from the Issuer that k8s/cert-manager/cluster-ca.yaml makes a CA issuer.
+#[test]
+fn cluster_links_use_a_certificate_per_pod_of_the_cluster_ca() {
+    let dir = scratch_dir();
+    let file = pod_config_dir(dir.path());
+    let config = pod_config(&file, "broker-1", "10.244.1.7");
+    let cluster = config.cluster.as_ref().expect("[cluster]");
+    assert!(!cluster.insecure_plaintext);
+    let tls = cluster
+        .tls
+        .as_ref()
+        .expect("[cluster.tls]: links off loopback need it");
+    let mount = Path::new("/etc/fleetgate/cluster-tls");
+    let in_mount = |p: &Path| {
+        p.strip_prefix(file.parent().expect("dir"))
+            .map(|rel| mount.join(rel.strip_prefix("cluster-tls").expect("under cluster-tls/")))
+    };
+    assert_eq!(in_mount(&tls.cert).ok(), Some(mount.join("tls.crt")));
+    assert_eq!(in_mount(&tls.key).ok(), Some(mount.join("tls.key")));
+    assert_eq!(in_mount(&tls.ca).ok(), Some(mount.join("ca.crt")));
+
+    let statefulset = read(&k8s_dir().join("broker-statefulset.yaml"));
+    assert!(
+        statefulset.contains(
+            "            - name: cluster-tls\n              mountPath: /etc/fleetgate/cluster-tls\n"
+        ),
+        "cluster-tls mounted where node.toml reads it"
+    );
+    let volume = statefulset
+        .split("\n        - name: cluster-tls\n")
+        .nth(1)
+        .expect("a cluster-tls volume");
+    for line in [
+        "driver: csi.cert-manager.io",
+        "csi.cert-manager.io/issuer-name: fleetgate-cluster-ca",
+        "csi.cert-manager.io/issuer-kind: Issuer",
+        // The first DNS SAN is the pod name: the node name its Hello claims and its peers check.
+        "csi.cert-manager.io/dns-names: ${POD_NAME},",
+        "csi.cert-manager.io/key-usages: digital signature,server auth,client auth",
+        "csi.cert-manager.io/fs-group: \"65532\"",
+    ] {
+        assert!(volume.contains(line), "cluster-tls volume lacks {line:?}");
+    }
+    assert!(statefulset.contains("runAsUser: 65532"));
+
+    let ca = read(&k8s_dir().join("cert-manager/cluster-ca.yaml"));
+    let docs: Vec<&str> = ca.split("\n---\n").collect();
+    let kind = |d: &str, k: &str| d.lines().any(|l| l == format!("kind: {k}"));
+    let issuer = docs
+        .iter()
+        .find(|d| kind(d, "Issuer") && d.contains("\n  name: fleetgate-cluster-ca\n"))
+        .expect("the CA Issuer fleetgate-cluster-ca");
+    assert!(
+        issuer.contains("  ca:\n    secretName: fleetgate-cluster-ca\n"),
+        "{issuer}"
+    );
+    let certificate = docs
+        .iter()
+        .find(|d| kind(d, "Certificate"))
+        .expect("the CA certificate");
+    assert!(
+        certificate.contains("  isCA: true\n")
+            && certificate.contains("  secretName: fleetgate-cluster-ca\n"),
+        "{certificate}"
+    );
+    for doc in docs {
+        assert!(
+            doc.contains("apiVersion: cert-manager.io/v1\n")
+                && doc.contains("  namespace: fleetgate\n"),
+            "{doc}"
+        );
+    }
+}
+
 #[test]
 fn node_refuses_arguments_that_are_no_pod_identity() {
     let dir = scratch_dir();

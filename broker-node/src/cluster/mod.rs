@@ -62,6 +62,7 @@ pub(crate) mod frame;
 mod handoff;
 pub(crate) mod link;
 mod membership;
+mod moved;
 mod outbox;
 mod routes;
 mod sync;
@@ -73,6 +74,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Instant;
 
 use fleetgate_config::node::{ClusterConfig, LimitsConfig};
 use fleetgate_ops::admin::Readiness;
@@ -266,7 +268,7 @@ pub(crate) struct Cluster {
     pub(crate) pending: Mutex<HashMap<u64, Pending>>,
     barriers: Mutex<HashMap<u64, oneshot::Sender<()>>>,
     /// Client IDs whose session this node handed away, and to whom (answers later requests).
-    moved: Mutex<HashMap<ByteString, PeerName>>,
+    moved: Mutex<moved::Moved>,
     next_id: AtomicU64,
     rr: AtomicUsize,
     leaving: AtomicBool,
@@ -323,7 +325,7 @@ impl Cluster {
             route_generation: AtomicU64::new(0),
             pending: Mutex::new(HashMap::new()),
             barriers: Mutex::new(HashMap::new()),
-            moved: Mutex::new(HashMap::new()),
+            moved: Mutex::new(moved::Moved::default()),
             next_id: AtomicU64::new(1),
             rr: AtomicUsize::new(0),
             leaving: AtomicBool::new(false),
@@ -474,12 +476,16 @@ impl Cluster {
         }
     }
 
+    /// `client_id`'s session was handed to `to` (later requests for it are pointed there).
     pub(crate) fn remember_moved(&self, client_id: &ByteString, to: &PeerName) {
-        self.moved.lock().insert(client_id.clone(), to.clone());
+        self.moved
+            .lock()
+            .insert(client_id.clone(), to.clone(), Instant::now());
     }
 
+    /// Where `client_id`'s session went, if it left recently.
     pub(crate) fn moved_to(&self, client_id: &str) -> Option<PeerName> {
-        self.moved.lock().get(client_id).cloned()
+        self.moved.lock().get(client_id, Instant::now())
     }
 
     /// Peers that claim `client_id`, and the ring owner when it is not this node: whom to ask for its session.

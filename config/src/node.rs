@@ -406,7 +406,7 @@ server_keep_alive = "30s"
 
     #[test]
     fn overrides_replace_name_and_advertise_host() {
-        let src = "[node]\nname = \"template\"\n[[listeners]]\nbind = \"127.0.0.1:0\"\n[cluster]\nbind = \"0.0.0.0:7000\"\npeers = [{ name = \"broker-1\", addr = \"127.0.0.1:7001\" }]\n";
+        let src = "[node]\nname = \"template\"\n[[listeners]]\nbind = \"127.0.0.1:0\"\n[cluster]\nbind = \"0.0.0.0:7000\"\npeers = [{ name = \"broker-1\", addr = \"127.0.0.1:7001\" }]\n[cluster.tls]\ncert = \"c\"\nkey = \"k\"\nca = \"a\"\n";
         let file = Path::new("n.toml");
         let cfg = NodeConfig::parse(file, src).unwrap();
         let o = NodeOverrides {

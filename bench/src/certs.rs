@@ -1,5 +1,6 @@
 //! `gen-certs DIR`: a throwaway ECDSA P-256 PKI for the TLS benchmarks — a CA, a server certificate for
-//! `localhost`/127.0.0.1, a client certificate (CN `bench-client`), and the cert+key bundle HAProxy's `crt` wants.
+//! `localhost`/127.0.0.1, a client certificate (CN `bench-client`), the cert+key bundle HAProxy's `crt` wants, and
+//! cluster certificates for the nodes `cluster-0` to `cluster-2` (mutual TLS on the cluster links).
 //! The certificates come from the workspace's one test PKI (`fleetgate_testkit::Pki`); this module only names
 //! the files the way `bench/run` and HAProxy expect them.
 
@@ -8,7 +9,11 @@ use std::path::Path;
 use anyhow::Context as _;
 use fleetgate_testkit::Pki;
 
-/// Writes `ca.pem`, `server.pem`, `server.key`, `server-combined.pem`, `client.pem` and `client.key` into `dir`.
+/// Cluster nodes the benchmarks start at most.
+const CLUSTER_NODES: usize = 3;
+
+/// Writes `ca.pem`, `server.pem`, `server.key`, `server-combined.pem`, `client.pem`, `client.key` and
+/// `cluster-N.pem`/`cluster-N.key` into `dir`.
 pub fn generate(dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let pki = Pki::with_ca_name("fleetgate bench CA");
@@ -27,6 +32,12 @@ pub fn generate(dir: &Path) -> anyhow::Result<()> {
     )?;
     write("client.pem", &client.cert_pem)?;
     write("client.key", &client.key_pem)?;
+    for i in 0..CLUSTER_NODES {
+        let name = format!("cluster-{i}");
+        let node = pki.cluster_node(&name);
+        write(&format!("{name}.pem"), &node.cert_pem)?;
+        write(&format!("{name}.key"), &node.key_pem)?;
+    }
     Ok(())
 }
 
@@ -44,6 +55,8 @@ mod tests {
             "server-combined.pem",
             "client.pem",
             "client.key",
+            "cluster-2.pem",
+            "cluster-2.key",
         ] {
             assert!(std::fs::metadata(dir.join(f)).unwrap().len() > 100, "{f}");
         }

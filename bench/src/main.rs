@@ -8,6 +8,8 @@
 //! - [`load`]: the per-connection loops of `throughput` (subscriber, publisher, PUBACK reader, flow control).
 //! - [`connect_rate`]: full TLS + MQTT connection set-ups per second.
 //! - [`idle`]: many idle sessions held open while the script samples server memory.
+//! - [`scale`]: cluster state at fleet scale (`fill`: retained messages and held filters) and `pairs-check`
+//!   (when every ordered pair of nodes delivers).
 //! - [`certs`]: a throwaway ECDSA P-256 PKI.
 //! - [`stats`]: latency histograms, the shared clock, own CPU time.
 
@@ -18,6 +20,7 @@ mod load;
 mod mqtt;
 mod net;
 mod placement;
+mod scale;
 mod stats;
 mod throughput;
 
@@ -48,6 +51,10 @@ enum Command {
     ConnectRate(connect_rate::ConnectRateArgs),
     /// Hold many idle sessions.
     Idle(idle::IdleArgs),
+    /// Publish retained messages and hold subscription filters (cluster state at scale).
+    Fill(scale::FillArgs),
+    /// Time until every ordered pair of nodes delivers a message.
+    PairsCheck(scale::PairsArgs),
     /// Write a throwaway CA, server and client certificates into DIR.
     GenCerts {
         /// Output directory.
@@ -86,6 +93,8 @@ fn main() -> anyhow::Result<()> {
                 Command::Throughput(args) => throughput::run(args).await?,
                 Command::ConnectRate(args) => connect_rate::run(args).await?,
                 Command::Idle(args) => idle::run(args).await?,
+                Command::Fill(args) => scale::fill(args).await?,
+                Command::PairsCheck(args) => scale::pairs_check(args).await?,
                 Command::GenCerts { dir } => {
                     certs::generate(&dir)?;
                     return Ok(());

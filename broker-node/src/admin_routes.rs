@@ -67,5 +67,6 @@ fn client_json(node: &str, id: &str, info: &ClientInfo) -> serde_json::Value {
         "subscriptions": info.subscriptions,
         "queued": info.queued,
         "inflight": info.inflight,
+        "session_expiry": info.session_expiry,
     })
 }

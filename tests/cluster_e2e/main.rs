@@ -14,4 +14,7 @@ mod common;
 mod delivery;
 mod harness;
 mod links;
+mod peer;
+mod resync;
 mod sessions;
+mod trust;

@@ -90,6 +90,8 @@ pub struct ClientInfo {
     pub queued: usize,
     /// Messages in flight.
     pub inflight: usize,
+    /// Session expiry interval in seconds (0: ends with its connection).
+    pub session_expiry: u32,
 }
 
 /// The broker's shared state.
@@ -358,6 +360,7 @@ impl Broker {
             subscriptions: st.subscriptions.len(),
             queued: st.queue.len(),
             inflight: st.inflight.len(),
+            session_expiry: st.expiry_secs,
         })
     }
 

@@ -1,0 +1,141 @@
+//! Resyncing after a link loss: a node frozen past `dead_after` (SIGSTOP) comes back with an incremental sync both
+//! ways (only what changed while it was away), a restarted node (a new process) with a full one; either way
+//! every retained message ends up on every node and every pair of nodes delivers again.
+
+use std::time::Duration;
+
+use fleetgate_testkit::{Node, Poll, WAIT, id_owned_by};
+use rumqttc::QoS;
+use serde_json::Value;
+
+use crate::harness::*;
+
+/// Retained messages published on `node` on `r/{range}` (an empty payload deletes).
+async fn retain(node: &Node, range: std::ops::Range<usize>, payload: &str) {
+    let p = owned_client(node, "retainer").await;
+    for i in range {
+        p.publish(&format!("r/{i}"), QoS::AtLeastOnce, true, payload)
+            .await;
+    }
+    p.disconnect().await;
+}
+
+/// Waits until every node holds `n` retained messages.
+async fn wait_retained_everywhere(nodes: &[&Node], n: f64) {
+    for node in nodes {
+        node.admin
+            .wait_gauge("fleetgate_retained_messages", &[], n)
+            .await;
+    }
+}
+
+/// The `cluster_sync_sent` events `from` logged for syncs to `peer` of `kind`.
+fn syncs_sent(from: &Node, peer: &str, kind: &str) -> Vec<Value> {
+    from.process
+        .json_logs()
+        .into_iter()
+        .filter(|v| v["event"] == "cluster_sync_sent" && v["peer"] == peer && v["kind"] == kind)
+        .collect()
+}
+
+/// Waits until `from` has sent `peer` at least `n` syncs of `kind`.
+async fn wait_syncs(from: &Node, peer: &str, kind: &str, n: usize) {
+    from.process
+        .wait_for_log(WAIT, &format!("{kind} sync to {peer}"), |v| {
+            v["event"] == "cluster_sync_sent" && v["peer"] == peer && v["kind"] == kind
+        })
+        .await;
+    wait_until_count(from, peer, kind, n).await;
+}
+
+async fn wait_until_count(from: &Node, peer: &str, kind: &str, n: usize) {
+    let reached = fleetgate_testkit::eventually(WAIT, || async {
+        (syncs_sent(from, peer, kind).len() >= n).then_some(())
+    })
+    .await;
+    assert!(reached.is_ok(), "{} sent {peer} fewer than {n} {kind} syncs", from.name);
+}
+
+/// Every ordered pair of `nodes` delivers: a subscriber on each node for each other node's publisher.
+async fn assert_every_pair_delivers(nodes: &[&Node], tag: &str) {
+    let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+    let mut subs = Vec::new();
+    for (i, sub_node) in nodes.iter().enumerate() {
+        for (j, _) in nodes.iter().enumerate().filter(|(j, _)| *j != i) {
+            let id = id_owned_by(&names, &sub_node.name, &format!("{tag}-s{i}{j}"));
+            let mut sub = connect(sub_node.mqtt, &id, true).await;
+            sub.subscribed(&format!("{tag}/{i}{j}/#"), QoS::AtLeastOnce)
+                .await;
+            subs.push((i, j, sub));
+        }
+    }
+    // A publisher on each other node, publishing until its subscriber got one (the routes of this round reach
+    // the other nodes after the SUBACK).
+    for (i, j, sub) in &mut subs {
+        let pub_node = nodes[*j];
+        let id = id_owned_by(&names, &pub_node.name, &format!("{tag}-p{i}{j}"));
+        let publisher = connect(pub_node.mqtt, &id, true).await;
+        let want = format!("{j}->{i}");
+        let mut poll = Poll::new(WAIT);
+        loop {
+            publisher.publish1(&format!("{tag}/{i}{j}/x"), &want).await;
+            let got = sub.drain(Duration::from_millis(200)).await;
+            if got.iter().any(|m| text(m) == want) {
+                break;
+            }
+            poll.tick()
+                .await
+                .unwrap_or_else(|_| panic!("{} never delivered to {}", pub_node.name, nodes[*i].name));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_node_resyncs_incrementally_and_a_restarted_one_in_full() {
+    with_cluster(async |mut nodes| {
+        retain(&nodes[0], 0..60, "v1").await;
+        wait_retained_everywhere(&nodes.iter().collect::<Vec<_>>(), 60.0).await;
+
+        // broker-2 frozen past dead_after: its peers drop it; meanwhile 20 retained messages are added and 5
+        // deleted on broker-0.
+        {
+            let _frozen = nodes[2].process.freeze();
+            for n in &nodes[..2] {
+                n.admin
+                    .wait_gauge("fleetgate_cluster_peers_up", &[], 1.0)
+                    .await;
+            }
+            retain(&nodes[0], 60..80, "v2").await;
+            retain(&nodes[0], 0..5, "").await;
+        }
+        wait_linked(&nodes.iter().collect::<Vec<_>>(), 2.0, true).await;
+        // Both ways between broker-2 and each of the others, only the changes: incremental.
+        for other in &nodes[..2] {
+            wait_syncs(other, NAMES[2], "incremental", 1).await;
+            wait_syncs(&nodes[2], &other.name, "incremental", 1).await;
+        }
+        wait_retained_everywhere(&nodes.iter().collect::<Vec<_>>(), 75.0).await;
+        let sent = syncs_sent(&nodes[0], NAMES[2], "incremental");
+        let full = syncs_sent(&nodes[0], NAMES[2], "full");
+        assert!(
+            sent[0]["bytes"].as_u64() < full[0]["bytes"].as_u64(),
+            "the incremental sync ({}) sent less than the first full one ({})",
+            sent[0],
+            full[0]
+        );
+        assert_every_pair_delivers(&nodes.iter().collect::<Vec<_>>(), "after-freeze").await;
+
+        // broker-1 restarted: a new process, so both of the others sync it in full, and it gets every retained
+        // message from them.
+        let peers = [(NAMES[0], nodes[0].cluster()), (NAMES[2], nodes[2].cluster())];
+        drop(nodes.remove(1));
+        nodes.insert(1, start_node(NAMES[1], &peers, "").await);
+        wait_linked(&nodes.iter().collect::<Vec<_>>(), 2.0, true).await;
+        for other in [&nodes[0], &nodes[2]] {
+            wait_until_count(other, NAMES[1], "full", 2).await;
+        }
+        wait_retained_everywhere(&nodes.iter().collect::<Vec<_>>(), 75.0).await;
+        assert_every_pair_delivers(&nodes.iter().collect::<Vec<_>>(), "after-restart").await;
+    })
+    .await;
+}

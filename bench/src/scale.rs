@@ -270,9 +270,10 @@ async fn one_pair(
 ) -> anyhow::Result<f64> {
     let start = Instant::now();
     let id = topic.replace('/', "-");
-    let mut s = retry_until(deadline, || net::connect(sub, &format!("{id}-s"), 30)).await?;
+    let (sub_id, pub_id) = (format!("{id}-s"), format!("{id}-p"));
+    let mut s = retry_until(deadline, || net::connect(sub, &sub_id, 30)).await?;
     net::subscribe(&mut s, sub.version, topic, 0).await?;
-    let mut p = retry_until(deadline, || net::connect(pub_, &format!("{id}-p"), 30)).await?;
+    let mut p = retry_until(deadline, || net::connect(pub_, &pub_id, 30)).await?;
     let mut out = BytesMut::with_capacity(64);
     loop {
         out.clear();

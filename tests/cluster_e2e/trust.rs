@@ -6,9 +6,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use fleetgate_testkit::{Node, Pki, WAIT, bounded, eventually};
+use fleetgate_testkit::{Node, NodeSpec, Pki, WAIT, bounded, eventually};
 use tokio::net::TcpListener;
 
+use crate::common::BIN;
 use crate::harness::*;
 use crate::peer::{self, Peer};
 
@@ -23,10 +24,11 @@ fn tls_node_extra(pki: &Pki, name: &str) -> String {
     )
 }
 
-/// A node alone, with mutual TLS on its cluster port and `limits` (a `[limits]` table's lines).
-async fn tls_node(pki: &Pki, limits: &str) -> Node {
-    let extra = format!("{}\n[limits]\n{limits}", tls_node_extra(pki, NAMES[0]));
-    start_node(NAMES[0], &[], &extra).await
+/// A node alone, with mutual TLS on its cluster port and `limits` (lines of its `[limits]` table).
+async fn tls_node(pki: &Pki, limits: &[&str]) -> Node {
+    let mut spec = NodeSpec::clustered(NAMES[0], &[], &tls_node_extra(pki, NAMES[0]));
+    spec.extra_limits = limits.iter().map(|l| l.to_string()).collect();
+    Node::start(BIN, &spec).await
 }
 
 /// A listener the node would dial back if it took our Hello: the address a fake peer advertises.
@@ -47,7 +49,7 @@ async fn assert_not_dialed(trap: &TcpListener) {
 async fn a_stranger_without_a_certificate_gets_a_tls_refusal_and_nothing_else() {
     bounded(TEST_LIMIT, async {
         let pki = Pki::new();
-        let node = tls_node(&pki, "").await;
+        let node = tls_node(&pki, &[]).await;
         let (trap, advertise) = trap().await;
 
         // Plain TCP speaking the cluster protocol: what the node answers is a TLS alert (record type 21) or
@@ -124,7 +126,7 @@ async fn a_second_identity_for_a_linked_name_is_refused_and_the_name_keeps_its_a
 async fn a_peer_sending_what_no_client_could_is_cut_off_and_the_node_keeps_serving() {
     bounded(TEST_LIMIT, async {
         let pki = Pki::new();
-        let node = tls_node(&pki, "max_queued_messages = 3\n").await;
+        let node = tls_node(&pki, &["max_queued_messages = 3"]).await;
         let deepest = vec!["a"; 128].join("/");
         let too_deep = vec!["a"; 129].join("/");
         let s = peer::PUSHED | 1;
@@ -199,7 +201,7 @@ async fn a_peer_sending_what_no_client_could_is_cut_off_and_the_node_keeps_servi
 async fn a_handed_over_session_gets_no_more_expiry_than_ours() {
     bounded(TEST_LIMIT, async {
         let pki = Pki::new();
-        let node = tls_node(&pki, "session_expiry_maximum = \"1h\"\n").await;
+        let node = tls_node(&pki, &["session_expiry_maximum = \"1h\""]).await;
         let (_trap, advertise) = trap().await;
         let cert = pki.cluster_node("broker-9");
         let mut peer = Peer::tls(&pki, &cert, NAMES[0], node.cluster()).await;

@@ -155,7 +155,12 @@ async fn publish_retained(
             }
         }
         if acked < total && (sent - acked >= window || next >= range.end) {
-            if s.stream.read_buf(&mut s.read_buf).await.context("reading PUBACK")? == 0 {
+            if s.stream
+                .read_buf(&mut s.read_buf)
+                .await
+                .context("reading PUBACK")?
+                == 0
+            {
                 bail!("closed with {} PUBACKs missing", total - acked);
             }
         }
@@ -175,9 +180,18 @@ async fn subscribe_many(
     let mut out = BytesMut::with_capacity(64 * 1024);
     for j in 0..count {
         let id = (j % 65_535 + 1) as u16;
-        mqtt::encode_subscribe(&mut out, version, id, &format!("{prefix}/f/{session}/{j}/#"), 0);
+        mqtt::encode_subscribe(
+            &mut out,
+            version,
+            id,
+            &format!("{prefix}/f/{session}/{j}/#"),
+            0,
+        );
     }
-    s.stream.write_all(&out).await.context("writing SUBSCRIBE")?;
+    s.stream
+        .write_all(&out)
+        .await
+        .context("writing SUBSCRIBE")?;
     let mut acked = 0;
     while acked < count {
         match mqtt::decode(&s.read_buf, version)? {
@@ -191,7 +205,12 @@ async fn subscribe_many(
                 let _ = s.read_buf.split_to(used);
             }
             None => {
-                if s.stream.read_buf(&mut s.read_buf).await.context("reading SUBACK")? == 0 {
+                if s.stream
+                    .read_buf(&mut s.read_buf)
+                    .await
+                    .context("reading SUBACK")?
+                    == 0
+                {
                     bail!("closed before every SUBACK");
                 }
             }
@@ -277,7 +296,9 @@ async fn one_pair(
     let mut out = BytesMut::with_capacity(64);
     loop {
         out.clear();
-        mqtt::encode_publish(&mut out, pub_.version, topic, 0, 0, 1, |b| b.extend_from_slice(b"x"));
+        mqtt::encode_publish(&mut out, pub_.version, topic, 0, 0, 1, |b| {
+            b.extend_from_slice(b"x")
+        });
         p.stream.write_all(&out).await.context("publishing")?;
         if net::await_publish(&mut s, sub.version, RETRY).await? {
             net::close(s).await;

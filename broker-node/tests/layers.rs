@@ -17,5 +17,8 @@ const LAYERS: &[&[&str]] = &[
 
 #[test]
 fn modules_form_layers_without_cycles() {
-    fleetgate_testkit::layers::assert_layers(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), LAYERS);
+    fleetgate_testkit::layers::assert_layers(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+        LAYERS,
+    );
 }

@@ -6,7 +6,9 @@ use std::path::Path;
 
 /// Bottom to top.
 const LAYERS: &[&[&str]] = &[
-    &["frames", "identity", "metrics", "registry", "reload", "sockopt", "stream", "tls"],
+    &[
+        "frames", "identity", "metrics", "registry", "reload", "sockopt", "stream", "tls",
+    ],
     &["admission", "error", "health", "relay"],
     &["backend"],
     &["snapshot", "upstream"],
@@ -19,5 +21,8 @@ const LAYERS: &[&[&str]] = &[
 
 #[test]
 fn modules_form_layers_without_cycles() {
-    fleetgate_testkit::layers::assert_layers(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), LAYERS);
+    fleetgate_testkit::layers::assert_layers(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+        LAYERS,
+    );
 }

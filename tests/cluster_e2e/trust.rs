@@ -131,9 +131,21 @@ async fn a_peer_sending_what_no_client_could_is_cut_off_and_the_node_keeps_servi
         let too_deep = vec!["a"; 129].join("/");
         let s = peer::PUSHED | 1;
         let cases: Vec<(&str, Vec<Vec<u8>>, &str)> = vec![
-            ("a filter one level too deep", vec![peer::route_add(&too_deep)], "filter"),
-            ("a topic one level too deep", vec![peer::publish(&too_deep)], "topic"),
-            ("a wildcard in a topic", vec![peer::publish("a/+/b")], "topic"),
+            (
+                "a filter one level too deep",
+                vec![peer::route_add(&too_deep)],
+                "filter",
+            ),
+            (
+                "a topic one level too deep",
+                vec![peer::publish(&too_deep)],
+                "topic",
+            ),
+            (
+                "a wildcard in a topic",
+                vec![peer::publish("a/+/b")],
+                "topic",
+            ),
             (
                 "a session queue longer than max_queued_messages",
                 vec![
@@ -155,7 +167,10 @@ async fn a_peer_sending_what_no_client_could_is_cut_off_and_the_node_keeps_servi
         for (i, (what, frames, reason)) in cases.iter().enumerate() {
             let (_trap, advertise) = trap().await;
             let mut hostile = Peer::tls(&pki, &cert, NAMES[0], node.cluster()).await;
-            assert!(hostile.hello("broker-9", advertise).await, "{what}: no Hello");
+            assert!(
+                hostile.hello("broker-9", advertise).await,
+                "{what}: no Hello"
+            );
             // A filter at the depth limit is fine.
             assert!(hostile.send(&peer::route_add(&deepest)).await);
             for f in frames {
@@ -175,7 +190,10 @@ async fn a_peer_sending_what_no_client_could_is_cut_off_and_the_node_keeps_servi
                 .iter()
                 .filter(|v| v["event"] == "cluster_peer_violation" && v["reason"] == *reason)
                 .count();
-            assert!(logged >= 1, "{what}: no cluster_peer_violation {reason} logged");
+            assert!(
+                logged >= 1,
+                "{what}: no cluster_peer_violation {reason} logged"
+            );
             // The link is gone, and with it every route it advertised.
             node.admin
                 .wait_gauge("fleetgate_cluster_remote_routes", &[], 0.0)
@@ -207,7 +225,10 @@ async fn a_handed_over_session_gets_no_more_expiry_than_ours() {
         let mut peer = Peer::tls(&pki, &cert, NAMES[0], node.cluster()).await;
         assert!(peer.hello("broker-9", advertise).await);
         let req = peer::PUSHED | 2;
-        assert!(peer.send(&peer::session_begin(req, "forever-dev", u32::MAX - 1)).await);
+        assert!(
+            peer.send(&peer::session_begin(req, "forever-dev", u32::MAX - 1))
+                .await
+        );
         assert!(peer.send(&peer::session_queued(req, "for/you")).await);
         assert!(peer.send(&peer::session_end(req)).await);
         let info = eventually(WAIT, || node.admin.client("forever-dev"))

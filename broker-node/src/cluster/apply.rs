@@ -57,6 +57,7 @@ impl Cluster {
                 self.on_claim(peer, client_id, held, seq);
             }
             Frame::SyncDone { upto } => self.on_sync_done(peer, upto),
+            Frame::Progress(upto) => self.on_progress(peer, upto),
             Frame::Publish {
                 direct,
                 groups,

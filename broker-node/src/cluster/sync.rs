@@ -122,6 +122,7 @@ impl Cluster {
             let Some(stats) = cluster.stream(&broker, &link, since).await else {
                 return;
             };
+            tokio::spawn(cluster.clone().progress(broker.clone(), link.clone()));
             let kind = if stats.full { "full" } else { "incremental" };
             let took = started.elapsed();
             cluster.metrics.sync_bytes(kind).increment(stats.bytes);
@@ -242,20 +243,38 @@ impl Cluster {
                 return None;
             }
         }
-        // Our change numbers now: every change up to them was queued before this frame (each is queued under its
-        // table's lock, and the numbers are read under the same locks).
-        let done = {
-            let local = self.local.lock();
-            Frame::SyncDone {
-                upto: Watermarks {
-                    routes: local.filters.seq(),
-                    claims: local.claims.seq(),
-                    retained: broker.retained_seq(),
-                },
-            }
+        let done = Frame::SyncDone {
+            upto: self.watermarks(broker),
         };
         push(&mut stats, &mut |buf| done.encode(buf));
         (!link.is_closed()).then_some(stats)
+    }
+
+    /// Our change numbers now. Every change up to them is already queued on every link it goes to: each is
+    /// queued under its table's lock, and the numbers are read under the same locks.
+    fn watermarks(&self, broker: &Broker) -> Watermarks {
+        let local = self.local.lock();
+        Watermarks {
+            routes: local.filters.seq(),
+            claims: local.claims.seq(),
+            retained: broker.retained_seq(),
+        }
+    }
+
+    /// After the sync of `link`: our change numbers every heartbeat interval while they move ([`Frame::Progress`]),
+    /// until the link closes.
+    async fn progress(self: Arc<Self>, broker: Arc<Broker>, link: Arc<LinkTx>) {
+        let mut sent = self.watermarks(&broker);
+        let mut tick = tokio::time::interval(self.config.heartbeat_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while !link.is_closed() {
+            tick.tick().await;
+            let now = self.watermarks(&broker);
+            if now != sent {
+                sent = now;
+                self.push(&link, &Frame::Progress(now));
+            }
+        }
     }
 
     /// `peer` acknowledged how far it applied our tables (an `Ack` on our outbound link).
@@ -371,6 +390,19 @@ impl Cluster {
         }
         tracing::info!(event = "cluster_synced", peer = %peer, "routes synced with {peer}");
         self.update_readiness();
+    }
+
+    /// `peer`'s change numbers after its sync ([`Frame::Progress`]): what it did not send us of its own up to
+    /// them, we got from elsewhere.
+    pub(super) fn on_progress(&self, peer: &str, upto: Watermarks) {
+        if let Some(p) = self.peers.lock().map.get_mut(peer)
+            && p.sync.synced
+        {
+            let a = &mut p.sync.applied;
+            a.routes = a.routes.max(upto.routes);
+            a.claims = a.claims.max(upto.claims);
+            a.retained = a.retained.max(upto.retained);
+        }
     }
 
     /// How far we applied `peer`'s tables, once synced (what an `Ack` carries).

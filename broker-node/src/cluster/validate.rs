@@ -108,6 +108,7 @@ pub(crate) fn check_frame(frame: &Frame, max_packet_size: usize) -> Result<(), V
         | Frame::Heartbeat
         | Frame::SyncBegin { .. }
         | Frame::SyncDone { .. }
+        | Frame::Progress(_)
         | Frame::TakeoverReply { .. }
         | Frame::SessionEnd { .. }
         | Frame::Leaving

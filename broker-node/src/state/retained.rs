@@ -287,8 +287,9 @@ impl RetainedStore {
     }
 
     /// Reads the entries after topic `after` in topic order, up to `max` of them, and calls `each` with those
-    /// changed after sequence number `since` (tombstones only when `since` > 0: a full sync has no use for
-    /// them), under the store's read lock. Returns the topic to continue after, `None` at the end.
+    /// changed after sequence number `since`, tombstones included (a peer back from a long partition may still
+    /// hold the message a tombstone deleted), under the store's read lock. Returns the topic to continue after,
+    /// `None` at the end.
     pub(crate) fn chunk(
         &self,
         after: Option<&ByteString>,
@@ -308,7 +309,7 @@ impl RetainedStore {
                 return last;
             }
             last = Some(topic.clone());
-            if e.seq > since && (e.msg.is_some() || since > 0) {
+            if e.seq > since {
                 each((topic.clone(), e.msg.clone(), e.stamp.clone(), e.seq));
             }
         }
@@ -483,9 +484,10 @@ mod tests {
             [("t".to_string(), None)],
             "the tombstone is kept"
         );
-        assert!(
-            entries(&store, 0).is_empty(),
-            "a full sync sends no tombstone"
+        assert_eq!(
+            entries(&store, 0),
+            [("t".to_string(), None)],
+            "a full sync sends the tombstone too: the peer may hold what it deleted"
         );
         // A local write is stamped after everything seen.
         let Written::Applied(s, _) = store.store(&msg("t", b"4"), |_, _| {}) else {

@@ -79,6 +79,7 @@ impl Frame {
                 upto: get_watermarks(r)?,
             },
             ty::ACK => Frame::Ack(get_watermarks(r)?),
+            ty::PROGRESS => Frame::Progress(get_watermarks(r)?),
             ty::PUBLISH => {
                 let direct = get_u8(r)? != 0;
                 let groups = get_strs(r)?;

@@ -74,6 +74,10 @@ impl Frame {
                 out.put_u8(ty::ACK);
                 put_watermarks(out, w);
             }
+            Frame::Progress(w) => {
+                out.put_u8(ty::PROGRESS);
+                put_watermarks(out, w);
+            }
             Frame::Publish {
                 direct,
                 groups,

@@ -133,6 +133,11 @@ pub(crate) enum Frame {
         /// The sender's change numbers at the end of the sync.
         upto: Watermarks,
     },
+    /// After the sync, now and then: the sender's change numbers, every change of its own up to them queued
+    /// before this frame. A retained write the sender applied from a third node is not sent on (its origin sends
+    /// it), yet takes a change number of the sender: this moves the receiver's watermark past them, so that a
+    /// resume does not send them again.
+    Progress(Watermarks),
     /// From the receiver of a link back to its sender: how far it applied the sender's tables (lets the sender
     /// forget retained deletes every peer has).
     Ack(Watermarks),
@@ -251,6 +256,7 @@ mod ty {
     pub(crate) const SYNC_DONE: u8 = 0x13;
     pub(crate) const SYNC_BEGIN: u8 = 0x14;
     pub(crate) const ACK: u8 = 0x15;
+    pub(crate) const PROGRESS: u8 = 0x16;
     pub(crate) const PUBLISH: u8 = 0x20;
     pub(crate) const RETAIN: u8 = 0x21;
     pub(crate) const TAKEOVER_REQUEST: u8 = 0x30;

@@ -140,6 +140,11 @@ fn every_frame_round_trips() {
         Frame::BarrierAck(3),
         Frame::SyncBegin { full: true },
         Frame::Ack(Watermarks::default()),
+        Frame::Progress(Watermarks {
+            routes: 1,
+            claims: 2,
+            retained: 3,
+        }),
     ];
     for f in &frames {
         let back = round_trip(f);

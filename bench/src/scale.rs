@@ -51,7 +51,8 @@ pub struct FillArgs {
     /// How long to hold the filters once all are subscribed.
     #[arg(long, default_value = "0s", value_parser = fleetgate_config::duration::parse_duration)]
     pub hold: Duration,
-    /// Created once the retained messages are acknowledged and every filter subscribed.
+    /// Created once the retained messages are acknowledged and every filter subscribed, holding the JSON line
+    /// of what it took so far.
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
     /// Topic and client ID prefix (processes must differ).
@@ -96,21 +97,26 @@ pub async fn fill(args: FillArgs) -> anyhow::Result<serde_json::Value> {
         holders.push(s);
     }
     let subscribe_s = start.elapsed().as_secs_f64();
-    if let Some(path) = &args.ready_file {
-        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    }
-    tokio::time::sleep(args.hold).await;
-    for s in holders {
-        net::close(s).await;
-    }
-    Ok(serde_json::json!({
+    let report = serde_json::json!({
         "cmd": "fill",
         "retained": args.retained,
         "retained_s": retained_s,
         "retained_per_s": args.retained as f64 / retained_s.max(1e-9),
         "filters": args.filters,
         "subscribe_s": subscribe_s,
-    }))
+    });
+    if let Some(path) = &args.ready_file {
+        // Written whole, then renamed: a reader that sees the file sees all of it.
+        let part = path.with_extension("part");
+        std::fs::write(&part, format!("{report}\n"))
+            .with_context(|| format!("writing {}", part.display()))?;
+        std::fs::rename(&part, path).with_context(|| format!("creating {}", path.display()))?;
+    }
+    tokio::time::sleep(args.hold).await;
+    for s in holders {
+        net::close(s).await;
+    }
+    Ok(report)
 }
 
 /// Publishes retained QoS 1 messages `{prefix}/r/{i}` for `range`, at most `window` awaiting PUBACK.

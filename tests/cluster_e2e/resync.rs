@@ -10,6 +10,10 @@ use serde_json::Value;
 
 use crate::harness::*;
 
+/// How long broker-2 stays frozen after its peers dropped it and the changes were made: long enough for
+/// redials to time out in its backlog (the Hello timeout is 2 s).
+const FROZEN_LONGER: Duration = Duration::from_secs(5);
+
 /// Retained messages published on `node` on `r/{range}` (an empty payload deletes).
 async fn retain(node: &Node, range: std::ops::Range<usize>, payload: &str) {
     let p = owned_client(node, "retainer").await;
@@ -99,6 +103,9 @@ async fn a_frozen_node_resyncs_incrementally_and_a_restarted_one_in_full() {
     with_cluster(async |mut nodes| {
         retain(&nodes[0], 0..60, "v1").await;
         wait_retained_everywhere(&nodes.iter().collect::<Vec<_>>(), 60.0).await;
+        // broker-1 tells broker-2 how far its tables went (Progress) once per heartbeat interval (500 ms): two of
+        // them before the freeze.
+        tokio::time::sleep(Duration::from_secs(1)).await;
 
         // broker-2 frozen past dead_after: its peers drop it; meanwhile 20 retained messages are added and 5
         // deleted on broker-0.
@@ -111,6 +118,9 @@ async fn a_frozen_node_resyncs_incrementally_and_a_restarted_one_in_full() {
             }
             retain(&nodes[0], 60..80, "v2").await;
             retain(&nodes[0], 0..5, "").await;
+            // Frozen a while longer, as a stalled node is: the peers' redials wait in its accept backlog, and on
+            // the thaw it accepts these dead connections before the live one (each replacing the link before).
+            tokio::time::sleep(FROZEN_LONGER).await;
         }
         wait_linked(&nodes.iter().collect::<Vec<_>>(), 2.0, true).await;
         // Both ways between broker-2 and each of the others, only the changes: incremental.

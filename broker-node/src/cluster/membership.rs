@@ -121,11 +121,7 @@ impl Cluster {
         // What we hold of it: (its process, how far applied, routes and claims kept aside) — the routes of a
         // connection being replaced are still in the table.
         let prior = match p.inbound.take() {
-            Some(current) => Some((
-                current.incarnation,
-                p.sync.synced.then_some(p.sync.applied),
-                None,
-            )),
+            Some(current) => Some((current.incarnation, p.sync.resume_point(), None)),
             None => p
                 .suspended
                 .take()
@@ -137,7 +133,6 @@ impl Cluster {
             incarnation,
             identity,
         });
-        p.sync = InboundSync::default();
         let resume = match prior {
             Some((same, applied, kept)) if same == incarnation => {
                 if let Some((kept_routes, kept_claims)) = kept {
@@ -153,6 +148,7 @@ impl Cluster {
                 None
             }
         };
+        p.sync = InboundSync::offered(resume);
         let old = peers.known.insert(peer.to_string(), advertise);
         let learned = old != Some(advertise) && !peers.dialing.contains(&advertise);
         drop(peers);
@@ -183,7 +179,7 @@ impl Cluster {
             log_dropped(peer, taken.len());
             p.suspended = (!p.leaving).then(|| Suspended {
                 incarnation: inbound.incarnation,
-                applied: sync.synced.then_some(sync.applied),
+                applied: sync.resume_point(),
                 routes: taken,
                 claims,
                 since: Instant::now(),

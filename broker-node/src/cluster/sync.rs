@@ -45,10 +45,33 @@ pub(super) struct InboundSync {
     pub(super) synced: bool,
     /// How far its tables are applied (meaningful once synced).
     pub(super) applied: Watermarks,
+    /// The resume our Hello offered on this link: still where a later link can resume from while this one's
+    /// sync has not completed (a dead connection accepted late must not cost the next link a full sync).
+    pub(super) offered: Option<Watermarks>,
     /// Routes held from before a full sync that it has not sent again (yet).
     stale_routes: HashSet<ByteString>,
     /// Claims likewise.
     stale_claims: HashSet<ByteString>,
+}
+
+impl InboundSync {
+    /// A new link's sync, nothing received yet; our Hello offered it `offered`.
+    pub(super) fn offered(offered: Option<Watermarks>) -> InboundSync {
+        InboundSync {
+            offered,
+            ..InboundSync::default()
+        }
+    }
+
+    /// Where a later link of the same process can resume from: how far this one applied once synced, else what
+    /// it was offered (the frames of an unfinished sync are idempotent: sent again, they do no harm).
+    pub(super) fn resume_point(&self) -> Option<Watermarks> {
+        if self.synced {
+            Some(self.applied)
+        } else {
+            self.offered
+        }
+    }
 }
 
 /// A peer's routes and claims kept after its inbound link dropped, for a resume.
@@ -323,6 +346,7 @@ impl Cluster {
             return;
         };
         p.sync = InboundSync {
+            offered: p.sync.offered,
             stale_routes: routes,
             stale_claims: if full {
                 p.claims.clone()

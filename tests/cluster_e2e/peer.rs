@@ -45,6 +45,19 @@ impl Peer {
         }
     }
 
+    /// A connection the node opened to us (its dial to the address our Hello advertised), plain TCP.
+    pub fn accepted(stream: TcpStream) -> Peer {
+        Peer {
+            stream: Box::new(stream),
+        }
+    }
+
+    /// As the acceptor of the node's dial: reads its Hello and answers with ours (as `name`, at `advertise`);
+    /// true when both went through.
+    pub async fn answer_hello(&mut self, name: &str, advertise: SocketAddr) -> bool {
+        self.read_hello().await && self.send(&hello(name, advertise)).await
+    }
+
     /// Sends raw bytes; false once the node closed the connection.
     pub async fn send(&mut self, bytes: &[u8]) -> bool {
         self.stream.write_all(bytes).await.is_ok() && self.stream.flush().await.is_ok()
@@ -116,6 +129,18 @@ pub fn hello(name: &str, advertise: SocketAddr) -> Vec<u8> {
     string(&mut b, &advertise.to_string());
     b.extend_from_slice(&7u64.to_be_bytes());
     b.push(0);
+    frame(&b)
+}
+
+/// SyncBegin of a full sync.
+pub fn sync_begin() -> Vec<u8> {
+    frame(&[0x14, 1])
+}
+
+/// SyncDone: our tables (empty) are all sent, change numbers 0.
+pub fn sync_done() -> Vec<u8> {
+    let mut b = vec![0x13];
+    b.extend_from_slice(&[0u8; 24]);
     frame(&b)
 }
 

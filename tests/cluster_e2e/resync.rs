@@ -1,6 +1,7 @@
 //! Resyncing after a link loss: a node frozen past `dead_after` (SIGSTOP) comes back with an incremental sync both
 //! ways (only what changed while it was away), a restarted node (a new process) with a full one; either way
-//! every retained message ends up on every node and every pair of nodes delivers again.
+//! every retained message ends up on every node and every pair of nodes delivers again. A peer reachable but not
+//! yet synced keeps `/readyz` false.
 
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use rumqttc::QoS;
 use serde_json::Value;
 
 use crate::harness::*;
+use crate::peer::{self, Peer};
 
 /// How long broker-2 stays frozen after its peers dropped it and the changes were made: long enough for
 /// redials to time out in its backlog (the Hello timeout is 2 s).
@@ -163,6 +165,37 @@ async fn a_frozen_node_resyncs_incrementally_and_a_restarted_one_in_full() {
         }
         wait_retained_everywhere(&nodes.iter().collect::<Vec<_>>(), 75.0).await;
         assert_every_pair_delivers(&nodes.iter().collect::<Vec<_>>(), "after-restart").await;
+    })
+    .await;
+}
+
+/// A peer the node can reach but whose sync has not arrived keeps `/readyz` false (the node would route without
+/// its subscriptions); its `SyncDone` makes it true again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reachable_peer_not_yet_synced_keeps_the_node_unready() {
+    fleetgate_testkit::bounded(TEST_LIMIT, async {
+        let node = start_node(NAMES[0], &[], "").await;
+        node.admin.wait_ready(true, WAIT).await;
+
+        // A peer "broker-9": its link to the node (Hello, then nothing), and the node's link back to it.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let advertise = listener.local_addr().unwrap();
+        let mut inbound = Peer::plain(node.cluster()).await;
+        assert!(inbound.hello("broker-9", advertise).await);
+        let (dialed, _) = tokio::time::timeout(WAIT, listener.accept())
+            .await
+            .expect("the node dials the peer back")
+            .unwrap();
+        let mut outbound = Peer::accepted(dialed);
+        assert!(outbound.answer_hello("broker-9", advertise).await);
+        node.admin
+            .wait_gauge("fleetgate_cluster_peers_up", &[], 1.0)
+            .await;
+        node.admin.wait_ready(false, WAIT).await;
+
+        assert!(inbound.send(&peer::sync_begin()).await);
+        assert!(inbound.send(&peer::sync_done()).await);
+        node.admin.wait_ready(true, WAIT).await;
     })
     .await;
 }

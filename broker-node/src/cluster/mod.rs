@@ -4,46 +4,61 @@
 //! install a session, apply a retained write). The CONNECT path asks it first ([`Cluster::acquire`] fetches a
 //! session held elsewhere before the broker attaches the connection).
 //!
-//! - [`frame`]: the wire format. [`routes`]: which peer subscribes to what. [`link`]: the node-to-node TCP links
-//!   (dial, accept, hello, heartbeats, reader). [`outbox`]: the per-peer queue and its writer (frames encoded
-//!   into one buffer, written whole). [`tls`]: optional mutual TLS on them.
-//!   [`discover`]: peers from DNS or a static list (`peers_from`). [`forward`]: messages to peers, and
-//!   redirects while a session moves. [`handoff`]: session takeover and drain. [`membership`]: links to peers
-//!   coming up and going down. [`apply`]: frames from peers, applied in link order.
+//! - [`frame`]: the wire format. [`validate`]: every frame from a peer checked as client input is.
+//!   [`routes`]: which peer subscribes to what. [`link`]: the node-to-node links (dial, accept, Hello and identity,
+//!   heartbeats, reader, resets by reason). [`outbox`]: the per-peer queue and its writer (frames encoded into one
+//!   buffer, written whole). [`tls`]: mutual TLS on them, reloaded when its files change. [`discover`]: peers
+//!   from DNS or a static list (`peers_from`). [`advertised`] and [`versioned`]: the tables we advertise (our
+//!   filters, our claims), versioned by change numbers. [`sync`]: streaming those tables and the retained store
+//!   to a peer, in full or after its watermarks. [`forward`]: messages to peers, and redirects while a session
+//!   moves. [`handoff`]: session takeover and drain; [`moved`]: where handed-away sessions went.
+//!   [`membership`]: links to peers coming up and going down. [`apply`]: frames from peers, in link order.
+//!
+//! # Trust
+//! Off loopback a cluster port requires mutual TLS (`[cluster.tls]`): a peer presents a certificate of the
+//! cluster CA that names the node its Hello claims, and a name already linked from another identity is refused
+//! (`cluster_peer_rejected`). Every frame is then validated ([`validate`]) and everything a peer can make us hold
+//! is bounded (routes, claims, a handed-over session's queue and subscriptions, remembered moves).
 //!
 //! # Membership
 //! A node dials the peers of its `[cluster] peers` list (or those `peers_from` discovers, refreshed, itself
 //! skipped by name) and every node that dialed it (the Hello frame carries the
 //! address to dial back), so any subset of the cluster is enough to join. A peer is *up* while our outbound
 //! link to it is established; both directions carry heartbeats every `heartbeat_interval` and a link silent for
-//! `dead_after` (default 2.5 s) is closed: the peer's routes and claims are dropped and it leaves the ring. The
-//! ring ([`fleetgate_protocol::ring`], the one the LB uses) is this node plus the up peers, by node name.
-//! `/readyz` is true once every configured peer was tried once and every up peer has sent its full sync.
+//! `dead_after` (default 2.5 s) is closed: the peer's routes leave the route table (kept aside for a resume,
+//! [`sync::RESUME_WINDOW`]) and it leaves the ring. The ring ([`fleetgate_protocol::ring`], the one the LB uses)
+//! is this node plus the up peers, by node name. `/readyz` is true once every configured peer was tried once and
+//! every up peer's sync has arrived.
 //!
 //! # Links and ordering
 //! Each node sends on its own outbound connection and receives on the connections peers opened to it, so each
 //! direction is one ordered TCP stream: messages from one publisher reach a peer in publish order, and frames
 //! sent one after another (a session handover, then the reply to a request for it) are applied in that order.
 //! The per-peer queue is bounded at `queue_capacity` frames for message forwards (overflow:
-//! `fleetgate_dropped_messages_total{reason="cluster_queue_full"}`); control frames are never dropped.
+//! `fleetgate_dropped_messages_total{reason="cluster_queue_full"}`); control frames are never dropped, and a sync
+//! stream waits for the queue to drain between chunks.
 //!
 //! # Wire protocol (`frame/`)
 //! Every frame is `u32` big-endian length, then a type byte and its fields (integers big-endian, strings `u16`
 //! length + UTF-8, byte strings `u32` length); frames above `max_packet_size + 64 KiB` are refused. A message is
-//! topic, QoS, retain, remaining expiry (ms), v5 properties and payload.
+//! topic, QoS, retain, remaining expiry (ms), v5 properties and payload. Watermarks are three change numbers
+//! (routes, claims, retained).
 //!
 //! | type | frame | meaning |
 //! |---|---|---|
-//! | 0x01 | Hello {version, name, advertise, incarnation} | first frame each way; version must be 1 |
+//! | 0x01 | Hello {version, name, advertise, incarnation, resume?} | first frame each way; version must be 2; the acceptor's `resume` offers the dialer an incremental sync after those watermarks |
 //! | 0x02 | Heartbeat | liveness when idle |
-//! | 0x10 / 0x11 | RouteAdd / RouteRemove {filter} | the sender has (no longer) a subscription on a filter, `$share/..` included |
-//! | 0x12 | Claim {client_id, held} | the sender holds a session the ring assigns to another node |
-//! | 0x13 | SyncDone | end of the full sync (routes, claims, retained) after Hello |
-//! | 0x20 | Publish {direct, groups, msg} | deliver to local plain subscribers (direct) and to the listed shared groups |
-//! | 0x21 | Retain {stamp, topic, msg?} | retained set/clear, last writer wins by hybrid logical stamp |
+//! | 0x10 / 0x11 | RouteAdd / RouteRemove {filter, seq} | the sender has (no longer) a subscription on a filter, `$share/..` included |
+//! | 0x12 | Claim {client_id, held, seq} | the sender holds (no longer) a session the ring assigns to another node |
+//! | 0x13 | SyncDone {upto} | end of the sync: the receiver holds the sender's tables up to these watermarks |
+//! | 0x14 | SyncBegin {full} | start of the sync after Hello: everything (what the receiver held of the sender is void unless sent again) or the changes after `resume` |
+//! | 0x15 | Ack {watermarks} | acceptor to dialer: how far it applied the dialer's tables (retained deletes every peer has can go) |
+//! | 0x16 | Progress {watermarks} | after the sync, each heartbeat interval while they move: the sender's change numbers (its retained writes from third nodes are not sent on, yet a resume need not resend them) |
+//! | 0x20 | Publish {direct, groups, sessions, msg} | deliver to local plain subscribers (direct), to the listed shared groups and redirected sessions |
+//! | 0x21 | Retain {stamp, topic, msg?, seq} | retained set/clear, last writer wins by hybrid logical stamp |
 //! | 0x30 | TakeoverRequest {req, client_id, clean_start} | hand me this client's session |
 //! | 0x31 | TakeoverReply {req, moved_to?} | no session here (it went to `moved_to`) |
-//! | 0x32..0x35 | SessionBegin / SessionSub / SessionMsg / SessionEnd {req, ..} | a session handed over (reply, or pushed at drain with the top bit of `req` set) |
+//! | 0x32..0x35 | SessionBegin / SessionSub / SessionMsg / SessionEnd {req, ..} | a session handed over (reply, or pushed at drain with the top bit of `req` set); SessionBegin carries the identity its client authenticated with |
 //! | 0x36 | SessionInstalled {client_id} | the handed-over session is in place at the sender and every peer has its routes: redirects to it end |
 //! | 0x37 | SessionArrived {client_id} | the handed-over session is in the sender's router: the sender's later messages reached it there |
 //! | 0x40 | Leaving | the sender drains: forget its routes and claims |

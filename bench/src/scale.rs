@@ -149,26 +149,21 @@ async fn publish_retained(
             s.stream.write_all(&out).await.context("writing PUBLISH")?;
             out.clear();
         }
-        loop {
-            match mqtt::decode(&s.read_buf, version)? {
-                Some((packet, used)) => {
-                    if matches!(packet, Packet::PubAck { .. }) {
-                        acked += 1;
-                    }
-                    let _ = s.read_buf.split_to(used);
-                }
-                None => break,
+        while let Some((packet, used)) = mqtt::decode(&s.read_buf, version)? {
+            if matches!(packet, Packet::PubAck { .. }) {
+                acked += 1;
             }
+            let _ = s.read_buf.split_to(used);
         }
-        if acked < total && (sent - acked >= window || next >= range.end) {
-            if s.stream
+        let waiting = acked < total && (sent - acked >= window || next >= range.end);
+        if waiting
+            && s.stream
                 .read_buf(&mut s.read_buf)
                 .await
                 .context("reading PUBACK")?
                 == 0
-            {
-                bail!("closed with {} PUBACKs missing", total - acked);
-            }
+        {
+            bail!("closed with {} PUBACKs missing", total - acked);
         }
     }
     Ok(())

@@ -125,25 +125,14 @@ fn days_left(
 }
 
 fn generate(pki: &DevPki) -> Result<()> {
-    let today = days_since_epoch();
-    let date = |days| {
-        let (y, m, d) = civil_from_days(days);
-        date_time_ymd(y, m, d)
-    };
-    let (not_before, not_after) = (date(today - 1), date(today + VALIDITY_DAYS));
-
-    let mut ca_params = CertificateParams::default();
-    ca_params.distinguished_name = name("Fleetgate Dev CA");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    ca_params.not_before = not_before;
-    ca_params.not_after = not_after;
-    let ca_key = KeyPair::generate().context("generating the dev CA key")?;
-    let ca = CertifiedIssuer::self_signed(ca_params, ca_key).context("self-signing the dev CA")?;
+    let ca = self_signed_ca(
+        "Fleetgate Dev CA",
+        vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ],
+    )?;
 
     let sans = vec![
         "localhost".to_string(),
@@ -159,21 +148,57 @@ fn generate(pki: &DevPki) -> Result<()> {
     client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
 
     write_file(&pki.ca, ca.pem().as_bytes(), 0o644)?;
-    for (mut params, cert_path, key_path) in [
+    for (params, cert_path, key_path) in [
         (server, &pki.server_cert, &pki.server_key),
         (client, &pki.client_cert, &pki.client_key),
     ] {
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.not_before = not_before;
-        params.not_after = not_after;
-        let key = KeyPair::generate().context("generating a dev key")?;
-        let cert = params
-            .signed_by(&key, &ca)
-            .context("signing a dev certificate")?;
-        write_file(key_path, key.serialize_pem().as_bytes(), 0o600)?;
-        write_file(cert_path, cert.pem().as_bytes(), 0o644)?;
+        issue(params, &ca, cert_path, key_path)?;
     }
     Ok(())
+}
+
+/// A new CA, valid from yesterday for [`VALIDITY_DAYS`], with `key_usages`.
+fn self_signed_ca(
+    common_name: &str,
+    key_usages: Vec<KeyUsagePurpose>,
+) -> Result<CertifiedIssuer<'static, KeyPair>> {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = name(common_name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = key_usages;
+    set_validity(&mut params);
+    let key =
+        KeyPair::generate().with_context(|| format!("generating the key of {common_name}"))?;
+    CertifiedIssuer::self_signed(params, key).with_context(|| format!("self-signing {common_name}"))
+}
+
+/// Signs `params` (a leaf: digital signature, valid as long as the CA) with a new key by `ca`, and writes the
+/// certificate and its key (0600).
+fn issue(
+    mut params: CertificateParams,
+    ca: &CertifiedIssuer<'static, KeyPair>,
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<()> {
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    set_validity(&mut params);
+    let key = KeyPair::generate().context("generating a dev key")?;
+    let cert = params
+        .signed_by(&key, ca)
+        .with_context(|| format!("signing {}", cert_path.display()))?;
+    write_file(key_path, key.serialize_pem().as_bytes(), 0o600)?;
+    write_file(cert_path, cert.pem().as_bytes(), 0o644)
+}
+
+/// Valid from yesterday (clock skew) to [`VALIDITY_DAYS`] from today.
+fn set_validity(params: &mut CertificateParams) {
+    let today = days_since_epoch();
+    let date = |days| {
+        let (y, m, d) = civil_from_days(days);
+        date_time_ymd(y, m, d)
+    };
+    params.not_before = date(today - 1);
+    params.not_after = date(today + VALIDITY_DAYS);
 }
 
 /// The cluster's PEM files: its CA and each node's certificate and key.
@@ -189,24 +214,13 @@ pub struct ClusterPki {
 /// run), and for each of `names` a certificate valid for that node name and 127.0.0.1 (what the nodes check of
 /// each other), for both ends of a link.
 pub fn cluster(dir: &Path, names: &[String]) -> Result<ClusterPki> {
-    let today = days_since_epoch();
-    let date = |days| {
-        let (y, m, d) = civil_from_days(days);
-        date_time_ymd(y, m, d)
-    };
-    let (not_before, not_after) = (date(today - 1), date(today + VALIDITY_DAYS));
-    let mut ca_params = CertificateParams::default();
-    ca_params.distinguished_name = name("Fleetgate Dev Cluster CA");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    ca_params.not_before = not_before;
-    ca_params.not_after = not_after;
-    let ca_key = KeyPair::generate().context("generating the dev cluster CA key")?;
-    let ca = CertifiedIssuer::self_signed(ca_params, ca_key)
-        .context("self-signing the dev cluster CA")?;
+    let ca = self_signed_ca(
+        "Fleetgate Dev Cluster CA",
+        vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ],
+    )?;
     let pki = ClusterPki {
         ca: dir.join("cluster-ca.pem"),
         nodes: names
@@ -225,19 +239,11 @@ pub fn cluster(dir: &Path, names: &[String]) -> Result<ClusterPki> {
         let mut params = CertificateParams::new(vec![node.clone(), "127.0.0.1".to_string()])
             .context("cluster certificate names")?;
         params.distinguished_name = name(node);
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
-        params.not_before = not_before;
-        params.not_after = not_after;
-        let key = KeyPair::generate().context("generating a dev cluster key")?;
-        let cert = params
-            .signed_by(&key, &ca)
-            .context("signing a dev cluster certificate")?;
-        write_file(key_path, key.serialize_pem().as_bytes(), 0o600)?;
-        write_file(cert_path, cert.pem().as_bytes(), 0o644)?;
+        issue(params, &ca, cert_path, key_path)?;
     }
     Ok(pki)
 }

@@ -191,80 +191,64 @@ impl Cluster {
             });
             stats.entries += 1;
         };
-        // Routes.
-        let mut after: Option<ByteString> = None;
-        loop {
-            after = {
-                let local = self.local.lock();
-                local.filters.chunk(
-                    after.as_ref(),
-                    since.routes,
-                    chunk,
-                    |(filter, live, seq)| {
-                        let frame = match live {
-                            Some(_) => Frame::RouteAdd {
-                                filter: filter.clone(),
-                                seq,
-                            },
-                            None => Frame::RouteRemove {
-                                filter: filter.clone(),
-                                seq,
-                            },
-                        };
-                        push(&mut stats, &mut |buf| frame.encode(buf));
-                    },
-                )
+        // Each table in turn, a chunk at a time under its lock, waiting for the link between chunks.
+        let drained =
+            async |read: &mut (dyn FnMut(Option<&ByteString>) -> Option<ByteString> + Send)| {
+                let mut after = None;
+                while let Some(last) = read(after.as_ref()) {
+                    after = Some(last);
+                    if !link.wait_room(capacity / 2).await {
+                        return false;
+                    }
+                }
+                true
             };
-            if after.is_none() {
-                break;
-            }
-            if !link.wait_room(capacity / 2).await {
-                return None;
-            }
-        }
-        // Claims.
-        loop {
-            after = {
-                let local = self.local.lock();
-                local.claims.chunk(
-                    after.as_ref(),
-                    since.claims,
-                    chunk,
-                    |(client_id, live, seq)| {
-                        let frame = Frame::Claim {
-                            client_id: client_id.clone(),
-                            held: live.is_some(),
+        let routes = &mut |after: Option<&ByteString>| {
+            let local = self.local.lock();
+            local
+                .filters
+                .chunk(after, since.routes, chunk, |(filter, live, seq)| {
+                    let frame = match live {
+                        Some(_) => Frame::RouteAdd {
+                            filter: filter.clone(),
                             seq,
-                        };
-                        push(&mut stats, &mut |buf| frame.encode(buf));
-                    },
-                )
-            };
-            if after.is_none() {
-                break;
-            }
-            if !link.wait_room(capacity / 2).await {
-                return None;
-            }
+                        },
+                        None => Frame::RouteRemove {
+                            filter: filter.clone(),
+                            seq,
+                        },
+                    };
+                    push(&mut stats, &mut |buf| frame.encode(buf));
+                })
+        };
+        if !drained(routes).await {
+            return None;
         }
-        // Retained messages.
-        loop {
-            after = broker.retained_chunk(
-                after.as_ref(),
-                since.retained,
-                chunk,
-                |(topic, msg, stamp, seq)| {
-                    push(&mut stats, &mut |buf| {
-                        frame::encode_retain(buf, &stamp, &topic, msg.as_deref(), seq)
-                    });
-                },
-            );
-            if after.is_none() {
-                break;
-            }
-            if !link.wait_room(capacity / 2).await {
-                return None;
-            }
+        let claims = &mut |after: Option<&ByteString>| {
+            let local = self.local.lock();
+            local
+                .claims
+                .chunk(after, since.claims, chunk, |(client_id, live, seq)| {
+                    let frame = Frame::Claim {
+                        client_id: client_id.clone(),
+                        held: live.is_some(),
+                        seq,
+                    };
+                    push(&mut stats, &mut |buf| frame.encode(buf));
+                })
+        };
+        if !drained(claims).await {
+            return None;
+        }
+        let retained = &mut |after: Option<&ByteString>| {
+            broker.retained_chunk(after, since.retained, chunk, |(topic, msg, stamp, seq)| {
+                push(&mut stats, &mut |buf| {
+                    frame::encode_retain(buf, &stamp, &topic, msg.as_deref(), seq)
+                });
+            })
+        };
+        if !drained(retained).await {
+            return None;
         }
         let done = Frame::SyncDone {
             upto: self.watermarks(broker),

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     DialOrigin, FrameReader, HELLO_TIMEOUT, LinkError, LinkRead, LinkWrite, PUBLISH_BATCH,
-    SILENCE_TICKS, hello, read_hello, record_link_end, spawn_dialer,
+    SILENCE_TICKS, hello, peer_leaf, read_hello, record_link_end, spawn_dialer,
 };
 use crate::broker::Broker;
 use crate::cluster::frame::{Frame, Watermarks};
@@ -49,12 +49,7 @@ async fn accept_halves(
         .await
         .map_err(|_| LinkError::Tls(io::ErrorKind::TimedOut.into()))?
         .map_err(LinkError::Tls)?;
-    let cert = tls_stream
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|chain| chain.first())
-        .map(|c| c.clone().into_owned());
+    let cert = peer_leaf(tls_stream.get_ref().1);
     // The verifier requires a client certificate; a handshake without one cannot complete.
     if cert.is_none() {
         return Err(LinkError::Tls(io::Error::new(

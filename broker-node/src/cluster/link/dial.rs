@@ -13,8 +13,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::{
-    CONNECT_TIMEOUT, FrameReader, HELLO_TIMEOUT, LinkError, LinkRead, LinkWrite, hello, read_hello,
-    record_link_end,
+    CONNECT_TIMEOUT, FrameReader, HELLO_TIMEOUT, LinkError, LinkRead, LinkWrite, hello, peer_leaf,
+    read_hello, record_link_end,
 };
 use crate::broker::Broker;
 use crate::cluster::Cluster;
@@ -40,12 +40,7 @@ async fn dial_halves(
             .await
             .map_err(|_| LinkError::Tls(io::ErrorKind::TimedOut.into()))?
             .map_err(LinkError::Tls)?;
-    let cert = tls_stream
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|chain| chain.first())
-        .map(|c| c.clone().into_owned());
+    let cert = peer_leaf(tls_stream.get_ref().1);
     let (r, w) = tokio::io::split(tls_stream);
     Ok((Box::new(r), Box::new(w), cert))
 }

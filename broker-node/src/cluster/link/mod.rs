@@ -33,6 +33,13 @@ mod dial;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Deadline of the Hello each way.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The certificate the other end of a TLS link presented (its leaf), if any.
+fn peer_leaf(tls: &rustls::CommonState) -> Option<rustls::pki_types::CertificateDer<'static>> {
+    tls.peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(|c| c.clone().into_owned())
+}
 /// First redial delay after a failure; doubled up to [`MAX_BACKOFF`]. Short, because a restarted peer should be
 /// back in the cluster (and its sessions reachable) quickly.
 const MIN_BACKOFF: Duration = Duration::from_millis(100);

@@ -3,7 +3,7 @@
 //! replication. Sessions move under the router write lock, so a publish either queued its message before the
 //! move (it travels with the session) or runs after it (and the cluster redirects it).
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ use crate::metrics::DropReason;
 use crate::state::message::Message;
 use crate::state::retained::{RetainedEntry, Stamp, Written};
 use crate::state::router::Subscriber;
-use crate::state::session::{Session, SessionSnapshot};
+use crate::state::session::SessionSnapshot;
 use crate::state::will::Will;
 
 /// Why a session leaves this node.
@@ -70,7 +70,7 @@ impl Broker {
             return false;
         };
         let mut st = session.state.lock();
-        if let Some(slot) = st.conn.take() {
+        if let Some(slot) = st.take_conn() {
             match departure {
                 Departure::Drain => slot.signal.kick_moved(),
                 Departure::Takeover { .. } => slot.signal.kick(),
@@ -111,8 +111,8 @@ impl Broker {
                 will: kept,
                 principal: st.principal.clone(),
                 subs: st.subscriptions.drain().collect(),
-                queue: std::mem::take(&mut st.queue).into(),
-                inflight: std::mem::take(&mut st.inflight).into(),
+                queue: st.queue.take_all(),
+                inflight: st.inflight.take_all(),
             })
         } else {
             // A clean start ends the session: what it owed its client goes with it.
@@ -160,17 +160,17 @@ impl Broker {
                 }
                 return;
             }
-            let session = Arc::new(Session::new(
-                self.new_session_id(),
-                snap.client_id.clone(),
-                snap.protocol,
-                snap.expiry_secs,
-            ));
+            let session =
+                Arc::new(self.new_session(snap.client_id.clone(), snap.protocol, snap.expiry_secs));
             {
                 let mut st = session.state.lock();
                 st.subscriptions = snap.subs.iter().cloned().collect();
-                st.queue = VecDeque::from(snap.queue);
-                st.inflight = VecDeque::from(snap.inflight);
+                for d in snap.queue {
+                    st.queue.push_back(d);
+                }
+                for i in snap.inflight {
+                    st.inflight.push_back(i);
+                }
                 st.inbound_qos2 = snap.inbound_qos2.into_iter().collect::<HashSet<u16>>();
                 st.next_packet_id = snap.next_packet_id;
                 st.principal = snap.principal.clone();
@@ -250,9 +250,16 @@ impl Broker {
         stamp: Stamp,
     ) -> Written {
         let written = self.retained.apply(topic, msg, stamp);
-        if written == Written::Full {
-            self.metrics.dropped(DropReason::RetainedFull);
-        }
+        self.count_unretained(&written);
         written
+    }
+
+    /// Counts a retained write the store refused.
+    pub(crate) fn count_unretained(&self, written: &Written) {
+        match written {
+            Written::Full => self.metrics.dropped(DropReason::RetainedFull),
+            Written::OverBudget => self.metrics.dropped(DropReason::MemoryBudget),
+            Written::Applied(..) | Written::Stale => {}
+        }
     }
 }

@@ -26,9 +26,10 @@ use parking_lot::{Mutex, RwLock};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{DropReason, Metrics};
+use crate::state::budget::MemoryBudget;
 use crate::state::retained::{RetainedLimits, RetainedStore};
 use crate::state::router::Router;
-use crate::state::session::{ConnSlot, Session};
+use crate::state::session::{ConnSlot, QueueLimits, Session};
 use crate::state::will::Will;
 use crate::wakeup::Wakeup;
 
@@ -103,6 +104,8 @@ pub struct Broker {
     /// Metric handles.
     pub(crate) metrics: Metrics,
     retained: RetainedStore,
+    /// What queues, in-flight and retained messages may hold together.
+    budget: Arc<MemoryBudget>,
     /// Sessions by client ID.
     sessions: Mutex<HashMap<ByteString, Arc<Session>>>,
     /// Local subscriptions. Lock order when both are needed: `router` (write) → `sessions`.
@@ -127,11 +130,14 @@ impl Broker {
             max_messages: limits.max_retained_messages,
             max_bytes: limits.max_retained_bytes,
         };
+        metrics.memory_limit.set(limits.memory_budget as f64);
+        let budget = MemoryBudget::new(limits.memory_budget, metrics.memory_used.clone());
         // Deletes are kept as tombstones only when peers replicate the store.
         let retained = RetainedStore::new(
             node_name.clone(),
             retained_limits,
             metrics.retained.clone(),
+            budget.clone(),
             cluster.is_some(),
         );
         let cluster = cluster.unwrap_or_else(|| Arc::new(NoCluster));
@@ -144,12 +150,37 @@ impl Broker {
             limits,
             metrics,
             retained,
+            budget,
             sessions: Mutex::new(HashMap::new()),
             router: RwLock::new(Router::new()),
             next_session_id: AtomicU64::new(seed),
             timers,
             cluster,
         }
+    }
+
+    /// How much one session's queue may hold.
+    pub(crate) fn queue_limits(&self) -> QueueLimits {
+        QueueLimits {
+            max_messages: self.limits.max_queued_messages,
+            max_bytes: self.limits.max_queued_bytes,
+        }
+    }
+
+    /// A new session reporting to this node's memory budget.
+    fn new_session(
+        &self,
+        client_id: ByteString,
+        protocol: ProtocolLevel,
+        expiry_secs: u32,
+    ) -> Session {
+        Session::new(
+            self.new_session_id(),
+            client_id,
+            protocol,
+            expiry_secs,
+            &self.budget,
+        )
     }
 
     /// This node's name.
@@ -181,7 +212,7 @@ impl Broker {
         let resumed = match sessions.get(&req.client_id).cloned() {
             Some(old) => {
                 let mut st = old.state.lock();
-                if let Some(slot) = st.conn.take() {
+                if let Some(slot) = st.take_conn() {
                     slot.signal.kick();
                     old.set_connected(false);
                 }
@@ -210,8 +241,7 @@ impl Broker {
         let session = match resumed {
             Some(s) => s,
             None => {
-                let s = Arc::new(Session::new(
-                    self.new_session_id(),
+                let s = Arc::new(self.new_session(
                     req.client_id.clone(),
                     req.protocol,
                     req.expiry_secs,
@@ -227,7 +257,7 @@ impl Broker {
         let generation = {
             let mut st = session.state.lock();
             st.generation += 1;
-            st.conn = Some(ConnSlot {
+            st.attach(ConnSlot {
                 signal: wakeup.clone(),
                 window: req.window,
             });
@@ -283,7 +313,7 @@ impl Broker {
             if st.generation != generation || st.conn.is_none() {
                 return;
             }
-            st.conn = None;
+            st.take_conn();
             session.set_connected(false);
             if let Some(e) = expiry {
                 st.expiry_secs = e;

@@ -2,6 +2,7 @@
 //! Nothing here imports the broker, the cluster or a connection.
 //!
 //! - [`message`]: the shared application message and one delivery of it to one session.
+//! - [`budget`]: the node's memory budget, and the session backlogs that report to it.
 //! - [`session`]: what outlives a connection (subscriptions, queue, inflight, packet IDs) and a session in
 //!   transit between nodes ([`session::SessionSnapshot`]).
 //! - [`will`]: the will of a connection and the right to publish it.
@@ -10,6 +11,7 @@
 //! - [`router`]: the local subscriptions, with shared-subscription groups.
 //! - [`retained`]: retained messages, stamped for last-writer-wins replication.
 
+pub(crate) mod budget;
 pub(crate) mod message;
 pub(crate) mod retained;
 pub(crate) mod router;

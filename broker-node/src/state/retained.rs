@@ -7,9 +7,9 @@
 //! number. Every change also takes a local sequence number: a peer that was linked before asks for what
 //! changed after the last one it applied ([`RetainedStore::chunk`]).
 //!
-//! The store is bounded by count and by bytes (`[limits] max_retained_messages`, `max_retained_bytes`): a write
-//! that would pass either is refused (the message is still delivered, just not retained) and counted; deletes
-//! and updates that shrink are always accepted.
+//! The store is bounded by count and by bytes (`[limits] max_retained_messages`, `max_retained_bytes`), and its
+//! bytes count in the node's memory budget: a write that would pass any of them is refused (the message is
+//! still delivered, just not retained) and counted; deletes and updates that shrink are always accepted.
 //!
 //! Topics are kept in order, so a filter that starts with literal levels (`devices/17/#`) reads only the range
 //! of topics under them.
@@ -22,6 +22,7 @@ use std::time::Instant;
 use fleetgate_protocol::mqtt::{ByteString, topic};
 use parking_lot::{Mutex, RwLock};
 
+use super::budget::MemoryBudget;
 use super::message::Message;
 use crate::metrics::RetainedGauges;
 
@@ -59,6 +60,8 @@ pub(crate) enum Written {
     Stale,
     /// Refused: the store is at its bounds.
     Full,
+    /// Refused: the node's memory budget is spent.
+    OverBudget,
 }
 
 #[derive(Debug)]
@@ -79,6 +82,8 @@ struct Table {
     live: usize,
     /// Sum of the entries' sizes.
     bytes: usize,
+    /// What of `bytes` the memory budget knows.
+    reported: usize,
     /// Last local sequence number issued.
     seq: u64,
     /// Tombstones by sequence number, oldest first.
@@ -93,6 +98,8 @@ pub(crate) struct RetainedStore {
     table: RwLock<Table>,
     gauges: RetainedGauges,
     limits: RetainedLimits,
+    /// The node's budget, which the store's bytes count in.
+    budget: Arc<MemoryBudget>,
     /// Keep deletes as tombstones (in a cluster; a single node deletes outright).
     keep_tombstones: bool,
     node: String,
@@ -129,12 +136,14 @@ impl RetainedStore {
         node: String,
         limits: RetainedLimits,
         gauges: RetainedGauges,
+        budget: Arc<MemoryBudget>,
         keep_tombstones: bool,
     ) -> RetainedStore {
         RetainedStore {
             table: RwLock::new(Table::default()),
             gauges,
             limits,
+            budget,
             keep_tombstones,
             node,
             clock: Mutex::new(0),
@@ -200,7 +209,7 @@ impl RetainedStore {
             t.seq += 1;
             let seq = t.seq;
             written(&stamp, seq);
-            self.publish_gauges(&t);
+            self.publish_gauges(&mut t);
             return Written::Applied(stamp, seq);
         }
         let size = entry_size(&topic, msg.as_ref());
@@ -209,6 +218,9 @@ impl RetainedStore {
         let over_bytes = t.bytes - old_size + size > self.limits.max_bytes;
         if grows && (over_count || over_bytes) {
             return Written::Full;
+        }
+        if grows && self.budget.would_exceed(size.saturating_sub(old_size)) {
+            return Written::OverBudget;
         }
         // Kept for long: the topic and a small payload are copied out of the read buffer they were sliced from.
         let msg = msg.map(|m| m.compacted());
@@ -231,7 +243,7 @@ impl RetainedStore {
         t.live = t.live - usize::from(old_live) + usize::from(!tombstone);
         self.bound_tombstones(&mut t);
         written(&stamp, seq);
-        self.publish_gauges(&t);
+        self.publish_gauges(&mut t);
         Written::Applied(stamp, seq)
     }
 
@@ -246,7 +258,14 @@ impl RetainedStore {
         }
     }
 
-    fn publish_gauges(&self, t: &Table) {
+    /// Brings the gauges and the memory budget up to date with the table.
+    fn publish_gauges(&self, t: &mut Table) {
+        if t.bytes > t.reported {
+            self.budget.add(t.bytes - t.reported);
+        } else if t.bytes < t.reported {
+            self.budget.sub(t.reported - t.bytes);
+        }
+        t.reported = t.bytes;
         self.gauges.messages.set(t.live as f64);
         self.gauges.bytes.set(t.bytes as f64);
         self.gauges.tombstones.set(t.tombstones.len() as f64);
@@ -272,7 +291,7 @@ impl RetainedStore {
             t.tombstones.remove(seq);
             drop_tombstone(&mut t, *seq, topic);
         }
-        self.publish_gauges(&t);
+        self.publish_gauges(&mut t);
         due.len()
     }
 
@@ -347,6 +366,15 @@ impl RetainedStore {
     }
 }
 
+impl Drop for RetainedStore {
+    fn drop(&mut self) {
+        let reported = self.table.get_mut().reported;
+        if reported > 0 {
+            self.budget.sub(reported);
+        }
+    }
+}
+
 /// Removes the tombstone index entry of `old` when it was one.
 fn remove_tombstone(t: &mut Table, old: &Entry) {
     if old.msg.is_none() {
@@ -396,7 +424,13 @@ mod tests {
     }
 
     fn store(node: &str, limits: RetainedLimits, cluster: bool) -> RetainedStore {
-        RetainedStore::new(node.into(), limits, RetainedGauges::noop(), cluster)
+        RetainedStore::new(
+            node.into(),
+            limits,
+            RetainedGauges::noop(),
+            MemoryBudget::unbounded(),
+            cluster,
+        )
     }
 
     fn entries(s: &RetainedStore, since: u64) -> Vec<(String, Option<String>)> {

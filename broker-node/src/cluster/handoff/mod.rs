@@ -29,9 +29,7 @@ mod snapshot;
 mod takeover;
 mod transfer;
 
-pub(crate) use snapshot::{
-    HandoverLimits, Incoming, MAX_SESSION_SUBSCRIPTIONS, MAX_SESSIONS_IN_TRANSIT,
-};
+pub(crate) use snapshot::{HandoverLimits, Incoming};
 pub(crate) use takeover::Pending;
 
 /// Request ids of pushed sessions have this bit set; our own requests never do.

@@ -247,10 +247,13 @@ impl RetainedStore {
         Written::Applied(stamp, seq)
     }
 
-    /// Drops the oldest tombstones past the bound (as many as messages may be held): a peer that comes back
-    /// after that many deletes gets a full sync.
+    /// Drops the oldest tombstones past the bounds (as many as messages may be held, and while the store is past
+    /// its bytes — a flood of deletes is bounded like a flood of writes): a peer that comes back after those
+    /// deletes gets a full sync.
     fn bound_tombstones(&self, t: &mut Table) {
-        while t.tombstones.len() > self.limits.max_messages.max(1) {
+        while t.tombstones.len() > self.limits.max_messages.max(1)
+            || (t.bytes > self.limits.max_bytes && !t.tombstones.is_empty())
+        {
             let Some((seq, topic)) = t.tombstones.pop_first() else {
                 break;
             };
@@ -609,6 +612,27 @@ mod tests {
             Written::Full,
             "grows past the bytes"
         );
+    }
+
+    #[test]
+    fn a_flood_of_deletes_is_bounded_in_bytes() {
+        let one = entry_size("t/00000", None);
+        let store = store(
+            "n",
+            RetainedLimits {
+                max_messages: 1_000_000,
+                max_bytes: 100 * one,
+            },
+            true,
+        );
+        for i in 0..10_000 {
+            let topic = format!("t/{i:05}");
+            store.store(&msg(&topic, b""), |_, _| {});
+        }
+        let t = store.table.read();
+        assert!(t.bytes <= 100 * one, "{} bytes", t.bytes);
+        assert_eq!(t.tombstones.len(), 100, "the newest deletes are kept");
+        assert!(t.map.contains_key("t/09999") && !t.map.contains_key("t/00000"));
     }
 
     fn store_with_bytes(max_bytes: usize) -> RetainedStore {

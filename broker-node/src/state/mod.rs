@@ -9,12 +9,14 @@
 //! - [`trie`]: the one topic trie (stored filters matched against a topic), used by [`router`] and by the
 //!   cluster's remote routes.
 //! - [`router`]: the local subscriptions, with shared-subscription groups.
-//! - [`retained`]: retained messages, stamped for last-writer-wins replication.
+//! - [`retained`]: retained messages, stamped for last-writer-wins replication; [`topic_index`]: their topics
+//!   by level, for the filters of SUBSCRIBE.
 
 pub(crate) mod budget;
 pub(crate) mod message;
 pub(crate) mod retained;
 pub(crate) mod router;
 pub(crate) mod session;
+pub(crate) mod topic_index;
 pub(crate) mod trie;
 pub(crate) mod will;

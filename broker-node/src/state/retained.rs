@@ -11,19 +11,20 @@
 //! bytes count in the node's memory budget: a write that would pass any of them is refused (the message is
 //! still delivered, just not retained) and counted; deletes and updates that shrink are always accepted.
 //!
-//! Topics are kept in order, so a filter that starts with literal levels (`devices/17/#`) reads only the range
-//! of topics under them.
+//! Topics are kept in order (a sync reads them in chunks after a cursor) and indexed level by level
+//! ([`TopicIndex`]), so a SUBSCRIBE's filter visits only the branches it matches, never the whole store.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::Arc;
 use std::time::Instant;
 
-use fleetgate_protocol::mqtt::{ByteString, topic};
+use fleetgate_protocol::mqtt::ByteString;
 use parking_lot::{Mutex, RwLock};
 
 use super::budget::MemoryBudget;
 use super::message::Message;
+use super::topic_index::TopicIndex;
 use crate::metrics::RetainedGauges;
 
 /// A hybrid logical timestamp: `(milliseconds << 16 | counter, node name)`; greater wins (last writer wins).
@@ -38,9 +39,9 @@ pub(crate) struct Stamp {
 /// Bits of a stamp's `time` holding the logical counter (below the milliseconds).
 const COUNTER_BITS: u32 = 16;
 
-/// Bytes an entry costs beside its topic and payload (map node, entry, shared message, stamp): an estimate,
-/// so that a flood of tiny or empty writes is bounded too.
-const ENTRY_OVERHEAD: usize = 192;
+/// Bytes an entry costs beside its topic and payload (map node, entry, shared message, stamp, its branch of
+/// the topic index): an estimate, so that a flood of tiny or empty writes is bounded too.
+const ENTRY_OVERHEAD: usize = 256;
 
 /// The store's bounds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +89,8 @@ struct Table {
     seq: u64,
     /// Tombstones by sequence number, oldest first.
     tombstones: BTreeMap<u64, ByteString>,
+    /// The topics of the live entries, by level.
+    index: TopicIndex,
     /// Changes at or below this sequence number may be forgotten (their tombstones dropped).
     forgotten: u64,
 }
@@ -112,21 +115,6 @@ pub(crate) type RetainedEntry = (ByteString, Option<Arc<Message>>, Stamp, u64);
 
 fn entry_size(topic: &str, msg: Option<&Arc<Message>>) -> usize {
     ENTRY_OVERHEAD + topic.len() + msg.map_or(0, |m| m.footprint())
-}
-
-/// The literal levels a filter starts with, as a topic prefix every matching topic has (`""` when the filter
-/// starts with a wildcard).
-fn literal_prefix(filter: &str) -> &str {
-    let mut start: usize = 0;
-    for level in filter.split('/') {
-        match level {
-            // `a/b/#` also matches `a/b` itself: the prefix stops before the slash.
-            "#" => return &filter[..start.saturating_sub(1)],
-            "+" => return &filter[..start],
-            _ => start += level.len() + 1,
-        }
-    }
-    filter
 }
 
 impl RetainedStore {
@@ -205,6 +193,9 @@ impl RetainedStore {
                 t.bytes -= old.size;
                 t.live -= usize::from(old_live);
                 remove_tombstone(&mut t, &old);
+                if old_live {
+                    t.index.remove(&topic);
+                }
             }
             t.seq += 1;
             let seq = t.seq;
@@ -236,6 +227,11 @@ impl RetainedStore {
             seq,
             size,
         };
+        match (old_live, tombstone) {
+            (false, false) => t.index.insert(&topic),
+            (true, true) => t.index.remove(&topic),
+            _ => {}
+        }
         if let Some(old) = t.map.insert(topic, entry) {
             remove_tombstone(&mut t, &old);
         }
@@ -352,15 +348,13 @@ impl RetainedStore {
                 .into_iter()
                 .collect();
         }
-        let prefix = literal_prefix(filter);
-        t.map
-            .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
-            .take_while(|(topic, _)| topic.starts_with(prefix))
-            .filter(|(topic, _)| topic::matches(filter, topic))
-            .filter_map(|(_, e)| e.msg.as_ref())
-            .filter(live)
-            .cloned()
-            .collect()
+        let mut out = Vec::new();
+        t.index.for_each_match(filter, |topic| {
+            if let Some(m) = t.map.get(topic).and_then(|e| e.msg.as_ref()).filter(live) {
+                out.push(m.clone());
+            }
+        });
+        out
     }
 
     /// Number of retained messages.
@@ -476,16 +470,6 @@ mod tests {
             3,
             "a single node keeps no tombstone"
         );
-    }
-
-    #[test]
-    fn literal_prefixes() {
-        assert_eq!(literal_prefix("a/b/#"), "a/b");
-        assert_eq!(literal_prefix("a/+/c"), "a/");
-        assert_eq!(literal_prefix("#"), "");
-        assert_eq!(literal_prefix("+/x"), "");
-        assert_eq!(literal_prefix("a"), "a");
-        assert_eq!(literal_prefix("a//+"), "a//");
     }
 
     #[test]

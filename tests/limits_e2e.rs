@@ -289,3 +289,69 @@ async fn a_v3_client_gets_the_failure_code_past_its_quota() {
         ]
     );
 }
+
+/// Retained deletes of topics nobody holds, flooded into a cluster: each node keeps them as tombstones (so a late
+/// older write cannot bring a message back), visible in the gauges and bounded by `max_retained_bytes`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_retained_deletes_is_bounded_and_visible_on_every_node() {
+    let limits = ["max_retained_bytes = \"1MiB\"".to_string()];
+    let mut spec = NodeSpec::clustered("broker-0", &[], "");
+    spec.extra_limits = limits.to_vec();
+    let a = Node::start(BIN, &spec).await;
+    let mut spec = NodeSpec::clustered("broker-1", &[("broker-0", a.cluster())], "");
+    spec.extra_limits = limits.to_vec();
+    let b = Node::start(BIN, &spec).await;
+    for n in [&a, &b] {
+        n.admin
+            .wait_gauge("fleetgate_cluster_peers_up", &[], 1.0)
+            .await;
+    }
+    let before = [a.process.rss_bytes(), b.process.rss_bytes()];
+
+    let (client, mut events, _) = v3_client(a.mqtt, "eraser", |o| {
+        o.set_inflight(100);
+    })
+    .await;
+    let n = 20_000;
+    let sender = tokio::spawn(async move {
+        for i in 0..n {
+            client
+                .publish(
+                    format!("gone/{i}"),
+                    rumqttc::QoS::AtLeastOnce,
+                    true,
+                    Vec::new(),
+                )
+                .await
+                .expect("queue PUBLISH");
+        }
+        client
+    });
+    events
+        .take(n, "PUBACK", fleetgate_testkit::rumqttc_client::v3_puback)
+        .await;
+    sender.await.expect("publisher task");
+
+    for (node, grown_from) in [(&a, before[0]), (&b, before[1])] {
+        // The last delete reached the peer too (replication is ordered per link).
+        fleetgate_testkit::eventually(WAIT, || async {
+            (node
+                .admin
+                .metric("fleetgate_retained_tombstones", &[])
+                .await
+                > 1000.0)
+                .then_some(())
+        })
+        .await
+        .expect("tombstones counted");
+        let bytes = node.admin.metric("fleetgate_retained_bytes", &[]).await;
+        assert!(bytes <= MIB as f64, "{bytes} bytes of tombstones");
+        assert_eq!(
+            node.admin.metric("fleetgate_retained_messages", &[]).await,
+            0.0
+        );
+        let grown = node.process.rss_bytes().saturating_sub(grown_from);
+        assert!(grown < 16 * MIB, "RSS grew by {} MiB", grown / MIB);
+    }
+    assert_serving(&b, "after-erase").await;
+}

@@ -45,6 +45,7 @@ fn config(names: &[&str]) -> PolicyConfig {
         client_id_from_cert: names
             .contains(&"client_id_from_cert")
             .then(|| ClientIdTemplate::parse("{cn}").unwrap()),
+        bind_client_id: None,
         username_from_cert: names
             .contains(&"username_from_cert")
             .then_some(CertField::Cn),

@@ -22,6 +22,7 @@ use crate::limits::{CLOSE_FLUSH_TIMEOUT, ConnLimits};
 use crate::origin::ClientOrigin;
 use crate::state::will::{Will, WillPermit};
 use crate::{events, metrics};
+use fleetgate_auth::AuthFailure;
 
 /// A connection past CONNACK, as [`establish`] hands it to the packet loop.
 pub(super) struct Established {
@@ -161,7 +162,16 @@ pub(super) async fn establish(
         source: origin.source,
         window: limits.outbound_window,
         principal: client_access.principal().clone(),
+        binding: client_access.binding(),
     });
+    let Ok(attached) = attached else {
+        // The session belongs to another identity: refused like an authentication failure.
+        client_access
+            .access()
+            .refuse_session(&client_id, origin.source);
+        let reason = access::connack_reason(AuthFailure::SessionOwnerMismatch, level);
+        return Err(refuse(wire, &origin, &client_id, reason).await);
+    };
     events::connect(
         &client_id,
         &level.to_string(),

@@ -415,3 +415,54 @@ async fn a_session_stays_with_its_identity() {
     })
     .await;
 }
+
+/// `fleetgate check FILE`: exit code, stdout, stderr.
+fn check(file: &Path) -> (Option<i32>, String, String) {
+    let out = std::process::Command::new(BIN)
+        .arg("check")
+        .arg(file)
+        .output()
+        .expect("run fleetgate check");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_warns_about_password_users_without_a_binding_under_percent_c() {
+    bounded(TEST_DEADLINE, async {
+        let dir = scratch_dir();
+        users(dir.path()).await;
+        // backend is bound by the ACL; alice and bob are not, and `fleet/%c/#` is theirs to take.
+        let acl = format!(
+            "{PERCENT_C_ACL}\n[[client_ids]]\nmatch = {{ username = \"backend\" }}\nallow = [\"backend-1\"]\n"
+        );
+        write(dir.path(), "acl.toml", &acl);
+        let node = dir.path().join("node.toml");
+        write(dir.path(), "node.toml", OWNER_NODE);
+        let (code, stdout, stderr) = check(&node);
+        assert_eq!(code, Some(0), "a warning is no error: {stderr}");
+        assert!(stdout.contains(": ok (node config)"), "{stdout}");
+        let warning = format!("{}: warning: listener \"internal\"", node.display());
+        assert!(stderr.contains(&warning), "{stderr}");
+        assert!(stderr.contains("(unbound: alice, bob)"), "{stderr}");
+        assert!(stderr.contains("`%c`"), "{stderr}");
+        assert_eq!(stderr.matches("warning:").count(), 1, "`bound` and `guest` are fine: {stderr}");
+
+        // Bound for everyone by the ACL: no warning.
+        let everyone = format!(
+            "{PERCENT_C_ACL}\n[[client_ids]]\nmatch = {{ any_authenticated = true }}\nallow = [\"x-*\"]\n"
+        );
+        write(dir.path(), "acl.toml", &everyone);
+        let (code, _, stderr) = check(&node);
+        assert_eq!((code, stderr.as_str()), (Some(0), ""));
+
+        // The shipped example binds its password listener.
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/node.toml");
+        let (code, _, stderr) = check(&example);
+        assert_eq!((code, stderr.as_str()), (Some(0), ""));
+    })
+    .await;
+}

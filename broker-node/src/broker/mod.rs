@@ -399,3 +399,7 @@ impl Broker {
         self.retained.len()
     }
 }
+
+#[cfg(test)]
+#[path = "owner_tests.rs"]
+mod owner_tests;

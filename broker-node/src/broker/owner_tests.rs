@@ -117,3 +117,40 @@ async fn an_arriving_session_never_feeds_another_identitys() {
     b.install_session(snapshot(&user("bob")), std::time::Duration::ZERO, || {});
     assert_eq!(bob.session.state.lock().queue.len(), 1, "bob's own arrives");
 }
+
+#[tokio::test]
+async fn a_takeover_for_another_identity_is_refused_or_reclaimed_before_anything_moves() {
+    use super::Departure;
+    let b = broker();
+    let (alice, bob) = (user("alice"), user("bob"));
+    let held = attach(&b, &alice, ClientIdBinding::Unbound).unwrap();
+    let id = ByteString::from("c");
+    let takeover = Departure::Takeover { clean_start: false };
+    let mut shipped = false;
+    let refused = b.export_session(&id, takeover, Some((&bob, ClientIdBinding::Prefix)), |_| {
+        shipped = true;
+        true
+    });
+    assert_eq!(refused, Err(SessionOwnerMismatch));
+    assert!(
+        !shipped && held.session.state.lock().conn.is_some(),
+        "nothing moved"
+    );
+    // The same identity gets it shipped.
+    let own = b.export_session(
+        &id,
+        takeover,
+        Some((&alice, ClientIdBinding::Unbound)),
+        |_| true,
+    );
+    assert_eq!(own, Ok(true));
+
+    // An exact binding ends the other identity's session instead of shipping it.
+    let again = attach(&b, &alice, ClientIdBinding::Unbound).unwrap();
+    let reclaimed = b.export_session(&id, takeover, Some((&bob, ClientIdBinding::Exact)), |_| {
+        shipped = true;
+        true
+    });
+    assert_eq!(reclaimed, Ok(false));
+    assert!(!shipped && again.session.state.lock().ended);
+}

@@ -45,6 +45,13 @@ match = { username = "backend" }
 topics = ["fleet/+/cmd"]
 "#;
 
+/// [`PERCENT_C_ACL`] with `backend` bound to exactly `backend-1` by a `[[client_ids]]` entry.
+fn backend_bound_acl() -> String {
+    format!(
+        "{PERCENT_C_ACL}\n[[client_ids]]\nmatch = {{ username = \"backend\" }}\nallow = [\"backend-1\"]\n"
+    )
+}
+
 fn write(dir: &Path, name: &str, text: &str) {
     std::fs::write(dir.join(name), text).expect("write a test file");
 }
@@ -76,6 +83,13 @@ async fn login(
     c.mqtt_connect(&connect).await
 }
 
+/// `fleetgate_auth_refusals_total{reason}` of `node`.
+async fn refusals(node: &Node, reason: &str) -> f64 {
+    node.admin
+        .metric("fleetgate_auth_refusals_total", &[("reason", reason)])
+        .await
+}
+
 /// The connack event of a finished paho run.
 fn paho_connack(out: &CmdOutput) -> serde_json::Value {
     out.events_of("connack")
@@ -96,15 +110,23 @@ async fn password_users_are_bound_to_their_client_ids() {
         let dir = scratch_dir();
         users(dir.path()).await;
         // `backend` may use exactly `backend-1`: the ACL's entry narrows the listener's `{username}-*`.
-        let acl = format!(
-            "{PERCENT_C_ACL}\n[[client_ids]]\nmatch = {{ username = \"backend\" }}\nallow = [\"backend-1\"]\n"
-        );
-        write(dir.path(), "acl.toml", &acl);
+        write(dir.path(), "acl.toml", &backend_bound_acl());
         let node = Node::start_in(BIN, dir.path(), BOUND_NODE).await;
         let addr = node.mqtt;
         let pub_as = |v, id: &'static str, user: &'static str, pw: &'static str| async move {
             let args = [
-                "-i", id, "-u", user, "-P", pw, "-q", "1", "-t", "fleet/x/y", "-m", "m",
+                "-i",
+                id,
+                "-u",
+                user,
+                "-P",
+                pw,
+                "-q",
+                "1",
+                "-t",
+                "fleet/x/y",
+                "-m",
+                "m",
             ];
             mosquitto_pub(addr, v, &args).await
         };
@@ -124,7 +146,14 @@ async fn password_users_are_bound_to_their_client_ids() {
         }
         // paho, both versions: the CONNACK codes 0x85 (133) and 0x02.
         for (v, code) in [(MqttVersion::V5, 133), (MqttVersion::V311, 2)] {
-            let args = ["--id", "bob-7", "--username", "alice", "--password", PW_ALICE];
+            let args = [
+                "--id",
+                "bob-7",
+                "--username",
+                "alice",
+                "--password",
+                PW_ALICE,
+            ];
             let out = paho(addr, v, &args).finish().await;
             assert_eq!(paho_connack(&out)["rc"], code, "{v:?}: {out:?}");
         }
@@ -164,16 +193,12 @@ async fn password_users_are_bound_to_their_client_ids() {
         assert!(
             failed.iter().any(|e| e["reason"] == "client_id_mismatch"
                 && e["client_id"] == "bob-raw"
-                && e["source"].as_str().is_some_and(|s| s.starts_with("127.0.0.1:"))),
+                && e["source"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("127.0.0.1:"))),
             "{failed:?}"
         );
-        let mismatches = node
-            .admin
-            .metric(
-                "fleetgate_auth_refusals_total",
-                &[("reason", "client_id_mismatch")],
-            )
-            .await;
+        let mismatches = refusals(&node, "client_id_mismatch").await;
         assert!(mismatches >= 10.0, "{mismatches}");
         assert_no_secrets(&node.process.logs(), &[PW_ALICE, PW_BOB, PW_BACKEND]);
     })
@@ -248,12 +273,7 @@ async fn certificates_through_the_lb_are_bound_by_template_and_acl() {
             })
             .await;
         assert!(
-            node.admin
-                .metric(
-                    "fleetgate_auth_refusals_total",
-                    &[("reason", "client_id_mismatch")]
-                )
-                .await
+            refusals(&node, "client_id_mismatch").await
                 >= 8.0
         );
     })
@@ -403,14 +423,8 @@ async fn a_session_stays_with_its_identity() {
                 e["event"] == "session_reclaimed" && e["client_id"] == "alice-9"
             })
             .await;
-        let refusals = node
-            .admin
-            .metric(
-                "fleetgate_auth_refusals_total",
-                &[("reason", "session_owner_mismatch")],
-            )
-            .await;
-        assert!(refusals >= 7.0, "{refusals}");
+        let owner_refusals = refusals(&node, "session_owner_mismatch").await;
+        assert!(owner_refusals >= 7.0, "{owner_refusals}");
         assert_no_secrets(&node.process.logs(), &[PW_ALICE, PW_BOB, PW_BACKEND]);
     })
     .await;
@@ -436,10 +450,7 @@ async fn check_warns_about_password_users_without_a_binding_under_percent_c() {
         let dir = scratch_dir();
         users(dir.path()).await;
         // backend is bound by the ACL; alice and bob are not, and `fleet/%c/#` is theirs to take.
-        let acl = format!(
-            "{PERCENT_C_ACL}\n[[client_ids]]\nmatch = {{ username = \"backend\" }}\nallow = [\"backend-1\"]\n"
-        );
-        write(dir.path(), "acl.toml", &acl);
+        write(dir.path(), "acl.toml", &backend_bound_acl());
         let node = dir.path().join("node.toml");
         write(dir.path(), "node.toml", OWNER_NODE);
         let (code, stdout, stderr) = check(&node);

@@ -54,8 +54,10 @@ fn unknown_users_cost_the_same_argon2_work() {
         HASH_M_COST_KIB
     );
 
-    // And in time, loosely: the fastest of several interleaved runs of each (preemption on a loaded box only ever
-    // adds time, so the minimum is the cost itself; medians of 5 flaked at a load of 9 on 2 cores).
+    // And in time, loosely: the fastest of a few interleaved runs of each, within 3× of each other in at least
+    // one of several rounds. Preemption on a loaded box only adds time, yet one round can still be skewed (other
+    // tests hash on the same two cores); an unknown user that skipped argon2 would take microseconds against
+    // milliseconds in every round.
     let mut file = PasswordFile::empty();
     let moderate = Params::new(4 * 1024, 1, 1, None).unwrap();
     file.set_with(
@@ -69,12 +71,19 @@ fn unknown_users_cost_the_same_argon2_work() {
         assert!(!file.verify_blocking(user, b"wrong"));
         start.elapsed()
     };
-    let (mut k, mut u) = (Duration::MAX, Duration::MAX);
-    for _ in 0..9 {
-        k = k.min(time("alice"));
-        u = u.min(time("mallory"));
+    let mut rounds = Vec::new();
+    for _ in 0..5 {
+        let (mut k, mut u) = (Duration::MAX, Duration::MAX);
+        for _ in 0..5 {
+            k = k.min(time("alice"));
+            u = u.min(time("mallory"));
+        }
+        if u * 3 > k && k * 3 > u {
+            return;
+        }
+        rounds.push((k, u));
     }
-    assert!(u * 3 > k && k * 3 > u, "known {k:?} vs unknown {u:?}");
+    panic!("known vs unknown user, fastest per round: {rounds:?}");
 }
 
 #[test]

@@ -411,6 +411,14 @@ mod tests {
             assert_eq!(tls.ca, cluster_pki.ca);
             assert_eq!(cluster.peers[0].addr, "127.0.0.1:7000".parse().unwrap());
             assert_eq!(config.listeners[0].bind.port(), port);
+            // Behind the LB, PROXY headers are trusted from the LB's address alone (see `node_config`).
+            let trusted: Vec<String> = config.listeners[0]
+                .trusted_proxies
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            let expected: &[&str] = if behind_lb { &["127.0.0.1/32"] } else { &[] };
+            assert_eq!(trusted, expected);
             let auth = config.auth.as_ref().expect("an [auth] section");
             assert!(auth.default_policy.anonymous);
         }

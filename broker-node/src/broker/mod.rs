@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use fleetgate_auth::Principal;
+use fleetgate_auth::{ClientIdBinding, Principal, SessionClaim, claim_session};
 use fleetgate_config::node::LimitsConfig;
 use fleetgate_protocol::mqtt::{ByteString, ProtocolLevel};
 use parking_lot::{Mutex, RwLock};
@@ -61,7 +61,14 @@ pub(crate) struct AttachRequest {
     pub(crate) window: usize,
     /// Who the client authenticated as.
     pub(crate) principal: Arc<Principal>,
+    /// How tightly the client ID is bound to `principal`: whether it may take over another identity's session.
+    pub(crate) binding: ClientIdBinding,
 }
+
+/// [`Broker::attach`] refused: the client ID's session belongs to another identity and the connection's binding
+/// does not give it the client ID (`fleetgate_auth::claim_session`). Nothing was changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SessionOwnerMismatch;
 
 /// A connection's handle on its session.
 #[derive(Debug)]
@@ -202,8 +209,12 @@ impl Broker {
     }
 
     /// Attaches a new connection to its session: creates it, resumes it, or takes it over from another
-    /// connection (which is kicked; its session ends first when `clean_start`).
-    pub(crate) fn attach(self: &Arc<Self>, req: AttachRequest) -> Attached {
+    /// connection (which is kicked; its session ends first when `clean_start`). A session another identity holds
+    /// is refused before anything changes, or, when the binding reclaims the client ID, ended as for a clean start.
+    pub(crate) fn attach(
+        self: &Arc<Self>,
+        req: AttachRequest,
+    ) -> Result<Attached, SessionOwnerMismatch> {
         let wakeup = Arc::new(Wakeup::default());
         let mut wills: Vec<Will> = Vec::new();
         let mut ended: Option<Arc<Session>> = None;
@@ -212,13 +223,27 @@ impl Broker {
         let resumed = match sessions.get(&req.client_id).cloned() {
             Some(old) => {
                 let mut st = old.state.lock();
+                // Decided under the sessions lock, before the old connection is kicked: a refused claimant
+                // changes nothing, and no attach can slip in between the check and the takeover.
+                let clean_start = match claim_session(
+                    &req.principal,
+                    req.binding,
+                    st.principal.as_deref(),
+                ) {
+                    SessionClaim::Own => req.clean_start,
+                    SessionClaim::Reclaim => {
+                        tracing::info!(event = "session_reclaimed", client_id = %req.client_id, "a session of another identity ended: the client ID is bound to the new one");
+                        true
+                    }
+                    SessionClaim::Refused => return Err(SessionOwnerMismatch),
+                };
                 if let Some(slot) = st.take_conn() {
                     slot.signal.kick();
                     old.set_connected(false);
                 }
                 let running_will = st.will.take();
                 let pending_will = st.pending_will.take();
-                if req.clean_start {
+                if clean_start {
                     // The old session ends here, so its will is due whatever its delay.
                     st.ended = true;
                     self.metrics
@@ -279,12 +304,12 @@ impl Broker {
         for w in wills {
             self.publish_will(&req.client_id, w);
         }
-        Attached {
+        Ok(Attached {
             session,
             present,
             generation,
             wakeup,
-        }
+        })
     }
 
     /// Tells every attached connection the node is shutting down (after the connections' shutdown token was
@@ -404,3 +429,7 @@ impl Broker {
         self.retained.len()
     }
 }
+
+#[cfg(test)]
+#[path = "owner_tests.rs"]
+mod owner_tests;

@@ -16,6 +16,9 @@ pub enum BrokerError {
     /// Cluster peer discovery could not start.
     #[error("cluster peer discovery: {0}")]
     Discovery(#[from] fleetgate_discovery::ResolveError),
+    /// The session store (`[storage] mode = "disk"`) could not be opened.
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
     /// A listener could not be bound.
     #[error("cannot bind {addr}: {source}")]
     Bind {

@@ -132,3 +132,22 @@ pub(crate) fn config_reload(
         ),
     }
 }
+
+/// The session store was read back at start.
+pub(crate) fn store_recovered(
+    path: &std::path::Path,
+    recovered: &crate::store::Recovered,
+    took: std::time::Duration,
+) {
+    tracing::info!(
+        event = "store_recovered",
+        path = %path.display(),
+        sessions = recovered.sessions.len(),
+        messages = recovered.messages,
+        retained = recovered.retained.len(),
+        skipped = recovered.skipped,
+        orphans = recovered.orphans.len(),
+        seconds = took.as_secs_f64(),
+        "session store read back"
+    );
+}

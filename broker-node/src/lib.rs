@@ -44,6 +44,7 @@ mod metrics;
 mod origin;
 mod server;
 mod state;
+mod store;
 mod wakeup;
 
 pub use broker::{Broker, ClientInfo};

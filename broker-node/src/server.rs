@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleetgate_config::node::NodeConfig;
+use fleetgate_config::node::{NodeConfig, StorageMode};
 use fleetgate_ops::admin::{self, AdminState, Readiness};
 use fleetgate_ops::telemetry;
 use tokio::net::TcpListener;
@@ -25,6 +25,7 @@ use crate::error::BrokerError;
 use crate::events;
 use crate::listener::Listener;
 use crate::metrics::Metrics;
+use crate::store::{self, Store};
 
 /// The broker node.
 #[derive(Debug)]
@@ -91,13 +92,26 @@ impl Node {
         let hooks = cluster
             .as_ref()
             .map(|(c, _)| c.clone() as Arc<dyn ClusterHooks>);
-        let broker = Arc::new(Broker::new(
+        let broker = Broker::new(
             config.name.clone(),
             config.limits.clone(),
             Metrics::register(),
             timers.clone(),
             hooks,
-        ));
+        );
+        // The store is read back before any client or peer is served: sessions are where they were.
+        let (broker, store) = match &config.storage {
+            StorageMode::Memory => (Arc::new(broker), None),
+            StorageMode::Disk { path, max_bytes } => {
+                let started = std::time::Instant::now();
+                let max_value = store::max_value_len(config.limits.max_packet_size);
+                let (store, recovered) = Store::open(path, *max_bytes, max_value)?;
+                let broker = Arc::new(broker.with_store(store.clone()));
+                events::store_recovered(path, &recovered, started.elapsed());
+                broker.restore(recovered);
+                (broker, Some(store))
+            }
+        };
 
         let cluster_handle = cluster.as_ref().map(|(c, _)| c.clone());
         let mut listeners = Vec::new();
@@ -160,6 +174,7 @@ impl Node {
             broker: broker.clone(),
             cluster: cluster_handle,
             admin_task,
+            store,
         }));
         Ok(NodeHandle {
             mqtt_addrs,
@@ -189,6 +204,7 @@ struct Supervised {
     broker: Arc<Broker>,
     cluster: Option<Arc<Cluster>>,
     admin_task: Option<JoinHandle<()>>,
+    store: Option<Arc<Store>>,
 }
 
 async fn supervise(node: Supervised) {
@@ -200,6 +216,7 @@ async fn supervise(node: Supervised) {
         broker,
         cluster,
         admin_task,
+        store,
     } = node;
     stop.shutdown.cancelled().await;
     stop.readiness.set(false);
@@ -224,6 +241,10 @@ async fn supervise(node: Supervised) {
         c.shutdown.cancel();
     }
     stop.timers.cancel();
+    if let Some(store) = store {
+        // What the last connections changed is committed before the process ends.
+        let _ = tokio::task::spawn_blocking(move || store.close()).await;
+    }
     events::shutdown(
         if drained { "drained" } else { "grace_expired" },
         tracker.len(),

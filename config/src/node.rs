@@ -41,6 +41,7 @@ mod auth;
 mod cluster;
 mod limits;
 mod listeners;
+mod storage;
 
 pub use auth::{
     AuthConfig, BruteForceConfig, CertField, ClientIdTemplate, ClientIdTemplateError,
@@ -54,6 +55,8 @@ pub use limits::LimitsConfig;
 use limits::{LimitsFile, validate_limits};
 use listeners::{DEFAULT_PROXY_TIMEOUT, ListenerFile, validate_listeners};
 pub use listeners::{ListenerConfig, ProxyMode};
+pub use storage::StorageMode;
+use storage::{StorageFile, validate_storage};
 
 /// Default time to wait for connections to close after shutdown starts.
 pub(crate) const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -76,6 +79,8 @@ pub(crate) struct NodeFile {
     pub(crate) cluster: Option<ClusterFile>,
     /// `[auth]`: authentication and ACL; `None` keeps anonymous access.
     pub(crate) auth: Option<AuthSectionFile>,
+    /// `[storage]`: memory only, or also on disk.
+    pub(crate) storage: Option<StorageFile>,
 }
 
 /// Raw `[node]` table.
@@ -113,6 +118,8 @@ pub struct NodeConfig {
     pub cluster: Option<ClusterConfig>,
     /// Authentication and ACL; `None`: every client admitted anonymously, nothing checked.
     pub auth: Option<AuthConfig>,
+    /// Where sessions and retained messages are kept.
+    pub storage: StorageMode,
 }
 
 impl NodeConfig {
@@ -144,6 +151,7 @@ impl NodeConfig {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             cluster: None,
             auth: None,
+            storage: StorageMode::Memory,
         }
     }
 }
@@ -236,6 +244,10 @@ fn validate(file: &Path, source: &str, raw: NodeFile) -> Result<NodeConfig, Conf
 
     let limits = validate_limits(&raw.limits, &mut problem);
 
+    let storage = raw.storage.as_ref().map_or(StorageMode::Memory, |s| {
+        validate_storage(s, file, &mut problem)
+    });
+
     let cluster = match raw.cluster.as_ref() {
         Some(c) => match validate_cluster(c, &name, file, source) {
             Ok(c) => Some(c),
@@ -285,6 +297,7 @@ fn validate(file: &Path, source: &str, raw: NodeFile) -> Result<NodeConfig, Conf
             .map_or(DEFAULT_SHUTDOWN_GRACE, ConfigDuration::get),
         cluster,
         auth,
+        storage,
     })
 }
 

@@ -119,7 +119,10 @@ pub(crate) fn drain(conn: &mut Conn) -> Result<bool, End> {
                     break Ok(false);
                 };
                 if front.msg.is_expired_lazy(&now) {
-                    st.queue.pop_front();
+                    if let Some(expired) = st.queue.pop_front() {
+                        conn.broker
+                            .persist_forget(&conn.session.client_id, expired.seq);
+                    }
                     conn.broker.metrics.dropped(DropReason::Expired);
                     continue;
                 }
@@ -148,11 +151,13 @@ pub(crate) fn drain(conn: &mut Conn) -> Result<bool, End> {
                 // the queue order.
                 if !(plain_ok && batch.is_empty() && delivery.is_plain(v5)) {
                     if let Some(id) = packet_id {
-                        st.inflight.push_back(Inflight {
+                        let entry = Inflight {
                             packet_id: id,
                             delivery: delivery.clone(),
                             released: false,
-                        });
+                        };
+                        persist_sent(conn, &entry);
+                        st.inflight.push_back(entry);
                     }
                     batch.push((delivery, packet_id));
                     continue;
@@ -162,6 +167,8 @@ pub(crate) fn drain(conn: &mut Conn) -> Result<bool, End> {
                     Ok(()) => delivered[usize::from(delivery.qos.value().min(2))] += 1,
                     Err(CodecError::OutboundTooLarge) => {
                         conn.broker.metrics.dropped(DropReason::TooLarge);
+                        conn.broker
+                            .persist_forget(&conn.session.client_id, delivery.seq);
                         continue;
                     }
                     Err(_) => {}
@@ -169,11 +176,13 @@ pub(crate) fn drain(conn: &mut Conn) -> Result<bool, End> {
                 // Moved, not cloned, into the inflight list (also on a codec failure: a resumed session
                 // resends it).
                 if let Some(id) = packet_id {
-                    st.inflight.push_back(Inflight {
+                    let entry = Inflight {
                         packet_id: id,
                         delivery,
                         released: false,
-                    });
+                    };
+                    persist_sent(conn, &entry);
+                    st.inflight.push_back(entry);
                 }
                 if let Err(e) = encoded {
                     break Err(e);
@@ -209,6 +218,14 @@ pub(crate) fn drain(conn: &mut Conn) -> Result<bool, End> {
         delivered = [0; 3];
         if !too_large.is_empty() {
             let mut st = conn.session.state.lock();
+            for e in st
+                .inflight
+                .iter()
+                .filter(|e| too_large.contains(&e.packet_id))
+            {
+                conn.broker
+                    .persist_forget(&conn.session.client_id, e.delivery.seq);
+            }
             st.inflight.retain(|e| !too_large.contains(&e.packet_id));
         }
         if !more || conn.wire.pending() >= WRITE_HIGH_WATER {
@@ -290,8 +307,21 @@ pub(crate) fn resend_inflight(conn: &mut Conn) {
         }
     }
     for id in too_large {
+        for e in st.inflight.iter().filter(|e| e.packet_id == id) {
+            conn.broker
+                .persist_forget(&conn.session.client_id, e.delivery.seq);
+        }
         st.inflight.retain(|e| e.packet_id != id);
         conn.broker.metrics.dropped(DropReason::TooLarge);
+    }
+}
+
+/// Records in the session store the packet ID a stored QoS 2 message goes out with, so that after a restart
+/// it is sent again under the same ID (DUP) and the client does not take it for a new one. QoS 1 messages are
+/// not rewritten: after a restart they go out again under new IDs, a duplicate QoS 1 allows.
+fn persist_sent(conn: &Conn, entry: &Inflight) {
+    if entry.delivery.qos == QoS::ExactlyOnce {
+        conn.broker.persist_inflight(&conn.session.client_id, entry);
     }
 }
 

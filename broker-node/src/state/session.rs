@@ -15,7 +15,9 @@ use parking_lot::Mutex;
 use super::budget::{Backlog, MemoryBudget, Weigh};
 use super::message::{Delivery, SessionId};
 use super::will::Will;
+use crate::cluster::frame::SlotKind;
 use crate::metrics::DropReason;
+use crate::store::{Op, Store};
 use crate::wakeup::Wakeup;
 
 /// The connection currently attached to a session.
@@ -151,44 +153,33 @@ impl SessionState {
         self.queue.clear() + self.inflight.clear()
     }
 
-    /// PUBACK: forgets a QoS 1 message. False when unknown.
-    pub(crate) fn acknowledge(&mut self, id: NonZeroU16) -> bool {
+    /// PUBACK: forgets a QoS 1 message; its store sequence (0: not stored), `None` when unknown.
+    pub(crate) fn acknowledge(&mut self, id: NonZeroU16) -> Option<u64> {
         self.remove_inflight(id, |e| e.delivery.qos == QoS::AtLeastOnce)
     }
 
-    /// PUBREC: marks a QoS 2 message released. False when unknown.
-    pub(crate) fn release(&mut self, id: NonZeroU16) -> bool {
-        match self
+    /// PUBREC: marks a QoS 2 message released; the entry, `None` when unknown.
+    pub(crate) fn release(&mut self, id: NonZeroU16) -> Option<&Inflight> {
+        let e = self
             .inflight
             .iter_mut()
-            .find(|e| e.packet_id == id && e.delivery.qos == QoS::ExactlyOnce)
-        {
-            Some(e) => {
-                e.released = true;
-                true
-            }
-            None => false,
-        }
+            .find(|e| e.packet_id == id && e.delivery.qos == QoS::ExactlyOnce)?;
+        e.released = true;
+        Some(e)
     }
 
-    /// PUBCOMP (or a failed PUBREC): forgets a QoS 2 message.
-    pub(crate) fn complete(&mut self, id: NonZeroU16) -> bool {
+    /// PUBCOMP (or a failed PUBREC): forgets a QoS 2 message; its store sequence, `None` when unknown.
+    pub(crate) fn complete(&mut self, id: NonZeroU16) -> Option<u64> {
         self.remove_inflight(id, |e| e.delivery.qos == QoS::ExactlyOnce)
     }
 
-    fn remove_inflight(&mut self, id: NonZeroU16, ok: impl Fn(&Inflight) -> bool) -> bool {
+    fn remove_inflight(&mut self, id: NonZeroU16, ok: impl Fn(&Inflight) -> bool) -> Option<u64> {
         // Acks mostly arrive in order: the front is the usual hit.
         let pos = self
             .inflight
             .iter()
-            .position(|e| e.packet_id == id && ok(e));
-        match pos {
-            Some(pos) => {
-                self.inflight.remove(pos);
-                true
-            }
-            None => false,
-        }
+            .position(|e| e.packet_id == id && ok(e))?;
+        self.inflight.remove(pos).map(|e| e.delivery.seq)
     }
 }
 
@@ -271,11 +262,14 @@ impl Session {
         self.connected.store(connected, Ordering::Relaxed);
     }
 
-    /// Queues a delivery and wakes the connection; the error says why it was dropped instead.
+    /// Queues a delivery and wakes the connection; the error says why it was dropped instead. With a `store`,
+    /// a QoS 1/2 delivery to a persistent session is written to it first (under the lock: the store sees the
+    /// session's changes in memory's order).
     pub(crate) fn enqueue(
         &self,
-        delivery: Delivery,
+        mut delivery: Delivery,
         limits: QueueLimits,
+        store: Option<&Store>,
     ) -> Result<(), DropReason> {
         let mut st = self.state.lock();
         if st.ended {
@@ -303,6 +297,7 @@ impl Session {
             if over_budget {
                 return Err(DropReason::MemoryBudget);
             }
+            store_delivery(store, &self.client_id, &st, &mut delivery)?;
             st.queue.push_back(delivery);
             return Ok(());
         };
@@ -318,6 +313,7 @@ impl Session {
         if over_budget {
             return Err(DropReason::MemoryBudget);
         }
+        store_delivery(store, &self.client_id, &st, &mut delivery)?;
         let was_empty = st.queue.is_empty();
         let signal = was_empty.then(|| conn.signal.clone());
         st.queue.push_back(delivery);
@@ -328,6 +324,32 @@ impl Session {
         }
         Ok(())
     }
+}
+
+/// Writes a QoS 1/2 delivery for a persistent session to `store` (giving it its sequence); a store that is
+/// full or failed refuses it.
+fn store_delivery(
+    store: Option<&Store>,
+    client_id: &ByteString,
+    st: &SessionState,
+    delivery: &mut Delivery,
+) -> Result<(), DropReason> {
+    let Some(store) = store else { return Ok(()) };
+    if st.expiry_secs == 0 || delivery.qos == QoS::AtMostOnce {
+        return Ok(());
+    }
+    if store.is_full() || store.has_failed() {
+        return Err(DropReason::StoreFull);
+    }
+    delivery.seq = store.next_seq();
+    store.submit(Op::Message {
+        client_id: client_id.clone(),
+        seq: delivery.seq,
+        slot: SlotKind::Queued,
+        packet_id: 0,
+        delivery: delivery.clone(),
+    });
+    Ok(())
 }
 
 #[cfg(test)]
@@ -358,6 +380,7 @@ mod tests {
             qos,
             retain: false,
             sub_ids: Vec::new(),
+            seq: 0,
         }
     }
 
@@ -365,13 +388,13 @@ mod tests {
     fn offline_queueing_rules() {
         let s = Session::new_for_test(1);
         assert_eq!(
-            s.enqueue(delivery(QoS::AtMostOnce), lim(2)),
+            s.enqueue(delivery(QoS::AtMostOnce), lim(2), None),
             Err(DropReason::NotConnected)
         );
-        assert_eq!(s.enqueue(delivery(QoS::AtLeastOnce), lim(2)), Ok(()));
-        assert_eq!(s.enqueue(delivery(QoS::ExactlyOnce), lim(2)), Ok(()));
+        assert_eq!(s.enqueue(delivery(QoS::AtLeastOnce), lim(2), None), Ok(()));
+        assert_eq!(s.enqueue(delivery(QoS::ExactlyOnce), lim(2), None), Ok(()));
         assert_eq!(
-            s.enqueue(delivery(QoS::AtLeastOnce), lim(2)),
+            s.enqueue(delivery(QoS::AtLeastOnce), lim(2), None),
             Err(DropReason::QueueFull)
         );
     }
@@ -381,13 +404,13 @@ mod tests {
         let s = Session::new_for_test(1);
         let signal = Arc::new(Wakeup::default());
         s.state.lock().conn = Some(ConnSlot { signal, window: 1 });
-        assert_eq!(s.enqueue(delivery(QoS::AtLeastOnce), lim(1)), Ok(()));
+        assert_eq!(s.enqueue(delivery(QoS::AtLeastOnce), lim(1), None), Ok(()));
         assert_eq!(
-            s.enqueue(delivery(QoS::AtMostOnce), lim(1)),
+            s.enqueue(delivery(QoS::AtMostOnce), lim(1), None),
             Err(DropReason::Qos0QueueFull)
         );
         assert_eq!(
-            s.enqueue(delivery(QoS::AtLeastOnce), lim(1)),
+            s.enqueue(delivery(QoS::AtLeastOnce), lim(1), None),
             Err(DropReason::QueueFull)
         );
         let mut st = s.state.lock();
@@ -401,7 +424,7 @@ mod tests {
         st.queue.push_back(delivery(QoS::AtLeastOnce));
         drop(st);
         assert_eq!(
-            s.enqueue(delivery(QoS::AtLeastOnce), lim(1)),
+            s.enqueue(delivery(QoS::AtLeastOnce), lim(1), None),
             Err(DropReason::InflightWindow)
         );
     }

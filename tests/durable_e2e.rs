@@ -1,0 +1,328 @@
+//! Durable sessions (`[storage] mode = "disk"`) on a real `fleetgate node` killed with SIGKILL, with rumqttc
+//! clients: every QoS 1 message whose PUBACK the publisher received reaches the persistent subscribers (the one
+//! connected when the node died and the one that was away) once the node is back on the same directory; the
+//! duplicates QoS 1 allows are counted and reported. A clean restart brings back subscriptions and retained
+//! messages; a store at its `max_bytes` refuses QoS 1 publishes with 0x97.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::time::Duration;
+
+use common::BIN;
+use fleetgate_testkit::rumqttc_client::{Events, v5_client, v5_publish, v5_subscribe};
+use fleetgate_testkit::{Node, Signal, WAIT, scratch_dir};
+use rumqttc::Outgoing;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::PubAckReason;
+use rumqttc::v5::{Event, Incoming};
+
+/// A node config storing its sessions in `dir/store`, with `extra` appended.
+fn config(dir: &Path, extra: &str) -> String {
+    format!(
+        "[node]\nname = \"durable\"\n\n[[listeners]]\nbind = \"127.0.0.1:0\"\n\n[admin]\nbind = \"127.0.0.1:0\"\n\n\
+         [storage]\nmode = \"disk\"\npath = {:?}\n{extra}\n",
+        dir.join("store").display().to_string()
+    )
+}
+
+/// A persistent v5 session `id` (expiry one hour) subscribed to `filter` at `qos`.
+async fn subscriber(
+    node: &Node,
+    id: &str,
+    filter: &str,
+    qos: QoS,
+) -> (rumqttc::v5::AsyncClient, Events<Event>) {
+    let (client, mut events, _) = v5_client(node.mqtt, id, |o| {
+        o.set_clean_start(false);
+        o.set_session_expiry_interval(Some(3600));
+    })
+    .await;
+    v5_subscribe(&client, &mut events, filter, qos).await;
+    (client, events)
+}
+
+/// The session `id` back after a restart (session present), without subscribing again.
+async fn resume(node: &Node, id: &str) -> (rumqttc::v5::AsyncClient, Events<Event>) {
+    let (client, events, connack) = v5_client(node.mqtt, id, |o| {
+        o.set_clean_start(false);
+        o.set_session_expiry_interval(Some(3600));
+    })
+    .await;
+    assert!(
+        connack.session_present,
+        "{id}: session not present after the restart"
+    );
+    (client, events)
+}
+
+/// Payloads of the messages arriving on `events` until none has come for two seconds.
+async fn received(events: &mut Events<Event>) -> Vec<String> {
+    events
+        .collect(Duration::from_secs(2), v5_publish)
+        .await
+        .into_iter()
+        .map(|p| String::from_utf8_lossy(&p.payload).into_owned())
+        .collect()
+}
+
+/// What the publisher saw: the payloads acknowledged (PUBACK success) and how many were refused.
+#[derive(Debug, Default)]
+struct Published {
+    acked: Vec<String>,
+    refused: usize,
+}
+
+/// Publishes QoS 1 messages `p0`, `p1`, ... on `topic` (up to 100 in flight) until the connection fails or
+/// `max` were sent, recording which were acknowledged: the n-th PUBLISH written carries payload n, and a PUBACK
+/// names the packet ID it was written with.
+async fn publish_until_failure(node: &Node, id: &str, topic: &str, max: usize) -> Published {
+    let (client, mut events, _) = v5_client(node.mqtt, id, |o| {
+        o.set_outgoing_inflight_upper_limit(100);
+    })
+    .await;
+    let sender = {
+        let (client, topic) = (client.clone(), topic.to_string());
+        tokio::spawn(async move {
+            for i in 0..max {
+                if client
+                    .publish(&topic, QoS::AtLeastOnce, false, format!("p{i}"))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        })
+    };
+    let mut out = Published::default();
+    let mut written = 0usize;
+    let mut in_flight: HashMap<u16, usize> = HashMap::new();
+    loop {
+        let event = events
+            .next_within(WAIT, |e| match e {
+                Event::Outgoing(Outgoing::Publish(pkid)) => Some(Ok(*pkid)),
+                Event::Incoming(Incoming::PubAck(ack)) => Some(Err((ack.pkid, ack.reason))),
+                _ => None,
+            })
+            .await;
+        match event {
+            Ok(Ok(pkid)) => {
+                in_flight.insert(pkid, written);
+                written += 1;
+            }
+            Ok(Err((pkid, reason))) => {
+                let n = in_flight
+                    .remove(&pkid)
+                    .unwrap_or_else(|| panic!("PUBACK for packet {pkid} never sent"));
+                if reason == PubAckReason::Success {
+                    out.acked.push(format!("p{n}"));
+                } else {
+                    out.refused += 1;
+                }
+                if out.acked.len() + out.refused == max {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    sender.abort();
+    out
+}
+
+/// Counts of each payload in `got`.
+fn tally(got: &[String]) -> BTreeMap<&str, usize> {
+    let mut counts = BTreeMap::new();
+    for p in got {
+        *counts.entry(p.as_str()).or_insert(0) += 1;
+    }
+    counts
+}
+
+#[tokio::test]
+async fn a_node_killed_under_qos1_load_loses_no_acknowledged_message() {
+    let dir = scratch_dir();
+    // Room for everything the away subscriber is sent (beyond its queue's bounds messages are dropped and
+    // counted, acknowledged or not).
+    let cfg = config(dir.path(), "\n[limits]\nmax_queued_messages = 1000000");
+    let node = Node::start_in(BIN, dir.path(), &cfg).await;
+    // One subscriber away (its messages wait on disk), one connected and receiving when the node dies.
+    let (away, away_events) = subscriber(&node, "durable-away", "load/#", QoS::AtLeastOnce).await;
+    away.disconnect().await.expect("queue DISCONNECT");
+    drop(away_events);
+    node.admin.wait_connected("durable-away", false, WAIT).await;
+    let (_online, mut online_events) =
+        subscriber(&node, "durable-online", "load/#", QoS::AtLeastOnce).await;
+
+    // The node dies once the publisher has a few thousand acknowledgements, while it keeps publishing.
+    let killer = {
+        let pid = node.process.pid();
+        let admin = node.admin.clone();
+        tokio::spawn(async move {
+            admin
+                .wait_count("fleetgate_messages_received_total", &[("qos", "1")], 3000.0)
+                .await;
+            fleetgate_testkit::process::send_signal(pid, Signal::KILL);
+        })
+    };
+    let published = publish_until_failure(&node, "durable-pub", "load/x", 1_000_000).await;
+    killer.await.expect("killer task");
+    let before = received(&mut online_events).await;
+    drop(online_events);
+    assert!(
+        published.acked.len() >= 2000,
+        "too few acknowledged before the kill: {}",
+        published.acked.len()
+    );
+    drop(node);
+
+    let node = Node::start_in(BIN, dir.path(), &cfg).await;
+    let recovered = node.process.events("store_recovered");
+    eprintln!("recovered: {recovered:?}");
+    for (id, mut got) in [("durable-online", before), ("durable-away", Vec::new())] {
+        let (_client, mut events) = resume(&node, id).await;
+        got.extend(received(&mut events).await);
+        let counts = tally(&got);
+        let lost: Vec<&String> = published
+            .acked
+            .iter()
+            .filter(|p| !counts.contains_key(p.as_str()))
+            .collect();
+        let duplicates: usize = counts.values().map(|n| n - 1).sum();
+        eprintln!(
+            "{id}: {} acknowledged, {} received, {} duplicates (QoS 1 allows them), {} lost",
+            published.acked.len(),
+            got.len(),
+            duplicates,
+            lost.len()
+        );
+        assert!(
+            lost.is_empty(),
+            "{id} never received {} acknowledged messages, e.g. {:?}",
+            lost.len(),
+            &lost[..lost.len().min(5)]
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_restart_brings_back_subscriptions_queues_and_retained_messages() {
+    let dir = scratch_dir();
+    let cfg = config(dir.path(), "");
+    let mut node = Node::start_in(BIN, dir.path(), &cfg).await;
+    let (sub, sub_events) = subscriber(&node, "restart-sub", "r/#", QoS::ExactlyOnce).await;
+    sub.disconnect().await.expect("queue DISCONNECT");
+    drop(sub_events);
+    node.admin.wait_connected("restart-sub", false, WAIT).await;
+    let (publisher, mut pub_events, _) = v5_client(node.mqtt, "restart-pub", |_| {}).await;
+    publisher
+        .publish("r/retained", QoS::AtLeastOnce, true, "kept")
+        .await
+        .expect("queue PUBLISH");
+    publisher
+        .publish("r/queued", QoS::ExactlyOnce, false, "waiting")
+        .await
+        .expect("queue PUBLISH");
+    pub_events
+        .next_matching("PUBCOMP", |e| {
+            matches!(e, Event::Incoming(Incoming::PubComp(_))).then_some(())
+        })
+        .await;
+    drop(pub_events);
+    let (status, _) = node.process.terminate(WAIT).await;
+    assert!(status.success(), "node exit: {status:?}");
+    drop(node);
+
+    // Killed right after its start, too: what the first run stored is read back whole each time.
+    let node = Node::start_in(BIN, dir.path(), &cfg).await;
+    node.process.signal(Signal::KILL);
+    drop(node);
+    let node = Node::start_in(BIN, dir.path(), &cfg).await;
+
+    let (_sub, mut events) = resume(&node, "restart-sub").await;
+    let mut got = received(&mut events).await;
+    got.sort();
+    assert_eq!(
+        got,
+        ["kept", "waiting"],
+        "the two queued messages, once each"
+    );
+    // The subscription came back too: a message published now is routed to it.
+    let (publisher, _pub_events, _) = v5_client(node.mqtt, "restart-pub2", |_| {}).await;
+    publisher
+        .publish("r/after", QoS::AtLeastOnce, false, "after")
+        .await
+        .expect("queue PUBLISH");
+    let next = events.next_matching("PUBLISH", v5_publish).await;
+    assert_eq!(&next.payload[..], b"after");
+    // And the retained message, for a new subscriber.
+    let (fresh, mut fresh_events, _) = v5_client(node.mqtt, "restart-fresh", |_| {}).await;
+    v5_subscribe(&fresh, &mut fresh_events, "r/retained", QoS::AtLeastOnce).await;
+    let retained = fresh_events
+        .next_matching("retained PUBLISH", v5_publish)
+        .await;
+    assert!(
+        retained.retain && &retained.payload[..] == b"kept",
+        "{retained:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_full_store_refuses_qos1_publishes_with_quota_exceeded() {
+    let dir = scratch_dir();
+    // The smallest store allowed, filled by an offline session's queue of incompressible messages.
+    let cfg = config(
+        dir.path(),
+        "max_bytes = \"64MiB\"\n\n[limits]\nmax_queued_messages = 100000\nmax_queued_bytes = \"512MiB\"\nmemory_budget = \"1GiB\"\nmax_packet_size = 2097152",
+    );
+    let node = Node::start_in(BIN, dir.path(), &cfg).await;
+    let (sub, sub_events) = subscriber(&node, "full-sub", "full/#", QoS::AtLeastOnce).await;
+    sub.disconnect().await.expect("queue DISCONNECT");
+    drop(sub_events);
+    node.admin.wait_connected("full-sub", false, WAIT).await;
+    let (publisher, mut events, _) = v5_client(node.mqtt, "full-pub", |o| {
+        o.set_max_packet_size(Some(4 << 20));
+    })
+    .await;
+    let mut refused = false;
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    for _ in 0..200 {
+        // 1 MiB that does not compress.
+        let payload: Vec<u8> = (0..1 << 20)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect();
+        publisher
+            .publish("full/x", QoS::AtLeastOnce, false, payload)
+            .await
+            .expect("queue PUBLISH");
+        let reason = events
+            .next_matching("PUBACK", |e| match e {
+                Event::Incoming(Incoming::PubAck(ack)) => Some(ack.reason),
+                _ => None,
+            })
+            .await;
+        if reason == PubAckReason::QuotaExceeded {
+            refused = true;
+            break;
+        }
+        assert_eq!(reason, PubAckReason::Success);
+    }
+    assert!(refused, "200 MiB went into a 64 MiB store");
+    let dropped = node
+        .admin
+        .metric(
+            "fleetgate_dropped_messages_total",
+            &[("reason", "store_full")],
+        )
+        .await;
+    assert!(dropped >= 1.0, "store_full not counted: {dropped}");
+    let disk = node.admin.metric("fleetgate_store_disk_bytes", &[]).await;
+    assert!(disk >= 64.0 * 1024.0 * 1024.0, "disk gauge {disk}");
+}

@@ -69,10 +69,11 @@ impl Broker {
         }
     }
 
-    /// Writes where a stored message stands now (sent under a packet ID, or released).
-    pub(crate) fn persist_inflight(&self, client_id: &ByteString, entry: &Inflight) {
-        if let (Some(store), true) = (self.store(), entry.delivery.seq != 0) {
-            store.submit(Op::Message {
+    /// Writes where a stored message stands now (sent under a packet ID, or released); returns the op's ticket
+    /// (0: not stored).
+    pub(crate) fn persist_inflight(&self, client_id: &ByteString, entry: &Inflight) -> u64 {
+        match (self.store(), entry.delivery.seq != 0) {
+            (Some(store), true) => store.submit(Op::Message {
                 client_id: client_id.clone(),
                 seq: entry.delivery.seq,
                 slot: if entry.released {
@@ -82,7 +83,8 @@ impl Broker {
                 },
                 packet_id: entry.packet_id.get(),
                 delivery: entry.delivery.clone(),
-            });
+            }),
+            _ => 0,
         }
     }
 

@@ -219,6 +219,7 @@ pub(super) async fn establish(
         access: client_access,
         forward_memo: ForwardMemo::default(),
         deferred: VecDeque::new(),
+        deferred_publishes: 0,
     };
     drop(connect);
     let ended = match conn.wire.encode(Packet::ConnectAck(Box::new(connack))) {

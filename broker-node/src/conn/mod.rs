@@ -19,7 +19,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use fleetgate_protocol::mqtt::{ByteString, Disconnect, Packet, ProtocolLevel};
+use fleetgate_protocol::mqtt::{ByteString, CodecError, Disconnect, Packet, ProtocolLevel};
 use fleetgate_protocol::proxy::ProxyPolicy;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -28,6 +28,7 @@ use crate::access::{Access, ClientAccess};
 use crate::broker::{Broker, ForwardMemo};
 use crate::cluster::Cluster;
 use crate::limits::{self, CLOSE_FLUSH_TIMEOUT, ConnLimits, MAX_DEFERRED_ACKS, WRITE_HIGH_WATER};
+use crate::metrics::DropReason;
 use crate::state::session::Session;
 use crate::store::{Store, StoreFailed};
 use crate::wakeup::{Wake, Wakeup};
@@ -90,6 +91,9 @@ struct Conn {
     /// Acknowledgements (PUBACK, PUBREC, SUBACK, ...) waiting for the session store to commit what their packet
     /// changed, with the ticket each waits for; sent in order.
     deferred: VecDeque<(u64, Packet)>,
+    /// How many of `deferred` are PUBLISHes (QoS 2 ones waiting for the store to have their packet ID, and
+    /// every later one behind them).
+    deferred_publishes: usize,
 }
 
 /// Serves one accepted TCP connection to its end.
@@ -235,8 +239,30 @@ impl Conn {
             .front()
             .is_some_and(|(ticket, _)| *ticket <= committed)
         {
-            if let Some((_, packet)) = self.deferred.pop_front() {
+            let Some((_, packet)) = self.deferred.pop_front() else {
+                break;
+            };
+            let Packet::Publish(publish) = packet else {
                 self.wire.encode(packet).map_err(End::codec)?;
+                continue;
+            };
+            self.deferred_publishes -= 1;
+            let packet_id = publish.packet_id;
+            match self.wire.encode(Packet::Publish(publish)) {
+                Err(CodecError::OutboundTooLarge) => {
+                    // Larger than the client takes: dropped like one sent at once (and forgotten).
+                    self.broker.metrics.dropped(DropReason::TooLarge);
+                    let mut st = self.session.state.lock();
+                    let pos = st
+                        .inflight
+                        .iter()
+                        .position(|e| Some(e.packet_id) == packet_id);
+                    if let Some(e) = pos.and_then(|pos| st.inflight.remove(pos)) {
+                        self.broker
+                            .persist_forget(&self.session.client_id, e.delivery.seq);
+                    }
+                }
+                other => other.map_err(End::codec)?,
             }
         }
         Ok(())

@@ -6,15 +6,16 @@ use std::collections::HashMap;
 use std::num::NonZeroU16;
 
 use fleetgate_protocol::mqtt::{
-    ByteString, CodecError, Packet, PlainPublish, PublishAck2, PublishAck2Reason, QoS,
+    ByteString, CodecError, Packet, PlainPublish, Publish, PublishAck2, PublishAck2Reason, QoS,
 };
 
 use super::wire::Wire;
 use super::{Conn, End};
-use crate::limits::{DRAIN_BATCH, WRITE_HIGH_WATER};
+use crate::limits::{DRAIN_BATCH, MAX_DEFERRED_ACKS, WRITE_HIGH_WATER};
 use crate::metrics::DropReason;
 use crate::state::message::{Delivery, LazyNow};
 use crate::state::session::Inflight;
+use crate::store::Store;
 
 /// Topic aliases we assign on PUBLISHes to a v5 client, up to its Topic Alias Maximum. Assigned first come,
 /// first served and kept for the connection (no eviction).
@@ -102,9 +103,15 @@ pub(crate) fn drain(conn: &mut Conn) -> Result<bool, End> {
     let now = LazyNow::new();
     let v5 = conn.level.is_v5();
     let plain_ok = conn.outbound_aliases.is_off();
-    let mut batch: Vec<(Delivery, Option<NonZeroU16>)> = Vec::new();
+    let mut batch: Vec<(Delivery, Option<NonZeroU16>, u64)> = Vec::new();
     let mut delivered = [0u64; 3];
+    // Once one PUBLISH waits for the store (see `persist_sent`), every later one waits behind it: the wire
+    // order is the queue order.
+    let mut holding = conn.deferred_publishes > 0;
     loop {
+        if holding && conn.deferred.len() >= MAX_DEFERRED_ACKS {
+            return Ok(false);
+        }
         // Pop under the session lock (packet IDs and inflight entries included, so the window and the IDs stay
         // exact).
         let popped = {
@@ -112,7 +119,7 @@ pub(crate) fn drain(conn: &mut Conn) -> Result<bool, End> {
             let mut budget = WRITE_HIGH_WATER.saturating_sub(conn.wire.pending());
             let mut taken = 0;
             loop {
-                if budget == 0 || taken >= DRAIN_BATCH {
+                if budget == 0 || taken >= DRAIN_BATCH || (holding && batch.len() >= DRAIN_BATCH) {
                     break Ok(!st.queue.is_empty());
                 }
                 let Some(front) = st.queue.front() else {
@@ -147,19 +154,19 @@ pub(crate) fn drain(conn: &mut Conn) -> Result<bool, End> {
                         }
                     },
                 };
+                let hold = packet_id.map_or(0, |id| persist_sent(conn, id, &delivery));
+                holding |= hold > 0;
                 // Once one delivery waits in the batch, the rest of this round joins it: the wire order is
                 // the queue order.
-                if !(plain_ok && batch.is_empty() && delivery.is_plain(v5)) {
+                if !(plain_ok && batch.is_empty() && delivery.is_plain(v5)) || holding {
                     if let Some(id) = packet_id {
-                        let entry = Inflight {
+                        st.inflight.push_back(Inflight {
                             packet_id: id,
                             delivery: delivery.clone(),
                             released: false,
-                        };
-                        persist_sent(conn, &entry);
-                        st.inflight.push_back(entry);
+                        });
                     }
-                    batch.push((delivery, packet_id));
+                    batch.push((delivery, packet_id, if holding { hold.max(1) } else { 0 }));
                     continue;
                 }
                 let encoded = encode_plain(&mut conn.wire, &delivery, packet_id);
@@ -176,13 +183,11 @@ pub(crate) fn drain(conn: &mut Conn) -> Result<bool, End> {
                 // Moved, not cloned, into the inflight list (also on a codec failure: a resumed session
                 // resends it).
                 if let Some(id) = packet_id {
-                    let entry = Inflight {
+                    st.inflight.push_back(Inflight {
                         packet_id: id,
                         delivery,
                         released: false,
-                    };
-                    persist_sent(conn, &entry);
-                    st.inflight.push_back(entry);
+                    });
                 }
                 if let Err(e) = encoded {
                     break Err(e);
@@ -197,7 +202,16 @@ pub(crate) fn drain(conn: &mut Conn) -> Result<bool, End> {
             }
         };
         let mut too_large: Vec<NonZeroU16> = Vec::new();
-        for (delivery, packet_id) in batch.drain(..) {
+        for (delivery, packet_id, hold) in batch.drain(..) {
+            if hold > 0 {
+                // Sent once the store has its packet ID (`Conn::send_committed`); counted as delivered now.
+                let publish = publish_packet(&delivery, packet_id, v5, &now);
+                conn.deferred
+                    .push_back((hold, Packet::Publish(Box::new(publish))));
+                conn.deferred_publishes += 1;
+                delivered[usize::from(delivery.qos.value().min(2))] += 1;
+                continue;
+            }
             match encode_full(conn, &delivery, packet_id, v5, &now) {
                 Ok(()) => {
                     delivered[usize::from(delivery.qos.value().min(2))] += 1;
@@ -275,6 +289,17 @@ fn encode_full(
     Ok(())
 }
 
+/// The full PUBLISH for `delivery`, to be encoded later in the order it was built: no topic alias (a held
+/// packet that turned out too large would leave the client without an alias it was promised).
+fn publish_packet(
+    delivery: &Delivery,
+    packet_id: Option<NonZeroU16>,
+    v5: bool,
+    now: &LazyNow,
+) -> Publish {
+    delivery.to_publish(packet_id, false, delivery.msg.topic.clone(), None, v5, now)
+}
+
 /// After CONNACK on a resumed session: everything unacknowledged again, in order — PUBLISH with DUP=1, or
 /// PUBREL for QoS 2 messages the client already PUBREC'd.
 pub(crate) fn resend_inflight(conn: &mut Conn) {
@@ -316,13 +341,24 @@ pub(crate) fn resend_inflight(conn: &mut Conn) {
     }
 }
 
-/// Records in the session store the packet ID a stored QoS 2 message goes out with, so that after a restart
-/// it is sent again under the same ID (DUP) and the client does not take it for a new one. QoS 1 messages are
-/// not rewritten: after a restart they go out again under new IDs, a duplicate QoS 1 allows.
-fn persist_sent(conn: &Conn, entry: &Inflight) {
-    if entry.delivery.qos == QoS::ExactlyOnce {
-        conn.broker.persist_inflight(&conn.session.client_id, entry);
+/// Records in the session store the packet ID a stored QoS 2 message goes out with, so that after a restart it
+/// is sent again under the same ID (DUP) and the client does not take it for a new one; returns the ticket the
+/// PUBLISH must wait for (0: it need not wait). QoS 1 messages are not rewritten: after a restart they go out
+/// again under new IDs, a duplicate QoS 1 allows.
+fn persist_sent(conn: &Conn, packet_id: NonZeroU16, delivery: &Delivery) -> u64 {
+    if delivery.qos != QoS::ExactlyOnce || delivery.seq == 0 {
+        return 0;
     }
+    let entry = Inflight {
+        packet_id,
+        delivery: delivery.clone(),
+        released: false,
+    };
+    let ticket = conn
+        .broker
+        .persist_inflight(&conn.session.client_id, &entry);
+    let committed = conn.broker.store().map_or(u64::MAX, Store::committed);
+    if ticket > committed { ticket } else { 0 }
 }
 
 #[cfg(test)]

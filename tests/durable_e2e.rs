@@ -115,16 +115,28 @@ async fn publish_until_failure(
     qos: QoS,
     max: usize,
 ) -> Published {
+    publish_tagged(node, id, topic, qos, max, "p").await
+}
+
+/// [`publish_until_failure`] with payloads `{tag}0`, `{tag}1`, ...
+async fn publish_tagged(
+    node: &Node,
+    id: &str,
+    topic: &str,
+    qos: QoS,
+    max: usize,
+    tag: &str,
+) -> Published {
     let (client, mut events, _) = v5_client(node.mqtt, id, |o| {
         o.set_outgoing_inflight_upper_limit(100);
     })
     .await;
     let sender = {
-        let (client, topic) = (client.clone(), topic.to_string());
+        let (client, topic, tag) = (client.clone(), topic.to_string(), tag.to_string());
         tokio::spawn(async move {
             for i in 0..max {
                 if client
-                    .publish(&topic, qos, false, format!("p{i}"))
+                    .publish(&topic, qos, false, format!("{tag}{i}"))
                     .await
                     .is_err()
                 {
@@ -159,7 +171,7 @@ async fn publish_until_failure(
                     .remove(&pkid)
                     .unwrap_or_else(|| panic!("PUBACK for packet {pkid} never sent"));
                 if success {
-                    out.acked.push(format!("p{n}"));
+                    out.acked.push(format!("{tag}{n}"));
                 } else {
                     out.refused += 1;
                 }
@@ -202,7 +214,7 @@ async fn kill_under_load(qos: QoS, tag: &str) -> Vec<usize> {
     // The node dies once it has taken in a few thousand messages, while the publisher keeps publishing.
     let killer = {
         let pid = node.process.pid();
-        let admin = node.admin.clone();
+        let admin = node.admin;
         let label = if qos == QoS::ExactlyOnce { "2" } else { "1" };
         tokio::spawn(async move {
             admin
@@ -300,7 +312,7 @@ async fn a_node_killed_under_qos2_load_loses_nothing_and_duplicates_nothing() {
 
     let killer = {
         let pid = node.process.pid();
-        let admin = node.admin.clone();
+        let admin = node.admin;
         tokio::spawn(async move {
             admin
                 .wait_count("fleetgate_messages_received_total", &[("qos", "2")], 3000.0)
@@ -351,6 +363,76 @@ async fn a_node_killed_under_qos2_load_loses_nothing_and_duplicates_nothing() {
         );
         assert_eq!((lost, duplicates), (0, 0), "{id}: lost, given twice");
     }
+}
+
+#[tokio::test]
+async fn twenty_kills_under_load_each_reopen_the_store_with_nothing_acknowledged_lost() {
+    let dir = scratch_dir();
+    let cfg = config(dir.path(), "\n[limits]\nmax_queued_messages = 1000000");
+    let node = Node::start_in(BIN, dir.path(), &cfg).await;
+    let (away, away_events) = subscriber(&node, "torn-away", "torn/#", QoS::AtLeastOnce).await;
+    away.disconnect().await.expect("queue DISCONNECT");
+    drop(away_events);
+    node.admin.wait_connected("torn-away", false, WAIT).await;
+    drop(node);
+    let mut acked = Vec::new();
+    for round in 0..20 {
+        let node = Node::start_in(BIN, dir.path(), &cfg).await;
+        let recovered = node.process.events("store_recovered");
+        let messages = recovered
+            .first()
+            .and_then(|e| e.get("messages"))
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0);
+        // Everything acknowledged in earlier rounds is still there (nothing has taken it out of the queue).
+        assert!(
+            messages as usize >= acked.len(),
+            "round {round}: {messages} messages read back, {} acknowledged so far",
+            acked.len()
+        );
+        // Killed at a moment that varies from round to round, while the publisher is at full speed.
+        let at = 200.0 + f64::from(round * 97 % 500);
+        let killer = {
+            let (pid, admin) = (node.process.pid(), node.admin);
+            tokio::spawn(async move {
+                admin
+                    .wait_count("fleetgate_messages_received_total", &[("qos", "1")], at)
+                    .await;
+                fleetgate_testkit::process::send_signal(pid, Signal::KILL);
+            })
+        };
+        let tag = format!("r{round}-");
+        let published = publish_tagged(
+            &node,
+            "torn-pub",
+            "torn/x",
+            QoS::AtLeastOnce,
+            1_000_000,
+            &tag,
+        )
+        .await;
+        killer.await.expect("killer task");
+        acked.extend(published.acked);
+    }
+    let node = Node::start_in(BIN, dir.path(), &cfg).await;
+    let (_client, mut events) = resume(&node, "torn-away").await;
+    let got = received(&mut events).await;
+    let counts = tally(&got);
+    let lost: Vec<&String> = acked
+        .iter()
+        .filter(|p| !counts.contains_key(p.as_str()))
+        .collect();
+    eprintln!(
+        "20 kills: {} acknowledged, {} received, {} lost",
+        acked.len(),
+        got.len(),
+        lost.len()
+    );
+    assert!(
+        lost.is_empty(),
+        "lost after 20 kills: {:?}",
+        &lost[..lost.len().min(5)]
+    );
 }
 
 #[tokio::test]

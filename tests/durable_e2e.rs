@@ -350,11 +350,10 @@ async fn a_node_killed_under_qos2_load_loses_nothing_and_duplicates_nothing() {
             .map(|m| m.payload)
             .collect();
         let counts = tally(&got);
-        let lost = published
-            .acked
-            .iter()
-            .filter(|p| !counts.contains_key(p.as_str()))
-            .count();
+        let lost_list: Vec<&String> = published.acked.iter().filter(|p| !counts.contains_key(p.as_str())).collect();
+        let dups: Vec<(&&str, &usize)> = counts.iter().filter(|(_, n)| **n > 1).collect();
+        eprintln!("DBG lost {lost_list:?} dups {dups:?}");
+        let lost = lost_list.len();
         let duplicates: usize = counts.values().map(|n| n - 1).sum();
         eprintln!(
             "{id}: {} acknowledged, {} received, {duplicates} duplicates, {lost} lost",

@@ -8,6 +8,7 @@
 //! - [`load`]: the per-connection loops of `throughput` (subscriber, publisher, PUBACK reader, flow control).
 //! - [`connect_rate`]: full TLS + MQTT connection set-ups per second.
 //! - [`idle`]: many idle sessions held open while the script samples server memory.
+//! - [`sessions`]: persistent sessions with queued messages (`bench/run durable`)
 //! - [`scale`]: cluster state at fleet scale (`fill`: retained messages and held filters) and `pairs-check`
 //!   (when every ordered pair of nodes delivers).
 //! - [`certs`]: a throwaway ECDSA P-256 PKI.
@@ -21,6 +22,7 @@ mod mqtt;
 mod net;
 mod placement;
 mod scale;
+mod sessions;
 mod stats;
 mod throughput;
 
@@ -55,6 +57,8 @@ enum Command {
     Fill(scale::FillArgs),
     /// Time until every ordered pair of nodes delivers a message.
     PairsCheck(scale::PairsArgs),
+    /// Create persistent sessions and queue messages for them (durable storage).
+    Sessions(sessions::SessionsArgs),
     /// Write a throwaway CA, server and client certificates into DIR.
     GenCerts {
         /// Output directory.
@@ -95,6 +99,7 @@ fn main() -> anyhow::Result<()> {
                 Command::Idle(args) => idle::run(args).await?,
                 Command::Fill(args) => scale::fill(args).await?,
                 Command::PairsCheck(args) => scale::pairs_check(args).await?,
+                Command::Sessions(args) => sessions::run(args).await?,
                 Command::GenCerts { dir } => {
                     certs::generate(&dir)?;
                     return Ok(());

@@ -133,21 +133,33 @@ pub(crate) fn config_reload(
     }
 }
 
-/// The session store was read back at start.
-pub(crate) fn store_recovered(
-    path: &std::path::Path,
-    recovered: &crate::store::Recovered,
-    took: std::time::Duration,
-) {
+/// The session store was read back at start: how many sessions, messages and retained messages, values skipped
+/// (undecodable), sessions without a record (deleted), and how long it took.
+pub(crate) fn store_recovered(path: &std::path::Path, counts: StoreCounts, took: std::time::Duration) {
     tracing::info!(
         event = "store_recovered",
         path = %path.display(),
-        sessions = recovered.sessions.len(),
-        messages = recovered.messages,
-        retained = recovered.retained.len(),
-        skipped = recovered.skipped,
-        orphans = recovered.orphans.len(),
+        sessions = counts.sessions,
+        messages = counts.messages,
+        retained = counts.retained,
+        skipped = counts.skipped,
+        orphans = counts.orphans,
         seconds = took.as_secs_f64(),
         "session store read back"
     );
+}
+
+/// What [`store_recovered`] reports.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StoreCounts {
+    /// Sessions read back.
+    pub(crate) sessions: usize,
+    /// Queued and in-flight messages read back.
+    pub(crate) messages: usize,
+    /// Retained messages read back.
+    pub(crate) retained: usize,
+    /// Values that did not decode.
+    pub(crate) skipped: usize,
+    /// Client IDs with keys but no record.
+    pub(crate) orphans: usize,
 }

@@ -107,8 +107,9 @@ impl Node {
                 let max_value = store::max_value_len(config.limits.max_packet_size);
                 let (store, recovered) = Store::open(path, *max_bytes, max_value)?;
                 let broker = Arc::new(broker.with_store(store.clone()));
-                events::store_recovered(path, &recovered, started.elapsed());
-                broker.restore(recovered);
+                let counts = recovered.counts();
+                store::restore(&broker, &store, recovered);
+                events::store_recovered(path, counts, started.elapsed());
                 (broker, Some(store))
             }
         };

@@ -37,11 +37,13 @@ pub(crate) mod handover;
 pub(crate) mod hooks;
 mod persist;
 pub(crate) mod publish;
+pub(crate) mod store_hooks;
 pub(crate) mod subscribe;
 
 pub(crate) use handover::Departure;
 pub(crate) use hooks::{ClusterHooks, ForwardMemo, NoCluster};
 pub(crate) use publish::{LocalDelivery, Redirected};
+pub(crate) use store_hooks::{SessionStore, StoreFailed, Stored, wait_committed};
 
 /// What a connection brings to [`Broker::attach`].
 #[derive(Debug)]
@@ -124,7 +126,7 @@ pub struct Broker {
     /// The rest of the cluster ([`NoCluster`] for a single node).
     cluster: Arc<dyn ClusterHooks>,
     /// The session store (`[storage] mode = "disk"`), set by [`Broker::with_store`].
-    store: Option<Arc<crate::store::Store>>,
+    store: Option<Arc<dyn SessionStore>>,
 }
 
 impl Broker {

@@ -1,44 +1,62 @@
-//! What the broker tells the session store (`[storage] mode = "disk"`): a persistent session's record,
-//! subscriptions and QoS 1/2 messages as they change, its end, and retained messages; and, at start, putting
-//! back what the store held ([`Broker::restore`]). Every write of a session is submitted with its state locked,
-//! so the store sees its changes in memory's order. A session is persistent while its expiry interval is not 0.
+//! What the broker writes to the session store (`[storage] mode = "disk"`, through [`SessionStore`]): a
+//! persistent session's record, subscriptions and QoS 1/2 messages as they change, its end, and retained
+//! messages. Every write of a session is made with its state locked, so the store sees its changes in memory's
+//! order. A session is persistent while its expiry interval is not 0.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use fleetgate_protocol::mqtt::{ByteString, QoS};
 
 use super::Broker;
-use crate::cluster::frame::SlotKind;
-use crate::state::message::Message;
+use super::store_hooks::{SessionStore, Stored};
+use crate::metrics::DropReason;
+use crate::state::message::{Delivery, Message};
 use crate::state::retained::Stamp;
 use crate::state::session::{Inflight, SessionState, SubscriptionEntry};
-use crate::store::{Op, Recovered, Store, records};
 
 impl Broker {
     /// Persists sessions and retained messages in `store` from now on.
-    pub(crate) fn with_store(mut self, store: Arc<Store>) -> Broker {
+    pub(crate) fn with_store(mut self, store: Arc<dyn SessionStore>) -> Broker {
         self.store = Some(store);
         self
     }
 
     /// The session store, when sessions are persisted.
-    pub(crate) fn store(&self) -> Option<&Store> {
+    pub(crate) fn store(&self) -> Option<&dyn SessionStore> {
         self.store.as_deref()
     }
 
     /// The store, when `st`'s session is persisted.
-    fn store_for(&self, st: &SessionState) -> Option<&Store> {
+    fn store_for(&self, st: &SessionState) -> Option<&dyn SessionStore> {
         self.store().filter(|_| st.expiry_secs > 0)
+    }
+
+    /// Writes a QoS 1/2 delivery about to be queued for `client_id`'s persistent session (`st`, locked), giving
+    /// it its sequence; a store that has no room or failed refuses it.
+    pub(crate) fn persist_delivery(
+        &self,
+        client_id: &ByteString,
+        st: &SessionState,
+        delivery: &mut Delivery,
+    ) -> Result<(), DropReason> {
+        let Some(store) = self.store_for(st) else {
+            return Ok(());
+        };
+        if delivery.qos == QoS::AtMostOnce {
+            return Ok(());
+        }
+        if store.refuses_writes() {
+            return Err(DropReason::StoreFull);
+        }
+        delivery.seq = store.next_seq();
+        store.message(client_id, delivery, Stored::Queued);
+        Ok(())
     }
 
     /// Writes the record of `client_id`'s session (locked: `st`) when it is persistent.
     pub(crate) fn persist_record(&self, client_id: &ByteString, st: &SessionState) {
         if let Some(store) = self.store_for(st) {
-            store.submit(Op::Record {
-                client_id: client_id.clone(),
-                value: records::encode_record(client_id, st),
-            });
+            store.record(client_id, st);
         }
     }
 
@@ -51,39 +69,29 @@ impl Broker {
         entry: Option<SubscriptionEntry>,
     ) {
         if let Some(store) = self.store_for(st) {
-            store.submit(Op::Subscription {
-                client_id: client_id.clone(),
-                filter: filter.clone(),
-                value: entry.map(|e| records::encode_subscription(filter, e)),
-            });
+            store.subscription(client_id, filter, entry);
         }
     }
 
     /// Forgets stored message `seq` of `client_id` (acknowledged or dropped); nothing for 0 (not stored).
     pub(crate) fn persist_forget(&self, client_id: &ByteString, seq: u64) {
         if let (Some(store), true) = (self.store(), seq != 0) {
-            store.submit(Op::Forget {
-                client_id: client_id.clone(),
-                seq,
-            });
+            store.forget(client_id, seq);
         }
     }
 
-    /// Writes where a stored message stands now (sent under a packet ID, or released); returns the op's ticket
-    /// (0: not stored).
+    /// Writes where a stored message stands now (sent under a packet ID, or released); returns the write's
+    /// ticket (0: not stored).
     pub(crate) fn persist_inflight(&self, client_id: &ByteString, entry: &Inflight) -> u64 {
         match (self.store(), entry.delivery.seq != 0) {
-            (Some(store), true) => store.submit(Op::Message {
-                client_id: client_id.clone(),
-                seq: entry.delivery.seq,
-                slot: if entry.released {
-                    SlotKind::Released
+            (Some(store), true) => {
+                let stored = if entry.released {
+                    Stored::Released(entry.packet_id)
                 } else {
-                    SlotKind::Inflight
-                },
-                packet_id: entry.packet_id.get(),
-                delivery: entry.delivery.clone(),
-            }),
+                    Stored::Sent(entry.packet_id)
+                };
+                store.message(client_id, &entry.delivery, stored)
+            }
             _ => 0,
         }
     }
@@ -91,9 +99,7 @@ impl Broker {
     /// Deletes everything stored for `client_id` (its session ended, left the node, or stopped being persistent).
     pub(crate) fn persist_end(&self, client_id: &ByteString) {
         if let Some(store) = self.store() {
-            store.submit(Op::EndSession {
-                client_id: client_id.clone(),
-            });
+            store.end_session(client_id);
         }
     }
 
@@ -103,19 +109,13 @@ impl Broker {
         let Some(store) = self.store_for(st) else {
             return;
         };
-        self.persist_record(client_id, st);
+        store.record(client_id, st);
         for (filter, entry) in &st.subscriptions {
-            self.persist_subscription(client_id, st, filter, Some(*entry));
+            store.subscription(client_id, filter, Some(*entry));
         }
         for d in st.queue.iter_mut().filter(|d| d.qos != QoS::AtMostOnce) {
             d.seq = store.next_seq();
-            store.submit(Op::Message {
-                client_id: client_id.clone(),
-                seq: d.seq,
-                slot: SlotKind::Queued,
-                packet_id: 0,
-                delivery: d.clone(),
-            });
+            store.message(client_id, d, Stored::Queued);
         }
         for entry in st.inflight.iter_mut() {
             entry.delivery.seq = store.next_seq();
@@ -134,29 +134,7 @@ impl Broker {
         seq: u64,
     ) {
         if let Some(store) = self.store() {
-            let value = msg.map(|m| {
-                let mut out = bytes::BytesMut::new();
-                crate::cluster::frame::encode_retain(&mut out, stamp, topic, Some(m), seq);
-                out
-            });
-            store.submit(Op::Retained {
-                topic: topic.clone(),
-                value,
-            });
-        }
-    }
-
-    /// Puts back what the store held at start: the retained messages, then every persistent session,
-    /// detached (its expiry counts from now; a will is due after its delay unless the client returns first).
-    pub(crate) fn restore(self: &Arc<Self>, recovered: Recovered) {
-        for (topic, msg, stamp) in recovered.retained {
-            self.apply_retained_unstored(topic, Some(msg), stamp);
-        }
-        for client_id in &recovered.orphans {
-            self.persist_end(client_id);
-        }
-        for snap in recovered.sessions {
-            self.install_restored(snap, Duration::ZERO);
+            store.retained(topic, stamp, msg, seq);
         }
     }
 }

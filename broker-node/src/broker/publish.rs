@@ -120,7 +120,8 @@ impl Broker {
 
     /// Queues `delivery` for `session`; a drop is counted by its reason. True when queued.
     pub(super) fn enqueue(&self, session: &Session, delivery: Delivery) -> bool {
-        match session.enqueue(delivery, self.queue_limits(), self.store()) {
+        let persist = |st: &_, d: &mut Delivery| self.persist_delivery(&session.client_id, st, d);
+        match session.enqueue(delivery, self.queue_limits(), persist) {
             Ok(()) => true,
             Err(reason) => {
                 self.metrics.dropped(reason);

@@ -14,7 +14,7 @@ use fleetgate_protocol::mqtt::{
 use super::{Conn, End, Violation};
 use crate::metrics::DropReason;
 use crate::state::message::Message;
-use crate::store::{self, Store};
+use crate::store;
 
 /// Topic aliases a v5 client set on its PUBLISHes (alias → topic), up to our Topic Alias Maximum.
 #[derive(Debug, Default)]
@@ -104,7 +104,7 @@ fn encode(conn: &mut Conn, packet: Packet) -> Result<(), End> {
 /// client sees them in the order of its packets).
 fn reply(conn: &mut Conn, packet: Packet) -> Result<(), End> {
     let ticket = store::last_submitted();
-    let committed = conn.broker.store().map_or(u64::MAX, Store::committed);
+    let committed = conn.broker.store().map_or(u64::MAX, |s| s.committed());
     if conn.deferred.is_empty() && ticket <= committed {
         return encode(conn, packet);
     }
@@ -221,7 +221,7 @@ fn on_publish(conn: &mut Conn, publish: Publish) -> Result<(), End> {
         && conn
             .broker
             .store()
-            .is_some_and(|s| s.is_full() || s.has_failed())
+            .is_some_and(|s| s.refuses_writes())
     {
         return on_store_unavailable(conn, qos, packet_id);
     }

@@ -25,12 +25,11 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::access::{Access, ClientAccess};
-use crate::broker::{Broker, ForwardMemo};
+use crate::broker::{Broker, ForwardMemo, SessionStore, StoreFailed, wait_committed};
 use crate::cluster::Cluster;
 use crate::limits::{self, CLOSE_FLUSH_TIMEOUT, ConnLimits, MAX_DEFERRED_ACKS, WRITE_HIGH_WATER};
 use crate::metrics::DropReason;
 use crate::state::session::Session;
-use crate::store::{Store, StoreFailed};
 use crate::wakeup::{Wake, Wakeup};
 use crate::{events, metrics};
 
@@ -204,7 +203,7 @@ impl Conn {
                         Err(_) => return End::Ungraceful,
                     }
                 }
-                committed = wait_committed(self.broker.store(), waiting_for.unwrap_or(0)), if waiting_for.is_some() => {
+                committed = wait_until_committed(self.broker.store(), waiting_for.unwrap_or(0)), if waiting_for.is_some() => {
                     if committed.is_err() {
                         return End::StoreUnavailable;
                     }
@@ -233,7 +232,7 @@ impl Conn {
 impl Conn {
     /// Sends the waiting acknowledgements whose writes are now durable, in order.
     fn send_committed(&mut self) -> Result<(), End> {
-        let committed = self.broker.store().map_or(u64::MAX, Store::committed);
+        let committed = self.broker.store().map_or(u64::MAX, |s| s.committed());
         while self
             .deferred
             .front()
@@ -270,9 +269,12 @@ impl Conn {
 }
 
 /// Waits until `store` committed `ticket` (at once without a store).
-async fn wait_committed(store: Option<&Store>, ticket: u64) -> Result<(), StoreFailed> {
+async fn wait_until_committed(
+    store: Option<&dyn SessionStore>,
+    ticket: u64,
+) -> Result<(), StoreFailed> {
     match store {
-        Some(store) => store.wait_committed(ticket).await,
+        Some(store) => wait_committed(store, ticket).await,
         None => Ok(()),
     }
 }

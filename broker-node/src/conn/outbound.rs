@@ -15,7 +15,6 @@ use crate::limits::{DRAIN_BATCH, MAX_DEFERRED_ACKS, WRITE_HIGH_WATER};
 use crate::metrics::DropReason;
 use crate::state::message::{Delivery, LazyNow};
 use crate::state::session::Inflight;
-use crate::store::Store;
 
 /// Topic aliases we assign on PUBLISHes to a v5 client, up to its Topic Alias Maximum. Assigned first come,
 /// first served and kept for the connection (no eviction).
@@ -357,7 +356,7 @@ fn persist_sent(conn: &Conn, packet_id: NonZeroU16, delivery: &Delivery) -> u64 
     let ticket = conn
         .broker
         .persist_inflight(&conn.session.client_id, &entry);
-    let committed = conn.broker.store().map_or(u64::MAX, Store::committed);
+    let committed = conn.broker.store().map_or(u64::MAX, |s| s.committed());
     if ticket > committed { ticket } else { 0 }
 }
 

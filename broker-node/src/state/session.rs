@@ -15,9 +15,7 @@ use parking_lot::Mutex;
 use super::budget::{Backlog, MemoryBudget, Weigh};
 use super::message::{Delivery, SessionId};
 use super::will::Will;
-use crate::cluster::frame::SlotKind;
 use crate::metrics::DropReason;
-use crate::store::{Op, Store};
 use crate::wakeup::Wakeup;
 
 /// The connection currently attached to a session.
@@ -262,14 +260,14 @@ impl Session {
         self.connected.store(connected, Ordering::Relaxed);
     }
 
-    /// Queues a delivery and wakes the connection; the error says why it was dropped instead. With a `store`,
-    /// a QoS 1/2 delivery to a persistent session is written to it first (under the lock: the store sees the
-    /// session's changes in memory's order).
+    /// Queues a delivery and wakes the connection; the error says why it was dropped instead. `persist` runs
+    /// under the lock just before the delivery is queued (the session store's write, in memory's order); its
+    /// error drops the delivery.
     pub(crate) fn enqueue(
         &self,
         mut delivery: Delivery,
         limits: QueueLimits,
-        store: Option<&Store>,
+        persist: impl FnOnce(&SessionState, &mut Delivery) -> Result<(), DropReason>,
     ) -> Result<(), DropReason> {
         let mut st = self.state.lock();
         if st.ended {
@@ -297,7 +295,7 @@ impl Session {
             if over_budget {
                 return Err(DropReason::MemoryBudget);
             }
-            store_delivery(store, &self.client_id, &st, &mut delivery)?;
+            persist(&st, &mut delivery)?;
             st.queue.push_back(delivery);
             return Ok(());
         };
@@ -313,7 +311,7 @@ impl Session {
         if over_budget {
             return Err(DropReason::MemoryBudget);
         }
-        store_delivery(store, &self.client_id, &st, &mut delivery)?;
+        persist(&st, &mut delivery)?;
         let was_empty = st.queue.is_empty();
         let signal = was_empty.then(|| conn.signal.clone());
         st.queue.push_back(delivery);
@@ -324,32 +322,6 @@ impl Session {
         }
         Ok(())
     }
-}
-
-/// Writes a QoS 1/2 delivery for a persistent session to `store` (giving it its sequence); a store that is
-/// full or failed refuses it.
-fn store_delivery(
-    store: Option<&Store>,
-    client_id: &ByteString,
-    st: &SessionState,
-    delivery: &mut Delivery,
-) -> Result<(), DropReason> {
-    let Some(store) = store else { return Ok(()) };
-    if st.expiry_secs == 0 || delivery.qos == QoS::AtMostOnce {
-        return Ok(());
-    }
-    if store.is_full() || store.has_failed() {
-        return Err(DropReason::StoreFull);
-    }
-    delivery.seq = store.next_seq();
-    store.submit(Op::Message {
-        client_id: client_id.clone(),
-        seq: delivery.seq,
-        slot: SlotKind::Queued,
-        packet_id: 0,
-        delivery: delivery.clone(),
-    });
-    Ok(())
 }
 
 #[cfg(test)]
@@ -388,13 +360,13 @@ mod tests {
     fn offline_queueing_rules() {
         let s = Session::new_for_test(1);
         assert_eq!(
-            s.enqueue(delivery(QoS::AtMostOnce), lim(2), None),
+            s.enqueue(delivery(QoS::AtMostOnce), lim(2), |_, _| Ok(())),
             Err(DropReason::NotConnected)
         );
-        assert_eq!(s.enqueue(delivery(QoS::AtLeastOnce), lim(2), None), Ok(()));
-        assert_eq!(s.enqueue(delivery(QoS::ExactlyOnce), lim(2), None), Ok(()));
+        assert_eq!(s.enqueue(delivery(QoS::AtLeastOnce), lim(2), |_, _| Ok(())), Ok(()));
+        assert_eq!(s.enqueue(delivery(QoS::ExactlyOnce), lim(2), |_, _| Ok(())), Ok(()));
         assert_eq!(
-            s.enqueue(delivery(QoS::AtLeastOnce), lim(2), None),
+            s.enqueue(delivery(QoS::AtLeastOnce), lim(2), |_, _| Ok(())),
             Err(DropReason::QueueFull)
         );
     }
@@ -404,13 +376,13 @@ mod tests {
         let s = Session::new_for_test(1);
         let signal = Arc::new(Wakeup::default());
         s.state.lock().conn = Some(ConnSlot { signal, window: 1 });
-        assert_eq!(s.enqueue(delivery(QoS::AtLeastOnce), lim(1), None), Ok(()));
+        assert_eq!(s.enqueue(delivery(QoS::AtLeastOnce), lim(1), |_, _| Ok(())), Ok(()));
         assert_eq!(
-            s.enqueue(delivery(QoS::AtMostOnce), lim(1), None),
+            s.enqueue(delivery(QoS::AtMostOnce), lim(1), |_, _| Ok(())),
             Err(DropReason::Qos0QueueFull)
         );
         assert_eq!(
-            s.enqueue(delivery(QoS::AtLeastOnce), lim(1), None),
+            s.enqueue(delivery(QoS::AtLeastOnce), lim(1), |_, _| Ok(())),
             Err(DropReason::QueueFull)
         );
         let mut st = s.state.lock();
@@ -424,7 +396,7 @@ mod tests {
         st.queue.push_back(delivery(QoS::AtLeastOnce));
         drop(st);
         assert_eq!(
-            s.enqueue(delivery(QoS::AtLeastOnce), lim(1), None),
+            s.enqueue(delivery(QoS::AtLeastOnce), lim(1), |_, _| Ok(())),
             Err(DropReason::InflightWindow)
         );
     }
@@ -442,8 +414,8 @@ mod tests {
             released: false,
         });
         assert_eq!(st.alloc_packet_id().map(NonZeroU16::get), Some(2));
-        assert!(st.acknowledge(NonZeroU16::MIN));
-        assert!(!st.acknowledge(NonZeroU16::MIN));
+        assert!(st.acknowledge(NonZeroU16::MIN).is_some());
+        assert!(st.acknowledge(NonZeroU16::MIN).is_none());
     }
 
     #[test]
@@ -461,7 +433,7 @@ mod tests {
         assert_eq!(st.alloc_packet_id(), None);
         // One acknowledged: found by the next allocation that reaches it.
         let free = NonZeroU16::new(40_000).unwrap();
-        assert!(st.acknowledge(free));
+        assert!(st.acknowledge(free).is_some());
         st.next_packet_id = 39_998;
         assert_eq!(st.alloc_packet_id(), Some(free));
     }

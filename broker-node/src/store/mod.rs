@@ -24,8 +24,11 @@ use fleetgate_protocol::mqtt::ByteString;
 use parking_lot::{Condvar, Mutex};
 use tokio::sync::Notify;
 
+use crate::broker::{Broker, SessionStore, Stored};
 use crate::cluster::frame::SlotKind;
-use crate::state::message::Delivery;
+use crate::state::message::{Delivery, Message};
+use crate::state::retained::Stamp;
+use crate::state::session::{SessionState, SubscriptionEntry};
 
 pub(crate) mod records;
 mod recover;
@@ -156,11 +159,6 @@ pub(crate) fn last_submitted() -> u64 {
     LAST_SUBMITTED.with(Cell::get)
 }
 
-/// A commit failed: the store takes no more writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("the session store failed to commit")]
-pub(crate) struct StoreFailed;
-
 impl Store {
     /// Opens (creating when missing) the store in `path`, reads everything back, and starts the writer;
     /// values longer than `max_value_len` are refused on the way back.
@@ -197,13 +195,8 @@ impl Store {
         Ok((store, recovered))
     }
 
-    /// A sequence for a new stored message: unique on this node, increasing, never reused.
-    pub(crate) fn next_seq(&self) -> u64 {
-        self.next_seq.fetch_add(1, Ordering::Relaxed)
-    }
-
     /// Queues `op` for the writer; returns its ticket (also kept as this thread's [`last_submitted`]).
-    pub(crate) fn submit(&self, op: Op) -> u64 {
+    fn submit(&self, op: Op) -> u64 {
         let ticket = {
             let mut q = self.shared.queue.lock();
             q.submitted += 1;
@@ -213,37 +206,6 @@ impl Store {
         self.shared.work.notify_one();
         LAST_SUBMITTED.with(|c| c.set(ticket));
         ticket
-    }
-
-    /// The ticket of the last op made durable.
-    pub(crate) fn committed(&self) -> u64 {
-        self.shared.committed.load(Ordering::Acquire)
-    }
-
-    /// True once a commit failed.
-    pub(crate) fn has_failed(&self) -> bool {
-        self.shared.failed.load(Ordering::Acquire)
-    }
-
-    /// True while the store uses its `max_bytes` of disk or more.
-    pub(crate) fn is_full(&self) -> bool {
-        self.shared.full.load(Ordering::Relaxed)
-    }
-
-    /// Waits until the op with `ticket` is durable.
-    pub(crate) async fn wait_committed(&self, ticket: u64) -> Result<(), StoreFailed> {
-        loop {
-            let notified = self.shared.commits.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.has_failed() {
-                return Err(StoreFailed);
-            }
-            if self.committed() >= ticket {
-                return Ok(());
-            }
-            notified.await;
-        }
     }
 
     /// Commits what is waiting and stops the writer (at shutdown, after the connections closed).
@@ -259,5 +221,102 @@ impl Store {
 impl Drop for Store {
     fn drop(&mut self) {
         self.close();
+    }
+}
+
+impl SessionStore for Store {
+    fn next_seq(&self) -> u64 {
+        self.next_seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn refuses_writes(&self) -> bool {
+        self.shared.full.load(Ordering::Relaxed) || self.has_failed()
+    }
+
+    fn has_failed(&self) -> bool {
+        self.shared.failed.load(Ordering::Acquire)
+    }
+
+    fn committed(&self) -> u64 {
+        self.shared.committed.load(Ordering::Acquire)
+    }
+
+    fn commits(&self) -> &Notify {
+        &self.shared.commits
+    }
+
+    fn record(&self, client_id: &ByteString, st: &SessionState) -> u64 {
+        self.submit(Op::Record {
+            client_id: client_id.clone(),
+            value: records::encode_record(client_id, st),
+        })
+    }
+
+    fn subscription(
+        &self,
+        client_id: &ByteString,
+        filter: &ByteString,
+        entry: Option<SubscriptionEntry>,
+    ) -> u64 {
+        self.submit(Op::Subscription {
+            client_id: client_id.clone(),
+            filter: filter.clone(),
+            value: entry.map(|e| records::encode_subscription(filter, e)),
+        })
+    }
+
+    fn message(&self, client_id: &ByteString, delivery: &Delivery, stored: Stored) -> u64 {
+        let (slot, packet_id) = match stored {
+            Stored::Queued => (SlotKind::Queued, 0),
+            Stored::Sent(id) => (SlotKind::Inflight, id.get()),
+            Stored::Released(id) => (SlotKind::Released, id.get()),
+        };
+        self.submit(Op::Message {
+            client_id: client_id.clone(),
+            seq: delivery.seq,
+            slot,
+            packet_id,
+            delivery: delivery.clone(),
+        })
+    }
+
+    fn forget(&self, client_id: &ByteString, seq: u64) -> u64 {
+        self.submit(Op::Forget {
+            client_id: client_id.clone(),
+            seq,
+        })
+    }
+
+    fn end_session(&self, client_id: &ByteString) -> u64 {
+        self.submit(Op::EndSession {
+            client_id: client_id.clone(),
+        })
+    }
+
+    fn retained(&self, topic: &ByteString, stamp: &Stamp, msg: Option<&Message>, seq: u64) -> u64 {
+        let value = msg.map(|m| {
+            let mut out = BytesMut::new();
+            crate::cluster::frame::encode_retain(&mut out, stamp, topic, Some(m), seq);
+            out
+        });
+        self.submit(Op::Retained {
+            topic: topic.clone(),
+            value,
+        })
+    }
+}
+
+/// Puts back what the store held at start into `broker`: the retained messages, then every persistent session,
+/// detached (its expiry counts from now; a will is due after its delay unless its client returns first); keys
+/// of sessions without a record are deleted.
+pub(crate) fn restore(broker: &Arc<Broker>, store: &Store, recovered: Recovered) {
+    for (topic, msg, stamp) in recovered.retained {
+        broker.apply_retained_unstored(topic, Some(msg), stamp);
+    }
+    for client_id in &recovered.orphans {
+        store.end_session(client_id);
+    }
+    for snap in recovered.sessions {
+        broker.install_restored(snap, std::time::Duration::ZERO);
     }
 }

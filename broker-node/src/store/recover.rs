@@ -40,6 +40,19 @@ struct Building {
     inflight_ids: HashSet<u16>,
 }
 
+impl Recovered {
+    /// The counts the `store_recovered` event reports.
+    pub(crate) fn counts(&self) -> crate::events::StoreCounts {
+        crate::events::StoreCounts {
+            sessions: self.sessions.len(),
+            messages: self.messages,
+            retained: self.retained.len(),
+            skipped: self.skipped,
+            orphans: self.orphans.len(),
+        }
+    }
+}
+
 /// Reads every session and retained message of `tables`; values longer than `max_value_len` are skipped.
 pub(super) fn read_all(tables: &Tables, max_value_len: usize) -> Result<Recovered, fjall::Error> {
     let mut out = Recovered::default();

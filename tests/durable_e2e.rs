@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::BIN;
-use fleetgate_testkit::clients::mosquitto_sub;
+use fleetgate_testkit::clients::paho;
 use fleetgate_testkit::rumqttc_client::{Events, v5_client, v5_publish, v5_subscribe};
 use fleetgate_testkit::{MqttVersion, Node, Signal, WAIT, scratch_dir};
 use rumqttc::Outgoing;
@@ -280,10 +280,10 @@ async fn a_node_killed_under_qos1_load_loses_no_acknowledged_message() {
 
 #[tokio::test]
 async fn a_node_killed_under_qos2_load_loses_nothing_and_duplicates_nothing() {
-    // mosquitto_sub as the subscribers: libmosquitto keeps its QoS 2 state across the reconnect to the restarted
-    // node (rumqttc forgets it and drops the connection on the PUBREL the node resends), so it answers the
-    // resent PUBLISH (DUP) and PUBREL as MQTT says and gives each message to the application once. It reconnects
-    // to the same address: the node listens on a fixed port.
+    // paho (Python) as the subscribers: it keeps its QoS 2 state across a reconnect when the session is not clean
+    // and gives a message to the application once, at PUBREL (rumqttc forgets that state and drops the connection
+    // on the PUBREL the node resends; libmosquitto 2.0 gives a resent PUBLISH to the application again). The
+    // connected one reconnects by itself to the same address: the node listens on a fixed port.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")
@@ -295,24 +295,37 @@ async fn a_node_killed_under_qos2_load_loses_nothing_and_duplicates_nothing() {
     );
     let node = Node::start_in(BIN, dir.path(), &cfg).await;
     let session = |id: &'static str| -> Vec<&'static str> {
-        vec!["-c", "-i", id, "-q", "2", "-t", "load/#", "-x", "3600"]
+        vec!["--id", id, "--clean", "0", "--session-expiry", "3600"]
     };
-    let away = mosquitto_sub(
+    let away = paho(
         node.mqtt,
         MqttVersion::V5,
-        10,
-        &[&session("q2-away")[..], &["-E"]].concat(),
+        &[&session("q2-away")[..], &["--sub", "load/#@2"]].concat(),
     )
     .finish()
     .await;
     assert!(away.success(), "{away:?}");
     node.admin.wait_connected("q2-away", false, WAIT).await;
-    let online = mosquitto_sub(node.mqtt, MqttVersion::V5, 60, &session("q2-online"));
-    online.wait_for_line("SUBACK", WAIT).await;
+    let online = paho(
+        node.mqtt,
+        MqttVersion::V5,
+        &[
+            &session("q2-online")[..],
+            &[
+                "--sub",
+                "load/#@2",
+                "--hold",
+                "--reconnect",
+                "--timeout",
+                "120",
+            ],
+        ]
+        .concat(),
+    );
+    online.wait_for_line("\"ready\"", WAIT).await;
 
     let killer = {
-        let pid = node.process.pid();
-        let admin = node.admin;
+        let (pid, admin) = (node.process.pid(), node.admin);
         tokio::spawn(async move {
             admin
                 .wait_count("fleetgate_messages_received_total", &[("qos", "2")], 3000.0)
@@ -333,27 +346,33 @@ async fn a_node_killed_under_qos2_load_loses_nothing_and_duplicates_nothing() {
     let mut seen = 0;
     loop {
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let now = online.mosquitto_messages().len();
+        let now = online.stdout().len();
         if now == seen {
             break;
         }
         seen = now;
     }
-    let online = online.kill().await;
-    let away = mosquitto_sub(node.mqtt, MqttVersion::V5, 4, &session("q2-away"))
-        .finish()
-        .await;
+    online.terminate();
+    let online = online.finish().await;
+    let away = paho(
+        node.mqtt,
+        MqttVersion::V5,
+        &[&session("q2-away")[..], &["--hold", "--timeout", "4"]].concat(),
+    )
+    .finish()
+    .await;
     for (id, out) in [("q2-online", online), ("q2-away", away)] {
         let got: Vec<String> = out
-            .mosquitto_messages()
-            .into_iter()
-            .map(|m| m.payload)
+            .events_of("msg")
+            .iter()
+            .filter_map(|e| e.get("payload").and_then(|p| p.as_str()).map(String::from))
             .collect();
         let counts = tally(&got);
-        let lost_list: Vec<&String> = published.acked.iter().filter(|p| !counts.contains_key(p.as_str())).collect();
-        let dups: Vec<(&&str, &usize)> = counts.iter().filter(|(_, n)| **n > 1).collect();
-        eprintln!("DBG lost {lost_list:?} dups {dups:?}");
-        let lost = lost_list.len();
+        let lost = published
+            .acked
+            .iter()
+            .filter(|p| !counts.contains_key(p.as_str()))
+            .count();
         let duplicates: usize = counts.values().map(|n| n - 1).sum();
         eprintln!(
             "{id}: {} acknowledged, {} received, {duplicates} duplicates, {lost} lost",

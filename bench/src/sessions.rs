@@ -77,14 +77,27 @@ pub async fn run(mut args: SessionsArgs) -> anyhow::Result<serde_json::Value> {
         let mut link = args.link.clone();
         link.persistent = false;
         let publisher = Target::new(args.target, &link)?;
-        let mut s = net::connect(&publisher, &format!("fgb-{}-pub", args.prefix), KEEP_ALIVE_S).await?;
+        let mut s = net::connect(
+            &publisher,
+            &format!("fgb-{}-pub", args.prefix),
+            KEEP_ALIVE_S,
+        )
+        .await?;
         let mut out = BytesMut::new();
         for i in 0..args.messages {
             out.clear();
             let id = (i % 65_535 + 1) as u16;
-            mqtt::encode_publish(&mut out, publisher.version, &topic, 1, id, args.payload_bytes, |b| {
-                b.extend(std::iter::repeat_n(b'x', args.payload_bytes));
-            });
+            mqtt::encode_publish(
+                &mut out,
+                publisher.version,
+                &topic,
+                1,
+                id,
+                args.payload_bytes,
+                |b| {
+                    b.extend(std::iter::repeat_n(b'x', args.payload_bytes));
+                },
+            );
             s.stream.write_all(&out).await.context("writing PUBLISH")?;
             // One at a time: each fans out to every session, so the PUBACK is what paces the publisher.
             loop {

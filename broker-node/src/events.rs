@@ -135,7 +135,11 @@ pub(crate) fn config_reload(
 
 /// The session store was read back at start: how many sessions, messages and retained messages, values skipped
 /// (undecodable), sessions without a record (deleted), and how long it took.
-pub(crate) fn store_recovered(path: &std::path::Path, counts: StoreCounts, took: std::time::Duration) {
+pub(crate) fn store_recovered(
+    path: &std::path::Path,
+    counts: StoreCounts,
+    took: std::time::Duration,
+) {
     tracing::info!(
         event = "store_recovered",
         path = %path.display(),

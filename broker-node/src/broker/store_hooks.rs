@@ -61,7 +61,10 @@ pub(crate) trait SessionStore: Send + Sync + fmt::Debug {
 }
 
 /// Waits until `store` committed `ticket`.
-pub(crate) async fn wait_committed(store: &dyn SessionStore, ticket: u64) -> Result<(), StoreFailed> {
+pub(crate) async fn wait_committed(
+    store: &dyn SessionStore,
+    ticket: u64,
+) -> Result<(), StoreFailed> {
     loop {
         let notified = store.commits().notified();
         tokio::pin!(notified);

@@ -217,12 +217,7 @@ fn on_publish(conn: &mut Conn, publish: Publish) -> Result<(), End> {
     if !conn.access.may_publish(&topic) {
         return on_denied_publish(conn, qos, packet_id);
     }
-    if qos != QoS::AtMostOnce
-        && conn
-            .broker
-            .store()
-            .is_some_and(|s| s.refuses_writes())
-    {
+    if qos != QoS::AtMostOnce && conn.broker.store().is_some_and(|s| s.refuses_writes()) {
         return on_store_unavailable(conn, qos, packet_id);
     }
     match qos {

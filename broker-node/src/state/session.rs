@@ -363,8 +363,14 @@ mod tests {
             s.enqueue(delivery(QoS::AtMostOnce), lim(2), |_, _| Ok(())),
             Err(DropReason::NotConnected)
         );
-        assert_eq!(s.enqueue(delivery(QoS::AtLeastOnce), lim(2), |_, _| Ok(())), Ok(()));
-        assert_eq!(s.enqueue(delivery(QoS::ExactlyOnce), lim(2), |_, _| Ok(())), Ok(()));
+        assert_eq!(
+            s.enqueue(delivery(QoS::AtLeastOnce), lim(2), |_, _| Ok(())),
+            Ok(())
+        );
+        assert_eq!(
+            s.enqueue(delivery(QoS::ExactlyOnce), lim(2), |_, _| Ok(())),
+            Ok(())
+        );
         assert_eq!(
             s.enqueue(delivery(QoS::AtLeastOnce), lim(2), |_, _| Ok(())),
             Err(DropReason::QueueFull)
@@ -376,7 +382,10 @@ mod tests {
         let s = Session::new_for_test(1);
         let signal = Arc::new(Wakeup::default());
         s.state.lock().conn = Some(ConnSlot { signal, window: 1 });
-        assert_eq!(s.enqueue(delivery(QoS::AtLeastOnce), lim(1), |_, _| Ok(())), Ok(()));
+        assert_eq!(
+            s.enqueue(delivery(QoS::AtLeastOnce), lim(1), |_, _| Ok(())),
+            Ok(())
+        );
         assert_eq!(
             s.enqueue(delivery(QoS::AtMostOnce), lim(1), |_, _| Ok(())),
             Err(DropReason::Qos0QueueFull)

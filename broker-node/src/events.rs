@@ -167,3 +167,11 @@ pub(crate) struct StoreCounts {
     /// Client IDs with keys but no record.
     pub(crate) orphans: usize,
 }
+
+/// The session store failed a commit: the node shuts down (its supervisor restarts it).
+pub(crate) fn store_failed_shutdown() {
+    tracing::error!(
+        event = "store_failed_shutdown",
+        "the session store cannot commit any more; shutting down so the node can be restarted"
+    );
+}

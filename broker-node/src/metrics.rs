@@ -43,6 +43,8 @@ pub(crate) const STORE_OPS: &str = "fleetgate_store_ops_total";
 pub(crate) const STORE_COMMIT_SECONDS: &str = "fleetgate_store_commit_seconds";
 /// Bytes of disk the session store uses.
 pub(crate) const STORE_DISK_BYTES: &str = "fleetgate_store_disk_bytes";
+/// Ops waiting for the session store's writer after it took its last batch.
+pub(crate) const STORE_PENDING_OPS: &str = "fleetgate_store_pending_ops";
 /// 1 once a commit of the session store failed (the node is then not ready and takes no QoS 1/2 publish).
 pub(crate) const STORE_FAILED: &str = "fleetgate_store_failed";
 /// The `reason` of [`DROPPED_MESSAGES`] for a PUBLISH or will the ACL denied.
@@ -204,6 +206,10 @@ impl Metrics {
             "Seconds a session store commit took (write and fsync)"
         );
         describe_gauge!(STORE_DISK_BYTES, "Bytes of disk the session store uses");
+        describe_gauge!(
+            STORE_PENDING_OPS,
+            "Writes waiting for the session store's writer after its last batch"
+        );
         describe_gauge!(
             STORE_FAILED,
             "1 once a session store commit failed (the node is then not ready)"

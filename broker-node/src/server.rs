@@ -110,6 +110,20 @@ impl Node {
                 let counts = recovered.counts();
                 store::restore(&broker, &store, recovered);
                 events::store_recovered(path, counts, started.elapsed());
+                // A store whose commit failed takes no more writes until the process restarts (fjall poisons
+                // itself): the node shuts down as on SIGTERM (in a cluster its sessions go to its peers) and
+                // its supervisor (Kubernetes) starts it again.
+                let (watched, stop) = (store.clone(), shutdown.clone());
+                tokio::spawn(async move {
+                    let failed = tokio::select! {
+                        r = crate::broker::wait_committed(&*watched, u64::MAX) => r.is_err(),
+                        () = stop.cancelled() => false,
+                    };
+                    if failed {
+                        events::store_failed_shutdown();
+                        stop.cancel();
+                    }
+                });
                 (broker, Some(store))
             }
         };

@@ -18,6 +18,7 @@ use super::{Op, Shared};
 use crate::cluster::frame::SlotKind;
 use crate::metrics::{
     STORE_COMMIT_SECONDS, STORE_COMMITS, STORE_DISK_BYTES, STORE_FAILED, STORE_OPS,
+    STORE_PENDING_OPS,
 };
 
 /// Ops taken into one commit at most: a batch's memory stays bounded while the disk is slow.
@@ -97,6 +98,7 @@ impl Writer {
                 let n = q.ops.len().min(MAX_BATCH);
                 let first = q.submitted - q.ops.len() as u64 + 1;
                 let ops: Vec<Op> = q.ops.drain(..n).collect();
+                gauge!(STORE_PENDING_OPS).set(q.ops.len() as f64);
                 (ops, first + n as u64 - 1)
             };
             if self.shared.failed.load(Ordering::Acquire) {

@@ -446,7 +446,7 @@ fn grace_periods_cover_the_drains_and_ports_agree() {
     // The LB checks each broker's /readyz on the node's admin port; the probes and the Services use the same
     // ports.
     let health = &lb.discovery.as_ref().expect("[discovery]").template.health;
-    let admin = node.admin_bind.expect("node [admin]");
+    let admin = node.admin.as_ref().expect("node [admin]").bind;
     assert_eq!(health.http_port, Some(admin.port()));
     assert_eq!(health.http_path, "/readyz");
     assert_eq!(node.listeners.len(), 1);
@@ -464,7 +464,7 @@ fn grace_periods_cover_the_drains_and_ports_agree() {
         (
             "lb-deployment.yaml",
             &lb_deployment,
-            lb.admin_bind.expect("lb [admin]").port(),
+            lb.admin.as_ref().expect("lb [admin]").bind.port(),
         ),
     ] {
         assert!(

@@ -13,11 +13,13 @@
 //!   ([`deadline`]), so a client that pipelines requests and never reads is cut.
 //!
 //! Probes are never starved by other admin traffic: with `probe_bind`, `/healthz` and `/readyz` are also served on
-//! a socket of their own that serves nothing else (why: `fleetgate_config::admin`'s docs). With a token
+//! a socket of their own that serves nothing else (why: `fleetgate_config::admin`'s docs), on a thread of its own
+//! ([`probe`]); `/healthz` fails when the serving runtime stops running tasks (its heartbeat). With a token
 //! (`token_file`), every request but `/healthz`, `/readyz` and `/metrics` needs `Authorization: Bearer <token>`,
 //! else 401 ([`respond`]).
 
 mod deadline;
+mod probe;
 mod respond;
 
 use std::convert::Infallible;
@@ -42,12 +44,23 @@ use tokio_util::sync::CancellationToken;
 
 use crate::sources::SourceCounts;
 use deadline::WriteDeadline;
+use probe::{Heartbeat, ProbeThread};
 use respond::Responder;
 pub use respond::{AdminToken, percent_decode};
 
 /// Largest request body accepted: admin requests are small JSON documents; anything bigger is refused with 413
 /// rather than buffered.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Kernel send buffer of an admin connection (Linux doubles it for its bookkeeping). Without a cap the kernel
+/// grows it to megabytes for a client that does not read, and we would render thousands of `/metrics` answers for
+/// it before a write ever waits; with it, a few dozen, then the write deadline runs. A scraper that reads as the
+/// answer arrives needs no more.
+const SEND_BUFFER: usize = 32 * 1024;
+
+/// Largest buffer hyper keeps per connection, each way (request heads read ahead, answers queued): admin requests
+/// are a few hundred bytes of head; a client pipelining requests gets no more read ahead than this.
+const CONNECTION_BUFFER: usize = 16 * 1024;
 
 /// After an accept error (e.g. out of file descriptors), pause before accepting again instead of spinning.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
@@ -185,6 +198,9 @@ pub enum AdminError {
     /// `token_file` could not be read, or is empty.
     #[error("{0}")]
     Token(ConfigError),
+    /// The probe socket's thread or its runtime could not be started.
+    #[error("cannot start the probe thread: {0}")]
+    ProbeThread(std::io::Error),
     /// A socket could not be bound.
     #[error("cannot bind {role} on {addr}: {source}")]
     Bind {
@@ -226,7 +242,7 @@ struct Bound {
 #[derive(Debug)]
 pub struct AdminSockets {
     admin: Bound,
-    probe: Option<Bound>,
+    probe: Option<ProbeThread>,
     token: Option<AdminToken>,
     limits: AdminLimits,
 }
@@ -249,7 +265,7 @@ impl AdminSockets {
     ) -> Result<AdminSockets, AdminError> {
         let admin = bind(ADMIN_ROLE, config.bind).await?;
         let probe = match config.probe_bind {
-            Some(addr) => Some(bind(PROBE_ROLE, addr).await?),
+            Some(addr) => Some(ProbeThread::start(addr)?),
             None => None,
         };
         Ok(AdminSockets {
@@ -278,16 +294,11 @@ impl AdminSockets {
             state,
             token: self.token,
             body_timeout: self.limits.request_timeout,
+            heartbeat: Heartbeat::start(shutdown.clone()),
         });
-        let probe = self.probe.map(|p| {
-            tokio::spawn(accept_loop(
-                p.listener,
-                Lane::Probe,
-                responder.clone(),
-                self.limits,
-                shutdown.clone(),
-            ))
-        });
+        let probe = self
+            .probe
+            .map(|p| p.serve(responder.clone(), self.limits, shutdown.clone()));
         accept_loop(
             self.admin.listener,
             Lane::Admin,
@@ -308,6 +319,7 @@ fn read_token(path: &std::path::Path) -> Result<AdminToken, AdminError> {
     Ok(AdminToken::new(secret.expose()))
 }
 
+/// Binds the admin socket (the probe socket is [`ProbeThread::start`]'s) and logs `listening`.
 async fn bind(role: &'static str, addr: SocketAddr) -> Result<Bound, AdminError> {
     let error = |source| AdminError::Bind { role, addr, source };
     let listener = TcpListener::bind(addr).await.map_err(error)?;
@@ -381,6 +393,9 @@ async fn serve_connection(
     limits: AdminLimits,
     shutdown: CancellationToken,
 ) {
+    if let Err(e) = socket2::SockRef::from(&stream).set_send_buffer_size(SEND_BUFFER) {
+        tracing::debug!(event = "sockopt", option = "sndbuf", error = %e);
+    }
     let io = TokioIo::new(WriteDeadline::new(stream, limits.write_timeout));
     let service = service_fn(move |req| {
         let responder = responder.clone();
@@ -389,6 +404,7 @@ async fn serve_connection(
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.request_timeout)
+        .max_buf_size(CONNECTION_BUFFER)
         .keep_alive(true)
         .serve_connection(io, service);
     let mut conn = std::pin::pin!(conn);

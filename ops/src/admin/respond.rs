@@ -13,6 +13,7 @@ use hyper::header::{
 };
 use hyper::{Request, Response, StatusCode};
 
+use super::probe::Heartbeat;
 use super::{
     AdminRequest, AdminResponse, AdminState, Lane, MAX_BODY_BYTES, PROMETHEUS_CONTENT_TYPE, metrics,
 };
@@ -45,11 +46,13 @@ impl fmt::Debug for AdminToken {
     }
 }
 
-/// What one server answers from: the binary's state, its token, and the deadline for request bodies.
+/// What one server answers from: the binary's state, its token, the deadline for request bodies, and the serving
+/// runtime's heartbeat.
 pub(crate) struct Responder {
     pub(crate) state: AdminState,
     pub(crate) token: Option<AdminToken>,
     pub(crate) body_timeout: Duration,
+    pub(crate) heartbeat: Heartbeat,
 }
 
 impl Responder {
@@ -64,7 +67,13 @@ impl Responder {
         let path = parts.uri.path();
         // The probes: constant answers on either socket, never a token.
         match (read, path) {
-            (true, "/healthz") => return into_http(AdminResponse::text(200, "ok\n")),
+            (true, "/healthz") => {
+                return into_http(if self.heartbeat.stalled() {
+                    AdminResponse::text(503, "stalled\n")
+                } else {
+                    AdminResponse::text(200, "ok\n")
+                });
+            }
             (true, "/readyz") => {
                 return into_http(if self.state.readiness.is_ready() {
                     AdminResponse::text(200, "ready\n")

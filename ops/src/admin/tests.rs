@@ -430,3 +430,53 @@ async fn stops_accepting_on_shutdown() {
         .unwrap()
         .unwrap();
 }
+
+#[test]
+fn probes_answer_while_the_serving_runtime_is_blocked() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = runtime.block_on(async {
+        let server = start_with(None, None, AdminLimits::default(), true).await;
+        // Up on both sockets before the runtime is blocked.
+        assert_eq!(request(server.addr, "GET", "/healthz", "").await.0, 200);
+        assert_eq!(
+            request(server.probe.unwrap(), "GET", "/healthz", "")
+                .await
+                .0,
+            200
+        );
+        server
+    });
+    server.readiness.set(true);
+    let probe = server.probe.unwrap();
+    let admin = server.addr;
+    let prober = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        let ask = |addr| {
+            let started = std::time::Instant::now();
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
+            std::io::Write::write_all(
+                &mut s,
+                b"GET /readyz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+            )
+            .unwrap();
+            let mut raw = String::new();
+            let read = std::io::Read::read_to_string(&mut s, &mut raw);
+            (read.is_ok() && raw.ends_with("ready\n"), started.elapsed())
+        };
+        (ask(probe), ask(admin))
+    });
+    // The serving runtime's only thread is busy for a second (a handler that blocks, a saturated runtime).
+    runtime.block_on(async { std::thread::sleep(Duration::from_secs(1)) });
+    let ((probe_ok, probe_took), (admin_ok, _)) = prober.join().unwrap();
+    assert!(probe_ok, "the probe socket did not answer");
+    assert!(probe_took < Duration::from_millis(250), "{probe_took:?}");
+    assert!(
+        !admin_ok,
+        "the admin socket answered from a blocked runtime"
+    );
+}

@@ -3,6 +3,7 @@
 //! `file:line:column`); with a token, every route but `/healthz`, `/readyz` and `/metrics` answers 401 without it —
 //! the node's `/clients/{id}` (client addresses), the LB's `/backends`, `/clients/{id}`, `POST /reload`,
 //! `POST /drain` — and works with it; the token never reaches a log line; a missing token file stops the start.
+#![allow(clippy::unwrap_used)] // tests may unwrap (CONTRIBUTING)
 
 mod common;
 

@@ -283,6 +283,12 @@ impl Controller {
                 "[admin] changes (bind, probe_bind, token_file, limits) take effect at the next restart"
             );
         }
+        if config.limits.max_buffered_bytes != self.shared.buffers.max() {
+            tracing::warn!(
+                event = "config_reload_partial",
+                "[limits] max_buffered_bytes changes take effect at the next restart"
+            );
+        }
         // Discovery first (a changed source is restarted; its first set is waited for briefly).
         let same_discovery = match (&self.discovery, discovery) {
             (Some(d), Some(new)) => d.config == *new,

@@ -314,3 +314,41 @@ fn grace_periods_cover_the_drains_and_ports_agree() {
     }
     assert!(statefulset.contains(&format!("prometheus.io/port: \"{}\"", admin.port())));
 }
+
+/// The memory limit of the one container in `manifest`, in bytes (`Mi` and `Gi` quantities).
+fn memory_limit(manifest: &str) -> u64 {
+    let text = read(&k8s_dir().join(manifest));
+    let mut lines = text.lines().skip_while(|l| l.trim() != "limits:").skip(1);
+    let value = lines
+        .find_map(|l| l.trim().strip_prefix("memory:"))
+        .unwrap_or_else(|| panic!("{manifest}: no memory limit"))
+        .trim();
+    let (number, unit) = value.split_at(value.len() - 2);
+    let number: u64 = number
+        .parse()
+        .unwrap_or_else(|_| panic!("{manifest}: memory {value}"));
+    match unit {
+        "Mi" => number << 20,
+        "Gi" => number << 30,
+        _ => panic!("{manifest}: memory {value}: not Mi or Gi"),
+    }
+}
+
+/// The node's `memory_budget` (queues, in-flight and retained messages) is set in node.toml, not left to the
+/// default, and leaves at least half of the pod's memory limit to everything else the node holds.
+#[test]
+fn node_memory_budget_is_at_most_half_the_pod_limit() {
+    let text = read(&k8s_dir().join("config/node.toml"));
+    assert!(
+        text.lines().any(|l| l.starts_with("memory_budget = ")),
+        "k8s/config/node.toml sets [limits] memory_budget explicitly"
+    );
+    let dir = scratch_dir();
+    let node = pod_config(&pod_config_dir(dir.path()), "broker-0", "10.244.0.5");
+    let budget = node.limits.memory_budget as u64;
+    let limit = memory_limit("broker-statefulset.yaml");
+    assert!(
+        budget * 2 <= limit,
+        "memory_budget {budget} is more than half the pod's memory limit {limit}"
+    );
+}

@@ -141,16 +141,8 @@ impl Claim {
             let acquire = match self.pending.as_mut() {
                 Some(pending) => pending,
                 None => {
-                    match self
-                        .budget
-                        .bytes
-                        .clone()
-                        .try_acquire_many_owned(permits(missing))
-                    {
-                        Ok(permit) => {
-                            self.add(permit);
-                            continue;
-                        }
+                    match self.try_take(missing) {
+                        Ok(()) => continue,
                         // Never closed: nothing to wait for.
                         Err(TryAcquireError::Closed) => return Poll::Ready(()),
                         Err(TryAcquireError::NoPermits) => {}
@@ -187,21 +179,18 @@ impl Claim {
             return true;
         }
         let missing = bytes.saturating_sub(self.held());
-        if missing == 0 {
-            return true;
-        }
-        match self
+        missing == 0 || self.try_take(missing).is_ok()
+    }
+
+    /// Takes `missing` more bytes of the budget if it has them now.
+    fn try_take(&mut self, missing: usize) -> Result<(), TryAcquireError> {
+        let permit = self
             .budget
             .bytes
             .clone()
-            .try_acquire_many_owned(permits(missing))
-        {
-            Ok(permit) => {
-                self.add(permit);
-                true
-            }
-            Err(_) => false,
-        }
+            .try_acquire_many_owned(permits(missing))?;
+        self.add(permit);
+        Ok(())
     }
 
     /// Gives back every byte held (a wait in progress goes on).

@@ -71,6 +71,11 @@ impl Run {
             self.status, self.stdout, self.stderr
         )
     }
+
+    /// Asserts exit 0, showing `what` and the output otherwise.
+    fn assert_success(&self, what: impl std::fmt::Display) {
+        assert!(self.status.success(), "{what}: {}", self.describe());
+    }
 }
 
 /// Runs `command` to completion under [`COMMAND_DEADLINE`], output captured through files (no pipe to fill).
@@ -105,12 +110,7 @@ fn check_ok(file: &Path, kind: &str) {
     let mut command = Command::new(BIN);
     command.arg("check").arg(file);
     let out = run(command);
-    assert!(
-        out.status.success(),
-        "fleetgate check {}: {}",
-        file.display(),
-        out.describe()
-    );
+    out.assert_success(format_args!("fleetgate check {}", file.display()));
     assert!(
         out.stdout.contains(&format!("ok ({kind})")),
         "{}",
@@ -229,12 +229,7 @@ fn yaml_documents(python: &Path, file: &Path) -> Vec<serde_json::Value> {
     ]);
     command.arg(file);
     let out = run(command);
-    assert!(
-        out.status.success(),
-        "YAML of {}: {}",
-        file.display(),
-        out.describe()
-    );
+    out.assert_success(format_args!("YAML of {}", file.display()));
     serde_json::from_str(&out.stdout)
         .unwrap_or_else(|e| panic!("YAML of {} as JSON: {e}: {}", file.display(), out.stdout))
 }

@@ -26,11 +26,7 @@ fn kubernetes_validate(python: &Path, files: &[PathBuf]) -> Run {
 
 /// Asserts every resource passed: exit 0 and no WARN (an unknown kind or apiVersion only warns), ERROR or FATAL.
 fn assert_valid(out: &Run, expected_resources: usize) {
-    assert!(
-        out.status.success(),
-        "kubernetes-validate: {}",
-        out.describe()
-    );
+    out.assert_success("kubernetes-validate");
     let bad: Vec<&str> = out
         .stdout
         .lines()
@@ -82,11 +78,7 @@ fn manifests_pass_kubernetes_validate() {
     let mut command = Command::new("kubectl");
     command.arg("kustomize").arg(k8s_dir());
     let built = run(command);
-    assert!(
-        built.status.success(),
-        "kubectl kustomize: {}",
-        built.describe()
-    );
+    built.assert_success("kubectl kustomize");
     for configmap in [
         "name: broker-config-",
         "name: broker-acl\n",

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fleetgate_config::node::{NodeConfig, StorageMode};
-use fleetgate_ops::admin::{self, AdminState, Readiness};
+use fleetgate_ops::admin::{AdminSockets, AdminState, Readiness};
 use fleetgate_ops::telemetry;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -140,8 +140,9 @@ impl Node {
                     })?;
             listeners.push(listener);
         }
-        let admin_listener = match config.admin_bind {
-            Some(addr) => Some(bind("admin", addr).await?),
+        // `[admin]`, its token file read now: a bad one stops the start.
+        let admin_sockets = match &config.admin {
+            Some(admin) => Some(AdminSockets::bind(admin).await?),
             None => None,
         };
 
@@ -159,16 +160,15 @@ impl Node {
             .collect();
         // The admin server outlives the drain so `/readyz` answers "not ready" while connections close.
         let admin_shutdown = CancellationToken::new();
-        let admin_addr = admin_listener.as_ref().map(|(_, a)| *a);
-        let admin_task = admin_listener.map(|(l, _)| {
+        let admin_addr = admin_sockets.as_ref().map(AdminSockets::admin_addr);
+        let admin_task = admin_sockets.map(|sockets| {
             let state = AdminState {
                 readiness: readiness.clone(),
                 metrics: prometheus,
+                // `/clients/{id}` reveals clients: with `[admin] token_file` it needs the token.
                 routes: Some(Arc::new(NodeRoutes::new(broker.clone()))),
-                // The node's admin routes are all GET: nothing to guard with a token.
-                token: None,
             };
-            tokio::spawn(admin::serve(l, state, admin_shutdown.clone()))
+            tokio::spawn(sockets.serve(state, admin_shutdown.clone()))
         });
         // In a cluster, ready once synced with every reachable peer (the cluster sets it).
         if cluster_handle.is_none() {

@@ -323,6 +323,11 @@ fn memory_limit(manifest: &str) -> u64 {
         .find_map(|l| l.trim().strip_prefix("memory:"))
         .unwrap_or_else(|| panic!("{manifest}: no memory limit"))
         .trim();
+    quantity(manifest, value)
+}
+
+/// A Kubernetes quantity in `Mi` or `Gi`, in bytes.
+fn quantity(manifest: &str, value: &str) -> u64 {
     let (number, unit) = value.split_at(value.len() - 2);
     let number: u64 = number
         .parse()
@@ -350,5 +355,37 @@ fn node_memory_budget_is_at_most_half_the_pod_limit() {
     assert!(
         budget * 2 <= limit,
         "memory_budget {budget} is more than half the pod's memory limit {limit}"
+    );
+}
+
+/// Each broker stores its sessions on a claim of its own (`volumeClaimTemplates`), mounted where node.toml's
+/// `[storage] path` points, and the store's `max_bytes` leaves part of the claim to its journals.
+#[test]
+fn node_store_is_on_the_pods_own_claim_and_fits_it() {
+    let dir = scratch_dir();
+    let node = pod_config(&pod_config_dir(dir.path()), "broker-0", "10.244.0.5");
+    let fleetgate_config::node::StorageMode::Disk { path, max_bytes } = &node.storage else {
+        panic!("k8s/config/node.toml: [storage] mode is not \"disk\"");
+    };
+    let statefulset = read(&k8s_dir().join("broker-statefulset.yaml"));
+    let mount = format!("- name: store\n              mountPath: {}", path.display());
+    assert!(
+        statefulset.contains(&mount),
+        "the `store` claim is not mounted at {}",
+        path.display()
+    );
+    let claim = statefulset
+        .split("volumeClaimTemplates:")
+        .nth(1)
+        .expect("a volumeClaimTemplates section");
+    assert!(claim.contains("name: store"), "no claim named store");
+    let size = claim
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("storage:"))
+        .map(|v| quantity("broker-statefulset.yaml", v.trim()))
+        .expect("the claim's storage request");
+    assert!(
+        *max_bytes * 10 <= size * 9,
+        "[storage] max_bytes {max_bytes} leaves less than a tenth of the {size}-byte claim"
     );
 }

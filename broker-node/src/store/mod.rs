@@ -113,6 +113,9 @@ struct Queue {
     submitted: u64,
     /// The node stops: the writer commits what is left and ends.
     closing: bool,
+    /// The writer sleeps on the condition variable: only then does a producer need to wake it (a futex call
+    /// per op otherwise).
+    writer_idle: bool,
 }
 
 /// What the connections and the writer share.
@@ -197,13 +200,15 @@ impl Store {
 
     /// Queues `op` for the writer; returns its ticket (also kept as this thread's [`last_submitted`]).
     fn submit(&self, op: Op) -> u64 {
-        let ticket = {
+        let (ticket, wake) = {
             let mut q = self.shared.queue.lock();
             q.submitted += 1;
             q.ops.push_back(op);
-            q.submitted
+            (q.submitted, std::mem::take(&mut q.writer_idle))
         };
-        self.shared.work.notify_one();
+        if wake {
+            self.shared.work.notify_one();
+        }
         LAST_SUBMITTED.with(|c| c.set(ticket));
         ticket
     }

@@ -85,7 +85,9 @@ impl Writer {
                 let mut q = self.shared.queue.lock();
                 if q.ops.is_empty() && !q.closing {
                     // Idle: the disk is still measured (compactions free space while nothing is written).
+                    q.writer_idle = true;
                     self.shared.work.wait_for(&mut q, DISK_CHECK_EVERY);
+                    q.writer_idle = false;
                 }
                 if q.ops.is_empty() {
                     if q.closing {

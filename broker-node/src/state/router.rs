@@ -2,6 +2,7 @@
 //! walks only the branches its own levels (and `+`/`#`) lead to. Shared subscriptions (`$share/{group}/{filter}`)
 //! sit in the same slots as groups whose members take turns (round robin, preferring connected members).
 
+use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,12 +24,89 @@ pub(crate) struct Subscriber {
     pub(crate) id: Option<NonZeroU32>,
 }
 
+/// Lists this long and longer are indexed by session: a filter thousands of sessions subscribe to (a fleet's
+/// broadcast topic) takes a subscribe or unsubscribe in constant time, not a scan of every subscriber.
+const INDEX_FROM: usize = 16;
+
+/// The subscribers of one filter (or shared group): a list that publishes walk, and, once long, an index of
+/// positions by session for subscribe and unsubscribe.
+#[derive(Debug, Default)]
+struct Members {
+    list: Vec<Subscriber>,
+    index: Option<HashMap<SessionId, usize, foldhash::fast::RandomState>>,
+}
+
+impl Members {
+    fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    fn iter(&self) -> std::slice::Iter<'_, Subscriber> {
+        self.list.iter()
+    }
+
+    fn get(&self, i: usize) -> Option<&Subscriber> {
+        self.list.get(i)
+    }
+
+    fn position(&self, session: SessionId) -> Option<usize> {
+        match &self.index {
+            Some(index) => index.get(&session).copied(),
+            None => self.list.iter().position(|s| s.session.id == session),
+        }
+    }
+
+    /// Adds or replaces `sub`'s session's entry; true when it replaced one.
+    fn insert(&mut self, sub: Subscriber) -> bool {
+        if let Some(i) = self.position(sub.session.id) {
+            self.list[i] = sub;
+            return true;
+        }
+        if let Some(index) = &mut self.index {
+            index.insert(sub.session.id, self.list.len());
+        }
+        self.list.push(sub);
+        if self.index.is_none() && self.list.len() >= INDEX_FROM {
+            self.index = Some(
+                self.list
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| (s.session.id, i))
+                    .collect(),
+            );
+        }
+        false
+    }
+
+    /// Removes `session`'s entry (the last one takes its place); false when it had none.
+    fn remove(&mut self, session: SessionId) -> bool {
+        let Some(i) = self.position(session) else {
+            return false;
+        };
+        self.list.swap_remove(i);
+        if let Some(index) = &mut self.index {
+            index.remove(&session);
+            if let Some(moved) = self.list.get(i) {
+                index.insert(moved.session.id, i);
+            }
+            if self.list.len() < INDEX_FROM / 2 {
+                self.index = None;
+            }
+        }
+        true
+    }
+}
+
 #[derive(Debug)]
 struct SharedGroup {
     name: Box<str>,
     /// `$share/{name}/{filter}`: the group's identity across a cluster.
     full: ByteString,
-    members: Vec<Subscriber>,
+    members: Members,
     next: AtomicUsize,
 }
 
@@ -41,7 +119,7 @@ impl SharedGroup {
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         (0..n)
-            .map(|i| &self.members[(start + i) % n])
+            .filter_map(|i| self.members.get((start + i) % n))
             .find(|m| m.session.is_connected())
             .or_else(|| self.members.get(start % n))
     }
@@ -49,7 +127,7 @@ impl SharedGroup {
 
 #[derive(Debug, Default)]
 struct Entries {
-    direct: Vec<Subscriber>,
+    direct: Members,
     groups: Vec<SharedGroup>,
 }
 
@@ -71,7 +149,7 @@ impl Entries {
                         self.groups.push(SharedGroup {
                             name: name.into(),
                             full: format!("$share/{name}/{filter}").into(),
-                            members: Vec::new(),
+                            members: Members::default(),
                             next: AtomicUsize::new(0),
                         });
                         self.groups.len() - 1
@@ -80,26 +158,17 @@ impl Entries {
                 &mut self.groups[idx].members
             }
         };
-        match list.iter_mut().find(|s| s.session.id == sub.session.id) {
-            Some(existing) => {
-                *existing = sub;
-                true
-            }
-            None => {
-                list.push(sub);
-                false
-            }
-        }
+        list.insert(sub)
     }
 
     fn remove(&mut self, group: Option<&str>, session: SessionId) -> bool {
         match group {
-            None => remove_session(&mut self.direct, session),
+            None => self.direct.remove(session),
             Some(name) => {
                 let Some(idx) = self.groups.iter().position(|g| &*g.name == name) else {
                     return false;
                 };
-                let removed = remove_session(&mut self.groups[idx].members, session);
+                let removed = self.groups[idx].members.remove(session);
                 if self.groups[idx].members.is_empty() {
                     self.groups.swap_remove(idx);
                 }
@@ -132,12 +201,6 @@ impl Entries {
             }
         }
     }
-}
-
-fn remove_session(list: &mut Vec<Subscriber>, session: SessionId) -> bool {
-    let before = list.len();
-    list.retain(|s| s.session.id != session);
-    list.len() != before
 }
 
 /// Which subscriptions a [`Router::collect_scoped`] walk takes.
@@ -254,6 +317,41 @@ mod tests {
         let mut ids: Vec<SessionId> = out.iter().map(|s| s.session.id).collect();
         ids.sort_unstable();
         ids
+    }
+
+    /// Many sessions on one filter, past the index threshold and back below it: subscribes, resubscribes and
+    /// unsubscribes in a mixed order keep exactly the subscribed set (the index follows every swap).
+    #[test]
+    fn a_crowded_filter_keeps_its_subscribers_through_the_index() {
+        let mut r = Router::new();
+        let mut want: std::collections::BTreeSet<SessionId> = Default::default();
+        let mut seed = 7u64;
+        for step in 0..5_000u64 {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            let id = (seed >> 33) % 200;
+            // Mostly subscribes early, mostly unsubscribes late: the list grows past INDEX_FROM and shrinks.
+            let subscribe = (seed >> 20) % 100 < if step < 2_500 { 70 } else { 25 };
+            if subscribe {
+                let replaced = r.subscribe("fleet/all", None, sub(id));
+                assert_eq!(replaced, !want.insert(id), "step {step}: subscribe {id}");
+            } else {
+                let removed = r.unsubscribe("fleet/all", None, id);
+                assert_eq!(removed, want.remove(&id), "step {step}: unsubscribe {id}");
+            }
+            if step % 97 == 0 {
+                assert_eq!(
+                    hits(&r, "fleet/all"),
+                    want.iter().copied().collect::<Vec<_>>()
+                );
+            }
+        }
+        assert_eq!(
+            hits(&r, "fleet/all"),
+            want.iter().copied().collect::<Vec<_>>()
+        );
+        assert_eq!(r.len(), want.len());
     }
 
     #[test]

@@ -572,3 +572,52 @@ async fn a_full_store_refuses_qos1_publishes_with_quota_exceeded() {
     let disk = node.admin.metric("fleetgate_store_disk_bytes", &[]).await;
     assert!(disk >= 64.0 * 1024.0 * 1024.0, "disk gauge {disk}");
 }
+
+#[tokio::test]
+async fn a_restored_subscription_the_acl_no_longer_allows_is_dropped() {
+    let dir = scratch_dir();
+    let allow = |topics: &str| {
+        format!(
+            "[[rules]]\naction = \"allow\"\naccess = \"both\"\nmatch = {{ anyone = true }}\ntopics = [{topics}]\n"
+        )
+    };
+    std::fs::write(
+        dir.path().join("acl.toml"),
+        allow("\"open/#\", \"closed/#\""),
+    )
+    .unwrap();
+    let cfg = config(
+        dir.path(),
+        "\n[auth]\npolicies = []\nanonymous = true\nacl_file = \"acl.toml\"\n",
+    );
+    let mut node = Node::start_in(BIN, dir.path(), &cfg).await;
+    for filter in ["open/#", "closed/#"] {
+        let id = format!("acl-{}", &filter[..filter.len() - 2]);
+        let (client, events) = subscriber(&node, &id, filter, QoS::AtLeastOnce).await;
+        client.disconnect().await.expect("queue DISCONNECT");
+        drop(events);
+        node.admin.wait_connected(&id, false, WAIT).await;
+    }
+    let (status, _) = node.process.terminate(WAIT).await;
+    assert!(status.success(), "node exit: {status:?}");
+    drop(node);
+
+    // While the node was down, the ACL stopped allowing `closed/#`.
+    std::fs::write(dir.path().join("acl.toml"), allow("\"open/#\"")).unwrap();
+    let node = Node::start_in(BIN, dir.path(), &cfg).await;
+    let open = node
+        .admin
+        .client("acl-open")
+        .await
+        .expect("acl-open restored");
+    let closed = node
+        .admin
+        .client("acl-closed")
+        .await
+        .expect("acl-closed restored");
+    assert_eq!(open["subscriptions"], 1, "{open}");
+    assert_eq!(
+        closed["subscriptions"], 0,
+        "the denied subscription came back: {closed}"
+    );
+}

@@ -108,7 +108,13 @@ impl Node {
                 let (store, recovered) = Store::open(path, *max_bytes, max_value)?;
                 let broker = Arc::new(broker.with_store(store.clone()));
                 let counts = recovered.counts();
-                store::restore(&broker, &store, recovered);
+                store::restore(
+                    &broker,
+                    &store,
+                    &access,
+                    config.limits.session_expiry_maximum,
+                    recovered,
+                );
                 events::store_recovered(path, counts, started.elapsed());
                 // A store whose commit failed takes no more writes until the process restarts (fjall poisons
                 // itself): the node shuts down as on SIGTERM (in a cluster its sessions go to its peers) and

@@ -24,11 +24,15 @@ use fleetgate_protocol::mqtt::ByteString;
 use parking_lot::{Condvar, Mutex};
 use tokio::sync::Notify;
 
+use fleetgate_auth::{AuthMethod, Principal};
+
+use crate::access::Access;
 use crate::broker::{Broker, SessionStore, Stored};
 use crate::cluster::frame::SlotKind;
 use crate::state::message::{Delivery, Message};
 use crate::state::retained::Stamp;
 use crate::state::session::{SessionState, SubscriptionEntry};
+use crate::state::will::WillPermit;
 
 pub(crate) mod records;
 mod recover;
@@ -313,15 +317,45 @@ impl SessionStore for Store {
 
 /// Puts back what the store held at start into `broker`: the retained messages, then every persistent session,
 /// detached (its expiry counts from now; a will is due after its delay unless its client returns first); keys
-/// of sessions without a record are deleted.
-pub(crate) fn restore(broker: &Arc<Broker>, store: &Store, recovered: Recovered) {
+/// of sessions without a record are deleted. The ACL of now decides, as for a session handed over by a peer:
+/// a subscription it no longer allows is dropped (and deleted), a will is checked when it is due, and the
+/// expiry is capped by today's `session_expiry_maximum`.
+pub(crate) fn restore(
+    broker: &Arc<Broker>,
+    store: &Store,
+    access: &Arc<Access>,
+    session_expiry_maximum: std::time::Duration,
+    recovered: Recovered,
+) {
     for (topic, msg, stamp) in recovered.retained {
         broker.apply_retained_unstored(topic, Some(msg), stamp);
     }
     for client_id in &recovered.orphans {
         store.end_session(client_id);
     }
-    for snap in recovered.sessions {
+    let cap = u32::try_from(session_expiry_maximum.as_secs()).unwrap_or(u32::MAX);
+    for mut snap in recovered.sessions {
+        let principal = snap.principal.clone().unwrap_or_else(|| {
+            Arc::new(Principal {
+                username: None,
+                cn: None,
+                client_id: snap.client_id.to_string(),
+                method: AuthMethod::Anonymous,
+            })
+        });
+        let client_id = snap.client_id.clone();
+        snap.subs.retain(|(filter, _)| {
+            let allowed = access.subscription_allowed(&principal, filter);
+            if !allowed {
+                store.subscription(&client_id, filter, None);
+            }
+            allowed
+        });
+        if let Some(will) = &mut snap.will {
+            will.permit = Some(WillPermit::new(access.clone(), principal.clone()));
+        }
+        snap.expiry_secs = snap.expiry_secs.min(cap);
+        snap.principal = Some(principal);
         broker.install_restored(snap, std::time::Duration::ZERO);
     }
 }

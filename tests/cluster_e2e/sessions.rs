@@ -264,3 +264,63 @@ fn pick(addrs: &Mutex<Vec<(String, SocketAddr)>>, id: &str) -> SocketAddr {
     let owner = ring_owner(&names, id);
     list.iter().find(|(n, _)| *n == owner).unwrap().1
 }
+
+/// A node of a cluster that stores its sessions (`[storage] mode = "disk"`) killed with SIGKILL: restarted on the
+/// same directory it has its persistent session back with what was queued — published on it and forwarded by
+/// its peer — and its peer routes to the restored subscription again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_that_stores_its_sessions_has_them_back_in_the_cluster() {
+    bounded(TEST_LIMIT, async {
+        let dir = fleetgate_testkit::scratch_dir();
+        let storage = format!(
+            "\n[storage]\nmode = \"disk\"\npath = {:?}\n",
+            dir.path().join("store").display().to_string()
+        );
+        let n0 = start_node(NAMES[0], &[], "").await;
+        let peers = [(NAMES[0], n0.cluster())];
+        let n1 = start_node(NAMES[1], &peers, &storage).await;
+        wait_linked(&[&n0, &n1], 1.0, true).await;
+
+        let mut sub = connect(n1.mqtt, "stored-sub", false).await;
+        sub.subscribed("stored/#", QoS::AtLeastOnce).await;
+        wait_routes(&n0, 1.0).await;
+        sub.disconnect().await;
+        n1.admin.wait_connected("stored-sub", false, WAIT).await;
+        let mut local = connect(n1.mqtt, "stored-pub-1", true).await;
+        let mut remote = connect(n0.mqtt, "stored-pub-0", true).await;
+        for i in 0..20 {
+            local.publish1("stored/local", &format!("l{i}")).await;
+            remote.publish1("stored/remote", &format!("r{i}")).await;
+        }
+        local.events.take(20, "PUBACK", v3_puback).await;
+        remote.events.take(20, "PUBACK", v3_puback).await;
+        wait_queued(&n1, "stored-sub", 40).await;
+
+        n1.process.signal(Signal::KILL);
+        drop(n1);
+        let n1 = start_node(NAMES[1], &peers, &storage).await;
+        wait_linked(&[&n0, &n1], 1.0, true).await;
+        // The restored session's subscription is advertised again: a message published on the peer now reaches it.
+        wait_routes(&n0, 1.0).await;
+        let mut remote = connect(n0.mqtt, "stored-pub-0b", true).await;
+        remote.publish1("stored/after", "after").await;
+        remote.events.take(1, "PUBACK", v3_puback).await;
+
+        let mut back = connect(n1.mqtt, "stored-sub", false).await;
+        assert!(back.present, "the session was not restored");
+        let mut got: Vec<String> = back
+            .drain(Duration::from_secs(2))
+            .await
+            .iter()
+            .map(text)
+            .collect();
+        got.sort();
+        let mut want: Vec<String> = (0..20)
+            .flat_map(|i| [format!("l{i}"), format!("r{i}")])
+            .chain(["after".to_string()])
+            .collect();
+        want.sort();
+        assert_eq!(got, want);
+    })
+    .await;
+}

@@ -21,6 +21,9 @@ use crate::metrics::{
     STORE_PENDING_OPS,
 };
 
+/// The batch maps' hasher: fast, and seeded per map (keys hold client IDs, which clients choose).
+type Hasher = foldhash::fast::RandomState;
+
 /// Ops taken into one commit at most: a batch's memory stays bounded while the disk is slow.
 const MAX_BATCH: usize = 4096;
 /// How often the disk the store uses is measured (for `max_bytes`).
@@ -132,8 +135,9 @@ impl Writer {
 
     /// Coalesces `ops` per key and commits them as one durable batch.
     fn commit(&self, ops: Vec<Op>) -> Result<(), fjall::Error> {
-        let mut sessions: HashMap<Vec<u8>, Pending> = HashMap::with_capacity(ops.len());
-        let mut retained: HashMap<Vec<u8>, Option<BytesMut>> = HashMap::new();
+        let mut sessions: HashMap<Vec<u8>, Pending, Hasher> =
+            HashMap::with_capacity_and_hasher(ops.len(), Hasher::default());
+        let mut retained: HashMap<Vec<u8>, Option<BytesMut>, Hasher> = HashMap::default();
         for op in ops {
             match op {
                 Op::Record { client_id, value } => {
@@ -239,7 +243,12 @@ impl Writer {
 }
 
 /// Records that `key` becomes `value` at the end of the batch; `fresh` when this op creates the key.
-fn put(map: &mut HashMap<Vec<u8>, Pending>, key: Vec<u8>, value: Option<BytesMut>, fresh: bool) {
+fn put(
+    map: &mut HashMap<Vec<u8>, Pending, Hasher>,
+    key: Vec<u8>,
+    value: Option<BytesMut>,
+    fresh: bool,
+) {
     match map.entry(key) {
         Entry::Occupied(mut e) => e.get_mut().value = value,
         Entry::Vacant(e) => {

@@ -39,6 +39,9 @@ pub(crate) const CONFIG_RELOADS: &str = "fleetgate_config_reloads_total";
 pub(crate) const STORE_COMMITS: &str = "fleetgate_store_commits_total";
 /// Ops (writes and deletes) the session store committed.
 pub(crate) const STORE_OPS: &str = "fleetgate_store_ops_total";
+/// Keys the session store wrote or deleted: fewer than its ops when a message was queued and acknowledged within
+/// one batch (neither is written).
+pub(crate) const STORE_WRITES: &str = "fleetgate_store_writes_total";
 /// Seconds the session store's commits took (histogram: the fsync dominates).
 pub(crate) const STORE_COMMIT_SECONDS: &str = "fleetgate_store_commit_seconds";
 /// Bytes of disk the session store uses.
@@ -201,6 +204,10 @@ impl Metrics {
         describe_counter!(CONFIG_RELOADS, "Configuration reloads by result");
         describe_counter!(STORE_COMMITS, "Batches the session store committed");
         describe_counter!(STORE_OPS, "Writes and deletes the session store committed");
+        describe_counter!(
+            STORE_WRITES,
+            "Keys the session store wrote or deleted (ops cancelled within a batch are not)"
+        );
         describe_histogram!(
             STORE_COMMIT_SECONDS,
             "Seconds a session store commit took (write and fsync)"

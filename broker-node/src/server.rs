@@ -102,10 +102,14 @@ impl Node {
         // The store is read back before any client or peer is served: sessions are where they were.
         let (broker, store) = match &config.storage {
             StorageMode::Memory => (Arc::new(broker), None),
-            StorageMode::Disk { path, max_bytes } => {
+            StorageMode::Disk {
+                path,
+                max_bytes,
+                commit_delay,
+            } => {
                 let started = std::time::Instant::now();
                 let max_value = store::max_value_len(config.limits.max_packet_size);
-                let (store, recovered) = Store::open(path, *max_bytes, max_value)?;
+                let (store, recovered) = Store::open(path, *max_bytes, *commit_delay, max_value)?;
                 let broker = Arc::new(broker.with_store(store.clone()));
                 let counts = recovered.counts();
                 store::restore(

@@ -364,7 +364,10 @@ fn node_memory_budget_is_at_most_half_the_pod_limit() {
 fn node_store_is_on_the_pods_own_claim_and_fits_it() {
     let dir = scratch_dir();
     let node = pod_config(&pod_config_dir(dir.path()), "broker-0", "10.244.0.5");
-    let fleetgate_config::node::StorageMode::Disk { path, max_bytes } = &node.storage else {
+    let fleetgate_config::node::StorageMode::Disk {
+        path, max_bytes, ..
+    } = &node.storage
+    else {
         panic!("k8s/config/node.toml: [storage] mode is not \"disk\"");
     };
     let statefulset = read(&k8s_dir().join("broker-statefulset.yaml"));

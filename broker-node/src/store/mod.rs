@@ -167,11 +167,13 @@ pub(crate) fn last_submitted() -> u64 {
 }
 
 impl Store {
-    /// Opens (creating when missing) the store in `path`, reads everything back, and starts the writer;
-    /// values longer than `max_value_len` are refused on the way back.
+    /// Opens (creating when missing) the store in `path`, reads everything back, and starts the writer (which
+    /// gathers writes for `commit_delay` before each commit); values longer than `max_value_len` are refused on
+    /// the way back.
     pub(crate) fn open(
         path: &Path,
         max_bytes: u64,
+        commit_delay: std::time::Duration,
         max_value_len: usize,
     ) -> Result<(Arc<Store>, Recovered), StoreError> {
         let open_error = |source| StoreError::Open {
@@ -189,7 +191,7 @@ impl Store {
             full: AtomicBool::new(false),
             commits: Notify::new(),
         });
-        let writer = writer::Writer::new(db, tables, shared.clone(), max_bytes);
+        let writer = writer::Writer::new(db, tables, shared.clone(), max_bytes, commit_delay);
         let handle = std::thread::Builder::new()
             .name("fleetgate-store".into())
             .spawn(move || writer.run())

@@ -1,4 +1,5 @@
-//! The store's writer thread: takes every op waiting (up to [`MAX_BATCH`]), coalesces them per key (the last
+//! The store's writer thread: once writes wait, lets them gather for `commit_delay` (`[storage]`, 1 ms), takes
+//! every op waiting (up to [`MAX_BATCH`]), coalesces them per key (the last
 //! write of a key in a batch wins; a message queued and acknowledged within one batch never reaches the disk),
 //! commits them as one fjall write batch with `PersistMode::SyncAll` (journal written and `fsync`ed before
 //! `commit` returns), then advances the committed ticket and wakes the connections waiting for it.
@@ -18,7 +19,7 @@ use super::{Op, Shared};
 use crate::cluster::frame::SlotKind;
 use crate::metrics::{
     STORE_COMMIT_SECONDS, STORE_COMMITS, STORE_DISK_BYTES, STORE_FAILED, STORE_OPS,
-    STORE_PENDING_OPS,
+    STORE_PENDING_OPS, STORE_WRITES,
 };
 
 /// The batch maps' hasher: fast, and seeded per map (keys hold client IDs, which clients choose).
@@ -65,17 +66,25 @@ pub(super) struct Writer {
     tables: Tables,
     shared: Arc<Shared>,
     max_bytes: u64,
+    commit_delay: Duration,
     last_disk_check: Option<Instant>,
 }
 
 impl Writer {
-    /// A writer committing to `tables` of `db`.
-    pub(super) fn new(db: Database, tables: Tables, shared: Arc<Shared>, max_bytes: u64) -> Writer {
+    /// A writer committing to `tables` of `db`, gathering writes for `commit_delay` before each commit.
+    pub(super) fn new(
+        db: Database,
+        tables: Tables,
+        shared: Arc<Shared>,
+        max_bytes: u64,
+        commit_delay: Duration,
+    ) -> Writer {
         Writer {
             db,
             tables,
             shared,
             max_bytes,
+            commit_delay,
             last_disk_check: None,
         }
     }
@@ -100,6 +109,12 @@ impl Writer {
                     self.check_disk();
                     continue;
                 }
+                if !self.commit_delay.is_zero() && !q.closing {
+                    // Writes gather: a message acknowledged meanwhile cancels its own write in the batch.
+                    drop(q);
+                    std::thread::sleep(self.commit_delay);
+                    q = self.shared.queue.lock();
+                }
                 let n = q.ops.len().min(MAX_BATCH);
                 let first = q.submitted - q.ops.len() as u64 + 1;
                 let ops: Vec<Op> = q.ops.drain(..n).collect();
@@ -113,10 +128,11 @@ impl Writer {
             let started = Instant::now();
             let n = ops.len();
             match self.commit(ops) {
-                Ok(()) => {
+                Ok(writes) => {
                     histogram!(STORE_COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
                     counter!(STORE_COMMITS).increment(1);
                     counter!(STORE_OPS).increment(n as u64);
+                    counter!(STORE_WRITES).increment(writes as u64);
                     self.shared.committed.store(last_ticket, Ordering::Release);
                 }
                 Err(e) => {
@@ -133,8 +149,8 @@ impl Writer {
         }
     }
 
-    /// Coalesces `ops` per key and commits them as one durable batch.
-    fn commit(&self, ops: Vec<Op>) -> Result<(), fjall::Error> {
+    /// Coalesces `ops` per key and commits them as one durable batch; returns how many keys it wrote or deleted.
+    fn commit(&self, ops: Vec<Op>) -> Result<usize, fjall::Error> {
         let mut sessions: HashMap<Vec<u8>, Pending, Hasher> =
             HashMap::with_capacity_and_hasher(ops.len(), Hasher::default());
         let mut retained: HashMap<Vec<u8>, Option<BytesMut>, Hasher> = HashMap::default();
@@ -200,7 +216,9 @@ impl Writer {
                 None => batch.remove(&self.tables.retained, key),
             }
         }
-        batch.commit()
+        let writes = batch.len();
+        batch.commit()?;
+        Ok(writes)
     }
 
     /// Measures the disk the store uses (at most every [`DISK_CHECK_EVERY`]) and sets or clears `full`.

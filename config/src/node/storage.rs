@@ -6,20 +6,29 @@
 //! mode = "disk"               # "memory" (default) | "disk"
 //! path = "/var/lib/fleetgate" # the store's directory (relative: to the config file's directory)
 //! max_bytes = "8GiB"          # disk the store may use; beyond it QoS 1/2 publishes are refused (0x97)
+//! commit_delay = "1ms"        # how long writes gather before a commit (what is acknowledged meanwhile is not written)
 //! ```
 
 use std::path::{Path, PathBuf};
+
+use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
 
 use crate::bytesize::ByteSize;
+use crate::duration::ConfigDuration;
 
 /// Default disk the store may take: far above a fleet's queued messages (a million 500-byte messages take
 /// ~350 MB), far below a typical volume.
 pub(crate) const DEFAULT_STORE_MAX_BYTES: u64 = 8 << 30;
 /// Smallest accepted `max_bytes`: the store's own files (journal, tables) take a few MiB empty.
 pub(crate) const MIN_STORE_MAX_BYTES: u64 = 64 << 20;
+/// Default time writes gather before a commit: a message queued for a connected subscriber and acknowledged by it
+/// within it is never written, and the acknowledgements it delays by that much are still far below a network's.
+pub(crate) const DEFAULT_COMMIT_DELAY: Duration = Duration::from_millis(1);
+/// Largest accepted `commit_delay`: every acknowledgement waits for it.
+pub(crate) const MAX_COMMIT_DELAY: Duration = Duration::from_millis(100);
 
 /// Raw `[storage]` table.
 #[derive(Debug, Deserialize)]
@@ -31,6 +40,8 @@ pub(crate) struct StorageFile {
     pub(crate) path: Option<Spanned<String>>,
     /// Disk the store may use.
     pub(crate) max_bytes: Option<Spanned<ByteSize>>,
+    /// How long writes gather before a commit.
+    pub(crate) commit_delay: Option<Spanned<ConfigDuration>>,
 }
 
 /// Where sessions and retained messages are kept.
@@ -46,6 +57,8 @@ pub enum StorageMode {
         path: PathBuf,
         /// Disk the store may use.
         max_bytes: u64,
+        /// How long writes gather before a commit.
+        commit_delay: Duration,
     },
 }
 
@@ -68,6 +81,17 @@ pub(crate) fn validate_storage(
             DEFAULT_STORE_MAX_BYTES
         }
         Some(v) => v.get_ref().get() as u64,
+    };
+    let commit_delay = match &raw.commit_delay {
+        None => DEFAULT_COMMIT_DELAY,
+        Some(d) if d.get_ref().get() > MAX_COMMIT_DELAY => {
+            problem(
+                d.span(),
+                "commit_delay must be at most 100ms (every acknowledgement waits for it)".into(),
+            );
+            DEFAULT_COMMIT_DELAY
+        }
+        Some(d) => d.get_ref().get(),
     };
     let mode = raw.mode.as_ref().map_or("memory", |m| m.get_ref().as_str());
     match mode {
@@ -94,6 +118,7 @@ pub(crate) fn validate_storage(
             StorageMode::Disk {
                 path: base.join(path.get_ref()),
                 max_bytes,
+                commit_delay,
             }
         }
         other => {
@@ -131,13 +156,16 @@ mod tests {
 
     #[test]
     fn disk_paths_are_relative_to_the_config_file() {
-        let c =
-            parse("[storage]\nmode = \"disk\"\npath = \"data\"\nmax_bytes = \"1GiB\"\n").unwrap();
+        let c = parse(
+            "[storage]\nmode = \"disk\"\npath = \"data\"\nmax_bytes = \"1GiB\"\ncommit_delay = \"2ms\"\n",
+        )
+        .unwrap();
         assert_eq!(
             c.storage,
             StorageMode::Disk {
                 path: "/etc/fleetgate/data".into(),
-                max_bytes: 1 << 30
+                max_bytes: 1 << 30,
+                commit_delay: std::time::Duration::from_millis(2),
             }
         );
     }
@@ -156,5 +184,11 @@ mod tests {
         assert!(e.contains("at least 64MiB"), "{e}");
         let e = parse("[storage]\npath = \"d\"\n").unwrap_err();
         assert!(e.contains("only used with mode"), "{e}");
+        let e =
+            parse("[storage]\nmode = \"disk\"\npath = \"d\"\ncommit_delay = \"1s\"\n").unwrap_err();
+        assert!(e.contains("at most 100ms"), "{e}");
+        let e =
+            parse("[storage]\nmode = \"disk\"\npath = \"d\"\ncommit_delay = \"1s\"\n").unwrap_err();
+        assert!(e.contains("at most 100ms"), "{e}");
     }
 }

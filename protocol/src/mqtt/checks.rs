@@ -43,7 +43,9 @@ pub(crate) enum VarInt {
     Done(u32, usize),
 }
 
-/// Reads a Variable Byte Integer; a 4th byte with the continuation bit is `Malformed`.
+/// Reads a Variable Byte Integer; a 4th byte with the continuation bit is `Malformed`, and so is a value written
+/// in more bytes than it needs (MQTT 5 §1.5.5, 3.1.1 §2.2.3: "the minimum number of bytes"), e.g. `0x80 0x00`
+/// for 0: such an encoding ends in a zero byte after a continuation byte.
 pub(crate) fn read_varint(buf: &[u8]) -> Result<VarInt, CodecError> {
     let mut value: u32 = 0;
     for i in 0..MAX_VARINT_BYTES {
@@ -52,6 +54,9 @@ pub(crate) fn read_varint(buf: &[u8]) -> Result<VarInt, CodecError> {
         };
         value |= u32::from(b & 0x7F) << (7 * i);
         if b & 0x80 == 0 {
+            if i > 0 && b == 0 {
+                return Err(CodecError::Malformed);
+            }
             return Ok(VarInt::Done(value, i + 1));
         }
     }

@@ -45,6 +45,25 @@ fn connect_cases() -> Vec<(&'static str, Vec<u8>, CodecError)> {
             CodecError::Malformed,
         ),
         (
+            "remaining length 0 in two bytes",
+            vec![0x10, 0x80, 0x00],
+            CodecError::Malformed,
+        ),
+        (
+            "connect remaining length in more bytes than needed",
+            {
+                let b = connect_raw(b"MQTT", 4, 0x02, &cid);
+                assert!(b[1] < 0x80);
+                cat(&[&[0x10, 0x80 | b[1], 0x80, 0x00], &b[2..]])
+            },
+            CodecError::Malformed,
+        ),
+        (
+            "v5 connect property length in more bytes than needed",
+            v5(0x02, &[0x80, 0x00], &cid),
+            CodecError::Malformed,
+        ),
+        (
             "connect fixed header flags",
             {
                 let mut b = connect_raw(b"MQTT", 4, 0x02, &cid);
@@ -291,6 +310,42 @@ fn packet_cases() -> Vec<(&'static str, &'static [ProtocolLevel], Vec<u8>, Codec
             "remaining length 5 bytes",
             ALL,
             vec![0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01],
+            CodecError::Malformed,
+        ),
+        (
+            "pingreq remaining length 0 in two bytes",
+            ALL,
+            vec![0xC0, 0x80, 0x00],
+            CodecError::Malformed,
+        ),
+        (
+            "publish remaining length in more bytes than needed",
+            ALL,
+            {
+                let b = pub3(0x30, b"t", b"x");
+                cat(&[&[0x30, 0x80 | b[1], 0x00], &b[2..]])
+            },
+            CodecError::Malformed,
+        ),
+        (
+            "v5 publish property length in more bytes than needed",
+            ONLY5,
+            pub5(0x30, b"t", &[], &[0x80, 0x00]),
+            CodecError::Malformed,
+        ),
+        (
+            "v5 property identifier in more bytes than needed",
+            ONLY5,
+            pub5(0x30, b"t", &[], &[3, 0x81, 0x00, 1]),
+            CodecError::Malformed,
+        ),
+        (
+            "v5 subscription identifier in more bytes than needed",
+            ONLY5,
+            frame(
+                0x82,
+                &cat(&[&[0, 1], &[3, 0x0B, 0x81, 0x00], &s(b"a"), &[1]]),
+            ),
             CodecError::Malformed,
         ),
         (

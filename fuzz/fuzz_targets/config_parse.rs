@@ -20,7 +20,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let file = Path::new("/etc/fleetgate/fuzz.toml");
-    let syntax_error = text.parse::<toml::Table>().is_err();
+    let syntax_error = toml::from_str::<toml::Table>(text).is_err();
     let errors = [
         NodeConfig::parse(file, text).err(),
         LbConfig::parse(file, text).err(),
@@ -35,16 +35,25 @@ fuzz_target!(|data: &[u8]| {
 });
 
 fn check_located(e: &ConfigError, file: &Path, text: &str, syntax_error: bool, loader: &str) {
-    assert!(!e.problems.is_empty(), "{loader}: an error without a problem");
+    assert!(
+        !e.problems.is_empty(),
+        "{loader}: an error without a problem"
+    );
     let lines: Vec<&str> = text.split('\n').collect();
     let shown = e.to_string();
     for p in &e.problems {
         assert_eq!(p.file, file, "{loader}: {p}");
         assert!(!p.message.trim().is_empty(), "{loader}: {p:?}");
-        assert!(shown.contains(&p.message), "{loader}: {p:?} not in {shown:?}");
+        assert!(
+            shown.contains(&p.message),
+            "{loader}: {p:?} not in {shown:?}"
+        );
         if p.line == 0 {
             assert_eq!(p.column, 0, "{loader}: {p:?}");
-            assert!(!syntax_error, "{loader}: a syntax error without a line: {p}");
+            assert!(
+                !syntax_error,
+                "{loader}: a syntax error without a line: {p}"
+            );
             continue;
         }
         let line = lines

@@ -26,7 +26,11 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(bytes[0], 0x10);
         assert_eq!(peek_connect(&bytes[..len], max_len), peeked);
         for end in prefix_ends(len) {
-            assert_eq!(peek_connect(&bytes[..end], max_len), Ok(None), "prefix {end}");
+            assert_eq!(
+                peek_connect(&bytes[..end], max_len),
+                Ok(None),
+                "prefix {end}"
+            );
         }
     }
     if bytes.first() == Some(&0x10) && non_minimal_length(&bytes[1..]) {

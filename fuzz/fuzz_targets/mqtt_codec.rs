@@ -56,8 +56,14 @@ fuzz_target!(|data: &[u8]| {
     if *read_size > 0 {
         let mut chunked = side.codec();
         let by_reads = decode_in_reads(&mut chunked, stream, usize::from(*read_size));
-        assert_eq!(by_reads.0, packets, "{side:?}: packets differ when read in pieces");
-        assert_eq!(by_reads.1, end, "{side:?}: the end differs when read in pieces");
+        assert_eq!(
+            by_reads.0, packets,
+            "{side:?}: packets differ when read in pieces"
+        );
+        assert_eq!(
+            by_reads.1, end,
+            "{side:?}: the end differs when read in pieces"
+        );
     }
     for (packet, frame) in packets.into_iter().take(ROUND_TRIPS) {
         let level = match side {

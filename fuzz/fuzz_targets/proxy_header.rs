@@ -50,7 +50,11 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(consumed, 16 + announced, "v2 header read past its length");
     } else {
         assert!(header.ends_with(b"\r\n"), "v1 line {header:?}");
-        assert_eq!(header.iter().filter(|&&b| b == b'\n').count(), 1, "{header:?}");
+        assert_eq!(
+            header.iter().filter(|&&b| b == b'\n').count(),
+            1,
+            "{header:?}"
+        );
     }
 
     // LOCAL, or PROXY with no address the LB could write (AF_UNSPEC, AF_UNIX, v1 UNKNOWN).
@@ -60,9 +64,15 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(conn.command, ProxyCommand::Proxy);
     let crc32c = mode & 1 == 1;
     let once = reread(&conn, crc32c);
-    assert_eq!((once.source, once.destination), (Some(source), Some(destination)));
+    assert_eq!(
+        (once.source, once.destination),
+        (Some(source), Some(destination))
+    );
     let twice = reread(&once, crc32c);
-    assert_eq!(twice, once, "a header the LB wrote does not read back as itself");
+    assert_eq!(
+        twice, once,
+        "a header the LB wrote does not read back as itself"
+    );
 });
 
 /// Reads one header off `stream` in reads of at most `read_size` bytes; the result and the bytes consumed.
@@ -75,7 +85,10 @@ fn read(stream: &[u8], read_size: usize) -> (Result<ProxiedConnection, ProxyErro
         pos: 0,
         read_size,
     };
-    let result = RUNTIME.with(|rt| rt.borrow().block_on(read_header(&mut reader, peer, &policy)));
+    let result = RUNTIME.with(|rt| {
+        rt.borrow()
+            .block_on(read_header(&mut reader, peer, &policy))
+    });
     (result, reader.pos)
 }
 

@@ -52,12 +52,19 @@ fuzz_target!(|data: &[u8]| {
 /// The broker's validators and matcher against the reference.
 fn broker_side(topic: &str, filter: &str) {
     let name_ok = valid_name(topic) && within_broker_limits(topic);
-    assert_eq!(topic::validate_topic_name(topic).is_ok(), name_ok, "name {topic:?}");
+    assert_eq!(
+        topic::validate_topic_name(topic).is_ok(),
+        name_ok,
+        "name {topic:?}"
+    );
     let (plain, filter_ok) = match filter.strip_prefix("$share/") {
         Some(rest) => match rest.split_once('/') {
             Some((group, inner)) => {
                 let group_ok = !group.is_empty() && !group.contains(['+', '#']);
-                (inner, group_ok && valid_filter(inner) && within_broker_limits(filter))
+                (
+                    inner,
+                    group_ok && valid_filter(inner) && within_broker_limits(filter),
+                )
             }
             None => (rest, false),
         },
@@ -83,7 +90,11 @@ fn acl_side(actions: u8, accesses: u8, topic: &str, filter: &str, rule_topics: &
     let mut rules = Vec::new();
     for (i, text) in rule_topics.iter().enumerate() {
         let parsed = TopicTemplate::parse(text);
-        assert_eq!(parsed.is_ok(), valid_filter(text) && text.len() <= MAX_LEN, "{text:?}");
+        assert_eq!(
+            parsed.is_ok(),
+            valid_filter(text) && text.len() <= MAX_LEN,
+            "{text:?}"
+        );
         let Ok(template) = parsed else {
             return;
         };
@@ -108,13 +119,22 @@ fn acl_side(actions: u8, accesses: u8, topic: &str, filter: &str, rule_topics: &
         client_id: "fuzz".into(),
         method: AuthMethod::Anonymous,
     };
-    let acl = bind_acl(AclConfig { rules: rules.clone() }, &principal);
+    let acl = bind_acl(
+        AclConfig {
+            rules: rules.clone(),
+        },
+        &principal,
+    );
 
     let publishable = valid_name(topic) && topic.len() <= MAX_LEN;
     let expected = first_match(&rules, Access::Publish, |rule_filter, _| {
         publishable && matches(rule_filter, topic)
     });
-    assert_eq!(acl.check_publish(topic), expected, "publish {topic:?} under {rule_topics:?}");
+    assert_eq!(
+        acl.check_publish(topic),
+        expected,
+        "publish {topic:?} under {rule_topics:?}"
+    );
 
     if !(valid_filter(filter) && filter.len() <= MAX_LEN) {
         let denied = AclDecision::Deny { rule_index: None };
@@ -125,10 +145,14 @@ fn acl_side(actions: u8, accesses: u8, topic: &str, filter: &str, rule_topics: &
     if deep(filter) || rule_topics.iter().any(|t| deep(t)) {
         return;
     }
-    let expected = first_match(&rules, Access::Subscribe, |rule_filter, action| match action {
-        Action::Allow => covers(rule_filter, filter),
-        Action::Deny => intersects(rule_filter, filter),
-    });
+    let expected = first_match(
+        &rules,
+        Access::Subscribe,
+        |rule_filter, action| match action {
+            Action::Allow => covers(rule_filter, filter),
+            Action::Deny => intersects(rule_filter, filter),
+        },
+    );
     assert_eq!(
         acl.check_subscribe(filter),
         expected,
@@ -171,7 +195,8 @@ fn valid_filter(f: &str) -> bool {
     !f.is_empty()
         && !f.contains('\0')
         && levels.iter().enumerate().all(|(i, l)| {
-            (!l.contains('+') || *l == "+") && (!l.contains('#') || (*l == "#" && i == levels.len() - 1))
+            (!l.contains('+') || *l == "+")
+                && (!l.contains('#') || (*l == "#" && i == levels.len() - 1))
         })
 }
 
@@ -201,12 +226,16 @@ fn matches(f: &str, t: &str) -> bool {
 
 /// Every topic matched by `b` is matched by `a`: no witness among [`witnesses`].
 fn covers(a: &str, b: &str) -> bool {
-    witnesses(a, b).iter().all(|t| !matches(b, t) || matches(a, t))
+    witnesses(a, b)
+        .iter()
+        .all(|t| !matches(b, t) || matches(a, t))
 }
 
 /// Some topic is matched by both: a witness among [`witnesses`].
 fn intersects(a: &str, b: &str) -> bool {
-    witnesses(a, b).iter().any(|t| matches(a, t) && matches(b, t))
+    witnesses(a, b)
+        .iter()
+        .any(|t| matches(a, t) && matches(b, t))
 }
 
 /// Every topic up to one level deeper than the deeper filter whose level i is `a`'s literal at i, `b`'s literal

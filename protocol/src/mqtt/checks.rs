@@ -114,6 +114,11 @@ pub(crate) fn check_fixed_header(
     if must_be_empty && remaining != 0 {
         return Err(CodecError::InvalidLength);
     }
+    // MQTT 3 CONNACK and UNSUBACK are exactly 2 bytes long (3.1.1 §3.2.1, §3.11.1); rmqtt reads their two
+    // fields and ignores whatever follows.
+    if !v5 && matches!(kind, ptype::CONNACK | ptype::UNSUBACK) && remaining != 2 {
+        return Err(CodecError::InvalidLength);
+    }
     Ok(())
 }
 

@@ -850,6 +850,33 @@ fn malformed_packets_are_rejected() {
     }
 }
 
+/// Found by the `mqtt_codec` fuzz target: a client's 3.1.1 codec took a CONNACK with 7 bytes after its two
+/// fields as a CONNACK, and re-encoded it in 4 bytes.
+#[test]
+fn client_rejects_v3_connack_and_unsuback_of_another_length() {
+    for level in [ProtocolLevel::V31, ProtocolLevel::V311] {
+        for bytes in [
+            &[0x20, 9, 0, 0, 80, 158, 0, 1, 112, 2, 0][..],
+            &[0x20, 3, 0, 0, 0],
+            &[0x20, 1, 0],
+            &[0xB0, 3, 0, 1, 0],
+            &[0xB0, 1, 0],
+        ] {
+            let mut codec = Codec::client(level, TEST_MAX);
+            assert_eq!(
+                decode_all(&mut codec, bytes),
+                Err(CodecError::InvalidLength),
+                "{bytes:?} ({level})"
+            );
+        }
+        let ok = decode_all(
+            &mut Codec::client(level, TEST_MAX),
+            &[0x20, 2, 0, 0, 0xB0, 2, 0, 1],
+        );
+        assert_eq!(ok.map(|p| p.len()), Ok(2), "{level}");
+    }
+}
+
 #[test]
 fn every_error_has_a_reason_and_a_code() {
     let mut seen = std::collections::HashSet::new();

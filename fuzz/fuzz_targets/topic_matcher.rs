@@ -57,18 +57,17 @@ fn broker_side(topic: &str, filter: &str) {
         name_ok,
         "name {topic:?}"
     );
+    // `$share/{group}/{filter}`: a group without wildcards, then a filter; the limits count the whole string.
+    let whole_ok = !filter.contains('\0') && within_broker_limits(filter);
     let (plain, filter_ok) = match filter.strip_prefix("$share/") {
         Some(rest) => match rest.split_once('/') {
             Some((group, inner)) => {
                 let group_ok = !group.is_empty() && !group.contains(['+', '#']);
-                (
-                    inner,
-                    group_ok && valid_filter(inner) && within_broker_limits(filter),
-                )
+                (inner, whole_ok && group_ok && valid_filter(inner))
             }
             None => (rest, false),
         },
-        None => (filter, valid_filter(filter) && within_broker_limits(filter)),
+        None => (filter, whole_ok && valid_filter(filter)),
     };
     assert_eq!(
         topic::validate_topic_filter(filter).is_ok(),
@@ -210,6 +209,11 @@ fn within_broker_limits(s: &str) -> bool {
 fn matches(f: &str, t: &str) -> bool {
     let f: Vec<&str> = f.split('/').collect();
     let t: Vec<&str> = t.split('/').collect();
+    matches_levels(&f, &t)
+}
+
+/// [`matches`] on levels.
+fn matches_levels(f: &[&str], t: &[&str]) -> bool {
     if t[0].starts_with('$') && (f[0] == "+" || f[0] == "#") {
         return false;
     }
@@ -224,53 +228,59 @@ fn matches(f: &str, t: &str) -> bool {
     f.len() == t.len()
 }
 
-/// Every topic matched by `b` is matched by `a`: no witness among [`witnesses`].
+/// Every topic matched by `b` is matched by `a`: no counterexample among the [`witnesses`].
 fn covers(a: &str, b: &str) -> bool {
-    witnesses(a, b)
-        .iter()
-        .all(|t| !matches(b, t) || matches(a, t))
+    let (a, b) = (levels(a), levels(b));
+    !witnesses(&a, &b, |t| matches_levels(&b, t) && !matches_levels(&a, t))
 }
 
-/// Some topic is matched by both: a witness among [`witnesses`].
+/// Some topic is matched by both: one among the [`witnesses`].
 fn intersects(a: &str, b: &str) -> bool {
-    witnesses(a, b)
-        .iter()
-        .any(|t| matches(a, t) && matches(b, t))
+    let (a, b) = (levels(a), levels(b));
+    witnesses(&a, &b, |t| matches_levels(&a, t) && matches_levels(&b, t))
 }
 
-/// Every topic up to one level deeper than the deeper filter whose level i is `a`'s literal at i, `b`'s literal
-/// at i, or a fresh value equal to neither. That is enough: at one level, two filters tell apart only their own
-/// literals and "anything else" (a fresh value stands for all of those; a `$` value no filter names is matched
-/// by neither, so it never decides), and past both filters' depth every deeper topic fares as the first one
-/// does.
-fn witnesses(a: &str, b: &str) -> Vec<String> {
-    let a: Vec<&str> = a.split('/').collect();
-    let b: Vec<&str> = b.split('/').collect();
+fn levels(f: &str) -> Vec<&str> {
+    f.split('/').collect()
+}
+
+/// True when `found` holds for a topic up to one level deeper than the deeper filter whose level i is `a`'s
+/// literal at i, `b`'s literal at i, or a fresh value equal to neither. That is enough: at one level, two
+/// filters tell apart only their own literals and "anything else" (a fresh value stands for all of those; a `$`
+/// value no filter names is matched by neither, so it never decides), and past both filters' depth every
+/// deeper topic fares as the first one does.
+fn witnesses(a: &[&str], b: &[&str], found: impl Fn(&[&str]) -> bool) -> bool {
     let depth = a.len().max(b.len()) + 1;
-    let longest = a.iter().chain(&b).map(|l| l.len()).max().unwrap_or(0);
+    let longest = a.iter().chain(b).map(|l| l.len()).max().unwrap_or(0);
     let fresh = "z".repeat(longest + 1);
-    let mut out = Vec::new();
-    let mut current: Vec<String> = vec![String::new()];
-    for i in 0..depth {
-        let mut choices: Vec<&str> = vec![&fresh];
-        for f in [&a, &b] {
-            if let Some(l) = f.get(i).filter(|l| **l != "+" && **l != "#") {
-                choices.push(l);
+    let choices: Vec<Vec<&str>> = (0..depth)
+        .map(|i| {
+            let mut c = vec![fresh.as_str()];
+            for f in [a, b] {
+                if let Some(l) = f.get(i).filter(|l| **l != "+" && **l != "#") {
+                    c.push(l);
+                }
             }
+            c
+        })
+        .collect();
+    // Every topic of 1..=depth levels, as an odometer over the choices.
+    let mut topic: Vec<&str> = Vec::with_capacity(depth);
+    let mut picks = vec![0usize; depth];
+    for len in 1..=depth {
+        picks[..len].fill(0);
+        loop {
+            topic.clear();
+            topic.extend((0..len).map(|i| choices[i][picks[i]]));
+            if found(&topic) {
+                return true;
+            }
+            let Some(i) = (0..len).rev().find(|&i| picks[i] + 1 < choices[i].len()) else {
+                break;
+            };
+            picks[i] += 1;
+            picks[i + 1..len].fill(0);
         }
-        current = current
-            .iter()
-            .flat_map(|prefix| {
-                choices.iter().map(move |c| {
-                    if i == 0 {
-                        (*c).to_string()
-                    } else {
-                        format!("{prefix}/{c}")
-                    }
-                })
-            })
-            .collect();
-        out.extend(current.iter().cloned());
     }
-    out
+    false
 }

@@ -85,10 +85,13 @@ pub(crate) fn check_fixed_header(
         kind,
         ptype::CONNECT | ptype::SUBSCRIBE | ptype::UNSUBSCRIBE | ptype::PINGREQ
     );
+    // MQTT 3 has no DISCONNECT from the server (our encoder writes none): a client never takes one.
+    let v3_server_disconnect = role == Role::Client && kind == ptype::DISCONNECT && !v5;
     match (role, server_to_client, client_to_server) {
         (Role::Server, true, _) | (Role::Client, _, true) => {
             return Err(CodecError::UnexpectedPacket);
         }
+        _ if v3_server_disconnect => return Err(CodecError::UnexpectedPacket),
         _ => {}
     }
     match kind {

@@ -853,7 +853,7 @@ fn malformed_packets_are_rejected() {
 /// Found by the `mqtt_codec` fuzz target: a client's 3.1.1 codec took a CONNACK with 7 bytes after its two
 /// fields as a CONNACK, and re-encoded it in 4 bytes.
 #[test]
-fn client_rejects_v3_connack_and_unsuback_of_another_length() {
+fn client_rejects_v3_packets_a_server_cannot_send() {
     for level in [ProtocolLevel::V31, ProtocolLevel::V311] {
         for bytes in [
             &[0x20, 9, 0, 0, 80, 158, 0, 1, 112, 2, 0][..],
@@ -874,7 +874,20 @@ fn client_rejects_v3_connack_and_unsuback_of_another_length() {
             &[0x20, 2, 0, 0, 0xB0, 2, 0, 1],
         );
         assert_eq!(ok.map(|p| p.len()), Ok(2), "{level}");
+        // Also found by it: MQTT 3 has no DISCONNECT from the server (the encoder writes none), so a client
+        // refuses one instead of decoding a packet that cannot round-trip.
+        let mut codec = Codec::client(level, TEST_MAX);
+        assert_eq!(
+            decode_all(&mut codec, &[0xE0, 0]),
+            Err(CodecError::UnexpectedPacket),
+            "{level}"
+        );
     }
+    let v5 = decode_all(&mut Codec::client(ProtocolLevel::V5, TEST_MAX), &[0xE0, 0]);
+    assert!(
+        matches!(v5.as_deref(), Ok([Packet::Disconnect(_)])),
+        "{v5:?}"
+    );
 }
 
 #[test]

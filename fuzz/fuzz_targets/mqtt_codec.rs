@@ -66,10 +66,17 @@ fuzz_target!(|data: &[u8]| {
         );
     }
     for (packet, frame) in packets.into_iter().take(ROUND_TRIPS) {
-        let level = match side {
-            Side::Server(level) | Side::Client(level) => level,
+        let level = match (side, &packet) {
+            // A second CONNECT (which the broker refuses) is read at the connection's level whatever it
+            // announces: it round-trips at its own level, as a first one, or not at all when a fresh codec
+            // would not read it as the same packet.
+            (Side::Server(_), Packet::Connect(_)) => match first_connect_level(&frame, &packet) {
+                Some(level) => level,
+                None => continue,
+            },
+            (Side::Server(level) | Side::Client(level), _) => level,
             // The level the fresh codec learned from the CONNECT (every packet after it is at that level).
-            Side::FreshServer => codec.protocol_level().expect("a CONNECT was decoded"),
+            (Side::FreshServer, _) => codec.protocol_level().expect("a CONNECT was decoded"),
         };
         round_trip(side, level, packet, &frame);
     }
@@ -150,6 +157,16 @@ fn decode_in_reads(
         }
     }
     (out, Ok(()))
+}
+
+/// The level a fresh broker codec learns from `frame`, when it reads it as `packet`.
+fn first_connect_level(frame: &[u8], packet: &Packet) -> Option<ProtocolLevel> {
+    let mut codec = Codec::new(MAX_PACKET);
+    let mut buf = BytesMut::from(frame);
+    match codec.decode(&mut buf) {
+        Ok(Some(p)) if p == *packet && buf.is_empty() => codec.protocol_level(),
+        _ => None,
+    }
 }
 
 /// A broker's codec past a minimal CONNECT at `level`.

@@ -187,7 +187,15 @@ pub(crate) fn check_body(
                 }
             }
         }
-        // CONNACK, SUBACK, UNSUBACK (client role) and the empty packets: rmqtt's checks suffice.
+        // [MQTT-3.2.2-4], [MQTT-3.2.2-6]: a refusal never says "session present" (our encoder clears it).
+        ptype::CONNACK => {
+            let (flags, code) = (r.u8()?, r.u8()?);
+            if flags & 0x01 != 0 && code != 0 {
+                return Err(CodecError::Malformed);
+            }
+            return Ok(());
+        }
+        // SUBACK, UNSUBACK (client role) and the empty packets: rmqtt's checks suffice.
         _ => return Ok(()),
     }
     if r.has_remaining() {

@@ -187,10 +187,11 @@ pub(crate) fn check_body(
                 }
             }
         }
-        // [MQTT-3.2.2-4], [MQTT-3.2.2-6]: a refusal never says "session present" (our encoder clears it).
+        // [MQTT-3.2.2-4], [MQTT-3.2.2-6]: a refusal never says "session present" (our encoder clears it); MQTT 3
+        // return codes above 5 are reserved (rmqtt would read them all as one "reserved" code).
         ptype::CONNACK => {
             let (flags, code) = (r.u8()?, r.u8()?);
-            if flags & 0x01 != 0 && code != 0 {
+            if (flags & 0x01 != 0 && code != 0) || (!v5 && code > 5) {
                 return Err(CodecError::Malformed);
             }
             return Ok(());

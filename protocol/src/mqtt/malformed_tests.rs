@@ -888,10 +888,13 @@ fn client_rejects_v3_packets_a_server_cannot_send() {
         matches!(v5.as_deref(), Ok([Packet::Disconnect(_)])),
         "{v5:?}"
     );
-    // And: a refusing CONNACK that says "session present" [MQTT-3.2.2-4], [MQTT-3.2.2-6].
+    // And: a refusing CONNACK that says "session present" [MQTT-3.2.2-4], [MQTT-3.2.2-6]; a reserved MQTT 3
+    // return code.
     for (level, bytes) in [
         (ProtocolLevel::V31, &[0x20, 2, 1, 4][..]),
         (ProtocolLevel::V311, &[0x20, 2, 1, 5]),
+        (ProtocolLevel::V31, &[0x20, 2, 0, 6]),
+        (ProtocolLevel::V311, &[0x20, 2, 0, 0xFF]),
         (ProtocolLevel::V5, &[0x20, 3, 1, 0x86, 0]),
     ] {
         let mut codec = Codec::client(level, TEST_MAX);
@@ -902,6 +905,9 @@ fn client_rejects_v3_packets_a_server_cannot_send() {
         );
         let mut accepted = bytes.to_vec();
         accepted[2] = 0;
+        if !level.is_v5() {
+            accepted[3] = accepted[3].min(5);
+        }
         let ok = decode_all(&mut Codec::client(level, TEST_MAX), &accepted);
         assert!(
             matches!(ok.as_deref(), Ok([Packet::ConnectAck(_)])),

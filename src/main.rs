@@ -189,18 +189,25 @@ async fn run_lb(
 /// `fleetgate check FILE`: `FILE: ok (node config)` on stdout, or every problem on stderr and exit code 64. The
 /// config crate validates the file, whatever its kind (a file with neither a `[node]` nor an `[lb]` table is tried
 /// as an ACL file); for a node config with `[auth]`, the auth crate then reads the password and ACL files it names,
-/// as the node would at start-up.
+/// as the node would at start-up. A valid node config's warnings (`file: warning: ...`) go to stderr; they do not
+/// change the exit code.
 fn check(file: &Path) -> ExitCode {
     let checked = fleetgate_config::check::check(file).and_then(|config| {
+        let mut warnings = Vec::new();
         if let fleetgate_config::check::AnyConfig::Node(node) = &config
             && let Some(auth) = &node.auth
         {
-            fleetgate_auth::AuthSnapshot::load(auth)?;
+            let snapshot = fleetgate_auth::AuthSnapshot::load(auth)?;
+            let users = snapshot.password_users();
+            warnings = fleetgate_config::check::node_warnings(file, node, &users)?;
         }
-        Ok(config.kind().describe())
+        Ok((config.kind().describe(), warnings))
     });
     match checked {
-        Ok(kind) => {
+        Ok((kind, warnings)) => {
+            for warning in &warnings {
+                eprintln!("{warning}");
+            }
             println!("{}: ok ({kind})", file.display());
             ExitCode::SUCCESS
         }

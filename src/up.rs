@@ -212,6 +212,13 @@ struct ClusterTls<'a> {
 /// must work with a bare `mosquitto_pub`); a client certificate verified by the LB is still carried as the
 /// principal's CN, and the ACL is the crate's default without a file: every topic except `$` topics. A
 /// production node lists policies (`certificate`, `client_id_from_cert`, `password`) and an `acl_file` instead.
+///
+/// PROXY trust: the nodes trust PROXY headers from `127.0.0.1`, the address the LB's connections come from — and
+/// so does every local user's connection: anyone on this machine can send a node a header claiming any client
+/// address and certificate. Harmless here (everyone is admitted anonymously and the ACL allows every topic, so a
+/// forged identity gains nothing), but an `up` node must not be given certificate policies on a shared machine.
+/// Giving the dev LB a loopback source address of its own (127.0.0.2) to trust instead needs an LB option to bind
+/// its backend connections' source, which the LB does not have yet.
 fn node_config(
     name: &str,
     port: u16,
@@ -243,6 +250,8 @@ fn node_config(
          [cluster.tls]\ncert = {}\nkey = {}\nca = {}\n\n\
          # Development: every client admitted (a verified certificate CN is still recorded); production\n\
          # nodes list policies (certificate, client_id_from_cert, password) and an acl_file.\n\
+         # PROXY headers are trusted from 127.0.0.1, where any local user can send one: with anonymous\n\
+         # access that gains nothing, so keep it that way on a shared machine.\n\
          [auth]\nanonymous = true\n",
         quote(name),
         peers.join(", "),
@@ -402,6 +411,14 @@ mod tests {
             assert_eq!(tls.ca, cluster_pki.ca);
             assert_eq!(cluster.peers[0].addr, "127.0.0.1:7000".parse().unwrap());
             assert_eq!(config.listeners[0].bind.port(), port);
+            // Behind the LB, PROXY headers are trusted from the LB's address alone (see `node_config`).
+            let trusted: Vec<String> = config.listeners[0]
+                .trusted_proxies
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            let expected: &[&str] = if behind_lb { &["127.0.0.1/32"] } else { &[] };
+            assert_eq!(trusted, expected);
             let auth = config.auth.as_ref().expect("an [auth] section");
             assert!(auth.default_policy.anonymous);
         }

@@ -11,15 +11,15 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use common::BIN;
+use common::{BIN, passwd, tls_lb};
 use fleetgate_protocol::proxy::PeerIdentity;
-use fleetgate_testkit::clients::{self, CmdOutput, mosquitto_pub};
+use fleetgate_testkit::clients::mosquitto_pub;
 use fleetgate_testkit::proxy::{proxy_v2_verify_zero_without_cert, proxy_v2_with_identity};
 use fleetgate_testkit::raw::Connect;
 use fleetgate_testkit::rumqttc_client::{Events, v3_client, v3_publish, v3_suback};
 use fleetgate_testkit::{
-    LbProcess, MqttVersion, Node, Pki, Poll, RawClient, Signal, WAIT, assert_no_secrets, bounded,
-    eventually, scratch_dir,
+    MqttVersion, Node, Pki, Poll, RawClient, Signal, WAIT, assert_no_secrets, bounded, eventually,
+    scratch_dir,
 };
 
 /// Bound on each whole test.
@@ -49,23 +49,6 @@ fn write(dir: &Path, name: &str, text: &str) {
     std::fs::write(dir.join(name), text).expect("write a test file");
 }
 
-/// A `fleetgate lb` with one TLS listener (`mqtts`, `client_auth` `"optional"` or `"required"`, trusting `pki`'s
-/// CA) in front of one backend that gets PROXY v2.
-async fn tls_lb(pki: &Pki, client_auth: &str, backend: SocketAddr) -> LbProcess {
-    let server = pki.server();
-    let config = format!(
-        "[lb]\nname = \"lb-auth\"\nshutdown_grace = \"2s\"\n\n[admin]\nbind = \"127.0.0.1:0\"\n\n\
-         [[listeners]]\nname = \"mqtts\"\nbind = \"127.0.0.1:0\"\n[listeners.tls]\n\
-         certificates = [{{ cert = {:?}, key = {:?} }}]\nclient_auth = {client_auth:?}\nclient_ca = {:?}\n\n\
-         [[backends]]\nname = \"node\"\naddress = \"{backend}\"\nproxy_protocol = \"v2\"\n\n\
-         [limits]\nper_ip_rate = 1000.0\nper_ip_burst = 1000\n",
-        server.cert.display().to_string(),
-        server.key.display().to_string(),
-        pki.ca_cert().display().to_string(),
-    );
-    LbProcess::start_text(BIN, &config, "mqtts").await
-}
-
 /// rumqttc (3.1.1) over TLS through the LB as `monitor`, subscribed to `fleet/#`.
 async fn monitor(lb: SocketAddr, pki: &Pki) -> (rumqttc::AsyncClient, Events<rumqttc::Event>) {
     use rumqttc::{QoS, TlsConfiguration, Transport};
@@ -92,19 +75,6 @@ async fn seen(monitor: &mut Events<rumqttc::Event>, quiet: Duration) -> Vec<Stri
             v3_publish(e).map(|p| String::from_utf8_lossy(&p.payload).to_string())
         })
         .await
-}
-
-/// `echo PASSWORD | bin passwd FILE USER` (the password reaches the shell through the environment, never argv).
-async fn passwd(file: &Path, user: &str, password: &str) -> CmdOutput {
-    let script = "printf '%s\\n' \"$FG_PW\" | \"$FG_BIN\" passwd \"$FG_FILE\" \"$FG_USER\"";
-    let file = file.display().to_string();
-    let env = [
-        ("FG_PW", password),
-        ("FG_BIN", BIN),
-        ("FG_FILE", file.as_str()),
-        ("FG_USER", user),
-    ];
-    clients::run_with_env("sh", &["-c".into(), script.into()], &env).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

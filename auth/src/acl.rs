@@ -19,10 +19,14 @@
 //! Placeholders (`%c`, `%u`, `%cn`) are rendered by [`crate::template`]: for a value that is missing, empty or
 //! contains `+`, `#`, `/` or NUL, an allow rule is skipped for that client, and a deny rule applies with that
 //! level widened to `+` (skipping a deny would grant access).
+//!
+//! The file's `[[client_ids]]` entries (which client IDs an identity may use) are kept here too and checked at
+//! CONNECT by [`crate::binding`].
 
 use fleetgate_config::acl::{Access, AclConfig, Action, Match, RuleConfig};
 
-use crate::decision::Principal;
+use crate::binding::{ClientIdBinding, ClientIdRules};
+use crate::decision::{AuthFailure, Principal};
 use crate::template::{Rendered, Values, render};
 use crate::topic::Filter;
 
@@ -35,7 +39,7 @@ fn includes(access: Access, op: Op) -> bool {
 }
 
 /// Does `matcher` select the client admitted as `p`?
-fn selects(matcher: &Match, p: &Principal) -> bool {
+pub(crate) fn selects(matcher: &Match, p: &Principal) -> bool {
     match matcher {
         Match::Username(u) => p.username.as_deref() == Some(u.as_str()),
         Match::Cn(c) => p.cn.as_deref() == Some(c.as_str()),
@@ -62,6 +66,7 @@ pub enum AclDecision {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Acl {
     rules: Vec<RuleConfig>,
+    client_ids: ClientIdRules,
 }
 
 impl Acl {
@@ -69,7 +74,17 @@ impl Acl {
     pub(crate) fn new(config: AclConfig) -> Self {
         Self {
             rules: config.rules,
+            client_ids: ClientIdRules::new(config.client_ids),
         }
+    }
+
+    /// How the `[[client_ids]]` entries bind the client ID of `principal` (`Unbound` when none selects it), or
+    /// `ClientIdMismatch` when the deciding entry does not admit it.
+    pub(crate) fn check_client_id(
+        &self,
+        principal: &Principal,
+    ) -> Result<ClientIdBinding, AuthFailure> {
+        self.client_ids.check(principal)
     }
 
     /// The rules, in order.

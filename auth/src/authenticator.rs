@@ -1,6 +1,7 @@
 //! The CONNECT-time entry point the broker calls: policy evaluation, the ban check, the password check on the
-//! blocking pool, and failure accounting, with one metric and at most one log line per outcome. One
-//! [`Authenticator`] per process; it outlives reloads (the ban list must), the snapshot is passed per call.
+//! blocking pool, the ACL's client-ID bindings, and failure accounting, with one metric and at most one log line
+//! per outcome. One [`Authenticator`] per process; it outlives reloads (the ban list must), the snapshot is passed
+//! per call.
 
 use std::net::IpAddr;
 use std::sync::{Mutex, PoisonError};
@@ -98,14 +99,30 @@ impl Authenticator {
                 }
             }
         };
+        // The ACL's client-ID bindings, for the identity now proven.
+        let decision = match decision {
+            AuthDecision::Allow(principal, binding) => {
+                match snapshot.acl().check_client_id(&principal) {
+                    Ok(acl) => AuthDecision::Allow(principal, binding.max(acl)),
+                    Err(failure) => AuthDecision::refuse(failure),
+                }
+            }
+            refused => refused,
+        };
         self.account(&decision, source);
         decision
+    }
+
+    /// Counts a refusal decided after [`Self::authenticate`] admitted the client (the session-owner check when
+    /// the broker attaches it), under the same metric as the others.
+    pub fn record_refusal(&self, reason: AuthFailure) {
+        self.account(&AuthDecision::refuse(reason), None);
     }
 
     /// Metrics, ban accounting and the log line of one decision.
     fn account(&self, decision: &AuthDecision, source: Option<IpAddr>) {
         match decision {
-            AuthDecision::Allow(p) => {
+            AuthDecision::Allow(p, _) => {
                 metrics::counter!("fleetgate_auth_allowed_total", "method" => p.method.as_str())
                     .increment(1);
             }

@@ -7,6 +7,7 @@ use fleetgate_config::node::PolicyConfig;
 
 use super::*;
 use crate::acl::Acl;
+use crate::binding::ClientIdBinding;
 use crate::decision::AuthMethod;
 use crate::passwd::PasswordFile;
 use crate::policy::ListenerPolicy;
@@ -55,7 +56,7 @@ async fn password_outcomes() {
     let ok = auth
         .authenticate(&snap, "l", &creds("alice", b"s3cret"), &none, ip)
         .await;
-    let AuthDecision::Allow(p) = ok else {
+    let AuthDecision::Allow(p, _) = ok else {
         panic!("{ok:?}")
     };
     assert_eq!(
@@ -101,11 +102,11 @@ async fn ban_after_repeated_failures_then_right_password_is_refused() {
             Some("192.0.2.1".parse().unwrap()),
         )
         .await;
-    assert!(matches!(other, AuthDecision::Allow(_)));
+    assert!(matches!(other, AuthDecision::Allow(_, _)));
     assert!(matches!(
         auth.authenticate(&snap, "l", &creds("alice", b"s3cret"), &none, None)
             .await,
-        AuthDecision::Allow(_)
+        AuthDecision::Allow(_, _)
     ));
 }
 
@@ -140,7 +141,7 @@ async fn certificate_failures_do_not_ban_and_bans_do_not_block_certificates() {
             ip,
         )
         .await;
-    assert!(matches!(d, AuthDecision::Allow(_)), "{d:?}");
+    assert!(matches!(d, AuthDecision::Allow(_, _)), "{d:?}");
 
     for _ in 0..3 {
         auth.authenticate(
@@ -160,7 +161,7 @@ async fn certificate_failures_do_not_ban_and_bans_do_not_block_certificates() {
     let d = auth
         .authenticate(&cert_snap, "l", &no_cert, &verified, ip)
         .await;
-    assert!(matches!(d, AuthDecision::Allow(_)), "{d:?}");
+    assert!(matches!(d, AuthDecision::Allow(_, _)), "{d:?}");
 }
 
 #[tokio::test]
@@ -175,6 +176,54 @@ async fn anonymous_snapshot_admits_everyone() {
             None,
         )
         .await;
-    let AuthDecision::Allow(p) = d else { panic!() };
+    let AuthDecision::Allow(p, _) = d else {
+        panic!()
+    };
     assert_eq!((p.method, p.username), (AuthMethod::Anonymous, None));
+}
+
+#[tokio::test]
+async fn acl_client_id_entries_bind_after_the_password() {
+    let auth = Authenticator::new(limits(), 2, 8);
+    let mut pw = PasswordFile::empty();
+    pw.set_with_cost_for_tests("alice", "s3cret");
+    pw.set_with_cost_for_tests("bob", "s3cret");
+    let acl = AclConfig::parse(
+        std::path::Path::new("acl.toml"),
+        "[[client_ids]]\nmatch = { username = \"alice\" }\nallow = [\"alice-1\", \"alice-*\"]\n",
+    )
+    .unwrap();
+    let snap = AuthSnapshot::from_parts(ListenerPolicy::from(password_policy()), Acl::new(acl), pw);
+    let none = PeerIdentity::default();
+    let login = |user: &'static str, password: &'static [u8], client_id: &'static str| {
+        let creds = Credentials {
+            client_id,
+            username: Some(user),
+            password: Some(password),
+        };
+        let (auth, snap, none) = (&auth, &snap, &none);
+        async move { auth.authenticate(snap, "l", &creds, none, None).await }
+    };
+    assert!(matches!(
+        login("alice", b"s3cret", "alice-1").await,
+        AuthDecision::Allow(_, ClientIdBinding::Exact)
+    ));
+    assert!(matches!(
+        login("alice", b"s3cret", "alice-7").await,
+        AuthDecision::Allow(_, ClientIdBinding::Prefix)
+    ));
+    assert_eq!(
+        login("alice", b"s3cret", "dev-1").await,
+        AuthDecision::refuse(AuthFailure::ClientIdMismatch)
+    );
+    // A wrong password says nothing about the binding.
+    assert_eq!(
+        login("alice", b"guess", "dev-1").await,
+        AuthDecision::refuse(AuthFailure::BadCredentials)
+    );
+    // No entry selects bob: unbound.
+    assert!(matches!(
+        login("bob", b"s3cret", "dev-1").await,
+        AuthDecision::Allow(_, ClientIdBinding::Unbound)
+    ));
 }

@@ -1,5 +1,8 @@
-//! What authentication decides at CONNECT: the [`Principal`] a client is allowed in as, or the [`AuthFailure`] it
-//! is refused with, and how each failure maps to a CONNACK reason code for MQTT 5 and 3.1.1.
+//! What authentication decides at CONNECT: the [`Principal`] a client is allowed in as (and how tightly its client
+//! ID is bound to it), or the [`AuthFailure`] it is refused with, and how each failure maps to a CONNACK reason code
+//! for MQTT 5 and 3.1.1.
+
+use crate::binding::ClientIdBinding;
 
 /// How a client proved who it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -47,6 +50,23 @@ impl Principal {
     pub(crate) fn is_authenticated(&self) -> bool {
         self.method != AuthMethod::Anonymous
     }
+
+    /// True when `other` is the same identity: the same method and the same proven names (the username of a
+    /// password user; the CN and certificate-derived username of a certificate user; all of them when both
+    /// apply). Every anonymous client is one identity. The client ID is not part of it.
+    pub fn same_identity(&self, other: &Principal) -> bool {
+        if self.method != other.method {
+            return false;
+        }
+        match self.method {
+            AuthMethod::Anonymous => true,
+            // A password user's optional certificate proves nothing more about who logged in.
+            AuthMethod::Password => self.username == other.username,
+            AuthMethod::Certificate | AuthMethod::CertificateAndPassword => {
+                self.username == other.username && self.cn == other.cn
+            }
+        }
+    }
 }
 
 /// Why a CONNECT was refused.
@@ -56,7 +76,8 @@ pub enum AuthFailure {
     CertificateRequired,
     /// The certificate lacks the field (CN or SAN) the username is taken from.
     CertificateIdentityMissing,
-    /// The client ID is not the one the certificate template gives (or the template's field is missing).
+    /// The client ID is not one a binding admits for this identity: the listener's `client_id_template`, or the
+    /// ACL's `[[client_ids]]` entry (or a value the template needs is missing).
     ClientIdMismatch,
     /// Missing, unknown or wrong username/password (one failure for all three, so users cannot be enumerated).
     BadCredentials,
@@ -68,6 +89,9 @@ pub enum AuthFailure {
     NotAuthorized,
     /// The password check itself failed (a blocking task panicked or was cancelled).
     Internal,
+    /// The client ID's session belongs to another identity and no binding gives this one the ID
+    /// ([`crate::claim_session`]); decided when the broker attaches the connection, after authentication.
+    SessionOwnerMismatch,
 }
 
 impl AuthFailure {
@@ -82,6 +106,7 @@ impl AuthFailure {
             AuthFailure::Busy => "busy",
             AuthFailure::NotAuthorized => "not_authorized",
             AuthFailure::Internal => "internal",
+            AuthFailure::SessionOwnerMismatch => "session_owner_mismatch",
         }
     }
 
@@ -90,7 +115,8 @@ impl AuthFailure {
         match self {
             AuthFailure::CertificateRequired
             | AuthFailure::CertificateIdentityMissing
-            | AuthFailure::NotAuthorized => 0x87, // Not authorized
+            | AuthFailure::NotAuthorized
+            | AuthFailure::SessionOwnerMismatch => 0x87, // Not authorized
             AuthFailure::ClientIdMismatch => 0x85, // Client Identifier not valid
             AuthFailure::BadCredentials => 0x86,   // Bad User Name or Password
             AuthFailure::Banned => 0x8A,           // Banned
@@ -105,7 +131,8 @@ impl AuthFailure {
             AuthFailure::CertificateRequired
             | AuthFailure::CertificateIdentityMissing
             | AuthFailure::NotAuthorized
-            | AuthFailure::Banned => 0x05, // Not authorized
+            | AuthFailure::Banned
+            | AuthFailure::SessionOwnerMismatch => 0x05, // Not authorized
             AuthFailure::ClientIdMismatch => 0x02, // Identifier rejected
             AuthFailure::BadCredentials => 0x04,   // Bad user name or password
             AuthFailure::Busy | AuthFailure::Internal => 0x03, // Server unavailable
@@ -122,8 +149,9 @@ impl AuthFailure {
 /// The outcome of authenticating a CONNECT.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthDecision {
-    /// Admit the client as this principal.
-    Allow(Principal),
+    /// Admit the client as this principal, its client ID bound this tightly (what a session takeover across
+    /// identities needs: [`crate::claim_session`]).
+    Allow(Principal, ClientIdBinding),
     /// Refuse the CONNECT with a CONNACK carrying `reason`'s code, then close.
     Refuse {
         /// Why.
@@ -154,6 +182,7 @@ mod tests {
             (Busy, 0x89, 0x03),
             (NotAuthorized, 0x87, 0x05),
             (Internal, 0x80, 0x03),
+            (SessionOwnerMismatch, 0x87, 0x05),
         ];
         let mut labels = std::collections::HashSet::new();
         for (f, v5, v3) in table {
@@ -162,5 +191,30 @@ mod tests {
         }
         assert!(BadCredentials.counts_towards_ban());
         assert!(!ClientIdMismatch.counts_towards_ban());
+        assert!(!SessionOwnerMismatch.counts_towards_ban());
+    }
+
+    fn p(method: AuthMethod, username: Option<&str>, cn: Option<&str>, id: &str) -> Principal {
+        Principal {
+            username: username.map(str::to_string),
+            cn: cn.map(str::to_string),
+            client_id: id.to_string(),
+            method,
+        }
+    }
+
+    #[test]
+    fn same_identity_is_method_and_proven_names() {
+        use AuthMethod::*;
+        let alice = p(Password, Some("alice"), None, "a-1");
+        assert!(alice.same_identity(&p(Password, Some("alice"), Some("laptop"), "a-2")));
+        assert!(!alice.same_identity(&p(Password, Some("bob"), None, "a-1")));
+        assert!(!alice.same_identity(&p(CertificateAndPassword, Some("alice"), None, "a-1")));
+        let dev = p(Certificate, None, Some("dev-1"), "dev-1");
+        assert!(dev.same_identity(&p(Certificate, None, Some("dev-1"), "x")));
+        assert!(!dev.same_identity(&p(Certificate, None, Some("dev-2"), "dev-1")));
+        assert!(!dev.same_identity(&p(Certificate, Some("u"), Some("dev-1"), "dev-1")));
+        assert!(p(Anonymous, None, None, "a").same_identity(&p(Anonymous, None, Some("c"), "b")));
+        assert!(!p(Anonymous, None, None, "a").same_identity(&alice));
     }
 }

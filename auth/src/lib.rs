@@ -6,7 +6,10 @@
 //! - `snapshot`: policies + ACL + password file of one generation ([`AuthSnapshot`], built from an `AuthConfig`),
 //!   swapped whole on reload.
 //! - `policy`: a listener's authentication policy and its pure evaluation at CONNECT.
-//! - `decision`: [`AuthDecision`], [`Principal`], [`AuthFailure`] and its CONNACK reason codes.
+//! - `decision`: [`AuthDecision`], [`Principal`] (and what "the same identity" is), [`AuthFailure`] and its CONNACK
+//!   reason codes.
+//! - `binding`: client-ID binding ([`ClientIdBinding`]: templates and the ACL's `[[client_ids]]`) and session
+//!   ownership ([`claim_session`]: who may take over the session another identity holds).
 //! - `authenticator`: the CONNECT entry point ([`Authenticator::authenticate`]) with ban accounting and metrics.
 //! - `verify`: argon2 checks on `spawn_blocking`, bounded in concurrency and queue length.
 //! - `failures`: brute-force protection, failures per source address and short bans.
@@ -19,6 +22,7 @@
 
 mod acl;
 mod authenticator;
+mod binding;
 mod decision;
 mod error;
 mod failures;
@@ -33,6 +37,7 @@ mod verify;
 
 pub use acl::{Acl, AclDecision, ClientAcl};
 pub use authenticator::Authenticator;
+pub use binding::{ClientIdBinding, SessionClaim, claim_session};
 pub use decision::{AuthDecision, AuthFailure, AuthMethod, Principal};
 pub use error::AuthError;
 pub use passwd::set_password;

@@ -212,6 +212,11 @@ impl PasswordFile {
         }
     }
 
+    /// The usernames, in order.
+    pub(crate) fn users(&self) -> impl Iterator<Item = &str> {
+        self.hashes.keys().map(String::as_str)
+    }
+
     /// Number of users.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {

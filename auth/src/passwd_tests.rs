@@ -54,7 +54,9 @@ fn unknown_users_cost_the_same_argon2_work() {
         HASH_M_COST_KIB
     );
 
-    // And in time, loosely (medians of several runs; a generous bound keeps a loaded CI box from flaking).
+    // And in work, loosely: the verifying thread's own CPU time (other processes' load does not count in it), the
+    // least of a few interleaved runs of each, within 3× of each other in at least one of several rounds; an
+    // unknown user that skipped argon2 would take microseconds against milliseconds in every round.
     let mut file = PasswordFile::empty();
     let moderate = Params::new(4 * 1024, 1, 1, None).unwrap();
     file.set_with(
@@ -63,19 +65,28 @@ fn unknown_users_cost_the_same_argon2_work() {
         "s3cret",
     )
     .unwrap();
-    let median = |user: &str| {
-        let mut times: Vec<Duration> = (0..5)
-            .map(|_| {
-                let start = Instant::now();
-                assert!(!file.verify_blocking(user, b"wrong"));
-                start.elapsed()
-            })
-            .collect();
-        times.sort();
-        times[2]
+    let cpu = || {
+        let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+        Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
     };
-    let (k, u) = (median("alice"), median("mallory"));
-    assert!(u * 3 > k && k * 3 > u, "known {k:?} vs unknown {u:?}");
+    let time = |user: &str| {
+        let start = cpu();
+        assert!(!file.verify_blocking(user, b"wrong"));
+        cpu() - start
+    };
+    let mut rounds = Vec::new();
+    for _ in 0..5 {
+        let (mut k, mut u) = (Duration::MAX, Duration::MAX);
+        for _ in 0..5 {
+            k = k.min(time("alice"));
+            u = u.min(time("mallory"));
+        }
+        if u * 3 > k && k * 3 > u {
+            return;
+        }
+        rounds.push((k, u));
+    }
+    panic!("known vs unknown user, fastest per round: {rounds:?}");
 }
 
 #[test]

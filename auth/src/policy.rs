@@ -10,6 +10,9 @@
 //!   the CONNECT is ignored, never a fallback.
 //! - `password`: username and password must match the password file (with `username_from_cert`, the
 //!   certificate's username is the one checked).
+//! - `bind_client_id`: an authenticated client's ID must match the template over its identity (`{username}`,
+//!   certificate fields, a trailing `*` for a prefix). With a password, a mismatch is reported only once the
+//!   password matched, so the refusal never tells whether a user exists.
 //! - `anonymous = true`: a client with no credentials at all gets in as anonymous; allowed alone or with
 //!   `password` only (with a certificate policy it would be a bypass, so the config refuses that).
 //!
@@ -17,9 +20,10 @@
 
 use std::fmt;
 
-use fleetgate_config::node::{CertField, ClientIdTemplate, PolicyConfig, SanKind, TemplatePiece};
+use fleetgate_config::node::{CertField, PolicyConfig, SanKind};
 use fleetgate_protocol::proxy::PeerIdentity;
 
+use crate::binding::{ClientIdBinding, check_template};
 use crate::decision::{AuthDecision, AuthFailure, AuthMethod, Principal};
 
 /// The certificate fields of a PROXY identity, available only when the LB verified the certificate.
@@ -56,18 +60,6 @@ impl<'a> VerifiedCert<'a> {
         };
         (!value.is_empty()).then_some(value)
     }
-
-    /// The client ID `template` gives for this certificate; `None` when a field it needs is missing.
-    pub(crate) fn client_id(&self, template: &ClientIdTemplate) -> Option<String> {
-        let mut out = String::new();
-        for piece in template.pieces() {
-            match piece {
-                TemplatePiece::Text(t) => out.push_str(t),
-                TemplatePiece::Field(f) => out.push_str(self.field(*f)?),
-            }
-        }
-        Some(out)
-    }
 }
 
 /// The authentication policy of a listener as the authenticator runs it, built from its validated config.
@@ -102,10 +94,13 @@ impl ListenerPolicy {
         if policy.needs_certificate() && cert.is_none() {
             return refuse(AuthFailure::CertificateRequired);
         }
-        if let (Some(template), Some(cert)) = (&policy.client_id_from_cert, &cert)
-            && cert.client_id(template).as_deref() != Some(creds.client_id)
-        {
-            return refuse(AuthFailure::ClientIdMismatch);
+        // The certificate's own binding is decided before any password check: it tells nothing about users.
+        let mut binding = ClientIdBinding::Unbound;
+        if let Some(template) = &policy.client_id_from_cert {
+            match check_template(template, creds.client_id, cert.as_ref(), None) {
+                Some(b) => binding = b,
+                None => return refuse(AuthFailure::ClientIdMismatch),
+            }
         }
         let cert_username = match (policy.username_from_cert, &cert) {
             (Some(field), Some(cert)) => match cert.field(field) {
@@ -114,19 +109,27 @@ impl ListenerPolicy {
             },
             _ => None,
         };
+        // `bind_client_id` for a client authenticated as `username`; `None` when the template does not admit it.
+        let bind = |username: Option<&str>| match &policy.bind_client_id {
+            Some(template) => check_template(template, creds.client_id, cert.as_ref(), username)
+                .map(|b| b.max(binding)),
+            None => Some(binding),
+        };
         let principal = |username: Option<&str>, method| Principal {
             username: username.map(str::to_string),
             cn: cert.and_then(|c| c.cn).map(str::to_string),
             client_id: creds.client_id.to_string(),
             method,
         };
+        // Anonymous clients are never bound: nothing identifies them to bind to.
+        let anonymous = || {
+            let p = principal(None, AuthMethod::Anonymous);
+            Evaluation::Decided(AuthDecision::Allow(p, ClientIdBinding::Unbound))
+        };
         if policy.password {
             let no_credentials = creds.username.is_none() && creds.password.is_none();
             if policy.anonymous && no_credentials && !policy.needs_certificate() {
-                return Evaluation::Decided(AuthDecision::Allow(principal(
-                    None,
-                    AuthMethod::Anonymous,
-                )));
+                return anonymous();
             }
             let username = cert_username.or(creds.username);
             let (Some(username), Some(_)) = (username, creds.password) else {
@@ -139,20 +142,21 @@ impl ListenerPolicy {
             };
             return Evaluation::NeedsPassword(PasswordCheck {
                 principal: principal(Some(username), method),
+                binding: bind(Some(username)),
             });
         }
         if policy.needs_certificate() {
-            return Evaluation::Decided(AuthDecision::Allow(principal(
-                cert_username,
-                AuthMethod::Certificate,
-            )));
+            return match bind(cert_username) {
+                Some(b) => {
+                    let p = principal(cert_username, AuthMethod::Certificate);
+                    Evaluation::Decided(AuthDecision::Allow(p, b))
+                }
+                None => refuse(AuthFailure::ClientIdMismatch),
+            };
         }
         if policy.anonymous {
             // Without a password check the CONNECT's username proves nothing, so it is not carried.
-            return Evaluation::Decided(AuthDecision::Allow(principal(
-                None,
-                AuthMethod::Anonymous,
-            )));
+            return anonymous();
         }
         refuse(AuthFailure::NotAuthorized)
     }
@@ -189,10 +193,12 @@ pub(crate) enum Evaluation {
     NeedsPassword(PasswordCheck),
 }
 
-/// A password check still to do, and the principal it admits.
+/// A password check still to do, the principal it admits, and how `bind_client_id` decided its client ID
+/// (`None`: refused, which is told only once the password matched).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct PasswordCheck {
     principal: Principal,
+    binding: Option<ClientIdBinding>,
 }
 
 impl PasswordCheck {
@@ -203,10 +209,10 @@ impl PasswordCheck {
 
     /// The decision once the password was checked.
     pub(crate) fn finish(self, password_ok: bool) -> AuthDecision {
-        if password_ok {
-            AuthDecision::Allow(self.principal)
-        } else {
-            AuthDecision::refuse(AuthFailure::BadCredentials)
+        match (password_ok, self.binding) {
+            (false, _) => AuthDecision::refuse(AuthFailure::BadCredentials),
+            (true, None) => AuthDecision::refuse(AuthFailure::ClientIdMismatch),
+            (true, Some(binding)) => AuthDecision::Allow(self.principal, binding),
         }
     }
 }

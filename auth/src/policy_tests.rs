@@ -3,6 +3,7 @@
 use fleetgate_config::node::{CertField, ClientIdTemplate, PolicyConfig, SanKind};
 
 use super::*;
+use crate::binding::{ClientIdBinding, check_template};
 
 fn cert(cn: &str, sans: &[&str]) -> PeerIdentity {
     PeerIdentity {
@@ -45,6 +46,7 @@ fn config(names: &[&str]) -> PolicyConfig {
         client_id_from_cert: names
             .contains(&"client_id_from_cert")
             .then(|| ClientIdTemplate::parse("{cn}").unwrap()),
+        bind_client_id: None,
         username_from_cert: names
             .contains(&"username_from_cert")
             .then_some(CertField::Cn),
@@ -62,7 +64,7 @@ fn refused(e: Evaluation) -> AuthFailure {
 
 fn allowed(e: Evaluation) -> Principal {
     match e {
-        Evaluation::Decided(AuthDecision::Allow(p)) => p,
+        Evaluation::Decided(AuthDecision::Allow(p, _)) => p,
         other => panic!("expected an allow, got {other:?}"),
     }
 }
@@ -120,7 +122,7 @@ fn client_id_must_match_the_template() {
     });
     assert!(matches!(
         vehicle.evaluate(&creds("vehicle-7", None, None), &cert("7", &[])),
-        Evaluation::Decided(AuthDecision::Allow(_))
+        Evaluation::Decided(AuthDecision::Allow(_, _))
     ));
     assert_eq!(
         refused(vehicle.evaluate(&creds("7", None, None), &cert("7", &[]))),
@@ -134,7 +136,7 @@ fn client_id_must_match_the_template() {
     let id = cert("cn", &["URI:spiffe://x", "DNS:car-9.fleet"]);
     assert!(matches!(
         by_dns.evaluate(&creds("car-9.fleet", None, None), &id),
-        Evaluation::Decided(AuthDecision::Allow(_))
+        Evaluation::Decided(AuthDecision::Allow(_, _))
     ));
     assert_eq!(
         refused(by_dns.evaluate(&creds("cn", None, None), &cert("cn", &[]))),
@@ -184,7 +186,7 @@ fn password_policy_asks_for_a_check_of_the_right_user() {
     ));
     assert_eq!(check.username(), "alice");
     let ok = check.clone().finish(true);
-    let AuthDecision::Allow(principal) = ok else {
+    let AuthDecision::Allow(principal, _) = ok else {
         panic!()
     };
     assert_eq!(principal.username.as_deref(), Some("alice"));
@@ -219,7 +221,7 @@ fn certificate_and_password_combine() {
         &creds("dev-1", Some("alice"), Some(b"pw")),
         &cert("dev-1", &[]),
     ));
-    let AuthDecision::Allow(principal) = check.finish(true) else {
+    let AuthDecision::Allow(principal, _) = check.finish(true) else {
         panic!()
     };
     assert_eq!(principal.method, AuthMethod::CertificateAndPassword);
@@ -282,7 +284,7 @@ fn a_verified_cn_is_carried_even_on_a_password_listener() {
     let p = policy(&["password"]);
     let check =
         needs_password(p.evaluate(&creds("c", Some("alice"), Some(b"pw")), &cert("dev-1", &[])));
-    let AuthDecision::Allow(principal) = check.finish(true) else {
+    let AuthDecision::Allow(principal, _) = check.finish(true) else {
         panic!()
     };
     assert_eq!(principal.cn.as_deref(), Some("dev-1"));
@@ -290,23 +292,127 @@ fn a_verified_cn_is_carried_even_on_a_password_listener() {
         &creds("c", Some("alice"), Some(b"pw")),
         &unverified("dev-1"),
     ));
-    let AuthDecision::Allow(principal) = check.finish(true) else {
+    let AuthDecision::Allow(principal, _) = check.finish(true) else {
         panic!()
     };
     assert_eq!(principal.cn, None, "an unverified CN is never carried");
 }
 
 #[test]
-fn client_id_templates_parse_strictly() {
-    for bad in ["static", "{cn", "x}", "{san:FOO}", "{}", "{username}"] {
+fn client_id_templates_render_over_the_verified_certificate() {
+    for bad in ["static", "{cn", "x}", "{san:FOO}", "{}", "{user}"] {
         assert!(ClientIdTemplate::parse(bad).is_err(), "{bad}");
     }
     let t = ClientIdTemplate::parse("v-{cn}-{san:URI}").unwrap();
     assert_eq!(t.as_str(), "v-{cn}-{san:URI}");
     let id = cert("a", &["URI:b"]);
     let c = VerifiedCert::from_identity(&id).unwrap();
-    assert_eq!(c.client_id(&t).as_deref(), Some("v-a-b"));
+    assert_eq!(
+        check_template(&t, "v-a-b", Some(&c), None),
+        Some(ClientIdBinding::Exact)
+    );
+    assert_eq!(check_template(&t, "v-a-c", Some(&c), None), None);
+    assert_eq!(check_template(&t, "v-a-b", None, None), None);
     assert!(VerifiedCert::from_identity(&unverified("a")).is_none());
+}
+
+/// A password listener whose users are bound by `bind_client_id` with `template`.
+fn bound_password(template: &str) -> ListenerPolicy {
+    ListenerPolicy::from(PolicyConfig {
+        bind_client_id: Some(ClientIdTemplate::parse(template).unwrap()),
+        ..config(&["password", "anonymous"])
+    })
+}
+
+#[test]
+fn bind_client_id_binds_password_users_after_their_password() {
+    let p = bound_password("{username}-*");
+    let none = PeerIdentity::default();
+    let login = |id| needs_password(p.evaluate(&creds(id, Some("alice"), Some(b"pw")), &none));
+    for id in ["alice-1", "alice-", "alice-x-y"] {
+        let AuthDecision::Allow(principal, binding) = login(id).finish(true) else {
+            panic!("{id}")
+        };
+        assert_eq!(
+            (principal.client_id.as_str(), binding),
+            (id, ClientIdBinding::Prefix)
+        );
+    }
+    // Another user's ID (or no prefix at all) is refused — but only once the password matched, so the answer to
+    // a wrong password is the same whatever the client ID.
+    for id in ["bob-1", "alice", "xalice-1", ""] {
+        assert_eq!(
+            login(id).finish(true),
+            AuthDecision::refuse(AuthFailure::ClientIdMismatch),
+            "{id}"
+        );
+        assert_eq!(
+            login(id).finish(false),
+            AuthDecision::refuse(AuthFailure::BadCredentials),
+            "{id}"
+        );
+    }
+    // Anonymous clients (the listener allows them) are never bound.
+    let anon = p.evaluate(&creds("alice-1", None, None), &none);
+    assert!(
+        matches!(anon, Evaluation::Decided(AuthDecision::Allow(ref p, ClientIdBinding::Unbound)) if !p.is_authenticated()),
+        "{anon:?}"
+    );
+
+    let exact = bound_password("{username}");
+    let check = needs_password(exact.evaluate(&creds("alice", Some("alice"), Some(b"pw")), &none));
+    assert!(matches!(
+        check.finish(true),
+        AuthDecision::Allow(_, ClientIdBinding::Exact)
+    ));
+    // `{cn}` on a password listener: the verified certificate the LB passed on, else nothing matches.
+    let by_cn = bound_password("{cn}");
+    let with_cert = needs_password(by_cn.evaluate(
+        &creds("dev-1", Some("alice"), Some(b"pw")),
+        &cert("dev-1", &[]),
+    ));
+    assert!(matches!(
+        with_cert.finish(true),
+        AuthDecision::Allow(_, ClientIdBinding::Exact)
+    ));
+    let without =
+        needs_password(by_cn.evaluate(&creds("dev-1", Some("alice"), Some(b"pw")), &none));
+    assert_eq!(
+        without.finish(true),
+        AuthDecision::refuse(AuthFailure::ClientIdMismatch)
+    );
+}
+
+#[test]
+fn bind_client_id_binds_certificate_users_at_once() {
+    let p = ListenerPolicy::from(PolicyConfig {
+        bind_client_id: Some(ClientIdTemplate::parse("{username}/{cn}-*").unwrap()),
+        ..config(&["username_from_cert"])
+    });
+    let id = cert("dev-1", &[]);
+    let Evaluation::Decided(AuthDecision::Allow(principal, binding)) =
+        p.evaluate(&creds("dev-1/dev-1-a", None, None), &id)
+    else {
+        panic!()
+    };
+    assert_eq!(
+        (principal.method, binding),
+        (AuthMethod::Certificate, ClientIdBinding::Prefix)
+    );
+    assert_eq!(
+        refused(p.evaluate(&creds("dev-2/dev-1-a", None, None), &id)),
+        AuthFailure::ClientIdMismatch
+    );
+    // `client_id_from_cert` is an exact binding.
+    let from_cert = policy(&["client_id_from_cert"]);
+    assert!(matches!(
+        from_cert.evaluate(&creds("dev-1", None, None), &id),
+        Evaluation::Decided(AuthDecision::Allow(_, ClientIdBinding::Exact))
+    ));
+    assert!(matches!(
+        policy(&["certificate"]).evaluate(&creds("x", None, None), &id),
+        Evaluation::Decided(AuthDecision::Allow(_, ClientIdBinding::Unbound))
+    ));
 }
 
 #[test]

@@ -94,6 +94,11 @@ impl AuthSnapshot {
     pub(crate) fn passwords(&self) -> &PasswordFile {
         &self.passwords
     }
+
+    /// The usernames of the password file, in order (what `fleetgate check` weighs its warnings against).
+    pub fn password_users(&self) -> Vec<String> {
+        self.passwords.users().map(str::to_string).collect()
+    }
 }
 
 #[cfg(test)]
@@ -122,6 +127,7 @@ mod tests {
             .unwrap();
         let snap = AuthSnapshot::load(&config).unwrap();
         assert!(snap.passwords().contains("alice"));
+        assert_eq!(snap.password_users(), ["alice"]);
         assert_eq!(snap.acl().rules().len(), 1);
         assert!(snap.policy("edge").config().require_certificate);
         assert!(snap.policy("other").config().password);

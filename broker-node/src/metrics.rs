@@ -19,6 +19,10 @@ pub(crate) const RETAINED_MESSAGES: &str = "fleetgate_retained_messages";
 pub(crate) const RETAINED_BYTES: &str = "fleetgate_retained_bytes";
 /// Retained deletes kept as tombstones (cluster replication).
 pub(crate) const RETAINED_TOMBSTONES: &str = "fleetgate_retained_tombstones";
+/// Bytes the session queues, in-flight messages and retained messages hold (what `memory_budget` bounds).
+pub(crate) const MEMORY_BUDGET_USED: &str = "fleetgate_memory_budget_used_bytes";
+/// The configured `memory_budget`.
+pub(crate) const MEMORY_BUDGET_LIMIT: &str = "fleetgate_memory_budget_limit_bytes";
 /// Messages dropped, by `reason` ([`DropReason`]).
 pub(crate) const DROPPED_MESSAGES: &str = "fleetgate_dropped_messages_total";
 /// Disconnects by `reason` (graceful, ungraceful, keepalive_timeout, takeover, ...).
@@ -60,11 +64,13 @@ pub(crate) enum DropReason {
     RetainedFull,
     /// For a cluster peer (a forward, or a session handed over) whose link went down before it was queued.
     ClusterLinkDown,
+    /// The node's memory budget (`[limits] memory_budget`) is spent: not queued, or not retained.
+    MemoryBudget,
 }
 
 impl DropReason {
     /// Every reason, for registration.
-    pub(crate) const ALL: [DropReason; 12] = [
+    pub(crate) const ALL: [DropReason; 13] = [
         DropReason::QueueFull,
         DropReason::InflightWindow,
         DropReason::NotConnected,
@@ -77,6 +83,7 @@ impl DropReason {
         DropReason::ClusterSessionGone,
         DropReason::ClusterLinkDown,
         DropReason::RetainedFull,
+        DropReason::MemoryBudget,
     ];
 
     /// The metric label.
@@ -94,6 +101,7 @@ impl DropReason {
             DropReason::ClusterSessionGone => "cluster_session_gone",
             DropReason::ClusterLinkDown => "cluster_link_down",
             DropReason::RetainedFull => "retained_full",
+            DropReason::MemoryBudget => "memory_budget",
         }
     }
 }
@@ -130,6 +138,10 @@ pub(crate) struct Metrics {
     pub(crate) sessions_current: Gauge,
     /// [`RETAINED_MESSAGES`], [`RETAINED_BYTES`], [`RETAINED_TOMBSTONES`].
     pub(crate) retained: RetainedGauges,
+    /// [`MEMORY_BUDGET_USED`].
+    pub(crate) memory_used: Gauge,
+    /// [`MEMORY_BUDGET_LIMIT`].
+    pub(crate) memory_limit: Gauge,
     received: [Counter; 3],
     delivered: [Counter; 3],
     dropped: [Counter; DropReason::ALL.len()],
@@ -155,6 +167,11 @@ impl Metrics {
             RETAINED_TOMBSTONES,
             "Retained deletes kept as tombstones until every peer has them"
         );
+        describe_gauge!(
+            MEMORY_BUDGET_USED,
+            "Bytes held by session queues, in-flight and retained messages (bounded by memory_budget)"
+        );
+        describe_gauge!(MEMORY_BUDGET_LIMIT, "The configured memory_budget in bytes");
         describe_counter!(DROPPED_MESSAGES, "Messages not delivered, by reason");
         describe_counter!(DISCONNECTS, "Client disconnects by reason");
         describe_counter!(PROXY_REJECTED, "PROXY protocol headers refused, by reason");
@@ -178,6 +195,8 @@ impl Metrics {
                 bytes: gauge!(RETAINED_BYTES),
                 tombstones: gauge!(RETAINED_TOMBSTONES),
             },
+            memory_used: gauge!(MEMORY_BUDGET_USED),
+            memory_limit: gauge!(MEMORY_BUDGET_LIMIT),
             received: qos(MESSAGES_RECEIVED),
             delivered: qos(MESSAGES_DELIVERED),
             dropped: DropReason::ALL.map(|r| counter!(DROPPED_MESSAGES, "reason" => r.label())),

@@ -9,6 +9,10 @@
 //! access = "both"                           # publish | subscribe | both
 //! match = { any_authenticated = true }      # username | cn | client_id = "...", any_authenticated | anyone = true
 //! topics = ["fleet/%c/#"]                   # filters; %c client ID, %u username, %cn certificate CN
+//!
+//! [[client_ids]]                            # client-ID binding per identity (the first entry that matches decides)
+//! match = { username = "backend" }          # username | cn = "...", any_authenticated | anyone = true
+//! allow = ["backend-1", "backend-*"]        # exact client IDs, or prefixes ending in `*`
 //! ```
 
 use std::path::Path;
@@ -32,6 +36,17 @@ pub(crate) const MAX_RULES: usize = 10_000;
 struct AclFile {
     #[serde(default)]
     rules: Vec<RuleFile>,
+    #[serde(default)]
+    client_ids: Vec<ClientIdsFile>,
+}
+
+/// Raw `[[client_ids]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientIdsFile {
+    #[serde(rename = "match")]
+    matcher: Spanned<Match>,
+    allow: Spanned<Vec<Spanned<String>>>,
 }
 
 /// Raw `[[rules]]` entry.
@@ -96,11 +111,55 @@ pub struct RuleConfig {
     pub topics: Vec<TopicTemplate>,
 }
 
+/// A client ID an identity may use, as a `[[client_ids]]` entry writes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientIdPattern {
+    /// Exactly this client ID.
+    Exact(String),
+    /// Any client ID that starts with this (written with a trailing `*`; `*` alone is any client ID).
+    Prefix(String),
+}
+
+impl ClientIdPattern {
+    /// Parses `text`: a trailing `*` makes a prefix; a `*` anywhere else, U+0000 and the empty string are refused.
+    pub fn parse(text: &str) -> Result<Self, &'static str> {
+        let (body, prefix) = match text.strip_suffix('*') {
+            Some(body) => (body, true),
+            None => (text, false),
+        };
+        if text.is_empty() {
+            Err("a client ID pattern is empty")
+        } else if text.len() > topic::MAX_FILTER_LEN {
+            Err("a client ID pattern is longer than 65535 bytes")
+        } else if body.contains('*') {
+            Err("`*` may only end a client ID pattern (a prefix)")
+        } else if text.contains('\0') {
+            Err("a client ID pattern contains U+0000")
+        } else if prefix {
+            Ok(ClientIdPattern::Prefix(body.to_string()))
+        } else {
+            Ok(ClientIdPattern::Exact(body.to_string()))
+        }
+    }
+}
+
+/// One validated `[[client_ids]]` entry: the client IDs the identities it selects may use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientIdRuleConfig {
+    /// Which clients (never by client ID: that would bind a client ID to itself).
+    pub matcher: Match,
+    /// What they may use as client ID (at least one).
+    pub allow: Vec<ClientIdPattern>,
+}
+
 /// A validated ACL file: its rules in file order.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct AclConfig {
     /// The rules, in order (at most [`MAX_RULES`]).
     pub rules: Vec<RuleConfig>,
+    /// The client-ID bindings, in order (at most [`MAX_RULES`]); the first whose `match` selects a client
+    /// decides which client IDs it may use. None selects it: the ACL does not bind its client ID.
+    pub client_ids: Vec<ClientIdRuleConfig>,
 }
 
 impl AclConfig {
@@ -117,6 +176,7 @@ impl AclConfig {
                 matcher: Match::Anyone(true),
                 topics: all,
             }],
+            client_ids: Vec::new(),
         }
     }
 
@@ -177,12 +237,74 @@ impl AclConfig {
                 topics,
             });
         }
+        let client_ids = validate_client_ids(file, text, raw.client_ids, &mut problems);
         if problems.is_empty() {
-            Ok(Self { rules })
+            Ok(Self { rules, client_ids })
         } else {
             Err(ConfigError::from(problems))
         }
     }
+
+    /// True when an allow rule grants topics by client ID — it matches `client_id = "..."`, or it selects a client
+    /// `selects` says it may (by its `match`) and its topics use `%c`: a client that picks another's client ID then
+    /// gets that client's rights unless client IDs are bound (what `fleetgate check` warns about).
+    pub fn grants_by_client_id(&self, selects: impl Fn(&Match) -> bool) -> bool {
+        self.rules.iter().any(|r| {
+            r.action == Action::Allow
+                && (matches!(r.matcher, Match::ClientId(_))
+                    || (selects(&r.matcher) && r.topics.iter().any(TopicTemplate::uses_client_id)))
+        })
+    }
+}
+
+/// Validates the `[[client_ids]]` entries, pushing their problems.
+fn validate_client_ids(
+    file: &Path,
+    text: &str,
+    raw: Vec<ClientIdsFile>,
+    problems: &mut Vec<Problem>,
+) -> Vec<ClientIdRuleConfig> {
+    if raw.len() > MAX_RULES {
+        problems.push(Problem::whole_file(
+            file,
+            format!("more than {MAX_RULES} [[client_ids]] entries"),
+        ));
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    for entry in raw {
+        let matcher = entry.matcher.get_ref().clone();
+        let bad_match = match matcher {
+            Match::ClientId(_) => {
+                Some("a client-ID binding selects clients by identity, not by client ID")
+            }
+            Match::AnyAuthenticated(false) | Match::Anyone(false) => {
+                Some("only `true` is meaningful here")
+            }
+            _ => None,
+        };
+        if let Some(message) = bad_match {
+            problems.push(Problem::at(file, text, Some(entry.matcher.span()), message));
+        }
+        if entry.allow.get_ref().is_empty() {
+            problems.push(Problem::at(
+                file,
+                text,
+                Some(entry.allow.span()),
+                "a [[client_ids]] entry needs at least one client ID in `allow`",
+            ));
+        }
+        let mut allow = Vec::new();
+        for pattern in entry.allow.into_inner() {
+            match ClientIdPattern::parse(pattern.get_ref()) {
+                Ok(p) => allow.push(p),
+                Err(message) => {
+                    problems.push(Problem::at(file, text, Some(pattern.span()), message))
+                }
+            }
+        }
+        out.push(ClientIdRuleConfig { matcher, allow });
+    }
+    out
 }
 
 #[cfg(test)]
@@ -249,6 +371,65 @@ mod tests {
             err.to_string()
                 .contains(&format!("acl.toml: more than {MAX_RULES} rules")),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn client_id_bindings_keep_their_order_and_patterns() {
+        let text = "[[client_ids]]\nmatch = { username = \"alice\" }\nallow = [\"alice-1\", \"alice-*\"]\n\
+                    [[client_ids]]\nmatch = { any_authenticated = true }\nallow = [\"*\"]\n";
+        let acl = parse(text).unwrap();
+        assert!(acl.rules.is_empty());
+        assert_eq!(acl.client_ids.len(), 2);
+        assert_eq!(acl.client_ids[0].matcher, Match::Username("alice".into()));
+        assert_eq!(
+            acl.client_ids[0].allow,
+            [
+                ClientIdPattern::Exact("alice-1".into()),
+                ClientIdPattern::Prefix("alice-".into())
+            ]
+        );
+        assert_eq!(
+            acl.client_ids[1].allow,
+            [ClientIdPattern::Prefix(String::new())]
+        );
+    }
+
+    #[test]
+    fn client_id_binding_problems_are_located() {
+        let text = "[[client_ids]]\nmatch = { client_id = \"x\" }\nallow = [\"ok\", \"\", \"a*b\"]\n\
+                    [[client_ids]]\nmatch = { anyone = false }\nallow = []\n";
+        let err = parse(text).unwrap_err();
+        let lines: Vec<usize> = err.problems.iter().map(|p| p.line).collect();
+        assert_eq!(lines, [2, 3, 3, 5, 6], "{err}");
+        assert!(
+            err.to_string().contains("by identity, not by client ID"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("`*` may only end"), "{err}");
+        let unknown = "[[client_ids]]\nmatch = { cn = \"x\" }\nallow = [\"x\"]\nprefix = \"y\"\n";
+        assert_eq!(parse(unknown).unwrap_err().problems[0].line, 4);
+    }
+
+    #[test]
+    fn grants_by_client_id_sees_allow_rules_with_percent_c() {
+        let rule = |action: &str, matcher: &str, topic: &str| {
+            format!(
+                "[[rules]]\naction = \"{action}\"\naccess = \"both\"\nmatch = {matcher}\ntopics = [\"{topic}\"]\n"
+            )
+        };
+        let any = |_: &Match| true;
+        let acl = parse(&rule("allow", "{ any_authenticated = true }", "fleet/%c/#")).unwrap();
+        assert!(acl.grants_by_client_id(any));
+        assert!(!acl.grants_by_client_id(|m| matches!(m, Match::Cn(_))));
+        let deny = parse(&rule("deny", "{ anyone = true }", "fleet/%c/#")).unwrap();
+        assert!(!deny.grants_by_client_id(any), "a deny grants nothing");
+        let user = parse(&rule("allow", "{ anyone = true }", "users/%u/#")).unwrap();
+        assert!(!user.grants_by_client_id(any));
+        let by_id = parse(&rule("allow", "{ client_id = \"dev-7\" }", "fleet/dev-7/#")).unwrap();
+        assert!(
+            by_id.grants_by_client_id(|_| false),
+            "a rule by client ID is a grant by client ID"
         );
     }
 

@@ -392,6 +392,32 @@ server_keep_alive = "30s"
     }
 
     #[test]
+    fn memory_limits() {
+        let base = "[node]\nname = \"a\"\n[[listeners]]\nbind = \"127.0.0.1:0\"\n[limits]\n";
+        let cfg = NodeConfig::parse(Path::new("n.toml"), base).unwrap();
+        assert_eq!(cfg.limits.memory_budget, 1 << 30);
+        assert_eq!(cfg.limits.max_queued_bytes, 16 << 20);
+        let src = format!(
+            "{base}max_packet_size = 33554432\nmemory_budget = \"64MiB\"\nmax_subscriptions = 5\nmax_topic_length = 100\n"
+        );
+        let cfg = NodeConfig::parse(Path::new("n.toml"), &src).unwrap();
+        assert_eq!(cfg.limits.memory_budget, 64 << 20);
+        assert_eq!(
+            cfg.limits.max_queued_bytes,
+            32 << 20,
+            "unset, it grows to the largest packet"
+        );
+        assert_eq!(cfg.limits.max_subscriptions, 5);
+        assert_eq!(cfg.limits.max_topic_length, 100);
+        let src = format!(
+            "{base}max_queued_bytes = \"64KiB\"\nmemory_budget = \"1MiB\"\nmax_filters_per_subscribe = 0\nmax_topic_length = 70000\n"
+        );
+        let err = NodeConfig::parse(Path::new("n.toml"), &src).unwrap_err();
+        let lines: Vec<usize> = err.problems.iter().map(|p| p.line).collect();
+        assert_eq!(lines, vec![6, 7, 8, 9], "{err}");
+    }
+
+    #[test]
     fn cluster_section() {
         let src = "[node]\nname = \"broker-0\"\n[[listeners]]\nbind = \"127.0.0.1:0\"\n[cluster]\nbind = \"127.0.0.1:0\"\npeers = [{ name = \"broker-0\", addr = \"127.0.0.1:7000\" }, { name = \"broker-1\", addr = \"127.0.0.1:7001\" }]\ndead_after = \"2s\"\n";
         let cfg = NodeConfig::parse(Path::new("n.toml"), src).unwrap();

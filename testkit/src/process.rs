@@ -191,6 +191,18 @@ impl ServerProcess {
         }
     }
 
+    /// The process's resident memory (VmRSS) in bytes.
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .unwrap_or_else(|e| panic!("reading /proc/{}/status: {e}", self.pid()));
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .unwrap_or_else(|| panic!("no VmRSS for pid {}", self.pid()))
+    }
+
     /// Sends `signal` to the child (`HUP` reloads, `KILL` is a crash without any goodbye).
     pub fn signal(&self, signal: Signal) {
         send_signal(self.child.id(), signal);

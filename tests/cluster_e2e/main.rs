@@ -3,8 +3,9 @@
 //! between nodes with queued QoS 1 messages, a kill -9 whose routes the others drop within 3 s, a rolling restart
 //! under load with zero loss (`sessions`); peers discovered through DNS SRV records (a stub DNS server standing in
 //! for a Kubernetes headless Service), cluster links under mutual TLS refusing a node of another CA and a node
-//! claiming a name its certificate lacks (`links`). Clients are rumqttc (MQTT 3.1.1); client IDs are picked by the
-//! same ring the LB and the nodes use, so each test knows which node owns which client.
+//! claiming a name its certificate lacks (`links`); a session refused to another identity across nodes
+//! (`identity`). Clients are rumqttc (MQTT 3.1.1); client IDs are picked by the same ring the LB and the nodes
+//! use, so each test knows which node owns which client.
 
 #![allow(clippy::unwrap_used)] // tests may unwrap (CONTRIBUTING)
 
@@ -13,6 +14,7 @@ mod common;
 
 mod delivery;
 mod harness;
+mod identity;
 mod links;
 mod peer;
 mod resync;

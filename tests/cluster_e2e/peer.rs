@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// The link protocol version the nodes speak.
-const VERSION: u8 = 2;
+const VERSION: u8 = 3;
 
 /// A connection to a node's cluster port.
 pub struct Peer {

@@ -3,6 +3,10 @@
 //! process-wide [`Access`] (one `ArcSwap` of an [`AccessGeneration`], swapped whole by [`reload`]), turns a
 //! CONNECT plus its PROXY identity into a [`ClientAccess`], and answers ACL checks for one connection.
 //!
+//! A connection's client ID binding ([`ClientIdBinding`]) travels with its [`ClientAccess`] to the broker, which
+//! decides with it whether the connection may take over a session another identity holds
+//! (`fleetgate_auth::claim_session`); a refusal is logged and counted here ([`Access::refuse_session`]).
+//!
 //! Trust: the only certificate identity is the one in the PROXY v2 TLVs of a listener that requires the header
 //! from trusted CIDRs (the PROXY stage of [`crate::conn`]); `PeerIdentity::cert_verified` is set by the protocol
 //! crate only when CERT_CONN/CERT_SESS is set and verify == 0. A listener without PROXY has no certificate
@@ -17,7 +21,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use fleetgate_auth::{
     AclDecision, AuthDecision, AuthFailure, AuthMethod, AuthSnapshot, Authenticator, ClientAcl,
-    Credentials, Principal,
+    ClientIdBinding, Credentials, Principal,
 };
 use fleetgate_config::load::ConfigError;
 use fleetgate_config::node::{AuthConfig, NodeConfig};
@@ -131,7 +135,7 @@ impl Access {
                 client_id: connect.client_id.to_string(),
                 method: AuthMethod::Anonymous,
             };
-            return Ok(self.conn_auth(principal, generation));
+            return Ok(self.conn_auth(principal, ClientIdBinding::Unbound, generation));
         }
         let no_identity = PeerIdentity::default();
         let identity = origin.identity.as_deref().unwrap_or(&no_identity);
@@ -151,7 +155,9 @@ impl Access {
             )
             .await;
         match decision {
-            AuthDecision::Allow(principal) => Ok(self.conn_auth(principal, generation)),
+            AuthDecision::Allow(principal, binding) => {
+                Ok(self.conn_auth(principal, binding, generation))
+            }
             AuthDecision::Refuse { reason } => Err(reason),
         }
     }
@@ -159,6 +165,7 @@ impl Access {
     fn conn_auth(
         self: &Arc<Self>,
         principal: Principal,
+        binding: ClientIdBinding,
         generation: Arc<AccessGeneration>,
     ) -> ClientAccess {
         let acl = generation
@@ -167,9 +174,18 @@ impl Access {
         ClientAccess {
             state: self.clone(),
             principal: Arc::new(principal),
+            binding,
             generation,
             acl,
         }
+    }
+
+    /// Logs and counts a CONNECT refused because its client ID's session belongs to another identity
+    /// (`auth_failed reason="session_owner_mismatch"`, with the other refusals' metric).
+    pub(crate) fn refuse_session(&self, client_id: &str, source: SocketAddr) {
+        let failure = AuthFailure::SessionOwnerMismatch;
+        self.authenticator.record_refusal(failure);
+        refused(client_id, source, failure);
     }
 }
 
@@ -237,6 +253,8 @@ impl AccessKind {
 pub(crate) struct ClientAccess {
     state: Arc<Access>,
     principal: Arc<Principal>,
+    /// How tightly the client ID is bound to `principal` (at CONNECT; not re-evaluated on reload).
+    binding: ClientIdBinding,
     generation: Arc<AccessGeneration>,
     /// `None` when auth is disabled: everything allowed.
     acl: Option<ClientAcl>,
@@ -299,6 +317,12 @@ impl ClientAccess {
     /// The access state this connection was admitted under.
     pub(crate) fn access(&self) -> &Arc<Access> {
         &self.state
+    }
+
+    /// How tightly the client ID is bound to the principal: what the broker weighs when the client ID's session
+    /// belongs to another identity.
+    pub(crate) fn binding(&self) -> ClientIdBinding {
+        self.binding
     }
 }
 

@@ -3,19 +3,20 @@
 //! replication. Sessions move under the router write lock, so a publish either queued its message before the
 //! move (it travels with the session) or runs after it (and the cluster redirects it).
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use fleetgate_auth::{ClientIdBinding, Principal, SessionClaim, claim_session};
 use fleetgate_protocol::mqtt::ByteString;
 use fleetgate_protocol::mqtt::topic::split_shared;
 
-use super::Broker;
+use super::{Broker, SessionOwnerMismatch};
 use crate::metrics::DropReason;
 use crate::state::message::Message;
 use crate::state::retained::{RetainedEntry, Stamp, Written};
 use crate::state::router::Subscriber;
-use crate::state::session::{Session, SessionSnapshot};
+use crate::state::session::SessionSnapshot;
 use crate::state::will::Will;
 
 /// Why a session leaves this node.
@@ -56,21 +57,35 @@ impl Broker {
 
     /// Takes `client_id`'s session out of this node (kicking its connection) and hands its snapshot to `ship`,
     /// or, for a clean-start takeover, ends it. `ship` runs under the router write lock, so every later publish
-    /// here is ordered after what it queues; it says whether the session was sent. True when the session was
-    /// shipped and sent.
+    /// here is ordered after what it queues; it says whether the session was sent. `Ok(true)` when the session
+    /// was shipped and sent. For a takeover, `claimant` (the identity connecting elsewhere and its client-ID
+    /// binding) is checked against the session's owner first, under the same locks: another identity's session is
+    /// refused untouched, or ended as for a clean start when the binding reclaims the client ID.
     pub(crate) fn export_session(
         self: &Arc<Self>,
         client_id: &ByteString,
         departure: Departure,
+        claimant: Option<(&Principal, ClientIdBinding)>,
         ship: impl FnOnce(SessionSnapshot) -> bool,
-    ) -> bool {
+    ) -> Result<bool, SessionOwnerMismatch> {
         let mut router = self.router.write();
         let mut sessions = self.sessions.lock();
         let Some(session) = sessions.get(client_id).cloned() else {
-            return false;
+            return Ok(false);
         };
         let mut st = session.state.lock();
-        if let Some(slot) = st.conn.take() {
+        let claim = claimant.map_or(SessionClaim::Own, |(principal, binding)| {
+            claim_session(principal, binding, st.principal.as_deref())
+        });
+        let departure = match claim {
+            SessionClaim::Own => departure,
+            SessionClaim::Reclaim => {
+                tracing::info!(event = "session_reclaimed", client_id = %client_id, "a session of another identity ended: the client ID is bound to the one connecting elsewhere");
+                Departure::Takeover { clean_start: true }
+            }
+            SessionClaim::Refused => return Err(SessionOwnerMismatch),
+        };
+        if let Some(slot) = st.take_conn() {
             match departure {
                 Departure::Drain => slot.signal.kick_moved(),
                 Departure::Takeover { .. } => slot.signal.kick(),
@@ -111,8 +126,8 @@ impl Broker {
                 will: kept,
                 principal: st.principal.clone(),
                 subs: st.subscriptions.drain().collect(),
-                queue: std::mem::take(&mut st.queue).into(),
-                inflight: std::mem::take(&mut st.inflight).into(),
+                queue: st.queue.take_all(),
+                inflight: st.inflight.take_all(),
             })
         } else {
             // A clean start ends the session: what it owed its client goes with it.
@@ -129,14 +144,15 @@ impl Broker {
         for w in due {
             self.publish_will(client_id, w);
         }
-        sent
+        Ok(sent)
     }
 
     /// Puts a session that arrived from a peer into this node, detached: its client attaches next, or it
     /// expires — a session that was to end with its connection after `keep_transient`. `announce` runs first,
     /// under the router write lock (every message this node forwards after it was published with the session in
     /// place). When the client already started a session here meanwhile, that one is kept and given what the
-    /// arriving one owed.
+    /// arriving one owed — unless it belongs to another identity: then what the arriving one owed is dropped
+    /// (counted `session_ended`), never handed to a client it was not for.
     pub(crate) fn install_session(
         self: &Arc<Self>,
         snap: SessionSnapshot,
@@ -155,22 +171,33 @@ impl Broker {
                     .into_iter()
                     .map(|i| i.delivery)
                     .chain(snap.queue);
+                let owner = existing.state.lock().principal.clone();
+                let same = match (&owner, &snap.principal) {
+                    (Some(a), Some(b)) => a.same_identity(b),
+                    _ => true,
+                };
+                if !same {
+                    let n = owed.count();
+                    self.metrics.dropped_n(DropReason::SessionEnded, n);
+                    tracing::warn!(event = "session_conflict", client_id = %snap.client_id, dropped = n, "a session arrived for a client ID another identity holds here; what it owed is dropped");
+                    return;
+                }
                 for d in owed {
                     self.enqueue(&existing, d);
                 }
                 return;
             }
-            let session = Arc::new(Session::new(
-                self.new_session_id(),
-                snap.client_id.clone(),
-                snap.protocol,
-                snap.expiry_secs,
-            ));
+            let session =
+                Arc::new(self.new_session(snap.client_id.clone(), snap.protocol, snap.expiry_secs));
             {
                 let mut st = session.state.lock();
                 st.subscriptions = snap.subs.iter().cloned().collect();
-                st.queue = VecDeque::from(snap.queue);
-                st.inflight = VecDeque::from(snap.inflight);
+                for d in snap.queue {
+                    st.queue.push_back(d);
+                }
+                for i in snap.inflight {
+                    st.inflight.push_back(i);
+                }
                 st.inbound_qos2 = snap.inbound_qos2.into_iter().collect::<HashSet<u16>>();
                 st.next_packet_id = snap.next_packet_id;
                 st.principal = snap.principal.clone();
@@ -250,9 +277,16 @@ impl Broker {
         stamp: Stamp,
     ) -> Written {
         let written = self.retained.apply(topic, msg, stamp);
-        if written == Written::Full {
-            self.metrics.dropped(DropReason::RetainedFull);
-        }
+        self.count_unretained(&written);
         written
+    }
+
+    /// Counts a retained write the store refused.
+    pub(crate) fn count_unretained(&self, written: &Written) {
+        match written {
+            Written::Full => self.metrics.dropped(DropReason::RetainedFull),
+            Written::OverBudget => self.metrics.dropped(DropReason::MemoryBudget),
+            Written::Applied(..) | Written::Stale => {}
+        }
     }
 }

@@ -19,16 +19,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use fleetgate_auth::Principal;
+use fleetgate_auth::{ClientIdBinding, Principal, SessionClaim, claim_session};
 use fleetgate_config::node::LimitsConfig;
 use fleetgate_protocol::mqtt::{ByteString, ProtocolLevel};
 use parking_lot::{Mutex, RwLock};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{DropReason, Metrics};
+use crate::state::budget::MemoryBudget;
 use crate::state::retained::{RetainedLimits, RetainedStore};
 use crate::state::router::Router;
-use crate::state::session::{ConnSlot, Session};
+use crate::state::session::{ConnSlot, QueueLimits, Session};
 use crate::state::will::Will;
 use crate::wakeup::Wakeup;
 
@@ -60,7 +61,14 @@ pub(crate) struct AttachRequest {
     pub(crate) window: usize,
     /// Who the client authenticated as.
     pub(crate) principal: Arc<Principal>,
+    /// How tightly the client ID is bound to `principal`: whether it may take over another identity's session.
+    pub(crate) binding: ClientIdBinding,
 }
+
+/// [`Broker::attach`] refused: the client ID's session belongs to another identity and the connection's binding
+/// does not give it the client ID (`fleetgate_auth::claim_session`). Nothing was changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SessionOwnerMismatch;
 
 /// A connection's handle on its session.
 #[derive(Debug)]
@@ -103,6 +111,8 @@ pub struct Broker {
     /// Metric handles.
     pub(crate) metrics: Metrics,
     retained: RetainedStore,
+    /// What queues, in-flight and retained messages may hold together.
+    budget: Arc<MemoryBudget>,
     /// Sessions by client ID.
     sessions: Mutex<HashMap<ByteString, Arc<Session>>>,
     /// Local subscriptions. Lock order when both are needed: `router` (write) → `sessions`.
@@ -127,11 +137,14 @@ impl Broker {
             max_messages: limits.max_retained_messages,
             max_bytes: limits.max_retained_bytes,
         };
+        metrics.memory_limit.set(limits.memory_budget as f64);
+        let budget = MemoryBudget::new(limits.memory_budget, metrics.memory_used.clone());
         // Deletes are kept as tombstones only when peers replicate the store.
         let retained = RetainedStore::new(
             node_name.clone(),
             retained_limits,
             metrics.retained.clone(),
+            budget.clone(),
             cluster.is_some(),
         );
         let cluster = cluster.unwrap_or_else(|| Arc::new(NoCluster));
@@ -144,12 +157,37 @@ impl Broker {
             limits,
             metrics,
             retained,
+            budget,
             sessions: Mutex::new(HashMap::new()),
             router: RwLock::new(Router::new()),
             next_session_id: AtomicU64::new(seed),
             timers,
             cluster,
         }
+    }
+
+    /// How much one session's queue may hold.
+    pub(crate) fn queue_limits(&self) -> QueueLimits {
+        QueueLimits {
+            max_messages: self.limits.max_queued_messages,
+            max_bytes: self.limits.max_queued_bytes,
+        }
+    }
+
+    /// A new session reporting to this node's memory budget.
+    fn new_session(
+        &self,
+        client_id: ByteString,
+        protocol: ProtocolLevel,
+        expiry_secs: u32,
+    ) -> Session {
+        Session::new(
+            self.new_session_id(),
+            client_id,
+            protocol,
+            expiry_secs,
+            &self.budget,
+        )
     }
 
     /// This node's name.
@@ -171,8 +209,12 @@ impl Broker {
     }
 
     /// Attaches a new connection to its session: creates it, resumes it, or takes it over from another
-    /// connection (which is kicked; its session ends first when `clean_start`).
-    pub(crate) fn attach(self: &Arc<Self>, req: AttachRequest) -> Attached {
+    /// connection (which is kicked; its session ends first when `clean_start`). A session another identity holds
+    /// is refused before anything changes, or, when the binding reclaims the client ID, ended as for a clean start.
+    pub(crate) fn attach(
+        self: &Arc<Self>,
+        req: AttachRequest,
+    ) -> Result<Attached, SessionOwnerMismatch> {
         let wakeup = Arc::new(Wakeup::default());
         let mut wills: Vec<Will> = Vec::new();
         let mut ended: Option<Arc<Session>> = None;
@@ -181,13 +223,27 @@ impl Broker {
         let resumed = match sessions.get(&req.client_id).cloned() {
             Some(old) => {
                 let mut st = old.state.lock();
-                if let Some(slot) = st.conn.take() {
+                // Decided under the sessions lock, before the old connection is kicked: a refused claimant
+                // changes nothing, and no attach can slip in between the check and the takeover.
+                let clean_start = match claim_session(
+                    &req.principal,
+                    req.binding,
+                    st.principal.as_deref(),
+                ) {
+                    SessionClaim::Own => req.clean_start,
+                    SessionClaim::Reclaim => {
+                        tracing::info!(event = "session_reclaimed", client_id = %req.client_id, "a session of another identity ended: the client ID is bound to the new one");
+                        true
+                    }
+                    SessionClaim::Refused => return Err(SessionOwnerMismatch),
+                };
+                if let Some(slot) = st.take_conn() {
                     slot.signal.kick();
                     old.set_connected(false);
                 }
                 let running_will = st.will.take();
                 let pending_will = st.pending_will.take();
-                if req.clean_start {
+                if clean_start {
                     // The old session ends here, so its will is due whatever its delay.
                     st.ended = true;
                     self.metrics
@@ -210,8 +266,7 @@ impl Broker {
         let session = match resumed {
             Some(s) => s,
             None => {
-                let s = Arc::new(Session::new(
-                    self.new_session_id(),
+                let s = Arc::new(self.new_session(
                     req.client_id.clone(),
                     req.protocol,
                     req.expiry_secs,
@@ -227,7 +282,7 @@ impl Broker {
         let generation = {
             let mut st = session.state.lock();
             st.generation += 1;
-            st.conn = Some(ConnSlot {
+            st.attach(ConnSlot {
                 signal: wakeup.clone(),
                 window: req.window,
             });
@@ -249,12 +304,12 @@ impl Broker {
         for w in wills {
             self.publish_will(&req.client_id, w);
         }
-        Attached {
+        Ok(Attached {
             session,
             present,
             generation,
             wakeup,
-        }
+        })
     }
 
     /// Tells every attached connection the node is shutting down (after the connections' shutdown token was
@@ -283,7 +338,7 @@ impl Broker {
             if st.generation != generation || st.conn.is_none() {
                 return;
             }
-            st.conn = None;
+            st.take_conn();
             session.set_connected(false);
             if let Some(e) = expiry {
                 st.expiry_secs = e;
@@ -374,3 +429,7 @@ impl Broker {
         self.retained.len()
     }
 }
+
+#[cfg(test)]
+#[path = "owner_tests.rs"]
+mod owner_tests;

@@ -11,9 +11,7 @@ use parking_lot::RwLockReadGuard;
 
 use super::{Broker, ForwardMemo};
 use crate::events;
-use crate::metrics::DropReason;
 use crate::state::message::{Delivery, Message};
-use crate::state::retained::Written;
 use crate::state::router::{Router, Scope, Subscriber};
 use crate::state::session::Session;
 use crate::state::will::Will;
@@ -52,9 +50,7 @@ impl Broker {
             let written = self.retained.store(&msg, |stamp, seq| {
                 self.cluster.retained_written(&msg, stamp, seq);
             });
-            if written == Written::Full {
-                self.metrics.dropped(DropReason::RetainedFull);
-            }
+            self.count_unretained(&written);
         }
         let mut served = Vec::new();
         // The router stays read-locked until the forwards are queued: a session handed to this node is installed
@@ -121,7 +117,7 @@ impl Broker {
 
     /// Queues `delivery` for `session`; a drop is counted by its reason. True when queued.
     pub(super) fn enqueue(&self, session: &Session, delivery: Delivery) -> bool {
-        match session.enqueue(delivery, self.limits.max_queued_messages) {
+        match session.enqueue(delivery, self.queue_limits()) {
             Ok(()) => true,
             Err(reason) => {
                 self.metrics.dropped(reason);

@@ -17,7 +17,7 @@ use crate::state::session::{Session, SubscriptionEntry};
 
 impl Broker {
     /// Adds or replaces a subscription of `session` and queues the retained messages its retain handling asks
-    /// for. Returns the SUBACK reason.
+    /// for. Returns the SUBACK reason: quota exceeded (0x97) for a new filter past `max_subscriptions`.
     pub(crate) fn subscribe(
         &self,
         session: &Arc<Session>,
@@ -26,12 +26,15 @@ impl Broker {
         id: Option<NonZeroU32>,
     ) -> SubscribeAckReason {
         let (group, plain) = split_shared(filter);
-        let existed = session
-            .state
-            .lock()
-            .subscriptions
-            .insert(filter.clone(), SubscriptionEntry { options, id })
-            .is_some();
+        let existed = {
+            let mut st = session.state.lock();
+            let subs = &mut st.subscriptions;
+            if !subs.contains_key(filter) && subs.len() >= self.limits.max_subscriptions {
+                return SubscribeAckReason::QuotaExceeded;
+            }
+            subs.insert(filter.clone(), SubscriptionEntry { options, id })
+                .is_some()
+        };
         let replaced = self.router.write().subscribe(
             plain,
             group,

@@ -46,7 +46,7 @@
 //!
 //! | type | frame | meaning |
 //! |---|---|---|
-//! | 0x01 | Hello {version, name, advertise, incarnation, resume?} | first frame each way; version must be 2; the acceptor's `resume` offers the dialer an incremental sync after those watermarks |
+//! | 0x01 | Hello {version, name, advertise, incarnation, resume?} | first frame each way; version must be 3; the acceptor's `resume` offers the dialer an incremental sync after those watermarks |
 //! | 0x02 | Heartbeat | liveness when idle |
 //! | 0x10 / 0x11 | RouteAdd / RouteRemove {filter, seq} | the sender has (no longer) a subscription on a filter, `$share/..` included |
 //! | 0x12 | Claim {client_id, held, seq} | the sender holds (no longer) a session the ring assigns to another node |
@@ -56,8 +56,8 @@
 //! | 0x16 | Progress {watermarks} | after the sync, each heartbeat interval while they move: the sender's change numbers (its retained writes from third nodes are not sent on, yet a resume need not resend them) |
 //! | 0x20 | Publish {direct, groups, sessions, msg} | deliver to local plain subscribers (direct), to the listed shared groups and redirected sessions |
 //! | 0x21 | Retain {stamp, topic, msg?, seq} | retained set/clear, last writer wins by hybrid logical stamp |
-//! | 0x30 | TakeoverRequest {req, client_id, clean_start} | hand me this client's session |
-//! | 0x31 | TakeoverReply {req, moved_to?} | no session here (it went to `moved_to`) |
+//! | 0x30 | TakeoverRequest {req, client_id, clean_start, claimant} | hand me this client's session; `claimant` is the connecting client's identity and client-ID binding, checked against the session's owner before anything moves |
+//! | 0x31 | TakeoverReply {req, moved_to?, refused} | no session here (it went to `moved_to`), or `refused`: it is another identity's |
 //! | 0x32..0x35 | SessionBegin / SessionSub / SessionMsg / SessionEnd {req, ..} | a session handed over (reply, or pushed at drain with the top bit of `req` set); SessionBegin carries the identity its client authenticated with |
 //! | 0x36 | SessionInstalled {client_id} | the handed-over session is in place at the sender and every peer has its routes: redirects to it end |
 //! | 0x37 | SessionArrived {client_id} | the handed-over session is in the sender's router: the sender's later messages reached it there |

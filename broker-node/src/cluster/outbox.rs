@@ -62,11 +62,13 @@ pub(crate) struct LinkTx {
     room_wanted: AtomicBool,
     /// The link was reset because a control frame found the queue at 4 × capacity.
     overflowed: AtomicBool,
+    /// Bytes queued at most for droppable frames (4 × for the others), like the frame capacity.
+    max_bytes: usize,
 }
 
 impl LinkTx {
-    /// An empty queue for outbound connection `id`.
-    pub(crate) fn new(id: u64, cancel: CancellationToken) -> LinkTx {
+    /// An empty queue for outbound connection `id`, holding at most `max_bytes` of droppable frames.
+    pub(crate) fn new(id: u64, cancel: CancellationToken, max_bytes: usize) -> LinkTx {
         LinkTx {
             id,
             queue: Mutex::new(Outbox::default()),
@@ -75,10 +77,11 @@ impl LinkTx {
             drained: Notify::new(),
             room_wanted: AtomicBool::new(false),
             overflowed: AtomicBool::new(false),
+            max_bytes,
         }
     }
 
-    /// Waits until at most `frames` are queued; false when the link ended first.
+    /// Waits until at most `frames` (and half the byte bound) are queued; false when the link ended first.
     pub(crate) async fn wait_room(&self, frames: usize) -> bool {
         loop {
             // Created before the look, so a notification between the look and the wait is not missed.
@@ -88,7 +91,7 @@ impl LinkTx {
                 if q.closed {
                     return false;
                 }
-                if q.frames <= frames {
+                if q.frames <= frames && q.buf.len() <= self.max_bytes / 2 {
                     return true;
                 }
                 self.room_wanted.store(true, Ordering::Release);
@@ -107,9 +110,9 @@ impl LinkTx {
         self.overflowed.load(Ordering::Acquire)
     }
 
-    /// Queues the frame `encode` appends (exactly one). With `capacity` frames already waiting, a droppable
-    /// frame is refused (false) and any other is queued up to 4 × `capacity`; past that the link is reset (the
-    /// peer resyncs on the new link). False as well once the link ended.
+    /// Queues the frame `encode` appends (exactly one). With `capacity` frames (or the byte bound) already
+    /// waiting, a droppable frame is refused (false) and any other is queued up to 4 × either; past that the
+    /// link is reset (the peer resyncs on the new link). False as well once the link ended.
     pub(crate) fn push(
         &self,
         capacity: usize,
@@ -130,11 +133,13 @@ impl LinkTx {
         if q.closed {
             return Err(Refused::Closed);
         }
-        if q.frames >= capacity {
+        if q.frames >= capacity || q.buf.len() >= self.max_bytes {
             if droppable {
                 return Err(Refused::Full);
             }
-            if q.frames >= capacity.saturating_mul(4) {
+            if q.frames >= capacity.saturating_mul(4)
+                || q.buf.len() >= self.max_bytes.saturating_mul(4)
+            {
                 // A control frame that cannot be queued: the peer is stuck; a fresh link resyncs it.
                 drop(q);
                 self.overflowed.store(true, Ordering::Release);
@@ -228,7 +233,7 @@ mod tests {
 
     #[test]
     fn bound_drops_forwards_then_resets_the_link() {
-        let link = LinkTx::new(1, CancellationToken::new());
+        let link = LinkTx::new(1, CancellationToken::new(), usize::MAX);
         assert!(link.push(2, true, heartbeat));
         assert!(link.push(2, true, heartbeat));
         assert!(
@@ -246,10 +251,25 @@ mod tests {
         assert_eq!(link.try_push(100, false, heartbeat), Err(Refused::Closed));
     }
 
+    #[test]
+    fn bytes_are_bounded_like_frames() {
+        let link = LinkTx::new(1, CancellationToken::new(), 100);
+        let sixty = |b: &mut BytesMut| b.extend_from_slice(&[0u8; 60]);
+        assert!(link.push(1000, true, sixty));
+        assert!(link.push(1000, true, sixty));
+        assert!(!link.push(1000, true, sixty), "droppable past the bytes");
+        for _ in 0..5 {
+            assert!(link.push(1000, false, sixty));
+        }
+        assert!(!link.cancel.is_cancelled());
+        assert!(!link.push(1000, false, sixty), "4 × the bytes: reset");
+        assert!(link.cancel.is_cancelled());
+    }
+
     #[tokio::test]
     async fn writes_every_frame_in_order_in_few_writes() {
         let (client, mut server) = tokio::io::duplex(1 << 20);
-        let link = std::sync::Arc::new(LinkTx::new(1, CancellationToken::new()));
+        let link = std::sync::Arc::new(LinkTx::new(1, CancellationToken::new(), usize::MAX));
         for i in 0..100u64 {
             assert!(link.push(1000, true, |b| Frame::Barrier(i).encode(b)));
         }

@@ -61,6 +61,8 @@ pub(crate) enum Violation {
     UnexpectedPacket,
     /// A QoS 1/2 PUBLISH without a packet identifier.
     MissingPacketId,
+    /// A topic name longer than `[limits] max_topic_length`.
+    TopicTooLong,
 }
 
 impl Violation {
@@ -77,6 +79,7 @@ impl Violation {
             Violation::AuthNotNegotiated => "auth_not_negotiated",
             Violation::UnexpectedPacket => "unexpected_packet",
             Violation::MissingPacketId => "missing_packet_id",
+            Violation::TopicTooLong => "topic_too_long",
         }
     }
 
@@ -87,6 +90,7 @@ impl Violation {
                 .unwrap_or(DisconnectReasonCode::ProtocolError),
             Violation::TopicAliasInvalid => DisconnectReasonCode::TopicAliasInvalid,
             Violation::ReceiveMaximumExceeded => DisconnectReasonCode::ReceiveMaximumExceeded,
+            Violation::TopicTooLong => DisconnectReasonCode::TopicNameInvalid,
             _ => DisconnectReasonCode::ProtocolError,
         }
     }

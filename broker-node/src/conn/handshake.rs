@@ -16,12 +16,14 @@ use super::inbound::InboundAliases;
 use super::outbound::{self, OutboundAliases};
 use super::wire::{ReadError, Wire};
 use super::{Conn, Context, End};
-use crate::access;
+use crate::access::{self, ClientAccess};
 use crate::broker::{AttachRequest, ForwardMemo};
+use crate::cluster::frame::Claimant;
 use crate::limits::{CLOSE_FLUSH_TIMEOUT, ConnLimits};
 use crate::origin::ClientOrigin;
 use crate::state::will::{Will, WillPermit};
 use crate::{events, metrics};
+use fleetgate_auth::{AuthFailure, Principal};
 
 /// A connection past CONNACK, as [`establish`] hands it to the packet loop.
 pub(super) struct Established {
@@ -144,7 +146,18 @@ pub(super) async fn establish(
     // its whole life.
     let client_id = ByteString::from(&*connect.client_id);
     if let Some(cluster) = &ctx.cluster {
-        cluster.acquire(&client_id, connect.clean_start).await;
+        let claimant = Claimant {
+            principal: Principal::clone(client_access.principal()),
+            binding: client_access.binding(),
+        };
+        if cluster
+            .acquire(&client_id, connect.clean_start, &claimant)
+            .await
+            .is_err()
+        {
+            // Another node holds the session for another identity: refused there, untouched.
+            return Err(refuse_session(wire, &origin, &client_access, &client_id, level).await);
+        }
         // Draining: a session attached here now could miss the handover; the client goes to another node.
         if cluster.is_leaving() {
             let reason = ConnectAckReason::UseAnotherServer;
@@ -161,7 +174,12 @@ pub(super) async fn establish(
         source: origin.source,
         window: limits.outbound_window,
         principal: client_access.principal().clone(),
+        binding: client_access.binding(),
     });
+    let Ok(attached) = attached else {
+        // The session belongs to another identity: refused like an authentication failure.
+        return Err(refuse_session(wire, &origin, &client_access, &client_id, level).await);
+    };
     events::connect(
         &client_id,
         &level.to_string(),
@@ -253,6 +271,22 @@ async fn refuse_codec(mut wire: Wire, origin: &ClientOrigin, e: CodecError) -> E
         send_connack_refusal(&mut wire, reason).await;
     }
     Early::new(End::codec(e), origin)
+}
+
+/// Refuses a CONNECT whose client ID's session belongs to another identity (logged and counted as an
+/// authentication refusal, `session_owner_mismatch`).
+async fn refuse_session(
+    wire: Wire,
+    origin: &ClientOrigin,
+    client_access: &ClientAccess,
+    client_id: &str,
+    level: ProtocolLevel,
+) -> Early {
+    client_access
+        .access()
+        .refuse_session(client_id, origin.source);
+    let reason = access::connack_reason(AuthFailure::SessionOwnerMismatch, level);
+    refuse(wire, origin, client_id, reason).await
 }
 
 /// Refuses a decoded CONNECT with a CONNACK reason.

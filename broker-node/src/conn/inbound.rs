@@ -179,6 +179,9 @@ fn on_publish(conn: &mut Conn, publish: Publish) -> Result<(), End> {
     let qos = publish.qos;
     let alias = publish.properties.as_ref().and_then(|p| p.topic_alias);
     let topic = conn.inbound_aliases.resolve(&publish.topic, alias)?;
+    if topic.len() > conn.broker.limits.max_topic_length {
+        return Err(End::Protocol(Violation::TopicTooLong));
+    }
     let packet_id = publish.packet_id;
     if !conn.access.may_publish(&topic) {
         return on_denied_publish(conn, qos, packet_id);
@@ -274,11 +277,22 @@ fn route(conn: &mut Conn, publish: Publish, topic: ByteString) {
         .publish_with(Arc::new(msg), &mut conn.forward_memo);
 }
 
+/// SUBSCRIBE: each filter in turn, within the limits — those past `max_filters_per_subscribe` get 0x97 (quota
+/// exceeded; 3.1.1: 0x80) without being looked at, one longer than `max_topic_length` 0x8F.
 fn on_subscribe(conn: &mut Conn, sub: Subscribe) -> Result<(), End> {
+    let limits = &conn.broker.limits;
+    let (max_filters, max_length) = (limits.max_filters_per_subscribe, limits.max_topic_length);
     let status = sub
         .topic_filters
         .iter()
-        .map(|(filter, options)| {
+        .enumerate()
+        .map(|(n, (filter, options))| {
+            if n >= max_filters {
+                return SubscribeAckReason::QuotaExceeded;
+            }
+            if filter.len() > max_length {
+                return SubscribeAckReason::TopicFilterInvalid;
+            }
             if !conn.access.may_subscribe(filter) {
                 // 0x87; the codec turns it into the 3.1.1 failure code 0x80.
                 return SubscribeAckReason::NotAuthorized;

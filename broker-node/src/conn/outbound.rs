@@ -265,7 +265,7 @@ pub(crate) fn resend_inflight(conn: &mut Conn) {
     let v5 = conn.level.is_v5();
     let mut st = conn.session.state.lock();
     let mut too_large = Vec::new();
-    for entry in &st.inflight {
+    for entry in st.inflight.iter() {
         let packet = if entry.released {
             Packet::PublishRelease(PublishAck2 {
                 packet_id: entry.packet_id,

@@ -7,22 +7,24 @@
 //! number. Every change also takes a local sequence number: a peer that was linked before asks for what
 //! changed after the last one it applied ([`RetainedStore::chunk`]).
 //!
-//! The store is bounded by count and by bytes (`[limits] max_retained_messages`, `max_retained_bytes`): a write
-//! that would pass either is refused (the message is still delivered, just not retained) and counted; deletes
-//! and updates that shrink are always accepted.
+//! The store is bounded by count and by bytes (`[limits] max_retained_messages`, `max_retained_bytes`), and its
+//! bytes count in the node's memory budget: a write that would pass any of them is refused (the message is
+//! still delivered, just not retained) and counted; deletes and updates that shrink are always accepted.
 //!
-//! Topics are kept in order, so a filter that starts with literal levels (`devices/17/#`) reads only the range
-//! of topics under them.
+//! Topics are kept in order (a sync reads them in chunks after a cursor) and indexed level by level
+//! ([`TopicIndex`]), so a SUBSCRIBE's filter visits only the branches it matches, never the whole store.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::Arc;
 use std::time::Instant;
 
-use fleetgate_protocol::mqtt::{ByteString, topic};
+use fleetgate_protocol::mqtt::ByteString;
 use parking_lot::{Mutex, RwLock};
 
+use super::budget::MemoryBudget;
 use super::message::Message;
+use super::topic_index::TopicIndex;
 use crate::metrics::RetainedGauges;
 
 /// A hybrid logical timestamp: `(milliseconds << 16 | counter, node name)`; greater wins (last writer wins).
@@ -37,9 +39,9 @@ pub(crate) struct Stamp {
 /// Bits of a stamp's `time` holding the logical counter (below the milliseconds).
 const COUNTER_BITS: u32 = 16;
 
-/// Bytes an entry costs beside its topic and payload (map node, entry, shared message, stamp): an estimate,
-/// so that a flood of tiny or empty writes is bounded too.
-const ENTRY_OVERHEAD: usize = 192;
+/// Bytes an entry costs beside its topic and payload (map node, entry, shared message, stamp, its branch of
+/// the topic index): an estimate, so that a flood of tiny or empty writes is bounded too.
+const ENTRY_OVERHEAD: usize = 256;
 
 /// The store's bounds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +61,8 @@ pub(crate) enum Written {
     Stale,
     /// Refused: the store is at its bounds.
     Full,
+    /// Refused: the node's memory budget is spent.
+    OverBudget,
 }
 
 #[derive(Debug)]
@@ -79,10 +83,14 @@ struct Table {
     live: usize,
     /// Sum of the entries' sizes.
     bytes: usize,
+    /// What of `bytes` the memory budget knows.
+    reported: usize,
     /// Last local sequence number issued.
     seq: u64,
     /// Tombstones by sequence number, oldest first.
     tombstones: BTreeMap<u64, ByteString>,
+    /// The topics of the live entries, by level.
+    index: TopicIndex,
     /// Changes at or below this sequence number may be forgotten (their tombstones dropped).
     forgotten: u64,
 }
@@ -93,6 +101,8 @@ pub(crate) struct RetainedStore {
     table: RwLock<Table>,
     gauges: RetainedGauges,
     limits: RetainedLimits,
+    /// The node's budget, which the store's bytes count in.
+    budget: Arc<MemoryBudget>,
     /// Keep deletes as tombstones (in a cluster; a single node deletes outright).
     keep_tombstones: bool,
     node: String,
@@ -107,21 +117,6 @@ fn entry_size(topic: &str, msg: Option<&Arc<Message>>) -> usize {
     ENTRY_OVERHEAD + topic.len() + msg.map_or(0, |m| m.footprint())
 }
 
-/// The literal levels a filter starts with, as a topic prefix every matching topic has (`""` when the filter
-/// starts with a wildcard).
-fn literal_prefix(filter: &str) -> &str {
-    let mut start: usize = 0;
-    for level in filter.split('/') {
-        match level {
-            // `a/b/#` also matches `a/b` itself: the prefix stops before the slash.
-            "#" => return &filter[..start.saturating_sub(1)],
-            "+" => return &filter[..start],
-            _ => start += level.len() + 1,
-        }
-    }
-    filter
-}
-
 impl RetainedStore {
     /// An empty store whose writes are stamped with `node` (the tie-break between equal clocks); deletes are
     /// kept as tombstones when `keep_tombstones` (a cluster node).
@@ -129,12 +124,14 @@ impl RetainedStore {
         node: String,
         limits: RetainedLimits,
         gauges: RetainedGauges,
+        budget: Arc<MemoryBudget>,
         keep_tombstones: bool,
     ) -> RetainedStore {
         RetainedStore {
             table: RwLock::new(Table::default()),
             gauges,
             limits,
+            budget,
             keep_tombstones,
             node,
             clock: Mutex::new(0),
@@ -196,11 +193,14 @@ impl RetainedStore {
                 t.bytes -= old.size;
                 t.live -= usize::from(old_live);
                 remove_tombstone(&mut t, &old);
+                if old_live {
+                    t.index.remove(&topic);
+                }
             }
             t.seq += 1;
             let seq = t.seq;
             written(&stamp, seq);
-            self.publish_gauges(&t);
+            self.publish_gauges(&mut t);
             return Written::Applied(stamp, seq);
         }
         let size = entry_size(&topic, msg.as_ref());
@@ -209,6 +209,9 @@ impl RetainedStore {
         let over_bytes = t.bytes - old_size + size > self.limits.max_bytes;
         if grows && (over_count || over_bytes) {
             return Written::Full;
+        }
+        if grows && self.budget.would_exceed(size.saturating_sub(old_size)) {
+            return Written::OverBudget;
         }
         // Kept for long: the topic and a small payload are copied out of the read buffer they were sliced from.
         let msg = msg.map(|m| m.compacted());
@@ -224,6 +227,11 @@ impl RetainedStore {
             seq,
             size,
         };
+        match (old_live, tombstone) {
+            (false, false) => t.index.insert(&topic),
+            (true, true) => t.index.remove(&topic),
+            _ => {}
+        }
         if let Some(old) = t.map.insert(topic, entry) {
             remove_tombstone(&mut t, &old);
         }
@@ -231,14 +239,17 @@ impl RetainedStore {
         t.live = t.live - usize::from(old_live) + usize::from(!tombstone);
         self.bound_tombstones(&mut t);
         written(&stamp, seq);
-        self.publish_gauges(&t);
+        self.publish_gauges(&mut t);
         Written::Applied(stamp, seq)
     }
 
-    /// Drops the oldest tombstones past the bound (as many as messages may be held): a peer that comes back
-    /// after that many deletes gets a full sync.
+    /// Drops the oldest tombstones past the bounds (as many as messages may be held, and while the store is past
+    /// its bytes — a flood of deletes is bounded like a flood of writes): a peer that comes back after those
+    /// deletes gets a full sync.
     fn bound_tombstones(&self, t: &mut Table) {
-        while t.tombstones.len() > self.limits.max_messages.max(1) {
+        while t.tombstones.len() > self.limits.max_messages.max(1)
+            || (t.bytes > self.limits.max_bytes && !t.tombstones.is_empty())
+        {
             let Some((seq, topic)) = t.tombstones.pop_first() else {
                 break;
             };
@@ -246,7 +257,14 @@ impl RetainedStore {
         }
     }
 
-    fn publish_gauges(&self, t: &Table) {
+    /// Brings the gauges and the memory budget up to date with the table.
+    fn publish_gauges(&self, t: &mut Table) {
+        if t.bytes > t.reported {
+            self.budget.add(t.bytes - t.reported);
+        } else if t.bytes < t.reported {
+            self.budget.sub(t.reported - t.bytes);
+        }
+        t.reported = t.bytes;
         self.gauges.messages.set(t.live as f64);
         self.gauges.bytes.set(t.bytes as f64);
         self.gauges.tombstones.set(t.tombstones.len() as f64);
@@ -272,7 +290,7 @@ impl RetainedStore {
             t.tombstones.remove(seq);
             drop_tombstone(&mut t, *seq, topic);
         }
-        self.publish_gauges(&t);
+        self.publish_gauges(&mut t);
         due.len()
     }
 
@@ -330,20 +348,27 @@ impl RetainedStore {
                 .into_iter()
                 .collect();
         }
-        let prefix = literal_prefix(filter);
-        t.map
-            .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
-            .take_while(|(topic, _)| topic.starts_with(prefix))
-            .filter(|(topic, _)| topic::matches(filter, topic))
-            .filter_map(|(_, e)| e.msg.as_ref())
-            .filter(live)
-            .cloned()
-            .collect()
+        let mut out = Vec::new();
+        t.index.for_each_match(filter, |topic| {
+            if let Some(m) = t.map.get(topic).and_then(|e| e.msg.as_ref()).filter(live) {
+                out.push(m.clone());
+            }
+        });
+        out
     }
 
     /// Number of retained messages.
     pub(crate) fn len(&self) -> usize {
         self.table.read().live
+    }
+}
+
+impl Drop for RetainedStore {
+    fn drop(&mut self) {
+        let reported = self.table.get_mut().reported;
+        if reported > 0 {
+            self.budget.sub(reported);
+        }
     }
 }
 
@@ -396,7 +421,13 @@ mod tests {
     }
 
     fn store(node: &str, limits: RetainedLimits, cluster: bool) -> RetainedStore {
-        RetainedStore::new(node.into(), limits, RetainedGauges::noop(), cluster)
+        RetainedStore::new(
+            node.into(),
+            limits,
+            RetainedGauges::noop(),
+            MemoryBudget::unbounded(),
+            cluster,
+        )
     }
 
     fn entries(s: &RetainedStore, since: u64) -> Vec<(String, Option<String>)> {
@@ -439,16 +470,6 @@ mod tests {
             3,
             "a single node keeps no tombstone"
         );
-    }
-
-    #[test]
-    fn literal_prefixes() {
-        assert_eq!(literal_prefix("a/b/#"), "a/b");
-        assert_eq!(literal_prefix("a/+/c"), "a/");
-        assert_eq!(literal_prefix("#"), "");
-        assert_eq!(literal_prefix("+/x"), "");
-        assert_eq!(literal_prefix("a"), "a");
-        assert_eq!(literal_prefix("a//+"), "a//");
     }
 
     #[test]
@@ -575,6 +596,27 @@ mod tests {
             Written::Full,
             "grows past the bytes"
         );
+    }
+
+    #[test]
+    fn a_flood_of_deletes_is_bounded_in_bytes() {
+        let one = entry_size("t/00000", None);
+        let store = store(
+            "n",
+            RetainedLimits {
+                max_messages: 1_000_000,
+                max_bytes: 100 * one,
+            },
+            true,
+        );
+        for i in 0..10_000 {
+            let topic = format!("t/{i:05}");
+            store.store(&msg(&topic, b""), |_, _| {});
+        }
+        let t = store.table.read();
+        assert!(t.bytes <= 100 * one, "{} bytes", t.bytes);
+        assert_eq!(t.tombstones.len(), 100, "the newest deletes are kept");
+        assert!(t.map.contains_key("t/09999") && !t.map.contains_key("t/00000"));
     }
 
     fn store_with_bytes(max_bytes: usize) -> RetainedStore {

@@ -2,7 +2,7 @@
 //! QoS 1/2 messages in flight both ways, packet-ID allocation — plus the slot of the connection currently
 //! attached. Locked briefly (never across an `.await`); publishers push into the queue and wake the connection.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::num::{NonZeroU16, NonZeroU32};
 use std::sync::Arc;
@@ -12,6 +12,7 @@ use fleetgate_auth::Principal;
 use fleetgate_protocol::mqtt::{ByteString, ProtocolLevel, QoS, SubscriptionOptions};
 use parking_lot::Mutex;
 
+use super::budget::{Backlog, MemoryBudget, Weigh};
 use super::message::{Delivery, SessionId};
 use super::will::Will;
 use crate::metrics::DropReason;
@@ -77,13 +78,13 @@ pub(crate) struct SessionSnapshot {
 pub(crate) struct SessionState {
     /// Subscriptions by full filter.
     pub(crate) subscriptions: HashMap<ByteString, SubscriptionEntry>,
-    /// Messages waiting to be sent (bounded by `max_queued_messages`).
-    pub(crate) queue: VecDeque<Delivery>,
+    /// Messages waiting to be sent (bounded by `max_queued_messages` and `max_queued_bytes`).
+    pub(crate) queue: Backlog<Delivery>,
     /// QoS 1/2 messages sent, oldest first.
-    pub(crate) inflight: VecDeque<Inflight>,
+    pub(crate) inflight: Backlog<Inflight>,
     /// QoS 2 packet IDs received from the client, PUBREC sent, waiting for PUBREL.
     pub(crate) inbound_qos2: HashSet<u16>,
-    /// The attached connection, if any.
+    /// The attached connection, if any (set through [`SessionState::attach`] and [`SessionState::take_conn`]).
     pub(crate) conn: Option<ConnSlot>,
     /// Increases on every attach; timers and detaches from older connections compare it and do nothing.
     pub(crate) generation: u64,
@@ -126,12 +127,28 @@ impl SessionState {
         None
     }
 
+    /// Attaches a connection: from now on it drains the backlogs, which report their bytes in grains.
+    pub(crate) fn attach(&mut self, slot: ConnSlot) {
+        self.conn = Some(slot);
+        self.queue.set_exact(false);
+        self.inflight.set_exact(false);
+    }
+
+    /// Detaches the connection, if any: the backlogs report their bytes exactly again.
+    pub(crate) fn take_conn(&mut self) -> Option<ConnSlot> {
+        self.queue.set_exact(true);
+        self.inflight.set_exact(true);
+        self.conn.take()
+    }
+
+    /// Bytes the queue and the in-flight list hold.
+    pub(crate) fn held_bytes(&self) -> usize {
+        self.queue.bytes() + self.inflight.bytes()
+    }
+
     /// The session ends: forgets what it still owed its client; returns how many messages that was.
     pub(crate) fn discard(&mut self) -> usize {
-        let n = self.queue.len() + self.inflight.len();
-        self.queue.clear();
-        self.inflight.clear();
-        n
+        self.queue.clear() + self.inflight.clear()
     }
 
     /// PUBACK: forgets a QoS 1 message. False when unknown.
@@ -161,11 +178,11 @@ impl SessionState {
 
     fn remove_inflight(&mut self, id: NonZeroU16, ok: impl Fn(&Inflight) -> bool) -> bool {
         // Acks mostly arrive in order: the front is the usual hit.
-        match self
+        let pos = self
             .inflight
             .iter()
-            .position(|e| e.packet_id == id && ok(e))
-        {
+            .position(|e| e.packet_id == id && ok(e));
+        match pos {
             Some(pos) => {
                 self.inflight.remove(pos);
                 true
@@ -174,6 +191,19 @@ impl SessionState {
         }
     }
 }
+
+/// How much one session's queue may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct QueueLimits {
+    /// Messages queued at most (`max_queued_messages`).
+    pub(crate) max_messages: usize,
+    /// Bytes the queue and the in-flight list hold at most (`max_queued_bytes`).
+    pub(crate) max_bytes: usize,
+}
+
+/// From this share of the node's memory budget (percent), QoS 0 messages to subscribers that already have a
+/// backlog are dropped: they go before anything else does.
+const BUDGET_QOS0_PERCENT: usize = 90;
 
 /// A session: identity plus locked state.
 #[derive(Debug)]
@@ -188,12 +218,13 @@ pub(crate) struct Session {
 }
 
 impl Session {
-    /// A new session attached to a connection.
+    /// A new session, its backlogs reporting to `budget`.
     pub(crate) fn new(
         id: SessionId,
         client_id: ByteString,
         protocol: ProtocolLevel,
         expiry_secs: u32,
+        budget: &Arc<MemoryBudget>,
     ) -> Session {
         Session {
             id,
@@ -201,8 +232,8 @@ impl Session {
             connected: AtomicBool::new(false),
             state: Mutex::new(SessionState {
                 subscriptions: HashMap::new(),
-                queue: VecDeque::new(),
-                inflight: VecDeque::new(),
+                queue: Backlog::new(budget.clone()),
+                inflight: Backlog::new(budget.clone()),
                 inbound_qos2: HashSet::new(),
                 conn: None,
                 generation: 0,
@@ -226,6 +257,7 @@ impl Session {
             format!("c{id}").into(),
             ProtocolLevel::V5,
             0,
+            &MemoryBudget::unbounded(),
         ))
     }
 
@@ -240,23 +272,41 @@ impl Session {
     }
 
     /// Queues a delivery and wakes the connection; the error says why it was dropped instead.
-    pub(crate) fn enqueue(&self, delivery: Delivery, max_queued: usize) -> Result<(), DropReason> {
+    pub(crate) fn enqueue(
+        &self,
+        delivery: Delivery,
+        limits: QueueLimits,
+    ) -> Result<(), DropReason> {
         let mut st = self.state.lock();
         if st.ended {
             return Err(DropReason::SessionEnded);
         }
         let qos0 = delivery.qos == QoS::AtMostOnce;
+        let weight = delivery.weight();
+        let full =
+            st.queue.len() >= limits.max_messages || st.held_bytes() + weight > limits.max_bytes;
+        // The node's budget bounds backlogs: what waits for an offline client or piles up behind a slow one. A
+        // delivery to a connected client with nothing queued leaves at its next write and is always taken (a
+        // spent budget does not stop live traffic). QoS 0 to a backlog goes first (from 90 % of the budget),
+        // the rest at the limit.
+        let backlog = st.conn.is_none() || !st.queue.is_empty();
+        let budget = st.queue.budget();
+        let over_budget = backlog
+            && (budget.would_exceed(weight) || (qos0 && budget.is_above(BUDGET_QOS0_PERCENT)));
         let Some(conn) = st.conn.as_ref() else {
             if qos0 {
                 return Err(DropReason::NotConnected);
             }
-            if st.queue.len() >= max_queued {
+            if full {
                 return Err(DropReason::QueueFull);
+            }
+            if over_budget {
+                return Err(DropReason::MemoryBudget);
             }
             st.queue.push_back(delivery);
             return Ok(());
         };
-        if st.queue.len() >= max_queued {
+        if full {
             return Err(if qos0 {
                 DropReason::Qos0QueueFull
             } else if st.inflight.len() >= conn.window {
@@ -264,6 +314,9 @@ impl Session {
             } else {
                 DropReason::QueueFull
             });
+        }
+        if over_budget {
+            return Err(DropReason::MemoryBudget);
         }
         let was_empty = st.queue.is_empty();
         let signal = was_empty.then(|| conn.signal.clone());
@@ -282,6 +335,13 @@ mod tests {
     use super::*;
     use crate::state::message::Message;
     use fleetgate_protocol::mqtt::Bytes;
+
+    fn lim(max_messages: usize) -> QueueLimits {
+        QueueLimits {
+            max_messages,
+            max_bytes: usize::MAX,
+        }
+    }
 
     fn delivery(qos: QoS) -> Delivery {
         let msg = Message {
@@ -305,13 +365,13 @@ mod tests {
     fn offline_queueing_rules() {
         let s = Session::new_for_test(1);
         assert_eq!(
-            s.enqueue(delivery(QoS::AtMostOnce), 2),
+            s.enqueue(delivery(QoS::AtMostOnce), lim(2)),
             Err(DropReason::NotConnected)
         );
-        assert_eq!(s.enqueue(delivery(QoS::AtLeastOnce), 2), Ok(()));
-        assert_eq!(s.enqueue(delivery(QoS::ExactlyOnce), 2), Ok(()));
+        assert_eq!(s.enqueue(delivery(QoS::AtLeastOnce), lim(2)), Ok(()));
+        assert_eq!(s.enqueue(delivery(QoS::ExactlyOnce), lim(2)), Ok(()));
         assert_eq!(
-            s.enqueue(delivery(QoS::AtLeastOnce), 2),
+            s.enqueue(delivery(QoS::AtLeastOnce), lim(2)),
             Err(DropReason::QueueFull)
         );
     }
@@ -321,13 +381,13 @@ mod tests {
         let s = Session::new_for_test(1);
         let signal = Arc::new(Wakeup::default());
         s.state.lock().conn = Some(ConnSlot { signal, window: 1 });
-        assert_eq!(s.enqueue(delivery(QoS::AtLeastOnce), 1), Ok(()));
+        assert_eq!(s.enqueue(delivery(QoS::AtLeastOnce), lim(1)), Ok(()));
         assert_eq!(
-            s.enqueue(delivery(QoS::AtMostOnce), 1),
+            s.enqueue(delivery(QoS::AtMostOnce), lim(1)),
             Err(DropReason::Qos0QueueFull)
         );
         assert_eq!(
-            s.enqueue(delivery(QoS::AtLeastOnce), 1),
+            s.enqueue(delivery(QoS::AtLeastOnce), lim(1)),
             Err(DropReason::QueueFull)
         );
         let mut st = s.state.lock();
@@ -341,7 +401,7 @@ mod tests {
         st.queue.push_back(delivery(QoS::AtLeastOnce));
         drop(st);
         assert_eq!(
-            s.enqueue(delivery(QoS::AtLeastOnce), 1),
+            s.enqueue(delivery(QoS::AtLeastOnce), lim(1)),
             Err(DropReason::InflightWindow)
         );
     }
@@ -368,14 +428,13 @@ mod tests {
         let s = Session::new_for_test(1);
         let mut st = s.state.lock();
         let d = delivery(QoS::AtLeastOnce);
-        st.inflight = (1..=u16::MAX)
-            .filter_map(NonZeroU16::new)
-            .map(|packet_id| Inflight {
+        for packet_id in (1..=u16::MAX).filter_map(NonZeroU16::new) {
+            st.inflight.push_back(Inflight {
                 packet_id,
                 delivery: d.clone(),
                 released: false,
-            })
-            .collect();
+            });
+        }
         assert_eq!(st.alloc_packet_id(), None);
         // One acknowledged: found by the next allocation that reaches it.
         let free = NonZeroU16::new(40_000).unwrap();

@@ -177,6 +177,14 @@ impl TopicTemplate {
     pub fn levels(&self) -> &[TemplateLevel] {
         &self.levels
     }
+
+    /// True when some level has the `%c` (client ID) placeholder.
+    pub fn uses_client_id(&self) -> bool {
+        self.levels.iter().any(|l| match l {
+            TemplateLevel::Substituted(pieces) => pieces.contains(&Piece::Var(Var::ClientId)),
+            TemplateLevel::Fixed(_) => false,
+        })
+    }
 }
 
 /// Splits one level into text and placeholders; `offset` is the level's byte offset in the whole topic.

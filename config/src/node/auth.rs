@@ -6,8 +6,8 @@
 //!
 //! ```toml
 //! [auth]
-//! policies = ["certificate", "client_id_from_cert"]   # certificate | client_id_from_cert | username_from_cert | password
-//! client_id_template = "vehicle-{cn}"                 # {cn}, {san:DNS}, {san:URI}, {san:EMAIL}, {san:IP}; default "{cn}"
+//! policies = ["certificate", "client_id_from_cert"]   # certificate | client_id_from_cert | username_from_cert | password | bind_client_id
+//! client_id_template = "vehicle-{cn}"                 # {cn}, {san:DNS|URI|EMAIL|IP}, {username}; trailing `*` = prefix; default "{cn}"
 //! username_from = "cn"                                # cn | san:DNS | san:URI | san:EMAIL | san:IP; default "cn"
 //! anonymous = false                                   # admit clients without credentials
 //! password_file = "passwd"                            # relative to this file's directory
@@ -24,7 +24,8 @@
 //!
 //! # Per-listener override, keyed by a `[[listeners]]` entry's `name`; unset fields inherit [auth].
 //! [auth.listeners.internal]
-//! policies = ["password"]
+//! policies = ["password", "bind_client_id"]          # password users may use only client IDs `<username>-...`
+//! client_id_template = "{username}-*"
 //! ```
 
 use std::collections::BTreeMap;
@@ -328,6 +329,7 @@ fn validate_policy(
     let mut p = PolicyConfig {
         require_certificate: false,
         client_id_from_cert: None,
+        bind_client_id: None,
         username_from_cert: None,
         password: false,
         anonymous: f.anonymous.is_some_and(|a| *a.get_ref()),
@@ -351,11 +353,34 @@ fn validate_policy(
             "certificate" => p.require_certificate = true,
             "client_id_from_cert" => {
                 let template = f.template.map_or(DEFAULT_CLIENT_ID_TEMPLATE, |t| t.get_ref().as_str());
-                match ClientIdTemplate::parse(template) {
-                    Ok(t) => p.client_id_from_cert = Some(t),
-                    Err(e) => problems.push(at(f.template.map_or(name.span(), Spanned::span), e.to_string())),
+                let span = f.template.map_or(name.span(), Spanned::span);
+                let problem = match ClientIdTemplate::parse(template) {
+                    Ok(t) if t.uses_username() => Some(
+                        "client_id_from_cert takes certificate fields only; for {username} list \"bind_client_id\""
+                            .to_string(),
+                    ),
+                    Ok(t) => {
+                        p.client_id_from_cert = Some(t);
+                        None
+                    }
+                    Err(e) => Some(e.to_string()),
+                };
+                if let Some(message) = problem {
+                    problems.push(at(span, message));
+                    // The policy implies a certificate all the same: the one mistake is reported once.
+                    p.require_certificate = true;
                 }
             }
+            "bind_client_id" => match f.template {
+                None => problems.push(at(
+                    name.span(),
+                    "bind_client_id needs `client_id_template` (e.g. \"{username}-*\")".to_string(),
+                )),
+                Some(t) => match ClientIdTemplate::parse(t.get_ref()) {
+                    Ok(template) => p.bind_client_id = Some(template),
+                    Err(e) => problems.push(at(t.span(), e.to_string())),
+                },
+            },
             "username_from_cert" => {
                 let field = f.username_from.map_or("cn", |u| u.get_ref().as_str());
                 match CertField::parse(field) {
@@ -376,7 +401,7 @@ fn validate_policy(
             other => problems.push(at(
                 name.span(),
                 format!(
-                    "unknown policy {other:?} (use certificate, client_id_from_cert, username_from_cert or password)"
+                    "unknown policy {other:?} (use certificate, client_id_from_cert, username_from_cert, password or bind_client_id)"
                 ),
             )),
         }
@@ -398,6 +423,21 @@ fn validate_policy(
         problems.push(locate(
             "no policy and `anonymous = false` refuse every client; list policies",
         ));
+    }
+    if let Some(bind) = &p.bind_client_id {
+        if p.client_id_from_cert.is_some() {
+            problems.push(locate(
+                "list client_id_from_cert or bind_client_id, not both: they share `client_id_template`",
+            ));
+        } else if !p.needs_certificate() && !p.password {
+            problems.push(locate(
+                "bind_client_id binds authenticated clients: list password or a certificate policy",
+            ));
+        } else if bind.uses_username() && !p.password && p.username_from_cert.is_none() {
+            problems.push(locate(
+                "{username} in client_id_template needs the password or username_from_cert policy",
+            ));
+        }
     }
     p
 }

@@ -36,6 +36,9 @@ const UNSPECIFIED: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPE
 /// Default frames queued per cluster peer link: about a second of a busy node's cross-node traffic; beyond it a
 /// slow or stuck peer costs dropped QoS 0/1 forwards (counted) instead of unbounded memory.
 pub(crate) const DEFAULT_CLUSTER_QUEUE_CAPACITY: usize = 10_000;
+/// Default bytes queued per cluster peer link: the frame bound alone would let 10,000 forwards of 1 MiB
+/// messages queue 10 GB for one stuck peer.
+pub(crate) const DEFAULT_CLUSTER_QUEUE_BYTES: usize = 64 << 20;
 /// Default heartbeat period on cluster links.
 pub(crate) const DEFAULT_CLUSTER_HEARTBEAT: Duration = Duration::from_millis(500);
 /// Default silence after which a peer is declared dead: five missed heartbeats, inside the 3 s the issue allows.
@@ -63,6 +66,8 @@ pub(crate) struct ClusterFile {
     pub(crate) insecure_plaintext: Option<Spanned<bool>>,
     /// Frames queued per peer link.
     pub(crate) queue_capacity: Option<Spanned<usize>>,
+    /// Bytes queued per peer link.
+    pub(crate) queue_bytes: Option<Spanned<crate::bytesize::ByteSize>>,
     /// Heartbeat period.
     pub(crate) heartbeat_interval: Option<ConfigDuration>,
     /// Silence after which a peer is dead.
@@ -119,6 +124,8 @@ pub struct ClusterConfig {
     pub insecure_plaintext: bool,
     /// Frames queued per peer link (≥ 1).
     pub queue_capacity: usize,
+    /// Bytes queued per peer link (≥ 1 MiB).
+    pub queue_bytes: usize,
     /// Heartbeat period.
     pub heartbeat_interval: Duration,
     /// Silence after which a peer is dead (> heartbeat_interval).
@@ -138,6 +145,7 @@ impl ClusterConfig {
             tls: None,
             insecure_plaintext: false,
             queue_capacity: DEFAULT_CLUSTER_QUEUE_CAPACITY,
+            queue_bytes: DEFAULT_CLUSTER_QUEUE_BYTES,
             heartbeat_interval: DEFAULT_CLUSTER_HEARTBEAT,
             dead_after: DEFAULT_CLUSTER_DEAD_AFTER,
             takeover_timeout: DEFAULT_CLUSTER_TAKEOVER_TIMEOUT,
@@ -247,6 +255,12 @@ pub(crate) fn validate_cluster(
             problem(q.span(), "queue_capacity must be at least 1".into());
         }
         config.queue_capacity = *q.get_ref();
+    }
+    if let Some(q) = &c.queue_bytes {
+        if q.get_ref().get() < 1 << 20 {
+            problem(q.span(), "queue_bytes must be at least 1MiB".into());
+        }
+        config.queue_bytes = q.get_ref().get();
     }
     if let Some(h) = c.heartbeat_interval {
         config.heartbeat_interval = h.get();

@@ -7,8 +7,13 @@
 //! receive_maximum = 32
 //! max_queued_messages = 1000
 //! connect_timeout = "10s"
+//! max_queued_bytes = "16MiB"        # bytes one session's queue and in-flight messages may hold
 //! max_retained_messages = 1000000   # retained messages held at most; more are refused (and counted)
-//! max_retained_bytes = "1GiB"       # bytes they may hold (topics, payloads, properties, tombstones)
+//! max_retained_bytes = "512MiB"     # bytes they may hold (topics, payloads, properties, tombstones)
+//! memory_budget = "1GiB"            # bytes all queues, in-flight messages and retained messages may hold
+//! max_subscriptions = 10000         # subscriptions one session may hold
+//! max_filters_per_subscribe = 256   # filters one SUBSCRIBE may carry (more: refused one by one)
+//! max_topic_length = 1024           # bytes of a topic name or filter
 //! ```
 
 use std::time::Duration;
@@ -36,9 +41,23 @@ pub(crate) const DEFAULT_TOPIC_ALIAS_MAXIMUM: u16 = 16;
 pub(crate) const DEFAULT_SESSION_EXPIRY_MAXIMUM: Duration = Duration::from_secs(24 * 3600);
 /// Default bound on retained messages: a million devices each with a retained status topic.
 pub(crate) const DEFAULT_MAX_RETAINED_MESSAGES: usize = 1_000_000;
-/// Default bound on the bytes retained messages hold: room for a million small ones (~1 KiB each with
+/// Default bound on the bytes retained messages hold: room for a million small ones (~500 bytes each with
 /// overhead), and a ceiling on what a flood of retained publishes can make a node hold.
-pub(crate) const DEFAULT_MAX_RETAINED_BYTES: usize = 1 << 30;
+pub(crate) const DEFAULT_MAX_RETAINED_BYTES: usize = 512 << 20;
+/// Default bound on the bytes one session holds (queue and in-flight): sixteen 1 MiB messages, or thousands
+/// of telemetry ones; one offline session cannot hold more whatever its message count.
+pub(crate) const DEFAULT_MAX_QUEUED_BYTES: usize = 16 << 20;
+/// Default node-wide memory budget for queues, in-flight and retained messages: half of a 2 GiB pod, the rest
+/// left to connections, subscriptions and the runtime.
+pub(crate) const DEFAULT_MEMORY_BUDGET: usize = 1 << 30;
+/// Smallest accepted `memory_budget`.
+pub(crate) const MIN_MEMORY_BUDGET: usize = 16 << 20;
+/// Default bound on subscriptions per session: far beyond a device's few, and ~15 MB of router state at most.
+pub(crate) const DEFAULT_MAX_SUBSCRIPTIONS: usize = 10_000;
+/// Default bound on filters in one SUBSCRIBE.
+pub(crate) const DEFAULT_MAX_FILTERS_PER_SUBSCRIBE: usize = 256;
+/// Default bound on the length of a topic name or filter, in bytes (MQTT allows 65,535).
+pub(crate) const DEFAULT_MAX_TOPIC_LENGTH: usize = 1024;
 
 /// Raw `[limits]` table; every field optional.
 #[derive(Debug, Default, Deserialize)]
@@ -62,6 +81,16 @@ pub(crate) struct LimitsFile {
     pub(crate) max_retained_messages: Option<Spanned<usize>>,
     /// Bytes retained messages hold at most.
     pub(crate) max_retained_bytes: Option<Spanned<ByteSize>>,
+    /// Bytes one session's queue and in-flight list hold at most.
+    pub(crate) max_queued_bytes: Option<Spanned<ByteSize>>,
+    /// Bytes all queues, in-flight lists and retained messages hold at most.
+    pub(crate) memory_budget: Option<Spanned<ByteSize>>,
+    /// Subscriptions per session.
+    pub(crate) max_subscriptions: Option<Spanned<usize>>,
+    /// Filters per SUBSCRIBE packet.
+    pub(crate) max_filters_per_subscribe: Option<Spanned<usize>>,
+    /// Bytes of a topic name or filter.
+    pub(crate) max_topic_length: Option<Spanned<usize>>,
 }
 
 /// Validated limits, defaults filled in.
@@ -85,6 +114,16 @@ pub struct LimitsConfig {
     pub max_retained_messages: usize,
     /// Bytes retained messages hold at most.
     pub max_retained_bytes: usize,
+    /// Bytes one session's queue and in-flight list hold at most (≥ `max_packet_size`).
+    pub max_queued_bytes: usize,
+    /// Bytes all queues, in-flight lists and retained messages hold at most.
+    pub memory_budget: usize,
+    /// Subscriptions per session (≥ 1).
+    pub max_subscriptions: usize,
+    /// Filters per SUBSCRIBE packet (≥ 1).
+    pub max_filters_per_subscribe: usize,
+    /// Bytes of a topic name or filter (1..=65535).
+    pub max_topic_length: usize,
 }
 
 impl Default for LimitsConfig {
@@ -99,6 +138,11 @@ impl Default for LimitsConfig {
             server_keep_alive: None,
             max_retained_messages: DEFAULT_MAX_RETAINED_MESSAGES,
             max_retained_bytes: DEFAULT_MAX_RETAINED_BYTES,
+            max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
+            memory_budget: DEFAULT_MEMORY_BUDGET,
+            max_subscriptions: DEFAULT_MAX_SUBSCRIPTIONS,
+            max_filters_per_subscribe: DEFAULT_MAX_FILTERS_PER_SUBSCRIBE,
+            max_topic_length: DEFAULT_MAX_TOPIC_LENGTH,
         }
     }
 }
@@ -161,6 +205,53 @@ pub(crate) fn validate_limits(
             problem(v.span(), "max_retained_bytes must be at least 64KiB".into());
         }
         limits.max_retained_bytes = v.get_ref().get();
+    }
+    // Unset, it grows with max_packet_size: a message of the largest size must fit.
+    limits.max_queued_bytes = limits.max_queued_bytes.max(limits.max_packet_size as usize);
+    if let Some(v) = &l.max_queued_bytes {
+        limits.max_queued_bytes = v.get_ref().get();
+        if limits.max_queued_bytes < limits.max_packet_size as usize {
+            problem(
+                v.span(),
+                format!(
+                    "max_queued_bytes must be at least max_packet_size ({} bytes): a message of the largest size must fit",
+                    limits.max_packet_size
+                ),
+            );
+        }
+    }
+    if let Some(v) = &l.memory_budget {
+        limits.memory_budget = v.get_ref().get();
+        if limits.memory_budget < MIN_MEMORY_BUDGET {
+            problem(v.span(), "memory_budget must be at least 16MiB".into());
+        }
+    }
+    let mut at_least_one = |v: &Option<Spanned<usize>>, key: &str, field: &mut usize| {
+        if let Some(v) = v {
+            if *v.get_ref() == 0 {
+                problem(v.span(), format!("{key} must be at least 1"));
+            }
+            *field = *v.get_ref();
+        }
+    };
+    at_least_one(
+        &l.max_subscriptions,
+        "max_subscriptions",
+        &mut limits.max_subscriptions,
+    );
+    at_least_one(
+        &l.max_filters_per_subscribe,
+        "max_filters_per_subscribe",
+        &mut limits.max_filters_per_subscribe,
+    );
+    if let Some(v) = &l.max_topic_length {
+        if *v.get_ref() == 0 || *v.get_ref() > 65_535 {
+            problem(
+                v.span(),
+                "max_topic_length must be between 1 and 65535".into(),
+            );
+        }
+        limits.max_topic_length = *v.get_ref();
     }
     limits
 }

@@ -11,9 +11,11 @@ use super::fields::{
     get_ids, get_qos, get_str, get_strs, get_u8, get_u16, get_u32, get_u64, qos_from,
 };
 use super::message::get_message;
-use fleetgate_auth::AuthMethod;
+use fleetgate_auth::{AuthMethod, ClientIdBinding};
 
-use super::{Frame, FrameError, HandoffPrincipal, LEN_PREFIX, SlotKind, Stamp, Watermarks, ty};
+use super::{
+    Claimant, Frame, FrameError, HandoffPrincipal, LEN_PREFIX, SlotKind, Stamp, Watermarks, ty,
+};
 
 impl Frame {
     /// Takes one complete frame off the front of `buf`: `Ok(None)` when more bytes are needed. Frames longer
@@ -110,6 +112,15 @@ impl Frame {
                 req: get_u64(r)?,
                 client_id: get_str(r)?,
                 clean_start: get_u8(r)? != 0,
+                claimant: Claimant {
+                    principal: get_principal(r)?,
+                    binding: match get_u8(r)? {
+                        0 => ClientIdBinding::Unbound,
+                        1 => ClientIdBinding::Prefix,
+                        2 => ClientIdBinding::Exact,
+                        _ => return Err(FrameError::Malformed("client id binding")),
+                    },
+                },
             },
             ty::TAKEOVER_REPLY => {
                 let req = get_u64(r)?;
@@ -117,6 +128,7 @@ impl Frame {
                 Frame::TakeoverReply {
                     req,
                     moved_to: (!moved.is_empty()).then(|| moved.to_string()),
+                    refused: get_u8(r)? != 0,
                 }
             }
             ty::SESSION_BEGIN => {

@@ -8,7 +8,7 @@ use fleetgate_protocol::mqtt::{ByteString, SubscriptionOptions};
 
 use super::fields::{put_ids, put_str, put_strs};
 use super::message::{message_size_hint, put_message};
-use fleetgate_auth::AuthMethod;
+use fleetgate_auth::{AuthMethod, ClientIdBinding};
 
 use super::{Frame, HandoffPrincipal, LEN_PREFIX, SlotKind, Stamp, Watermarks, ty};
 use crate::state::message::Message;
@@ -94,16 +94,28 @@ impl Frame {
                 req,
                 client_id,
                 clean_start,
+                claimant,
             } => {
                 out.put_u8(ty::TAKEOVER_REQUEST);
                 out.put_u64(*req);
                 put_str(out, client_id);
                 out.put_u8(u8::from(*clean_start));
+                put_principal(out, &claimant.principal);
+                out.put_u8(match claimant.binding {
+                    ClientIdBinding::Unbound => 0,
+                    ClientIdBinding::Prefix => 1,
+                    ClientIdBinding::Exact => 2,
+                });
             }
-            Frame::TakeoverReply { req, moved_to } => {
+            Frame::TakeoverReply {
+                req,
+                moved_to,
+                refused,
+            } => {
                 out.put_u8(ty::TAKEOVER_REPLY);
                 out.put_u64(*req);
                 put_str(out, moved_to.as_deref().unwrap_or(""));
+                out.put_u8(u8::from(*refused));
             }
             Frame::SessionBegin {
                 req,

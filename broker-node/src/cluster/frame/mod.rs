@@ -30,8 +30,9 @@ pub(crate) use message::{message_to_will, will_to_message};
 
 /// Version byte of [`Frame::Hello`]; a peer speaking another version is refused. Version 2: change numbers on
 /// route, claim and retained frames, SyncBegin/SyncDone with watermarks, resume in the Hello, Ack, the client's
-/// identity in a handed-over session.
-pub(crate) const PROTOCOL_VERSION: u8 = 2;
+/// identity in a handed-over session. Version 3: the connecting client's identity in a TakeoverRequest
+/// ([`Claimant`]) and the holder's refusal in a TakeoverReply (a session stays with its identity).
+pub(crate) const PROTOCOL_VERSION: u8 = 3;
 
 /// Bytes of a frame beyond its MQTT message: topic, properties and session fields are bounded by the MQTT
 /// packet they came from, so a frame is at most one packet plus this slack for our own fields.
@@ -69,6 +70,17 @@ pub(crate) struct Watermarks {
 /// The identity a handed-over session's client authenticated with at its node: the receiving node checks the
 /// session's filters and will against its own ACL for it.
 pub(crate) type HandoffPrincipal = fleetgate_auth::Principal;
+
+/// Who a TakeoverRequest is for: the identity the connecting client authenticated with at the requesting node and
+/// how its client ID is bound there. The holder hands the session over only when `fleetgate_auth::claim_session`
+/// allows it, before it kicks anyone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Claimant {
+    /// The connecting client's identity.
+    pub(crate) principal: HandoffPrincipal,
+    /// How tightly its client ID is bound to it.
+    pub(crate) binding: fleetgate_auth::ClientIdBinding,
+}
 
 /// What a [`Frame::SessionMsg`] is in the session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -174,6 +186,8 @@ pub(crate) enum Frame {
         client_id: ByteString,
         /// The new connection starts clean: the old session ends instead of moving.
         clean_start: bool,
+        /// Who connects.
+        claimant: Claimant,
     },
     /// No session to hand over; `moved_to` names the node it went to, when known.
     TakeoverReply {
@@ -181,6 +195,9 @@ pub(crate) enum Frame {
         req: u64,
         /// Where the session went.
         moved_to: Option<String>,
+        /// The session is here but another identity's: the requester refuses its CONNECT
+        /// (`session_owner_mismatch`).
+        refused: bool,
     },
     /// Start of a session handover (`req` 0 = pushed at drain).
     SessionBegin {

@@ -92,10 +92,20 @@ fn every_frame_round_trips() {
             req: 9,
             client_id: "c".into(),
             clean_start: false,
+            claimant: Claimant {
+                principal: HandoffPrincipal {
+                    username: Some("alice".into()),
+                    cn: Some("laptop".into()),
+                    client_id: "c".into(),
+                    method: fleetgate_auth::AuthMethod::Password,
+                },
+                binding: fleetgate_auth::ClientIdBinding::Prefix,
+            },
         },
         Frame::TakeoverReply {
             req: 9,
             moved_to: Some("broker-2".into()),
+            refused: false,
         },
         Frame::SessionBegin {
             req: 0,
@@ -145,6 +155,11 @@ fn every_frame_round_trips() {
             claims: 2,
             retained: 3,
         }),
+        Frame::TakeoverReply {
+            req: 10,
+            moved_to: None,
+            refused: true,
+        },
     ];
     for f in &frames {
         let back = round_trip(f);

@@ -93,7 +93,7 @@ impl Cluster {
                 continue;
             }
             let req = PUSH_BIT | self.next_id();
-            if extract(self, broker, id, Departure::Drain, &target, req) {
+            if extract(self, broker, id, (Departure::Drain, None), &target, req) == Ok(true) {
                 pushed += 1;
                 self.metrics.sessions_pushed.increment(1);
             }

@@ -29,9 +29,7 @@ mod snapshot;
 mod takeover;
 mod transfer;
 
-pub(crate) use snapshot::{
-    HandoverLimits, Incoming, MAX_SESSION_SUBSCRIPTIONS, MAX_SESSIONS_IN_TRANSIT,
-};
+pub(crate) use snapshot::{HandoverLimits, Incoming};
 pub(crate) use takeover::Pending;
 
 /// Request ids of pushed sessions have this bit set; our own requests never do.
@@ -50,8 +48,19 @@ pub(crate) fn on_frame(
             req,
             client_id,
             clean_start,
-        } => takeover::on_request(cluster, broker, peer, req, &client_id, clean_start),
-        Frame::TakeoverReply { req, moved_to } => takeover::on_reply(cluster, req, moved_to),
+            claimant,
+        } => takeover::on_request(
+            cluster,
+            broker,
+            peer,
+            (req, &client_id, clean_start),
+            &claimant,
+        ),
+        Frame::TakeoverReply {
+            req,
+            moved_to,
+            refused,
+        } => takeover::on_reply(cluster, req, moved_to, refused),
         Frame::SessionEnd { req } => {
             let Some(snap) = incoming.finish(req) else {
                 return Err(Violation::Session("end of a session that did not begin"));

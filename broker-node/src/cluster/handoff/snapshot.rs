@@ -9,6 +9,7 @@ use fleetgate_protocol::mqtt::{ProtocolLevel, QoS};
 
 use crate::cluster::frame::{self, Frame, SlotKind};
 use crate::cluster::validate::Violation;
+use crate::state::budget::Weigh;
 use crate::state::message::Delivery;
 use crate::state::session::{Inflight, SessionSnapshot, SubscriptionEntry};
 use crate::state::will::Will;
@@ -20,29 +21,53 @@ pub(crate) struct HandoverLimits {
     pub(crate) max_queued: usize,
     /// QoS 2 packet IDs awaiting PUBREL, and messages in flight to the client (`receive_maximum`).
     pub(crate) max_inflight: usize,
-    /// Subscriptions.
+    /// Subscriptions (`max_subscriptions`).
     pub(crate) max_subscriptions: usize,
+    /// Bytes of its queued and in-flight messages (`max_queued_bytes`).
+    pub(crate) max_bytes: usize,
     /// Sessions being received at once on one link.
     pub(crate) max_in_transit: usize,
+    /// Bytes of messages being received at once on one link, over all its sessions in transit.
+    pub(crate) max_transit_bytes: usize,
 }
 
-/// Subscriptions one handed-over session may bring (a client has no lower limit of its own yet).
-pub(crate) const MAX_SESSION_SUBSCRIPTIONS: usize = 100_000;
+impl HandoverLimits {
+    /// The limits of a local session (`[limits]`), and what one link may have in transit: a drain pushes
+    /// sessions one after another, so a few sessions' worth.
+    pub(crate) fn from_config(limits: &fleetgate_config::node::LimitsConfig) -> HandoverLimits {
+        HandoverLimits {
+            max_queued: limits.max_queued_messages,
+            max_inflight: usize::from(limits.receive_maximum),
+            max_subscriptions: limits.max_subscriptions,
+            max_bytes: limits.max_queued_bytes,
+            max_in_transit: MAX_SESSIONS_IN_TRANSIT,
+            max_transit_bytes: limits
+                .max_queued_bytes
+                .saturating_mul(TRANSIT_SESSIONS_OF_BYTES),
+        }
+    }
+}
+
 /// Sessions received at once on one link: a drain pushes them one after another.
 pub(crate) const MAX_SESSIONS_IN_TRANSIT: usize = 1024;
+/// Full sessions' worth of message bytes (`max_queued_bytes`) one link may have in transit at once.
+const TRANSIT_SESSIONS_OF_BYTES: usize = 4;
 
 /// Sessions being received on one inbound link, by request id.
 #[derive(Debug)]
 pub(crate) struct Incoming {
     building: HashMap<u64, Building>,
     limits: HandoverLimits,
+    /// Bytes of the messages of every session in transit.
+    bytes: usize,
 }
 
-/// A session being received, with the packet IDs of its messages in flight so far.
+/// A session being received, with the packet IDs of its messages in flight so far and their bytes.
 #[derive(Debug)]
 struct Building {
     snap: SessionSnapshot,
     inflight_ids: HashSet<u16>,
+    bytes: usize,
 }
 
 impl Incoming {
@@ -51,6 +76,7 @@ impl Incoming {
         Incoming {
             building: HashMap::new(),
             limits,
+            bytes: 0,
         }
     }
 
@@ -107,8 +133,14 @@ impl Incoming {
                     queue: Vec::new(),
                     inflight: Vec::new(),
                 };
-                let inflight_ids = HashSet::new();
-                self.building.insert(req, Building { snap, inflight_ids });
+                self.building.insert(
+                    req,
+                    Building {
+                        snap,
+                        inflight_ids: HashSet::new(),
+                        bytes: 0,
+                    },
+                );
             }
             Frame::SessionSub {
                 req,
@@ -131,13 +163,25 @@ impl Incoming {
                 sub_ids,
                 msg,
             } => {
-                let b = self.session(req)?;
                 let delivery = Delivery {
                     msg,
                     qos,
                     retain,
                     sub_ids,
                 };
+                let weight = delivery.weight();
+                if self.bytes + weight > limits.max_transit_bytes {
+                    return Err(Violation::Session(
+                        "more message bytes in transit than allowed",
+                    ));
+                }
+                let b = self.session(req)?;
+                if b.bytes + weight > limits.max_bytes {
+                    return Err(Violation::Session("messages beyond max_queued_bytes"));
+                }
+                b.bytes += weight;
+                self.bytes += weight;
+                let b = self.session(req)?;
                 if kind == SlotKind::Queued {
                     if b.snap.queue.len() >= limits.max_queued {
                         return Err(Violation::Session("queue longer than max_queued_messages"));
@@ -173,7 +217,9 @@ impl Incoming {
 
     /// The session of handover `req`, complete at its SessionEnd; `None` when it never began here.
     pub(super) fn finish(&mut self, req: u64) -> Option<SessionSnapshot> {
-        self.building.remove(&req).map(|b| b.snap)
+        let b = self.building.remove(&req)?;
+        self.bytes -= b.bytes;
+        Some(b.snap)
     }
 }
 

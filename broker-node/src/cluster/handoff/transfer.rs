@@ -8,26 +8,28 @@ use std::time::Duration;
 use fleetgate_protocol::mqtt::ByteString;
 
 use super::snapshot;
-use crate::broker::{Broker, Departure};
+use crate::broker::{Broker, Departure, SessionOwnerMismatch};
 use crate::cluster::Cluster;
-use crate::cluster::frame::Frame;
+use crate::cluster::frame::{Claimant, Frame};
 use crate::cluster::routes::PeerName;
 use crate::state::session::SessionSnapshot;
 use crate::state::will::WillPermit;
 use fleetgate_auth::{AuthMethod, Principal};
 
 /// Takes `client_id`'s session out of this node and queues it to `to` as handover `req` (kicking its
-/// connection), or ends it for a clean start. False when nothing was handed over. The frames are queued before
-/// the broker releases its router lock, so every later publish here reaches `to` behind them.
+/// connection), or ends it for a clean start. `Ok(false)` when nothing was handed over; an error when `claimant`
+/// (a takeover's connecting identity) may not have another identity's session, which then stays. The frames are
+/// queued before the broker releases its router lock, so every later publish here reaches `to` behind them.
 pub(super) fn extract(
     cluster: &Cluster,
     broker: &Arc<Broker>,
     client_id: &ByteString,
-    departure: Departure,
+    (departure, claimant): (Departure, Option<&Claimant>),
     to: &PeerName,
     req: u64,
-) -> bool {
-    broker.export_session(client_id, departure, |snap| {
+) -> Result<bool, SessionOwnerMismatch> {
+    let claimant = claimant.map(|c| (&c.principal, c.binding));
+    broker.export_session(client_id, departure, claimant, |snap| {
         let filters: Vec<ByteString> = snap.subs.iter().map(|(f, _)| f.clone()).collect();
         let owed = snap.queue.len() + snap.inflight.len();
         let sent = cluster.send_all_to(to, &snapshot::frames(snap, req));

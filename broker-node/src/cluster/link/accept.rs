@@ -21,9 +21,7 @@ use super::{
 };
 use crate::broker::Broker;
 use crate::cluster::frame::{Frame, Watermarks};
-use crate::cluster::handoff::{
-    HandoverLimits, Incoming, MAX_SESSION_SUBSCRIPTIONS, MAX_SESSIONS_IN_TRANSIT,
-};
+use crate::cluster::handoff::{HandoverLimits, Incoming};
 use crate::cluster::routes::PeerName;
 use crate::cluster::validate::check_frame;
 use crate::cluster::{Cluster, LinkIdentity};
@@ -67,12 +65,7 @@ fn refused(reason: &'static str) {
 
 /// What one handed-over session may bring here.
 fn handover_limits(cluster: &Cluster) -> HandoverLimits {
-    HandoverLimits {
-        max_queued: cluster.limits.max_queued_messages,
-        max_inflight: usize::from(cluster.limits.receive_maximum),
-        max_subscriptions: MAX_SESSION_SUBSCRIPTIONS,
-        max_in_transit: MAX_SESSIONS_IN_TRANSIT,
-    }
+    HandoverLimits::from_config(&cluster.limits)
 }
 
 /// A connection a peer opened to us: we receive its frames here, and send it our Hello and acks.

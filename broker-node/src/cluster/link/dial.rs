@@ -93,7 +93,7 @@ pub(super) async fn dial_once(
         .or_insert(addr);
     let cancel = cluster.shutdown.child_token();
     let id = cluster.next_id();
-    let link = Arc::new(LinkTx::new(id, cancel.clone()));
+    let link = Arc::new(LinkTx::new(id, cancel.clone(), cluster.config.queue_bytes));
     cluster.outbound_up(broker, &peer, link.clone(), theirs.resume);
     if *first {
         *first = false;

@@ -1,7 +1,7 @@
 //! The values one authentication policy is made of, as `[auth]` (or `[auth.listeners.<name>]`) validates them:
 //! [`PolicyConfig`] (which policies a listener runs), [`CertField`] (`cn`, `san:DNS`, ...) and
-//! [`ClientIdTemplate`] (`vehicle-{cn}`). Parsed here; evaluated at CONNECT by `fleetgate_auth` against the
-//! certificate identity the LB proved.
+//! [`ClientIdTemplate`] (`vehicle-{cn}`, `{username}-*`). Parsed here; evaluated at CONNECT by `fleetgate_auth`
+//! against the certificate identity the LB proved and the username the password file checked.
 
 /// Where a certificate-derived value comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,12 +39,14 @@ impl CertField {
     }
 }
 
-/// A client ID template such as `vehicle-{cn}`; placeholders `{cn}`, `{san:DNS}`, `{san:URI}`, `{san:EMAIL}`,
-/// `{san:IP}`.
+/// A client ID template such as `vehicle-{cn}` or `{username}-*`; placeholders `{cn}`, `{san:DNS}`, `{san:URI}`,
+/// `{san:EMAIL}`, `{san:IP}` and `{username}` (the authenticated username). A trailing `*` makes it a prefix: the
+/// client ID must start with the rest (`{username}-*` admits `alice-1`, `alice-` and `alice-x` for user `alice`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientIdTemplate {
     text: String,
     pieces: Vec<TemplatePiece>,
+    prefix: bool,
 }
 
 /// Why a client ID template is not valid.
@@ -56,12 +58,15 @@ pub enum ClientIdTemplateError {
     /// A `}` without its `{`.
     #[error("stray `}}` in client ID template {0:?}")]
     StrayClose(String),
-    /// A placeholder other than `{cn}` and `{san:DNS|URI|EMAIL|IP}`.
-    #[error("unknown placeholder {{{0}}} (use {{cn}} or {{san:DNS|URI|EMAIL|IP}})")]
+    /// A placeholder other than `{cn}`, `{username}` and `{san:DNS|URI|EMAIL|IP}`.
+    #[error("unknown placeholder {{{0}}} (use {{cn}}, {{username}} or {{san:DNS|URI|EMAIL|IP}})")]
     UnknownPlaceholder(String),
     /// No placeholder at all: every device would share one client ID.
-    #[error("client ID template needs a placeholder such as {{cn}}")]
+    #[error("client ID template needs a placeholder such as {{cn}} or {{username}}")]
     NoPlaceholder,
+    /// A `*` anywhere but at the very end (where it means "any rest").
+    #[error("`*` may only end a client ID template (a prefix), in {0:?}")]
+    MisplacedStar(String),
 }
 
 /// One piece of a [`ClientIdTemplate`], in order.
@@ -71,13 +76,23 @@ pub enum TemplatePiece {
     Text(String),
     /// A certificate field's value.
     Field(CertField),
+    /// The authenticated username (password-checked, or taken from the certificate by `username_from_cert`).
+    Username,
 }
 
 impl ClientIdTemplate {
-    /// Parses a template; it must contain at least one placeholder (otherwise every device would share one ID).
+    /// Parses a template; it must contain at least one placeholder (otherwise every device would share one ID),
+    /// and a `*` only as its last character.
     pub fn parse(text: &str) -> Result<Self, ClientIdTemplateError> {
+        let (body, prefix) = match text.strip_suffix('*') {
+            Some(body) => (body, true),
+            None => (text, false),
+        };
+        if body.contains('*') {
+            return Err(ClientIdTemplateError::MisplacedStar(text.to_string()));
+        }
         let mut pieces = Vec::new();
-        let mut rest = text;
+        let mut rest = body;
         while let Some(open) = rest.find('{') {
             if open > 0 {
                 pieces.push(TemplatePiece::Text(rest[..open].to_string()));
@@ -87,9 +102,14 @@ impl ClientIdTemplate {
                 .find('}')
                 .ok_or_else(|| ClientIdTemplateError::Unclosed(text.to_string()))?;
             let name = &after[..close];
-            let field = CertField::parse(name)
-                .ok_or_else(|| ClientIdTemplateError::UnknownPlaceholder(name.to_string()))?;
-            pieces.push(TemplatePiece::Field(field));
+            let piece =
+                match name {
+                    "username" => TemplatePiece::Username,
+                    _ => TemplatePiece::Field(CertField::parse(name).ok_or_else(|| {
+                        ClientIdTemplateError::UnknownPlaceholder(name.to_string())
+                    })?),
+                };
+            pieces.push(piece);
             rest = &after[close + 1..];
         }
         if rest.contains('}') {
@@ -98,12 +118,13 @@ impl ClientIdTemplate {
         if !rest.is_empty() {
             pieces.push(TemplatePiece::Text(rest.to_string()));
         }
-        if !pieces.iter().any(|p| matches!(p, TemplatePiece::Field(_))) {
+        if pieces.iter().all(|p| matches!(p, TemplatePiece::Text(_))) {
             return Err(ClientIdTemplateError::NoPlaceholder);
         }
         Ok(Self {
             text: text.to_string(),
             pieces,
+            prefix,
         })
     }
 
@@ -112,9 +133,19 @@ impl ClientIdTemplate {
         &self.text
     }
 
-    /// The pieces, in order (at least one is a [`TemplatePiece::Field`]).
+    /// The pieces, in order, without the trailing `*` (at least one is a placeholder).
     pub fn pieces(&self) -> &[TemplatePiece] {
         &self.pieces
+    }
+
+    /// True when the template ends in `*`: a client ID need only start with the rendered pieces.
+    pub fn is_prefix(&self) -> bool {
+        self.prefix
+    }
+
+    /// True when the template has a `{username}` placeholder.
+    pub fn uses_username(&self) -> bool {
+        self.pieces.contains(&TemplatePiece::Username)
     }
 }
 
@@ -124,8 +155,12 @@ impl ClientIdTemplate {
 pub struct PolicyConfig {
     /// `certificate`: a verified certificate is required.
     pub require_certificate: bool,
-    /// `client_id_from_cert`: the client ID must equal this template over the certificate.
+    /// `client_id_from_cert`: the client ID must equal this template over the certificate (certificate fields
+    /// only).
     pub client_id_from_cert: Option<ClientIdTemplate>,
+    /// `bind_client_id`: the client ID of an authenticated client must match this template over its identity
+    /// (`{username}`, certificate fields; a trailing `*` for a prefix).
+    pub bind_client_id: Option<ClientIdTemplate>,
     /// `username_from_cert`: the username comes from this certificate field.
     pub username_from_cert: Option<CertField>,
     /// `password`: username and password are checked against the password file.
@@ -140,10 +175,17 @@ impl PolicyConfig {
         Self {
             require_certificate: false,
             client_id_from_cert: None,
+            bind_client_id: None,
             username_from_cert: None,
             password: false,
             anonymous: true,
         }
+    }
+
+    /// True when some policy ties the client ID to the client's identity (`client_id_from_cert`,
+    /// `bind_client_id`); the ACL's `[[client_ids]]` entries can bind it too.
+    pub fn binds_client_id(&self) -> bool {
+        self.client_id_from_cert.is_some() || self.bind_client_id.is_some()
     }
 
     /// True when some policy needs a verified certificate.
@@ -171,9 +213,37 @@ mod tests {
                 TemplatePiece::Field(CertField::San(SanKind::Uri)),
             ]
         );
-        for bad in ["static", "{cn", "x}", "{san:FOO}", "{}", "{username}"] {
+        assert!(!t.is_prefix() && !t.uses_username());
+        for bad in [
+            "static",
+            "{cn",
+            "x}",
+            "{san:FOO}",
+            "{}",
+            "{user}",
+            "a*{cn}",
+            "*",
+            "{cn}**",
+        ] {
             assert!(ClientIdTemplate::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn username_and_a_trailing_star_make_a_prefix_binding() {
+        let t = ClientIdTemplate::parse("{username}-*").unwrap();
+        assert!(t.is_prefix() && t.uses_username());
+        assert_eq!(t.as_str(), "{username}-*");
+        assert_eq!(
+            t.pieces(),
+            [TemplatePiece::Username, TemplatePiece::Text("-".into())]
+        );
+        let exact = ClientIdTemplate::parse("{username}").unwrap();
+        assert!(!exact.is_prefix());
+        assert_eq!(
+            ClientIdTemplate::parse("x-*{cn}"),
+            Err(ClientIdTemplateError::MisplacedStar("x-*{cn}".into()))
+        );
     }
 
     #[test]

@@ -191,3 +191,75 @@ fn the_node_config_validates_its_section_with_the_rest() {
         assert!(lines.contains(&line), "line {line}: {err}");
     }
 }
+
+#[test]
+fn bind_client_id_takes_the_template_over_the_identity() {
+    let text = "[auth]\npolicies = [\"certificate\"]\npassword_file = \"passwd\"\n\
+                [auth.listeners.internal]\npolicies = [\"password\", \"bind_client_id\"]\nclient_id_template = \"{username}-*\"\n";
+    let c = parse(text).unwrap().unwrap();
+    let internal = &c.listeners["internal"];
+    let bind = internal.bind_client_id.as_ref().unwrap();
+    assert!(bind.is_prefix() && bind.uses_username());
+    assert!(internal.binds_client_id() && internal.client_id_from_cert.is_none());
+    assert!(!c.default_policy.binds_client_id());
+
+    // A certificate user can be bound by its CN with the same policy.
+    let cert = parse(
+        "[auth]\npolicies = [\"certificate\", \"bind_client_id\"]\nclient_id_template = \"{cn}\"\n",
+    )
+    .unwrap()
+    .unwrap();
+    assert!(cert.default_policy.bind_client_id.is_some());
+}
+
+#[test]
+fn bind_client_id_problems_are_located() {
+    let pw = "password_file = \"passwd\"\n";
+    let cases = [
+        // No template to bind with.
+        (
+            format!("[auth]\npolicies = [\"password\", \"bind_client_id\"]\n{pw}"),
+            2,
+            "needs `client_id_template`",
+        ),
+        // `{username}` where nothing proves a username.
+        (
+            "[auth]\npolicies = [\"certificate\", \"bind_client_id\"]\nclient_id_template = \"{username}\"\n"
+                .to_string(),
+            2,
+            "needs the password or username_from_cert policy",
+        ),
+        // `{username}` in the certificate-only policy.
+        (
+            "[auth]\npolicies = [\"client_id_from_cert\"]\nclient_id_template = \"{username}\"\n".to_string(),
+            3,
+            "certificate fields only",
+        ),
+        // Both template policies at once.
+        (
+            "[auth]\npolicies = [\"client_id_from_cert\", \"bind_client_id\"]\nclient_id_template = \"{cn}\"\n"
+                .to_string(),
+            2,
+            "not both",
+        ),
+        // Binding anonymous clients only.
+        (
+            "[auth]\nanonymous = true\npolicies = [\"bind_client_id\"]\nclient_id_template = \"{cn}\"\n"
+                .to_string(),
+            3,
+            "binds authenticated clients",
+        ),
+        // A star inside the template.
+        (
+            format!("[auth]\npolicies = [\"password\", \"bind_client_id\"]\nclient_id_template = \"a*{{username}}\"\n{pw}"),
+            3,
+            "`*` may only end",
+        ),
+    ];
+    for (text, line, message) in cases {
+        let err = parse(&text).unwrap_err();
+        assert_eq!(err.problems.len(), 1, "{text}: {err}");
+        assert_eq!(err.problems[0].line, line, "{text}: {err}");
+        assert!(err.to_string().contains(message), "{text}: {err}");
+    }
+}

@@ -4,14 +4,18 @@
 - mqtt_codec, connect_peek: what mosquitto_pub, mosquitto_sub and paho send a Mosquitto broker, and what it
   answers, recorded by a relay between them (MQTT 3.1, 3.1.1 and 5.0; QoS 0-2, retain, will, credentials, v5
   properties, subscription options, unsubscribe, ping, disconnect with a reason).
-- cluster_frame: both directions of the peer links of two `fleetgate node`s (sync, routes, claims, publishes,
-  retained messages, a session taken over from one node to the other), recorded the same way.
+- cluster_frame: both directions of the peer links of two `fleetgate node`s with password authentication (sync,
+  routes, claims, publishes, retained messages, a session taken over from one node to the other, a takeover
+  refused to another identity, the drain at shutdown), recorded the same way. A stable test
+  (broker-node `cluster::frame::tests`) checks that these seeds decode at the current protocol and hold every
+  frame type.
 - proxy_header: v1 and v2 headers written here from the PROXY protocol spec, with the TLVs the LB sends.
 - config_parse: examples/*.toml and the configs of k8s/config/.
 - topic_matcher: topics, filters and rule topics in the shape of examples/acl.toml, `$` topics included.
 
-Usage: fuzz/seeds/capture.py PATH/TO/fleetgate   (needs mosquitto, mosquitto-clients, python3-paho-mqtt).
-Only the seeds are committed; rerun this to refresh them after a wire change.
+Usage: fuzz/seeds/capture.py PATH/TO/fleetgate [TARGET...]   (needs mosquitto, mosquitto-clients,
+python3-paho-mqtt). Without targets, every target's seeds are written again; with some, only theirs (e.g.
+`cluster_frame config_parse` after a wire or config change). Only the seeds are committed.
 """
 
 import asyncio
@@ -185,7 +189,17 @@ def write_mqtt_seeds(conversations):
             write_seed("mqtt_codec", bytes([1 + level, 0]) + p)
 
 
-def node_config(name, cluster_port, own_relay, peer_name, peer_port):
+CLUSTER_ACL = """
+[[rules]]
+action = "allow"
+access = "both"
+match = { any_authenticated = true }
+topics = ["#"]
+"""
+USERS = {"alice": "Alice-seed-pw", "bob": "Bob-seed-pw"}
+
+
+def node_config(name, cluster_port, own_relay, peer_name, peer_port, auth_dir):
     return f"""[node]
 name = "{name}"
 
@@ -199,22 +213,32 @@ bind = "127.0.0.1:0"
 bind = "127.0.0.1:{cluster_port}"
 advertise = "127.0.0.1:{own_relay}"
 peers = [{{ name = "{peer_name}", addr = "127.0.0.1:{peer_port}" }}]
+
+[auth]
+policies = ["password"]
+password_file = "{auth_dir / 'passwd'}"
+acl_file = "{auth_dir / 'acl.toml'}"
 """
 
 
 async def cluster_traffic(binary):
-    """Two nodes whose links both go through relays; clients that make them sync, route, publish, retain and
-    hand a session over. Returns the recorded conversations."""
+    """Two nodes whose links both go through relays; clients (alice and bob, with passwords) that make them sync,
+    route, publish, retain, hand a session over and refuse one to another identity; then both drain. Returns the
+    recorded conversations."""
     a_port, b_port = free_port(), free_port()
     relay_a, relay_b = Relay(a_port), Relay(b_port)
     await relay_a.start()
     await relay_b.start()
     tmp = pathlib.Path(tempfile.mkdtemp())
+    (tmp / "acl.toml").write_text(CLUSTER_ACL)
+    for user, password in USERS.items():
+        subprocess.run([binary, "passwd", str(tmp / "passwd"), user], input=password + "\n", text=True,
+                       check=True, stdout=subprocess.DEVNULL)
     procs, mqtt = [], {}
     # Each node advertises its relay, so that every dial (a redial after a Hello too) goes through one.
     for name, port, own, peer, other in [("a", a_port, relay_a, "b", relay_b), ("b", b_port, relay_b, "a", relay_a)]:
         conf = tmp / f"{name}.toml"
-        conf.write_text(node_config(name, port, own.port, peer, other.port))
+        conf.write_text(node_config(name, port, own.port, peer, other.port, tmp))
         log = open(tmp / f"{name}.log", "w+")
         procs.append((subprocess.Popen([binary, "node", "--config", str(conf)],
                                        stdout=log, stderr=subprocess.STDOUT), log))
@@ -229,23 +253,32 @@ async def cluster_traffic(binary):
             if event.get("event") == "listening" and event.get("role") not in ("admin", "cluster"):
                 mqtt[name] = event["addr"].rsplit(":", 1)[1]
                 break
-    sub_b = asyncio.create_task(run(["mosquitto_sub", "-p", mqtt["b"], "-V", "mqttv5", "-t", "x/#",
+    alice = ["-u", "alice", "-P", USERS["alice"]]
+    bob = ["-u", "bob", "-P", USERS["bob"]]
+    sub_b = asyncio.create_task(run(["mosquitto_sub", "-p", mqtt["b"], "-V", "mqttv5", *alice, "-t", "x/#",
                                      "-t", "$share/g/y/+", "-C", "2", "-W", "5"], 8))
     await asyncio.sleep(1)
-    await run(["mosquitto_pub", "-p", mqtt["a"], "-V", "mqttv5", "-t", "x/1", "-m", "hi", "-q", "1",
+    await run(["mosquitto_pub", "-p", mqtt["a"], "-V", "mqttv5", *alice, "-t", "x/1", "-m", "hi", "-q", "1",
                "-D", "publish", "message-expiry-interval", "60", "-D", "publish", "user-property", "k", "v"])
-    await run(["mosquitto_pub", "-p", mqtt["a"], "-t", "x/2", "-m", "kept", "-q", "1", "-r"])
+    await run(["mosquitto_pub", "-p", mqtt["a"], *alice, "-t", "x/2", "-m", "kept", "-q", "1", "-r"])
     # A persistent session on a, with a queued message, taken over by a connect on b.
-    await run(["mosquitto_sub", "-p", mqtt["a"], "-V", "mqttv5", "-i", "mover", "-c", "-q", "1", "-t", "m/#",
-               "-x", "600", "-E"])
-    await run(["mosquitto_pub", "-p", mqtt["a"], "-t", "m/1", "-m", "queued", "-q", "1"])
-    await run(["mosquitto_sub", "-p", mqtt["b"], "-V", "mqttv5", "-i", "mover", "-c", "-q", "1", "-t", "m/#",
-               "-x", "600", "-C", "1", "-W", "4"])
+    await run(["mosquitto_sub", "-p", mqtt["a"], "-V", "mqttv5", *alice, "-i", "mover", "-c", "-q", "1",
+               "-t", "m/#", "-x", "600", "-E"])
+    await run(["mosquitto_pub", "-p", mqtt["a"], *alice, "-t", "m/1", "-m", "queued", "-q", "1"])
+    await run(["mosquitto_sub", "-p", mqtt["b"], "-V", "mqttv5", *alice, "-i", "mover", "-c", "-q", "1",
+               "-t", "m/#", "-x", "600", "-C", "1", "-W", "4"])
+    # alice's persistent session on a, asked for by bob on b: a refuses the takeover, b the CONNECT.
+    await run(["mosquitto_sub", "-p", mqtt["a"], "-V", "mqttv5", *alice, "-i", "owned", "-c", "-q", "1",
+               "-t", "o/#", "-x", "600", "-E"])
+    await run(["mosquitto_sub", "-p", mqtt["b"], "-V", "mqttv311", *bob, "-i", "owned", "-c", "-t", "o/#",
+               "-C", "1", "-W", "2"])
     await sub_b
     await asyncio.sleep(2)
+    # Each node drains at SIGTERM (its sessions pushed to the other, Leaving, barriers): waited for off the event
+    # loop, which carries the relays' traffic meanwhile.
     for proc, log in procs:
         proc.terminate()
-        proc.wait(10)
+        await asyncio.to_thread(proc.wait, 15)
         log.close()
     print("logs in", tmp) if os.environ.get("KEEP") else shutil.rmtree(tmp)
     return relay_a.conversations + relay_b.conversations
@@ -337,11 +370,34 @@ def write_topic_seeds():
         write_seed("topic_matcher", bytes([actions, accesses]) + b"\xff".join(t.encode() for t in strings))
 
 
-async def main(binary):
+TARGETS = ["mqtt_codec", "connect_peek", "cluster_frame", "proxy_header", "config_parse", "topic_matcher"]
+
+
+async def main(binary, targets):
     # Relays still open when the loop ends are cancelled; nothing to report.
     asyncio.get_running_loop().set_exception_handler(lambda loop, context: None)
-    for d in ["mqtt_codec", "connect_peek", "cluster_frame", "proxy_header", "config_parse", "topic_matcher"]:
+    unknown = set(targets) - set(TARGETS)
+    if unknown:
+        sys.exit(f"unknown targets {sorted(unknown)}; known: {TARGETS}")
+    targets = targets or TARGETS
+    for d in targets:
         shutil.rmtree(SEEDS / d, ignore_errors=True)
+    if {"mqtt_codec", "connect_peek"} & set(targets):
+        await write_mqtt_traffic_seeds()
+    if "cluster_frame" in targets:
+        write_cluster_seeds(await cluster_traffic(binary))
+    if "proxy_header" in targets:
+        write_proxy_seeds()
+    if "config_parse" in targets:
+        write_config_seeds()
+    if "topic_matcher" in targets:
+        write_topic_seeds()
+    for d in sorted(SEEDS / t for t in targets):
+        print(f"{d.name}: {len(list(d.iterdir()))} seeds")
+
+
+async def write_mqtt_traffic_seeds():
+    """mqtt_codec and connect_peek (both, from one recording against Mosquitto)."""
     broker_port = free_port()
     conf = tempfile.NamedTemporaryFile("w", suffix=".conf", delete=False)
     conf.write(f"listener {broker_port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
@@ -354,13 +410,7 @@ async def main(binary):
     broker.terminate()
     broker.wait(5)
     os.unlink(conf.name)
-    write_cluster_seeds(await cluster_traffic(binary))
-    write_proxy_seeds()
-    write_config_seeds()
-    write_topic_seeds()
-    for d in sorted(p for p in SEEDS.iterdir() if p.is_dir()):
-        print(f"{d.name}: {len(list(d.iterdir()))} seeds")
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1]))
+    asyncio.run(main(sys.argv[1], sys.argv[2:]))

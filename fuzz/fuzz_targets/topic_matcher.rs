@@ -121,6 +121,7 @@ fn acl_side(actions: u8, accesses: u8, topic: &str, filter: &str, rule_topics: &
     let acl = bind_acl(
         AclConfig {
             rules: rules.clone(),
+            client_ids: Vec::new(),
         },
         &principal,
     );

@@ -91,7 +91,11 @@ async fn start_and_wait(
             key,
             ca: &cluster_pki.ca,
         };
-        write_config(&path, &node_config(&name, bind, with_lb, &peers, &tls))?;
+        let store = dir.join(format!("{name}-store"));
+        write_config(
+            &path,
+            &node_config(&name, bind, with_lb, &peers, &tls, &store),
+        )?;
         NodeConfig::load(&path)
             .map_err(|e| anyhow::anyhow!("generated {} is invalid:\n{e}", path.display()))?;
         children.push(ChildProcess::spawn(&name, "node", &path)?);
@@ -225,6 +229,7 @@ fn node_config(
     behind_lb: bool,
     peers: &[(String, SocketAddr)],
     tls: &ClusterTls<'_>,
+    store: &Path,
 ) -> String {
     let proxy = if behind_lb {
         "proxy_protocol = \"required\"\ntrusted_proxies = [\"127.0.0.1/32\"]\n"
@@ -248,6 +253,8 @@ fn node_config(
          [cluster]\nbind = \"127.0.0.1:0\"\npeers = [{}]\n\n\
          # Node-to-node links: mutual TLS with certificates of a cluster CA made for this run.\n\
          [cluster.tls]\ncert = {}\nkey = {}\nca = {}\n\n\
+         # Persistent sessions and retained messages on disk, kept across restarts of `fleetgate up`.\n\
+         [storage]\nmode = \"disk\"\npath = {}\n\n\
          # Development: every client admitted (a verified certificate CN is still recorded); production\n\
          # nodes list policies (certificate, client_id_from_cert, password) and an acl_file.\n\
          # PROXY headers are trusted from 127.0.0.1, where any local user can send one: with anonymous\n\
@@ -258,6 +265,7 @@ fn node_config(
         quote_path(tls.cert),
         quote_path(tls.key),
         quote_path(tls.ca),
+        quote_path(store),
     )
 }
 
@@ -397,11 +405,23 @@ mod tests {
             };
             std::fs::write(
                 &path,
-                node_config("broker-1", port, behind_lb, &peers, &tls),
+                node_config(
+                    "broker-1",
+                    port,
+                    behind_lb,
+                    &peers,
+                    &tls,
+                    &dir.join("store"),
+                ),
             )
             .unwrap();
             let config = NodeConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(config.name, "broker-1");
+            assert!(
+                matches!(&config.storage, fleetgate_config::node::StorageMode::Disk { path, .. } if *path == dir.join("store")),
+                "{:?}",
+                config.storage
+            );
             let cluster = config.cluster.as_ref().expect("a [cluster] section");
             assert_eq!(cluster.peers.len(), 1);
             let tls = cluster

@@ -8,8 +8,11 @@
 //! - [`load`]: the per-connection loops of `throughput` (subscriber, publisher, PUBACK reader, flow control).
 //! - [`connect_rate`]: full TLS + MQTT connection set-ups per second.
 //! - [`idle`]: many idle sessions held open while the script samples server memory.
+//! - [`sessions`]: persistent sessions with queued messages (`bench/run durable`)
 //! - [`scale`]: cluster state at fleet scale (`fill`: retained messages and held filters) and `pairs-check`
 //!   (when every ordered pair of nodes delivers).
+//! - [`store`]: the candidate session stores (redb, fjall) under the node's durable-session workload: group commit,
+//!   recovery, disk space, torn writes (issue 15).
 //! - [`certs`]: a throwaway ECDSA P-256 PKI.
 //! - [`stats`]: latency histograms, the shared clock, own CPU time.
 
@@ -21,7 +24,9 @@ mod mqtt;
 mod net;
 mod placement;
 mod scale;
+mod sessions;
 mod stats;
+mod store;
 mod throughput;
 
 use std::net::SocketAddr;
@@ -55,6 +60,13 @@ enum Command {
     Fill(scale::FillArgs),
     /// Time until every ordered pair of nodes delivers a message.
     PairsCheck(scale::PairsArgs),
+    /// Create persistent sessions and queue messages for them (durable storage).
+    Sessions(sessions::SessionsArgs),
+    /// Compare the embedded session stores (redb, fjall): group commit, recovery, disk space, torn writes.
+    Store(store::StoreArgs),
+    /// One measurement of `store`, in a process of its own (started by `store`).
+    #[command(hide = true)]
+    StoreWorker(store::WorkerArgs),
     /// Write a throwaway CA, server and client certificates into DIR.
     GenCerts {
         /// Output directory.
@@ -77,6 +89,15 @@ const WAIT_PORT_POLL: Duration = Duration::from_millis(50);
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // The store comparison is synchronous (a blocking writer thread, as the node's will be) and starts processes.
+    let command = match cli.command {
+        Command::Store(args) => {
+            println!("{}", store::run(args)?);
+            return Ok(());
+        }
+        Command::StoreWorker(args) => return store::worker(args),
+        other => other,
+    };
     let runtime = if cli.threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -89,12 +110,16 @@ fn main() -> anyhow::Result<()> {
     };
     runtime
         .block_on(async {
-            let line = match cli.command {
+            let line = match command {
                 Command::Throughput(args) => throughput::run(args).await?,
                 Command::ConnectRate(args) => connect_rate::run(args).await?,
                 Command::Idle(args) => idle::run(args).await?,
                 Command::Fill(args) => scale::fill(args).await?,
                 Command::PairsCheck(args) => scale::pairs_check(args).await?,
+                Command::Sessions(args) => sessions::run(args).await?,
+                Command::Store(_) | Command::StoreWorker(_) => {
+                    bail!("store commands run before the runtime starts")
+                }
                 Command::GenCerts { dir } => {
                     certs::generate(&dir)?;
                     return Ok(());

@@ -96,18 +96,36 @@ fn put_str(buf: &mut BytesMut, s: &str) {
     buf.put_slice(s.as_bytes());
 }
 
-/// Appends a CONNECT (clean start, no credentials, no will).
-pub fn encode_connect(buf: &mut BytesMut, version: Version, client_id: &str, keep_alive: u16) {
-    let props = usize::from(version == Version::V5);
+/// Appends a CONNECT without credentials or will: clean start when `persistent` is `None`, else resuming (or
+/// starting) a session that outlives the connection by that many seconds (MQTT 5 Session Expiry Interval; an
+/// MQTT 3.1.1 session with clean session 0 lasts as long as the server keeps it).
+pub fn encode_connect_session(
+    buf: &mut BytesMut,
+    version: Version,
+    client_id: &str,
+    keep_alive: u16,
+    persistent: Option<u32>,
+) {
+    let v5 = version == Version::V5;
+    let expiry = persistent.filter(|_| v5);
+    let props = if v5 { 1 + expiry.map_or(0, |_| 5) } else { 0 };
     let remaining = 6 + 1 + 1 + 2 + props + 2 + client_id.len();
     buf.put_u8(0x10);
     put_varint(buf, remaining);
     put_str(buf, "MQTT");
     buf.put_u8(version.level());
-    buf.put_u8(0x02); // clean session / clean start
+    // clean session / clean start
+    buf.put_u8(if persistent.is_some() { 0x00 } else { 0x02 });
     buf.put_u16(keep_alive);
-    if version == Version::V5 {
-        buf.put_u8(0); // no properties
+    if v5 {
+        match expiry {
+            Some(secs) => {
+                buf.put_u8(5);
+                buf.put_u8(0x11); // Session Expiry Interval
+                buf.put_u32(secs);
+            }
+            None => buf.put_u8(0), // no properties
+        }
     }
     put_str(buf, client_id);
 }
@@ -290,7 +308,7 @@ mod tests {
     #[test]
     fn connect_v311_bytes() {
         let mut b = BytesMut::new();
-        encode_connect(&mut b, Version::V311, "c1", 60);
+        encode_connect_session(&mut b, Version::V311, "c1", 60, None);
         assert_eq!(
             &b[..],
             &[
@@ -302,7 +320,7 @@ mod tests {
     #[test]
     fn connect_v5_has_empty_properties() {
         let mut b = BytesMut::new();
-        encode_connect(&mut b, Version::V5, "c", 300);
+        encode_connect_session(&mut b, Version::V5, "c", 300, None);
         assert_eq!(
             &b[..],
             &[

@@ -53,7 +53,14 @@ pub struct LinkArgs {
     /// MQTT version.
     #[arg(long, value_enum, default_value = "5")]
     pub mqtt: Version,
+    /// Persistent sessions: CONNECT without clean start, sessions kept an hour after their connection (what a
+    /// node with `[storage] mode = "disk"` writes to its store).
+    #[arg(long)]
+    pub persistent: bool,
 }
+
+/// Session Expiry Interval of `--persistent` sessions: an hour.
+const PERSISTENT_EXPIRY_S: u32 = 3600;
 
 /// Where and how to connect.
 #[derive(Clone)]
@@ -66,6 +73,8 @@ pub struct Target {
     pub tls: Option<(TlsConnector, ServerName<'static>)>,
     /// MQTT version of CONNECT.
     pub version: Version,
+    /// Session Expiry Interval of CONNECT (no clean start), `None` for clean sessions.
+    pub persistent: Option<u32>,
 }
 
 impl Target {
@@ -82,6 +91,7 @@ impl Target {
             proxy_v2: link.proxy_v2,
             tls,
             version: link.mqtt,
+            persistent: link.persistent.then_some(PERSISTENT_EXPIRY_S),
         })
     }
 }
@@ -168,7 +178,13 @@ async fn connect_inner(
         None => Either::Left(tcp),
     };
     let mut out = BytesMut::with_capacity(64);
-    mqtt::encode_connect(&mut out, target.version, client_id, keep_alive);
+    mqtt::encode_connect_session(
+        &mut out,
+        target.version,
+        client_id,
+        keep_alive,
+        target.persistent,
+    );
     stream.write_all(&out).await.context("writing CONNECT")?;
     let mut read_buf = BytesMut::with_capacity(4096);
     let (code, used) = loop {

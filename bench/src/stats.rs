@@ -102,7 +102,27 @@ pub fn extend_generator_cpu(out: &mut serde_json::Value, before: Option<f64>) {
 
 /// CPU seconds (user + system) this process has used so far; `None` if /proc is unreadable.
 pub fn own_cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    cpu_seconds_of("/proc/self/stat")
+}
+
+/// CPU seconds (user + system) the calling thread has used so far; `None` if /proc is unreadable.
+pub fn thread_cpu_seconds() -> Option<f64> {
+    cpu_seconds_of("/proc/thread-self/stat")
+}
+
+/// Resident and peak resident memory of this process in bytes (`VmRSS`, `VmHWM`); `None` if unreadable.
+pub fn own_memory() -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+fn cpu_seconds_of(path: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(path).ok()?;
     // Fields after the command name (which may contain spaces) start after the last ')'.
     let rest = stat.rsplit_once(')')?.1;
     let fields: Vec<&str> = rest.split_whitespace().collect();
@@ -143,5 +163,8 @@ mod tests {
     fn empty_histogram_reports_zero_and_cpu_is_readable() {
         assert_eq!(Latency::new().quantile_us(0.99), 0);
         assert!(own_cpu_seconds().is_some());
+        assert!(thread_cpu_seconds().is_some());
+        let (rss, peak) = own_memory().unwrap();
+        assert!(rss > 0 && peak >= rss);
     }
 }

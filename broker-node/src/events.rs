@@ -132,3 +132,46 @@ pub(crate) fn config_reload(
         ),
     }
 }
+
+/// The session store was read back at start: how many sessions, messages and retained messages, values skipped
+/// (undecodable), sessions without a record (deleted), and how long it took.
+pub(crate) fn store_recovered(
+    path: &std::path::Path,
+    counts: StoreCounts,
+    took: std::time::Duration,
+) {
+    tracing::info!(
+        event = "store_recovered",
+        path = %path.display(),
+        sessions = counts.sessions,
+        messages = counts.messages,
+        retained = counts.retained,
+        skipped = counts.skipped,
+        orphans = counts.orphans,
+        seconds = took.as_secs_f64(),
+        "session store read back"
+    );
+}
+
+/// What [`store_recovered`] reports.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StoreCounts {
+    /// Sessions read back.
+    pub(crate) sessions: usize,
+    /// Queued and in-flight messages read back.
+    pub(crate) messages: usize,
+    /// Retained messages read back.
+    pub(crate) retained: usize,
+    /// Values that did not decode.
+    pub(crate) skipped: usize,
+    /// Client IDs with keys but no record.
+    pub(crate) orphans: usize,
+}
+
+/// The session store failed a commit: the node shuts down (its supervisor restarts it).
+pub(crate) fn store_failed_shutdown() {
+    tracing::error!(
+        event = "store_failed_shutdown",
+        "the session store cannot commit any more; shutting down so the node can be restarted"
+    );
+}

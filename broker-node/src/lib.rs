@@ -8,7 +8,8 @@
 //!   server, admin_routes      start, supervise, shut down; the admin API          (top)
 //!   listener                  bind, accept, one task per connection
 //!   conn                      one connection: handshake, inbound, outbound, End
-//!   cluster                   peer links, remote routes, forwarding, session handover
+//!   cluster, store            peer links, remote routes, forwarding, session handover; the durable session
+//!                             store (`[storage] mode = "disk"`: group-committed writes, read back at start)
 //!   broker                    sessions, publish, subscribe; ClusterHooks (what it tells the cluster)
 //!   state                     message, session, will, router, retained, the topic trie
 //!   access, origin, wakeup,   authentication and ACL, who the client is, how a connection is woken,
@@ -21,6 +22,8 @@
 //! - [`conn`]: the per-connection pipeline: PROXY → CONNECT → attach → CONNACK → packet loop → end.
 //! - [`cluster`]: N nodes as one broker: peer links, remote routes, retained replication, session takeover and
 //!   drain handoff (wire protocol documented there).
+//! - [`store`]: the durable session store: what the broker writes through [`broker::store_hooks`], one writer
+//!   thread committing batches, everything read back at start.
 //! - [`broker`]: shared state: sessions by client ID, takeover, expiry, publish fan-out; [`broker::hooks`] is
 //!   what it tells the cluster.
 //! - [`state`]: what the broker keeps: messages, sessions, wills, the subscription router, retained messages.
@@ -45,6 +48,7 @@ mod metrics;
 mod origin;
 mod server;
 mod state;
+mod store;
 mod wakeup;
 
 pub use broker::{Broker, ClientInfo};

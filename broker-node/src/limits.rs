@@ -90,6 +90,10 @@ impl ConnLimits {
     }
 }
 
+/// Acknowledgements one connection may have waiting for the session store's commit; beyond it the connection
+/// is not read from until commits catch up (a client's own inflight window is usually far smaller).
+pub(crate) const MAX_DEFERRED_ACKS: usize = 4096;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,9 @@
 //! Metric names (the contract with dashboards and tests), their descriptions, and the handles the hot path uses
 //! so that a publish does not hash metric names per message.
 
-use metrics::{Counter, Gauge, counter, describe_counter, describe_gauge, gauge};
+use metrics::{
+    Counter, Gauge, counter, describe_counter, describe_gauge, describe_histogram, gauge,
+};
 
 /// Open MQTT connections (past CONNECT).
 pub(crate) const CONNECTIONS_CURRENT: &str = "fleetgate_connections_current";
@@ -33,6 +35,18 @@ pub(crate) const PROXY_REJECTED: &str = "fleetgate_proxy_rejected_total";
 pub(crate) const ACL_DENIED: &str = "fleetgate_acl_denied_total";
 /// Reloads of a configuration, by `result` (ok, error).
 pub(crate) const CONFIG_RELOADS: &str = "fleetgate_config_reloads_total";
+/// Batches the session store committed (`[storage] mode = "disk"`).
+pub(crate) const STORE_COMMITS: &str = "fleetgate_store_commits_total";
+/// Ops (writes and deletes) the session store committed.
+pub(crate) const STORE_OPS: &str = "fleetgate_store_ops_total";
+/// Seconds the session store's commits took (histogram: the fsync dominates).
+pub(crate) const STORE_COMMIT_SECONDS: &str = "fleetgate_store_commit_seconds";
+/// Bytes of disk the session store uses.
+pub(crate) const STORE_DISK_BYTES: &str = "fleetgate_store_disk_bytes";
+/// Ops waiting for the session store's writer after it took its last batch.
+pub(crate) const STORE_PENDING_OPS: &str = "fleetgate_store_pending_ops";
+/// 1 once a commit of the session store failed (the node is then not ready and takes no QoS 1/2 publish).
+pub(crate) const STORE_FAILED: &str = "fleetgate_store_failed";
 /// The `reason` of [`DROPPED_MESSAGES`] for a PUBLISH or will the ACL denied.
 pub(crate) const DROP_REASON_ACL: &str = "acl";
 
@@ -66,11 +80,14 @@ pub(crate) enum DropReason {
     ClusterLinkDown,
     /// The node's memory budget (`[limits] memory_budget`) is spent: not queued, or not retained.
     MemoryBudget,
+    /// The session store uses its `[storage] max_bytes` of disk, or failed: a QoS 1/2 message refused (v5
+    /// PUBACK/PUBREC 0x97), or not queued for a persistent session.
+    StoreFull,
 }
 
 impl DropReason {
     /// Every reason, for registration.
-    pub(crate) const ALL: [DropReason; 13] = [
+    pub(crate) const ALL: [DropReason; 14] = [
         DropReason::QueueFull,
         DropReason::InflightWindow,
         DropReason::NotConnected,
@@ -84,6 +101,7 @@ impl DropReason {
         DropReason::ClusterLinkDown,
         DropReason::RetainedFull,
         DropReason::MemoryBudget,
+        DropReason::StoreFull,
     ];
 
     /// The metric label.
@@ -102,6 +120,7 @@ impl DropReason {
             DropReason::ClusterLinkDown => "cluster_link_down",
             DropReason::RetainedFull => "retained_full",
             DropReason::MemoryBudget => "memory_budget",
+            DropReason::StoreFull => "store_full",
         }
     }
 }
@@ -180,6 +199,21 @@ impl Metrics {
             "ACL denials by access (publish, subscribe, will)"
         );
         describe_counter!(CONFIG_RELOADS, "Configuration reloads by result");
+        describe_counter!(STORE_COMMITS, "Batches the session store committed");
+        describe_counter!(STORE_OPS, "Writes and deletes the session store committed");
+        describe_histogram!(
+            STORE_COMMIT_SECONDS,
+            "Seconds a session store commit took (write and fsync)"
+        );
+        describe_gauge!(STORE_DISK_BYTES, "Bytes of disk the session store uses");
+        describe_gauge!(
+            STORE_PENDING_OPS,
+            "Writes waiting for the session store's writer after its last batch"
+        );
+        describe_gauge!(
+            STORE_FAILED,
+            "1 once a session store commit failed (the node is then not ready)"
+        );
         let qos = |name: &'static str| {
             [
                 counter!(name, "qos" => "0"),

@@ -9,8 +9,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleetgate_config::node::NodeConfig;
-use fleetgate_ops::admin::{self, AdminState, Readiness};
+use fleetgate_config::node::{NodeConfig, StorageMode};
+use fleetgate_ops::admin::{AdminSockets, AdminState, Readiness};
 use fleetgate_ops::telemetry;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -25,6 +25,7 @@ use crate::error::BrokerError;
 use crate::events;
 use crate::listener::Listener;
 use crate::metrics::Metrics;
+use crate::store::{self, Store};
 
 /// The broker node.
 #[derive(Debug)]
@@ -91,13 +92,41 @@ impl Node {
         let hooks = cluster
             .as_ref()
             .map(|(c, _)| c.clone() as Arc<dyn ClusterHooks>);
-        let broker = Arc::new(Broker::new(
+        let broker = Broker::new(
             config.name.clone(),
             config.limits.clone(),
             Metrics::register(),
             timers.clone(),
             hooks,
-        ));
+        );
+        // The store is read back before any client or peer is served: sessions are where they were.
+        let (broker, store) = match &config.storage {
+            StorageMode::Memory => (Arc::new(broker), None),
+            StorageMode::Disk { path, max_bytes } => {
+                let started = std::time::Instant::now();
+                let max_value = store::max_value_len(config.limits.max_packet_size);
+                let (store, recovered) = Store::open(path, *max_bytes, max_value)?;
+                let broker = Arc::new(broker.with_store(store.clone()));
+                let counts = recovered.counts();
+                store::restore(&broker, &store, recovered);
+                events::store_recovered(path, counts, started.elapsed());
+                // A store whose commit failed takes no more writes until the process restarts (fjall poisons
+                // itself): the node shuts down as on SIGTERM (in a cluster its sessions go to its peers) and
+                // its supervisor (Kubernetes) starts it again.
+                let (watched, stop) = (store.clone(), shutdown.clone());
+                tokio::spawn(async move {
+                    let failed = tokio::select! {
+                        r = crate::broker::wait_committed(&*watched, u64::MAX) => r.is_err(),
+                        () = stop.cancelled() => false,
+                    };
+                    if failed {
+                        events::store_failed_shutdown();
+                        stop.cancel();
+                    }
+                });
+                (broker, Some(store))
+            }
+        };
 
         let cluster_handle = cluster.as_ref().map(|(c, _)| c.clone());
         let mut listeners = Vec::new();
@@ -111,8 +140,9 @@ impl Node {
                     })?;
             listeners.push(listener);
         }
-        let admin_listener = match config.admin_bind {
-            Some(addr) => Some(bind("admin", addr).await?),
+        // `[admin]`, its token file read now: a bad one stops the start.
+        let admin_sockets = match &config.admin {
+            Some(admin) => Some(AdminSockets::bind(admin).await?),
             None => None,
         };
 
@@ -130,16 +160,15 @@ impl Node {
             .collect();
         // The admin server outlives the drain so `/readyz` answers "not ready" while connections close.
         let admin_shutdown = CancellationToken::new();
-        let admin_addr = admin_listener.as_ref().map(|(_, a)| *a);
-        let admin_task = admin_listener.map(|(l, _)| {
+        let admin_addr = admin_sockets.as_ref().map(AdminSockets::admin_addr);
+        let admin_task = admin_sockets.map(|sockets| {
             let state = AdminState {
                 readiness: readiness.clone(),
                 metrics: prometheus,
+                // `/clients/{id}` reveals clients: with `[admin] token_file` it needs the token.
                 routes: Some(Arc::new(NodeRoutes::new(broker.clone()))),
-                // The node's admin routes are all GET: nothing to guard with a token.
-                token: None,
             };
-            tokio::spawn(admin::serve(l, state, admin_shutdown.clone()))
+            tokio::spawn(sockets.serve(state, admin_shutdown.clone()))
         });
         // In a cluster, ready once synced with every reachable peer (the cluster sets it).
         if cluster_handle.is_none() {
@@ -160,6 +189,7 @@ impl Node {
             broker: broker.clone(),
             cluster: cluster_handle,
             admin_task,
+            store,
         }));
         Ok(NodeHandle {
             mqtt_addrs,
@@ -189,6 +219,7 @@ struct Supervised {
     broker: Arc<Broker>,
     cluster: Option<Arc<Cluster>>,
     admin_task: Option<JoinHandle<()>>,
+    store: Option<Arc<Store>>,
 }
 
 async fn supervise(node: Supervised) {
@@ -200,6 +231,7 @@ async fn supervise(node: Supervised) {
         broker,
         cluster,
         admin_task,
+        store,
     } = node;
     stop.shutdown.cancelled().await;
     stop.readiness.set(false);
@@ -224,6 +256,10 @@ async fn supervise(node: Supervised) {
         c.shutdown.cancel();
     }
     stop.timers.cancel();
+    if let Some(store) = store {
+        // What the last connections changed is committed before the process ends.
+        let _ = tokio::task::spawn_blocking(move || store.close()).await;
+    }
     events::shutdown(
         if drained { "drained" } else { "grace_expired" },
         tracker.len(),

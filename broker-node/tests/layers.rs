@@ -9,7 +9,7 @@ const LAYERS: &[&[&str]] = &[
     &["access"],
     &["state"],
     &["broker"],
-    &["cluster"],
+    &["cluster", "store"],
     &["conn"],
     &["listener"],
     &["server", "admin_routes", "error"],

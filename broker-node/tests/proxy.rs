@@ -6,6 +6,7 @@
 mod common;
 
 use common::*;
+use fleetgate_config::admin::AdminConfig;
 use fleetgate_config::node::{NodeConfig, ProxyMode};
 use fleetgate_protocol::mqtt::{Packet, ProtocolLevel};
 use fleetgate_protocol::proxy::{HeaderSpec, PeerIdentity, encode_v2, encode_v2_local};
@@ -17,7 +18,7 @@ async fn proxied_node(trusted: &str) -> TestNode {
     let mut config = NodeConfig::local("proxy-node", "127.0.0.1:0".parse().unwrap());
     config.listeners[0].proxy_protocol = ProxyMode::Required;
     config.listeners[0].trusted_proxies = vec![trusted.parse().unwrap()];
-    config.admin_bind = Some("127.0.0.1:0".parse().unwrap());
+    config.admin = Some(AdminConfig::local("127.0.0.1:0".parse().unwrap()));
     TestNode::start_config(config).await
 }
 

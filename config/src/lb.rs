@@ -6,9 +6,9 @@
 //! [lb]
 //! name = "lb-0"
 //!
-//! [admin]
+//! [admin]                                # schema in `crate::admin`
 //! bind = "127.0.0.1:9200"
-//! token_file = "admin.token"             # optional: POST /reload, /drain need `Authorization: Bearer <token>`
+//! token_file = "admin.token"             # required off loopback: every route but the probes and /metrics needs it
 //!
 //! [[listeners]]
 //! name = "mqtts"
@@ -34,6 +34,7 @@
 //! connect_peek_timeout = "10s"
 //! max_connect_size = 65536
 //! max_connections = 100000
+//! max_connections_per_ip = 1000
 //! per_ip_rate = 20.0
 //! per_ip_burst = 40
 //! tls_handshakes_per_second = 2000
@@ -41,6 +42,7 @@
 //! max_idle = "30m"
 //! bounded_load_factor = 1.25
 //! backend_connect_timeout = "3s"
+//! max_buffered_bytes = "64MiB"
 //! ```
 //!
 //! The control-plane tables — `[health]` (and a backend's `health = {...}`, `drain = true`), `[drain]` and
@@ -59,6 +61,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::admin::{AdminConfig, AdminFile, validate_admin};
 use crate::duration::ConfigDuration;
 pub use crate::load::Secret;
 use crate::load::{ConfigError, Problem, parse_toml, read_file};
@@ -74,7 +77,10 @@ mod tests;
 
 pub use backends::{BackendConfig, ProxyVersion};
 pub use control::{DiscoverySettings, DrainConfig, HealthConfig, HealthKind};
-pub use limits::LimitsConfig;
+pub use limits::{
+    DEFAULT_MAX_BUFFERED_BYTES, DEFAULT_MAX_CONNECTIONS_PER_IP, LimitsConfig,
+    MIN_MAX_BUFFERED_BYTES,
+};
 pub use listeners::ListenerConfig;
 pub use tls::{CertificateConfig, ClientAuth, DEFAULT_HANDSHAKE_TIMEOUT, TlsConfig};
 
@@ -125,26 +131,14 @@ pub(crate) struct LbSectionFile {
     pub(crate) shutdown_grace: Option<ConfigDuration>,
 }
 
-/// Raw `[admin]` table.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct AdminFile {
-    /// Socket address of the admin HTTP server.
-    pub(crate) bind: Spanned<String>,
-    /// File holding the bearer token that mutating admin requests (`POST /reload`, `POST /drain`) must carry.
-    pub(crate) token_file: Option<Spanned<String>>,
-}
-
 /// A validated load balancer config.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LbConfig {
     /// Instance name.
     pub name: String,
-    /// Admin HTTP bind address, if any.
-    pub admin_bind: Option<SocketAddr>,
-    /// File with the admin bearer token (absolute), if any: read by the LB at start with
-    /// [`Secret::read_file`], like certificate files are loaded there rather than here.
-    pub admin_token_file: Option<PathBuf>,
+    /// The admin server (`[admin]`), if any; its token file is only named here and read by the LB at start,
+    /// like certificate files are loaded there rather than here.
+    pub admin: Option<AdminConfig>,
     /// Listeners (at least one).
     pub listeners: Vec<ListenerConfig>,
     /// Backends (at least one).
@@ -247,12 +241,10 @@ fn validate(file: &Path, source: &str, raw: LbFile) -> Result<LbConfig, ConfigEr
     };
 
     let name = c.name(&raw.lb.name, "lb", &mut HashSet::new());
-    let admin_bind = raw.admin.as_ref().and_then(|a| c.addr(&a.bind));
-    let admin_token_file = raw
-        .admin
-        .as_ref()
-        .and_then(|a| a.token_file.as_ref())
-        .map(|f| c.path(f));
+    let admin = raw.admin.as_ref().and_then(|a| {
+        let base = c.base.clone();
+        validate_admin(a, &base, &mut |span, message| c.problem(span, message))
+    });
 
     let mut seen = HashSet::new();
     let listeners: Vec<ListenerConfig> = raw
@@ -297,8 +289,7 @@ fn validate(file: &Path, source: &str, raw: LbFile) -> Result<LbConfig, ConfigEr
     }
     Ok(LbConfig {
         name,
-        admin_bind,
-        admin_token_file,
+        admin,
         listeners,
         backends,
         limits,

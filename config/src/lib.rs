@@ -2,6 +2,7 @@
 //! hot-reload watching. Each file goes TOML → raw `*File` serde structs (`deny_unknown_fields`) → validated
 //! `*Config` types; the binaries and `fleetgate_auth` build their runtime state from the validated types.
 //!
+//! - [`admin`]: the `[admin]` table both binaries share (admin and probe sockets, token file, caps, timeouts).
 //! - [`load`]: TOML → raw `*File` structs; [`Problem`]/[`ConfigError`] with `file:line:column`; `Secret`.
 //! - [`node`]: the broker node's config (`[node]` table), its `[auth]` section included ([`node::AuthConfig`]).
 //! - [`acl`]: the ACL file named by `[auth] acl_file` ([`acl::AclConfig`]); [`acl::topic`]: topic filter and
@@ -14,6 +15,7 @@
 //! - [`watch`]: watch a config file's directory and report debounced changes.
 
 pub mod acl;
+pub mod admin;
 pub mod bytesize;
 pub mod check;
 pub mod discovery;

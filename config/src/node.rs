@@ -12,7 +12,7 @@
 //! proxy_protocol = "required"          # "off" | "required"
 //! trusted_proxies = ["10.0.0.0/8"]
 //!
-//! [admin]
+//! [admin]                              # schema in `crate::admin`
 //! bind = "127.0.0.1:9100"
 //!
 //! [limits]
@@ -34,6 +34,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::admin::{AdminConfig, AdminFile, validate_admin};
 use crate::duration::ConfigDuration;
 use crate::load::{ConfigError, Problem, parse_toml, read_file};
 
@@ -41,6 +42,7 @@ mod auth;
 mod cluster;
 mod limits;
 mod listeners;
+mod storage;
 
 pub use auth::{
     AuthConfig, BruteForceConfig, CertField, ClientIdTemplate, ClientIdTemplateError,
@@ -54,6 +56,8 @@ pub use limits::LimitsConfig;
 use limits::{LimitsFile, validate_limits};
 use listeners::{DEFAULT_PROXY_TIMEOUT, ListenerFile, validate_listeners};
 pub use listeners::{ListenerConfig, ProxyMode};
+pub use storage::StorageMode;
+use storage::{StorageFile, validate_storage};
 
 /// Default time to wait for connections to close after shutdown starts.
 pub(crate) const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -76,6 +80,8 @@ pub(crate) struct NodeFile {
     pub(crate) cluster: Option<ClusterFile>,
     /// `[auth]`: authentication and ACL; `None` keeps anonymous access.
     pub(crate) auth: Option<AuthSectionFile>,
+    /// `[storage]`: memory only, or also on disk.
+    pub(crate) storage: Option<StorageFile>,
 }
 
 /// Raw `[node]` table.
@@ -88,14 +94,6 @@ pub(crate) struct NodeSectionFile {
     pub(crate) shutdown_grace: Option<ConfigDuration>,
 }
 
-/// Raw `[admin]` table.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct AdminFile {
-    /// Socket address of the admin HTTP server.
-    pub(crate) bind: Spanned<String>,
-}
-
 /// A validated broker node config.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeConfig {
@@ -103,8 +101,8 @@ pub struct NodeConfig {
     pub name: String,
     /// MQTT listeners (at least one).
     pub listeners: Vec<ListenerConfig>,
-    /// Admin HTTP bind address, if any.
-    pub admin_bind: Option<SocketAddr>,
+    /// The admin server (`[admin]`), if any.
+    pub admin: Option<AdminConfig>,
     /// Limits.
     pub limits: LimitsConfig,
     /// Shutdown grace period.
@@ -113,6 +111,8 @@ pub struct NodeConfig {
     pub cluster: Option<ClusterConfig>,
     /// Authentication and ACL; `None`: every client admitted anonymously, nothing checked.
     pub auth: Option<AuthConfig>,
+    /// Where sessions and retained messages are kept.
+    pub storage: StorageMode,
 }
 
 impl NodeConfig {
@@ -139,11 +139,12 @@ impl NodeConfig {
                 proxy_timeout: DEFAULT_PROXY_TIMEOUT,
                 name: None,
             }],
-            admin_bind: None,
+            admin: None,
             limits: LimitsConfig::default(),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             cluster: None,
             auth: None,
+            storage: StorageMode::Memory,
         }
     }
 }
@@ -229,12 +230,17 @@ fn validate(file: &Path, source: &str, raw: NodeFile) -> Result<NodeConfig, Conf
 
     let listeners = validate_listeners(&raw.listeners, &mut problem);
 
-    let admin_bind = raw
+    let base = file.parent().unwrap_or(Path::new(""));
+    let admin = raw
         .admin
         .as_ref()
-        .and_then(|a| parse_addr(&a.bind, &mut problem));
+        .and_then(|a| validate_admin(a, base, &mut problem));
 
     let limits = validate_limits(&raw.limits, &mut problem);
+
+    let storage = raw.storage.as_ref().map_or(StorageMode::Memory, |s| {
+        validate_storage(s, file, &mut problem)
+    });
 
     let cluster = match raw.cluster.as_ref() {
         Some(c) => match validate_cluster(c, &name, file, source) {
@@ -277,7 +283,7 @@ fn validate(file: &Path, source: &str, raw: NodeFile) -> Result<NodeConfig, Conf
     Ok(NodeConfig {
         name,
         listeners,
-        admin_bind,
+        admin,
         limits,
         shutdown_grace: raw
             .node
@@ -285,6 +291,7 @@ fn validate(file: &Path, source: &str, raw: NodeFile) -> Result<NodeConfig, Conf
             .map_or(DEFAULT_SHUTDOWN_GRACE, ConfigDuration::get),
         cluster,
         auth,
+        storage,
     })
 }
 
@@ -349,7 +356,7 @@ server_keep_alive = "30s"
         assert_eq!(cfg.limits.connect_timeout, Duration::from_secs(3));
         assert_eq!(cfg.limits.server_keep_alive, Some(30));
         assert_eq!(cfg.shutdown_grace, Duration::from_secs(5));
-        assert!(cfg.admin_bind.is_some());
+        assert!(cfg.admin.is_some());
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! Admission control, the first stage of a connection: caps on open connections (per listener and in total), a
-//! token bucket per source address, and a global budget of TLS handshakes per second (handshakes are the expensive
-//! part of a reconnect storm). Each check is amortized O(1) under at most one short mutex hold (`parking_lot`: no
+//! Admission control, the first stage of a connection: caps on open connections (per listener and in total; per
+//! source address with `fleetgate_ops::sources`, which `conn` holds in [`crate::shared::Shared`]), a token bucket
+//! per source address, and a global budget of TLS handshakes per second (handshakes are the expensive part of a
+//! reconnect storm). Each check is amortized O(1) under at most one short mutex hold (`parking_lot`: no
 //! poisoning, so a panic elsewhere can never turn a limit off).
 //!
 //! The per-source buckets are a hard-capped map: IPv6 sources share one bucket per /64 (one host can rotate
@@ -9,11 +10,12 @@
 //! forgetting it loses nothing).
 
 use std::collections::{HashMap, VecDeque};
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
+use fleetgate_ops::sources::source_key;
 use parking_lot::Mutex;
 
 use crate::metrics::CONNECTIONS_OPEN;
@@ -29,6 +31,8 @@ pub(crate) enum Refused {
     ListenerFull,
     /// The total `max_connections` is reached.
     TotalFull,
+    /// The source address (IPv6: its /64) has `max_connections_per_ip` connections open.
+    PerIpConnections,
     /// The source IP exceeded `per_ip_rate`.
     PerIpRate,
     /// The TLS handshake budget of this second is spent.
@@ -41,6 +45,7 @@ impl Refused {
         match self {
             Refused::ListenerFull => "listener_full",
             Refused::TotalFull => "total_full",
+            Refused::PerIpConnections => "per_ip_connections",
             Refused::PerIpRate => "per_ip_rate",
             Refused::TlsBudget => "tls_budget",
         }
@@ -144,17 +149,6 @@ impl Bucket {
         } else {
             false
         }
-    }
-}
-
-/// The key a source is limited under: IPv4 as is (IPv4-mapped IPv6 too), IPv6 by its /64.
-fn source_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(Ipv6Addr::from(v6.to_bits() & !((1u128 << 64) - 1))),
-        },
     }
 }
 

@@ -2,8 +2,9 @@
 //! its own time and size limit:
 //!
 //! 1. accept ([`crate::listener`] spawns [`handle`] at once per socket);
-//! 2. admission: connection caps, and the per-IP rate for direct clients ([`crate::admission`]);
-//! 3. incoming PROXY header, from a trusted proxy in front (`fleetgate_protocol::proxy::read_header`);
+//! 2. admission: connection caps, and the per-IP cap and rate for direct clients ([`crate::admission`]);
+//! 3. incoming PROXY header, from a trusted proxy in front (`fleetgate_protocol::proxy::read_header`); the per-IP
+//!    cap and rate then apply to the client it names;
 //! 4. TLS, under the handshake budget and timeout ([`crate::tls`], identity by [`crate::identity`]);
 //! 5. peek CONNECT: a whole CONNECT within the peek timeout and size cap (`fleetgate_protocol::peek`);
 //! 6. select a backend by client ID and connect, failing over to the next-ranked one ([`crate::backend`]);
@@ -22,6 +23,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use fleetgate_ops::sources::SourceSlot;
 use fleetgate_protocol::peek::{self, ConnectSummary, PeekError, Refusal};
 use fleetgate_protocol::proxy::{self, HeaderSpec, PeerIdentity, ProxyPolicy};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -143,27 +145,29 @@ impl Conn<'_> {
         let local = stream.local_addr().unwrap_or(self.peer);
         tracing::info!(event = "accepted", tls = self.listener.tls.is_some());
 
-        // 2. Admission, before any byte is read: connection caps and, for direct clients, the per-IP rate.
+        // 2. Admission, before any byte is read: connection caps and, for direct clients, the per-IP cap and rate.
         let proxied_peer = self
             .listener
             .proxy_policy
             .as_ref()
             .filter(|p| p.trusted.contains(self.peer.ip()));
-        let permit = match self.admit(proxied_peer.is_none().then_some(self.peer)) {
-            Ok(permit) => permit,
-            Err(refused) => return self.refuse(stream, refused).await,
-        };
+        let (permit, mut source_slot) =
+            match self.admit(proxied_peer.is_none().then_some(self.peer)) {
+                Ok(admitted) => admitted,
+                Err(refused) => return self.refuse(stream, refused).await,
+            };
         sockopt::tune(&stream);
 
-        // 3. A cloud LB in front of us tells us who the client is; the per-IP rate is then that client's.
+        // 3. A cloud LB in front of us tells us who the client is; the per-IP cap and rate are then that client's.
         let (source, destination) = match proxied_peer {
             None => (self.peer, local),
             Some(policy) => {
                 let Some(addrs) = self.read_proxy_header(&mut stream, policy, local).await else {
                     return Outcome::ProxyFailed;
                 };
-                if let Err(refused) = self.admit_ip(addrs.0) {
-                    return self.refuse(stream, refused).await;
+                match self.admit_ip(addrs.0) {
+                    Ok(slot) => source_slot = Some(slot),
+                    Err(refused) => return self.refuse(stream, refused).await,
                 }
                 addrs
             }
@@ -258,15 +262,16 @@ impl Conn<'_> {
             drain: &drain,
             protocol_level: summary.protocol_level,
             sent_after_connect: &pipelined,
+            buffers: &self.shared.buffers,
         };
         let out = relay::relay(&mut client, &mut upstream, ctl).await;
         let outcome = relay_ended(&backend, summary.packet_len as u64, started, out);
-        drop(permit);
+        drop((permit, source_slot));
         outcome
     }
 
-    /// Connection caps, then the per-IP bucket for `direct` (a client not behind a trusted proxy).
-    fn admit(&self, direct: Option<SocketAddr>) -> Result<Permit, Refused> {
+    /// Connection caps, then the per-IP cap and bucket for `direct` (a client not behind a trusted proxy).
+    fn admit(&self, direct: Option<SocketAddr>) -> Result<(Permit, Option<SourceSlot>), Refused> {
         let permit = admission::acquire(
             (self.gauge, self.listener.max_connections),
             (
@@ -274,16 +279,22 @@ impl Conn<'_> {
                 self.snapshot.config.limits.max_connections,
             ),
         )?;
-        if let Some(addr) = direct {
-            self.admit_ip(addr)?;
-        }
-        Ok(permit)
+        let slot = direct.map(|addr| self.admit_ip(addr)).transpose()?;
+        Ok((permit, slot))
     }
 
-    fn admit_ip(&self, addr: SocketAddr) -> Result<(), Refused> {
+    /// The client at `addr`: one more open connection from its source (IPv6: its /64) if under
+    /// `max_connections_per_ip`, then a token of its per-IP bucket. The slot counts the connection until dropped.
+    fn admit_ip(&self, addr: SocketAddr) -> Result<SourceSlot, Refused> {
+        let max = self.snapshot.config.limits.max_connections_per_ip;
+        let slot = self
+            .shared
+            .sources
+            .try_acquire(addr.ip(), max)
+            .ok_or(Refused::PerIpConnections)?;
         match &self.snapshot.per_ip {
             Some(limiter) if !limiter.allow(addr.ip(), Instant::now()) => Err(Refused::PerIpRate),
-            _ => Ok(()),
+            _ => Ok(slot),
         }
     }
 

@@ -277,10 +277,16 @@ impl Controller {
         };
         let config = LbConfig::load(&path).map_err(|e| e.to_string())?;
         let discovery = reload::discovery_source(&config);
-        if config.admin_bind != self.shared.snapshot.load().config.admin_bind {
+        if config.admin != self.shared.snapshot.load().config.admin {
             tracing::warn!(
                 event = "config_reload_partial",
-                "[admin] bind changes take effect at the next restart"
+                "[admin] changes (bind, probe_bind, token_file, limits) take effect at the next restart"
+            );
+        }
+        if config.limits.max_buffered_bytes != self.shared.buffers.max() {
+            tracing::warn!(
+                event = "config_reload_partial",
+                "[limits] max_buffered_bytes changes take effect at the next restart"
             );
         }
         // Discovery first (a changed source is restarted; its first set is waited for briefly).

@@ -18,10 +18,13 @@ pub enum LbError {
     /// A certificate, key, CA or CRL could not be loaded.
     #[error("{0}")]
     Tls(#[from] TlsError),
+    /// The admin server could not start (its token file, its sockets).
+    #[error("{0}")]
+    Admin(#[from] fleetgate_ops::admin::AdminError),
     /// A socket could not be bound.
     #[error("cannot bind {role} on {addr}: {source}")]
     Bind {
-        /// Listener name or `admin`.
+        /// The listener name.
         role: String,
         /// The address.
         addr: SocketAddr,

@@ -26,9 +26,11 @@
 //! - `backend`: the backend set and ring selection; each backend's load and suspect mark, with its health beside
 //!   them (all carried by stable name).
 //! - `health`: a backend's health state, flipped after rise/fall consecutive results.
-//! - `admission`: connection caps, per-source-IP token buckets, the TLS handshake budget.
+//! - `admission`: connection caps (per listener, in total, per source address), per-source-IP token buckets, the
+//!   TLS handshake budget.
 //! - `relay`: the byte relay that holds no buffer while a connection is idle, and drains at packet boundaries;
 //!   how a relay ended (`RelayEnd`, `Side`).
+//! - `buffers`: the budget of bytes all relays may hold in buffers; at the bound, reads wait.
 //! - `error`: [`LbError`], why the LB could not start.
 //! - `frames`: MQTT packet boundary tracking over the relayed bytes; the DISCONNECTs a drain injects.
 //! - `registry`: the relays open now (client ID → backend, drain switches).
@@ -42,6 +44,7 @@
 mod admin_routes;
 mod admission;
 mod backend;
+mod buffers;
 mod conn;
 mod control;
 mod drain;

@@ -14,8 +14,8 @@ pub(crate) const TLS_HANDSHAKE_FAILURES: &str = "fleetgate_lb_tls_handshake_fail
 /// First-packet outcomes, by `outcome` (`valid`, `not_mqtt`, `malformed`, `too_large`, `timeout`, `empty_id`,
 /// `closed`).
 pub(crate) const CONNECT_PEEK_TOTAL: &str = "fleetgate_lb_connect_peek_total";
-/// Connections refused by admission control, by `reason` (`listener_full`, `total_full`, `per_ip_rate`,
-/// `tls_budget`, `untrusted_proxy`, `proxy_header`).
+/// Connections refused by admission control, by `reason` (`listener_full`, `total_full`, `per_ip_connections`,
+/// `per_ip_rate`, `tls_budget`, `untrusted_proxy`, `proxy_header`).
 pub(crate) const ADMISSION_REFUSED: &str = "fleetgate_lb_admission_refused_total";
 /// Connections relayed to a backend now, by `backend`.
 pub(crate) const BACKEND_CONNECTIONS: &str = "fleetgate_lb_backend_connections";
@@ -38,6 +38,11 @@ pub(crate) const BACKENDS: &str = "fleetgate_lb_backends";
 pub(crate) const DRAINED_TOTAL: &str = "fleetgate_lb_drained_connections_total";
 /// Relays that ended, by how (`reason`: `eof`, `error`, `idle_timeout`, `shutdown`, `drained`, `drain_timeout`).
 pub(crate) const RELAYS_ENDED: &str = "fleetgate_lb_relays_ended_total";
+/// Bytes the relays hold in buffers now, all connections, by `direction`: `to_backend` (clients' bytes, bounded
+/// by `[limits] max_buffered_bytes`) and `to_client` (backends' bytes, at most 16 KiB per relay).
+pub(crate) const RELAY_BUFFERED_BYTES: &str = "fleetgate_lb_relay_buffered_bytes";
+/// Client reads of a relay that waited for buffer bytes because `max_buffered_bytes` was reached.
+pub(crate) const RELAY_BUFFER_WAITS: &str = "fleetgate_lb_relay_buffer_waits_total";
 /// Config reloads, by `result` (`ok`, `error`).
 pub(crate) const CONFIG_RELOADS: &str = "fleetgate_config_reloads_total";
 /// Generation of the snapshot in force (1 at start, +1 per swap).

@@ -17,6 +17,11 @@
 //! shrink when empty in rustls 0.23, and the per-connection `ServerConnection` remains the bulk of an idle TLS
 //! connection's footprint.
 //!
+//! Budget: every buffer's bytes are claimed before the read that fills it, and given back when the buffer is freed.
+//! Client → backend claims from the LB-wide [`BufferBudget`]: at its bound a direction without a buffer waits,
+//! reading nothing from its client, until bytes come back, and one with a buffer grows it only if the budget
+//! allows. Backend → client is only counted (see [`crate::buffers`] for why).
+//!
 //! Draining: both directions feed what they forward through a [`PacketTracker`]. When the connection's drain
 //! switch flips, each direction reads only up to the end of the packet in flight and then parks; once both are
 //! parked the LB sends a v5 client DISCONNECT 0x8B ("server shutting down"), sends the backend a normal
@@ -26,6 +31,7 @@
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
@@ -33,6 +39,7 @@ use bytes::{Buf, BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
+use crate::buffers::{BufferBudget, Claim, Toward};
 use crate::frames::{DISCONNECT_NORMAL, DISCONNECT_V5_SERVER_SHUTTING_DOWN, PacketTracker};
 use crate::stream::{ClientStream, ReadReady};
 
@@ -141,6 +148,8 @@ pub(crate) struct RelayControl<'a> {
     /// Bytes the client pipelined behind its CONNECT, already sent to the backend (they start the
     /// client → backend packet tracking).
     pub(crate) sent_after_connect: &'a [u8],
+    /// The LB-wide budget of buffered bytes both directions claim their buffers from.
+    pub(crate) buffers: &'a Arc<BufferBudget>,
 }
 
 /// How a relay ended and — for a drain — where both directions stopped (up, down).
@@ -166,6 +175,8 @@ struct Direction {
     buf: Option<BytesMut>,
     /// Capacity of the next buffer ([`RELAY_BUFFER_MIN`] growing to [`RELAY_BUFFER`]).
     size: usize,
+    /// The buffer's bytes in the budget: held from before the read that fills it until it is freed.
+    claim: Claim,
     /// Bytes were written since the last flush.
     needs_flush: bool,
     eof: bool,
@@ -178,10 +189,11 @@ struct Direction {
 }
 
 impl Direction {
-    fn new() -> Self {
+    fn new(claim: Claim) -> Self {
         Self {
             buf: None,
             size: RELAY_BUFFER_MIN,
+            claim,
             needs_flush: false,
             eof: false,
             done: false,
@@ -189,6 +201,12 @@ impl Direction {
             read_first: true,
             tracker: PacketTracker::default(),
         }
+    }
+
+    /// Frees the buffer and gives its bytes back to the budget.
+    fn free(&mut self) {
+        self.buf = None;
+        self.claim.release();
     }
 
     /// Flushes what was written since the last flush. `Ready(Ok)` once nothing is pending.
@@ -212,7 +230,7 @@ impl Direction {
         writer: &mut W,
         writer_side: Side,
     ) -> Poll<Result<T, Fault>> {
-        self.buf = None;
+        self.free();
         match self.poll_flush(cx, writer) {
             Poll::Ready(Err(_)) => Poll::Ready(Err(Fault { side: writer_side })),
             _ => Poll::Pending,
@@ -260,7 +278,7 @@ impl Direction {
             // the drain deadline ends it).
             let limit = match (draining, self.tracker.until_boundary()) {
                 (true, Some(0)) => {
-                    self.buf = None;
+                    self.free();
                     ready!(self.poll_flush(cx, writer)).map_err(|_| write_fault())?;
                     return Poll::Ready(Ok(Flow::Parked));
                 }
@@ -277,9 +295,18 @@ impl Direction {
                             Poll::Ready(Ok(())) => {}
                         }
                     }
+                    // The budget's bytes before the read: at the bound, read nothing until they come back.
+                    if self.claim.poll_hold(cx, self.size).is_pending() {
+                        return self.idle(cx, writer, writer_side);
+                    }
                     self.buf.insert(BytesMut::new())
                 }
             };
+            // A direction that outgrew its buffer grows it only if the budget has the bytes now (the budget is
+            // never closed, so a buffer in use always holds its bytes).
+            if !self.claim.try_grow(self.size) && self.claim.held() > 0 {
+                self.size = self.claim.held();
+            }
             self.read_first = false;
             // Empty here (everything read was written): this reuses the allocation, or makes the first one.
             buf.clear();
@@ -294,7 +321,7 @@ impl Direction {
                 Poll::Ready(Err(_)) => return Poll::Ready(Err(read_fault)),
                 Poll::Ready(Ok(0)) => {
                     self.eof = true;
-                    self.buf = None;
+                    self.free();
                 }
                 Poll::Ready(Ok(n)) => {
                     self.tracker.feed(&buf[..n]);
@@ -319,9 +346,9 @@ pub(crate) async fn relay<B>(
 where
     B: AsyncRead + AsyncWrite + ReadReady + Unpin,
 {
-    let mut up = Direction::new();
+    let mut up = Direction::new(ctl.buffers.claim(Toward::Backend));
     up.tracker.feed(ctl.sent_after_connect);
-    let mut down = Direction::new();
+    let mut down = Direction::new(ctl.buffers.claim(Toward::Client));
     let mut first_eof: Option<Side> = None;
     let mut last_activity = Instant::now();
     let idle = ctl.idle;
@@ -377,6 +404,10 @@ where
         if let Some(idle) = idle {
             // The timer is only re-armed when it fires, not on every packet: cheap for chatty connections.
             while sleep.as_mut().poll(cx).is_ready() {
+                // A client whose reads wait for the buffer budget is not idle: we are the ones not reading.
+                if up.claim.is_waiting() {
+                    last_activity = Instant::now();
+                }
                 let deadline = last_activity + idle;
                 if Instant::now() >= deadline {
                     return Poll::Ready(Ok((RelayEnd::IdleTimeout, None)));
@@ -464,7 +495,14 @@ mod tests {
             drain,
             protocol_level,
             sent_after_connect: &[],
+            buffers: budget(),
         }
+    }
+
+    /// A budget for the tests, larger than any test needs.
+    fn budget() -> &'static Arc<BufferBudget> {
+        static BUDGET: std::sync::OnceLock<Arc<BufferBudget>> = std::sync::OnceLock::new();
+        BUDGET.get_or_init(|| BufferBudget::new(1 << 30))
     }
 
     #[tokio::test]

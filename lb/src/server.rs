@@ -8,9 +8,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError};
 
-use fleetgate_config::lb::{LbConfig, Secret};
-use fleetgate_ops::admin::{self, AdminState};
-use tokio::net::TcpListener;
+use fleetgate_config::lb::LbConfig;
+use fleetgate_ops::admin::{AdminSockets, AdminState};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -145,12 +144,16 @@ impl Lb {
         first_snapshot(&shared, &mut controller, &config).await?;
 
         let listeners = bind_listeners(&config).await?;
-        let admin_socket = bind_admin(&config).await?;
+        // `[admin]`, its token file read now: a bad one stops the start.
+        let admin_sockets = match &config.admin {
+            Some(admin) => Some(AdminSockets::bind(admin).await?),
+            None => None,
+        };
         controller.adopt(listeners);
         controller.reconcile_health();
         controller.watch_files();
-        let admin_addr = admin_socket.as_ref().map(|a| a.addr);
-        let admin = admin_socket.map(|a| serve_admin(a, &shared));
+        let admin_addr = admin_sockets.as_ref().map(AdminSockets::admin_addr);
+        let admin = admin_sockets.map(|sockets| serve_admin(sockets, &shared));
         shared.readiness.set(true);
         metrics::gauge!(DRAINING).set(0.0);
 
@@ -213,51 +216,17 @@ async fn bind_listeners(config: &LbConfig) -> Result<Vec<Bound>, LbError> {
     Ok(bound)
 }
 
-/// The admin server's bound socket and its bearer token.
-struct AdminSocket {
-    addr: SocketAddr,
-    socket: TcpListener,
-    token: Option<Secret>,
-}
-
-/// Reads the admin token and binds `[admin] bind`, if configured (logs `listening` with role `admin`).
-async fn bind_admin(config: &LbConfig) -> Result<Option<AdminSocket>, LbError> {
-    // Read once at start, like the bind address: a changed token applies at the next restart.
-    let token = match &config.admin_token_file {
-        Some(path) => Some(Secret::read_file(path)?),
-        None => None,
-    };
-    let Some(bind) = config.admin_bind else {
-        return Ok(None);
-    };
-    let socket = TcpListener::bind(bind)
-        .await
-        .map_err(|source| LbError::Bind {
-            role: "admin".into(),
-            addr: bind,
-            source,
-        })?;
-    let addr = socket.local_addr().unwrap_or(bind);
-    tracing::info!(event = "listening", role = "admin", addr = %addr, "listening on admin {addr}");
-    Ok(Some(AdminSocket {
-        addr,
-        socket,
-        token,
-    }))
-}
-
 /// Serves `/healthz`, `/readyz`, `/metrics` and the LB's routes ([`crate::admin_routes`]) on the admin socket.
-fn serve_admin(admin: AdminSocket, shared: &Arc<Shared>) -> Service {
+fn serve_admin(sockets: AdminSockets, shared: &Arc<Shared>) -> Service {
     let state = AdminState {
         readiness: shared.readiness.clone(),
         metrics: fleetgate_ops::telemetry::install(),
+        // With `[admin] token_file`, every one of these routes needs `Authorization: Bearer <token>`.
         routes: Some(Arc::new(LbRoutes::new(shared.clone()))),
-        // `[admin] token_file`: POST /reload and /drain need `Authorization: Bearer <token>`.
-        token: admin.token.map(|t| t.expose().to_owned()),
     };
     let stop = CancellationToken::new();
     Service {
-        join: tokio::spawn(admin::serve(admin.socket, state, stop.clone())),
+        join: tokio::spawn(sockets.serve(state, stop.clone())),
         stop,
     }
 }

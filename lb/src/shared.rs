@@ -13,10 +13,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use fleetgate_ops::admin::Readiness;
+use fleetgate_ops::sources::SourceCounts;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::Gauge;
+use crate::buffers::BufferBudget;
 use crate::registry::Registry;
 use crate::snapshot::Snapshot;
 
@@ -74,6 +76,11 @@ pub(crate) struct Shared {
     pub(crate) total: Arc<Gauge>,
     /// "Server busy" answers in progress (capped by [`crate::conn::MAX_CONCURRENT_REFUSALS`]).
     pub(crate) refusing: Arc<Gauge>,
+    /// Open connections per client source address (capped by the snapshot's `limits.max_connections_per_ip`).
+    pub(crate) sources: Arc<SourceCounts>,
+    /// Bytes the relays may hold in buffers for clients (`limits.max_buffered_bytes` of the first snapshot: a
+    /// reload does not resize it).
+    pub(crate) buffers: Arc<BufferBudget>,
     /// Connection ID source.
     pub(crate) ids: ConnIds,
     /// Cancelled when the grace period is over: relays end.
@@ -93,10 +100,13 @@ pub(crate) struct Shared {
 impl Shared {
     /// Fresh shared state serving `snapshot`, not ready yet, sending reload requests to `control`.
     pub(crate) fn new(snapshot: Arc<Snapshot>, control: mpsc::Sender<Command>) -> Arc<Self> {
+        let buffers = BufferBudget::new(snapshot.config.limits.max_buffered_bytes);
         Arc::new(Self {
             snapshot: ArcSwap::new(snapshot),
             total: Gauge::new(None),
             refusing: Gauge::new(None),
+            sources: SourceCounts::new(),
+            buffers,
             ids: ConnIds::new(),
             abort: CancellationToken::new(),
             registry: Arc::new(Registry::default()),

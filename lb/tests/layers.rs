@@ -7,7 +7,8 @@ use std::path::Path;
 /// Bottom to top.
 const LAYERS: &[&[&str]] = &[
     &[
-        "frames", "identity", "metrics", "registry", "reload", "sockopt", "stream", "tls",
+        "buffers", "frames", "identity", "metrics", "registry", "reload", "sockopt", "stream",
+        "tls",
     ],
     &["admission", "error", "health", "relay"],
     &["backend"],

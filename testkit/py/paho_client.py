@@ -6,7 +6,7 @@ Connects, subscribes, publishes, waits for messages, and prints one JSON object 
   {"ev":"published","topic":"t","mid":2}   {"ev":"msg","topic":"t","payload":"x","qos":1,"retain":false}
   {"ev":"disconnect","rc":142,"reason":"Session taken over"}   {"ev":"done","received":3}
 Works with paho-mqtt 1.6 (Debian bookworm) and 2.x (callback API version 1). It runs its own network loop, so
-paho never reconnects behind the test's back. Every wait is bounded by --timeout.
+paho never reconnects behind the test's back (unless --reconnect asks it to). Every wait is bounded by --timeout.
 """
 import argparse
 import json
@@ -46,6 +46,8 @@ def main():
     p.add_argument("--expect", type=int, default=0, help="wait for this many messages")
     p.add_argument("--hold", action="store_true", help="stay connected until the server disconnects or --timeout")
     p.add_argument("--abrupt", action="store_true", help="exit without sending DISCONNECT")
+    p.add_argument("--reconnect", action="store_true",
+                   help="after losing the connection, reconnect (keeping the client's session state) until --timeout")
     p.add_argument("--timeout", type=float, default=10.0)
     p.add_argument("--cafile", help="connect with TLS, verifying the server against this CA (PEM)")
     p.add_argument("--cert", help="client certificate (PEM), with --cafile")
@@ -100,7 +102,18 @@ def main():
     deadline = time.monotonic() + a.timeout
 
     def pump(until):
-        while not until() and not state["disconnected"] and time.monotonic() < deadline:
+        while not until() and time.monotonic() < deadline:
+            if state["disconnected"]:
+                if not a.reconnect:
+                    break
+                # The same client object: paho keeps its QoS 2 state (messages waiting for PUBREL) when the
+                # session is not clean, as a device that lost its link would.
+                try:
+                    client.reconnect()
+                    state["disconnected"] = False
+                except OSError:
+                    time.sleep(0.05)
+                    continue
             client.loop(timeout=0.05)
         return until()
 

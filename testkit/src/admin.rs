@@ -33,6 +33,12 @@ impl Admin {
         http::post(self.addr, path).await
     }
 
+    /// `method path` with `Authorization: Bearer <token>` when `token` is given (an admin port with a token file).
+    pub async fn request_as(&self, method: &str, path: &str, token: Option<&str>) -> Response {
+        let header = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+        http::request_with_headers(self.addr, method, path, &header).await
+    }
+
     /// `GET path` parsed as JSON; 200 or 503 (a draining LB answers 503 with a body).
     pub async fn json(&self, path: &str) -> Value {
         let r = self.get(path).await;

@@ -32,6 +32,16 @@ pub async fn post(addr: SocketAddr, path: &str) -> Response {
 
 /// `method path` on `addr` with `Connection: close`, read to EOF; panics on I/O errors or timeout.
 pub async fn request(addr: SocketAddr, method: &str, path: &str) -> Response {
+    request_with_headers(addr, method, path, "").await
+}
+
+/// Like [`request`], with extra header lines (each ending in `\r\n`, e.g. `Authorization: Bearer t\r\n`).
+pub async fn request_with_headers(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+) -> Response {
     let body_length = if method == "GET" {
         ""
     } else {
@@ -40,7 +50,7 @@ pub async fn request(addr: SocketAddr, method: &str, path: &str) -> Response {
     let exchange = async {
         let mut stream = TcpStream::connect(addr).await?;
         let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{body_length}\r\n"
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{headers}{body_length}\r\n"
         );
         stream.write_all(head.as_bytes()).await?;
         let mut raw = Vec::new();

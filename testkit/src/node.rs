@@ -18,6 +18,8 @@ use crate::process::{ServerProcess, listening_addr};
 pub const MQTT_ROLE: &str = "mqtt";
 /// The `role` of the admin server's `listening` log line.
 pub const ADMIN_ROLE: &str = "admin";
+/// The `role` of the probe socket's (`[admin] probe_bind`) `listening` log line.
+pub const PROBE_ROLE: &str = "probe";
 /// The `role` of the cluster port's `listening` log line.
 pub const CLUSTER_ROLE: &str = "cluster";
 
@@ -40,6 +42,8 @@ pub struct NodeSpec {
     pub shutdown_grace: Option<String>,
     /// Extra TOML lines appended to `[limits]`.
     pub extra_limits: Vec<String>,
+    /// Extra TOML lines appended to `[admin]` (`probe_bind`, `token_file`, caps, timeouts).
+    pub extra_admin: Vec<String>,
     /// `RUST_LOG` for the node process (default: the node's own default, `info`).
     pub rust_log: Option<String>,
     /// `--worker-threads` for the node process (default: one per CPU).
@@ -65,6 +69,7 @@ impl NodeSpec {
             max_packet_size: None,
             shutdown_grace: Some("2s".into()),
             extra_limits: Vec::new(),
+            extra_admin: Vec::new(),
             rust_log: None,
             worker_threads: None,
             cluster: None,
@@ -122,7 +127,11 @@ impl NodeSpec {
         if let Some(p) = &self.proxy_timeout {
             let _ = writeln!(t, "proxy_timeout = {p:?}");
         }
-        let _ = writeln!(t, "\n[admin]\nbind = \"127.0.0.1:0\"\n\n[limits]");
+        let _ = writeln!(t, "\n[admin]\nbind = \"127.0.0.1:0\"");
+        for line in &self.extra_admin {
+            let _ = writeln!(t, "{line}");
+        }
+        let _ = writeln!(t, "\n[limits]");
         if let Some(c) = &self.connect_timeout {
             let _ = writeln!(t, "connect_timeout = {c:?}");
         }

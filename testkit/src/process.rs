@@ -230,7 +230,7 @@ impl Drop for Frozen {
 }
 
 /// Sends `signal` to `pid`; ESRCH (already exited, not yet reaped) is fine.
-pub(crate) fn send_signal(pid: u32, signal: Signal) {
+pub fn send_signal(pid: u32, signal: Signal) {
     if let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) {
         let _ = kill_process(pid, signal);
     }

@@ -94,6 +94,19 @@ impl Peer {
         }
     }
 
+    /// True when the node closes the connection within a second (what it writes meanwhile is read and dropped).
+    pub async fn closed_within_a_moment(&mut self) -> bool {
+        let mut buf = [0u8; 4096];
+        let until = tokio::time::Instant::now() + Duration::from_secs(1);
+        loop {
+            match tokio::time::timeout_at(until, self.stream.read(&mut buf)).await {
+                Ok(Ok(0) | Err(_)) => return true,
+                Ok(Ok(_)) => {}
+                Err(_) => return false,
+            }
+        }
+    }
+
     /// Everything the node sends within `quiet` of silence (at most [`WAIT`]), until it closes.
     pub async fn read_all(&mut self, quiet: Duration) -> Vec<u8> {
         let mut out = Vec::new();

@@ -199,3 +199,44 @@ async fn a_reachable_peer_not_yet_synced_keeps_the_node_unready() {
     })
     .await;
 }
+
+/// A connection of a peer that waited in the accept backlog (a node frozen while its peers redialed accepts their
+/// dead connections after the live one) never replaces the one the peer opened after it: it is closed, counted
+/// `superseded`, and the later link stays up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_connection_of_a_peer_never_replaces_a_later_one() {
+    fleetgate_testkit::bounded(TEST_LIMIT, async {
+        let node = start_node(NAMES[0], &[], "").await;
+        node.admin.wait_ready(true, WAIT).await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let advertise = listener.local_addr().unwrap();
+        // Accepted first, its Hello sent only after the later connection's link is up.
+        let mut older = Peer::plain(node.cluster()).await;
+        // The accept order is fixed by the time the later one is accepted.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut later = Peer::plain(node.cluster()).await;
+        assert!(
+            later.hello("broker-9", advertise).await,
+            "the later link came up"
+        );
+        assert!(
+            !older.hello("broker-9", advertise).await,
+            "the older connection was answered: it replaced the later link"
+        );
+        node.admin
+            .wait_count(
+                "fleetgate_cluster_links_refused_total",
+                &[("reason", "superseded")],
+                1.0,
+            )
+            .await;
+        // The later link is still the peer's: the node keeps reading it (a frame on it is not refused).
+        assert!(later.send(&peer::sync_begin()).await);
+        assert!(later.send(&peer::sync_done()).await);
+        assert!(
+            !later.closed_within_a_moment().await,
+            "the later link was closed"
+        );
+    })
+    .await;
+}

@@ -93,6 +93,10 @@ impl Broker {
             session.set_connected(false);
         }
         st.ended = true;
+        if st.expiry_secs > 0 {
+            // It lives on the node it moves to (which stores it there), or it ends.
+            self.persist_end(client_id);
+        }
         sessions.remove(client_id);
         drop(sessions);
         let running_will = st.will.take();
@@ -159,6 +163,26 @@ impl Broker {
         keep_transient: Duration,
         announce: impl FnOnce(),
     ) {
+        self.install(snap, keep_transient, announce, true);
+    }
+
+    /// Puts a session read back from the session store into this node (it is on disk already).
+    pub(crate) fn install_restored(
+        self: &Arc<Self>,
+        snap: SessionSnapshot,
+        keep_transient: Duration,
+    ) {
+        self.install(snap, keep_transient, || {}, false);
+    }
+
+    /// [`install_session`](Self::install_session); `store` writes the session to the session store.
+    fn install(
+        self: &Arc<Self>,
+        snap: SessionSnapshot,
+        keep_transient: Duration,
+        announce: impl FnOnce(),
+        store: bool,
+    ) {
         let session = {
             let mut router = self.router.write();
             announce();
@@ -201,6 +225,9 @@ impl Broker {
                 st.inbound_qos2 = snap.inbound_qos2.into_iter().collect::<HashSet<u16>>();
                 st.next_packet_id = snap.next_packet_id;
                 st.principal = snap.principal.clone();
+                if store {
+                    self.persist_session(&snap.client_id, &mut st);
+                }
             }
             sessions.insert(snap.client_id.clone(), session.clone());
             for (filter, e) in &snap.subs {
@@ -276,9 +303,23 @@ impl Broker {
         msg: Option<Arc<Message>>,
         stamp: Stamp,
     ) -> Written {
-        let written = self.retained.apply(topic, msg, stamp);
+        let (kept_topic, kept) = (topic.clone(), msg.clone());
+        let written = self.retained.apply(topic, msg, stamp, |stamp, seq| {
+            self.persist_retained(&kept_topic, stamp, kept.as_deref(), seq);
+        });
         self.count_unretained(&written);
         written
+    }
+
+    /// Applies a retained message read back from the session store (not written to it again).
+    pub(crate) fn apply_retained_unstored(
+        &self,
+        topic: ByteString,
+        msg: Option<Arc<Message>>,
+        stamp: Stamp,
+    ) {
+        let written = self.retained.apply(topic, msg, stamp, |_, _| {});
+        self.count_unretained(&written);
     }
 
     /// Counts a retained write the store refused.

@@ -35,12 +35,15 @@ use crate::wakeup::Wakeup;
 
 pub(crate) mod handover;
 pub(crate) mod hooks;
+mod persist;
 pub(crate) mod publish;
+pub(crate) mod store_hooks;
 pub(crate) mod subscribe;
 
 pub(crate) use handover::Departure;
 pub(crate) use hooks::{ClusterHooks, ForwardMemo, NoCluster};
 pub(crate) use publish::{LocalDelivery, Redirected};
+pub(crate) use store_hooks::{SessionStore, StoreFailed, Stored, wait_committed};
 
 /// What a connection brings to [`Broker::attach`].
 #[derive(Debug)]
@@ -122,6 +125,8 @@ pub struct Broker {
     timers: CancellationToken,
     /// The rest of the cluster ([`NoCluster`] for a single node).
     cluster: Arc<dyn ClusterHooks>,
+    /// The session store (`[storage] mode = "disk"`), set by [`Broker::with_store`].
+    store: Option<Arc<dyn SessionStore>>,
 }
 
 impl Broker {
@@ -163,6 +168,7 @@ impl Broker {
             next_session_id: AtomicU64::new(seed),
             timers,
             cluster,
+            store: None,
         }
     }
 
@@ -246,6 +252,9 @@ impl Broker {
                 if clean_start {
                     // The old session ends here, so its will is due whatever its delay.
                     st.ended = true;
+                    if st.expiry_secs > 0 {
+                        self.persist_end(&req.client_id);
+                    }
                     self.metrics
                         .dropped_n(DropReason::SessionEnded, st.discard());
                     wills.extend(running_will);
@@ -286,12 +295,20 @@ impl Broker {
                 signal: wakeup.clone(),
                 window: req.window,
             });
+            let was_persistent = present && st.expiry_secs > 0;
             st.expiry_secs = req.expiry_secs;
             st.will = req.will;
             st.protocol = req.protocol;
             st.source = Some(req.source);
             st.principal = Some(req.principal);
             session.set_connected(true);
+            match (was_persistent, st.expiry_secs > 0) {
+                // Resumed with an expiry of 0: nothing of it is kept on disk any more.
+                (true, false) => self.persist_end(&req.client_id),
+                (true, true) => self.persist_record(&req.client_id, &st),
+                (false, true) => self.persist_session(&req.client_id, &mut st),
+                (false, false) => {}
+            }
             st.generation
         };
         drop(sessions);
@@ -340,14 +357,25 @@ impl Broker {
             }
             st.take_conn();
             session.set_connected(false);
+            let was_persistent = st.expiry_secs > 0;
             if let Some(e) = expiry {
                 st.expiry_secs = e;
+            }
+            if was_persistent && st.expiry_secs == 0 {
+                self.persist_end(&session.client_id);
             }
             let will = st.will.take();
             (will.filter(|_| publish_will), st.expiry_secs)
         };
         if let Some(w) = will {
             self.schedule_will(session, generation, w, expiry_secs);
+        }
+        if expiry_secs > 0 && self.store().is_some() {
+            // The record now holds the expiry in force and the will still due after its delay, if any.
+            let st = session.state.lock();
+            if st.generation == generation && st.conn.is_none() && !st.ended {
+                self.persist_record(&session.client_id, &st);
+            }
         }
         if expiry_secs == 0 {
             self.expire(session, generation);
@@ -377,6 +405,9 @@ impl Broker {
             st.ended = true;
             self.metrics
                 .dropped_n(DropReason::SessionEnded, st.discard());
+            if st.expiry_secs > 0 {
+                self.persist_end(&session.client_id);
+            }
             if sessions
                 .get(&session.client_id)
                 .is_some_and(|s| Arc::ptr_eq(s, session))

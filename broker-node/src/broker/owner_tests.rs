@@ -65,6 +65,7 @@ fn delivery(payload: &'static str) -> Delivery {
         qos: QoS::AtLeastOnce,
         retain: false,
         sub_ids: Vec::new(),
+        seq: 0,
     }
 }
 

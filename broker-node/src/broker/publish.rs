@@ -49,6 +49,8 @@ impl Broker {
         if msg.retain {
             let written = self.retained.store(&msg, |stamp, seq| {
                 self.cluster.retained_written(&msg, stamp, seq);
+                let kept = (!msg.payload.is_empty()).then_some(&*msg);
+                self.persist_retained(&msg.topic, stamp, kept, seq);
             });
             self.count_unretained(&written);
         }
@@ -107,6 +109,7 @@ impl Broker {
                 qos,
                 retain,
                 sub_ids,
+                seq: 0,
             };
             if self.enqueue(session, delivery) {
                 queued += 1;
@@ -117,7 +120,8 @@ impl Broker {
 
     /// Queues `delivery` for `session`; a drop is counted by its reason. True when queued.
     pub(super) fn enqueue(&self, session: &Session, delivery: Delivery) -> bool {
-        match session.enqueue(delivery, self.queue_limits()) {
+        let persist = |st: &_, d: &mut Delivery| self.persist_delivery(&session.client_id, st, d);
+        match session.enqueue(delivery, self.queue_limits(), persist) {
             Ok(()) => true,
             Err(reason) => {
                 self.metrics.dropped(reason);
@@ -168,7 +172,10 @@ impl Broker {
                 if st.generation != generation || st.conn.is_some() {
                     return;
                 }
-                st.pending_will.take()
+                let will = st.pending_will.take();
+                // Published now: not again after a restart.
+                broker.persist_record(&session.client_id, &st);
+                will
             };
             if let Some(will) = will {
                 broker.publish_will(&session.client_id, will);
@@ -217,6 +224,7 @@ impl LocalDelivery<'_> {
             qos,
             retain,
             sub_ids,
+            seq: 0,
         };
         if self.broker.enqueue(&session, delivery) {
             Redirected::Queued

@@ -32,8 +32,10 @@ impl Broker {
             if !subs.contains_key(filter) && subs.len() >= self.limits.max_subscriptions {
                 return SubscribeAckReason::QuotaExceeded;
             }
-            subs.insert(filter.clone(), SubscriptionEntry { options, id })
-                .is_some()
+            let entry = SubscriptionEntry { options, id };
+            let existed = subs.insert(filter.clone(), entry).is_some();
+            self.persist_subscription(&session.client_id, &st, filter, Some(entry));
+            existed
         };
         let replaced = self.router.write().subscribe(
             plain,
@@ -61,6 +63,7 @@ impl Broker {
                     qos,
                     retain: true,
                     sub_ids: id.into_iter().collect(),
+                    seq: 0,
                 };
                 self.enqueue(session, delivery);
             }
@@ -74,7 +77,14 @@ impl Broker {
 
     /// Removes a subscription; false when `session` had none on `filter`.
     pub(crate) fn unsubscribe(&self, session: &Arc<Session>, filter: &ByteString) -> bool {
-        let existed = session.state.lock().subscriptions.remove(filter).is_some();
+        let existed = {
+            let mut st = session.state.lock();
+            let existed = st.subscriptions.remove(filter).is_some();
+            if existed {
+                self.persist_subscription(&session.client_id, &st, filter, None);
+            }
+            existed
+        };
         if existed {
             let mut router = self.router.write();
             self.unroute(&mut router, session, std::slice::from_ref(filter));

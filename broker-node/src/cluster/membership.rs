@@ -30,6 +30,9 @@ pub(crate) struct Accepted {
 pub(crate) enum Rejected {
     /// Another identity holds a live link under the name the Hello claims.
     NameInUse,
+    /// A connection the peer opened later is already up: this one waited in the accept backlog (a node that
+    /// was frozen accepts the dead redials of its peers after the live one) and must not replace it.
+    Superseded,
 }
 
 impl Rejected {
@@ -37,6 +40,7 @@ impl Rejected {
     pub(crate) fn reason(self) -> &'static str {
         match self {
             Rejected::NameInUse => "name_in_use",
+            Rejected::Superseded => "superseded",
         }
     }
 }
@@ -97,8 +101,9 @@ impl Cluster {
         self.update_readiness();
     }
 
-    /// A peer opened inbound connection `id` as process `incarnation` and proved `identity`. Refused when
-    /// another identity holds a live link under the name. What we held of the peer — from a connection it
+    /// A peer opened inbound connection `id` (numbered in accept order) as process `incarnation` and proved
+    /// `identity`. Refused when another identity holds a live link under the name, or when a connection accepted
+    /// after this one is already up. What we held of the peer — from a connection it
     /// replaces, or kept since its last one dropped — stays when it is the same process (our Hello then offers
     /// a resume) and is dropped otherwise (it syncs in full).
     pub(crate) fn inbound_up(
@@ -117,6 +122,10 @@ impl Cluster {
             .is_some_and(|current| current.identity != identity)
         {
             return Err(Rejected::NameInUse);
+        }
+        // Ids follow the accept order: an older connection whose handshake finished late loses.
+        if p.inbound.as_ref().is_some_and(|current| current.id > id) {
+            return Err(Rejected::Superseded);
         }
         // What we hold of it: (its process, how far applied, routes and claims kept aside) — the routes of a
         // connection being replaced are still in the table.

@@ -76,7 +76,7 @@ mod forward;
 pub(crate) mod frame;
 mod handoff;
 pub(crate) mod link;
-mod membership;
+pub(crate) mod membership;
 mod moved;
 mod outbox;
 mod routes;

@@ -34,6 +34,10 @@ pub(crate) enum End {
     TooLarge,
     /// A 3.1.1 PUBLISH the ACL denied, with `[auth] v3_disconnect_on_denied_publish` on.
     NotAuthorized,
+    /// The session store cannot take a QoS 1/2 PUBLISH (full, or failed): a 3.1.1 client has no negative
+    /// acknowledgement, so it is closed without one and sends the message again later; a v5 connection whose
+    /// acknowledgements wait for a failed store ends too.
+    StoreUnavailable,
     /// A protocol violation.
     Protocol(Violation),
 }
@@ -121,6 +125,7 @@ impl End {
             End::ServerShutdown => "server_shutdown",
             End::TooLarge => "too_large",
             End::NotAuthorized => "not_authorized",
+            End::StoreUnavailable => "store_unavailable",
             End::Protocol(_) => "protocol_error",
         }
     }
@@ -173,6 +178,7 @@ impl End {
             End::ServerShutdown => Some(DisconnectReasonCode::ServerShuttingDown),
             End::TooLarge => Some(DisconnectReasonCode::PacketTooLarge),
             End::NotAuthorized => Some(DisconnectReasonCode::NotAuthorized),
+            End::StoreUnavailable => Some(DisconnectReasonCode::QuotaExceeded),
             End::Protocol(v) => Some(v.disconnect_code()),
         }
     }

@@ -2,6 +2,7 @@
 //! the cluster first when it is held elsewhere), CONNACK. Everything held here — the CONNECT, the
 //! authentication, the cluster fetch — is gone once the connection is established.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::num::NonZeroU16;
 
@@ -217,6 +218,8 @@ pub(super) async fn establish(
         heard: false,
         access: client_access,
         forward_memo: ForwardMemo::default(),
+        deferred: VecDeque::new(),
+        deferred_publishes: 0,
     };
     drop(connect);
     let ended = match conn.wire.encode(Packet::ConnectAck(Box::new(connack))) {

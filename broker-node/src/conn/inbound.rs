@@ -12,7 +12,9 @@ use fleetgate_protocol::mqtt::{
 };
 
 use super::{Conn, End, Violation};
+use crate::metrics::DropReason;
 use crate::state::message::Message;
+use crate::store;
 
 /// Topic aliases a v5 client set on its PUBLISHes (alias → topic), up to our Topic Alias Maximum.
 #[derive(Debug, Default)]
@@ -97,21 +99,45 @@ fn encode(conn: &mut Conn, packet: Packet) -> Result<(), End> {
     conn.wire.encode(packet).map_err(End::codec)
 }
 
+/// Sends an acknowledgement once what its packet changed is durable: at once without a store or when the
+/// packet wrote nothing, else after the store's commit (and after the acknowledgements already waiting: a
+/// client sees them in the order of its packets).
+fn reply(conn: &mut Conn, packet: Packet) -> Result<(), End> {
+    let ticket = store::last_submitted();
+    let committed = conn.broker.store().map_or(u64::MAX, |s| s.committed());
+    if conn.deferred.is_empty() && ticket <= committed {
+        return encode(conn, packet);
+    }
+    conn.deferred.push_back((ticket, packet));
+    Ok(())
+}
+
 fn handle(conn: &mut Conn, packet: Packet) -> Result<(), End> {
+    store::reset_last_submitted();
     match packet {
         Packet::Publish(publish) => on_publish(conn, *publish),
         Packet::PublishAck(ack) => {
-            conn.session.state.lock().acknowledge(ack.packet_id);
+            let seq = conn.session.state.lock().acknowledge(ack.packet_id);
+            if let Some(seq) = seq {
+                conn.broker.persist_forget(&conn.session.client_id, seq);
+            }
             Ok(())
         }
         Packet::PublishReceived(rec) => {
             let failed = u8::from(rec.reason_code) >= 0x80;
             let known = {
+                let (broker, client_id) = (&conn.broker, &conn.session.client_id);
                 let mut st = conn.session.state.lock();
                 if failed {
-                    st.complete(rec.packet_id)
+                    let seq = st.complete(rec.packet_id);
+                    if let Some(seq) = seq {
+                        broker.persist_forget(client_id, seq);
+                    }
+                    seq.is_some()
                 } else {
                     st.release(rec.packet_id)
+                        .map(|entry| broker.persist_inflight(client_id, entry))
+                        .is_some()
                 }
             };
             if failed {
@@ -122,24 +148,29 @@ fn handle(conn: &mut Conn, packet: Packet) -> Result<(), End> {
             } else {
                 PublishAck2Reason::PacketIdNotFound
             };
-            encode(conn, Packet::PublishRelease(ack2(rec.packet_id, reason)))
+            reply(conn, Packet::PublishRelease(ack2(rec.packet_id, reason)))
         }
         Packet::PublishRelease(rel) => {
-            let known = conn
-                .session
-                .state
-                .lock()
-                .inbound_qos2
-                .remove(&rel.packet_id.get());
+            let known = {
+                let mut st = conn.session.state.lock();
+                let known = st.inbound_qos2.remove(&rel.packet_id.get());
+                if known {
+                    conn.broker.persist_record(&conn.session.client_id, &st);
+                }
+                known
+            };
             let reason = if known {
                 PublishAck2Reason::Success
             } else {
                 PublishAck2Reason::PacketIdNotFound
             };
-            encode(conn, Packet::PublishComplete(ack2(rel.packet_id, reason)))
+            reply(conn, Packet::PublishComplete(ack2(rel.packet_id, reason)))
         }
         Packet::PublishComplete(comp) => {
-            conn.session.state.lock().complete(comp.packet_id);
+            let seq = conn.session.state.lock().complete(comp.packet_id);
+            if let Some(seq) = seq {
+                conn.broker.persist_forget(&conn.session.client_id, seq);
+            }
             Ok(())
         }
         Packet::Subscribe(sub) => on_subscribe(conn, sub),
@@ -186,6 +217,9 @@ fn on_publish(conn: &mut Conn, publish: Publish) -> Result<(), End> {
     if !conn.access.may_publish(&topic) {
         return on_denied_publish(conn, qos, packet_id);
     }
+    if qos != QoS::AtMostOnce && conn.broker.store().is_some_and(|s| s.refuses_writes()) {
+        return on_store_unavailable(conn, qos, packet_id);
+    }
     match qos {
         QoS::AtMostOnce => {
             route(conn, publish, topic);
@@ -200,14 +234,18 @@ fn on_publish(conn: &mut Conn, publish: Publish) -> Result<(), End> {
                 properties: Vec::new(),
                 reason_string: None,
             };
-            encode(conn, Packet::PublishAck(ack))
+            reply(conn, Packet::PublishAck(ack))
         }
         QoS::ExactlyOnce => {
             let packet_id = packet_id.ok_or(End::Protocol(Violation::MissingPacketId))?;
-            // Delivered on PUBLISH, remembered until PUBREL so a DUP resend is not delivered twice.
+            // Delivered on PUBLISH, remembered until PUBREL so a DUP resend is not delivered twice (also
+            // across a restart: the store has the packet ID by the time PUBREC goes out).
             let (new, waiting) = {
                 let mut st = conn.session.state.lock();
                 let new = st.inbound_qos2.insert(packet_id.get());
+                if new {
+                    conn.broker.persist_record(&conn.session.client_id, &st);
+                }
                 (new, st.inbound_qos2.len())
             };
             if new && waiting > usize::from(conn.broker.limits.receive_maximum) {
@@ -222,7 +260,7 @@ fn on_publish(conn: &mut Conn, publish: Publish) -> Result<(), End> {
                 properties: Vec::new(),
                 reason_string: None,
             };
-            encode(conn, Packet::PublishReceived(ack))
+            reply(conn, Packet::PublishReceived(ack))
         }
     }
 }
@@ -250,7 +288,7 @@ fn on_denied_publish(conn: &mut Conn, qos: QoS, packet_id: Option<NonZeroU16>) -
         QoS::AtMostOnce => Ok(()),
         QoS::AtLeastOnce => {
             let packet_id = packet_id.ok_or(End::Protocol(Violation::MissingPacketId))?;
-            encode(conn, Packet::PublishAck(ack(packet_id)))
+            reply(conn, Packet::PublishAck(ack(packet_id)))
         }
         QoS::ExactlyOnce => {
             let packet_id = packet_id.ok_or(End::Protocol(Violation::MissingPacketId))?;
@@ -266,8 +304,34 @@ fn on_denied_publish(conn: &mut Conn, qos: QoS, packet_id: Option<NonZeroU16>) -
                     return Err(End::Protocol(Violation::ReceiveMaximumExceeded));
                 }
             }
-            encode(conn, Packet::PublishReceived(ack(packet_id)))
+            reply(conn, Packet::PublishReceived(ack(packet_id)))
         }
+    }
+}
+
+/// A QoS 1/2 PUBLISH the session store has no room for (`[storage] max_bytes`) or cannot take (failed):
+/// counted `store_full`; v5 gets PUBACK/PUBREC 0x97 (quota exceeded), 3.1.1 — without a negative
+/// acknowledgement — is closed unacknowledged, so the client keeps the message and sends it again later.
+fn on_store_unavailable(
+    conn: &mut Conn,
+    qos: QoS,
+    packet_id: Option<NonZeroU16>,
+) -> Result<(), End> {
+    conn.broker.metrics.dropped(DropReason::StoreFull);
+    if !conn.level.is_v5() {
+        return Err(End::StoreUnavailable);
+    }
+    let packet_id = packet_id.ok_or(End::Protocol(Violation::MissingPacketId))?;
+    let ack = PublishAck {
+        packet_id,
+        reason_code: PublishAckReason::QuotaExceeded,
+        properties: Vec::new(),
+        reason_string: None,
+    };
+    if qos == QoS::AtLeastOnce {
+        reply(conn, Packet::PublishAck(ack))
+    } else {
+        reply(conn, Packet::PublishReceived(ack))
     }
 }
 
@@ -301,7 +365,7 @@ fn on_subscribe(conn: &mut Conn, sub: Subscribe) -> Result<(), End> {
                 .subscribe(&conn.session, filter, *options, sub.id)
         })
         .collect();
-    encode(
+    reply(
         conn,
         Packet::SubscribeAck(SubscribeAck {
             packet_id: sub.packet_id,
@@ -324,7 +388,7 @@ fn on_unsubscribe(conn: &mut Conn, unsub: Unsubscribe) -> Result<(), End> {
             }
         })
         .collect();
-    encode(
+    reply(
         conn,
         Packet::UnsubscribeAck(UnsubscribeAck {
             packet_id: unsub.packet_id,

@@ -15,18 +15,20 @@
 //!
 //! Stages 2–6 are [`handshake`]; [`wire`] is the socket with its transient buffers.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use fleetgate_protocol::mqtt::{ByteString, Disconnect, Packet, ProtocolLevel};
+use fleetgate_protocol::mqtt::{ByteString, CodecError, Disconnect, Packet, ProtocolLevel};
 use fleetgate_protocol::proxy::ProxyPolicy;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::access::{Access, ClientAccess};
-use crate::broker::{Broker, ForwardMemo};
+use crate::broker::{Broker, ForwardMemo, SessionStore, StoreFailed, wait_committed};
 use crate::cluster::Cluster;
-use crate::limits::{self, CLOSE_FLUSH_TIMEOUT, ConnLimits, WRITE_HIGH_WATER};
+use crate::limits::{self, CLOSE_FLUSH_TIMEOUT, ConnLimits, MAX_DEFERRED_ACKS, WRITE_HIGH_WATER};
+use crate::metrics::DropReason;
 use crate::state::session::Session;
 use crate::wakeup::{Wake, Wakeup};
 use crate::{events, metrics};
@@ -85,6 +87,12 @@ struct Conn {
     access: ClientAccess,
     /// Where this client's last message went in the cluster.
     forward_memo: ForwardMemo,
+    /// Acknowledgements (PUBACK, PUBREC, SUBACK, ...) waiting for the session store to commit what their packet
+    /// changed, with the ticket each waits for; sent in order.
+    deferred: VecDeque<(u64, Packet)>,
+    /// How many of `deferred` are PUBLISHes (QoS 2 ones waiting for the store to have their packet ID, and
+    /// every later one behind them).
+    deferred_publishes: usize,
 }
 
 /// Serves one accepted TCP connection to its end.
@@ -166,7 +174,9 @@ impl Conn {
             let want_write = pending > 0;
             // A client that does not read what we write is not read from either: replies to what it sends
             // (PUBACK, PINGRESP, ...) would otherwise grow the write buffer without bound.
-            let want_read = pending < WRITE_HIGH_WATER;
+            // Likewise a client whose acknowledgements wait for the store is not read from beyond a bound.
+            let want_read = pending < WRITE_HIGH_WATER && self.deferred.len() < MAX_DEFERRED_ACKS;
+            let waiting_for = self.deferred.front().map(|(ticket, _)| *ticket);
             // Drained up to the high-water mark and the socket took it all: more is queued, and no signal comes
             // for it (only the queue's empty → non-empty edge signals). Go again, within the task's budget.
             let drain_again = more && !want_write;
@@ -193,6 +203,14 @@ impl Conn {
                         Err(_) => return End::Ungraceful,
                     }
                 }
+                committed = wait_until_committed(self.broker.store(), waiting_for.unwrap_or(0)), if waiting_for.is_some() => {
+                    if committed.is_err() {
+                        return End::StoreUnavailable;
+                    }
+                    if let Err(end) = self.send_committed() {
+                        return end;
+                    }
+                }
                 () = tokio::task::consume_budget(), if drain_again => {}
                 _ = &mut timer, if tick.is_some() => {
                     if std::mem::take(&mut self.heard) {
@@ -208,6 +226,56 @@ impl Conn {
                 }
             }
         }
+    }
+}
+
+impl Conn {
+    /// Sends the waiting acknowledgements whose writes are now durable, in order.
+    fn send_committed(&mut self) -> Result<(), End> {
+        let committed = self.broker.store().map_or(u64::MAX, |s| s.committed());
+        while self
+            .deferred
+            .front()
+            .is_some_and(|(ticket, _)| *ticket <= committed)
+        {
+            let Some((_, packet)) = self.deferred.pop_front() else {
+                break;
+            };
+            let Packet::Publish(publish) = packet else {
+                self.wire.encode(packet).map_err(End::codec)?;
+                continue;
+            };
+            self.deferred_publishes -= 1;
+            let packet_id = publish.packet_id;
+            match self.wire.encode(Packet::Publish(publish)) {
+                Err(CodecError::OutboundTooLarge) => {
+                    // Larger than the client takes: dropped like one sent at once (and forgotten).
+                    self.broker.metrics.dropped(DropReason::TooLarge);
+                    let mut st = self.session.state.lock();
+                    let pos = st
+                        .inflight
+                        .iter()
+                        .position(|e| Some(e.packet_id) == packet_id);
+                    if let Some(e) = pos.and_then(|pos| st.inflight.remove(pos)) {
+                        self.broker
+                            .persist_forget(&self.session.client_id, e.delivery.seq);
+                    }
+                }
+                other => other.map_err(End::codec)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Waits until `store` committed `ticket` (at once without a store).
+async fn wait_until_committed(
+    store: Option<&dyn SessionStore>,
+    ticket: u64,
+) -> Result<(), StoreFailed> {
+    match store {
+        Some(store) => wait_committed(store, ticket).await,
+        None => Ok(()),
     }
 }
 

@@ -6,12 +6,12 @@ use std::collections::HashMap;
 use std::num::NonZeroU16;
 
 use fleetgate_protocol::mqtt::{
-    ByteString, CodecError, Packet, PlainPublish, PublishAck2, PublishAck2Reason, QoS,
+    ByteString, CodecError, Packet, PlainPublish, Publish, PublishAck2, PublishAck2Reason, QoS,
 };
 
 use super::wire::Wire;
 use super::{Conn, End};
-use crate::limits::{DRAIN_BATCH, WRITE_HIGH_WATER};
+use crate::limits::{DRAIN_BATCH, MAX_DEFERRED_ACKS, WRITE_HIGH_WATER};
 use crate::metrics::DropReason;
 use crate::state::message::{Delivery, LazyNow};
 use crate::state::session::Inflight;
@@ -102,9 +102,15 @@ pub(crate) fn drain(conn: &mut Conn) -> Result<bool, End> {
     let now = LazyNow::new();
     let v5 = conn.level.is_v5();
     let plain_ok = conn.outbound_aliases.is_off();
-    let mut batch: Vec<(Delivery, Option<NonZeroU16>)> = Vec::new();
+    let mut batch: Vec<(Delivery, Option<NonZeroU16>, u64)> = Vec::new();
     let mut delivered = [0u64; 3];
+    // Once one PUBLISH waits for the store (see `persist_sent`), every later one waits behind it: the wire
+    // order is the queue order.
+    let mut holding = conn.deferred_publishes > 0;
     loop {
+        if holding && conn.deferred.len() >= MAX_DEFERRED_ACKS {
+            return Ok(false);
+        }
         // Pop under the session lock (packet IDs and inflight entries included, so the window and the IDs stay
         // exact).
         let popped = {
@@ -112,14 +118,17 @@ pub(crate) fn drain(conn: &mut Conn) -> Result<bool, End> {
             let mut budget = WRITE_HIGH_WATER.saturating_sub(conn.wire.pending());
             let mut taken = 0;
             loop {
-                if budget == 0 || taken >= DRAIN_BATCH {
+                if budget == 0 || taken >= DRAIN_BATCH || (holding && batch.len() >= DRAIN_BATCH) {
                     break Ok(!st.queue.is_empty());
                 }
                 let Some(front) = st.queue.front() else {
                     break Ok(false);
                 };
                 if front.msg.is_expired_lazy(&now) {
-                    st.queue.pop_front();
+                    if let Some(expired) = st.queue.pop_front() {
+                        conn.broker
+                            .persist_forget(&conn.session.client_id, expired.seq);
+                    }
                     conn.broker.metrics.dropped(DropReason::Expired);
                     continue;
                 }
@@ -144,9 +153,11 @@ pub(crate) fn drain(conn: &mut Conn) -> Result<bool, End> {
                         }
                     },
                 };
+                let hold = packet_id.map_or(0, |id| persist_sent(conn, id, &delivery));
+                holding |= hold > 0;
                 // Once one delivery waits in the batch, the rest of this round joins it: the wire order is
                 // the queue order.
-                if !(plain_ok && batch.is_empty() && delivery.is_plain(v5)) {
+                if !(plain_ok && batch.is_empty() && delivery.is_plain(v5)) || holding {
                     if let Some(id) = packet_id {
                         st.inflight.push_back(Inflight {
                             packet_id: id,
@@ -154,7 +165,7 @@ pub(crate) fn drain(conn: &mut Conn) -> Result<bool, End> {
                             released: false,
                         });
                     }
-                    batch.push((delivery, packet_id));
+                    batch.push((delivery, packet_id, if holding { hold.max(1) } else { 0 }));
                     continue;
                 }
                 let encoded = encode_plain(&mut conn.wire, &delivery, packet_id);
@@ -162,6 +173,8 @@ pub(crate) fn drain(conn: &mut Conn) -> Result<bool, End> {
                     Ok(()) => delivered[usize::from(delivery.qos.value().min(2))] += 1,
                     Err(CodecError::OutboundTooLarge) => {
                         conn.broker.metrics.dropped(DropReason::TooLarge);
+                        conn.broker
+                            .persist_forget(&conn.session.client_id, delivery.seq);
                         continue;
                     }
                     Err(_) => {}
@@ -188,7 +201,16 @@ pub(crate) fn drain(conn: &mut Conn) -> Result<bool, End> {
             }
         };
         let mut too_large: Vec<NonZeroU16> = Vec::new();
-        for (delivery, packet_id) in batch.drain(..) {
+        for (delivery, packet_id, hold) in batch.drain(..) {
+            if hold > 0 {
+                // Sent once the store has its packet ID (`Conn::send_committed`); counted as delivered now.
+                let publish = publish_packet(&delivery, packet_id, v5, &now);
+                conn.deferred
+                    .push_back((hold, Packet::Publish(Box::new(publish))));
+                conn.deferred_publishes += 1;
+                delivered[usize::from(delivery.qos.value().min(2))] += 1;
+                continue;
+            }
             match encode_full(conn, &delivery, packet_id, v5, &now) {
                 Ok(()) => {
                     delivered[usize::from(delivery.qos.value().min(2))] += 1;
@@ -209,6 +231,14 @@ pub(crate) fn drain(conn: &mut Conn) -> Result<bool, End> {
         delivered = [0; 3];
         if !too_large.is_empty() {
             let mut st = conn.session.state.lock();
+            for e in st
+                .inflight
+                .iter()
+                .filter(|e| too_large.contains(&e.packet_id))
+            {
+                conn.broker
+                    .persist_forget(&conn.session.client_id, e.delivery.seq);
+            }
             st.inflight.retain(|e| !too_large.contains(&e.packet_id));
         }
         if !more || conn.wire.pending() >= WRITE_HIGH_WATER {
@@ -258,6 +288,17 @@ fn encode_full(
     Ok(())
 }
 
+/// The full PUBLISH for `delivery`, to be encoded later in the order it was built: no topic alias (a held
+/// packet that turned out too large would leave the client without an alias it was promised).
+fn publish_packet(
+    delivery: &Delivery,
+    packet_id: Option<NonZeroU16>,
+    v5: bool,
+    now: &LazyNow,
+) -> Publish {
+    delivery.to_publish(packet_id, false, delivery.msg.topic.clone(), None, v5, now)
+}
+
 /// After CONNACK on a resumed session: everything unacknowledged again, in order — PUBLISH with DUP=1, or
 /// PUBREL for QoS 2 messages the client already PUBREC'd.
 pub(crate) fn resend_inflight(conn: &mut Conn) {
@@ -290,9 +331,33 @@ pub(crate) fn resend_inflight(conn: &mut Conn) {
         }
     }
     for id in too_large {
+        for e in st.inflight.iter().filter(|e| e.packet_id == id) {
+            conn.broker
+                .persist_forget(&conn.session.client_id, e.delivery.seq);
+        }
         st.inflight.retain(|e| e.packet_id != id);
         conn.broker.metrics.dropped(DropReason::TooLarge);
     }
+}
+
+/// Records in the session store the packet ID a stored QoS 2 message goes out with, so that after a restart it
+/// is sent again under the same ID (DUP) and the client does not take it for a new one; returns the ticket the
+/// PUBLISH must wait for (0: it need not wait). QoS 1 messages are not rewritten: after a restart they go out
+/// again under new IDs, a duplicate QoS 1 allows.
+fn persist_sent(conn: &Conn, packet_id: NonZeroU16, delivery: &Delivery) -> u64 {
+    if delivery.qos != QoS::ExactlyOnce || delivery.seq == 0 {
+        return 0;
+    }
+    let entry = Inflight {
+        packet_id,
+        delivery: delivery.clone(),
+        released: false,
+    };
+    let ticket = conn
+        .broker
+        .persist_inflight(&conn.session.client_id, &entry);
+    let committed = conn.broker.store().map_or(u64::MAX, |s| s.committed());
+    if ticket > committed { ticket } else { 0 }
 }
 
 #[cfg(test)]

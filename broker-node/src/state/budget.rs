@@ -262,6 +262,7 @@ mod tests {
             qos: QoS::AtLeastOnce,
             retain: false,
             sub_ids: Vec::new(),
+            seq: 0,
         }
     }
 

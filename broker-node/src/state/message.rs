@@ -172,6 +172,8 @@ pub(crate) struct Delivery {
     pub(crate) retain: bool,
     /// Subscription identifiers of the matching subscriptions (v5).
     pub(crate) sub_ids: Vec<NonZeroU32>,
+    /// Its sequence in the session store (`[storage] mode = "disk"`, persistent sessions); 0 when not stored.
+    pub(crate) seq: u64,
 }
 
 impl Delivery {
@@ -279,6 +281,7 @@ mod tests {
             qos: QoS::AtLeastOnce,
             retain: false,
             sub_ids: Vec::new(),
+            seq: 0,
         }
     }
 

@@ -158,18 +158,20 @@ impl RetainedStore {
         self.write(msg.topic.clone(), value, stamp, written)
     }
 
-    /// Applies a write replicated by a peer unless a later one is already held.
+    /// Applies a write replicated by a peer unless a later one is already held; `written` runs as for
+    /// [`store`](Self::store) when it is applied.
     pub(crate) fn apply(
         &self,
         topic: ByteString,
         msg: Option<Arc<Message>>,
         stamp: Stamp,
+        written: impl FnOnce(&Stamp, u64),
     ) -> Written {
         {
             let mut clock = self.clock.lock();
             *clock = (*clock).max(stamp.time);
         }
-        self.write(topic, msg, stamp, |_, _| {})
+        self.write(topic, msg, stamp, written)
     }
 
     fn write(
@@ -483,20 +485,27 @@ mod tests {
         assert!(applied(store.apply(
             "t".into(),
             Some(msg("t", b"1")),
-            at(10, "a")
+            at(10, "a"),
+            |_, _| {}
         )));
         assert_eq!(
-            store.apply("t".into(), Some(msg("t", b"0")), at(9, "z")),
+            store.apply("t".into(), Some(msg("t", b"0")), at(9, "z"), |_, _| {}),
             Written::Stale
         );
         assert!(applied(store.apply(
             "t".into(),
             Some(msg("t", b"2")),
-            at(10, "b")
+            at(10, "b"),
+            |_, _| {}
         )));
-        assert!(applied(store.apply("t".into(), None, at(11, "a"))));
+        assert!(applied(store.apply(
+            "t".into(),
+            None,
+            at(11, "a"),
+            |_, _| {}
+        )));
         assert_eq!(
-            store.apply("t".into(), Some(msg("t", b"3")), at(10, "c")),
+            store.apply("t".into(), Some(msg("t", b"3")), at(10, "c"), |_, _| {}),
             Written::Stale
         );
         assert_eq!(store.len(), 0);

@@ -151,44 +151,33 @@ impl SessionState {
         self.queue.clear() + self.inflight.clear()
     }
 
-    /// PUBACK: forgets a QoS 1 message. False when unknown.
-    pub(crate) fn acknowledge(&mut self, id: NonZeroU16) -> bool {
+    /// PUBACK: forgets a QoS 1 message; its store sequence (0: not stored), `None` when unknown.
+    pub(crate) fn acknowledge(&mut self, id: NonZeroU16) -> Option<u64> {
         self.remove_inflight(id, |e| e.delivery.qos == QoS::AtLeastOnce)
     }
 
-    /// PUBREC: marks a QoS 2 message released. False when unknown.
-    pub(crate) fn release(&mut self, id: NonZeroU16) -> bool {
-        match self
+    /// PUBREC: marks a QoS 2 message released; the entry, `None` when unknown.
+    pub(crate) fn release(&mut self, id: NonZeroU16) -> Option<&Inflight> {
+        let e = self
             .inflight
             .iter_mut()
-            .find(|e| e.packet_id == id && e.delivery.qos == QoS::ExactlyOnce)
-        {
-            Some(e) => {
-                e.released = true;
-                true
-            }
-            None => false,
-        }
+            .find(|e| e.packet_id == id && e.delivery.qos == QoS::ExactlyOnce)?;
+        e.released = true;
+        Some(e)
     }
 
-    /// PUBCOMP (or a failed PUBREC): forgets a QoS 2 message.
-    pub(crate) fn complete(&mut self, id: NonZeroU16) -> bool {
+    /// PUBCOMP (or a failed PUBREC): forgets a QoS 2 message; its store sequence, `None` when unknown.
+    pub(crate) fn complete(&mut self, id: NonZeroU16) -> Option<u64> {
         self.remove_inflight(id, |e| e.delivery.qos == QoS::ExactlyOnce)
     }
 
-    fn remove_inflight(&mut self, id: NonZeroU16, ok: impl Fn(&Inflight) -> bool) -> bool {
+    fn remove_inflight(&mut self, id: NonZeroU16, ok: impl Fn(&Inflight) -> bool) -> Option<u64> {
         // Acks mostly arrive in order: the front is the usual hit.
         let pos = self
             .inflight
             .iter()
-            .position(|e| e.packet_id == id && ok(e));
-        match pos {
-            Some(pos) => {
-                self.inflight.remove(pos);
-                true
-            }
-            None => false,
-        }
+            .position(|e| e.packet_id == id && ok(e))?;
+        self.inflight.remove(pos).map(|e| e.delivery.seq)
     }
 }
 
@@ -271,11 +260,14 @@ impl Session {
         self.connected.store(connected, Ordering::Relaxed);
     }
 
-    /// Queues a delivery and wakes the connection; the error says why it was dropped instead.
+    /// Queues a delivery and wakes the connection; the error says why it was dropped instead. `persist` runs
+    /// under the lock just before the delivery is queued (the session store's write, in memory's order); its
+    /// error drops the delivery.
     pub(crate) fn enqueue(
         &self,
-        delivery: Delivery,
+        mut delivery: Delivery,
         limits: QueueLimits,
+        persist: impl FnOnce(&SessionState, &mut Delivery) -> Result<(), DropReason>,
     ) -> Result<(), DropReason> {
         let mut st = self.state.lock();
         if st.ended {
@@ -303,6 +295,7 @@ impl Session {
             if over_budget {
                 return Err(DropReason::MemoryBudget);
             }
+            persist(&st, &mut delivery)?;
             st.queue.push_back(delivery);
             return Ok(());
         };
@@ -318,6 +311,7 @@ impl Session {
         if over_budget {
             return Err(DropReason::MemoryBudget);
         }
+        persist(&st, &mut delivery)?;
         let was_empty = st.queue.is_empty();
         let signal = was_empty.then(|| conn.signal.clone());
         st.queue.push_back(delivery);
@@ -358,6 +352,7 @@ mod tests {
             qos,
             retain: false,
             sub_ids: Vec::new(),
+            seq: 0,
         }
     }
 
@@ -365,13 +360,19 @@ mod tests {
     fn offline_queueing_rules() {
         let s = Session::new_for_test(1);
         assert_eq!(
-            s.enqueue(delivery(QoS::AtMostOnce), lim(2)),
+            s.enqueue(delivery(QoS::AtMostOnce), lim(2), |_, _| Ok(())),
             Err(DropReason::NotConnected)
         );
-        assert_eq!(s.enqueue(delivery(QoS::AtLeastOnce), lim(2)), Ok(()));
-        assert_eq!(s.enqueue(delivery(QoS::ExactlyOnce), lim(2)), Ok(()));
         assert_eq!(
-            s.enqueue(delivery(QoS::AtLeastOnce), lim(2)),
+            s.enqueue(delivery(QoS::AtLeastOnce), lim(2), |_, _| Ok(())),
+            Ok(())
+        );
+        assert_eq!(
+            s.enqueue(delivery(QoS::ExactlyOnce), lim(2), |_, _| Ok(())),
+            Ok(())
+        );
+        assert_eq!(
+            s.enqueue(delivery(QoS::AtLeastOnce), lim(2), |_, _| Ok(())),
             Err(DropReason::QueueFull)
         );
     }
@@ -381,13 +382,16 @@ mod tests {
         let s = Session::new_for_test(1);
         let signal = Arc::new(Wakeup::default());
         s.state.lock().conn = Some(ConnSlot { signal, window: 1 });
-        assert_eq!(s.enqueue(delivery(QoS::AtLeastOnce), lim(1)), Ok(()));
         assert_eq!(
-            s.enqueue(delivery(QoS::AtMostOnce), lim(1)),
+            s.enqueue(delivery(QoS::AtLeastOnce), lim(1), |_, _| Ok(())),
+            Ok(())
+        );
+        assert_eq!(
+            s.enqueue(delivery(QoS::AtMostOnce), lim(1), |_, _| Ok(())),
             Err(DropReason::Qos0QueueFull)
         );
         assert_eq!(
-            s.enqueue(delivery(QoS::AtLeastOnce), lim(1)),
+            s.enqueue(delivery(QoS::AtLeastOnce), lim(1), |_, _| Ok(())),
             Err(DropReason::QueueFull)
         );
         let mut st = s.state.lock();
@@ -401,7 +405,7 @@ mod tests {
         st.queue.push_back(delivery(QoS::AtLeastOnce));
         drop(st);
         assert_eq!(
-            s.enqueue(delivery(QoS::AtLeastOnce), lim(1)),
+            s.enqueue(delivery(QoS::AtLeastOnce), lim(1), |_, _| Ok(())),
             Err(DropReason::InflightWindow)
         );
     }
@@ -419,8 +423,8 @@ mod tests {
             released: false,
         });
         assert_eq!(st.alloc_packet_id().map(NonZeroU16::get), Some(2));
-        assert!(st.acknowledge(NonZeroU16::MIN));
-        assert!(!st.acknowledge(NonZeroU16::MIN));
+        assert!(st.acknowledge(NonZeroU16::MIN).is_some());
+        assert!(st.acknowledge(NonZeroU16::MIN).is_none());
     }
 
     #[test]
@@ -438,7 +442,7 @@ mod tests {
         assert_eq!(st.alloc_packet_id(), None);
         // One acknowledged: found by the next allocation that reaches it.
         let free = NonZeroU16::new(40_000).unwrap();
-        assert!(st.acknowledge(free));
+        assert!(st.acknowledge(free).is_some());
         st.next_packet_id = 39_998;
         assert_eq!(st.alloc_packet_id(), Some(free));
     }

@@ -6,6 +6,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{Checker, MIN_TIMEOUT};
+use crate::bytesize::ByteSize;
 use crate::duration::ConfigDuration;
 
 /// Default time a client gets from accept (or TLS handshake end) to a complete CONNECT: a slow-loris guard that
@@ -25,6 +26,17 @@ pub(crate) const DEFAULT_IDLE_GRACE: Duration = Duration::from_secs(30);
 pub(crate) const DEFAULT_MAX_IDLE: Duration = Duration::from_secs(30 * 60);
 /// Default deadline for the TCP connect to a backend; a dead backend is skipped after this.
 pub(crate) const DEFAULT_BACKEND_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Default open connections per source address (IPv6: per /64): a site or a small NAT of devices fits; one hostile
+/// address holding this many idle TLS connections costs the LB tens of MB, not the pod. Fleets behind a
+/// carrier-grade NAT share addresses by the thousand and need it raised.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 1000;
+/// Default bytes all relays together may hold in their buffers: 4,096 full 16 KiB buffers, far more than are in
+/// use at once (a buffer lives only while bytes are in flight), and a fixed part of a 1 GiB pod whatever the
+/// clients do. At the bound, relays stop reading until buffers are written out: nothing is dropped.
+pub const DEFAULT_MAX_BUFFERED_BYTES: usize = 64 * 1024 * 1024;
+/// Smallest accepted `max_buffered_bytes`: four relay buffers at their largest (16 KiB), so that a single
+/// direction can always get one.
+pub const MIN_MAX_BUFFERED_BYTES: usize = 64 * 1024;
 
 /// Raw `[limits]` table; every field optional.
 #[derive(Debug, Default, Deserialize)]
@@ -36,6 +48,8 @@ pub(crate) struct LimitsFile {
     pub(crate) max_connect_size: Option<Spanned<usize>>,
     /// Open connections allowed in total.
     pub(crate) max_connections: Option<Spanned<usize>>,
+    /// Open connections allowed per source address (IPv6: per /64).
+    pub(crate) max_connections_per_ip: Option<Spanned<usize>>,
     /// New connections per second per source IP (token bucket refill rate).
     pub(crate) per_ip_rate: Option<Spanned<f64>>,
     /// Token bucket size per source IP.
@@ -50,6 +64,8 @@ pub(crate) struct LimitsFile {
     pub(crate) bounded_load_factor: Option<Spanned<f64>>,
     /// Deadline for the TCP connect to a backend.
     pub(crate) backend_connect_timeout: Option<Spanned<ConfigDuration>>,
+    /// Bytes the relays may hold in buffers, all connections together.
+    pub(crate) max_buffered_bytes: Option<Spanned<ByteSize>>,
 }
 
 /// Validated limits, defaults filled in.
@@ -61,6 +77,8 @@ pub struct LimitsConfig {
     pub max_connect_size: usize,
     /// Open connections allowed in total (`None` = unlimited).
     pub max_connections: Option<usize>,
+    /// Open connections allowed per source address, IPv6 by /64 (the client a trusted PROXY header names).
+    pub max_connections_per_ip: usize,
     /// Per-source-IP connection rate (per second) and burst (`None` = unlimited).
     pub per_ip_rate: Option<(f64, u32)>,
     /// TLS handshakes per second (`None` = unlimited).
@@ -73,6 +91,8 @@ pub struct LimitsConfig {
     pub bounded_load_factor: Option<f64>,
     /// Deadline for the TCP connect to a backend.
     pub backend_connect_timeout: Duration,
+    /// Bytes the relays may hold in buffers, all connections together; at the bound they stop reading.
+    pub max_buffered_bytes: usize,
 }
 
 impl Default for LimitsConfig {
@@ -81,12 +101,14 @@ impl Default for LimitsConfig {
             connect_peek_timeout: DEFAULT_CONNECT_PEEK_TIMEOUT,
             max_connect_size: DEFAULT_MAX_CONNECT_SIZE,
             max_connections: None,
+            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
             per_ip_rate: None,
             tls_handshakes_per_second: None,
             idle_grace: DEFAULT_IDLE_GRACE,
             max_idle: DEFAULT_MAX_IDLE,
             bounded_load_factor: None,
             backend_connect_timeout: DEFAULT_BACKEND_CONNECT_TIMEOUT,
+            max_buffered_bytes: DEFAULT_MAX_BUFFERED_BYTES,
         }
     }
 }
@@ -112,6 +134,12 @@ pub(super) fn validate_limits(c: &mut Checker<'_>, l: &LimitsFile) -> LimitsConf
             c.problem(v.span(), "max_connections must be at least 1");
         }
         limits.max_connections = Some(*v.get_ref());
+    }
+    if let Some(v) = &l.max_connections_per_ip {
+        if *v.get_ref() == 0 {
+            c.problem(v.span(), "max_connections_per_ip must be at least 1");
+        }
+        limits.max_connections_per_ip = *v.get_ref();
     }
     match (&l.per_ip_rate, &l.per_ip_burst) {
         (Some(rate), burst) => {
@@ -161,6 +189,15 @@ pub(super) fn validate_limits(c: &mut Checker<'_>, l: &LimitsFile) -> LimitsConf
     if let Some(v) = &l.backend_connect_timeout {
         limits.backend_connect_timeout =
             c.duration_at_least("backend_connect_timeout", v, MIN_TIMEOUT);
+    }
+    if let Some(v) = &l.max_buffered_bytes {
+        if v.get_ref().get() < MIN_MAX_BUFFERED_BYTES {
+            c.problem(
+                v.span(),
+                format!("max_buffered_bytes must be at least {MIN_MAX_BUFFERED_BYTES} (64KiB)"),
+            );
+        }
+        limits.max_buffered_bytes = v.get_ref().get();
     }
     limits
 }

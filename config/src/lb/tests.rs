@@ -75,6 +75,18 @@ fn valid_config() {
     assert_eq!(cfg.limits.per_ip_rate, Some((5.0, 5)));
     assert_eq!(cfg.limits.idle_grace, DEFAULT_IDLE_GRACE);
     assert_eq!(cfg.limits.bounded_load_factor, Some(1.25));
+    assert_eq!(
+        cfg.limits.max_connections_per_ip,
+        DEFAULT_MAX_CONNECTIONS_PER_IP
+    );
+    assert_eq!(cfg.limits.max_buffered_bytes, DEFAULT_MAX_BUFFERED_BYTES);
+    let set = VALID.replace(
+        "bounded_load_factor = 1.25\n",
+        "bounded_load_factor = 1.25\nmax_connections_per_ip = 3\nmax_buffered_bytes = \"1MiB\"\n",
+    );
+    let cfg = LbConfig::parse(Path::new("/etc/fg/lb.toml"), &set).unwrap();
+    assert_eq!(cfg.limits.max_connections_per_ip, 3);
+    assert_eq!(cfg.limits.max_buffered_bytes, 1 << 20);
 }
 
 #[test]
@@ -110,10 +122,16 @@ crc32c = true
 [limits]
 max_connect_size = 10
 bounded_load_factor = 0.5
+max_connections_per_ip = 0
+max_buffered_bytes = "16KiB"
 "#;
     let err = LbConfig::parse(Path::new("lb.toml"), src).unwrap_err();
     let lines: Vec<usize> = err.problems.iter().map(|p| p.line).collect();
-    assert_eq!(lines, vec![5, 8, 9, 6, 11, 15, 18, 20, 22, 23], "{err}");
+    assert_eq!(
+        lines,
+        vec![5, 8, 9, 6, 11, 15, 18, 20, 22, 24, 23, 25],
+        "{err}"
+    );
     assert!(
         err.to_string()
             .contains("lb.toml:11:8: duplicate listener name"),
@@ -239,18 +257,27 @@ backend_connect_timeout = "0ms"
 }
 
 #[test]
-fn admin_token_file_is_named_not_read() {
+fn admin_token_file_is_named_not_read_and_required_off_loopback() {
     let src = "[lb]\nname = \"a\"\n[admin]\nbind = \"0.0.0.0:9200\"\ntoken_file = \"secrets/admin.token\"\n\
                [[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\n\
                [[backends]]\nname = \"b\"\naddress = \"127.0.0.1:1883\"\n";
     let cfg = LbConfig::parse(Path::new("/etc/fg/lb.toml"), src).unwrap();
+    let admin = cfg.admin.unwrap();
     assert_eq!(
-        cfg.admin_token_file.as_deref(),
+        admin.token_file.as_deref(),
         Some(Path::new("/etc/fg/secrets/admin.token"))
     );
     let without = src.replace("token_file = \"secrets/admin.token\"\n", "");
-    let cfg = LbConfig::parse(Path::new("/etc/fg/lb.toml"), &without).unwrap();
-    assert_eq!(cfg.admin_token_file, None);
+    let err = LbConfig::parse(Path::new("/etc/fg/lb.toml"), &without).unwrap_err();
+    assert!(
+        err.to_string().starts_with(
+            "/etc/fg/lb.toml:4:8: admin bind 0.0.0.0:9200 is reachable from other hosts"
+        ),
+        "{err}"
+    );
+    let loopback = without.replace("0.0.0.0:9200", "127.0.0.1:9200");
+    let cfg = LbConfig::parse(Path::new("/etc/fg/lb.toml"), &loopback).unwrap();
+    assert_eq!(cfg.admin.unwrap().token_file, None);
 }
 
 #[test]

@@ -51,7 +51,9 @@ async fn rss_per_idle_connection() {
         tls_listener("tls", &pki, "none", ""),
         backend(&b, ""),
     ];
-    let src = lb_text("name = \"mem\"", &parts, "");
+    // Every client is 127.0.0.1: the per-address cap must admit all of them.
+    let limits = format!("[limits]\nmax_connections_per_ip = {}\n", 4 * CONNECTIONS);
+    let src = lb_text("name = \"mem\"", &parts, &limits);
     let path = pki.dir().join("lb.toml");
     std::fs::write(&path, src).unwrap();
     let mut child = Command::new(std::env::current_exe().unwrap())

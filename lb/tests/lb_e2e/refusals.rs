@@ -168,3 +168,122 @@ async fn tls_handshake_budget_refuses_before_the_handshake() {
     assert!(results.iter().any(|ok| !ok), "{results:?}");
     wait_refused(&lb, "tls_budget").await;
 }
+
+/// Connects from `source` (a loopback address of this host) to `addr` and sends a CONNECT for `client_id`; the
+/// first packet the LB answers, or an empty vector when it closed.
+async fn connect_from(
+    source: &str,
+    addr: std::net::SocketAddr,
+    client_id: &str,
+) -> (TcpStream, Vec<u8>) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    let mut s = socket.connect(addr).await.unwrap();
+    s.write_all(&raw_connect(4, client_id, 30)).await.unwrap();
+    let mut ack = vec![0u8; 4];
+    let read = tokio::time::timeout(WAIT, s.read_exact(&mut ack))
+        .await
+        .unwrap();
+    if read.is_err() {
+        ack.clear();
+    }
+    (s, ack)
+}
+
+#[tokio::test]
+async fn per_ip_connection_cap_answers_server_busy_and_frees_the_slot_on_close() {
+    let (mut b, lb) = lb_with_backend(
+        plain_listener("plain-per-ip", ""),
+        "max_connections_per_ip = 2",
+    )
+    .await;
+    let addr = lb.addr("plain-per-ip");
+    let connack_ok = vec![0x20, 0x02, 0x00, 0x00];
+    let (first, ack) = connect_from("127.0.0.1", addr, "ip-1").await;
+    assert_eq!(ack, connack_ok);
+    let (_second, ack) = connect_from("127.0.0.1", addr, "ip-2").await;
+    assert_eq!(ack, connack_ok);
+    b.next().await;
+    b.next().await;
+
+    // The third from the same address: its CONNECT is read and answered "server busy" (3.1.1: 0x03, v5: 0x89), and
+    // it never reaches a backend.
+    let (_third, ack) = connect_from("127.0.0.1", addr, "ip-3").await;
+    assert_eq!(ack, [0x20, 0x02, 0x00, 0x03]);
+    let sent = sent_before_close(addr, &raw_connect(5, "ip-3-v5", 30)).await;
+    assert_eq!(sent, [0x20, 0x03, 0x00, 0x89, 0x00]);
+    wait_refused(&lb, "per_ip_connections").await;
+    assert!(b.nothing_yet());
+    // Another address has its own count.
+    let (_other, ack) = connect_from("127.0.0.2", addr, "ip-other").await;
+    assert_eq!(ack, connack_ok);
+
+    // The slot comes back when a client of that address leaves.
+    drop(first);
+    let released = eventually(WAIT, || async {
+        let (s, ack) = connect_from("127.0.0.1", addr, "ip-4").await;
+        (ack == connack_ok).then_some(s)
+    })
+    .await;
+    assert!(released.is_ok(), "slot never released");
+}
+
+#[tokio::test]
+async fn per_ip_connection_cap_counts_the_client_a_trusted_proxy_names_ipv6_by_64() {
+    let (_b, lb) = lb_with_backend(
+        plain_listener("behind-nlb", "accept_proxy_from = [\"127.0.0.1/32\"]"),
+        "max_connections_per_ip = 2",
+    )
+    .await;
+    let addr = lb.addr("behind-nlb");
+    let destination: std::net::SocketAddr = "[2001:db8::80]:1883".parse().unwrap();
+    let via_proxy = |source: &str, id: &str| {
+        let source: std::net::SocketAddr = source.parse().unwrap();
+        let mut bytes = fleetgate_testkit::proxy::proxy_v2(source, destination);
+        bytes.extend_from_slice(&raw_connect(4, id, 30));
+        bytes
+    };
+    let connected = |bytes: Vec<u8>| async move {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(&bytes).await.unwrap();
+        let mut ack = [0u8; 4];
+        read_exactly(&mut s, &mut ack).await;
+        (s, ack)
+    };
+    // Two hosts of one /64 share its count; the proxy's own address (127.0.0.1) is not what is counted.
+    let (_a, ack) = connected(via_proxy("[2001:db8:1:2::1]:40001", "v6-a")).await;
+    assert_eq!(ack, [0x20, 0x02, 0, 0]);
+    let (_b2, ack) = connected(via_proxy("[2001:db8:1:2:ffff::2]:40002", "v6-b")).await;
+    assert_eq!(ack, [0x20, 0x02, 0, 0]);
+    let (_c, ack) = connected(via_proxy("[2001:db8:1:2::99]:40003", "v6-c")).await;
+    assert_eq!(ack, [0x20, 0x02, 0, 0x03], "a third in the same /64");
+    wait_refused(&lb, "per_ip_connections").await;
+    let (_d, ack) = connected(via_proxy("[2001:db8:1:3::1]:40004", "v6-d")).await;
+    assert_eq!(ack, [0x20, 0x02, 0, 0], "the next /64 has its own count");
+    let (_e, ack) = connected(via_proxy("198.51.100.7:40005", "v4-e")).await;
+    assert_eq!(ack, [0x20, 0x02, 0, 0]);
+}
+
+#[tokio::test]
+async fn per_ip_connection_cap_closes_before_the_tls_handshake() {
+    let pki = Pki::new();
+    let (_b, lb) = lb_with_backend(
+        tls_listener("tls-per-ip", &pki, "none", ""),
+        "max_connections_per_ip = 1",
+    )
+    .await;
+    let addr = lb.addr("tls-per-ip");
+    // rumqttc over TLS: the first holds the address's one slot; the second's handshake is cut before it starts.
+    let (client, _events, _) =
+        fleetgate_testkit::rumqttc_client::try_v3_client(addr, "tls-1", |o| {
+            o.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(pki.client_config(None)),
+            ));
+        })
+        .await
+        .unwrap();
+    let refused = tls_connect(addr, "tls-2", &pki, None).await;
+    assert!(refused.is_err(), "{refused:?}");
+    wait_refused(&lb, "per_ip_connections").await;
+    drop(client);
+}

@@ -27,7 +27,9 @@ fn reload_config(pki: &Pki, backends: &[&FakeBackend]) -> String {
         tls_listener("mqtts", pki, "none", ""),
     ];
     parts.extend(backends.iter().map(|b| backend(b, "")));
-    lb_text("name = \"lb-reload\"", &parts, "")
+    // Every test client is 127.0.0.1: the per-address cap must admit all of them.
+    let limits = format!("[limits]\nmax_connections_per_ip = {}\n", 2 * CLIENTS);
+    lb_text("name = \"lb-reload\"", &parts, &limits)
 }
 
 /// The DER of the certificate the LB serves to a handshake for `name`.

@@ -168,6 +168,7 @@ impl Incoming {
                     qos,
                     retain,
                     sub_ids,
+                    seq: 0,
                 };
                 let weight = delivery.weight();
                 if self.bytes + weight > limits.max_transit_bytes {

@@ -22,6 +22,7 @@ use super::{
 use crate::broker::Broker;
 use crate::cluster::frame::{Frame, Watermarks};
 use crate::cluster::handoff::{HandoverLimits, Incoming};
+use crate::cluster::membership::Rejected;
 use crate::cluster::routes::PeerName;
 use crate::cluster::validate::check_frame;
 use crate::cluster::{Cluster, LinkIdentity};
@@ -68,12 +69,14 @@ fn handover_limits(cluster: &Cluster) -> HandoverLimits {
     HandoverLimits::from_config(&cluster.limits)
 }
 
-/// A connection a peer opened to us: we receive its frames here, and send it our Hello and acks.
+/// A connection a peer opened to us (`id`: its number in accept order): we receive its frames here, and send it
+/// our Hello and acks.
 pub(super) async fn inbound(
     cluster: Arc<Cluster>,
     broker: Arc<Broker>,
     stream: TcpStream,
     from: SocketAddr,
+    id: u64,
 ) {
     let _ = stream.set_nodelay(true);
     let (r, mut w, cert) = match accept_halves(&cluster, stream).await {
@@ -114,7 +117,6 @@ pub(super) async fn inbound(
         None => LinkIdentity::Address(from.ip()),
     };
     let peer: PeerName = Arc::from(name.as_str());
-    let id = cluster.next_id();
     let accepted = match cluster.inbound_up(
         &peer,
         id,
@@ -123,6 +125,17 @@ pub(super) async fn inbound(
         peer_hello.advertise,
     ) {
         Ok(accepted) => accepted,
+        Err(Rejected::Superseded) => {
+            refused(Rejected::Superseded.reason());
+            tracing::info!(
+                event = "cluster_peer_rejected",
+                peer = %name,
+                from = %from,
+                reason = Rejected::Superseded.reason(),
+                "inbound cluster link for {name} closed: a connection it opened later is already up"
+            );
+            return;
+        }
         Err(rejected) => {
             refused(rejected.reason());
             tracing::warn!(

@@ -336,11 +336,15 @@ async fn accept_loop(cluster: Arc<Cluster>, broker: Arc<Broker>, listener: TcpLi
         };
         match accepted {
             Ok((stream, from)) => {
+                // Numbered here, in accept order (the order the peers opened their connections in), before the
+                // handshake, which may finish in any order.
+                let id = cluster.next_id();
                 tokio::spawn(accept::inbound(
                     cluster.clone(),
                     broker.clone(),
                     stream,
                     from,
+                    id,
                 ));
             }
             Err(e) => {

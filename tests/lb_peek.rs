@@ -42,11 +42,17 @@ async fn a_connect_with_a_padded_remaining_length_is_refused_at_the_peek() {
 
     // The same CONNECT minimally encoded goes through to the node.
     let mut client = RawClient::connect(lb.mqtt).await;
-    assert_eq!(client.mqtt_connect(&Connect::new(5, "minimal")).await, Some(0));
+    assert_eq!(
+        client.mqtt_connect(&Connect::new(5, "minimal")).await,
+        Some(0)
+    );
     node.admin.wait_connected("minimal", true, WAIT).await;
     // The padded ones never reached it: one connection accepted, none refused or broken.
     let total = "fleetgate_connections_total";
-    assert_eq!(node.admin.metric(total, &[("result", "accepted")]).await, 1.0);
+    assert_eq!(
+        node.admin.metric(total, &[("result", "accepted")]).await,
+        1.0
+    );
     assert_eq!(node.admin.metric(total, &[]).await, 1.0);
     assert_eq!(lb.admin.metric(peek_total, &malformed).await, 2.0);
 }

@@ -208,7 +208,10 @@ async fn a_remaining_length_in_more_bytes_than_needed_is_malformed() {
 
     // The same CONNECT minimally encoded is accepted, and so is a PINGREQ: the refusals below are the padding's.
     let mut client = RawClient::connect_proxied(node.mqtt).await;
-    assert_eq!(client.mqtt_connect(&Connect::new(5, "minimal")).await, Some(0));
+    assert_eq!(
+        client.mqtt_connect(&Connect::new(5, "minimal")).await,
+        Some(0)
+    );
     client.send(&[0xC0, 0x00]).await;
     assert_eq!(client.read_packet(WAIT).await, Some((0xD0, Vec::new())));
 

@@ -67,13 +67,16 @@ fuzz_target!(|data: &[u8]| {
     }
     for (packet, frame) in packets.into_iter().take(ROUND_TRIPS) {
         let level = match (side, &packet) {
-            // A second CONNECT (which the broker refuses) is read at the connection's level whatever it
-            // announces: it round-trips at its own level, as a first one, or not at all when a fresh codec
-            // would not read it as the same packet.
-            (Side::Server(_), Packet::Connect(_)) => match first_connect_level(&frame, &packet) {
-                Some(level) => level,
-                None => continue,
-            },
+            // A CONNECT round-trips at the level it announces. A second one (which the broker refuses; after
+            // a fresh codec's first CONNECT too) is read at the connection's level whatever it announces: it
+            // round-trips at its own level, as a first one, or not at all when a fresh codec would not read it
+            // as the same packet.
+            (Side::Server(_) | Side::FreshServer, Packet::Connect(_)) => {
+                match first_connect_level(&frame, &packet) {
+                    Some(level) => level,
+                    None => continue,
+                }
+            }
             (Side::Server(level) | Side::Client(level), _) => level,
             // The level the fresh codec learned from the CONNECT (every packet after it is at that level).
             (Side::FreshServer, _) => codec.protocol_level().expect("a CONNECT was decoded"),

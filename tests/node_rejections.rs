@@ -1,7 +1,7 @@
 //! End-to-end tests of the ways a real `fleetgate node` refuses a connection: a PROXY header from an untrusted peer,
 //! none at all, a garbage, truncated or late one, garbage MQTT after a good header, oversized packets and a client
-//! that never completes CONNECT. Each must close the connection without a CONNACK (or with a v5 DISCONNECT once
-//! connected), and show up in `/metrics` and as a JSON log event.
+//! that never completes CONNECT, a remaining length in more bytes than needed. Each must close the connection
+//! without a CONNACK (or with a v5 DISCONNECT once connected), and show up in `/metrics` and as a JSON log event.
 
 mod common;
 
@@ -191,6 +191,36 @@ async fn garbage_mqtt_after_a_good_header_is_rejected() {
     // A good v5 CONNECT, then a reserved packet type: DISCONNECT (0x81 malformed or 0x82 protocol error), close.
     assert_disconnected_after(&node, 5, &[0x00, 0x00], &[0x81, 0x82]).await;
     wait_disconnects(&node, "protocol_error", 2.0).await;
+}
+
+#[tokio::test]
+async fn a_remaining_length_in_more_bytes_than_needed_is_malformed() {
+    let node = Node::start(BIN, &NodeSpec::behind_local_proxy()).await;
+    // A CONNECT whose remaining length (< 128) is written in two bytes: closed before any CONNACK (the protocol
+    // level is not known yet).
+    let connect = Connect::new(5, "padded-connect").encode();
+    assert!(connect[1] < 0x80);
+    let padded = [&[0x10, connect[1] | 0x80, 0x00][..], &connect[2..]].concat();
+    let mut client = RawClient::connect_proxied(node.mqtt).await;
+    client.send(&padded).await;
+    assert_closed_silently(&mut client, "CONNECT with a padded remaining length").await;
+    assert_ended_before_connect(&node, "protocol_error", 1.0).await;
+
+    // The same CONNECT minimally encoded is accepted, and so is a PINGREQ: the refusals below are the padding's.
+    let mut client = RawClient::connect_proxied(node.mqtt).await;
+    assert_eq!(
+        client.mqtt_connect(&Connect::new(5, "minimal")).await,
+        Some(0)
+    );
+    client.send(&[0xC0, 0x00]).await;
+    assert_eq!(client.read_packet(WAIT).await, Some((0xD0, Vec::new())));
+
+    // Connected clients sending a PINGREQ with remaining length 0 as 0x80 0x00: v5 gets DISCONNECT 0x81
+    // Malformed Packet, 3.1.1 a close.
+    for level in [5u8, 4] {
+        assert_disconnected_after(&node, level, &[0xC0, 0x80, 0x00], &[0x81]).await;
+    }
+    wait_disconnects(&node, "protocol_error", 3.0).await;
 }
 
 #[tokio::test]

@@ -18,6 +18,7 @@
 //! - `template`: `%c` / `%u` / `%cn` placeholders in ACL topics, rendered safely for one client.
 //! - `topic`: topic filters: matching, `covers`, `intersects`.
 //! - `error`: [`AuthError`] for password-file editing.
+//! - `fuzzing` (hidden): an ACL bound without a file, for the fuzz target in `fuzz/`.
 
 mod acl;
 mod authenticator;
@@ -25,6 +26,8 @@ mod binding;
 mod decision;
 mod error;
 mod failures;
+#[doc(hidden)]
+pub mod fuzzing;
 mod passwd;
 mod policy;
 mod snapshot;

@@ -33,6 +33,7 @@
 //! - [`limits`]: size/time constants and per-connection negotiated limits.
 //! - [`metrics`]: metric names and handles; [`events`]: structured log events.
 //! - [`error`]: [`BrokerError`], why a node could not start.
+//! - `fuzzing` (hidden): the cluster frame decoder's entry for the fuzz target in `fuzz/`.
 
 mod access;
 mod admin_routes;
@@ -51,6 +52,12 @@ mod store;
 mod wakeup;
 
 pub use broker::{Broker, ClientInfo};
+
+/// Entry points for the fuzz targets in `fuzz/` (not an API: hidden, no stability promised).
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::cluster::frame::fuzzing::decode_cluster_frame;
+}
 pub use cluster::tls::TlsError;
 pub use error::BrokerError;
 pub use server::{Node, NodeHandle, run};

@@ -90,7 +90,8 @@ pub fn peek_connect(buf: &[u8], max_len: usize) -> Result<Option<ConnectSummary>
     parse_body(body, packet_len).map(Some)
 }
 
-/// Reads a Variable Byte Integer with the codec's reader: `Ok(None)` when incomplete, `Malformed` past 4 bytes.
+/// Reads a Variable Byte Integer with the codec's reader: `Ok(None)` when incomplete, `Malformed` past 4 bytes
+/// or when written in more bytes than needed (`0x80 0x00` for 0).
 fn read_varint(buf: &[u8]) -> Result<Option<(usize, usize)>, PeekError> {
     match read_mqtt_varint(buf) {
         Ok(VarInt::Done(value, len)) => Ok(Some((value as usize, len))),
@@ -470,6 +471,40 @@ mod tests {
         b.extend_from_slice(&[4, 0x02, 0, 0]);
         string(&mut b, b"id");
         b.push(0xAA);
+        assert_eq!(peek_connect(&packet(&b), MAX), Err(PeekError::Malformed));
+    }
+
+    #[test]
+    fn remaining_length_in_more_bytes_than_needed_is_malformed() {
+        // 0 written in two bytes: refused once the second byte shows it, not before.
+        assert_eq!(peek_connect(&[0x10, 0x80], MAX), Ok(None));
+        assert_eq!(
+            peek_connect(&[0x10, 0x80, 0x00], MAX),
+            Err(PeekError::Malformed)
+        );
+        // A valid CONNECT whose remaining length (< 128) is padded to two and to four bytes.
+        let p = v311("padded");
+        assert!(p[1] < 0x80);
+        for pad in [&[0x80 | p[1], 0x00][..], &[0x80 | p[1], 0x80, 0x80, 0x00]] {
+            let padded = [&p[..1], pad, &p[2..]].concat();
+            assert_eq!(
+                peek_connect(&padded, MAX),
+                Err(PeekError::Malformed),
+                "{pad:?}"
+            );
+        }
+        // 300 bytes in three instead of two.
+        let id = "x".repeat(300);
+        let p = v311(&id);
+        assert_eq!(p[3..5], [0, 4], "a two-byte length then the protocol name");
+        let padded = [&p[..2], &[p[2] | 0x80, 0x00], &p[3..]].concat();
+        assert_eq!(peek_connect(&padded, MAX), Err(PeekError::Malformed));
+        assert!(peek_connect(&p, MAX).unwrap().is_some());
+        // A v5 property length padded the same way.
+        let mut b = Vec::new();
+        string(&mut b, b"MQTT");
+        b.extend_from_slice(&[5, 0x02, 0, 30, 0x80, 0x00]);
+        string(&mut b, b"dev");
         assert_eq!(peek_connect(&packet(&b), MAX), Err(PeekError::Malformed));
     }
 

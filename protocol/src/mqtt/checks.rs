@@ -43,7 +43,9 @@ pub(crate) enum VarInt {
     Done(u32, usize),
 }
 
-/// Reads a Variable Byte Integer; a 4th byte with the continuation bit is `Malformed`.
+/// Reads a Variable Byte Integer; a 4th byte with the continuation bit is `Malformed`, and so is a value written
+/// in more bytes than it needs (MQTT 5 §1.5.5, 3.1.1 §2.2.3: "the minimum number of bytes"), e.g. `0x80 0x00`
+/// for 0: such an encoding ends in a zero byte after a continuation byte.
 pub(crate) fn read_varint(buf: &[u8]) -> Result<VarInt, CodecError> {
     let mut value: u32 = 0;
     for i in 0..MAX_VARINT_BYTES {
@@ -52,6 +54,9 @@ pub(crate) fn read_varint(buf: &[u8]) -> Result<VarInt, CodecError> {
         };
         value |= u32::from(b & 0x7F) << (7 * i);
         if b & 0x80 == 0 {
+            if i > 0 && b == 0 {
+                return Err(CodecError::Malformed);
+            }
             return Ok(VarInt::Done(value, i + 1));
         }
     }
@@ -80,10 +85,13 @@ pub(crate) fn check_fixed_header(
         kind,
         ptype::CONNECT | ptype::SUBSCRIBE | ptype::UNSUBSCRIBE | ptype::PINGREQ
     );
+    // MQTT 3 has no DISCONNECT from the server (our encoder writes none): a client never takes one.
+    let v3_server_disconnect = role == Role::Client && kind == ptype::DISCONNECT && !v5;
     match (role, server_to_client, client_to_server) {
         (Role::Server, true, _) | (Role::Client, _, true) => {
             return Err(CodecError::UnexpectedPacket);
         }
+        _ if v3_server_disconnect => return Err(CodecError::UnexpectedPacket),
         _ => {}
     }
     match kind {
@@ -107,6 +115,11 @@ pub(crate) fn check_fixed_header(
     let must_be_empty =
         matches!(kind, ptype::PINGREQ | ptype::PINGRESP) || (kind == ptype::DISCONNECT && !v5);
     if must_be_empty && remaining != 0 {
+        return Err(CodecError::InvalidLength);
+    }
+    // MQTT 3 CONNACK and UNSUBACK are exactly 2 bytes long (3.1.1 §3.2.1, §3.11.1); rmqtt reads their two
+    // fields and ignores whatever follows.
+    if !v5 && matches!(kind, ptype::CONNACK | ptype::UNSUBACK) && remaining != 2 {
         return Err(CodecError::InvalidLength);
     }
     Ok(())
@@ -174,7 +187,16 @@ pub(crate) fn check_body(
                 }
             }
         }
-        // CONNACK, SUBACK, UNSUBACK (client role) and the empty packets: rmqtt's checks suffice.
+        // [MQTT-3.2.2-4], [MQTT-3.2.2-6]: a refusal never says "session present" (our encoder clears it); MQTT 3
+        // return codes above 5 are reserved (rmqtt would read them all as one "reserved" code).
+        ptype::CONNACK => {
+            let (flags, code) = (r.u8()?, r.u8()?);
+            if (flags & 0x01 != 0 && code != 0) || (!v5 && code > 5) {
+                return Err(CodecError::Malformed);
+            }
+            return Ok(());
+        }
+        // SUBACK, UNSUBACK (client role) and the empty packets: rmqtt's checks suffice.
         _ => return Ok(()),
     }
     if r.has_remaining() {

@@ -867,6 +867,40 @@ fn second_connect_is_decoded_for_the_broker_to_refuse() {
     assert!(matches!(packets.as_slice(), [Packet::Connect(_)]));
 }
 
+/// Found by the `mqtt_codec` fuzz target (its oracle was wrong, the codec right): after a 3.1.1 CONNECT, a second
+/// CONNECT announcing 3.1 is decoded at the connection's level for the broker to refuse, and leaves that level as
+/// it was; alone, to a fresh codec, the same bytes are the same packet at 3.1.
+#[test]
+fn a_second_connect_of_another_version_keeps_the_connections_level() {
+    let stream: &[u8] = &[
+        16, 17, 0, 4, 77, 81, 84, 84, 4, 0, 0, 60, 0, 5, 115, 117, 98, 45,
+        49, // CONNECT 3.1.1 "sub-1"
+        130, 14, 0, 1, 0, 3, 97, 47, 35, 2, 0, 3, 43, 47, 98, 2, // SUBSCRIBE a/# +/b
+        80, 2, 0, 3, // PUBREC
+        16, 20, 0, 6, 77, 81, 73, 115, 100, 112, 3, 2, 0, 60, 0, 6, 115, 117, 98, 45, 51,
+        49, // CONNECT 3.1
+        162, 100, 112, 3, 0, // the start of an UNSUBSCRIBE
+    ];
+    let mut codec = Codec::new(TEST_MAX);
+    let packets = decode_all(&mut codec, stream).unwrap();
+    let [
+        Packet::Connect(_),
+        Packet::Subscribe(_),
+        Packet::PublishReceived(_),
+        second @ Packet::Connect(_),
+    ] = packets.as_slice()
+    else {
+        panic!("{packets:?}")
+    };
+    assert_eq!(codec.protocol_level(), Some(ProtocolLevel::V311));
+    let mut fresh = Codec::new(TEST_MAX);
+    assert_eq!(
+        decode_all(&mut fresh, &stream[39..61]).unwrap(),
+        [second.clone()]
+    );
+    assert_eq!(fresh.protocol_level(), Some(ProtocolLevel::V31));
+}
+
 #[test]
 fn v31_connect_encodes_level_3() {
     let connect = Connect {

@@ -45,6 +45,25 @@ fn connect_cases() -> Vec<(&'static str, Vec<u8>, CodecError)> {
             CodecError::Malformed,
         ),
         (
+            "remaining length 0 in two bytes",
+            vec![0x10, 0x80, 0x00],
+            CodecError::Malformed,
+        ),
+        (
+            "connect remaining length in more bytes than needed",
+            {
+                let b = connect_raw(b"MQTT", 4, 0x02, &cid);
+                assert!(b[1] < 0x80);
+                cat(&[&[0x10, 0x80 | b[1], 0x80, 0x00], &b[2..]])
+            },
+            CodecError::Malformed,
+        ),
+        (
+            "v5 connect property length in more bytes than needed",
+            v5(0x02, &[0x80, 0x00], &cid),
+            CodecError::Malformed,
+        ),
+        (
             "connect fixed header flags",
             {
                 let mut b = connect_raw(b"MQTT", 4, 0x02, &cid);
@@ -291,6 +310,42 @@ fn packet_cases() -> Vec<(&'static str, &'static [ProtocolLevel], Vec<u8>, Codec
             "remaining length 5 bytes",
             ALL,
             vec![0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01],
+            CodecError::Malformed,
+        ),
+        (
+            "pingreq remaining length 0 in two bytes",
+            ALL,
+            vec![0xC0, 0x80, 0x00],
+            CodecError::Malformed,
+        ),
+        (
+            "publish remaining length in more bytes than needed",
+            ALL,
+            {
+                let b = pub3(0x30, b"t", b"x");
+                cat(&[&[0x30, 0x80 | b[1], 0x00], &b[2..]])
+            },
+            CodecError::Malformed,
+        ),
+        (
+            "v5 publish property length in more bytes than needed",
+            ONLY5,
+            pub5(0x30, b"t", &[], &[0x80, 0x00]),
+            CodecError::Malformed,
+        ),
+        (
+            "v5 property identifier in more bytes than needed",
+            ONLY5,
+            pub5(0x30, b"t", &[], &[3, 0x81, 0x00, 1]),
+            CodecError::Malformed,
+        ),
+        (
+            "v5 subscription identifier in more bytes than needed",
+            ONLY5,
+            frame(
+                0x82,
+                &cat(&[&[0, 1], &[3, 0x0B, 0x81, 0x00], &s(b"a"), &[1]]),
+            ),
             CodecError::Malformed,
         ),
         (
@@ -792,6 +847,72 @@ fn malformed_packets_are_rejected() {
                 "{name} ({level})"
             );
         }
+    }
+}
+
+/// Found by the `mqtt_codec` fuzz target: a client's 3.1.1 codec took a CONNACK with 7 bytes after its two
+/// fields as a CONNACK, and re-encoded it in 4 bytes.
+#[test]
+fn client_rejects_v3_packets_a_server_cannot_send() {
+    for level in [ProtocolLevel::V31, ProtocolLevel::V311] {
+        for bytes in [
+            &[0x20, 9, 0, 0, 80, 158, 0, 1, 112, 2, 0][..],
+            &[0x20, 3, 0, 0, 0],
+            &[0x20, 1, 0],
+            &[0xB0, 3, 0, 1, 0],
+            &[0xB0, 1, 0],
+        ] {
+            let mut codec = Codec::client(level, TEST_MAX);
+            assert_eq!(
+                decode_all(&mut codec, bytes),
+                Err(CodecError::InvalidLength),
+                "{bytes:?} ({level})"
+            );
+        }
+        let ok = decode_all(
+            &mut Codec::client(level, TEST_MAX),
+            &[0x20, 2, 0, 0, 0xB0, 2, 0, 1],
+        );
+        assert_eq!(ok.map(|p| p.len()), Ok(2), "{level}");
+        // Also found by it: MQTT 3 has no DISCONNECT from the server (the encoder writes none), so a client
+        // refuses one instead of decoding a packet that cannot round-trip.
+        let mut codec = Codec::client(level, TEST_MAX);
+        assert_eq!(
+            decode_all(&mut codec, &[0xE0, 0]),
+            Err(CodecError::UnexpectedPacket),
+            "{level}"
+        );
+    }
+    let v5 = decode_all(&mut Codec::client(ProtocolLevel::V5, TEST_MAX), &[0xE0, 0]);
+    assert!(
+        matches!(v5.as_deref(), Ok([Packet::Disconnect(_)])),
+        "{v5:?}"
+    );
+    // And: a refusing CONNACK that says "session present" [MQTT-3.2.2-4], [MQTT-3.2.2-6]; a reserved MQTT 3
+    // return code.
+    for (level, bytes) in [
+        (ProtocolLevel::V31, &[0x20, 2, 1, 4][..]),
+        (ProtocolLevel::V311, &[0x20, 2, 1, 5]),
+        (ProtocolLevel::V31, &[0x20, 2, 0, 6]),
+        (ProtocolLevel::V311, &[0x20, 2, 0, 0xFF]),
+        (ProtocolLevel::V5, &[0x20, 3, 1, 0x86, 0]),
+    ] {
+        let mut codec = Codec::client(level, TEST_MAX);
+        assert_eq!(
+            decode_all(&mut codec, bytes),
+            Err(CodecError::Malformed),
+            "{level}"
+        );
+        let mut accepted = bytes.to_vec();
+        accepted[2] = 0;
+        if !level.is_v5() {
+            accepted[3] = accepted[3].min(5);
+        }
+        let ok = decode_all(&mut Codec::client(level, TEST_MAX), &accepted);
+        assert!(
+            matches!(ok.as_deref(), Ok([Packet::ConnectAck(_)])),
+            "{ok:?}"
+        );
     }
 }
 

@@ -15,6 +15,8 @@
 //! - Framing is ours: the fixed header is parsed here, the announced total size is checked against the inbound
 //!   limit *before* any body byte is buffered (rmqtt would `reserve(remaining_length)` first), and rmqtt's
 //!   stateful decoder only ever sees complete frames, so its internal state can never be left half-way.
+//! - A remaining length (or any Variable Byte Integer) written in more bytes than needed, e.g. `0x80 0x00` for
+//!   0, is `Malformed` (MQTT 5 §1.5.5, 3.1.1 §2.2.3); rmqtt would accept it.
 //! - Before rmqtt builds the model, `checks.rs` walks the raw frame and rejects what rmqtt lets through or
 //!   reports only as a generic error: wrong fixed-header flags, non-zero length PINGREQ/PINGRESP/v3 DISCONNECT,
 //!   QoS 3, v3 password without username, will QoS/retain without will (rmqtt checks it for v3 only), U+0000 in

@@ -8,6 +8,7 @@
 //! - `decode`: [`Frame::decode`], one frame off the front of a read buffer.
 //! - `message`: a message's encoding inside a frame, and wills as messages for handover.
 //! - `fields`: the field writers and bounds-checked field readers everything above is built from.
+//! - `fuzzing`: the fuzz target's entry (decode, validate, round trip), re-exported as `crate::fuzzing`.
 
 use std::net::SocketAddr;
 use std::num::{NonZeroU16, NonZeroU32};
@@ -21,6 +22,7 @@ use crate::state::retained::Stamp;
 mod decode;
 mod encode;
 mod fields;
+pub(crate) mod fuzzing;
 mod message;
 
 pub(crate) use encode::{PublishBody, encode_message, encode_publish, encode_retain};

@@ -38,9 +38,9 @@ fn round_trip(f: &Frame) -> Frame {
     a
 }
 
-#[test]
-fn every_frame_round_trips() {
-    let frames = [
+/// One frame of each type (and both kinds of TakeoverReply).
+fn one_of_each() -> Vec<Frame> {
+    vec![
         Frame::Hello {
             version: PROTOCOL_VERSION,
             name: "broker-0".into(),
@@ -160,7 +160,12 @@ fn every_frame_round_trips() {
             moved_to: None,
             refused: true,
         },
-    ];
+    ]
+}
+
+#[test]
+fn every_frame_round_trips() {
+    let frames = one_of_each();
     for f in &frames {
         let back = round_trip(f);
         let (a, b) = (format!("{f:?}"), format!("{back:?}"));
@@ -181,6 +186,54 @@ fn every_frame_round_trips() {
         panic!()
     };
     assert!(options.no_local && options.retain_as_published);
+    // The fuzz target's entry takes them all off one buffer, validates and round-trips each.
+    let mut all = BytesMut::new();
+    for f in &frames {
+        f.encode(&mut all);
+    }
+    assert_eq!(fuzzing::decode_cluster_frame(&all), Ok(frames.len()));
+    all.truncate(all.len() - 1);
+    assert_eq!(fuzzing::decode_cluster_frame(&all), Ok(frames.len() - 1));
+    assert!(fuzzing::decode_cluster_frame(&[0, 0, 0, 1, 0xEE]).is_err());
+}
+
+/// The fuzz target's committed seeds (`fuzz/seeds/cluster_frame`, recorded from two nodes by
+/// `fuzz/seeds/capture.py`) are frames of the current protocol, and among them is a frame of every type: refresh
+/// them (`fuzz/seeds/capture.py target/debug/fleetgate cluster_frame`) after a wire change.
+#[test]
+fn fuzz_seeds_are_current_and_hold_every_frame_type() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/cluster_frame");
+    let max_len =
+        fleetgate_config::node::LimitsConfig::default().max_packet_size as usize + FRAME_OVERHEAD;
+    let mut seen = std::collections::BTreeSet::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let mut buf = BytesMut::from(&std::fs::read(&path).unwrap()[..]);
+        while !buf.is_empty() {
+            let kind = buf.get(LEN_PREFIX).copied();
+            match Frame::decode(&mut buf, max_len) {
+                Ok(Some(Frame::Hello { version, .. })) => {
+                    assert_eq!(
+                        version,
+                        PROTOCOL_VERSION,
+                        "{}: a Hello of another protocol",
+                        path.display()
+                    )
+                }
+                Ok(Some(_)) => {}
+                other => panic!("{}: {other:?}", path.display()),
+            }
+            seen.extend(kind);
+        }
+    }
+    for f in one_of_each() {
+        let mut encoded = BytesMut::new();
+        f.encode(&mut encoded);
+        assert!(
+            seen.contains(&encoded[LEN_PREFIX]),
+            "no seed holds a frame like {f:?}"
+        );
+    }
 }
 
 #[test]

@@ -896,7 +896,7 @@ fn a_second_connect_of_another_version_keeps_the_connections_level() {
     let mut fresh = Codec::new(TEST_MAX);
     assert_eq!(
         decode_all(&mut fresh, &stream[39..61]).unwrap(),
-        [second.clone()]
+        std::slice::from_ref(second)
     );
     assert_eq!(fresh.protocol_level(), Some(ProtocolLevel::V31));
 }

@@ -621,39 +621,3 @@ async fn a_restored_subscription_the_acl_no_longer_allows_is_dropped() {
         "the denied subscription came back: {closed}"
     );
 }
-
-#[tokio::test]
-async fn a_message_its_subscriber_acknowledges_before_the_commit_is_never_written() {
-    let dir = scratch_dir();
-    // A long commit delay: the connected subscriber's PUBACK comes well within it.
-    let cfg = config(dir.path(), "commit_delay = \"50ms\"\n");
-    let node = Node::start_in(BIN, dir.path(), &cfg).await;
-    let (_sub, mut sub_events) = subscriber(&node, "elide-sub", "elide/#", QoS::AtLeastOnce).await;
-    let (publisher, mut pub_events, _) = v5_client(node.mqtt, "elide-pub", |_| {}).await;
-    let ops_before = node.admin.metric("fleetgate_store_ops_total", &[]).await;
-    let writes_before = node.admin.metric("fleetgate_store_writes_total", &[]).await;
-    for i in 0..200 {
-        publisher
-            .publish("elide/x", QoS::AtLeastOnce, false, format!("m{i}"))
-            .await
-            .expect("queue PUBLISH");
-    }
-    pub_events
-        .take(200, "PUBACK", |e| {
-            matches!(e, Event::Incoming(Incoming::PubAck(_))).then_some(())
-        })
-        .await;
-    let got = sub_events.take(200, "PUBLISH", v5_publish).await;
-    assert_eq!(got.len(), 200);
-    // Every message was a write when queued and a delete when acknowledged: 400 ops, nearly none written.
-    let ops = node
-        .admin
-        .wait_count("fleetgate_store_ops_total", &[], ops_before + 400.0)
-        .await
-        - ops_before;
-    let writes = node.admin.metric("fleetgate_store_writes_total", &[]).await - writes_before;
-    assert!(
-        writes * 4.0 < ops,
-        "{writes} keys written for {ops} ops: acknowledged messages were written"
-    );
-}

@@ -274,3 +274,85 @@ fn put(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicU64};
+
+    use bytes::Bytes;
+    use fleetgate_protocol::mqtt::QoS;
+    use parking_lot::{Condvar, Mutex};
+    use tokio::sync::Notify;
+
+    use super::*;
+    use crate::state::message::{Delivery, Message};
+    use crate::store::Queue;
+
+    fn writer(dir: &std::path::Path) -> Writer {
+        let db = Database::builder(dir).open().unwrap();
+        let tables = Tables::open(&db).unwrap();
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            work: Condvar::new(),
+            committed: AtomicU64::new(0),
+            failed: AtomicBool::new(false),
+            full: AtomicBool::new(false),
+            commits: Notify::new(),
+        });
+        Writer::new(db, tables, shared, u64::MAX, Duration::ZERO)
+    }
+
+    fn queued(seq: u64) -> Op {
+        let msg = Message {
+            topic: "t".into(),
+            payload: Bytes::from_static(b"x"),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: None,
+            expires_at: None,
+            origin: 0,
+        };
+        Op::Message {
+            client_id: "c".into(),
+            seq,
+            slot: SlotKind::Queued,
+            packet_id: 0,
+            delivery: Delivery {
+                msg: Arc::new(msg),
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                sub_ids: Vec::new(),
+                seq,
+            },
+        }
+    }
+
+    fn forget(seq: u64) -> Op {
+        Op::Forget {
+            client_id: "c".into(),
+            seq,
+        }
+    }
+
+    #[test]
+    fn a_message_queued_and_acknowledged_in_one_batch_is_never_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = writer(dir.path());
+        // Queued and acknowledged within one batch (what commit_delay gathers): nothing written.
+        assert_eq!(w.commit(vec![queued(1), forget(1)]).unwrap(), 0);
+        // In two batches: written, then deleted.
+        assert_eq!(w.commit(vec![queued(2)]).unwrap(), 1);
+        assert_eq!(w.commit(vec![forget(2)]).unwrap(), 1);
+        // A session's end removes what this batch wrote for it and what earlier ones committed.
+        assert_eq!(w.commit(vec![queued(3)]).unwrap(), 1);
+        let end = Op::EndSession {
+            client_id: "c".into(),
+        };
+        assert_eq!(
+            w.commit(vec![queued(4), end]).unwrap(),
+            1,
+            "only the committed key 3 is deleted"
+        );
+        assert_eq!(w.tables.sessions.iter().count(), 0);
+    }
+}

@@ -348,7 +348,7 @@ def write_config_seeds():
     for f in files:
         text = f.read_text()
         write_seed("config_parse", text.encode())
-        # The same without comments and blank lines: within the target's 1 KiB input cap (scripts/fuzz).
+        # The same without comments and blank lines: within the target's 2 KiB input cap (scripts/fuzz).
         lines = [l for l in text.splitlines() if l.strip() and not l.lstrip().startswith("#")]
         stripped = "".join(re.sub(r"\s+#[^\"']*$", "", l) + "\n" for l in lines)
         write_seed("config_parse", stripped.encode())
